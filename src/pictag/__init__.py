@@ -1,0 +1,47 @@
+"""pictag: image classification with CLIP-family and pretrained vision models.
+
+The public API is imported lazily, so `import pictag` (and `pictag --help`) stay instant.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "PictagError": "pictag.errors",
+    "create_model": "pictag.models.registry",
+    "list_models": "pictag.models.registry",
+    "Encoder": "pictag.models.base",
+    "Preprocess": "pictag.models.preprocess",
+    "open_source": "pictag.data.sources",
+    "build_tar_index": "pictag.data.sources",
+    "decode_image": "pictag.data.decode",
+    "ZeroShotClassifier": "pictag.heads.zero_shot",
+    "load_templates": "pictag.heads.zero_shot",
+    "iter_embeddings": "pictag.pipeline.runner",
+    "ClassifyConfig": "pictag.pipeline.classify",
+    "classify": "pictag.pipeline.classify",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'pictag' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)
+
+
+if TYPE_CHECKING:
+    from pictag.data.decode import decode_image
+    from pictag.data.sources import build_tar_index, open_source
+    from pictag.errors import PictagError
+    from pictag.heads.zero_shot import ZeroShotClassifier, load_templates
+    from pictag.models.base import Encoder
+    from pictag.models.preprocess import Preprocess
+    from pictag.models.registry import create_model, list_models
+    from pictag.pipeline.classify import ClassifyConfig, classify
+    from pictag.pipeline.runner import iter_embeddings

@@ -1,0 +1,5 @@
+import sys
+
+from pictag.cli.main import main
+
+sys.exit(main())

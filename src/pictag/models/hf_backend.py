@@ -1,0 +1,125 @@
+"""transformers CLIP-family models: `hf:ORG/NAME` from the hub, or `hf:/path` saved with `save_pretrained`."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from pictag.errors import PictagError
+from pictag.models.base import Encoder
+from pictag.models.checkpoint import file_digest, load_checkpoint
+from pictag.models.hub import fetch_failed, hub_online
+from pictag.models.preprocess import Preprocess
+from pictag.models.registry import Backend, ModelSpec, register_backend
+
+_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic"}
+
+
+class HfClipEncoder(Encoder):
+    has_text = True
+
+    def __init__(self, spec: str, model, tokenizer, processor, weights_id: str):
+        bias = getattr(model, "logit_bias", None)
+        super().__init__(
+            spec,
+            model,
+            _preprocess_from(processor),
+            embed_dim=model.config.projection_dim
+            if hasattr(model.config, "projection_dim")
+            else model.config.vision_config.hidden_size,
+            weights_id=weights_id,
+            logit_scale=model.logit_scale.exp().item(),
+            logit_bias=None if bias is None else bias.item(),
+        )
+        self.tokenizer = tokenizer
+        # SigLIP was trained on fixed-length padded text, CLIP on padding to the longest prompt.
+        siglip = "siglip" in model.config.model_type
+        self.text_kwargs = dict(padding="max_length", max_length=64, truncation=True) if siglip else dict(padding=True)
+
+    def _image_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        return _pooled(self.module.get_image_features(pixel_values=pixels))
+
+    def _text_features(self, texts: list[str]) -> torch.Tensor:
+        tokens = self.tokenizer(texts, return_tensors="pt", **self.text_kwargs).to(self.device)
+        return _pooled(self.module.get_text_features(**tokens))
+
+
+def _pooled(out) -> torch.Tensor:
+    # transformers 5 wraps the projected embedding in a model output; 4.x returned the tensor.
+    return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+
+def _preprocess_from(processor) -> Preprocess:
+    size = processor.size
+    size = size if isinstance(size, dict) else vars(size)
+    if size.get("shortest_edge"):
+        resize = size["shortest_edge"]
+    else:
+        resize = (size["height"], size["width"])
+    if getattr(processor, "do_center_crop", False):
+        crop = processor.crop_size if isinstance(processor.crop_size, dict) else vars(processor.crop_size)
+        out = (crop["height"], crop["width"])
+    else:
+        out = resize if isinstance(resize, tuple) else (resize, resize)
+    resample = processor.resample
+    interpolation = _RESAMPLE.get(int(getattr(resample, "value", resample)), "bicubic")
+    return Preprocess(out, resize, interpolation, tuple(processor.image_mean), tuple(processor.image_std), "tensor")
+
+
+def _create(spec: ModelSpec, checkpoint=None, random_weights: bool = False) -> Encoder:
+    try:
+        from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoTokenizer
+    except ImportError:
+        raise PictagError("hf: models need transformers: pip install 'pictag[hf]'") from None
+    name = spec.name
+    local = os.path.isdir(name)
+    if not local and (name.startswith((".", "/", "~")) or name.count("/") > 1):
+        raise PictagError(f"hf:{name} is neither a local directory nor a hub id (ORG/NAME)")
+    if not local:
+        hub_online()
+    fix = f"Save the model with save_pretrained and pass hf:/that/dir, or --checkpoint FILE with hf:{name}"
+    try:
+        config = AutoConfig.from_pretrained(name)
+        tokenizer = AutoTokenizer.from_pretrained(name)
+        processor = AutoImageProcessor.from_pretrained(name)
+        if random_weights or checkpoint is not None:
+            torch.manual_seed(0)
+            model = AutoModel.from_config(config)
+        else:
+            model = AutoModel.from_pretrained(name)
+    except PictagError:
+        raise
+    except Exception as exc:  # hub, cache and file errors come in many types
+        raise fetch_failed(f"hf:{name}", exc, fix) from None
+    if not (hasattr(model, "get_image_features") and hasattr(model, "get_text_features")):
+        raise PictagError(f"hf:{name} is a {config.model_type} model, not CLIP-family; use timm:NAME for image-only")
+    if checkpoint is not None:
+        load_checkpoint(model, checkpoint)
+        weights_id = f"file:{file_digest(checkpoint)}"
+    elif random_weights:
+        weights_id = "random:0"
+    else:
+        weights_id = _local_weights_id(name) if local else f"hf:{name}@{getattr(config, '_commit_hash', None)}"
+    return HfClipEncoder(f"hf:{name}", model, tokenizer, processor, weights_id)
+
+
+def _local_weights_id(folder: str) -> str:
+    # The folder's path says nothing about which weights it holds now; their content does.
+    files = sorted(f for f in os.listdir(folder) if f.endswith((".safetensors", ".bin")))
+    return "dir:" + "+".join(file_digest(os.path.join(folder, f)) for f in files)
+
+
+def _names() -> list[str]:
+    # The hub is not listed offline; these are the CLIP-family ids users reach for most.
+    return [
+        "openai/clip-vit-base-patch32",
+        "openai/clip-vit-base-patch16",
+        "openai/clip-vit-large-patch14",
+        "laion/CLIP-ViT-H-14-laion2B-s32B-b79K",
+        "google/siglip-base-patch16-224",
+        "google/siglip-so400m-patch14-384",
+    ]
+
+
+register_backend(Backend("hf", _create, _names, "transformers CLIP/SigLIP by hub id or local directory"))

@@ -1,0 +1,78 @@
+"""timm image-only backbones: `timm:NAME` (pretrained tag allowed after a dot, as timm writes it)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from pictag.errors import PictagError
+from pictag.models.base import Encoder
+from pictag.models.checkpoint import file_digest, load_checkpoint
+from pictag.models.hub import fetch_failed, hub_online
+from pictag.models.preprocess import Preprocess
+from pictag.models.registry import Backend, ModelSpec, register_backend, unknown_name
+
+
+class TimmEncoder(Encoder):
+    """Pooled, pre-classifier features of a timm model."""
+
+    def __init__(self, spec: str, model: torch.nn.Module, weights_id: str):
+        import timm.data
+
+        cfg = timm.data.resolve_data_config({}, model=model)
+        _, height, width = cfg["input_size"]
+        crop_pct = cfg.get("crop_pct", 1.0)
+        # timm's eval transform: the short side becomes size / crop_pct, then a centre crop.
+        resize = (
+            math.floor(max(height, width) / crop_pct) if cfg.get("crop_mode", "center") == "center" else (height, width)
+        )
+        preprocess = Preprocess((height, width), resize, cfg["interpolation"], tuple(cfg["mean"]), tuple(cfg["std"]))
+        super().__init__(spec, model, preprocess, embed_dim=model.num_features, weights_id=weights_id)
+
+    def _image_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.module(pixels)
+
+
+def _create(spec: ModelSpec, checkpoint=None, random_weights: bool = False) -> Encoder:
+    import timm
+
+    arch = spec.name.split(".")[0]
+    if not timm.is_model(arch):
+        raise unknown_name("timm", spec.name, timm.list_models())
+    if checkpoint is not None or random_weights:
+        torch.manual_seed(0)
+        # Build with the default classifier so a full checkpoint (classifier included) loads as it is.
+        model = timm.create_model(spec.name, pretrained=False)
+        if checkpoint is not None:
+            _load_into(model, checkpoint)
+            weights_id = f"file:{file_digest(checkpoint)}"
+        else:
+            weights_id = "random:0"
+        model.reset_classifier(0)
+    else:
+        hub_online()
+        try:
+            model = timm.create_model(spec.name, pretrained=True, num_classes=0)
+        except Exception as exc:  # hub and cache errors come in many types
+            raise fetch_failed(f"timm:{spec.name}", exc, "Pass local weights: --checkpoint FILE") from None
+        weights_id = f"tag:{spec.name}"
+    return TimmEncoder(f"timm:{spec.name}", model, weights_id)
+
+
+def _load_into(model: torch.nn.Module, checkpoint) -> None:
+    try:
+        load_checkpoint(model, checkpoint)
+    except PictagError:
+        # A features-only checkpoint has no classifier tensors: load it into the headless model.
+        model.reset_classifier(0)
+        load_checkpoint(model, checkpoint)
+
+
+def _names() -> list[str]:
+    import timm
+
+    return timm.list_pretrained()
+
+
+register_backend(Backend("timm", _create, _names, "timm image-only backbones (no zero-shot)"))

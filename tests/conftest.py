@@ -1,0 +1,114 @@
+"""Shared fixtures: tiny random CLIP models built from config (open_clip and transformers), real photos, tars."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY_OPEN_CLIP = {
+    "embed_dim": 16,
+    "vision_cfg": {"image_size": 224, "layers": 1, "width": 32, "head_width": 16, "patch_size": 32},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    # Prototype and index caches must never leak between tests or into the user's home.
+    monkeypatch.setenv("PICTAG_CACHE", str(tmp_path_factory.mktemp("cache")))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+def photos() -> dict[str, Image.Image]:
+    """scikit-image's bundled real photos, as RGB PIL images."""
+    import skimage.data
+
+    names = ["astronaut", "chelsea", "coffee", "rocket", "camera"]
+    return {name: Image.fromarray(getattr(skimage.data, name)()).convert("RGB") for name in names}
+
+
+def jpeg_bytes(img: Image.Image, quality: int = 90) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="session")
+def photo_dir(tmp_path_factory) -> Path:
+    """Real photos as JPEGs, shortest side 300 px: below 2×224, so DCT downscaling never applies."""
+    folder = tmp_path_factory.mktemp("photos")
+    for name, img in photos().items():
+        scale = 300 / min(img.size)
+        img.resize((round(img.width * scale), round(img.height * scale)), Image.BICUBIC).save(folder / f"{name}.jpg")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_open_clip(tmp_path_factory) -> tuple[str, Path]:
+    """A registered tiny open_clip architecture and a checkpoint of random weights: (spec, checkpoint)."""
+    import open_clip
+
+    folder = tmp_path_factory.mktemp("open_clip_cfg")
+    (folder / "pictag-tiny.json").write_text(json.dumps(TINY_OPEN_CLIP))
+    open_clip.add_model_config(folder)
+    torch.manual_seed(1)
+    model = open_clip.create_model("pictag-tiny", pretrained=None)
+    with torch.no_grad():
+        model.logit_scale.fill_(np.log(50.0))  # peaky scores make score comparisons meaningful
+    checkpoint = folder / "tiny.pt"
+    torch.save(model.state_dict(), checkpoint)
+    return "open_clip:pictag-tiny", checkpoint
+
+
+@pytest.fixture(scope="session")
+def tiny_hf_clip(tmp_path_factory) -> Path:
+    """A tiny transformers CLIP saved with save_pretrained, with the real CLIP BPE vocabulary (from open_clip)."""
+    from open_clip.tokenizer import SimpleTokenizer
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
+
+    folder = tmp_path_factory.mktemp("hf_clip")
+    bpe = SimpleTokenizer()
+    specials = {"<start_of_text>": "<|startoftext|>", "<end_of_text>": "<|endoftext|>"}
+    (folder / "vocab.json").write_text(json.dumps({specials.get(k, k): v for k, v in bpe.encoder.items()}))
+    merges = sorted(bpe.bpe_ranks, key=bpe.bpe_ranks.get)
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
+    CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt")).save_pretrained(folder)
+    layer = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
+    config = CLIPConfig(
+        text_config=dict(layer, vocab_size=49408, max_position_embeddings=77),
+        vision_config=dict(layer, image_size=224, patch_size=32),
+        projection_dim=16,
+    )
+    torch.manual_seed(2)
+    model = CLIPModel(config)
+    with torch.no_grad():
+        model.logit_scale.fill_(np.log(50.0))
+    model.save_pretrained(folder)
+    CLIPImageProcessor().save_pretrained(folder)
+    return folder
+
+
+def write_tar(path: Path, members: dict[str, bytes]) -> Path:
+    with tarfile.open(path, "w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def subprocess_env() -> dict[str, str]:
+    """Environment for running `python -m pictag` from this checkout in a child process."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + env.get("PYTHONPATH", "")
+    return env
