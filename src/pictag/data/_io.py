@@ -1,0 +1,116 @@
+"""Byte access shared by all sources: local files through file descriptors, anything else through fsspec."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from pictag.errors import PictagError
+
+if TYPE_CHECKING:
+    from fsspec import AbstractFileSystem
+
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm"})
+
+
+def is_image(name: str) -> bool:
+    """Whether ``name`` has an image extension (any case)."""
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def is_url(location: str) -> bool:
+    """Whether ``location`` names a protocol (``s3://``, ``memory://``) rather than a local path."""
+    return bool(_URL.match(location))
+
+
+def filesystem(location: str) -> tuple[AbstractFileSystem, str]:
+    """The fsspec filesystem serving ``location`` and the path within it (fsspec is imported here, not at start-up)."""
+    import fsspec.core
+
+    try:
+        return fsspec.core.url_to_fs(location)
+    except (ImportError, ValueError) as e:
+        raise PictagError(f"cannot open {location}: {e} (install the fsspec backend for this protocol)") from e
+
+
+def location_of(fs: AbstractFileSystem, path: str) -> str:
+    """A string that names ``path`` on ``fs`` by itself: a plain path for local files, so reads can use ``pread``."""
+    return path if "file" in fs.protocol else fs.unstrip_protocol(path)
+
+
+def join(root: str, name: str) -> str:
+    """``name`` resolved against the folder ``root``; absolute paths and URLs stand as they are."""
+    if is_url(name) or os.path.isabs(name):
+        return name
+    return f"{root.rstrip('/')}/{name}"
+
+
+def display_name(location: str) -> str:
+    """The last path component, for messages."""
+    return location.rstrip("/").rsplit("/", 1)[-1]
+
+
+class Blob:
+    """One file read by byte ranges: ``os.pread`` on a local descriptor, ranged ``cat_file`` elsewhere.
+
+    The file is opened at the first read, and every failure is an ``OSError`` with a one-line message, so that
+    callers can turn it into an error record.
+    """
+
+    def __init__(self, location: str) -> None:
+        self.location = location
+        self._fd: int | None = None
+        self._fs: AbstractFileSystem | None = None
+        self._size: int | None = None
+
+    def _open(self) -> None:
+        if is_url(self.location):
+            self._fs, self._path = filesystem(self.location)
+        else:
+            self._fd = os.open(self.location, os.O_RDONLY)
+            self._size = os.fstat(self._fd).st_size
+
+    @property
+    def size(self) -> int:
+        """Size of the file in bytes; one metadata request for a remote file, made only when needed."""
+        if self._size is None:
+            self._size = self._remote(self._fs.size, self._path)
+        return self._size
+
+    def read(self, offset: int = 0, size: int | None = None) -> bytes:
+        """``size`` bytes from ``offset``, or the rest of the file when ``size`` is None."""
+        if self._fd is None and self._fs is None:
+            self._open()
+        if self._fs is not None:
+            end = None if size is None else offset + size
+            data = self._remote(self._fs.cat_file, self._path, offset, end)
+        else:
+            size = self.size - offset if size is None else size
+            data = os.pread(self._fd, size, offset) if offset + size <= self.size else b""
+        if size is not None and len(data) != size:
+            raise OSError(f"offset {offset}+{size} is past end of {display_name(self.location)} ({self.size:,} bytes)")
+        return data
+
+    @staticmethod
+    def _remote(call: Callable[..., Any], *args: object) -> Any:
+        try:
+            return call(*args)
+        except OSError:
+            raise
+        except Exception as e:  # backends raise their own types (aiohttp, botocore); callers expect OSError
+            raise OSError(f"{type(e).__name__}: {e}") from e
+
+    def close(self) -> None:
+        """Close the local descriptor, if one was opened."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> Blob:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
