@@ -36,8 +36,8 @@ def __getattr__(name: str):
 
 
 if TYPE_CHECKING:
-    from pictag.data.decode import decode_image
     from pictag.data import build_tar_index, open_source
+    from pictag.data.decode import decode_image
     from pictag.errors import PictagError
     from pictag.heads.zero_shot import ZeroShotClassifier, load_templates
     from pictag.models.base import Encoder

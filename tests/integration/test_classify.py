@@ -112,7 +112,7 @@ def test_existing_interrupted_and_changed_runs_are_refused(tmp_path, photo_dir, 
 
 
 def test_kill_9_then_resume_gives_every_record_exactly_once(tmp_path, tiny_hf_clip):
-    images = {f"img{i:04d}.jpg": jpeg_bytes(Image.new("RGB", (40 + i % 7, 30), (i % 256, 90, 160))) for i in range(600)}
+    images = {f"img{i:04d}.jpg": jpeg_bytes(Image.new("RGB", (40 + i % 7, 30), (i % 256, 90, 160))) for i in range(300)}
     images.update({"bad1.jpg": b"", "bad2.jpg": b"nope"})
     tar = write_tar(tmp_path / "shard.tar", images)
     out = tmp_path / "out.parquet"
