@@ -7,9 +7,12 @@ import logging
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from pictag.errors import PictagError
-from pictag.models.base import Encoder
+
+if TYPE_CHECKING:
+    from pictag.models.base import Encoder
 
 log = logging.getLogger(__name__)
 
