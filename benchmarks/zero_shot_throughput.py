@@ -95,7 +95,8 @@ def bench_end_to_end(files: list[Path], label_counts: list[int], batch_size: int
     import pictag
     from pictag.testing import save_random_hf_clip
 
-    vocabulary = list(IMAGENET_CLASSNAMES)
+    # ImageNet's names hold two duplicates, which pictag refuses as ambiguous: two extra names make 1,000.
+    vocabulary = list(dict.fromkeys(IMAGENET_CLASSNAMES)) + ["drawing", "painting"]
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = save_random_hf_clip(
             Path(tmp, "clip-vit-b32"),
@@ -112,7 +113,6 @@ def bench_end_to_end(files: list[Path], label_counts: list[int], batch_size: int
         images.mkdir()
         for f in files:
             (images / f.name).write_bytes(f.read_bytes())
-        classifier = pipeline("zero-shot-image-classification", model=str(model_dir), device="cpu")
         for count in label_counts:
             labels = vocabulary[:count]
             out = Path(tmp, f"out{count}.csv")
@@ -122,14 +122,15 @@ def bench_end_to_end(files: list[Path], label_counts: list[int], batch_size: int
             )
             ours = rate(result.classified, time.perf_counter() - started)
             subset = [str(f) for f in files[: pipeline_images[count]]]
-            started = time.perf_counter()
+            started = time.perf_counter()  # like pictag's, the pipeline's time includes loading the model
+            classifier = pipeline("zero-shot-image-classification", model=str(model_dir), device="cpu")
             for _ in classifier(subset, candidate_labels=labels, batch_size=batch_size):
                 pass
             theirs = rate(len(subset), time.perf_counter() - started)
             print(
                 f"(b) end to end, {count:>4} labels, batch {batch_size}: transformers pipeline {theirs:7.2f} img/s "
-                f"({len(subset)} images) | pictag {ours:7.2f} img/s ({result.classified} images, model load and "
-                f"prototypes included) | ratio {ours / theirs:.1f}x"
+                f"({len(subset)} images) | pictag {ours:7.2f} img/s ({result.classified} images) | ratio "
+                f"{ours / theirs:.2f}x (both timings include loading the model)"
             )
 
 
