@@ -1,4 +1,7 @@
-"""The README's commands and Python run as written (with $PICTAG_MODEL pointing at a tiny local model)."""
+"""The commands and Python of the README and the zero-shot docs run as written.
+
+$PICTAG_MODEL points the default model at a tiny local one; everything else is verbatim.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +15,8 @@ from PIL import Image
 
 from conftest import ROOT, jpeg_bytes, photos, subprocess_env, write_tar
 
-README = (ROOT / "README.md").read_text()
-BLOCKS = re.findall(r"```(\w+)\n(.*?)```", README, flags=re.S)
+DOCS = [ROOT / "README.md", ROOT / "docs" / "zero-shot.md", ROOT / "docs" / "models.md"]
+BLOCKS = [block for doc in DOCS for block in re.findall(r"```(\w+)\n(.*?)```", doc.read_text(), flags=re.S)]
 COMMANDS = [line for lang, body in BLOCKS if lang == "bash" for line in body.splitlines() if line.startswith("pictag ")]
 PYTHON = [body for lang, body in BLOCKS if lang == "python"]
 
