@@ -49,7 +49,7 @@ def test_readme_has_examples():
 def test_readme_commands_run(workdir):
     root, env = workdir
     for command in COMMANDS:
-        argv = [sys.executable, "-m", "pictag", *shlex.split(command)[1:]]
+        argv = [sys.executable, "-m", "pictag", *shlex.split(command, comments=True)[1:]]
         done = subprocess.run(argv, cwd=root, env=env, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, f"{command}\n{done.stderr}"
     assert (root / "results.csv").is_file() and (root / "out.parquet").is_file()
