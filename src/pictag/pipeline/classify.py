@@ -117,7 +117,7 @@ def run(cfg: ClassifyConfig) -> ClassifyResult:
 
     done = parts.done_keys()
     top_k = min(cfg.top_k, len(labels))
-    workers = default_workers() if cfg.workers is None else cfg.workers
+    workers = default_workers(encoder.device) if cfg.workers is None else cfg.workers
     total = max(len(source) - len(done), 0)
     with tqdm(total=total, unit="img", desc="classify", dynamic_ncols=True, disable=None) as bar:
         for batch in iter_embeddings(
