@@ -31,7 +31,8 @@ def add_parser(sub) -> None:
     p.add_argument("out", nargs="?", help="results file, .csv or .parquet")
     p.add_argument(
         "--method",
-        help="prototype, tip-adapter, linear-probe, or auto (best support accuracy per task; the default)",
+        help="prototype, tip-adapter, linear-probe, auto (best support accuracy per task; the default), or "
+        "finetuned (the head stored by fewshot-train in --checkpoint)",
     )
     p.add_argument("--templates", help="prompt templates for CLIP text prototypes (Tip-Adapter): simple, imagenet80")
     p.add_argument("--overwrite", action="store_true", default=None, help="replace existing output")

@@ -18,6 +18,7 @@ from pictag.device import default_workers
 from pictag.errors import PictagError
 from pictag.fewshot.tasks import Task, find_tasks
 from pictag.heads.base import Head, create_head
+from pictag.heads.trained import FINETUNED, TrainedHead, read_trained_head
 from pictag.heads.zero_shot import ZeroShotClassifier
 from pictag.models.base import Encoder
 from pictag.models.registry import DEFAULT_MODEL, create_model
@@ -105,7 +106,7 @@ def run(cfg: FewshotConfig) -> FewshotResult:
     check_output_format(out)
     if out.exists() and not cfg.overwrite:
         raise PictagError(f"{out} already exists: pass --overwrite to replace it")
-    create_head(cfg.method)  # an unknown method fails before any image is read
+    trained = _trained_head(cfg)
     tasks = find_tasks(cfg.test_dir)
     encoder = create_model(
         cfg.model,
@@ -131,7 +132,7 @@ def run(cfg: FewshotConfig) -> FewshotResult:
         if task_errors:
             errors.write(pa.table(list(zip(*task_errors)), schema=ERRORS_SCHEMA))
             failed += len(task_errors)
-        head, queries = _fit_task(task, cfg, encoder, features)
+        head, queries = _fit_task(task, cfg, encoder, features, trained)
         if queries:
             probs = head.predict(torch.stack([features[key] for key in queries]))
             scores, indices = probs.max(dim=-1)
@@ -186,8 +187,21 @@ def _embed(cfg: FewshotConfig, tasks: list[Task], encoder: Encoder) -> tuple[dic
     return features, unreadable
 
 
+def _trained_head(cfg: FewshotConfig) -> dict | None:
+    """The fine-tuned head for `--method finetuned`; any other method is checked before any image is read."""
+    if cfg.method != FINETUNED:
+        create_head(cfg.method)
+        return None
+    trained = read_trained_head(cfg.checkpoint) if cfg.checkpoint else None
+    if trained is None:
+        raise PictagError(
+            "--method finetuned needs --checkpoint FILE from `pictag fewshot-train` (it stores the trained head)"
+        )
+    return trained
+
+
 def _fit_task(
-    task: Task, cfg: FewshotConfig, encoder: Encoder, features: dict[str, torch.Tensor]
+    task: Task, cfg: FewshotConfig, encoder: Encoder, features: dict[str, torch.Tensor], trained: dict | None
 ) -> tuple[Head, list[str]]:
     support = [(key, label) for key, label in task.support if key in features]
     readable = {label for _, label in support}
@@ -202,9 +216,8 @@ def _fit_task(
         # Folder names are prompts: "golden_retriever" reads as "golden retriever".
         names = [cls.replace("_", " ") for cls in task.classes]
         text = ZeroShotClassifier(encoder, names, cfg.templates).prototypes.cpu()
-    head = create_head(cfg.method).fit(
-        torch.stack([features[key] for key, _ in support]), torch.tensor([label for _, label in support]), text
-    )
+    head = TrainedHead.for_classes(trained, task.classes) if trained else create_head(cfg.method)
+    head.fit(torch.stack([features[key] for key, _ in support]), torch.tensor([label for _, label in support]), text)
     return head, [key for key in task.query if key in features]
 
 

@@ -157,15 +157,6 @@ def finetune(train_data: str, out: str, **options) -> FinetuneResult:
     return run(load_config(FinetuneConfig, train_data=train_data, out=out, **options))
 
 
-def read_trained_head(path: str | os.PathLike) -> dict | None:
-    """The "pictag" entry of a fine-tuned checkpoint (classes, head_weight, head_scale, ...), or None."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # not ours, or not a torch file: read_state_dict reports that when the model loads it
-        return None
-    return state.get("pictag") if isinstance(state, dict) else None
-
-
 def _cosine(step: int, warmup: int, total: int) -> float:
     if step < warmup:
         return (step + 1) / warmup
