@@ -22,7 +22,7 @@ from pictag.heads.auto import CANDIDATES, AutoHead
 from pictag.heads.base import create_head, list_heads
 from pictag.heads.zero_shot import ZeroShotClassifier
 from pictag.models.base import Encoder
-from pictag.models.registry import DEFAULT_MODEL, create_model
+from pictag.models.options import ModelOptions
 from pictag.pipeline.runner import iter_embeddings
 
 
@@ -146,8 +146,8 @@ def evaluate_episodes(
     return scores
 
 
-@dataclass
-class FewshotEvalConfig:
+@dataclass(kw_only=True)
+class FewshotEvalConfig(ModelOptions):
     """Everything `pictag fewshot-eval` takes; see `pictag fewshot-eval --help` for each option."""
 
     data: list[str] | str
@@ -158,13 +158,9 @@ class FewshotEvalConfig:
     method: str = "all"
     seed: int = 0
     out: str | None = None
-    model: str = DEFAULT_MODEL
-    checkpoint: str | None = None
-    random_weights: bool = False
     templates: str = "simple"
     batch_size: int = 64
     workers: int | None = None
-    device: str | None = None
     precision: str | None = None
 
 
@@ -268,13 +264,7 @@ def run_eval(cfg: FewshotEvalConfig) -> EvalResult:
     folders = [cfg.data] if isinstance(cfg.data, str) else list(cfg.data)
     shots = parse_shots(cfg.shots)
     resolve_methods(cfg.method)
-    encoder = create_model(
-        cfg.model,
-        checkpoint=cfg.checkpoint,
-        random_weights=cfg.random_weights,
-        device=cfg.device,
-        precision=cfg.precision,
-    )
+    encoder = cfg.create_encoder()
     collection = embed_collection(
         [f.rstrip("/") for f in folders], encoder, batch_size=cfg.batch_size, workers=cfg.workers
     )

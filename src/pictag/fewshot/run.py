@@ -21,7 +21,7 @@ from pictag.heads.base import Head, create_head
 from pictag.heads.trained import FINETUNED, TrainedHead, read_trained_head
 from pictag.heads.zero_shot import ZeroShotClassifier
 from pictag.models.base import Encoder
-from pictag.models.registry import DEFAULT_MODEL, create_model
+from pictag.models.options import ModelOptions
 from pictag.pipeline.parts import TableWriter, check_output_format
 from pictag.pipeline.runner import iter_embeddings
 
@@ -43,21 +43,16 @@ TASKS_SCHEMA = pa.schema(
 )
 
 
-@dataclass
-class FewshotConfig:
+@dataclass(kw_only=True)
+class FewshotConfig(ModelOptions):
     """Everything `pictag fewshot` takes; see `pictag fewshot --help` for each option."""
 
     test_dir: str
     out: str
     method: str = "auto"
-    model: str = DEFAULT_MODEL
-    checkpoint: str | None = None
-    random_weights: bool = False
     templates: str = "simple"
     batch_size: int = 64
     workers: int | None = None
-    device: str | None = None
-    precision: str | None = None
     max_pixels: int = DEFAULT_MAX_PIXELS
     overwrite: bool = False
 
@@ -108,15 +103,11 @@ def run(cfg: FewshotConfig) -> FewshotResult:
         raise PictagError(f"{out} already exists: pass --overwrite to replace it")
     trained = _trained_head(cfg)
     tasks = find_tasks(cfg.test_dir)
-    encoder = create_model(
-        cfg.model,
-        checkpoint=cfg.checkpoint,
-        random_weights=cfg.random_weights,
-        device=cfg.device,
-        precision=cfg.precision,
-    )
+    encoder = cfg.create_encoder()
     config_out = dump_config(cfg, sibling(out, ".config.yaml"))
     features, unreadable = _embed(cfg, tasks, encoder)
+    for task in tasks:
+        _check_readable_support(task, features)
 
     results, errors, summaries = (
         TableWriter(out),
@@ -134,19 +125,7 @@ def run(cfg: FewshotConfig) -> FewshotResult:
             failed += len(task_errors)
         head, queries = _fit_task(task, cfg, encoder, features, trained)
         if queries:
-            probs = head.predict(torch.stack([features[key] for key in queries]))
-            scores, indices = probs.max(dim=-1)
-            results.write(
-                pa.table(
-                    [
-                        [task.name] * len(queries),
-                        [task.query_name(key) for key in queries],
-                        [task.classes[i] for i in indices.tolist()],
-                        scores.tolist(),
-                    ],
-                    schema=RESULT_SCHEMA,
-                )
-            )
+            results.write(_predictions(task, head, queries, features))
             predicted += len(queries)
         method = getattr(head, "chosen_name", head.name)
         method = f"auto:{method}" if cfg.method == "auto" else method
@@ -204,13 +183,6 @@ def _fit_task(
     task: Task, cfg: FewshotConfig, encoder: Encoder, features: dict[str, torch.Tensor], trained: dict | None
 ) -> tuple[Head, list[str]]:
     support = [(key, label) for key, label in task.support if key in features]
-    readable = {label for _, label in support}
-    empty = [cls for i, cls in enumerate(task.classes) if i not in readable]
-    if empty:
-        raise PictagError(
-            f"task {task.name}: no readable support image in class(es) {', '.join(empty)} (see the errors "
-            "file): replace the unreadable images"
-        )
     text = None
     if encoder.has_text:
         # Folder names are prompts: "golden_retriever" reads as "golden retriever".
@@ -219,6 +191,27 @@ def _fit_task(
     head = TrainedHead.for_classes(trained, task.classes) if trained else create_head(cfg.method)
     head.fit(torch.stack([features[key] for key, _ in support]), torch.tensor([label for _, label in support]), text)
     return head, [key for key in task.query if key in features]
+
+
+def _check_readable_support(task: Task, features: dict[str, torch.Tensor]) -> None:
+    readable = {label for key, label in task.support if key in features}
+    empty = [cls for i, cls in enumerate(task.classes) if i not in readable]
+    if empty:
+        raise PictagError(
+            f"task {task.name}: no readable support image in class(es) {', '.join(empty)}: replace the unreadable "
+            "images"
+        )
+
+
+def _predictions(task: Task, head: Head, queries: list[str], features: dict[str, torch.Tensor]) -> pa.Table:
+    scores, indices = head.predict(torch.stack([features[key] for key in queries])).max(dim=-1)
+    columns = [
+        [task.name] * len(queries),
+        [task.query_name(key) for key in queries],
+        [task.classes[i] for i in indices.tolist()],
+        scores.tolist(),
+    ]
+    return pa.table(columns, schema=RESULT_SCHEMA)
 
 
 def _image_name(task: Task, key: str) -> str:

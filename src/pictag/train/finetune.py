@@ -34,8 +34,8 @@ from pictag.errors import PictagError
 from pictag.heads.prototype import class_prototypes
 from pictag.models.base import Encoder
 from pictag.models.checkpoint import read_state_dict
+from pictag.models.options import ModelOptions
 from pictag.models.preprocess import Preprocess
-from pictag.models.registry import DEFAULT_MODEL, create_model
 from pictag.pipeline.runner import iter_embeddings
 from pictag.train.blocks import unfreeze_last_blocks
 from pictag.train.head import ResidualCosineHead
@@ -43,16 +43,13 @@ from pictag.train.head import ResidualCosineHead
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class FinetuneConfig:
+@dataclass(kw_only=True)
+class FinetuneConfig(ModelOptions):
     """Everything `pictag fewshot-train` takes; see `pictag fewshot-train --help` for each option."""
 
     train_data: str
     out: str
     val_data: str | None = None
-    model: str = DEFAULT_MODEL
-    checkpoint: str | None = None
-    random_weights: bool = False
     unfreeze_blocks: int = 6
     epochs: int = 30
     batch_size: int = 32
@@ -63,7 +60,6 @@ class FinetuneConfig:
     warmup_epochs: float = 1.0
     seed: int = 0
     workers: int | None = None
-    device: str | None = None
     precision: str | None = None
 
 
@@ -98,13 +94,7 @@ def run(cfg: FinetuneConfig) -> FinetuneResult:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     dump_config(cfg, out / "config.yaml")
-    encoder = create_model(
-        cfg.model,
-        checkpoint=cfg.checkpoint,
-        random_weights=cfg.random_weights,
-        device=cfg.device,
-        precision=cfg.precision,
-    )
+    encoder = cfg.create_encoder()
     workers = default_workers() if cfg.workers is None else cfg.workers
     trainable = unfreeze_last_blocks(encoder.module, cfg.unfreeze_blocks)
 
