@@ -17,7 +17,7 @@ def add_parser(sub) -> None:
         "fewshot-eval",
         help="evaluate few-shot methods on episodes sampled from DATA_DIR/<class>/*.jpg",
         description="Embed every image once, then sample episodes (seeded: every method sees the same ones) and "
-        "print the mean query accuracy with its 95%% confidence interval and the seconds per task, for each "
+        "print the mean query accuracy with its 95% confidence interval and the seconds per task, for each "
         "method and shot count. Several DATA_DIRs pool their classes by name. --out writes scores.csv, "
         "accuracy.png and config.yaml.",
         epilog=EXAMPLES,
