@@ -8,8 +8,8 @@ a placeholder, not an ant: it is treated as unreadable and left out.
 
 Each image is embedded once (seconds per image reported); then every method is fitted and evaluated on the same
 seeded episodes of cached features (15 queries per class), and the seconds per task are fit + predict. Tiny fits
-run on one thread, so that timings do not depend on what else shares the machine's cores. About 8 minutes on an
-idle 2-core machine (21 on a shared, loaded one); the figures are in docs/fewshot.md.
+run on one thread, so that timings do not depend on what else shares the machine's cores. About 21 minutes on the
+shared 2-core development machine under load (an estimated 8 idle); the figures are in docs/fewshot.md.
 """
 
 from __future__ import annotations
