@@ -140,3 +140,18 @@ def test_unfreeze_last_blocks_counts_blocks():
     assert unfreeze_last_blocks(module, 0) == []
     with pytest.raises(PictagError, match="blocks"):
         unfreeze_last_blocks(module, len(blocks) + 1)
+
+
+def test_block_layouts_of_clip_models(tiny_open_clip, tiny_hf_clip):
+    from pictag.train.blocks import image_blocks, unfreeze_last_blocks
+
+    spec, checkpoint = tiny_open_clip
+    for encoder in (
+        create_model(spec, checkpoint=checkpoint, device="cpu"),
+        create_model(f"hf:{tiny_hf_clip}", device="cpu"),
+    ):
+        blocks, tail = image_blocks(encoder.module)
+        assert len(blocks) == 1 and tail, type(encoder.module).__name__
+        trainable = {id(p) for p in unfreeze_last_blocks(encoder.module, 1)}
+        text = [n for n, p in encoder.module.named_parameters() if id(p) in trainable and "text" in n]
+        assert not text, f"text tower parameters left trainable: {text[:3]}"
