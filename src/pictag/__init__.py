@@ -24,6 +24,17 @@ _EXPORTS = {
     "iter_embeddings": "pictag.pipeline.runner",
     "ClassifyConfig": "pictag.pipeline.classify",
     "classify": "pictag.pipeline.classify",
+    "Head": "pictag.heads.base",
+    "create_head": "pictag.heads.base",
+    "list_heads": "pictag.heads.base",
+    "FewshotConfig": "pictag.fewshot.run",
+    "fewshot": "pictag.fewshot.run",
+    "FewshotEvalConfig": "pictag.fewshot.evaluate",
+    "evaluate_episodes": "pictag.fewshot.evaluate",
+    "sample_episodes": "pictag.fewshot.tasks",
+    "find_tasks": "pictag.fewshot.tasks",
+    "FinetuneConfig": "pictag.train.finetune",
+    "finetune": "pictag.train.finetune",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -39,9 +50,14 @@ if TYPE_CHECKING:
     from pictag.data import build_tar_index, open_source
     from pictag.data.decode import decode_image
     from pictag.errors import PictagError
+    from pictag.fewshot.evaluate import FewshotEvalConfig, evaluate_episodes
+    from pictag.fewshot.run import FewshotConfig, fewshot
+    from pictag.fewshot.tasks import find_tasks, sample_episodes
+    from pictag.heads.base import Head, create_head, list_heads
     from pictag.heads.zero_shot import ZeroShotClassifier, load_templates
     from pictag.models.base import Encoder
     from pictag.models.preprocess import Preprocess
     from pictag.models.registry import create_model, list_models
     from pictag.pipeline.classify import ClassifyConfig, classify
     from pictag.pipeline.runner import iter_embeddings
+    from pictag.train.finetune import FinetuneConfig, finetune

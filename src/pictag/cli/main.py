@@ -8,7 +8,7 @@ import sys
 
 from pictag.cli.common import Parser
 
-COMMANDS = ["classify", "index", "models"]
+COMMANDS = ["classify", "index", "models", "fewshot", "fewshot-eval", "fewshot-train"]
 
 
 def build_parser() -> Parser:
