@@ -24,6 +24,10 @@ _EXPORTS = {
     "iter_embeddings": "pictag.pipeline.runner",
     "ClassifyConfig": "pictag.pipeline.classify",
     "classify": "pictag.pipeline.classify",
+    "EmbeddingStore": "pictag.store.store",
+    "embed": "pictag.store.embed",
+    "calibrate": "pictag.store.calibrate",
+    "search": "pictag.store.search",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -45,3 +49,7 @@ if TYPE_CHECKING:
     from pictag.models.registry import create_model, list_models
     from pictag.pipeline.classify import ClassifyConfig, classify
     from pictag.pipeline.runner import iter_embeddings
+    from pictag.store.calibrate import calibrate
+    from pictag.store.embed import embed
+    from pictag.store.search import search
+    from pictag.store.store import EmbeddingStore

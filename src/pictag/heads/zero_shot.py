@@ -123,6 +123,18 @@ class ZeroShotClassifier:
         """Per-label probabilities (softmax, or sigmoid for SigLIP-style weights)."""
         return self.encoder.scores(self.logits(features))
 
-    def top_k(self, features: torch.Tensor, k: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-        """(scores, label indices) of the k best labels per image, best first."""
-        return self.scores(features).topk(min(k, len(self.labels)), dim=-1)
+    def top_k(
+        self, features: torch.Tensor, k: int = 1, temperature: float = 1.0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scores, label indices) of the k best labels per image, best first.
+
+        Equal to `scores(features).topk(k)`, but only the k kept scores are formed: the softmax denominator is one
+        logsumexp, so no (N, labels) probability matrix is written. `temperature` divides the logits (calibration).
+        """
+        logits = self.logits(features)
+        if temperature != 1.0:
+            logits = logits / temperature
+        values, indices = logits.topk(min(k, len(self.labels)), dim=-1)
+        if self.encoder.logit_bias is not None:
+            return torch.sigmoid(values + self.encoder.logit_bias), indices
+        return (values - logits.logsumexp(dim=-1, keepdim=True)).exp(), indices

@@ -17,10 +17,12 @@ from pictag.data.decode import DEFAULT_MAX_PIXELS
 from pictag.data.sources import open_source
 from pictag.device import default_workers
 from pictag.errors import PictagError
+from pictag.heads.calibration import Calibration
 from pictag.heads.zero_shot import UNKNOWN, ZeroShotClassifier, parse_labels
 from pictag.models.registry import DEFAULT_MODEL, create_model
 from pictag.pipeline.parts import PartWriter, TableWriter, check_output_format
 from pictag.pipeline.runner import iter_embeddings
+from pictag.store.store import EmbeddingStore
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +38,8 @@ _RESULT_DEFINING = (
     "checkpoint",
     "top_k",
     "threshold",
+    "embeddings",
+    "calibration",
 )
 
 
@@ -43,12 +47,12 @@ _RESULT_DEFINING = (
 class ClassifyConfig:
     """Everything `pictag classify` takes; see `pictag classify --help` for each option."""
 
-    source: str
-    out: str
+    source: str | None = None
+    out: str | None = None
     labels: list[str] | str | None = None
     labels_file: str | None = None
     templates: str = "simple"
-    model: str = DEFAULT_MODEL
+    model: str | None = None  # DEFAULT_MODEL, or the model of `embeddings`
     checkpoint: str | None = None
     random_weights: bool = False
     index: str | None = None
@@ -62,6 +66,8 @@ class ClassifyConfig:
     max_pixels: int = DEFAULT_MAX_PIXELS
     resume: bool = False
     overwrite: bool = False
+    embeddings: str | None = None  # an embedding store (`pictag embed`) to classify instead of `source`
+    calibration: str | None = None  # temperature and per-class thresholds from `pictag calibrate`
 
 
 @dataclass
@@ -88,6 +94,10 @@ def run(cfg: ClassifyConfig) -> ClassifyResult:
         PictagError: bad input, or an output that exists (pass `overwrite`) or was interrupted (pass `resume`).
     """
     started = time.perf_counter()
+    if not cfg.out:
+        raise PictagError("--out is required: a results file, .csv or .parquet")
+    if (cfg.source is None) == (cfg.embeddings is None):
+        raise PictagError("give either a SOURCE of images or --embeddings STORE (from `pictag embed`), not both")
     out = Path(cfg.out)
     check_output_format(out)
     if cfg.top_k < 1:
@@ -95,30 +105,26 @@ def run(cfg: ClassifyConfig) -> ClassifyResult:
     if cfg.batch_size < 1:
         raise PictagError(f"--batch-size must be at least 1, not {cfg.batch_size}")
     labels = parse_labels(cfg.labels, cfg.labels_file)
+    store = EmbeddingStore(cfg.embeddings) if cfg.embeddings else None
+    cfg = dataclasses.replace(cfg, model=cfg.model or (store.manifest.model if store else DEFAULT_MODEL))
     parts = PartWriter(sibling(out, ".parts"))
     _check_resumable(cfg, out, parts)
-    source = open_source(cfg.source, index=cfg.index, path_column=cfg.path_column)
-    encoder = create_model(
-        cfg.model,
-        checkpoint=cfg.checkpoint,
-        random_weights=cfg.random_weights,
-        device=cfg.device,
-        precision=cfg.precision,
-    )
+    done = parts.done_keys()
+    encoder, batches, total = _embeddings(cfg, store, done)
     head = ZeroShotClassifier(encoder, labels, cfg.templates)
+    calibration = Calibration.load(cfg.calibration) if cfg.calibration else None
+    if calibration is not None:
+        calibration.check(encoder.spec, encoder.weights_id, labels, head.templates)
+    thresholds = _thresholds(cfg.threshold, calibration, labels)
+    temperature = calibration.temperature if calibration else 1.0
     config_out = dump_config(cfg, sibling(out, ".config.yaml"))
     (parts.folder / "config.yaml").write_text(config_out.read_text())
 
-    done = parts.done_keys()
     top_k = min(cfg.top_k, len(labels))
-    workers = default_workers() if cfg.workers is None else cfg.workers
-    total = max(len(source) - len(done), 0)
     with tqdm(total=total, unit="img", desc="classify", dynamic_ncols=True, disable=None) as bar:
-        for batch in iter_embeddings(
-            source, encoder, batch_size=cfg.batch_size, workers=workers, skip=done, max_pixels=cfg.max_pixels
-        ):
-            scores, indices = head.top_k(batch.features, top_k)
-            parts.write(_rows(batch.keys, scores, indices, labels, cfg.threshold, batch.errors, top_k))
+        for batch in batches:
+            scores, indices = head.top_k(batch.features, top_k, temperature)
+            parts.write(_rows(batch.keys, scores, indices, labels, thresholds, batch.errors, top_k))
             bar.update(len(batch.keys) + len(batch.errors))
     parts.flush()
     classified, errors = _merge(parts, out, sibling(out, ".errors.csv"), top_k)
@@ -128,9 +134,41 @@ def run(cfg: ClassifyConfig) -> ClassifyResult:
     )
 
 
-def classify(source: str, out: str, labels: list[str] | str | None = None, **options) -> ClassifyResult:
-    """Python twin of `pictag classify`: options are the ClassifyConfig fields (model=, top_k=, resume=, ...)."""
+def classify(source: str | None, out: str, labels: list[str] | str | None = None, **options) -> ClassifyResult:
+    """Python twin of `pictag classify`: options are the ClassifyConfig fields (model=, top_k=, resume=, ...).
+
+    With `embeddings="emb/"` (and `source=None`) the rows come from an embedding store; no image is decoded.
+    """
     return run(load_config(ClassifyConfig, source=source, out=out, labels=labels, **options))
+
+
+def _embeddings(cfg: ClassifyConfig, store: EmbeddingStore | None, done: set[str]):
+    """(encoder, EmbeddingBatch iterator, rows to go) from the store, or from decoding the source's images."""
+    if store is not None:
+        encoder = store.encoder(
+            cfg.model, cfg.checkpoint, device=cfg.device, precision=cfg.precision, random_weights=cfg.random_weights
+        )
+        return encoder, store.iter_batches(skip=done), max(len(store) - len(done), 0)
+    source = open_source(cfg.source, index=cfg.index, path_column=cfg.path_column)
+    encoder = create_model(
+        cfg.model,
+        checkpoint=cfg.checkpoint,
+        random_weights=cfg.random_weights,
+        device=cfg.device,
+        precision=cfg.precision,
+    )
+    workers = default_workers() if cfg.workers is None else cfg.workers
+    batches = iter_embeddings(
+        source, encoder, batch_size=cfg.batch_size, workers=workers, skip=done, max_pixels=cfg.max_pixels
+    )
+    return encoder, batches, max(len(source) - len(done), 0)
+
+
+def _thresholds(threshold: float | None, calibration: Calibration | None, labels: list[str]) -> list[float] | None:
+    """Per-label top-1 score thresholds: the calibrated ones, raised to --threshold where that is higher."""
+    if calibration is None:
+        return None if threshold is None else [threshold] * len(labels)
+    return [max(t, threshold or 0.0) for t in calibration.threshold_vector(labels)]
 
 
 def _check_resumable(cfg: ClassifyConfig, out: Path, parts: PartWriter) -> None:
@@ -156,7 +194,7 @@ def _check_resumable(cfg: ClassifyConfig, out: Path, parts: PartWriter) -> None:
         raise PictagError(f"{out} is already complete: nothing to resume (pass --overwrite to run again)")
 
 
-def _rows(keys, scores, indices, labels, threshold, errors, top_k) -> pa.Table:
+def _rows(keys, scores, indices, labels, thresholds, errors, top_k) -> pa.Table:
     scores, indices = scores.cpu().tolist(), indices.cpu().tolist()
     columns: dict[str, list] = {
         "key": keys + [key for key, _ in errors],
@@ -167,8 +205,9 @@ def _rows(keys, scores, indices, labels, threshold, errors, top_k) -> pa.Table:
     for rank in range(top_k):
         columns[f"label_{rank + 1}"] = [labels[row[rank]] for row in indices] + [None] * len(errors)
         columns[f"score_{rank + 1}"] = [row[rank] for row in scores] + [None] * len(errors)
-    for label, score in zip(columns["label_1"], columns["score_1"]):
-        below = score is not None and threshold is not None and score < threshold
+    top1 = [row[0] for row in indices]
+    for i, (label, score) in enumerate(zip(columns["label_1"], columns["score_1"])):
+        below = score is not None and thresholds is not None and score < thresholds[top1[i]]
         columns["label"].append(UNKNOWN if below else label)
         columns["score"].append(score)
     return pa.table(columns, schema=_part_schema(top_k))
