@@ -21,7 +21,9 @@ def clustered(n: int, dim: int, clusters: int, seed: int, spread: float = 0.35, 
     centres = np.random.default_rng(seed if centres_seed is None else centres_seed).standard_normal((clusters, dim))
     centres = (centres / np.linalg.norm(centres, axis=1, keepdims=True)).astype(np.float32)
     rng = np.random.default_rng(seed)
-    x = centres[rng.integers(clusters, size=n)] + spread * rng.standard_normal((n, dim)).astype(np.float32) / math.sqrt(dim)
+    x = centres[rng.integers(clusters, size=n)] + spread * rng.standard_normal((n, dim)).astype(np.float32) / math.sqrt(
+        dim
+    )
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
@@ -30,7 +32,9 @@ def make_store(folder, vectors: np.ndarray, rows_per_shard: int = 1000, dtype: s
         ([f"img{i:06d}" for i in range(a, min(a + rows_per_shard, len(vectors)))], vectors[a : a + rows_per_shard])
         for a in range(0, len(vectors), rows_per_shard)
     )
-    manifest = Manifest(model="open_clip:synthetic", weights_id="synthetic", preprocess="-", dim=vectors.shape[1], dtype=dtype)
+    manifest = Manifest(
+        model="open_clip:synthetic", weights_id="synthetic", preprocess="-", dim=vectors.shape[1], dtype=dtype
+    )
     return write_store(folder, chunks, manifest)
 
 
@@ -76,7 +80,7 @@ def test_exact_search_is_exact(tmp_path):
 
 @pytest.mark.parametrize("index_type", ["ivf", "hnsw"])
 def test_approximate_recall_against_exact(tmp_path, index_type):
-    store = make_store(tmp_path / "emb", clustered(20000, 32, 64, seed=3), rows_per_shard=5000)
+    store = make_store(tmp_path / "emb", clustered(10000, 32, 64, seed=3), rows_per_shard=3000)
     index = build_index(store, index_type, target_recall=0.95, tuning_queries=200)
     assert index.info.recall_at_10 >= 0.95, index.info
     index.save(store.folder)
@@ -139,6 +143,6 @@ def test_per_class_thresholds_on_synthetic_set():
 
 def test_temperature_recovers_the_true_one():
     torch.manual_seed(0)
-    logits = torch.randn(20000, 10) * 4
+    logits = torch.randn(8000, 10) * 4
     truth = torch.distributions.Categorical(logits=logits / 2.5).sample()
     assert fit_temperature(logits, truth) == pytest.approx(2.5, rel=0.05)

@@ -229,12 +229,14 @@ def exact_search(store: EmbeddingStore, queries: np.ndarray, k: int) -> tuple[np
     """Exact (scores, ids) of the k best store rows per query, scanning the store chunk by chunk."""
     import torch
 
+    from pictag.store.store import as_float32_tensor
+
     q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
     best_scores = torch.full((len(q), 0), -math.inf)
     best_ids = torch.empty((len(q), 0), dtype=torch.int64)
     offset = 0
     for _, vectors in store.iter_arrays(CHUNK_ROWS):
-        sims = q @ torch.from_numpy(vectors.astype(np.float32)).T
+        sims = q @ as_float32_tensor(vectors).T
         scores = torch.cat([best_scores, sims], dim=1)
         ids = torch.cat([best_ids, torch.arange(offset, offset + len(vectors)).expand(len(q), -1)], dim=1)
         best_scores, top = scores.topk(min(k, scores.shape[1]), dim=1)

@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import yaml
 from tqdm.auto import tqdm
@@ -195,21 +196,26 @@ def _check_resumable(cfg: ClassifyConfig, out: Path, parts: PartWriter) -> None:
 
 
 def _rows(keys, scores, indices, labels, thresholds, errors, top_k) -> pa.Table:
-    scores, indices = scores.cpu().tolist(), indices.cpu().tolist()
-    columns: dict[str, list] = {
-        "key": keys + [key for key, _ in errors],
-        "error": [None] * len(keys) + [reason for _, reason in errors],
-        "label": [],
-        "score": [],
+    """One part's rows, built column-wise (label names gathered by index), failed keys last with null results."""
+    scores, indices = scores.cpu().numpy(), indices.cpu().numpy()
+    failed = len(errors)
+    names = pa.array([*labels, UNKNOWN], pa.string())
+    chosen = indices[:, 0]
+    if thresholds is not None:
+        chosen = np.where(scores[:, 0] < np.asarray(thresholds, np.float32)[chosen], len(labels), chosen)
+
+    def with_failed(values: pa.Array) -> pa.Array:
+        return pa.concat_arrays([values, pa.nulls(failed, values.type)]) if failed else values
+
+    columns = {
+        "key": pa.array([*keys, *(key for key, _ in errors)], pa.string()),
+        "error": pa.array([None] * len(keys) + [reason for _, reason in errors], pa.string()),
+        "label": with_failed(names.take(chosen)),
+        "score": with_failed(pa.array(scores[:, 0], pa.float32())),
     }
     for rank in range(top_k):
-        columns[f"label_{rank + 1}"] = [labels[row[rank]] for row in indices] + [None] * len(errors)
-        columns[f"score_{rank + 1}"] = [row[rank] for row in scores] + [None] * len(errors)
-    top1 = [row[0] for row in indices]
-    for i, (label, score) in enumerate(zip(columns["label_1"], columns["score_1"])):
-        below = score is not None and thresholds is not None and score < thresholds[top1[i]]
-        columns["label"].append(UNKNOWN if below else label)
-        columns["score"].append(score)
+        columns[f"label_{rank + 1}"] = with_failed(names.take(indices[:, rank]))
+        columns[f"score_{rank + 1}"] = with_failed(pa.array(scores[:, rank], pa.float32()))
     return pa.table(columns, schema=_part_schema(top_k))
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 DTYPES = {"float16": pa.float16(), "float32": pa.float32()}
+READ_ROWS = 65536
 
 
 def shard_schema(dim: int, dtype: str = "float16") -> pa.Schema:
@@ -63,6 +65,16 @@ def embedding_array(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
     dim = column.type.list_size
     values = column.values.slice(column.offset * dim, len(column) * dim)
     return values.to_numpy(zero_copy_only=True).reshape(len(column), dim)
+
+
+def as_float32_tensor(array: np.ndarray):
+    """A new float32 torch tensor from a (read-only, Arrow-backed) numpy array, converted by torch's fast kernels."""
+    import torch
+
+    with warnings.catch_warnings():
+        # Arrow's buffers are read-only; torch warns although the view is only read, once, to make the copy.
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(array).float()
 
 
 @dataclass
@@ -179,7 +191,7 @@ class EmbeddingStore:
         return self.manifest.count * self.manifest.dim * pa.from_numpy_dtype(np.dtype(self.manifest.dtype)).byte_width
 
     def iter_arrays(
-        self, chunk_rows: int = 16384, skip: frozenset[str] | set[str] = frozenset()
+        self, chunk_rows: int = READ_ROWS, skip: frozenset[str] | set[str] = frozenset()
     ) -> Iterator[tuple[pa.StringArray, np.ndarray]]:
         """Yield (keys as an Arrow array, embeddings as an (N, dim) numpy view) chunk by chunk, in row order.
 
@@ -199,16 +211,19 @@ class EmbeddingStore:
                     yield keys, embedding_array(embeddings)
 
     def iter_batches(
-        self, chunk_rows: int = 16384, skip: frozenset[str] | set[str] = frozenset()
+        self, batch_rows: int = 2048, skip: frozenset[str] | set[str] = frozenset()
     ) -> Iterator[EmbeddingBatch]:
-        """Yield `EmbeddingBatch`es of float32 tensors, like `pictag.pipeline.runner.iter_embeddings` does."""
-        import torch
+        """Yield `EmbeddingBatch`es of float32 tensors, like `pictag.pipeline.runner.iter_embeddings` does.
 
+        Batches are small so that a batch's (rows x labels) logits stay in the CPU cache while top-k and the
+        softmax denominator pass over them; reads stay large.
+        """
         from pictag.pipeline.runner import EmbeddingBatch
 
-        for keys, embeddings in self.iter_arrays(chunk_rows, skip):
-            features = torch.from_numpy(embeddings).float()
-            yield EmbeddingBatch(keys.to_pylist(), features, [])
+        for keys, embeddings in self.iter_arrays(READ_ROWS, skip):
+            for start in range(0, len(keys), batch_rows):
+                stop = start + batch_rows
+                yield EmbeddingBatch(keys[start:stop].to_pylist(), as_float32_tensor(embeddings[start:stop]), [])
 
     def keys(self) -> np.ndarray:
         """Every key, in row order (row i of the store, and id i of its search index)."""
