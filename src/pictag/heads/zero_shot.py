@@ -123,9 +123,7 @@ class ZeroShotClassifier:
         """Per-label probabilities (softmax, or sigmoid for SigLIP-style weights)."""
         return self.encoder.scores(self.logits(features))
 
-    def top_k(
-        self, features: torch.Tensor, k: int = 1, temperature: float = 1.0
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def top_k(self, features: torch.Tensor, k: int = 1, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
         """(scores, label indices) of the k best labels per image, best first.
 
         Equal to `scores(features).topk(k)`, but only the k kept scores are formed and the softmax denominator is
