@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from pictag.cli.common import options
+from pictag.cli.common import add_store_model_args, options
 
 EXAMPLES = """examples:
   pictag calibrate emb/ --labels-file labels.txt --truth labelled.csv --out calib.yaml
@@ -31,9 +31,7 @@ def add_parser(sub) -> None:
     p.add_argument("--labels-file", help="file with one label per line")
     p.add_argument("--templates", help="prompt templates: simple, imagenet80, or a file (use the same for classify)")
     p.add_argument("--target-precision", type=float, help="precision each class threshold must reach (default 0.9)")
-    p.add_argument("--model", help="override the store's model (must be the same weights)")
-    p.add_argument("--checkpoint", help="override the store's checkpoint file")
-    p.add_argument("--device", help="cpu, cuda, cuda:N or mps")
+    add_store_model_args(p)
     p.add_argument("--config", help="YAML file of options; command-line flags override it")
     p.set_defaults(func=run)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from pictag.cli.common import add_store_model_args
+
 EXAMPLES = """examples:
   pictag search emb/ --text "a red sports car" --k 20
   pictag search emb/ --image query.jpg --k 20 --paths
@@ -27,9 +29,7 @@ def add_parser(sub) -> None:
     p.add_argument("--search-param", type=int, help="nprobe (IVF) or efSearch (HNSW): trade speed for recall")
     p.add_argument("--paths", action="store_true", help="show where each image is (path, URL or tar member)")
     p.add_argument("--out", help="also write the results to this .csv or .parquet")
-    p.add_argument("--model", help="override the store's model (must be the same weights)")
-    p.add_argument("--checkpoint", help="override the store's checkpoint file (must be the same weights)")
-    p.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: best available)")
+    add_store_model_args(p)
     p.set_defaults(func=run)
 
 

@@ -145,11 +145,16 @@ def classify(source: str | None, out: str, labels: list[str] | str | None = None
 
 def _embeddings(cfg: ClassifyConfig, store: EmbeddingStore | None, done: set[str]):
     """(encoder, EmbeddingBatch iterator, rows to go) from the store, or from decoding the source's images."""
-    if store is not None:
-        encoder = store.encoder(
-            cfg.model, cfg.checkpoint, device=cfg.device, precision=cfg.precision, random_weights=cfg.random_weights
-        )
-        return encoder, store.iter_batches(skip=done), max(len(store) - len(done), 0)
+    if store is None:
+        return source_embeddings(cfg, done)
+    encoder = store.encoder(
+        cfg.model, cfg.checkpoint, device=cfg.device, precision=cfg.precision, random_weights=cfg.random_weights
+    )
+    return encoder, store.iter_batches(skip=done), max(len(store) - len(done), 0)
+
+
+def source_embeddings(cfg, done: set[str]):
+    """(encoder, EmbeddingBatch iterator, images to go) for a config naming a source and a model (classify, embed)."""
     source = open_source(cfg.source, index=cfg.index, path_column=cfg.path_column)
     encoder = create_model(
         cfg.model,

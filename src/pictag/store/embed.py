@@ -14,12 +14,10 @@ from tqdm.auto import tqdm
 
 from pictag.config import dump_config, load_config
 from pictag.data.decode import DEFAULT_MAX_PIXELS
-from pictag.data.sources import open_source
-from pictag.device import default_workers
 from pictag.errors import PictagError
-from pictag.models.registry import DEFAULT_MODEL, create_model
+from pictag.models.registry import DEFAULT_MODEL
+from pictag.pipeline.classify import source_embeddings
 from pictag.pipeline.parts import PartWriter, TableWriter
-from pictag.pipeline.runner import iter_embeddings
 from pictag.store.store import DTYPES, MANIFEST, SHARD_WRITE_OPTIONS, Manifest, embedding_table
 
 ERRORS_SCHEMA = pa.schema([("key", pa.string()), ("reason", pa.string())])
@@ -78,17 +76,11 @@ def run(cfg: EmbedConfig) -> EmbedResult:
         raise PictagError(f"--batch-size must be at least 1, not {cfg.batch_size}")
     out = Path(cfg.out)
     _check_resumable(cfg, out)
-    source = open_source(cfg.source, index=cfg.index, path_column=cfg.path_column)
-    encoder = create_model(
-        cfg.model,
-        checkpoint=cfg.checkpoint,
-        random_weights=cfg.random_weights,
-        device=cfg.device,
-        precision=cfg.precision,
-    )
     shards = PartWriter(out, rows_per_part=cfg.rows_per_shard, write_options=SHARD_WRITE_OPTIONS)
     # Errors get their own parts; a key is in exactly one of the two, so skipping both keeps exactly-once.
     failures = PartWriter(out / "errors.parts")
+    done = shards.done_keys() | failures.done_keys()
+    encoder, batches, total = source_embeddings(cfg, done)
     manifest = Manifest(
         model=encoder.spec,
         weights_id=encoder.weights_id,
@@ -104,12 +96,8 @@ def run(cfg: EmbedConfig) -> EmbedResult:
     manifest.write(out)
     dump_config(cfg, out / "config.yaml")
 
-    done = shards.done_keys() | failures.done_keys()
-    workers = default_workers() if cfg.workers is None else cfg.workers
-    with tqdm(total=max(len(source) - len(done), 0), unit="img", desc="embed", dynamic_ncols=True, disable=None) as bar:
-        for batch in iter_embeddings(
-            source, encoder, batch_size=cfg.batch_size, workers=workers, skip=done, max_pixels=cfg.max_pixels
-        ):
+    with tqdm(total=total, unit="img", desc="embed", dynamic_ncols=True, disable=None) as bar:
+        for batch in batches:
             if batch.keys:
                 shards.write(embedding_table(batch.keys, batch.features.cpu().numpy(), cfg.dtype))
             if batch.errors:
