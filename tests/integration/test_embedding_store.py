@@ -115,7 +115,8 @@ def test_store_used_with_another_model_is_refused(store, tiny_hf_clip, tmp_path,
 def test_search_text_and_image(store, image_dir, capsys):
     assert main(["search", str(store.folder), "--image", str(image_dir / "rocket.jpg"), "--k", "4", "--paths"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    rank, score, key, path = lines[0].split()
+    assert lines[0] == "searched with: exact scan of 20 vectors (no saved index: `pictag index-embeddings` builds one)"
+    rank, score, key, path = lines[1].split()
     assert (rank, key, path) == ("1", "rocket.jpg", str(image_dir / "rocket.jpg")) and float(score) > 0.999
     table = store.search(text=["a rocket", "a cat"], k=5)
     assert table.column_names == ["query", "rank", "key", "score"] and table.num_rows == 10

@@ -48,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
         checkpoint=args.checkpoint,
         device=args.device,
     )
+    print(f"searched with: {table.schema.metadata[b'searched_with'].decode()}")
     for row in table.to_pylist():
         where = f"  {row['path']}" if args.paths else ""
         print(f"{row['rank']:4d}  {row['score']:.4f}  {row['key']}{where}")

@@ -37,7 +37,8 @@ def search(
         model, checkpoint, device: Override the encoder named by the store's manifest (it must still match).
 
     Returns:
-        A table of (query, rank, key, score[, path]), best first per query; score is cosine similarity.
+        A table of (query, rank, key, score[, path]), best first per query; score is cosine similarity. Its schema
+        metadata "searched_with" says which index answered.
     """
     from pictag.index.faiss_index import VectorIndex, exact_search
 
@@ -57,9 +58,12 @@ def search(
     index = VectorIndex.load(store)
     if index is None:
         scores, ids = exact_search(store, vectors, k)
+        how = f"exact scan of {len(store):,} vectors (no saved index: `pictag index-embeddings` builds one)"
     else:
         index.set_search_param(search_param)
         scores, ids = index.search(vectors, k)
+        params = ", ".join(f"{name}={value}" for name, value in index.info.params.items())
+        how = f"{index.info.type} index of {len(store):,} vectors{' (' + params + ')' if params else ''}"
     keys = store.keys()
     columns: dict[str, list] = {"query": [], "rank": [], "key": [], "score": []}
     for q, (row_scores, row_ids) in enumerate(zip(scores, ids)):
@@ -73,7 +77,7 @@ def search(
     if paths:
         where = locations(store.manifest, columns["key"])
         columns["path"] = [where.get(key) for key in columns["key"]]
-    return pa.table(columns)
+    return pa.table(columns).replace_schema_metadata({"searched_with": how})
 
 
 def _image_query(encoder, image: str | os.PathLike | bytes) -> np.ndarray:
