@@ -14,6 +14,13 @@ from pictag.errors import PictagError
 C = TypeVar("C")
 
 
+def cache_dir() -> Path:
+    """Where pictag caches derived data (text prototypes, tar indexes): $PICTAG_CACHE, else ~/.cache/pictag."""
+    return Path(
+        os.environ.get("PICTAG_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pictag"
+    )
+
+
 def load_config(cls: type[C], path: str | os.PathLike | None = None, **overrides: Any) -> C:
     """Build a config from an optional YAML file, then overrides whose value is not None.
 

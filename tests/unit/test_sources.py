@@ -164,11 +164,11 @@ def test_tar_without_index_builds_it_once_beside_and_reuses_it(tmp_path, monkeyp
 
 
 def test_tar_without_index_caches_it_in_user_cache_when_beside_is_not_writable(tmp_path, monkeypatch):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("PICTAG_CACHE", str(tmp_path / "cache"))
     tar = _tar(tmp_path / "data" / "zip1.tar", MEMBERS)
     (tmp_path / "data" / "zip1.index.parquet").mkdir()  # something that is not an index stands in the way
     assert _data(open_source(tar)) == IMAGES
-    [cached] = (tmp_path / "cache" / "pictag" / "tar-index").iterdir()
+    [cached] = (tmp_path / "cache" / "tar-index").iterdir()
     assert cached.name.startswith("zip1-") and cached.name.endswith(".index.parquet")
     monkeypatch.setattr(tar_index, "_scan", lambda tar: pytest.fail("rebuilt"))
     assert _data(open_source(tar)) == IMAGES

@@ -20,7 +20,7 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model")
     group.add_argument(
         "--model",
-        help=f"model spec: open_clip:ARCH/TAG, hf:ORG/NAME or hf:/dir, timm:NAME (default {DEFAULT_MODEL})",
+        help=f"model spec: open_clip:ARCH/TAG, hf:ORG/NAME or hf:/dir, timm:NAME (default $PICTAG_MODEL or {DEFAULT_MODEL})",
     )
     group.add_argument("--checkpoint", help="local weights file loaded into the --model architecture")
     group.add_argument(

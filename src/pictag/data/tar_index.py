@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pictag.config import cache_dir
 from pictag.data._io import display_name, filesystem, is_image, is_url
 from pictag.errors import PictagError
 
@@ -230,8 +231,7 @@ def _int_or_none(value: bytes | None) -> int | None:
 def index_for(tar: str, tar_size: int) -> TarIndex:
     """The index of a tar opened without one: the one beside it or in the cache if current, else a new one.
 
-    A new index is written beside the tar, or under ``$XDG_CACHE_HOME/pictag/tar-index/`` (default
-    ``~/.cache``) when that fails. A remote tar is never scanned: its index must be beside it.
+    A new index is written beside the tar, or under the pictag cache (`pictag.config.cache_dir`) when that fails. A remote tar is never scanned: its index must be beside it.
 
     Raises:
         PictagError: A remote tar has no fitting index beside it, or no index can be built or written.
@@ -272,5 +272,5 @@ def index_for(tar: str, tar_size: int) -> TarIndex:
 def _cache_path(tar: str) -> str:
     stat = os.stat(tar)
     digest = hashlib.sha256(f"{os.path.abspath(tar)}\0{stat.st_size}\0{stat.st_mtime_ns}".encode()).hexdigest()
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pictag" / "tar-index"
+    cache = cache_dir() / "tar-index"
     return str(cache / f"{_stem(tar)}-{digest[:16]}{INDEX_SUFFIX}")

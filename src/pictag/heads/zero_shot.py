@@ -11,15 +11,11 @@ from pathlib import Path
 
 import torch
 
+from pictag.config import cache_dir
 from pictag.errors import PictagError
 from pictag.models.base import Encoder
 
 UNKNOWN = "unknown"
-
-
-def cache_dir() -> Path:
-    """Where pictag caches derived data (text prototypes, tar indexes): $PICTAG_CACHE or ~/.cache/pictag."""
-    return Path(os.environ.get("PICTAG_CACHE") or Path.home() / ".cache" / "pictag")
 
 
 def load_templates(name_or_path: str | Sequence[str] = "simple") -> list[str]:

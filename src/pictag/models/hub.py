@@ -17,17 +17,18 @@ from pictag.errors import PictagError
 @functools.cache
 def hub_online() -> bool:
     """Whether the hub answers; if not, switch huggingface_hub to cache-only mode for this process."""
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
-        return False
-    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
-    try:
-        socket.create_connection((host, 443), timeout=2).close()
-        return True
-    except OSError:
-        import huggingface_hub.constants
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() not in ("1", "true", "yes"):
+        host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+        try:
+            socket.create_connection((host, 443), timeout=2).close()
+            return True
+        except OSError:
+            pass
+    import huggingface_hub.constants
 
-        huggingface_hub.constants.HF_HUB_OFFLINE = True
-        return False
+    # The library read HF_HUB_OFFLINE when first imported, possibly before it was set.
+    huggingface_hub.constants.HF_HUB_OFFLINE = True
+    return False
 
 
 def fetch_failed(spec: str, exc: BaseException, fix: str) -> PictagError:

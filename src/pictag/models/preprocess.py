@@ -97,7 +97,7 @@ class Preprocess:
         import torchvision.transforms.v2.functional as tvf
         from torchvision.transforms import InterpolationMode
 
-        x = torch.from_numpy(np.asarray(img)).permute(2, 0, 1)
+        x = torch.from_numpy(np.array(img)).permute(2, 0, 1)
         height, width = x.shape[-2:]
         if isinstance(self.resize, int):
             short, long = (width, height) if width <= height else (height, width)

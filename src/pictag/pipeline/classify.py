@@ -19,8 +19,8 @@ from pictag.data.sources import open_source
 from pictag.device import default_workers
 from pictag.errors import PictagError
 from pictag.heads.calibration import Calibration
-from pictag.heads.zero_shot import UNKNOWN, ZeroShotClassifier, parse_labels
-from pictag.models.registry import DEFAULT_MODEL, create_model
+from pictag.heads.zero_shot import UNKNOWN, ZeroShotClassifier, load_templates, parse_labels
+from pictag.models.registry import create_model, default_model
 from pictag.pipeline.parts import PartWriter, TableWriter, check_output_format
 from pictag.pipeline.runner import iter_embeddings
 from pictag.store.store import EmbeddingStore
@@ -53,7 +53,7 @@ class ClassifyConfig:
     labels: list[str] | str | None = None
     labels_file: str | None = None
     templates: str = "simple"
-    model: str | None = None  # DEFAULT_MODEL, or the model of `embeddings`
+    model: str | None = None  # default_model(), or the model of `embeddings`
     checkpoint: str | None = None
     random_weights: bool = False
     index: str | None = None
@@ -67,6 +67,7 @@ class ClassifyConfig:
     max_pixels: int = DEFAULT_MAX_PIXELS
     resume: bool = False
     overwrite: bool = False
+    commit_every: int = 8192
     embeddings: str | None = None  # an embedding store (`pictag embed`) to classify instead of `source`
     calibration: str | None = None  # temperature and per-class thresholds from `pictag calibrate`
 
@@ -96,8 +97,8 @@ def run(cfg: ClassifyConfig) -> ClassifyResult:
     """
     started = time.perf_counter()
     if not cfg.out:
-        raise PictagError("--out is required: a results file, .csv or .parquet")
-    if (cfg.source is None) == (cfg.embeddings is None):
+        raise PictagError("no output named: pass --out results.csv (or .parquet)")
+    if cfg.source and cfg.embeddings:
         raise PictagError("give either a SOURCE of images or --embeddings STORE (from `pictag embed`), not both")
     out = Path(cfg.out)
     check_output_format(out)
@@ -105,14 +106,19 @@ def run(cfg: ClassifyConfig) -> ClassifyResult:
         raise PictagError(f"--top-k must be at least 1, not {cfg.top_k}")
     if cfg.batch_size < 1:
         raise PictagError(f"--batch-size must be at least 1, not {cfg.batch_size}")
+    if not cfg.source and not cfg.embeddings:
+        raise PictagError(
+            "no images given: pass a SOURCE (folder, image, tar, shard pattern, table or URL) or --embeddings STORE"
+        )
     labels = parse_labels(cfg.labels, cfg.labels_file)
+    templates = load_templates(cfg.templates)
     store = EmbeddingStore(cfg.embeddings) if cfg.embeddings else None
-    cfg = dataclasses.replace(cfg, model=cfg.model or (store.manifest.model if store else DEFAULT_MODEL))
-    parts = PartWriter(sibling(out, ".parts"))
+    cfg = dataclasses.replace(cfg, model=cfg.model or (store.manifest.model if store else default_model()))
+    parts = PartWriter(sibling(out, ".parts"), rows_per_part=cfg.commit_every)
     _check_resumable(cfg, out, parts)
     done = parts.done_keys()
     encoder, batches, total = _embeddings(cfg, store, done)
-    head = ZeroShotClassifier(encoder, labels, cfg.templates)
+    head = ZeroShotClassifier(encoder, labels, templates)
     calibration = Calibration.load(cfg.calibration) if cfg.calibration else None
     if calibration is not None:
         calibration.check(encoder.spec, encoder.weights_id, labels, head.templates)

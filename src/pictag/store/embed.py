@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from pictag.config import dump_config, load_config
 from pictag.data.decode import DEFAULT_MAX_PIXELS
 from pictag.errors import PictagError
-from pictag.models.registry import DEFAULT_MODEL
+from pictag.models.registry import default_model
 from pictag.pipeline.classify import source_embeddings
 from pictag.pipeline.parts import PartWriter, TableWriter
 from pictag.store.store import DTYPES, MANIFEST, SHARD_WRITE_OPTIONS, Manifest, embedding_table
@@ -31,7 +31,7 @@ class EmbedConfig:
 
     source: str
     out: str
-    model: str = DEFAULT_MODEL
+    model: str = field(default_factory=default_model)
     checkpoint: str | None = None
     random_weights: bool = False
     index: str | None = None
