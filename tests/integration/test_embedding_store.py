@@ -14,8 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 from PIL import Image
-from tests.conftest import photos, subprocess_env
 
+from conftest import photos, subprocess_env
 from pictag.cli.main import main
 from pictag.data.decode import decode_image
 from pictag.models import create_model
