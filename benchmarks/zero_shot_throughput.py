@@ -87,12 +87,12 @@ def bench_decode(files: list[Path], label: str, repeat: int) -> None:
     torch.set_num_threads(os.cpu_count() or 1)
 
 
-def bench_end_to_end(files: list[Path], label_counts: list[int], batch_size: int, pipeline_images: dict) -> None:
+def bench_end_to_end(
+    files: list[Path], label_counts: list[int], batch_size: int, pipeline_images: dict, ours_images: dict, repeat: int
+) -> None:
     """pictag.classify vs the transformers pipeline on the same random ViT-B/32 CLIP and batch size."""
     from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
-    from transformers import pipeline
 
-    import pictag
     from pictag.testing import save_random_hf_clip
 
     # ImageNet's names hold two duplicates, which pictag refuses as ambiguous: two extra names make 1,000.
@@ -109,29 +109,45 @@ def bench_end_to_end(files: list[Path], label_counts: list[int], batch_size: int
             projection_dim=512,
             logit_scale=100.0,
         )
-        images = Path(tmp, "images")
-        images.mkdir()
-        for f in files:
-            (images / f.name).write_bytes(f.read_bytes())
         for count in label_counts:
             labels = vocabulary[:count]
-            out = Path(tmp, f"out{count}.csv")
-            started = time.perf_counter()
-            result = pictag.classify(
-                str(images), str(out), labels, model=f"hf:{model_dir}", batch_size=batch_size, overwrite=True
-            )
-            ours = rate(result.classified, time.perf_counter() - started)
             subset = [str(f) for f in files[: pipeline_images[count]]]
-            started = time.perf_counter()  # like pictag's, the pipeline's time includes loading the model
-            classifier = pipeline("zero-shot-image-classification", model=str(model_dir), device="cpu")
-            for _ in classifier(subset, candidate_labels=labels, batch_size=batch_size):
-                pass
-            theirs = rate(len(subset), time.perf_counter() - started)
+            images = Path(tmp, f"images{count}")
+            images.mkdir()
+            for f in files[: ours_images[count]]:
+                (images / f.name).write_bytes(f.read_bytes())
+
+            best_ours = best_theirs = 0.0
+            for _ in range(repeat):  # alternate, keep each one's best: other load on the machine hurts both alike
+                best_theirs = max(best_theirs, pipeline_rate(subset, labels, model_dir, batch_size))
+                best_ours = max(best_ours, pictag_rate(images, labels, model_dir, batch_size, Path(tmp)))
             print(
-                f"(b) end to end, {count:>4} labels, batch {batch_size}: transformers pipeline {theirs:7.2f} img/s "
-                f"({len(subset)} images) | pictag {ours:7.2f} img/s ({result.classified} images) | ratio "
-                f"{ours / theirs:.2f}x (both timings include loading the model)"
+                f"(b) end to end, {count:>4} labels, batch {batch_size}: transformers pipeline {best_theirs:7.2f} img/s "
+                f"({len(subset)} images) | pictag {best_ours:7.2f} img/s ({ours_images[count]} images) | ratio "
+                f"{best_ours / best_theirs:.2f}x (best of {repeat}; both include loading the model)"
             )
+
+
+def pipeline_rate(images: list[str], labels: list[str], model_dir: Path, batch_size: int) -> float:
+    from transformers import pipeline
+
+    started = time.perf_counter()  # like pictag's, the pipeline's time includes loading the model
+    classifier = pipeline("zero-shot-image-classification", model=str(model_dir), device="cpu")
+    for _ in classifier(images, candidate_labels=labels, batch_size=batch_size):
+        pass
+    return rate(len(images), time.perf_counter() - started)
+
+
+def pictag_rate(images: Path, labels: list[str], model_dir: Path, batch_size: int, tmp: Path) -> float:
+    import pictag
+
+    # A fresh prototype cache each run: the text pass is paid every time, as the pipeline pays it.
+    os.environ["PICTAG_CACHE"] = tempfile.mkdtemp(dir=tmp)
+    started = time.perf_counter()
+    result = pictag.classify(
+        str(images), str(tmp / "out.csv"), labels, model=f"hf:{model_dir}", batch_size=batch_size, overwrite=True
+    )
+    return rate(result.classified, time.perf_counter() - started)
 
 
 RSS_SCRIPT = """
@@ -192,7 +208,10 @@ def main() -> None:
         bench_decode(hymenoptera, "hymenoptera (~500 px photos)", args.repeat)
         bench_decode(jpegs(PHOTOS) * 10, "shared photos (larger), 10 copies", args.repeat)
     if "end-to-end" in args.parts:
-        bench_end_to_end(jpegs(HYMENOPTERA / "val"), [10, 1000], args.batch_size, {10: 153, 1000: 2 * args.batch_size})
+        n = 2 * args.batch_size
+        bench_end_to_end(
+            jpegs(HYMENOPTERA / "val"), [10, 1000], args.batch_size, {10: n, 1000: n}, {10: n, 1000: 153}, 2
+        )
     if "rss" in args.parts:
         bench_rss(hymenoptera, [1, 10])
     print(f"benchmark process peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")

@@ -66,6 +66,7 @@ def tiny_hf_clip(tmp_path_factory) -> Path:
 
 
 def write_tar(path: Path, members: dict[str, bytes]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
     with tarfile.open(path, "w") as tar:
         for name, data in members.items():
             info = tarfile.TarInfo(name)

@@ -28,6 +28,17 @@ _EXPORTS = {
     "embed": "pictag.store.embed",
     "calibrate": "pictag.store.calibrate",
     "search": "pictag.store.search",
+    "Head": "pictag.heads.base",
+    "create_head": "pictag.heads.base",
+    "list_heads": "pictag.heads.base",
+    "FewshotConfig": "pictag.fewshot.run",
+    "fewshot": "pictag.fewshot.run",
+    "FewshotEvalConfig": "pictag.fewshot.evaluate",
+    "evaluate_episodes": "pictag.fewshot.evaluate",
+    "sample_episodes": "pictag.fewshot.tasks",
+    "find_tasks": "pictag.fewshot.tasks",
+    "FinetuneConfig": "pictag.train.finetune",
+    "finetune": "pictag.train.finetune",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -43,6 +54,10 @@ if TYPE_CHECKING:
     from pictag.data import build_tar_index, open_source
     from pictag.data.decode import decode_image
     from pictag.errors import PictagError
+    from pictag.fewshot.evaluate import FewshotEvalConfig, evaluate_episodes
+    from pictag.fewshot.run import FewshotConfig, fewshot
+    from pictag.fewshot.tasks import find_tasks, sample_episodes
+    from pictag.heads.base import Head, create_head, list_heads
     from pictag.heads.zero_shot import ZeroShotClassifier, load_templates
     from pictag.models.base import Encoder
     from pictag.models.preprocess import Preprocess
@@ -53,3 +68,4 @@ if TYPE_CHECKING:
     from pictag.store.embed import embed
     from pictag.store.search import search
     from pictag.store.store import EmbeddingStore
+    from pictag.train.finetune import FinetuneConfig, finetune

@@ -31,7 +31,9 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
 def add_runtime_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("runtime")
     group.add_argument("--batch-size", type=int, help="images per forward pass (default 64)")
-    group.add_argument("--workers", type=int, help="decoding processes (default: one per core)")
+    group.add_argument(
+        "--workers", type=int, help="decoding processes (default: one per core with a GPU, half the cores on CPU)"
+    )
     group.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: best available)")
     group.add_argument(
         "--precision", choices=["fp32", "tf32", "fp16", "bf16"], help="default: fp32 on CPU, half on GPU"

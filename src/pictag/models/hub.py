@@ -33,6 +33,9 @@ def hub_online() -> bool:
 
 def fetch_failed(spec: str, exc: BaseException, fix: str) -> PictagError:
     """The one-line error for weights that could not be fetched, naming what was tried and the fix."""
-    where = "the local cache (the hub is unreachable from here)" if not hub_online() else "the Hugging Face hub"
-    reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-    return PictagError(f"could not load weights for {spec} from {where}: {reason}. {fix}")
+    if not hub_online():
+        return PictagError(
+            f"could not load weights for {spec}: not in the local cache, and the hub is unreachable. {fix}"
+        )
+    reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+    return PictagError(f"could not load weights for {spec} from the Hugging Face hub ({reason[:160]}). {fix}")

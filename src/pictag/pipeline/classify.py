@@ -169,7 +169,7 @@ def source_embeddings(cfg, done: set[str]):
         device=cfg.device,
         precision=cfg.precision,
     )
-    workers = default_workers() if cfg.workers is None else cfg.workers
+    workers = default_workers(encoder.device) if cfg.workers is None else cfg.workers
     batches = iter_embeddings(
         source, encoder, batch_size=cfg.batch_size, workers=workers, skip=done, max_pixels=cfg.max_pixels
     )

@@ -1,0 +1,1 @@
+"""Few-shot classification: task folders, episode sampling, `fewshot` runs and episodic evaluation."""

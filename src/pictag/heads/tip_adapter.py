@@ -1,0 +1,57 @@
+"""Tip-Adapter (Zhang et al. 2022): a training-free key-value cache of support embeddings and one-hot labels.
+
+    logits(f) = text_scale · f·Tᵀ  +  α · exp(-β (1 - f·Kᵀ)) · V
+
+K are the support embeddings, V their one-hot labels and T the zero-shot text prototypes of the class names (CLIP
+models). Image-only models have no T and use the cache alone; α then only sets the temperature of the scores.
+α and β are chosen on a grid by leave-one-out on the support set: each example is scored by the cache without
+its own entry; the best accuracy wins, and ties go to the lower held-out log-likelihood loss.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from pictag.heads.base import Head, accuracy, can_leave_one_out, register_head
+
+TEXT_SCALE = 100.0  # CLIP's logit scale, as in the Tip-Adapter reference code
+BETAS = (0.5, 1.0, 2.0, 3.0, 4.0, 5.5, 7.0, 9.0, 12.0, 16.0)
+ALPHAS_WITH_TEXT = (0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0)
+ALPHAS_CACHE_ONLY = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0)
+# The paper's defaults, used when the support set is too small for leave-one-out (one example of a class).
+DEFAULT_ALPHA_BETA = {True: (1.0, 5.5), False: (10.0, 5.5)}
+
+
+@register_head("tip-adapter")
+class TipAdapterHead(Head):
+    """Training-free cache model, blended with zero-shot text prototypes when the encoder has text."""
+
+    def _fit(self, features: torch.Tensor, labels: torch.Tensor, text_prototypes: torch.Tensor | None) -> None:
+        self.keys = features
+        self.values = F.one_hot(labels, self.num_classes).float()
+        self.text_prototypes = text_prototypes
+        with_text = text_prototypes is not None
+        self.alpha, self.beta = DEFAULT_ALPHA_BETA[with_text]
+        if not can_leave_one_out(labels):
+            return
+        affinity = features @ features.T
+        text = self._text_logits(features)
+        best = None
+        for beta in BETAS:
+            cache = torch.exp(-beta * (1 - affinity)).fill_diagonal_(0.0) @ self.values
+            for alpha in ALPHAS_WITH_TEXT if with_text else ALPHAS_CACHE_ONLY:
+                logits = text + alpha * cache
+                key = (accuracy(logits, labels), -F.cross_entropy(logits, labels).item())
+                if best is None or key > best[0]:
+                    best = (key, alpha, beta)
+        (self.support_accuracy, _), self.alpha, self.beta = best
+
+    def _text_logits(self, features: torch.Tensor) -> torch.Tensor:
+        if self.text_prototypes is None:
+            return torch.zeros(len(features), self.num_classes)
+        return TEXT_SCALE * features @ self.text_prototypes.T
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        cache = torch.exp(-self.beta * (1 - features @ self.keys.T)) @ self.values
+        return self._text_logits(features) + self.alpha * cache

@@ -1,0 +1,1 @@
+"""Training tasks: last-blocks fine-tuning of an image encoder with a residual cosine classifier head."""

@@ -1,0 +1,283 @@
+"""`pictag fewshot-train`: fine-tune the last N blocks of an image encoder with a residual cosine head.
+
+A plain PyTorch loop rather than Lightning: one optimiser, one loss, one process; the checkpoint must be a plain
+state dict that `create_model(spec, checkpoint=...)` loads back, and the loop is shorter than the Lightning
+module, trainer and callback that would wrap it.
+
+Checkpoint format (`best.pth`, `last.pth`)::
+
+    {"state_dict": <the encoder module's state dict: loads through create_model(spec, checkpoint=path)>,
+     "pictag": {"model": spec, "classes": [...], "head_weight": (C, D) tensor, "head_scale": float,
+                "epoch": int, "val_accuracy": float}}
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from pictag.config import dump_config, load_config
+from pictag.data.decode import decode_image
+from pictag.data.sources import open_source
+from pictag.device import default_workers
+from pictag.errors import PictagError
+from pictag.heads.prototype import class_prototypes
+from pictag.models.base import Encoder
+from pictag.models.checkpoint import read_state_dict
+from pictag.models.options import ModelOptions
+from pictag.models.preprocess import Preprocess
+from pictag.pipeline.runner import iter_embeddings
+from pictag.train.blocks import unfreeze_last_blocks
+from pictag.train.head import ResidualCosineHead
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(kw_only=True)
+class FinetuneConfig(ModelOptions):
+    """Everything `pictag fewshot-train` takes; see `pictag fewshot-train --help` for each option."""
+
+    train_data: str
+    out: str
+    val_data: str | None = None
+    unfreeze_blocks: int = 6
+    epochs: int = 30
+    batch_size: int = 32
+    lr_backbone: float = 1e-5
+    lr_head: float = 5e-4
+    weight_decay: float = 0.05
+    label_smoothing: float = 0.1
+    warmup_epochs: float = 1.0
+    seed: int = 0
+    workers: int | None = None
+    precision: str | None = None
+
+
+@dataclass
+class FinetuneResult:
+    best: Path
+    last: Path
+    metrics: Path
+    best_val_accuracy: float | None
+    epochs: int
+    seconds: float
+
+    def summary(self) -> str:
+        val = "n/a (no --val-data)" if self.best_val_accuracy is None else f"{self.best_val_accuracy * 100:.2f} %"
+        return (
+            f"trained {self.epochs} epoch(s) in {self.seconds:.1f} s; best val accuracy {val} -> {self.best} "
+            f"(load with --checkpoint); metrics -> {self.metrics}"
+        )
+
+
+def run(cfg: FinetuneConfig) -> FinetuneResult:
+    """Fine-tune, validating after every epoch; keep the best (by val accuracy) and the last checkpoint.
+
+    Raises:
+        PictagError: bad folders or options, or a model whose blocks pictag does not know.
+    """
+    started = time.perf_counter()
+    if cfg.epochs < 1 or cfg.batch_size < 1:
+        raise PictagError(f"--epochs and --batch-size must be at least 1 (got {cfg.epochs}, {cfg.batch_size})")
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    dump_config(cfg, out / "config.yaml")
+    encoder = cfg.create_encoder()
+    workers = default_workers() if cfg.workers is None else cfg.workers
+    trainable = unfreeze_last_blocks(encoder.module, cfg.unfreeze_blocks)
+
+    train_features, train_keys, train_labels, classes = _embed_labelled(cfg.train_data, encoder, None, workers)
+    head = ResidualCosineHead(class_prototypes(train_features, torch.tensor(train_labels), len(classes)))
+    head.to(encoder.device)
+    val = _embed_labelled(cfg.val_data, encoder, classes, workers)[1:3] if cfg.val_data else None
+    loader = torch.utils.data.DataLoader(
+        _Augmented(cfg.train_data, train_keys, train_labels, encoder.preprocess),
+        batch_size=cfg.batch_size,
+        shuffle=True,
+        num_workers=workers,
+        drop_last=len(train_keys) > cfg.batch_size,
+        pin_memory=encoder.device.type == "cuda",
+        persistent_workers=workers > 0,
+    )
+    groups = [{"params": list(head.parameters()), "lr": cfg.lr_head}]
+    if trainable:
+        groups.append({"params": trainable, "lr": cfg.lr_backbone})
+    optimizer = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
+    total = cfg.epochs * len(loader)
+    warmup = min(int(cfg.warmup_epochs * len(loader)), total // 2)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _cosine(step, warmup, total))
+    scaler = torch.amp.GradScaler(encoder.device.type, enabled=encoder.dtype == torch.float16)
+
+    metrics_path = out / "metrics.csv"
+    history: list[dict] = []
+    best_accuracy = None
+    for epoch in range(1, cfg.epochs + 1):
+        loss = _train_epoch(encoder, head, loader, optimizer, scheduler, scaler, cfg.label_smoothing, epoch)
+        row = {"epoch": epoch, "train_loss": loss, "val_accuracy": None}
+        if val is not None:
+            row["val_accuracy"] = _accuracy(encoder, head, cfg.val_data, *val, workers)
+        history.append(row)
+        _write_metrics(history, metrics_path)
+        meta = {"model": encoder.spec, "classes": classes, "epoch": epoch, "val_accuracy": row["val_accuracy"]}
+        _save(out / "last.pth", encoder, head, meta)
+        if val is None or best_accuracy is None or row["val_accuracy"] > best_accuracy:
+            best_accuracy = row["val_accuracy"]
+            _save(out / "best.pth", encoder, head, meta)
+        log.info("epoch %d: train loss %.4f, val accuracy %s", epoch, loss, row["val_accuracy"])
+    _plot(history, out / "curves.png")
+    return FinetuneResult(
+        out / "best.pth", out / "last.pth", metrics_path, best_accuracy, cfg.epochs, time.perf_counter() - started
+    )
+
+
+def finetune(train_data: str, out: str, **options) -> FinetuneResult:
+    """Python twin of `pictag fewshot-train`: options are the FinetuneConfig fields."""
+    return run(load_config(FinetuneConfig, train_data=train_data, out=out, **options))
+
+
+def _cosine(step: int, warmup: int, total: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(total - warmup, 1)))
+
+
+def _embed_labelled(
+    folder: str, encoder: Encoder, classes: list[str] | None, workers: int
+) -> tuple[torch.Tensor, list[str], list[int], list[str]]:
+    """Embeddings, readable keys, labels and classes of folder/<class>/...; unreadable images are logged and left out."""
+    if not Path(folder).is_dir():
+        raise PictagError(f"{folder} is not a folder: give a folder of <class>/*.jpg")
+    encoder.module.eval()
+    keys, chunks = [], []
+    for batch in iter_embeddings(open_source(folder), encoder, batch_size=64, workers=workers):
+        keys += batch.keys
+        chunks.append(batch.features.cpu())
+        for key, reason in batch.errors:
+            log.warning("%s/%s left out: %s", folder, key, reason)
+    names = [key.split("/")[0] if "/" in key else "" for key in keys]
+    found = sorted({n for n in names if n})
+    if classes is None:
+        if len(found) < 2:
+            raise PictagError(f"{folder} needs at least two class folders of images (<class>/*.jpg), found {found}")
+        classes = found
+    unknown = sorted(set(found) - set(classes))
+    if unknown:
+        raise PictagError(f"{folder} has classes that training data lacks: {', '.join(unknown)}: use the same classes")
+    keep = [i for i, n in enumerate(names) if n]
+    features = torch.cat(chunks)[keep]
+    return features, [keys[i] for i in keep], [classes.index(names[i]) for i in keep], classes
+
+
+class _Augmented(torch.utils.data.Dataset):
+    """Training images with the usual augmentations, normalised like the model's own preprocessing."""
+
+    def __init__(self, root: str, keys: list[str], labels: list[int], preprocess: Preprocess):
+        from torchvision.transforms import InterpolationMode, v2
+
+        self.root, self.keys, self.labels, self.preprocess = root, keys, labels, preprocess
+        self.transform = v2.Compose(
+            [
+                v2.RandomResizedCrop(
+                    preprocess.size, scale=(0.5, 1.0), interpolation=InterpolationMode(preprocess.interpolation)
+                ),
+                v2.RandomHorizontalFlip(),
+                v2.ColorJitter(0.2, 0.2, 0.2),
+                v2.PILToTensor(),
+            ]
+        )
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        image = decode_image(Path(self.root, self.keys[i]).read_bytes(), self.preprocess.min_decode_size)
+        crop = self.transform(image).permute(1, 2, 0).unsqueeze(0)
+        return self.preprocess.normalize(crop)[0], self.labels[i]
+
+
+def _train_epoch(encoder, head, loader, optimizer, scheduler, scaler, label_smoothing: float, epoch: int) -> float:
+    encoder.module.train()
+    # Batch statistics of a few dozen images would overwrite the pretrained ones: keep every norm layer frozen.
+    for m in encoder.module.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.eval()
+    total, count = 0.0, 0
+    device = encoder.device
+    for pixels, labels in tqdm(loader, desc=f"epoch {epoch}", leave=False, dynamic_ncols=True, disable=None):
+        pixels, labels = pixels.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=encoder.dtype, enabled=encoder.dtype != torch.float32):
+            # The encoder's private forward: encode_image runs under inference_mode, which blocks gradients.
+            features = encoder._image_features(pixels)
+        loss = F.cross_entropy(head(features.float()), labels, label_smoothing=label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        total += loss.item() * len(labels)
+        count += len(labels)
+    encoder.module.eval()
+    return total / max(count, 1)
+
+
+@torch.no_grad()
+def _accuracy(encoder, head, folder: str, keys: list[str], labels: list[int], workers: int) -> float:
+    wanted = dict(zip(keys, labels))
+    correct = seen = 0
+    for batch in iter_embeddings(open_source(folder), encoder, batch_size=64, workers=workers):
+        mine = [i for i, key in enumerate(batch.keys) if key in wanted]
+        if mine:
+            predicted = head(batch.features[mine]).argmax(dim=-1).cpu()
+            correct += int((predicted == torch.tensor([wanted[batch.keys[i]] for i in mine])).sum())
+            seen += len(mine)
+    return correct / max(seen, 1)
+
+
+def _save(path: Path, encoder: Encoder, head: ResidualCosineHead, meta: dict) -> None:
+    state = {
+        "state_dict": {k: v.detach().cpu() for k, v in encoder.module.state_dict().items()},
+        "pictag": {**meta, "head_weight": head.weight.detach().cpu(), "head_scale": head.log_scale.exp().item()},
+    }
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    read_state_dict(path)  # fail now, not at load time, if the file would not load back
+
+
+def _write_metrics(history: list[dict], path: Path) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(history[0]))
+        writer.writeheader()
+        writer.writerows(history)
+
+
+def _plot(history: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    epochs = [row["epoch"] for row in history]
+    ax.plot(epochs, [row["train_loss"] for row in history], marker="o", label="train loss")
+    ax.set(xlabel="epoch", ylabel="train loss")
+    if history[0]["val_accuracy"] is not None:
+        other = ax.twinx()
+        other.plot(epochs, [row["val_accuracy"] * 100 for row in history], marker="s", color="C1", label="val acc")
+        other.set_ylabel("val accuracy (%)")
+    fig.legend(loc="upper center", ncol=2)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
