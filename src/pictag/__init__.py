@@ -24,6 +24,10 @@ _EXPORTS = {
     "iter_embeddings": "pictag.pipeline.runner",
     "ClassifyConfig": "pictag.pipeline.classify",
     "classify": "pictag.pipeline.classify",
+    "EmbeddingStore": "pictag.store.store",
+    "embed": "pictag.store.embed",
+    "calibrate": "pictag.store.calibrate",
+    "search": "pictag.store.search",
     "Head": "pictag.heads.base",
     "create_head": "pictag.heads.base",
     "list_heads": "pictag.heads.base",
@@ -60,4 +64,8 @@ if TYPE_CHECKING:
     from pictag.models.registry import create_model, list_models
     from pictag.pipeline.classify import ClassifyConfig, classify
     from pictag.pipeline.runner import iter_embeddings
+    from pictag.store.calibrate import calibrate
+    from pictag.store.embed import embed
+    from pictag.store.search import search
+    from pictag.store.store import EmbeddingStore
     from pictag.train.finetune import FinetuneConfig, finetune

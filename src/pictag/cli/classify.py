@@ -10,6 +10,8 @@ EXAMPLES = """examples:
   pictag classify data/zip1.tar --index data/zip1.index.parquet --labels "cat,dog,car" --out results.csv
   pictag classify photos/ --labels-file labels.txt --top-k 3 --out results.parquet
   pictag classify "shards/{000000..000009}.tar" --labels-file imagenet.txt --templates imagenet80 --resume --out out.parquet
+  pictag classify --embeddings emb/ --labels-file imagenet.txt --templates imagenet80 --out results.parquet
+  pictag classify --embeddings emb/ --labels-file labels.txt --calibration calib.yaml --out results.csv
 """
 
 
@@ -29,6 +31,8 @@ def add_parser(sub) -> None:
     p.add_argument("--templates", help="prompt templates: simple, imagenet80, or a file with one {} template a line")
     p.add_argument("--top-k", type=int, help="labels and scores to write per image (default 1)")
     p.add_argument("--threshold", type=float, help="top-1 score below which the label is 'unknown'")
+    p.add_argument("--embeddings", help="classify an embedding store (`pictag embed`) instead of SOURCE: no decoding")
+    p.add_argument("--calibration", help="temperature and per-class thresholds from `pictag calibrate` (YAML)")
     p.add_argument("--max-pixels", type=int, help="refuse larger images as decompression bombs (default 100M)")
     p.add_argument("--resume", action="store_true", default=None, help="finish an interrupted run")
     p.add_argument("--overwrite", action="store_true", default=None, help="replace existing output")

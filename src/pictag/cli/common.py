@@ -54,3 +54,11 @@ def add_source_args(parser: argparse.ArgumentParser) -> None:
 def options(args: argparse.Namespace, *skip: str) -> dict:
     """The parsed flags as config overrides, leaving out the CLI's own plumbing."""
     return {k: v for k, v in vars(args).items() if k not in ("command", "func", "config", "verbose", *skip)}
+
+
+def add_store_model_args(parser: argparse.ArgumentParser) -> None:
+    """Encoder options of commands that read an embedding store: its manifest names the model, these override it."""
+    group = parser.add_argument_group("model (default: the store's)")
+    group.add_argument("--model", help="override the store's model spec (it must be the same weights)")
+    group.add_argument("--checkpoint", help="override the store's checkpoint file (it must be the same weights)")
+    group.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: best available)")

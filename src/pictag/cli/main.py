@@ -8,7 +8,18 @@ import sys
 
 from pictag.cli.common import Parser
 
-COMMANDS = ["classify", "index", "models", "fewshot", "fewshot-eval", "fewshot-train"]
+COMMANDS = [
+    "classify",
+    "index",
+    "models",
+    "fewshot",
+    "fewshot-eval",
+    "fewshot-train",
+    "embed",
+    "search",
+    "index-embeddings",
+    "calibrate",
+]
 
 
 def build_parser() -> Parser:

@@ -119,6 +119,19 @@ class ZeroShotClassifier:
         """Per-label probabilities (softmax, or sigmoid for SigLIP-style weights)."""
         return self.encoder.scores(self.logits(features))
 
-    def top_k(self, features: torch.Tensor, k: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-        """(scores, label indices) of the k best labels per image, best first."""
-        return self.scores(features).topk(min(k, len(self.labels)), dim=-1)
+    def top_k(self, features: torch.Tensor, k: int = 1, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scores, label indices) of the k best labels per image, best first.
+
+        Equal to `scores(features).topk(k)`, but only the k kept scores are formed and the softmax denominator is
+        summed in place in the logits, so no other (N, labels) matrix is allocated: at a million images this pass is
+        bound by allocation and memory traffic. `temperature` divides the logits (calibration).
+        """
+        logits = self.logits(features)
+        if temperature != 1.0:
+            logits.div_(temperature)
+        values, indices = logits.topk(min(k, len(self.labels)), dim=-1)
+        if self.encoder.logit_bias is not None:
+            return torch.sigmoid(values + self.encoder.logit_bias), indices
+        best = values[:, :1]
+        denominators = logits.sub_(best).exp_().sum(dim=-1, keepdim=True)
+        return (values - best).exp() / denominators, indices

@@ -5,9 +5,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import yaml
 from tqdm.auto import tqdm
@@ -17,10 +18,12 @@ from pictag.data.decode import DEFAULT_MAX_PIXELS
 from pictag.data.sources import open_source
 from pictag.device import default_workers
 from pictag.errors import PictagError
+from pictag.heads.calibration import Calibration
 from pictag.heads.zero_shot import UNKNOWN, ZeroShotClassifier, load_templates, parse_labels
 from pictag.models.registry import create_model, default_model
 from pictag.pipeline.parts import PartWriter, TableWriter, check_output_format
 from pictag.pipeline.runner import iter_embeddings
+from pictag.store.store import EmbeddingStore
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +39,8 @@ _RESULT_DEFINING = (
     "checkpoint",
     "top_k",
     "threshold",
+    "embeddings",
+    "calibration",
 )
 
 
@@ -48,7 +53,7 @@ class ClassifyConfig:
     labels: list[str] | str | None = None
     labels_file: str | None = None
     templates: str = "simple"
-    model: str = field(default_factory=default_model)
+    model: str | None = None  # default_model(), or the model of `embeddings`
     checkpoint: str | None = None
     random_weights: bool = False
     index: str | None = None
@@ -63,6 +68,8 @@ class ClassifyConfig:
     resume: bool = False
     overwrite: bool = False
     commit_every: int = 8192
+    embeddings: str | None = None  # an embedding store (`pictag embed`) to classify instead of `source`
+    calibration: str | None = None  # temperature and per-class thresholds from `pictag calibrate`
 
 
 @dataclass
@@ -91,40 +98,40 @@ def run(cfg: ClassifyConfig) -> ClassifyResult:
     started = time.perf_counter()
     if not cfg.out:
         raise PictagError("no output named: pass --out results.csv (or .parquet)")
+    if cfg.source and cfg.embeddings:
+        raise PictagError("give either a SOURCE of images or --embeddings STORE (from `pictag embed`), not both")
     out = Path(cfg.out)
     check_output_format(out)
     if cfg.top_k < 1:
         raise PictagError(f"--top-k must be at least 1, not {cfg.top_k}")
     if cfg.batch_size < 1:
         raise PictagError(f"--batch-size must be at least 1, not {cfg.batch_size}")
-    if not cfg.source:
-        raise PictagError("no images given: pass a SOURCE (folder, image, tar, shard pattern, table or URL)")
+    if not cfg.source and not cfg.embeddings:
+        raise PictagError(
+            "no images given: pass a SOURCE (folder, image, tar, shard pattern, table or URL) or --embeddings STORE"
+        )
     labels = parse_labels(cfg.labels, cfg.labels_file)
     templates = load_templates(cfg.templates)
+    store = EmbeddingStore(cfg.embeddings) if cfg.embeddings else None
+    cfg = dataclasses.replace(cfg, model=cfg.model or (store.manifest.model if store else default_model()))
     parts = PartWriter(sibling(out, ".parts"), rows_per_part=cfg.commit_every)
     _check_resumable(cfg, out, parts)
-    source = open_source(cfg.source, index=cfg.index, path_column=cfg.path_column)
-    encoder = create_model(
-        cfg.model,
-        checkpoint=cfg.checkpoint,
-        random_weights=cfg.random_weights,
-        device=cfg.device,
-        precision=cfg.precision,
-    )
+    done = parts.done_keys()
+    encoder, batches, total = _embeddings(cfg, store, done)
     head = ZeroShotClassifier(encoder, labels, templates)
+    calibration = Calibration.load(cfg.calibration) if cfg.calibration else None
+    if calibration is not None:
+        calibration.check(encoder.spec, encoder.weights_id, labels, head.templates)
+    thresholds = _thresholds(cfg.threshold, calibration, labels)
+    temperature = calibration.temperature if calibration else 1.0
     config_out = dump_config(cfg, sibling(out, ".config.yaml"))
     (parts.folder / "config.yaml").write_text(config_out.read_text())
 
-    done = parts.done_keys()
     top_k = min(cfg.top_k, len(labels))
-    workers = default_workers(encoder.device) if cfg.workers is None else cfg.workers
-    total = max(len(source) - len(done), 0)
     with tqdm(total=total, unit="img", desc="classify", dynamic_ncols=True, disable=None) as bar:
-        for batch in iter_embeddings(
-            source, encoder, batch_size=cfg.batch_size, workers=workers, skip=done, max_pixels=cfg.max_pixels
-        ):
-            scores, indices = head.top_k(batch.features, top_k)
-            parts.write(_rows(batch.keys, scores, indices, labels, cfg.threshold, batch.errors, top_k))
+        for batch in batches:
+            scores, indices = head.top_k(batch.features, top_k, temperature)
+            parts.write(_rows(batch.keys, scores, indices, labels, thresholds, batch.errors, top_k))
             bar.update(len(batch.keys) + len(batch.errors))
     parts.flush()
     classified, errors = _merge(parts, out, sibling(out, ".errors.csv"), top_k)
@@ -134,9 +141,46 @@ def run(cfg: ClassifyConfig) -> ClassifyResult:
     )
 
 
-def classify(source: str, out: str, labels: list[str] | str | None = None, **options) -> ClassifyResult:
-    """Python twin of `pictag classify`: options are the ClassifyConfig fields (model=, top_k=, resume=, ...)."""
+def classify(source: str | None, out: str, labels: list[str] | str | None = None, **options) -> ClassifyResult:
+    """Python twin of `pictag classify`: options are the ClassifyConfig fields (model=, top_k=, resume=, ...).
+
+    With `embeddings="emb/"` (and `source=None`) the rows come from an embedding store; no image is decoded.
+    """
     return run(load_config(ClassifyConfig, source=source, out=out, labels=labels, **options))
+
+
+def _embeddings(cfg: ClassifyConfig, store: EmbeddingStore | None, done: set[str]):
+    """(encoder, EmbeddingBatch iterator, rows to go) from the store, or from decoding the source's images."""
+    if store is None:
+        return source_embeddings(cfg, done)
+    encoder = store.encoder(
+        cfg.model, cfg.checkpoint, device=cfg.device, precision=cfg.precision, random_weights=cfg.random_weights
+    )
+    return encoder, store.iter_batches(skip=done), max(len(store) - len(done), 0)
+
+
+def source_embeddings(cfg, done: set[str]):
+    """(encoder, EmbeddingBatch iterator, images to go) for a config naming a source and a model (classify, embed)."""
+    source = open_source(cfg.source, index=cfg.index, path_column=cfg.path_column)
+    encoder = create_model(
+        cfg.model,
+        checkpoint=cfg.checkpoint,
+        random_weights=cfg.random_weights,
+        device=cfg.device,
+        precision=cfg.precision,
+    )
+    workers = default_workers(encoder.device) if cfg.workers is None else cfg.workers
+    batches = iter_embeddings(
+        source, encoder, batch_size=cfg.batch_size, workers=workers, skip=done, max_pixels=cfg.max_pixels
+    )
+    return encoder, batches, max(len(source) - len(done), 0)
+
+
+def _thresholds(threshold: float | None, calibration: Calibration | None, labels: list[str]) -> list[float] | None:
+    """Per-label top-1 score thresholds: the calibrated ones, raised to --threshold where that is higher."""
+    if calibration is None:
+        return None if threshold is None else [threshold] * len(labels)
+    return [max(t, threshold or 0.0) for t in calibration.threshold_vector(labels)]
 
 
 def _check_resumable(cfg: ClassifyConfig, out: Path, parts: PartWriter) -> None:
@@ -162,21 +206,27 @@ def _check_resumable(cfg: ClassifyConfig, out: Path, parts: PartWriter) -> None:
         raise PictagError(f"{out} is already complete: nothing to resume (pass --overwrite to run again)")
 
 
-def _rows(keys, scores, indices, labels, threshold, errors, top_k) -> pa.Table:
-    scores, indices = scores.cpu().tolist(), indices.cpu().tolist()
-    columns: dict[str, list] = {
-        "key": keys + [key for key, _ in errors],
-        "error": [None] * len(keys) + [reason for _, reason in errors],
-        "label": [],
-        "score": [],
+def _rows(keys, scores, indices, labels, thresholds, errors, top_k) -> pa.Table:
+    """One part's rows, built column-wise (label names gathered by index), failed keys last with null results."""
+    scores, indices = scores.cpu().numpy(), indices.cpu().numpy()
+    failed = len(errors)
+    names = pa.array([*labels, UNKNOWN], pa.string())
+    chosen = indices[:, 0]
+    if thresholds is not None:
+        chosen = np.where(scores[:, 0] < np.asarray(thresholds, np.float32)[chosen], len(labels), chosen)
+
+    def with_failed(values: pa.Array) -> pa.Array:
+        return pa.concat_arrays([values, pa.nulls(failed, values.type)]) if failed else values
+
+    columns = {
+        "key": pa.array([*keys, *(key for key, _ in errors)], pa.string()),
+        "error": pa.array([None] * len(keys) + [reason for _, reason in errors], pa.string()),
+        "label": with_failed(names.take(chosen)),
+        "score": with_failed(pa.array(scores[:, 0], pa.float32())),
     }
     for rank in range(top_k):
-        columns[f"label_{rank + 1}"] = [labels[row[rank]] for row in indices] + [None] * len(errors)
-        columns[f"score_{rank + 1}"] = [row[rank] for row in scores] + [None] * len(errors)
-    for label, score in zip(columns["label_1"], columns["score_1"]):
-        below = score is not None and threshold is not None and score < threshold
-        columns["label"].append(UNKNOWN if below else label)
-        columns["score"].append(score)
+        columns[f"label_{rank + 1}"] = with_failed(names.take(indices[:, rank]))
+        columns[f"score_{rank + 1}"] = with_failed(pa.array(scores[:, rank], pa.float32()))
     return pa.table(columns, schema=_part_schema(top_k))
 
 

@@ -28,10 +28,18 @@ class PartWriter:
         folder: Where the parts go; created if needed.
         rows_per_part: Commit once this many rows are buffered.
         seconds_per_part: ... or once the oldest buffered row is this old, so a slow run still saves progress.
+        write_options: Extra `pyarrow.parquet.write_table` options for each part (compression, ...).
     """
 
-    def __init__(self, folder: str | os.PathLike, rows_per_part: int = 8192, seconds_per_part: float = 30.0):
+    def __init__(
+        self,
+        folder: str | os.PathLike,
+        rows_per_part: int = 8192,
+        seconds_per_part: float = 30.0,
+        write_options: dict | None = None,
+    ):
         self.folder = Path(folder)
+        self.write_options = write_options or {}
         self.folder.mkdir(parents=True, exist_ok=True)
         self.rows_per_part = rows_per_part
         self.seconds_per_part = seconds_per_part
@@ -68,7 +76,7 @@ class PartWriter:
         final = self.folder / f"part-{self._next:06d}.parquet"
         tmp = final.with_suffix(".tmp")
         with open(tmp, "wb") as f:
-            pq.write_table(table, f)
+            pq.write_table(table, f, **self.write_options)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, final)

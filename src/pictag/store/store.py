@@ -1,0 +1,325 @@
+"""An embedding store: a folder of Parquet shards (key, embedding) and a manifest saying how they were made.
+
+    emb/
+      manifest.json        model spec, weights id, preprocessing fingerprint, dim, dtype, count, source
+      part-000000.parquet  (key: string, embedding: fixed_size_list<float16|float32>[dim]), written by PartWriter
+      errors.csv           images that could not be embedded, and why
+      index.faiss          optional search index (`pictag index-embeddings`), with index.json
+
+Shards are read one record batch at a time through a memory map, and the embedding column goes to numpy without a
+copy, so a store of any size is processed in constant memory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pictag.errors import PictagError
+
+if TYPE_CHECKING:
+    from pictag.models.base import Encoder
+    from pictag.pipeline.runner import EmbeddingBatch
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+DTYPES = {"float16": pa.float16(), "float32": pa.float32()}
+READ_ROWS = 65536
+
+
+def shard_schema(dim: int, dtype: str = "float16") -> pa.Schema:
+    """The schema of every shard: a string key and a fixed-size list of `dim` floats."""
+    return pa.schema([("key", pa.string()), ("embedding", pa.list_(DTYPES[dtype], dim))])
+
+
+def embedding_table(keys: Sequence[str], embeddings: np.ndarray, dtype: str = "float16") -> pa.Table:
+    """Rows for a shard from keys and an (N, dim) array (cast to the store's dtype)."""
+    flat = np.ascontiguousarray(embeddings, dtype=np.dtype(dtype)).reshape(-1)
+    values = pa.FixedSizeListArray.from_arrays(pa.array(flat, type=DTYPES[dtype]), embeddings.shape[1])
+    return pa.table([pa.array(list(keys), pa.string()), values], schema=shard_schema(embeddings.shape[1], dtype))
+
+
+# Keys compressed; embeddings stored plain: floats barely compress, and plain pages read at memory speed.
+SHARD_WRITE_OPTIONS = {"compression": {"key": "zstd", "embedding": "none"}, "use_dictionary": ["key"]}
+
+
+def write_shard(table: pa.Table, path: str | os.PathLike) -> None:
+    """Write one shard file with the store's Parquet options."""
+    pq.write_table(table, path, **SHARD_WRITE_OPTIONS)
+
+
+def embedding_array(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """The (N, dim) numpy view of a fixed_size_list embedding column (no copy for a single chunk)."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    dim = column.type.list_size
+    values = column.values.slice(column.offset * dim, len(column) * dim)
+    return values.to_numpy(zero_copy_only=True).reshape(len(column), dim)
+
+
+def as_float32_tensor(array: np.ndarray):
+    """A new float32 torch tensor from a (read-only, Arrow-backed) numpy array, converted by torch's fast kernels."""
+    import torch
+
+    with warnings.catch_warnings():
+        # Arrow's buffers are read-only; torch warns although the view is only read, once, to make the copy.
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(array).float()
+
+
+@dataclass
+class Manifest:
+    """How a store's embeddings were made; a store is only usable with the encoder that matches it."""
+
+    model: str
+    weights_id: str
+    preprocess: str
+    dim: int
+    dtype: str = "float16"
+    count: int = 0
+    errors: int = 0
+    complete: bool = False
+    source: str | None = None
+    index: str | None = None
+    path_column: str = "path"
+    checkpoint: str | None = None
+    random_weights: bool = False
+    format_version: int = FORMAT_VERSION
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def read(cls, folder: str | os.PathLike) -> Manifest:
+        path = Path(folder) / MANIFEST
+        if not path.is_file():
+            raise PictagError(f"{folder} is not an embedding store (no {MANIFEST}): create one with `pictag embed`")
+        try:
+            values = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise PictagError(
+                f"{path} is not valid JSON ({exc.msg}): re-create the store with `pictag embed`"
+            ) from None
+        if values.get("format_version", 0) > FORMAT_VERSION:
+            raise PictagError(f"{folder} was written by a newer pictag (format {values['format_version']}): upgrade")
+        known = {k: v for k, v in values.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+    def write(self, folder: str | os.PathLike) -> Path:
+        """Write atomically, so a reader never sees half a manifest."""
+        path = Path(folder) / MANIFEST
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2) + "\n")
+        os.replace(tmp, path)
+        return path
+
+
+def write_store(
+    folder: str | os.PathLike, chunks: Iterable[tuple[Sequence[str], np.ndarray]], manifest: Manifest
+) -> EmbeddingStore:
+    """Write a store from (keys, (N, dim) array) chunks made elsewhere, one shard per chunk.
+
+    For embeddings computed outside pictag, and for synthetic stores in tests and benchmarks. `manifest` says
+    which encoder made them; its count, dtype and completeness are filled in here.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if (folder / MANIFEST).exists():
+        raise PictagError(f"{folder} already holds an embedding store: remove it first")
+    count = 0
+    for i, (keys, embeddings) in enumerate(chunks):
+        if embeddings.shape[1] != manifest.dim:
+            raise PictagError(f"chunk {i} has {embeddings.shape[1]}-d vectors, the manifest says {manifest.dim}")
+        write_shard(embedding_table(keys, embeddings, manifest.dtype), folder / f"part-{i:06d}.parquet")
+        count += len(keys)
+    manifest.count, manifest.complete = count, True
+    manifest.write(folder)
+    return EmbeddingStore(folder)
+
+
+class EmbeddingStore:
+    """A finished embedding store, read lazily.
+
+    Args:
+        folder: The store written by `pictag embed` (or `pictag.store.embed.run`).
+
+    Raises:
+        PictagError: not a store, or one whose `pictag embed` run was interrupted.
+
+    Example:
+        >>> store = pictag.EmbeddingStore("emb/")
+        >>> store.classify(labels="cat,dog", out="results.parquet")
+        >>> store.search(text="a red sports car", k=20)
+    """
+
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = Path(folder)
+        self.manifest = Manifest.read(self.folder)
+        if not self.manifest.complete:
+            raise PictagError(
+                f"embedding store {self.folder} is incomplete (its `pictag embed` run was interrupted): "
+                "rerun it with --resume"
+            )
+        self._keys: np.ndarray | None = None
+
+    def __repr__(self) -> str:
+        m = self.manifest
+        return f"EmbeddingStore({str(self.folder)!r}, {m.count:,} x {m.dim} {m.dtype}, model={m.model!r})"
+
+    def __len__(self) -> int:
+        return self.manifest.count
+
+    @property
+    def dim(self) -> int:
+        return self.manifest.dim
+
+    def shards(self) -> list[Path]:
+        """The shard files, in the order their rows are numbered."""
+        return sorted(self.folder.glob("part-*.parquet"))
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of embeddings (what a pass over the store has to read)."""
+        return self.manifest.count * self.manifest.dim * pa.from_numpy_dtype(np.dtype(self.manifest.dtype)).byte_width
+
+    def iter_arrays(
+        self, chunk_rows: int = READ_ROWS, skip: frozenset[str] | set[str] = frozenset()
+    ) -> Iterator[tuple[pa.StringArray, np.ndarray]]:
+        """Yield (keys as an Arrow array, embeddings as an (N, dim) numpy view) chunk by chunk, in row order.
+
+        Args:
+            chunk_rows: Rows per chunk; memory stays at about one chunk.
+            skip: Keys to leave out (resume).
+        """
+        skip_keys = pa.array(list(skip), pa.string()) if skip else None
+        for shard in self.shards():
+            reader = pq.ParquetFile(shard, memory_map=True)
+            for batch in reader.iter_batches(batch_size=chunk_rows, columns=["key", "embedding"]):
+                keys, embeddings = batch.column(0), batch.column(1)
+                if skip_keys is not None:
+                    keep = pc.invert(pc.is_in(keys, value_set=skip_keys))
+                    keys, embeddings = keys.filter(keep), embeddings.filter(keep)
+                if len(keys):
+                    yield keys, embedding_array(embeddings)
+
+    def iter_batches(
+        self, batch_rows: int = 8192, skip: frozenset[str] | set[str] = frozenset()
+    ) -> Iterator[EmbeddingBatch]:
+        """Yield `EmbeddingBatch`es of float32 tensors, like `pictag.pipeline.runner.iter_embeddings` does.
+
+        8192 rows: 1,000 labels' logits (32 MB) about fit a server's L3 cache for the top-k and softmax passes,
+        while batches are few enough that per-batch thread synchronisation stays small (smaller batches measured
+        up to 2x slower on a busy 2-core machine). Reads stay at 64k rows.
+        """
+        from pictag.pipeline.runner import EmbeddingBatch
+
+        for keys, embeddings in self.iter_arrays(READ_ROWS, skip):
+            for start in range(0, len(keys), batch_rows):
+                stop = start + batch_rows
+                yield EmbeddingBatch(keys[start:stop].to_pylist(), as_float32_tensor(embeddings[start:stop]), [])
+
+    def keys(self) -> np.ndarray:
+        """Every key, in row order (row i of the store, and id i of its search index)."""
+        if self._keys is None:
+            columns = [pq.read_table(s, columns=["key"], memory_map=True).column("key") for s in self.shards()]
+            chunks = [chunk for column in columns for chunk in column.chunks]
+            self._keys = pa.chunked_array(chunks, pa.string()).to_numpy(zero_copy_only=False)
+        return self._keys
+
+    def get(self, keys: Sequence[str]) -> tuple[list[str], np.ndarray]:
+        """The embeddings of `keys` (float32, in the order found); keys not in the store are left out."""
+        wanted = pa.array(list(keys), pa.string())
+        found_keys: list[str] = []
+        found: list[np.ndarray] = []
+        for shard in self.shards():
+            table = pq.read_table(shard, memory_map=True, filters=pc.is_in(pc.field("key"), value_set=wanted))
+            if table.num_rows:
+                found_keys += table.column("key").to_pylist()
+                found.append(embedding_array(table.column("embedding")).astype(np.float32))
+        order = {key: i for i, key in enumerate(found_keys)}
+        rows = [order[k] for k in keys if k in order]
+        matrix = np.concatenate(found) if found else np.empty((0, self.dim), np.float32)
+        return [found_keys[i] for i in rows], matrix[rows]
+
+    def check_encoder(self, encoder: Encoder, images: bool = False) -> None:
+        """Refuse an encoder other than the one that made the store (its text would live in another space).
+
+        Args:
+            encoder: The encoder about to be used with the store's embeddings.
+            images: The encoder will embed images too, so its preprocessing must match as well.
+        """
+        m = self.manifest
+        if encoder.spec != m.model or encoder.weights_id != m.weights_id:
+            raise PictagError(
+                f"embedding store {self.folder} was made with {m.model} (weights {m.weights_id}), not {encoder.spec} "
+                f"(weights {encoder.weights_id}): use --model {m.model}{_checkpoint_hint(m)} or re-embed"
+            )
+        if encoder.embed_dim != m.dim:
+            raise PictagError(
+                f"embedding store {self.folder} holds {m.dim}-d vectors, {encoder.spec} makes "
+                f"{encoder.embed_dim}-d ones: re-embed with this model"
+            )
+        if images and encoder.preprocess.fingerprint != m.preprocess:
+            raise PictagError(
+                f"embedding store {self.folder} was embedded with preprocessing {m.preprocess}, this encoder uses "
+                f"{encoder.preprocess.fingerprint}: use the same model and weights, or re-embed"
+            )
+
+    def encoder(
+        self,
+        model: str | None = None,
+        checkpoint: str | None = None,
+        device: str | None = None,
+        precision: str | None = None,
+        images: bool = False,
+        random_weights: bool = False,
+    ) -> Encoder:
+        """The encoder that made this store (model and checkpoint from the manifest unless given), checked.
+
+        Raises:
+            PictagError: the given model, checkpoint or random weights are not the ones that made the store.
+        """
+        from pictag.models.registry import create_model
+
+        m = self.manifest
+        model = model or m.model
+        if checkpoint is None and model == m.model and not random_weights:
+            checkpoint = m.checkpoint
+        random_weights = random_weights or (m.random_weights and checkpoint is None)
+        if checkpoint is not None and not os.path.isfile(checkpoint):
+            raise PictagError(f"the store's checkpoint {checkpoint} is gone: pass --checkpoint with the same weights")
+        encoder = create_model(
+            model,
+            checkpoint=checkpoint,
+            random_weights=random_weights,
+            device=device,
+            precision=precision,
+        )
+        self.check_encoder(encoder, images=images)
+        return encoder
+
+    def classify(self, out: str, labels: list[str] | str | None = None, **options):
+        """Re-classify the store's embeddings; like `pictag.classify` (same options and output), decoding nothing."""
+        from pictag.pipeline.classify import classify
+
+        return classify(None, out, labels, embeddings=str(self.folder), **options)
+
+    def search(
+        self, text: str | Sequence[str] | None = None, image: str | os.PathLike | None = None, k: int = 10, **options
+    ):
+        """Nearest images to a text or an image query; see `pictag.store.search.search` for the options."""
+        from pictag.store.search import search
+
+        return search(self, text=text, image=image, k=k, **options)
+
+
+def _checkpoint_hint(m: Manifest) -> str:
+    return f" --checkpoint {m.checkpoint}" if m.checkpoint else ""
