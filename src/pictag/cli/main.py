@@ -8,7 +8,7 @@ import sys
 
 from pictag.cli.common import Parser
 
-COMMANDS = ["classify", "index", "models"]
+COMMANDS = ["classify", "index", "models", "serve"]
 
 
 def build_parser() -> Parser:
