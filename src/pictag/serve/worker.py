@@ -82,7 +82,10 @@ class Worker:
             self.transport.heartbeat(self.name, stats)
             self._next_heartbeat = now + HEARTBEAT_S
         if now >= self._next_claim:
-            self._backlog += self.transport.claim_stale(self.batch_size)
+            claimed = self.transport.claim_stale(self.batch_size)
+            if claimed:
+                self._count("claimed", len(claimed))
+                self._backlog += claimed
             self._next_claim = now + self.claim_every_s
         batch = self.collect()
         if batch:
