@@ -152,3 +152,15 @@ def test_prototypes_are_cached_per_label_set(service):
     first = service.head({"labels": ["p", "q"]})
     assert service.head({"labels": ["p", "q"]}) is first
     assert service.head({"labels": ["p", "q"], "templates": ["a photo of {}"]}) is not first
+
+
+def test_lone_requests_at_low_load_do_not_wait(service, image):
+    transport = InProcessTransport()
+    worker = Worker(service, transport, batch_size=8, max_wait_ms=1500)
+    now = time.time()
+    for i in range(3):  # requests 20 s apart: nobody to wait for
+        asyncio.run(transport.submit([Message(f"r:{i}", image, {}, sent_at=now - 60 + 20 * i)]))
+        started = time.monotonic()
+        assert len(worker.collect()) == 1
+    assert time.monotonic() - started < 1.0  # the first batch waited 1.5 s (no gap known yet), the last did not
+    assert worker._gap_s > 1.5

@@ -111,9 +111,21 @@ class Stack:
         return self
 
     def add_worker(self, *args: str) -> subprocess.Popen:
-        worker = self._spawn(f"worker{len(self.workers)}", "worker", *args)
+        worker = self._spawn(f"worker{len(self.workers) + len(self.killed)}", "worker", *args)
         self.workers.append(worker)
         return worker
+
+    def replace_workers(self, workers: int, *args: str, timeout: float = 90) -> None:
+        """Stop the workers gracefully and start `workers` new ones with `args` (e.g. another batch size)."""
+        for w in self.workers:
+            if w.poll() is None:
+                w.send_signal(signal.SIGTERM)
+        for w in self.workers:
+            w.wait(30)
+        self.workers, self.killed = [], []
+        for _ in range(workers):
+            self.add_worker(*args)
+        self.wait_ready(workers, timeout)
 
     def wait_ready(self, workers: int, timeout: float = 90) -> None:
         def ready():

@@ -18,6 +18,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
 HEARTBEAT_TTL_S = 5.0
+_SHORTEST_BLOCK_S = 0.2
+_POLL_S = 0.0005
 
 
 class QueueFull(Exception):
@@ -37,6 +39,7 @@ class Message:
         image: The encoded image bytes.
         params: labels, templates and top_k of the request.
         deadline: Epoch seconds after which nobody waits for the answer any more (0: no deadline).
+        sent_at: Epoch seconds when the API queued it; workers learn the arrival rate from it.
         deliveries: How many times a worker has taken this message, this time included.
         receipt: The transport's handle on the message (the stream entry id for Redis).
     """
@@ -45,6 +48,7 @@ class Message:
     image: bytes
     params: dict
     deadline: float = 0.0
+    sent_at: float = field(default_factory=time.time)
     deliveries: int = 1
     receipt: str = ""
 
@@ -148,6 +152,10 @@ class Transport(ABC):
     @abstractmethod
     def heartbeat(self, worker: str, stats: dict[str, float]) -> None:
         """Say this worker is alive and add its statistics since the last heartbeat."""
+
+    @abstractmethod
+    def retire(self, worker: str) -> None:
+        """Say this worker has stopped, so readiness no longer counts it."""
 
     def close(self) -> None:  # noqa: B027 (optional, as aclose)
         """Release worker connections."""
@@ -292,6 +300,10 @@ class InProcessTransport(Transport):
             self._workers[worker] = time.monotonic()
             self._stats.update(stats)
 
+    def retire(self, worker: str) -> None:
+        with self._cond:
+            self._workers.pop(worker, None)
+
     def _expire_jobs(self) -> None:
         now = time.monotonic()
         for job_id in [j for j, job in self._jobs.items() if job["expires"] < now]:
@@ -307,9 +319,9 @@ local n = tonumber(ARGV[2])
 local depth = redis.call('XLEN', KEYS[1])
 if depth + n > tonumber(ARGV[1]) then return -1 end
 for i = 0, n - 1 do
-  local b = 3 + i * 4
+  local b = 3 + i * 5
   redis.call('XADD', KEYS[1], '*', 'reply', ARGV[b], 'params', ARGV[b + 1], 'image', ARGV[b + 2],
-             'deadline', ARGV[b + 3])
+             'deadline', ARGV[b + 3], 'sent', ARGV[b + 4])
 end
 return depth + n
 """
@@ -388,17 +400,18 @@ class RedisStreamsTransport(Transport):
         if self._sync is None:
             import redis
 
-            self._sync = redis.Redis.from_url(self.url, socket_connect_timeout=2.0)
-            self._complete_script = self._sync.register_script(_COMPLETE)
-            self._ensure_group()
+            client = redis.Redis.from_url(self.url, socket_connect_timeout=2.0)
+            self._complete_sha = client.script_load(_COMPLETE)
+            self._ensure_group(client)
+            self._sync = client  # only once set up, so a failed attempt is retried whole
         return self._sync
 
-    def _ensure_group(self) -> None:
+    def _ensure_group(self, client=None) -> None:
         import redis
 
         try:
             # From id 0: answered entries are deleted, so everything left in the stream still needs an answer.
-            self._sync.xgroup_create(self.stream, self.group, id="0", mkstream=True)
+            (client or self._sync).xgroup_create(self.stream, self.group, id="0", mkstream=True)
         except redis.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
@@ -415,7 +428,7 @@ class RedisStreamsTransport(Transport):
     async def submit(self, messages: list[Message]) -> None:
         args: list = [self.max_queue, len(messages)]
         for m in messages:
-            args += [m.reply_to, encode_params(m.params), m.image, repr(m.deadline)]
+            args += [m.reply_to, encode_params(m.params), m.image, repr(m.deadline), repr(m.sent_at)]
         client = self._aredis
         depth = await self._call(self._submit_script(keys=[self.stream], args=args, client=client))
         if depth < 0:
@@ -464,13 +477,23 @@ class RedisStreamsTransport(Transport):
 
     # --- worker half --------------------------------------------------------------------------------------------
     def receive(self, max_items: int, timeout: float) -> list[Message]:
+        if timeout >= _SHORTEST_BLOCK_S:
+            return self._read(max_items, int(timeout * 1000))
+        # Redis ends a BLOCK by timeout only on its cron tick (every 100 ms at the default hz 10), so a short wait
+        # (the batching window) polls instead: a 2 ms window would otherwise last up to 100 ms.
+        deadline = time.monotonic() + timeout
+        while True:
+            got = self._read(max_items, None)
+            remaining = deadline - time.monotonic()
+            if got or remaining <= 0:
+                return got
+            time.sleep(min(remaining, _POLL_S))
+
+    def _read(self, max_items: int, block_ms: int | None) -> list[Message]:
         import redis
 
-        block = int(timeout * 1000)
         try:
-            got = self._redis.xreadgroup(
-                self.group, self.consumer, {self.stream: ">"}, count=max_items, block=block if block > 0 else None
-            )
+            got = self._redis.xreadgroup(self.group, self.consumer, {self.stream: ">"}, count=max_items, block=block_ms)
         except redis.ResponseError as exc:
             if "NOGROUP" not in str(exc):
                 raise
@@ -479,8 +502,10 @@ class RedisStreamsTransport(Transport):
         return [self._message(entry_id, fields) for _, entries in got or [] for entry_id, fields in entries]
 
     def complete(self, replies: list[tuple[Message, dict]]) -> None:
-        pipe = self._redis.pipeline(transaction=False)
+        import redis
+
         ttl = int(max(self.job_ttl_s, self.reply_ttl_s))
+        calls = []
         for message, reply in replies:
             kind, _, name = message.reply_to.partition(":")
             if kind == "r":
@@ -488,12 +513,21 @@ class RedisStreamsTransport(Transport):
             else:
                 job_id, _, index = name.rpartition(":")
                 target = f"{self.queue}:job:{job_id}"
-            self._complete_script(
-                keys=[self.stream, f"{self.queue}:answered:{message.reply_to}", target],
-                args=[self.group, message.receipt, json.dumps(reply), ttl, kind, index, int(bool(reply.get("ok")))],
-                client=pipe,
-            )
-        pipe.execute()
+            keys = [self.stream, f"{self.queue}:answered:{message.reply_to}", target]
+            args = [self.group, message.receipt, json.dumps(reply), ttl, kind, index, int(bool(reply.get("ok")))]
+            calls.append((keys, args))
+        # EVALSHA in one pipeline: one round trip (redis-py's Script objects add a SCRIPT EXISTS to each).
+        for attempt in (1, 2):
+            pipe = self._redis.pipeline(transaction=False)
+            for keys, args in calls:
+                pipe.evalsha(self._complete_sha, len(keys), *keys, *args)
+            try:
+                pipe.execute()
+                return
+            except redis.exceptions.NoScriptError:
+                if attempt == 2:
+                    raise
+                self._complete_sha = self._redis.script_load(_COMPLETE)  # Redis restarted without its scripts
 
     def claim_stale(self, max_items: int) -> list[Message]:
         r = self._redis
@@ -543,6 +577,9 @@ class RedisStreamsTransport(Transport):
             pipe.hincrbyfloat(f"{self.queue}:stats", name, value)
         pipe.execute()
 
+    def retire(self, worker: str) -> None:
+        self._redis.zrem(f"{self.queue}:workers", worker)
+
     def close(self) -> None:
         if self._sync is not None:
             self._sync.close()
@@ -555,5 +592,6 @@ class RedisStreamsTransport(Transport):
             image=fields[b"image"],
             params=json.loads(fields[b"params"]),
             deadline=float(fields[b"deadline"]),
+            sent_at=float(fields[b"sent"]),
             receipt=entry_id.decode() if isinstance(entry_id, bytes) else entry_id,
         )

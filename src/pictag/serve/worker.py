@@ -2,6 +2,10 @@
 
 A batch closes when it holds `batch_size` requests or when `max_wait_ms` has passed since its first request
 arrived, whichever comes first; `max_wait_ms=0` takes whatever is queued and runs it at once.
+
+Waiting only pays when more requests are on their way, so the worker keeps a running estimate of the gap between
+requests (from the times the API queued them) and holds a batch open only while that gap is shorter than
+`max_wait_ms`: a lone request at low load runs at once, and under load batches fill.
 """
 
 from __future__ import annotations
@@ -61,6 +65,8 @@ class Worker:
         self._stats: dict[str, float] = {}
         self._next_claim = 0.0
         self._next_heartbeat = 0.0
+        self._last_sent = 0.0
+        self._gap_s = 0.0  # running mean of the gap between requests; 0 until measured, so batching starts on
 
     def run(self, stop: threading.Event) -> None:
         """Serve until `stop` is set; transport outages are waited out with backoff, never fatal."""
@@ -73,6 +79,10 @@ class Worker:
                 log.warning("worker %s: %s: %s (retrying in %.1fs)", self.name, type(exc).__name__, exc, backoff)
                 stop.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
+        try:
+            self.transport.retire(self.name)
+        except Exception:  # the queue may be gone already; heartbeats expire on their own
+            pass
 
     def step(self) -> int:
         """Heartbeat and claim when due, then collect and answer one batch; returns its size."""
@@ -100,19 +110,29 @@ class Worker:
             batch = self.transport.receive(self.batch_size, timeout)
             if not batch:
                 return []
+        self._observe(batch)
         close_at = time.monotonic() + self.max_wait_s
-        while len(batch) < self.batch_size:
+        while len(batch) < self.batch_size and self._gap_s < self.max_wait_s:
             remaining = close_at - time.monotonic()
             if remaining <= 0:
                 break
-            batch += self.transport.receive(self.batch_size - len(batch), remaining)
+            more = self.transport.receive(self.batch_size - len(batch), remaining)
+            self._observe(more)
+            batch += more
         return batch
+
+    def _observe(self, messages: list[Message]) -> None:
+        for sent in sorted(m.sent_at for m in messages if m.deliveries == 1):
+            if self._last_sent and sent >= self._last_sent:
+                self._gap_s = 0.8 * self._gap_s + 0.2 * (sent - self._last_sent)
+            self._last_sent = max(self._last_sent, sent)
 
     def answer(self, batch: list[Message]) -> list[tuple[Message, dict]]:
         """Decode, predict and encode a batch; every message gets exactly one reply, success or error."""
         service = self.service
         replies: list[tuple[Message, dict]] = []
         ready, crops, heads, top_k = [], [], [], []
+        batch_started = time.perf_counter()
         now = time.time()
         for message in batch:
             if message.deadline and now > message.deadline:
@@ -146,7 +166,13 @@ class Worker:
                     self._count("errors_model")
                     reply = error_reply(500, f"the model failed on this image: {type(prediction).__name__}")
                 else:
-                    reply = {"ok": True, "status": 200, "result": service.encode(prediction)}
+                    # worker_ms lets clients tell the model's share of their latency from the serving path's.
+                    worker_ms = round((time.perf_counter() - batch_started) * 1000, 3)
+                    reply = {
+                        "ok": True,
+                        "status": 200,
+                        "result": {**service.encode(prediction), "worker_ms": worker_ms},
+                    }
                 replies.append((message, reply))
         self._count("requests", len(batch))
         return replies
