@@ -130,7 +130,7 @@ def test_job_reports_progress_and_results(client, cat, roots):
         if job["status"] == "done":
             break
     assert job["done"] == job["total"] == 2 and job["progress"] == 1.0 and job["failed"] == 0
-    assert job["results"][0] == job["results"][1] and len(job["results"][0]["labels"]) == 1
+    assert job["results"][0]["labels"] == job["results"][1]["labels"] and len(job["results"][0]["labels"]) == 1
     assert client.get("/v1/jobs/unknown").status_code == 404
 
 
