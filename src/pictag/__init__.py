@@ -24,6 +24,8 @@ _EXPORTS = {
     "iter_embeddings": "pictag.pipeline.runner",
     "ClassifyConfig": "pictag.pipeline.classify",
     "classify": "pictag.pipeline.classify",
+    "ServeConfig": "pictag.serve.config",
+    "create_app": "pictag.serve.api",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -45,3 +47,5 @@ if TYPE_CHECKING:
     from pictag.models.registry import create_model, list_models
     from pictag.pipeline.classify import ClassifyConfig, classify
     from pictag.pipeline.runner import iter_embeddings
+    from pictag.serve.api import create_app
+    from pictag.serve.config import ServeConfig

@@ -172,3 +172,27 @@ def test_bearer_token(tiny_open_clip, cat, monkeypatch):
         ok = c.post("/v1/classify", files=files, data=data, headers={"Authorization": "Bearer s3cret"})
         assert ok.status_code == 200
         assert c.get("/healthz").status_code == 200 and c.get("/v1/info").json()["auth"] is True
+
+
+def test_url_fetching_when_allowed(tiny_open_clip, roots):
+    import functools
+    import http.server
+    import threading
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(roots[0]))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    spec, checkpoint = tiny_open_clip
+    cfg = ServeConfig(model=spec, checkpoint=str(checkpoint), device="cpu", allow_urls=True, max_upload_bytes=100_000)
+    try:
+        with TestClient(create_app(cfg)) as c:
+            ok = c.post("/v1/classify", json={"url": f"{base}/cat.jpg", "labels": LABELS})
+            assert ok.status_code == 200, ok.text
+            missing = c.post("/v1/classify", json={"url": f"{base}/nope.jpg", "labels": LABELS})
+            assert missing.status_code == 422 and "HTTP 404" in missing.json()["error"]
+            local = c.post("/v1/classify", json={"url": "file:///etc/passwd", "labels": LABELS})
+            assert local.status_code == 400
+    finally:
+        server.shutdown()

@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import contextlib
 import json
 import threading
 import time
+import uuid
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
@@ -326,7 +328,8 @@ end
 return depth + n
 """
 
-# KEYS: stream, answered marker, reply list or job hash. ARGV: group, entry id, reply, ttl, kind, index, ok.
+# KEYS: stream, answered marker, inbox list or job hash. ARGV: group, entry id, reply, marker ttl, kind, index, ok,
+# inbox ttl.
 # Acknowledging, deleting the entry (so XLEN is the queue depth) and answering happen atomically, once per request.
 _COMPLETE = """
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
@@ -334,7 +337,7 @@ redis.call('XDEL', KEYS[1], ARGV[2])
 if not redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[4]) then return 0 end
 if ARGV[5] == 'r' then
   redis.call('RPUSH', KEYS[3], ARGV[3])
-  redis.call('EXPIRE', KEYS[3], ARGV[4])
+  redis.call('EXPIRE', KEYS[3], ARGV[8])
 elseif redis.call('EXISTS', KEYS[3]) == 1 then
   redis.call('HSET', KEYS[3], 'r:' .. ARGV[6], ARGV[3])
   redis.call('HINCRBY', KEYS[3], 'done', 1)
@@ -348,15 +351,16 @@ class RedisStreamsTransport(Transport):
     """Redis Streams with one consumer group: each request is delivered to one worker, and stays pending until
     answered, so a worker's death loses nothing.
 
-    Keys, all under the `queue` prefix: `:requests` (the stream), `:dead` (dead letters), `:reply:<id>` (a
-    synchronous answer, read with BLPOP), `:job:<id>` (a job's progress and results), `:answered:<reply_to>`
-    (exactly-once markers), `:workers` (heartbeats), `:stats` (worker counters).
+    Keys, all under the `queue` prefix: `:requests` (the stream), `:dead` (dead letters), `:inbox:<api>` (the
+    synchronous answers for one API process, drained by its listener), `:job:<id>` (a job's progress and
+    results), `:answered:<reply_to>` (exactly-once markers), `:workers` (heartbeats), `:stats` (worker counters).
 
     Args:
         url: redis://host:port/db.
         queue: Key prefix.
         consumer: This worker's name in the consumer group (worker side only).
-        max_queue, visibility_timeout_s, max_deliveries, job_ttl_s, reply_ttl_s: see `ServeConfig`.
+        max_queue, visibility_timeout_s, max_deliveries, job_ttl_s: see `ServeConfig`.
+        reply_ttl_s: How long answers wait in an inbox whose API process stopped reading.
     """
 
     group = "workers"
@@ -384,6 +388,11 @@ class RedisStreamsTransport(Transport):
         self.reply_ttl_s = reply_ttl_s
         self._async = None
         self._sync = None
+        # This process's inbox: one list that one listener drains for every waiting request, instead of one
+        # blocked connection per request.
+        self.inbox = uuid.uuid4().hex[:16]
+        self._waiting: dict[str, asyncio.Future] = {}
+        self._listener: asyncio.Task | None = None
 
     # --- connections ------------------------------------------------------------------------------------------
     @property
@@ -391,7 +400,9 @@ class RedisStreamsTransport(Transport):
         if self._async is None:
             import redis.asyncio
 
-            self._async = redis.asyncio.Redis.from_url(self.url, socket_connect_timeout=2.0)
+            # A generous connect timeout: an overloaded event loop must not read as Redis being down (a refused
+            # connection still fails at once).
+            self._async = redis.asyncio.Redis.from_url(self.url, socket_connect_timeout=10.0)
             self._submit_script = self._async.register_script(_SUBMIT)
         return self._async
 
@@ -427,17 +438,67 @@ class RedisStreamsTransport(Transport):
     # --- client half --------------------------------------------------------------------------------------------
     async def submit(self, messages: list[Message]) -> None:
         args: list = [self.max_queue, len(messages)]
+        loop = asyncio.get_running_loop()
+        waiting = []
         for m in messages:
-            args += [m.reply_to, encode_params(m.params), m.image, repr(m.deadline), repr(m.sent_at)]
-        client = self._aredis
-        depth = await self._call(self._submit_script(keys=[self.stream], args=args, client=client))
-        if depth < 0:
-            raise QueueFull(f"the queue is full (max_queue {self.max_queue})")
+            reply_to = m.reply_to
+            if reply_to.startswith("r:"):
+                request_id = reply_to[2:]
+                self._waiting[request_id] = loop.create_future()
+                waiting.append(request_id)
+                reply_to = f"r:{self.inbox}:{request_id}"
+            args += [reply_to, encode_params(m.params), m.image, repr(m.deadline), repr(m.sent_at)]
+        if waiting and (self._listener is None or self._listener.done()):
+            self._listener = asyncio.create_task(self._listen())
+        try:
+            client = self._aredis  # connects, and registers the script
+            depth = await self._call(self._submit_script(keys=[self.stream], args=args, client=client))
+            if depth < 0:
+                raise QueueFull(f"the queue is full (max_queue {self.max_queue})")
+        except BaseException:
+            for request_id in waiting:
+                self._waiting.pop(request_id, None)
+            raise
 
     async def wait(self, request_id: str, timeout: float) -> dict | None:
-        key = f"{self.queue}:reply:{request_id}"
-        got = await self._call(self._aredis.blpop([key], timeout=max(timeout, 0.001)))
-        return None if got is None else json.loads(got[1])
+        future = self._waiting.get(request_id)
+        if future is None:
+            return None
+        try:
+            return await asyncio.wait_for(future, timeout)
+        except asyncio.TimeoutError:
+            return None
+        finally:
+            self._waiting.pop(request_id, None)
+
+    async def _listen(self) -> None:
+        import redis.asyncio
+
+        key = f"{self.queue}:inbox:{self.inbox}"
+        client = redis.asyncio.Redis.from_url(self.url, socket_connect_timeout=10.0)
+        backoff = 0.1
+        try:
+            while True:
+                try:
+                    got = await client.blpop([key], timeout=1)
+                    items = [got[1], *(await client.lpop(key, 1000) or [])] if got else []
+                    backoff = 0.1
+                except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+                    # Answers queued in Redis may be gone with it: tell the waiting clients to retry.
+                    error = TransportUnavailable(f"Redis at {self.url} is unreachable: {exc}")
+                    for future in self._waiting.values():
+                        if not future.done():
+                            future.set_exception(error)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 2.0)
+                    continue
+                for raw in items:
+                    answer = json.loads(raw)
+                    future = self._waiting.get(answer["id"])
+                    if future is not None and not future.done():
+                        future.set_result(answer["reply"])
+        finally:
+            await client.aclose()
 
     async def create_job(self, job_id: str, total: int) -> None:
         key = f"{self.queue}:job:{job_id}"
@@ -471,6 +532,11 @@ class RedisStreamsTransport(Transport):
         return QueueHealth(depth, live, dead, {k.decode(): float(v) for k, v in stats.items()})
 
     async def aclose(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+            self._listener = None
         if self._async is not None:
             await self._async.aclose()
             self._async = None
@@ -504,17 +570,29 @@ class RedisStreamsTransport(Transport):
     def complete(self, replies: list[tuple[Message, dict]]) -> None:
         import redis
 
-        ttl = int(max(self.job_ttl_s, self.reply_ttl_s))
+        # A marker only has to outlive every redelivery of its message.
+        marker_ttl = int(max(60, 2 * self.visibility_timeout_s * (self.max_deliveries + 1)))
         calls = []
         for message, reply in replies:
             kind, _, name = message.reply_to.partition(":")
             if kind == "r":
-                target, index = f"{self.queue}:reply:{name}", ""
+                inbox, _, request_id = name.partition(":")
+                target, index, payload = f"{self.queue}:inbox:{inbox}", "", {"id": request_id, "reply": reply}
             else:
                 job_id, _, index = name.rpartition(":")
-                target = f"{self.queue}:job:{job_id}"
+                target, payload = f"{self.queue}:job:{job_id}", reply
             keys = [self.stream, f"{self.queue}:answered:{message.reply_to}", target]
-            args = [self.group, message.receipt, json.dumps(reply), ttl, kind, index, int(bool(reply.get("ok")))]
+            ok = int(bool(reply.get("ok")))
+            args = [
+                self.group,
+                message.receipt,
+                json.dumps(payload),
+                marker_ttl,
+                kind,
+                index,
+                ok,
+                int(self.reply_ttl_s),
+            ]
             calls.append((keys, args))
         # EVALSHA in one pipeline: one round trip (redis-py's Script objects add a SCRIPT EXISTS to each).
         for attempt in (1, 2):

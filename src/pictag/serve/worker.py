@@ -3,16 +3,19 @@
 A batch closes when it holds `batch_size` requests or when `max_wait_ms` has passed since its first request
 arrived, whichever comes first; `max_wait_ms=0` takes whatever is queued and runs it at once.
 
-Waiting only pays when more requests are on their way, so the worker keeps a running estimate of the gap between
-requests (from the times the API queued them) and holds a batch open only while that gap is shorter than
-`max_wait_ms`: a lone request at low load runs at once, and under load batches fill.
+The window is counted from the first request's arrival in the queue, so a request that already waited while the
+worker was busy is not held any longer. And waiting only pays when more requests are on their way: the worker
+keeps the gaps between recent requests (from the times the API queued them) and holds a batch open only while
+their median is shorter than `max_wait_ms`. A lone request at low load runs at once; bursts are batched.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import socket
+import statistics
 import threading
 import time
 import uuid
@@ -66,7 +69,7 @@ class Worker:
         self._next_claim = 0.0
         self._next_heartbeat = 0.0
         self._last_sent = 0.0
-        self._gap_s = 0.0  # running mean of the gap between requests; 0 until measured, so batching starts on
+        self._gaps: collections.deque[float] = collections.deque(maxlen=16)
 
     def run(self, stop: threading.Event) -> None:
         """Serve until `stop` is set; transport outages are waited out with backoff, never fatal."""
@@ -111,8 +114,12 @@ class Worker:
             if not batch:
                 return []
         self._observe(batch)
-        close_at = time.monotonic() + self.max_wait_s
-        while len(batch) < self.batch_size and self._gap_s < self.max_wait_s:
+        if self._gaps and statistics.median(self._gaps) >= self.max_wait_s:
+            return batch
+        # Clamped, since sent_at comes from the API machine's clock.
+        age = min(max(time.time() - min(m.sent_at for m in batch), 0.0), self.max_wait_s)
+        close_at = time.monotonic() + self.max_wait_s - age
+        while len(batch) < self.batch_size:
             remaining = close_at - time.monotonic()
             if remaining <= 0:
                 break
@@ -124,7 +131,7 @@ class Worker:
     def _observe(self, messages: list[Message]) -> None:
         for sent in sorted(m.sent_at for m in messages if m.deliveries == 1):
             if self._last_sent and sent >= self._last_sent:
-                self._gap_s = 0.8 * self._gap_s + 0.2 * (sent - self._last_sent)
+                self._gaps.append(sent - self._last_sent)
             self._last_sent = max(self._last_sent, sent)
 
     def answer(self, batch: list[Message]) -> list[tuple[Message, dict]]:
