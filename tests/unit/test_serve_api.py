@@ -102,6 +102,7 @@ def test_too_many_pixels_is_413(client):
         (dict(files={"image": ("c.jpg", b"x")}), 400, "no labels"),
         (dict(json={"url": "http://127.0.0.1:1/x.jpg", "labels": LABELS}), 403, "URL fetching is disabled"),
         (dict(json={"path": "/etc/passwd", "labels": "a,a"}), 400, "more than once"),
+        (dict(json={"path": "/tmp/\u0000x.jpg", "labels": LABELS}), 400, "NUL"),
         (dict(json={"image_base64": "", "labels": LABELS, "templates": "/etc/passwd"}), 400, "unknown templates"),
         (dict(json={"image_base64": "", "labels": LABELS, "top_k": 0}), 422, "top_k"),
         (dict(content=b"{not json", headers={"content-type": "application/json"}), 400, "not valid JSON"),

@@ -35,6 +35,8 @@ def resolve_path(path: str, roots: list[str]) -> Path:
     """
     if not roots:
         raise ApiError(403, "server-side paths are disabled: set allowed_roots in serve.yaml, or upload the image")
+    if "\x00" in path:
+        raise ApiError(400, "the path holds a NUL byte")
     real = Path(os.path.realpath(path))
     for root in roots:
         real_root = os.path.realpath(root)

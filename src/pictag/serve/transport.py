@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 HEARTBEAT_TTL_S = 5.0
 _SHORTEST_BLOCK_S = 0.2
 _POLL_S = 0.0005
+_API_CONNECTIONS = 32
 
 
 class QueueFull(Exception):
@@ -400,9 +401,13 @@ class RedisStreamsTransport(Transport):
         if self._async is None:
             import redis.asyncio
 
-            # A generous connect timeout: an overloaded event loop must not read as Redis being down (a refused
+            # A bounded pool that queues callers when all connections are busy (the default pool fails them), and a
+            # generous connect timeout: an overloaded event loop must not read as Redis being down (a refused
             # connection still fails at once).
-            self._async = redis.asyncio.Redis.from_url(self.url, socket_connect_timeout=10.0)
+            pool = redis.asyncio.BlockingConnectionPool.from_url(
+                self.url, max_connections=_API_CONNECTIONS, timeout=30, socket_connect_timeout=10.0
+            )
+            self._async = redis.asyncio.Redis.from_pool(pool)
             self._submit_script = self._async.register_script(_SUBMIT)
         return self._async
 
