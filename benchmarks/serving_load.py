@@ -105,6 +105,9 @@ def in_process(cfg: ServeConfig, images: list[bytes], batch_size: int, seconds: 
         torch.set_num_threads(cfg.threads or 1)
         out[name] = max(one_caller, rate(fn, workers))
         out[f"{name}_layouts"] = (one_caller, out[name] if out[name] != one_caller else None)
+    # The gain batching can bring at most, on this hardware: the model alone at batch 1 in the stack's layout.
+    one_crop = lambda: service.predict(crops[:1], heads[:1], ks[:1])  # noqa: E731
+    out["model_batch1"] = rate(one_crop, workers) / batch_size
     single = []
     for i in range(30):
         started = time.perf_counter()
@@ -202,6 +205,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"in-process, batch {args.batch_size}, {what}: {raw[name]:.1f} img/s "
               f"(1 caller x {os.cpu_count()} torch threads: {one:.1f}; 2 callers x {args.threads_per_worker}: "
               f"{many if many is not None else '<= that'})")  # fmt: skip
+    print(f"in-process, batch 1, encode_image + head, 2 callers x {args.threads_per_worker}: "
+          f"{raw['model_batch1']:.1f} img/s (batching can gain at most {raw['model'] / raw['model_batch1']:.2f}x "
+          "in the model on this CPU)")  # fmt: skip
     print(f"in-process, one request (decode + predict, batch 1, {args.threads_per_worker} thread): "
           f"p50 {raw['single_p50_ms']:.1f} ms")  # fmt: skip
 

@@ -93,6 +93,7 @@ def _single(cfg) -> int:
     from pictag.serve.api import create_app
 
     cfg = dataclasses.replace(cfg, redis_url=None)
+    print(f"pictag serve: http://{cfg.host}:{cfg.port} ({cfg.model}, in-process worker; page at /, API docs at /docs)")
     uvicorn.run(create_app(cfg), host=cfg.host, port=cfg.port, log_level="warning")
     return 0
 
@@ -107,6 +108,7 @@ def _api_processes(cfg, workers: int) -> int:
     from pictag.config import dump_config
     from pictag.serve.api import CONFIG_ENV, create_app
 
+    print(f"pictag serve api: http://{cfg.host}:{cfg.port}, {workers} process(es), queue {cfg.redis_url}")
     if workers <= 1:
         uvicorn.run(create_app(cfg), host=cfg.host, port=cfg.port, log_level="warning")
         return 0
