@@ -7,15 +7,17 @@ STAMP := $(VENV)/.installed
 .PHONY: demo test lint bench clean
 
 $(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	# torch first, pinned to the CPU/CUDA build this platform provides; pip would otherwise resolve a newer one.
-	$(PY) -m pip install -q "torch==2.14.1" "torchvision==0.29.1" || $(PY) -m pip install -q torch torchvision
-	$(PY) -m pip install -q -e ".[dev]"
-	touch $(STAMP)
+	@echo "setting up $(VENV) (first run only, a few minutes)"
+	@$(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install -q --upgrade pip 2>/dev/null
+	@# torch first, pinned to the build this platform provides; pip would otherwise resolve a newer one.
+	@$(PY) -m pip install -q "torch==2.14.1" "torchvision==0.29.1" 2>/dev/null || $(PY) -m pip install -q torch torchvision
+	@$(PY) -m pip install -q -e ".[dev]" 2>/dev/null || $(PY) -m pip install -e ".[dev]"
+	@touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/pictag classify examples/photos --labels-file examples/labels.txt --top-k 3 --out out/demo.csv
+	@$(VENV)/bin/pictag classify examples/photos --labels-file examples/labels.txt --top-k 3 --out out/demo.csv --overwrite
+	@cat out/demo.csv
 
 test: $(STAMP)
 	$(PY) -m pytest

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import io
-import json
 import os
 import tarfile
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
 from PIL import Image
+
+from pictag.testing import save_random_hf_clip, save_random_open_clip
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,49 +55,18 @@ def photo_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_open_clip(tmp_path_factory) -> tuple[str, Path]:
     """A registered tiny open_clip architecture and a checkpoint of random weights: (spec, checkpoint)."""
-    import open_clip
-
-    folder = tmp_path_factory.mktemp("open_clip_cfg")
-    (folder / "pictag-tiny.json").write_text(json.dumps(TINY_OPEN_CLIP))
-    open_clip.add_model_config(folder)
-    torch.manual_seed(1)
-    model = open_clip.create_model("pictag-tiny", pretrained=None)
-    with torch.no_grad():
-        model.logit_scale.fill_(np.log(50.0))  # peaky scores make score comparisons meaningful
-    checkpoint = folder / "tiny.pt"
-    torch.save(model.state_dict(), checkpoint)
+    checkpoint = save_random_open_clip(tmp_path_factory.mktemp("open_clip"), "pictag-tiny", TINY_OPEN_CLIP, seed=1)
     return "open_clip:pictag-tiny", checkpoint
 
 
 @pytest.fixture(scope="session")
 def tiny_hf_clip(tmp_path_factory) -> Path:
-    """A tiny transformers CLIP saved with save_pretrained, with the real CLIP BPE vocabulary (from open_clip)."""
-    from open_clip.tokenizer import SimpleTokenizer
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
-
-    folder = tmp_path_factory.mktemp("hf_clip")
-    bpe = SimpleTokenizer()
-    specials = {"<start_of_text>": "<|startoftext|>", "<end_of_text>": "<|endoftext|>"}
-    (folder / "vocab.json").write_text(json.dumps({specials.get(k, k): v for k, v in bpe.encoder.items()}))
-    merges = sorted(bpe.bpe_ranks, key=bpe.bpe_ranks.get)
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
-    CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt")).save_pretrained(folder)
-    layer = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
-    config = CLIPConfig(
-        text_config=dict(layer, vocab_size=49408, max_position_embeddings=77),
-        vision_config=dict(layer, image_size=224, patch_size=32),
-        projection_dim=16,
-    )
-    torch.manual_seed(2)
-    model = CLIPModel(config)
-    with torch.no_grad():
-        model.logit_scale.fill_(np.log(50.0))
-    model.save_pretrained(folder)
-    CLIPImageProcessor().save_pretrained(folder)
-    return folder
+    """A tiny transformers CLIP saved with save_pretrained (load it as `hf:<dir>`, in any process)."""
+    return save_random_hf_clip(tmp_path_factory.mktemp("hf_clip"), seed=2)
 
 
 def write_tar(path: Path, members: dict[str, bytes]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
     with tarfile.open(path, "w") as tar:
         for name, data in members.items():
             info = tarfile.TarInfo(name)

@@ -16,8 +16,8 @@ _EXPORTS = {
     "list_models": "pictag.models.registry",
     "Encoder": "pictag.models.base",
     "Preprocess": "pictag.models.preprocess",
-    "open_source": "pictag.data.sources",
-    "build_tar_index": "pictag.data.sources",
+    "open_source": "pictag.data",
+    "build_tar_index": "pictag.data",
     "decode_image": "pictag.data.decode",
     "ZeroShotClassifier": "pictag.heads.zero_shot",
     "load_templates": "pictag.heads.zero_shot",
@@ -38,8 +38,8 @@ def __getattr__(name: str):
 
 
 if TYPE_CHECKING:
+    from pictag.data import build_tar_index, open_source
     from pictag.data.decode import decode_image
-    from pictag.data.sources import build_tar_index, open_source
     from pictag.errors import PictagError
     from pictag.heads.zero_shot import ZeroShotClassifier, load_templates
     from pictag.models.base import Encoder

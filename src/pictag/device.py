@@ -41,10 +41,15 @@ def resolve_device(device: str | None = None, precision: str | None = None) -> t
     return torch_device, _DTYPES[precision]
 
 
-def default_workers() -> int:
-    """DataLoader workers for decoding: one per core this process may use, at most 16."""
+def default_workers(device: torch.device | None = None) -> int:
+    """DataLoader workers for decoding: one per core beside a GPU; half the cores when the model runs on the CPU.
+
+    On the CPU the model's own threads need the cores, and decoding is the smaller share of the work.
+    """
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:
         cores = os.cpu_count() or 1
+    if device is not None and device.type == "cpu":
+        cores //= 2
     return max(1, min(cores, 16))

@@ -30,7 +30,9 @@ def test_open_clip_build_zero_shot_classifier(tiny_open_clip, photo_dir, templat
     spec, checkpoint = tiny_open_clip
     model, _, reference_preprocess = open_clip.create_model_and_transforms("pictag-tiny", pretrained=str(checkpoint))
     model.eval()
-    weights = build_zero_shot_classifier(model, open_clip.get_tokenizer("pictag-tiny"), LABELS, load_templates(templates))
+    weights = build_zero_shot_classifier(
+        model, open_clip.get_tokenizer("pictag-tiny"), LABELS, load_templates(templates)
+    )
     encoder = create_model(spec, checkpoint=checkpoint, device="cpu")
     ours = _pictag_scores(encoder, photo_dir, templates)
     for path in sorted(photo_dir.glob("*.jpg")):

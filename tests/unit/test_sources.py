@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from conftest import write_tar
 from pictag.data import Record, _io, build_tar_index, open_source, tar_index
 from pictag.data._patterns import expand_braces
 from pictag.errors import PictagError
@@ -30,16 +31,6 @@ JPEG, PNG = _image("JPEG", "red"), _image("PNG", "blue")
 # Images, a zero-byte image and a member that is not an image (left out of the index).
 MEMBERS = {"a.jpg": JPEG, "sub/b.PNG": PNG, "sub/empty.jpg": b"", "labels.txt": b"not an image"}
 IMAGES = {k: v for k, v in MEMBERS.items() if k != "labels.txt"}
-
-
-def _tar(path: Path, members: dict[str, bytes]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(path, "w") as archive:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            archive.addfile(info, io.BytesIO(data))
-    return path
 
 
 def _folder(root: Path, files: dict[str, bytes]) -> Path:
@@ -73,7 +64,7 @@ def test_single_image_file_is_keyed_by_its_name(tmp_path):
 
 def test_index_reads_headers_only_and_records_equal_tar_members(tmp_path):
     big = b"\0" * (16 << 20)
-    tar = _tar(tmp_path / "zip1.tar", {"big.bin": big, **MEMBERS, "late.jpg": JPEG})
+    tar = write_tar(tmp_path / "zip1.tar", {"big.bin": big, **MEMBERS, "late.jpg": JPEG})
     io_stats = Path("/proc/self/io")
     before = int(io_stats.read_text().split()[1]) if io_stats.exists() else None
     out = build_tar_index(tar)
@@ -97,7 +88,7 @@ def _rewrite_index(path: Path, **metadata: str) -> None:
 
 
 def test_index_recorded_without_tar_suffix_matches_by_stem(tmp_path):
-    tar = _tar(tmp_path / "zip1.tar", MEMBERS)
+    tar = write_tar(tmp_path / "zip1.tar", MEMBERS)
     index = build_tar_index(tar, tmp_path / "custom.parquet")
     _rewrite_index(index, tar_name="zip1")
     assert _data(open_source(tar, index=index)) == IMAGES
@@ -107,7 +98,7 @@ def test_index_recorded_without_tar_suffix_matches_by_stem(tmp_path):
 
 
 def test_index_of_a_different_size_is_refused_whole(tmp_path):
-    tar = _tar(tmp_path / "zip1.tar", MEMBERS)
+    tar = write_tar(tmp_path / "zip1.tar", MEMBERS)
     index = build_tar_index(tar)
     size = tar.stat().st_size
     os.truncate(tar, size - 1024)
@@ -120,7 +111,7 @@ def test_index_of_a_different_size_is_refused_whole(tmp_path):
 
 
 def test_index_pointing_past_the_end_is_refused(tmp_path):
-    tar = _tar(tmp_path / "zip1.tar", MEMBERS)
+    tar = write_tar(tmp_path / "zip1.tar", MEMBERS)
     index = tmp_path / "foreign.parquet"  # no metadata, as other tools write it: offsets are still checked
     pq.write_table(pa.table({"key": ["a.jpg"], "offset": [tar.stat().st_size], "size": [10]}), index)
     with pytest.raises(PictagError, match=r"points past the end of zip1.tar"):
@@ -128,7 +119,7 @@ def test_index_pointing_past_the_end_is_refused(tmp_path):
 
 
 def test_index_without_a_column_or_not_parquet_is_refused(tmp_path):
-    tar = _tar(tmp_path / "zip1.tar", MEMBERS)
+    tar = write_tar(tmp_path / "zip1.tar", MEMBERS)
     pq.write_table(pa.table({"key": ["a.jpg"], "start": [0]}), tmp_path / "cols.parquet")
     with pytest.raises(PictagError, match=r"lacks column offset, size \(it has key, start\)"):
         open_source(tar, index=tmp_path / "cols.parquet")
@@ -138,7 +129,7 @@ def test_index_without_a_column_or_not_parquet_is_refused(tmp_path):
 
 
 def test_tar_shrinking_after_open_gives_error_records(tmp_path):
-    tar = _tar(tmp_path / "zip1.tar", {"a.jpg": JPEG, "z.jpg": PNG})
+    tar = write_tar(tmp_path / "zip1.tar", {"a.jpg": JPEG, "z.jpg": PNG})
     source = open_source(tar)
     os.truncate(tar, 2048)  # keeps a.jpg's bytes (512 to 1145), cuts z.jpg's (from 2048)
     records = _records(source)
@@ -150,7 +141,7 @@ def test_tar_shrinking_after_open_gives_error_records(tmp_path):
 
 
 def test_tar_without_index_builds_it_once_beside_and_reuses_it(tmp_path, monkeypatch):
-    tar = _tar(tmp_path / "zip1.tar", MEMBERS)
+    tar = write_tar(tmp_path / "zip1.tar", MEMBERS)
     assert _data(open_source(tar)) == IMAGES
     index = tmp_path / "zip1.index.parquet"
     built = index.stat().st_mtime_ns
@@ -165,7 +156,7 @@ def test_tar_without_index_builds_it_once_beside_and_reuses_it(tmp_path, monkeyp
 
 def test_tar_without_index_caches_it_in_user_cache_when_beside_is_not_writable(tmp_path, monkeypatch):
     monkeypatch.setenv("PICTAG_CACHE", str(tmp_path / "cache"))
-    tar = _tar(tmp_path / "data" / "zip1.tar", MEMBERS)
+    tar = write_tar(tmp_path / "data" / "zip1.tar", MEMBERS)
     (tmp_path / "data" / "zip1.index.parquet").mkdir()  # something that is not an index stands in the way
     assert _data(open_source(tar)) == IMAGES
     [cached] = (tmp_path / "cache" / "tar-index").iterdir()
@@ -175,16 +166,16 @@ def test_tar_without_index_caches_it_in_user_cache_when_beside_is_not_writable(t
 
 
 def test_stale_index_beside_is_rebuilt(tmp_path):
-    tar = _tar(tmp_path / "zip1.tar", MEMBERS)
+    tar = write_tar(tmp_path / "zip1.tar", MEMBERS)
     open_source(tar)
-    _tar(tar, {"new.jpg": JPEG})  # same size as before (tars pad to 10 KiB): only its mtime tells
+    write_tar(tar, {"new.jpg": JPEG})  # same size as before (tars pad to 10 KiB): only its mtime tells
     os.utime(tar, ns=(tar.stat().st_atime_ns, tar.stat().st_mtime_ns + 10**9))
     assert _data(open_source(tar)) == {"new.jpg": JPEG}
 
 
 def test_brace_patterns_expand_to_tars_keyed_by_stem(tmp_path):
     for i in range(3):
-        _tar(tmp_path / "shards" / f"{i:06d}.tar", {f"img{i}.jpg": JPEG, "labels.txt": b"x"})
+        write_tar(tmp_path / "shards" / f"{i:06d}.tar", {f"img{i}.jpg": JPEG, "labels.txt": b"x"})
     expected = {f"{i:06d}/img{i}.jpg": JPEG for i in range(3)}
     assert _data(open_source(f"{tmp_path}/shards/{{000000..000002}}.tar")) == expected
     assert _data(open_source(f"{tmp_path}/shards/*.tar")) == expected
@@ -243,7 +234,7 @@ def test_memory_url_folder_and_tar_with_index_read_by_range(tmp_path, monkeypatc
         fs.pipe(f"/pictag-test/{name}", data)
     assert _data(open_source("memory://pictag-test/imgs")) == {"a.jpg": JPEG, "deep/b.png": PNG}
 
-    tar = _tar(tmp_path / "zip1.tar", MEMBERS)
+    tar = write_tar(tmp_path / "zip1.tar", MEMBERS)
     fs.pipe("/pictag-test/zip1.tar", tar.read_bytes())
     fs.pipe("/pictag-test/idx.parquet", build_tar_index(tar).read_bytes())
     calls = _spy_ranges(monkeypatch)
@@ -255,16 +246,16 @@ def test_memory_url_folder_and_tar_with_index_read_by_range(tmp_path, monkeypatc
     fs.rm("/pictag-test", recursive=True)
 
 
-def test_file_url_folder_and_tar(tmp_path):
+def test_file_url_folder_andwrite_tar(tmp_path):
     _folder(tmp_path / "imgs", {"a.jpg": JPEG})
     assert _data(open_source(f"file://{tmp_path}/imgs")) == {"a.jpg": JPEG}
-    tar = _tar(tmp_path / "zip1.tar", MEMBERS)
+    tar = write_tar(tmp_path / "zip1.tar", MEMBERS)
     assert _data(open_source(f"file://{tar}", index=f"file://{build_tar_index(tar)}")) == IMAGES
 
 
 def test_skipped_keys_are_neither_yielded_nor_read(tmp_path, monkeypatch):
     root = _folder(tmp_path / "imgs", {"a.jpg": JPEG, "b.png": PNG, "c.jpg": JPEG})
-    tar = _tar(tmp_path / "zip1.tar", MEMBERS)
+    tar = write_tar(tmp_path / "zip1.tar", MEMBERS)
     reads = []
     read = _io.Blob.read
     monkeypatch.setattr(_io.Blob, "read", lambda self, *a: reads.append(a) or read(self, *a))
@@ -278,7 +269,7 @@ def test_skipped_keys_are_neither_yielded_nor_read(tmp_path, monkeypatch):
 @pytest.mark.parametrize("kind", ["folder", "tar"])
 def test_shards_partition_records_and_pickle(tmp_path, kind):
     files = {f"{i // 100}/{i:04d}.jpg": i.to_bytes(2, "big") for i in range(1100)}
-    uri = _folder(tmp_path / "imgs", files) if kind == "folder" else _tar(tmp_path / "zip1.tar", files)
+    uri = _folder(tmp_path / "imgs", files) if kind == "folder" else write_tar(tmp_path / "zip1.tar", files)
     source = open_source(uri)
     shards = source.shards()
     assert 2 <= len(shards) <= 8 and len(source) == sum(map(len, shards)) == len(files)

@@ -32,6 +32,9 @@ def add_parser(sub) -> None:
     p.add_argument("--max-pixels", type=int, help="refuse larger images as decompression bombs (default 100M)")
     p.add_argument("--resume", action="store_true", default=None, help="finish an interrupted run")
     p.add_argument("--overwrite", action="store_true", default=None, help="replace existing output")
+    p.add_argument(
+        "--commit-every", type=int, help="rows per committed part (default 8192): a kill loses at most this much work"
+    )
     add_model_args(p)
     add_runtime_args(p)
     p.set_defaults(func=run)

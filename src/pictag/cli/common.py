@@ -20,7 +20,7 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model")
     group.add_argument(
         "--model",
-        help=f"model spec: open_clip:ARCH/TAG, hf:ORG/NAME or hf:/dir, timm:NAME (default {DEFAULT_MODEL})",
+        help=f"model spec: open_clip:ARCH/TAG, hf:ORG/NAME or hf:/dir, timm:NAME (default $PICTAG_MODEL or {DEFAULT_MODEL})",
     )
     group.add_argument("--checkpoint", help="local weights file loaded into the --model architecture")
     group.add_argument(
@@ -31,7 +31,9 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
 def add_runtime_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("runtime")
     group.add_argument("--batch-size", type=int, help="images per forward pass (default 64)")
-    group.add_argument("--workers", type=int, help="decoding processes (default: one per core)")
+    group.add_argument(
+        "--workers", type=int, help="decoding processes (default: one per core with a GPU, half the cores on CPU)"
+    )
     group.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: best available)")
     group.add_argument(
         "--precision", choices=["fp32", "tf32", "fp16", "bf16"], help="default: fp32 on CPU, half on GPU"

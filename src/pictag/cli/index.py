@@ -19,7 +19,7 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     import pyarrow.parquet as pq
 
-    from pictag.data.sources import build_tar_index
+    from pictag.data import build_tar_index
 
     path = build_tar_index(args.tar, args.out)
     print(f"indexed {pq.read_metadata(path).num_rows:,} images of {args.tar} -> {path}")

@@ -46,7 +46,8 @@ def decode_image(data: bytes | None, min_size: tuple[int, int] | None = None, ma
                 w, h = min_size
                 img.draft("RGB", (h, w) if orientation in _TRANSPOSED else (w, h))
             img.load()
-            img = ImageOps.exif_transpose(img)
+            if orientation != 1:
+                img = ImageOps.exif_transpose(img)
             return _to_rgb(img)
     except DecodeError:
         raise

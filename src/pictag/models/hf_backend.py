@@ -69,9 +69,11 @@ def _preprocess_from(processor) -> Preprocess:
 
 def _create(spec: ModelSpec, checkpoint=None, random_weights: bool = False) -> Encoder:
     try:
+        import transformers
         from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoTokenizer
     except ImportError:
         raise PictagError("hf: models need transformers: pip install 'pictag[hf]'") from None
+    transformers.utils.logging.disable_progress_bar()  # pictag shows its own progress
     name = spec.name
     local = os.path.isdir(name)
     if not local and (name.startswith((".", "/", "~")) or name.count("/") > 1):

@@ -17,21 +17,25 @@ from pictag.errors import PictagError
 @functools.cache
 def hub_online() -> bool:
     """Whether the hub answers; if not, switch huggingface_hub to cache-only mode for this process."""
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
-        return False
-    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
-    try:
-        socket.create_connection((host, 443), timeout=2).close()
-        return True
-    except OSError:
-        import huggingface_hub.constants
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() not in ("1", "true", "yes"):
+        host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+        try:
+            socket.create_connection((host, 443), timeout=2).close()
+            return True
+        except OSError:
+            pass
+    import huggingface_hub.constants
 
-        huggingface_hub.constants.HF_HUB_OFFLINE = True
-        return False
+    # The library read HF_HUB_OFFLINE when first imported, possibly before it was set.
+    huggingface_hub.constants.HF_HUB_OFFLINE = True
+    return False
 
 
 def fetch_failed(spec: str, exc: BaseException, fix: str) -> PictagError:
     """The one-line error for weights that could not be fetched, naming what was tried and the fix."""
-    where = "the local cache (the hub is unreachable from here)" if not hub_online() else "the Hugging Face hub"
-    reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-    return PictagError(f"could not load weights for {spec} from {where}: {reason}. {fix}")
+    if not hub_online():
+        return PictagError(
+            f"could not load weights for {spec}: not in the local cache, and the hub is unreachable. {fix}"
+        )
+    reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+    return PictagError(f"could not load weights for {spec} from the Hugging Face hub ({reason[:160]}). {fix}")

@@ -69,9 +69,9 @@ def _create(spec: ModelSpec, checkpoint=None, random_weights: bool = False) -> E
             f"open_clip:{spec.name} names no weights: use {example}, pass --checkpoint FILE, "
             "or --random-weights for tests"
         )
-    # open_clip warns on the root logger for every random init; pictag has already warned once if asked for it.
+    # open_clip logs on the root logger (random init, failed downloads); pictag reports those itself, once.
     root = logging.getLogger()
-    level, root.level = root.level, max(root.level, logging.ERROR)
+    level, root.level = root.level, logging.CRITICAL
     try:
         if checkpoint is not None:
             model = open_clip.create_model(spec.name, pretrained=None)

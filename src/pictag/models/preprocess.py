@@ -64,10 +64,11 @@ class Preprocess:
 
     def normalize(self, crops: torch.Tensor) -> torch.Tensor:
         """Turn a (N, H, W, 3) uint8 batch into the (N, 3, H, W) float batch the model expects."""
-        x = crops.permute(0, 3, 1, 2).float().div_(255)
-        mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
+        # (x / 255 - mean) / std as one multiply and one subtract over the batch.
+        x = crops.permute(0, 3, 1, 2).float()
         std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
-        return x.sub_(mean).div_(std)
+        mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
+        return x.mul_(1 / (255 * std)).sub_(mean / std)
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
         """Preprocess one RGB image into a (3, H, W) float tensor."""

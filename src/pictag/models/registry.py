@@ -7,13 +7,21 @@ import logging
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from pictag.errors import PictagError
-from pictag.models.base import Encoder
+
+if TYPE_CHECKING:
+    from pictag.models.base import Encoder
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "open_clip:ViT-B-32/openai"
+
+
+def default_model() -> str:
+    """The model used when none is named: $PICTAG_MODEL if set (a deployment's or a test's choice), else ViT-B-32."""
+    return os.environ.get("PICTAG_MODEL") or DEFAULT_MODEL
 
 
 @dataclass(frozen=True)
@@ -66,7 +74,7 @@ def parse_spec(spec: str) -> ModelSpec:
 
 
 def create_model(
-    spec: str = DEFAULT_MODEL,
+    spec: str | None = None,
     *,
     checkpoint: str | os.PathLike | None = None,
     random_weights: bool = False,
@@ -76,7 +84,7 @@ def create_model(
     """Build an encoder with the preprocessing and tokenizer that belong to its weights.
 
     Args:
-        spec: "open_clip:ARCH/TAG", "hf:ORG/NAME" (or "hf:/local/dir"), or "timm:NAME".
+        spec: "open_clip:ARCH/TAG", "hf:ORG/NAME" (or "hf:/local/dir"), or "timm:NAME"; `default_model()` if None.
         checkpoint: A local weights file loaded into the named architecture instead of downloading.
         random_weights: Build the architecture with random weights (tests, benchmarks); logs a warning.
         device: "cuda", "cuda:1", "mps" or "cpu"; chosen automatically when None.
@@ -87,7 +95,7 @@ def create_model(
     """
     from pictag.device import resolve_device
 
-    parsed = parse_spec(spec)
+    parsed = parse_spec(spec or default_model())
     if checkpoint is not None and not os.path.isfile(checkpoint):
         raise PictagError(f"checkpoint {checkpoint} does not exist")
     if random_weights:

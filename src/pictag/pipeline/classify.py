@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
@@ -17,8 +17,8 @@ from pictag.data.decode import DEFAULT_MAX_PIXELS
 from pictag.data.sources import open_source
 from pictag.device import default_workers
 from pictag.errors import PictagError
-from pictag.heads.zero_shot import UNKNOWN, ZeroShotClassifier, parse_labels
-from pictag.models.registry import DEFAULT_MODEL, create_model
+from pictag.heads.zero_shot import UNKNOWN, ZeroShotClassifier, load_templates, parse_labels
+from pictag.models.registry import create_model, default_model
 from pictag.pipeline.parts import PartWriter, TableWriter, check_output_format
 from pictag.pipeline.runner import iter_embeddings
 
@@ -43,12 +43,12 @@ _RESULT_DEFINING = (
 class ClassifyConfig:
     """Everything `pictag classify` takes; see `pictag classify --help` for each option."""
 
-    source: str
-    out: str
+    source: str | None = None
+    out: str | None = None
     labels: list[str] | str | None = None
     labels_file: str | None = None
     templates: str = "simple"
-    model: str = DEFAULT_MODEL
+    model: str = field(default_factory=default_model)
     checkpoint: str | None = None
     random_weights: bool = False
     index: str | None = None
@@ -62,6 +62,7 @@ class ClassifyConfig:
     max_pixels: int = DEFAULT_MAX_PIXELS
     resume: bool = False
     overwrite: bool = False
+    commit_every: int = 8192
 
 
 @dataclass
@@ -88,14 +89,19 @@ def run(cfg: ClassifyConfig) -> ClassifyResult:
         PictagError: bad input, or an output that exists (pass `overwrite`) or was interrupted (pass `resume`).
     """
     started = time.perf_counter()
+    if not cfg.out:
+        raise PictagError("no output named: pass --out results.csv (or .parquet)")
     out = Path(cfg.out)
     check_output_format(out)
     if cfg.top_k < 1:
         raise PictagError(f"--top-k must be at least 1, not {cfg.top_k}")
     if cfg.batch_size < 1:
         raise PictagError(f"--batch-size must be at least 1, not {cfg.batch_size}")
+    if not cfg.source:
+        raise PictagError("no images given: pass a SOURCE (folder, image, tar, shard pattern, table or URL)")
     labels = parse_labels(cfg.labels, cfg.labels_file)
-    parts = PartWriter(sibling(out, ".parts"))
+    templates = load_templates(cfg.templates)
+    parts = PartWriter(sibling(out, ".parts"), rows_per_part=cfg.commit_every)
     _check_resumable(cfg, out, parts)
     source = open_source(cfg.source, index=cfg.index, path_column=cfg.path_column)
     encoder = create_model(
@@ -105,13 +111,13 @@ def run(cfg: ClassifyConfig) -> ClassifyResult:
         device=cfg.device,
         precision=cfg.precision,
     )
-    head = ZeroShotClassifier(encoder, labels, cfg.templates)
+    head = ZeroShotClassifier(encoder, labels, templates)
     config_out = dump_config(cfg, sibling(out, ".config.yaml"))
     (parts.folder / "config.yaml").write_text(config_out.read_text())
 
     done = parts.done_keys()
     top_k = min(cfg.top_k, len(labels))
-    workers = default_workers() if cfg.workers is None else cfg.workers
+    workers = default_workers(encoder.device) if cfg.workers is None else cfg.workers
     total = max(len(source) - len(done), 0)
     with tqdm(total=total, unit="img", desc="classify", dynamic_ncols=True, disable=None) as bar:
         for batch in iter_embeddings(

@@ -1,0 +1,79 @@
+"""Random CLIP models built from config, saved where pictag and the reference libraries can load them.
+
+For tests and benchmarks on machines that cannot download weights: the architecture (and so the speed) is real,
+the weights are not. The tokenizer is CLIP's real BPE vocabulary, taken from open_clip's bundled copy.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+
+
+def save_random_hf_clip(
+    folder: str | Path,
+    *,
+    width: int = 32,
+    layers: int = 1,
+    heads: int = 2,
+    vision_width: int | None = None,
+    vision_layers: int | None = None,
+    patch_size: int = 32,
+    image_size: int = 224,
+    projection_dim: int = 16,
+    logit_scale: float = 50.0,
+    seed: int = 0,
+) -> Path:
+    """Save a random transformers CLIPModel, tokenizer and image processor to `folder` (for `hf:<folder>`)."""
+    from open_clip.tokenizer import SimpleTokenizer
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    bpe = SimpleTokenizer()
+    specials = {"<start_of_text>": "<|startoftext|>", "<end_of_text>": "<|endoftext|>"}
+    (folder / "vocab.json").write_text(json.dumps({specials.get(k, k): v for k, v in bpe.encoder.items()}))
+    merges = sorted(bpe.bpe_ranks, key=bpe.bpe_ranks.get)
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
+    CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt")).save_pretrained(folder)
+    vision_width = vision_width or width
+
+    def tower(hidden: int, depth: int) -> dict:
+        return dict(
+            hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=depth, num_attention_heads=heads
+        )
+
+    config = CLIPConfig(
+        text_config=dict(tower(width, layers), vocab_size=49408, max_position_embeddings=77),
+        vision_config=dict(tower(vision_width, vision_layers or layers), image_size=image_size, patch_size=patch_size),
+        projection_dim=projection_dim,
+    )
+    torch.manual_seed(seed)
+    model = CLIPModel(config)
+    with torch.no_grad():
+        model.logit_scale.fill_(math.log(logit_scale))
+    model.save_pretrained(folder)
+    CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size=image_size).save_pretrained(folder)
+    return folder
+
+
+def save_random_open_clip(
+    folder: str | Path, name: str, config: dict, *, logit_scale: float = 50.0, seed: int = 0
+) -> Path:
+    """Register an open_clip architecture `name` from `config` and save random weights; returns the checkpoint."""
+    import open_clip
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.json").write_text(json.dumps(config))
+    open_clip.add_model_config(folder)
+    torch.manual_seed(seed)
+    model = open_clip.create_model(name, pretrained=None)
+    with torch.no_grad():
+        model.logit_scale.fill_(math.log(logit_scale))
+    checkpoint = folder / f"{name}.pt"
+    torch.save(model.state_dict(), checkpoint)
+    return checkpoint

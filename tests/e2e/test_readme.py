@@ -1,0 +1,77 @@
+"""The commands and Python of the README and the zero-shot docs run as written.
+
+$PICTAG_MODEL points the default model at a tiny local one; everything else is verbatim.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from conftest import ROOT, jpeg_bytes, photos, subprocess_env, write_tar
+
+DOCS = [ROOT / "README.md", ROOT / "docs" / "zero-shot.md", ROOT / "docs" / "models.md"]
+BLOCKS = [block for doc in DOCS for block in re.findall(r"```(\w+)\n(.*?)```", doc.read_text(), flags=re.S)]
+COMMANDS = [line for lang, body in BLOCKS if lang == "bash" for line in body.splitlines() if line.startswith("pictag ")]
+PYTHON = [body for lang, body in BLOCKS if lang == "python"]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory, tiny_hf_clip):
+    """The files the README's examples name: data/zip1.tar, photos/, labels.txt, shards/000000..000009.tar."""
+    root = tmp_path_factory.mktemp("readme")
+    images = {f"{name}.jpg": jpeg_bytes(img.resize((96, 64))) for name, img in photos().items()}
+    (root / "data").mkdir()
+    write_tar(root / "data" / "zip1.tar", images)
+    (root / "photos").mkdir()
+    for name, data in images.items():
+        (root / "photos" / name).write_bytes(data)
+    (root / "labels.txt").write_text("cat\nastronaut\ncoffee\n")
+    (root / "shards").mkdir()
+    for shard in range(10):
+        write_tar(
+            root / "shards" / f"{shard:06d}.tar",
+            {f"s{shard}_{i}.jpg": jpeg_bytes(Image.new("RGB", (40, 30), (i * 40, 9, 9))) for i in range(3)},
+        )
+    env = subprocess_env() | {"PICTAG_MODEL": f"hf:{tiny_hf_clip}", "PICTAG_CACHE": str(root / ".cache")}
+    return root, env
+
+
+def test_readme_has_examples():
+    assert len(COMMANDS) >= 5 and PYTHON
+
+
+def test_readme_commands_run(workdir):
+    root, env = workdir
+    for command in COMMANDS:
+        argv = [sys.executable, "-m", "pictag", *shlex.split(command, comments=True)[1:]]
+        done = subprocess.run(argv, cwd=root, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, f"{command}\n{done.stderr}"
+    assert (root / "results.csv").is_file() and (root / "out.parquet").is_file()
+
+
+def test_readme_python_runs(workdir):
+    root, env = workdir
+    for block in PYTHON:
+        done = subprocess.run(
+            [sys.executable, "-c", block], cwd=root, env=env, capture_output=True, text=True, timeout=300
+        )
+        assert done.returncode == 0, f"{block}\n{done.stderr}"
+
+
+def test_pictag_help_is_instant_and_lists_commands():
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "pictag", "--help"],
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0 and "classify" in done.stdout
+    assert not re.search(r"\| +(torch|transformers|open_clip|pyarrow)$", done.stderr, flags=re.M), (
+        "heavy import on --help"
+    )
