@@ -12,8 +12,8 @@ import sys
 import httpx
 import pytest
 import yaml
-from conftest import jpeg_bytes, photos, subprocess_env
 
+from conftest import jpeg_bytes, photos, subprocess_env
 from pictag.serve._stack import free_port, wait_until
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

@@ -14,8 +14,8 @@ import time
 import httpx
 import pytest
 import redis
-from conftest import jpeg_bytes, photos, subprocess_env
 
+from conftest import jpeg_bytes, photos, subprocess_env
 from pictag.serve._stack import Stack, wait_until
 from pictag.serve.transport import RedisStreamsTransport
 

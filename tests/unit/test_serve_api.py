@@ -7,10 +7,10 @@ import io
 import os
 
 import pytest
-from conftest import jpeg_bytes, photos
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from conftest import jpeg_bytes, photos
 from pictag.serve.api import create_app
 from pictag.serve.config import ServeConfig
 

@@ -7,8 +7,8 @@ import threading
 import time
 
 import pytest
-from conftest import jpeg_bytes, photos
 
+from conftest import jpeg_bytes, photos
 from pictag.serve.config import ServeConfig
 from pictag.serve.contract import ZeroShotService
 from pictag.serve.transport import InProcessTransport, Message, QueueFull

@@ -17,7 +17,7 @@ EXAMPLES = """examples:
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="serve.yaml; command-line flags override it")
     g = p.add_argument_group("model")
-    g.add_argument("--model", help="model spec (default open_clip:ViT-B-32/openai)")
+    g.add_argument("--model", help="model spec (default $PICTAG_MODEL or open_clip:ViT-B-32/openai)")
     g.add_argument("--checkpoint", help="local weights file for --model")
     g.add_argument("--random-weights", action="store_true", default=None, help="random weights (tests, benchmarks)")
     g.add_argument("--labels", help="default labels when a request names none, comma-separated")

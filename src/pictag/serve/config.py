@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field
 
 from pictag.errors import PictagError
+from pictag.models.registry import default_model
 
 
 @dataclass
@@ -13,7 +14,7 @@ class ServeConfig:
     """Options of `pictag serve`, read from serve.yaml and overridden by command-line flags.
 
     Attributes:
-        model: Model spec, see `create_model`.
+        model: Model spec, see `create_model` ($PICTAG_MODEL or open_clip:ViT-B-32/openai when unset).
         checkpoint: Local weights file for `model`.
         random_weights: Random weights (tests and benchmarks only).
         device: Worker device ("cpu", "cuda:0", ...); best available when None.
@@ -46,7 +47,7 @@ class ServeConfig:
         port: Port the API listens on.
     """
 
-    model: str = "open_clip:ViT-B-32/openai"
+    model: str = field(default_factory=default_model)
     checkpoint: str | None = None
     random_weights: bool = False
     device: str | None = None
