@@ -39,6 +39,8 @@ _EXPORTS = {
     "find_tasks": "pictag.fewshot.tasks",
     "FinetuneConfig": "pictag.train.finetune",
     "finetune": "pictag.train.finetune",
+    "ServeConfig": "pictag.serve.config",
+    "create_app": "pictag.serve.api",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -64,6 +66,8 @@ if TYPE_CHECKING:
     from pictag.models.registry import create_model, list_models
     from pictag.pipeline.classify import ClassifyConfig, classify
     from pictag.pipeline.runner import iter_embeddings
+    from pictag.serve.api import create_app
+    from pictag.serve.config import ServeConfig
     from pictag.store.calibrate import calibrate
     from pictag.store.embed import embed
     from pictag.store.search import search

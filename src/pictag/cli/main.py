@@ -15,6 +15,7 @@ COMMANDS = [
     "fewshot",
     "fewshot-eval",
     "fewshot-train",
+    "serve",
     "embed",
     "search",
     "index-embeddings",

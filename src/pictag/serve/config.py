@@ -1,0 +1,100 @@
+"""`ServeConfig`: everything serve.yaml can say, with the safe choice as every default."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from pictag.errors import PictagError
+from pictag.models.registry import default_model
+
+
+@dataclass
+class ServeConfig:
+    """Options of `pictag serve`, read from serve.yaml and overridden by command-line flags.
+
+    Attributes:
+        model: Model spec, see `create_model` ($PICTAG_MODEL or open_clip:ViT-B-32/openai when unset).
+        checkpoint: Local weights file for `model`.
+        random_weights: Random weights (tests and benchmarks only).
+        device: Worker device ("cpu", "cuda:0", ...); best available when None.
+        precision: Worker precision; chosen for the device when None.
+        threads: CPU threads of each worker's torch (torch's default when None).
+        labels: Default labels when a request names none (list or comma-separated string).
+        labels_file: Default labels, one per line.
+        templates: Default prompt templates: "simple", "imagenet80", or a list of strings with one "{}".
+        top_k: Default number of ranked labels per image.
+        redis_url: Redis holding the queue; None in single-machine mode, which uses an in-process queue.
+        queue: Name prefix of every Redis key this deployment uses, so several deployments can share a server.
+        batch_size: Most requests a worker runs in one forward pass.
+        max_wait_ms: Longest a worker holds the first request of a batch while waiting for more.
+        max_queue: Queued requests above which the API answers 503 with Retry-After.
+        visibility_timeout_s: How long a request may stay unanswered by its worker before another worker claims it.
+        max_deliveries: Deliveries after which a request that keeps killing workers goes to the dead-letter stream.
+        request_timeout_s: Time a synchronous request may take before the API answers 504.
+        job_ttl_s: How long job results stay readable.
+        max_job_items: Most images in one job.
+        max_upload_bytes: Largest request body.
+        max_pixels: Largest image, in pixels (decompression-bomb guard).
+        max_labels: Most labels in one request.
+        allowed_roots: Folders whose files requests may name by server-side path; empty disables paths.
+        allow_urls: Let requests name http(s) URLs for the server to fetch (off: the server could be made to reach
+            internal hosts).
+        url_timeout_s: Time limit of a URL fetch.
+        auth_token: Bearer token required on /v1/*; None disables auth. "env:NAME" reads it from $NAME.
+        label_cache_size: Label sets whose text prototypes a worker keeps in memory (all stay in the disk cache).
+        host: Address the API listens on.
+        port: Port the API listens on.
+    """
+
+    model: str = field(default_factory=default_model)
+    checkpoint: str | None = None
+    random_weights: bool = False
+    device: str | None = None
+    precision: str | None = None
+    threads: int | None = None
+    labels: list[str] | str | None = None
+    labels_file: str | None = None
+    templates: str | list[str] = "simple"
+    top_k: int = 5
+    redis_url: str | None = None
+    queue: str = "pictag"
+    batch_size: int = 32
+    max_wait_ms: float = 10.0
+    max_queue: int = 1000
+    visibility_timeout_s: float = 30.0
+    max_deliveries: int = 3
+    request_timeout_s: float = 30.0
+    job_ttl_s: float = 3600.0
+    max_job_items: int = 1000
+    max_upload_bytes: int = 20_000_000
+    max_pixels: int = 40_000_000
+    max_labels: int = 1000
+    allowed_roots: list[str] = field(default_factory=list)
+    allow_urls: bool = False
+    url_timeout_s: float = 10.0
+    auth_token: str | None = None
+    label_cache_size: int = 64
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    def __post_init__(self):
+        positive = ("batch_size", "max_queue", "max_deliveries", "max_upload_bytes", "max_pixels", "max_labels")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise PictagError(f"serve config: {name} must be at least 1 (got {getattr(self, name)})")
+        for name in ("max_wait_ms", "visibility_timeout_s", "request_timeout_s", "url_timeout_s"):
+            if getattr(self, name) < 0:
+                raise PictagError(f"serve config: {name} cannot be negative (got {getattr(self, name)})")
+        if isinstance(self.allowed_roots, str):
+            self.allowed_roots = [self.allowed_roots]
+
+    def token(self) -> str | None:
+        """The bearer token, read from the environment when written as "env:NAME"."""
+        if self.auth_token and self.auth_token.startswith("env:"):
+            name = self.auth_token[4:]
+            value = os.environ.get(name)
+            if not value:
+                raise PictagError(f"serve config: auth_token names ${name}, which is unset or empty")
+            return value
+        return self.auth_token or None

@@ -1,0 +1,109 @@
+"""The serving contract: setup / decode / predict / encode, over pictag's encoder and zero-shot head.
+
+Workers call these four and nothing else, so the model side stays independent of HTTP and of the queue.
+"""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from pictag.data.decode import decode_image
+from pictag.errors import PictagError
+from pictag.heads.zero_shot import ZeroShotClassifier, parse_labels
+from pictag.serve.config import ServeConfig
+
+
+@dataclass
+class Prediction:
+    """The ranked labels of one image."""
+
+    labels: list[str]
+    scores: list[float]
+
+
+class ZeroShotService:
+    """Zero-shot classification with per-request labels and templates.
+
+    Text prototypes are built once per (model, templates, labels) and kept in an in-memory LRU in front of
+    `ZeroShotClassifier`'s disk cache, so a new label set costs one text pass and later requests none.
+
+    Args:
+        cfg: The serving config (model, default labels and templates, limits).
+    """
+
+    def __init__(self, cfg: ServeConfig):
+        self.cfg = cfg
+        self.encoder = None
+        self.default_labels: list[str] | None = None
+        self._heads: collections.OrderedDict[tuple, ZeroShotClassifier] = collections.OrderedDict()
+
+    def setup(self) -> None:
+        """Load the model and the default label set's prototypes (so the first request pays neither)."""
+        from pictag.models.registry import create_model
+
+        cfg = self.cfg
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.encoder = create_model(
+            cfg.model,
+            checkpoint=cfg.checkpoint,
+            random_weights=cfg.random_weights,
+            device=cfg.device,
+            precision=cfg.precision,
+        )
+        if cfg.labels or cfg.labels_file:
+            self.default_labels = parse_labels(cfg.labels, cfg.labels_file)
+            self.head({})
+
+    def head(self, params: dict) -> ZeroShotClassifier:
+        """The classifier for a request's labels and templates (the defaults where it names none).
+
+        Raises:
+            PictagError: no labels anywhere, or a model that cannot encode text.
+        """
+        labels = params.get("labels") or self.default_labels
+        if not labels:
+            raise PictagError("no labels: send labels with the request, or set labels in serve.yaml")
+        templates = params.get("templates") or self.cfg.templates
+        key = (tuple(labels), templates if isinstance(templates, str) else tuple(templates))
+        head = self._heads.get(key)
+        if head is None:
+            head = ZeroShotClassifier(self.encoder, labels, templates)
+            self._heads[key] = head
+            while len(self._heads) > self.cfg.label_cache_size:
+                self._heads.popitem(last=False)
+        self._heads.move_to_end(key)
+        return head
+
+    def decode(self, image: bytes) -> np.ndarray:
+        """Encoded image bytes to the model's uint8 crop; raises `DecodeError` for bad images."""
+        preprocess = self.encoder.preprocess
+        img = decode_image(image, min_size=preprocess.min_decode_size, max_pixels=self.cfg.max_pixels)
+        return preprocess.crop(img)
+
+    def predict(self, crops: list[np.ndarray], heads: list[ZeroShotClassifier], top_k: list[int]) -> list[Prediction]:
+        """One forward pass over a batch of crops, then each image against its own head."""
+        pixels = torch.from_numpy(np.stack(crops)).to(self.encoder.device)
+        features = self.encoder.encode_image(self.encoder.preprocess.normalize(pixels))
+        rows_by_head: dict[int, list[int]] = collections.defaultdict(list)
+        for row, head in enumerate(heads):
+            rows_by_head[id(head)].append(row)
+        out: list[Prediction | None] = [None] * len(crops)
+        for rows in rows_by_head.values():
+            head = heads[rows[0]]
+            k = max(top_k[r] for r in rows)
+            scores, indices = head.top_k(features[rows], k)
+            for r, s, i in zip(rows, scores.tolist(), indices.tolist()):
+                out[r] = Prediction([head.labels[j] for j in i[: top_k[r]]], s[: top_k[r]])
+        return out
+
+    def encode(self, prediction: Prediction) -> dict:
+        """The JSON body of a successful answer."""
+        return {
+            "model": self.encoder.spec,
+            "labels": [{"label": lab, "score": round(s, 6)} for lab, s in zip(prediction.labels, prediction.scores)],
+        }

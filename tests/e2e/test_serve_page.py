@@ -1,0 +1,104 @@
+"""The web page at / in headless Chromium, against `pictag serve` (single-machine mode) as a real process."""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+import httpx
+import pytest
+import yaml
+
+from conftest import jpeg_bytes, photos, subprocess_env
+from pictag.serve._stack import free_port, wait_until
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
+LABELS = ["cat", "rocket", "coffee", "astronaut"]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_hf_clip, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("page")
+    port = free_port()
+    config = folder / "serve.yaml"
+    config.write_text(yaml.safe_dump({"model": f"hf:{tiny_hf_clip}", "device": "cpu", "port": port, "top_k": 3}))
+    log = open(folder / "serve.log", "ab")
+    proc = subprocess.Popen([sys.executable, "-m", "pictag", "serve", "--config", str(config)], env=subprocess_env(),
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: httpx.get(f"{url}/readyz", timeout=2).status_code == 200, 90, f"pictag serve ({folder})")
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"Chromium is not installed at {CHROMIUM} (apt-get install chromium; .ci/run does it)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+def test_choose_image_type_labels_see_ranked_bars(server, browser, tmp_path):
+    image = tmp_path / "chelsea.jpg"
+    image.write_bytes(jpeg_bytes(photos()["chelsea"]))
+    page = browser.new_page(viewport={"width": 1000, "height": 640})
+    page.goto(server)
+    page.wait_for_function("document.getElementById('model').textContent.startsWith('hf:')", timeout=10_000)
+    page.set_input_files("#file", str(image))
+    page.fill("#labels", ", ".join(LABELS))
+    page.click("#classify")
+    page.wait_for_selector("#results .row", timeout=30_000)
+    rows = page.locator("#results .row")
+    assert rows.count() == 3
+    names = [rows.nth(i).locator(".name").inner_text() for i in range(3)]
+    scores = [float(rows.nth(i).locator(".score").inner_text().rstrip("%")) for i in range(3)]
+    assert set(names) <= set(LABELS) and scores == sorted(scores, reverse=True)
+    widths = page.eval_on_selector_all("#results .bar span", "els => els.map(e => parseFloat(e.style.width))")
+    assert widths == pytest.approx(scores, abs=0.11)
+    assert page.inner_text("#status").startswith("Done in")
+    shot = tmp_path / "serve-page.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 10_000
+    if os.environ.get("PICTAG_SCREENSHOT"):  # how docs/img/serve-page.png is made
+        shutil.copy(shot, os.environ["PICTAG_SCREENSHOT"])
+
+
+def test_drop_an_image_and_see_a_clear_error(server, browser):
+    page = browser.new_page()
+    page.goto(server)
+    page.wait_for_function("document.getElementById('model').textContent.startsWith('hf:')", timeout=10_000)
+    data = base64.b64encode(jpeg_bytes(photos()["rocket"])).decode()
+    page.evaluate(
+        """(data) => {
+            const bytes = Uint8Array.from(atob(data), c => c.charCodeAt(0));
+            const dt = new DataTransfer();
+            dt.items.add(new File([bytes], "rocket.jpg", {type: "image/jpeg"}));
+            document.getElementById("drop").dispatchEvent(new DragEvent("drop", {dataTransfer: dt, bubbles: true}));
+        }""",
+        data,
+    )
+    assert page.locator("#drop img").count() == 1
+    page.click("#classify")  # no labels typed and no default labels on the server
+    page.wait_for_selector("#status.error", timeout=30_000)
+    assert "no labels" in page.inner_text("#status")
+    page.fill("#labels", "rocket, tree")
+    page.click("#classify")
+    page.wait_for_function("document.querySelectorAll('#results .row').length === 2", timeout=30_000)

@@ -1,0 +1,163 @@
+"""The production stack as real processes: redis-server, uvicorn API and workers, with a tiny CLIP.
+
+Includes the fault test (kill -9 a worker under load: every request answered exactly once), the Redis restart
+test and the dead-letter path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+import time
+
+import httpx
+import pytest
+import redis
+
+from conftest import jpeg_bytes, photos, subprocess_env
+from pictag.serve._stack import Stack, wait_until
+from pictag.serve.transport import RedisStreamsTransport
+
+LABELS = "cat,rocket,coffee,astronaut"
+
+
+@pytest.fixture(scope="module")
+def cat() -> bytes:
+    return jpeg_bytes(photos()["chelsea"])
+
+
+def serve_config(tiny_hf_clip, **overrides) -> dict:
+    return {"model": f"hf:{tiny_hf_clip}", "device": "cpu", "threads": 1, "labels": LABELS, "max_wait_ms": 5,
+            "batch_size": 4, "visibility_timeout_s": 2.0, "request_timeout_s": 60, **overrides}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def stack(tiny_hf_clip, tmp_path_factory):
+    with Stack(tmp_path_factory.mktemp("stack"), serve_config(tiny_hf_clip), env=subprocess_env()) as s:
+        s.start(workers=2)
+        yield s
+
+
+def classify(url: str, image: bytes, **data) -> httpx.Response:
+    return httpx.post(f"{url}/v1/classify", files={"image": ("x.jpg", image)}, data=data, timeout=90)
+
+
+def test_classify_and_job_through_redis(stack, cat):
+    r = classify(stack.url, cat, labels="cat,dog", top_k="2")
+    assert r.status_code == 200, r.text
+    assert {x["label"] for x in r.json()["labels"]} == {"cat", "dog"}
+    default = classify(stack.url, cat).json()
+    assert {x["label"] for x in default["labels"]} <= set(LABELS.split(","))
+
+    files = [("image", (f"{i}.jpg", cat)) for i in range(6)]
+    job = httpx.post(f"{stack.url}/v1/jobs", files=files, data={"top_k": "1"}, timeout=30).json()
+    state = wait_until(lambda: (j := httpx.get(f"{stack.url}{job['url']}").json())["status"] == "done" and j, 60,
+                       "the job")  # fmt: skip
+    assert state["done"] == 6 and state["failed"] == 0 and all(len(x["labels"]) == 1 for x in state["results"])
+
+    metrics = httpx.get(f"{stack.url}/metrics").text
+    assert "pictag_live_workers 2.0" in metrics and "pictag_batch_size_count" in metrics
+
+
+def test_kill_9_one_of_two_workers_under_load(stack, cat):
+    """Every request is answered exactly once although a worker dies holding requests."""
+    n = 160
+    r = redis.Redis.from_url(stack.redis.url)
+    victim = stack.workers[0]
+    prefix = "pictag"
+    answered_before = len(list(r.scan_iter(f"{prefix}:answered:r:*", count=1000)))
+
+    def send(i: int) -> tuple[int, int, str]:
+        resp = classify(stack.url, cat, labels=f"cat,dog,n{i}")
+        labels = {x["label"] for x in resp.json().get("labels", [])}
+        return i, resp.status_code, resp.json().get("id") if f"n{i}" in labels else "wrong answer"
+
+    killed_holding = {}
+
+    def kill_when_busy():
+        def victim_pending():
+            for c in r.xinfo_consumers(f"{prefix}:requests", "workers"):
+                if f"-{victim.pid}-".encode() in c["name"] and c["pending"] > 0:
+                    return c["pending"]
+            return 0
+
+        killed_holding["pending"] = wait_until(victim_pending, 60, "the victim holding requests", every=0.002)
+        stack.kill_worker(0)
+
+    killer = threading.Thread(target=kill_when_busy)
+    killer.start()
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(send, range(n)))
+    killer.join(70)
+
+    assert victim.returncode == -9 and killed_holding["pending"] > 0
+    assert sorted(i for i, _, _ in results) == list(range(n))
+    assert [s for _, s, _ in results] == [200] * n
+    ids = [x for _, _, x in results]
+    assert "wrong answer" not in ids and len(set(ids)) == n
+    # Exactly once on the server side too: one answer marker per request, and no reply left unread.
+    answered = len(list(r.scan_iter(f"{prefix}:answered:r:*", count=1000))) - answered_before
+    assert answered == n
+    assert all(r.llen(key) == 0 for key in r.scan_iter(f"{prefix}:inbox:*"))
+    assert r.xlen(f"{prefix}:requests") == 0
+    claimed = float(r.hget(f"{prefix}:stats", "claimed") or 0)
+    assert claimed >= killed_holding["pending"]
+
+
+def test_redis_restart(stack, cat):
+    alive = sum(w.poll() is None for w in stack.workers)
+    assert classify(stack.url, cat).status_code == 200
+    stack.redis.kill()
+    down = classify(stack.url, cat)
+    assert down.status_code == 503 and down.headers["retry-after"] and "unavailable" in down.json()["error"]
+    assert httpx.get(f"{stack.url}/readyz").status_code == 503
+    assert httpx.get(f"{stack.url}/healthz").status_code == 200
+    stack.redis.start()  # same port, empty: workers must recreate the consumer group by themselves
+    stack.wait_ready(alive, timeout=30)
+    assert classify(stack.url, cat).status_code == 200
+
+
+@pytest.fixture(scope="module")
+def bare_api(tiny_hf_clip, tmp_path_factory):
+    """An API with no worker: the test plays the workers through the transport."""
+    cfg = serve_config(tiny_hf_clip, max_queue=3, visibility_timeout_s=0.2, max_deliveries=2, request_timeout_s=30)
+    with Stack(tmp_path_factory.mktemp("bare"), cfg, env=subprocess_env()) as s:
+        s.start(workers=0)
+        yield s
+
+
+def test_crashing_request_goes_to_dead_letter_and_client_gets_an_error(bare_api, cat):
+    box = {}
+    sender = threading.Thread(target=lambda: box.update(r=classify(bare_api.url, cat)))
+    sender.start()
+    transport = RedisStreamsTransport(bare_api.redis.url, consumer="doomed", visibility_timeout_s=0.2, max_deliveries=2)
+    assert wait_until(lambda: transport.receive(1, 0.1), 20, "the request in the stream")  # taken, then "crashes"
+    time.sleep(0.3)
+    (again,) = transport.claim_stale(10)  # second delivery, "crashes" too
+    assert again.deliveries == 2
+    time.sleep(0.3)
+    assert transport.claim_stale(10) == []  # third: dead-lettered instead
+    sender.join(30)
+    assert box["r"].status_code == 500 and "dead-letter" in box["r"].json()["error"]
+    r = redis.Redis.from_url(bare_api.redis.url)
+    assert r.xlen("pictag:dead") == 1 and r.xlen("pictag:requests") == 0
+    transport.close()
+
+
+def test_full_queue_answers_503_with_retry_after(bare_api, cat):
+    files = [("image", (f"{i}.jpg", cat)) for i in range(3)]
+    assert httpx.post(f"{bare_api.url}/v1/jobs", files=files, timeout=30).status_code == 202
+    full = httpx.post(f"{bare_api.url}/v1/jobs", files=files[:1], timeout=30)
+    assert full.status_code == 503 and full.headers["retry-after"] == "1" and "full" in full.json()["error"]
+    ready = httpx.get(f"{bare_api.url}/readyz")
+    assert ready.status_code == 503 and ready.json()["queue_depth"] == 3
+
+
+def test_async_transport_maps_outage_to_unavailable():
+    from pictag.serve._stack import free_port
+    from pictag.serve.transport import TransportUnavailable
+
+    transport = RedisStreamsTransport(f"redis://127.0.0.1:{free_port()}/0")
+    with pytest.raises(TransportUnavailable):
+        asyncio.run(transport.health())
