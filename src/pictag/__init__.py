@@ -20,7 +20,7 @@ _EXPORTS = {
     "build_tar_index": "pictag.data",
     "decode_image": "pictag.data.decode",
     "ZeroShotClassifier": "pictag.heads.zero_shot",
-    "load_templates": "pictag.heads.zero_shot",
+    "load_templates": "pictag.prompts",
     "iter_embeddings": "pictag.pipeline.runner",
     "ClassifyConfig": "pictag.pipeline.classify",
     "classify": "pictag.pipeline.classify",
@@ -60,12 +60,13 @@ if TYPE_CHECKING:
     from pictag.fewshot.run import FewshotConfig, fewshot
     from pictag.fewshot.tasks import find_tasks, sample_episodes
     from pictag.heads.base import Head, create_head, list_heads
-    from pictag.heads.zero_shot import ZeroShotClassifier, load_templates
+    from pictag.heads.zero_shot import ZeroShotClassifier
     from pictag.models.base import Encoder
     from pictag.models.preprocess import Preprocess
     from pictag.models.registry import create_model, list_models
     from pictag.pipeline.classify import ClassifyConfig, classify
     from pictag.pipeline.runner import iter_embeddings
+    from pictag.prompts import load_templates
     from pictag.serve.api import create_app
     from pictag.serve.config import ServeConfig
     from pictag.store.calibrate import calibrate

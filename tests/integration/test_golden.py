@@ -7,8 +7,9 @@ import torch
 from PIL import Image
 
 from pictag.data.decode import decode_image
-from pictag.heads.zero_shot import ZeroShotClassifier, load_templates
+from pictag.heads.zero_shot import ZeroShotClassifier
 from pictag.models import create_model
+from pictag.prompts import load_templates
 
 LABELS = ["cat", "astronaut", "cup of coffee", "rocket", "camera man"]
 

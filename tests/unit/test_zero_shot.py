@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from pictag.errors import PictagError
-from pictag.heads.zero_shot import ZeroShotClassifier, load_templates, parse_labels
+from pictag.heads.zero_shot import ZeroShotClassifier
 from pictag.models import create_model
+from pictag.prompts import load_templates, parse_labels
 
 
 def test_templates_builtin_file_and_validation(tmp_path):

@@ -19,10 +19,11 @@ from pictag.data.sources import open_source
 from pictag.device import default_workers
 from pictag.errors import PictagError
 from pictag.heads.calibration import Calibration
-from pictag.heads.zero_shot import UNKNOWN, ZeroShotClassifier, load_templates, parse_labels
+from pictag.heads.zero_shot import ZeroShotClassifier
 from pictag.models.registry import create_model, default_model
 from pictag.pipeline.parts import PartWriter, TableWriter, check_output_format
 from pictag.pipeline.runner import iter_embeddings
+from pictag.prompts import UNKNOWN, load_templates, parse_labels
 from pictag.store.store import EmbeddingStore
 
 log = logging.getLogger(__name__)

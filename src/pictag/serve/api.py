@@ -26,7 +26,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 
 from pictag.errors import PictagError
-from pictag.heads.zero_shot import load_templates, parse_labels
+from pictag.prompts import load_templates, parse_labels
 from pictag.serve.config import ServeConfig
 from pictag.serve.metrics import ApiMetrics
 from pictag.serve.security import ApiError, BodyLimit, check_image, check_token, fetch_url, read_path

@@ -13,7 +13,8 @@ import torch
 
 from pictag.data.decode import decode_image
 from pictag.errors import PictagError
-from pictag.heads.zero_shot import ZeroShotClassifier, parse_labels
+from pictag.heads.zero_shot import ZeroShotClassifier
+from pictag.prompts import parse_labels
 from pictag.serve.config import ServeConfig
 
 

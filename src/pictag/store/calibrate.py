@@ -27,7 +27,8 @@ from pictag.heads.calibration import (
     probabilities,
     templates_digest,
 )
-from pictag.heads.zero_shot import ZeroShotClassifier, parse_labels
+from pictag.heads.zero_shot import ZeroShotClassifier
+from pictag.prompts import parse_labels
 from pictag.store.store import EmbeddingStore
 
 COVERAGE_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
