@@ -83,7 +83,8 @@ def test_tar_with_index_through_the_cli(tmp_path, members, tiny_hf_clip, capsys)
     rows = _read(out)
     assert sorted(r["key"] for r in rows) == sorted(set(members) - BAD)
     assert {r["label"] for r in rows} == {"unknown"}  # no tiny-model score reaches 0.99
-    assert f"{len(members) - len(BAD)} images" in capsys.readouterr().out
+    summary = capsys.readouterr().out
+    assert f"{len(members) - len(BAD)} images" in summary and "s in the model" in summary
     # The resolved config reproduces the run.
     config = tmp_path / "results.config.yaml"
     again = tmp_path / "again.parquet"

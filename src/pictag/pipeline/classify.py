@@ -81,13 +81,18 @@ class ClassifyResult:
     classified: int
     errors: int
     seconds: float
+    stage_seconds: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def summary(self) -> str:
         rate = self.classified / self.seconds if self.seconds else 0.0
-        return (
+        line = (
             f"classified {self.classified:,} images in {self.seconds:.1f} s ({rate:.1f} img/s) -> {self.out}; "
             f"{self.errors:,} unreadable -> {self.errors_out}"
         )
+        if self.stage_seconds:
+            # Tells the user which side to grow: more --workers when images are waited for, a faster device if not.
+            line += f" (waited {self.stage_seconds['data_s']:.1f} s for images, {self.stage_seconds['model_s']:.1f} s in the model)"
+        return line
 
 
 def run(cfg: ClassifyConfig) -> ClassifyResult:
@@ -118,7 +123,8 @@ def run(cfg: ClassifyConfig) -> ClassifyResult:
     parts = PartWriter(sibling(out, ".parts"), rows_per_part=cfg.commit_every)
     _check_resumable(cfg, out, parts)
     done = parts.done_keys()
-    encoder, batches, total = _embeddings(cfg, store, done)
+    stage_seconds: dict[str, float] = {}
+    encoder, batches, total = _embeddings(cfg, store, done, stage_seconds)
     head = ZeroShotClassifier(encoder, labels, templates)
     calibration = Calibration.load(cfg.calibration) if cfg.calibration else None
     if calibration is not None:
@@ -138,7 +144,7 @@ def run(cfg: ClassifyConfig) -> ClassifyResult:
     classified, errors = _merge(parts, out, sibling(out, ".errors.csv"), top_k)
     parts.remove()
     return ClassifyResult(
-        out, sibling(out, ".errors.csv"), config_out, classified, errors, time.perf_counter() - started
+        out, sibling(out, ".errors.csv"), config_out, classified, errors, time.perf_counter() - started, stage_seconds
     )
 
 
@@ -150,18 +156,21 @@ def classify(source: str | None, out: str, labels: list[str] | str | None = None
     return run(load_config(ClassifyConfig, source=source, out=out, labels=labels, **options))
 
 
-def _embeddings(cfg: ClassifyConfig, store: EmbeddingStore | None, done: set[str]):
+def _embeddings(cfg: ClassifyConfig, store: EmbeddingStore | None, done: set[str], stats: dict[str, float]):
     """(encoder, EmbeddingBatch iterator, rows to go) from the store, or from decoding the source's images."""
     if store is None:
-        return source_embeddings(cfg, done)
+        return source_embeddings(cfg, done, stats)
     encoder = store.encoder(
         cfg.model, cfg.checkpoint, device=cfg.device, precision=cfg.precision, random_weights=cfg.random_weights
     )
     return encoder, store.iter_batches(skip=done), max(len(store) - len(done), 0)
 
 
-def source_embeddings(cfg, done: set[str]):
-    """(encoder, EmbeddingBatch iterator, images to go) for a config naming a source and a model (classify, embed)."""
+def source_embeddings(cfg, done: set[str], stats: dict[str, float] | None = None):
+    """(encoder, EmbeddingBatch iterator, images to go) for a config naming a source and a model (classify, embed).
+
+    `stats`, if given, is filled with the seconds spent waiting for decoded images and in the model.
+    """
     source = open_source(cfg.source, index=cfg.index, path_column=cfg.path_column)
     encoder = create_model(
         cfg.model,
@@ -172,7 +181,7 @@ def source_embeddings(cfg, done: set[str]):
     )
     workers = default_workers(encoder.device) if cfg.workers is None else cfg.workers
     batches = iter_embeddings(
-        source, encoder, batch_size=cfg.batch_size, workers=workers, skip=done, max_pixels=cfg.max_pixels
+        source, encoder, batch_size=cfg.batch_size, workers=workers, skip=done, max_pixels=cfg.max_pixels, stats=stats
     )
     return encoder, batches, max(len(source) - len(done), 0)
 
