@@ -8,6 +8,7 @@ import os
 
 import torch
 
+from pictag.config import cache_dir
 from pictag.errors import PictagError
 
 log = logging.getLogger(__name__)
@@ -74,9 +75,20 @@ def load_checkpoint(module: torch.nn.Module, path: str | os.PathLike) -> None:
 
 
 def file_digest(path: str | os.PathLike) -> str:
-    """A short hash of a weights file's whole content, for cache keys (fine-tuning may change only its tail)."""
+    """A short hash of a weights file's whole content, for cache keys (fine-tuning may change only its tail).
+
+    Remembered in the cache by (path, size, mtime), so a large file is read once, not on every run.
+    """
+    stat = os.stat(path)
+    identity = f"{os.path.abspath(path)}:{stat.st_size}:{stat.st_mtime_ns}"
+    memo = cache_dir() / "digests" / hashlib.sha1(identity.encode()).hexdigest()
+    if memo.is_file():
+        return memo.read_text()
     h = hashlib.sha1()
     with open(path, "rb") as f:
         while chunk := f.read(1 << 24):
             h.update(chunk)
-    return h.hexdigest()[:16]
+    digest = h.hexdigest()[:16]
+    memo.parent.mkdir(parents=True, exist_ok=True)
+    memo.write_text(digest)
+    return digest
