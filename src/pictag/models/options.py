@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pictag.models.base import Encoder
-from pictag.models.registry import DEFAULT_MODEL, create_model
+from pictag.models.registry import create_model, default_model
 
 
 @dataclass(kw_only=True)
 class ModelOptions:
     """`--model`, `--checkpoint`, `--random-weights`, `--device`, `--precision` of a task config."""
 
-    model: str = DEFAULT_MODEL
+    model: str = field(default_factory=default_model)
     checkpoint: str | None = None
     random_weights: bool = False
     device: str | None = None
