@@ -83,8 +83,8 @@ class ZeroShotClassifier:
         if temperature != 1.0:
             logits.div_(temperature)
         values, indices = logits.topk(min(k, len(self.labels)), dim=-1)
-        if self.encoder.logit_bias is not None:
-            return torch.sigmoid(values + self.encoder.logit_bias), indices
+        if self.encoder.logit_bias is not None:  # sigmoid scores are per label: the kept logits are enough
+            return self.encoder.scores(values), indices
         best = values[:, :1]
         denominators = logits.sub_(best).exp_().sum(dim=-1, keepdim=True)
         return (values - best).exp() / denominators, indices
