@@ -48,3 +48,11 @@ def test_image_only_model_refuses_zero_shot():
     encoder = create_model("timm:resnet18", random_weights=True, device="cpu")
     with pytest.raises(PictagError, match="image-only"):
         ZeroShotClassifier(encoder, ["cat"])
+
+
+def test_encode_text_batches_by_length_and_keeps_the_callers_order(tiny_hf_clip):
+    encoder = create_model(f"hf:{tiny_hf_clip}", device="cpu")
+    texts = ["a photo of a very long and detailed label", "cat", "a photo of a dog", "x", "a bird"]
+    together = encoder.encode_text(texts, batch_size=2)
+    one_by_one = torch.cat([encoder.encode_text([text]) for text in texts])
+    torch.testing.assert_close(together, one_by_one, atol=1e-5, rtol=0)

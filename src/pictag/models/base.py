@@ -74,11 +74,16 @@ class Encoder:
                 f"{self.spec} is an image-only model and cannot encode text: zero-shot labels need a CLIP-family "
                 "model (open_clip:ARCH/TAG or hf:ORG/NAME)"
             )
+        # Batches of texts of similar length: tokenizers that pad to the longest text in a batch then pad little.
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         chunks = []
         for start in range(0, len(texts), batch_size):
             with self._autocast():
-                chunks.append(self._text_features(list(texts[start : start + batch_size])).float())
-        return F.normalize(torch.cat(chunks), dim=-1)
+                chunks.append(self._text_features([texts[i] for i in order[start : start + batch_size]]).float())
+        embedded = torch.cat(chunks)
+        features = torch.empty_like(embedded)
+        features[order] = embedded
+        return F.normalize(features, dim=-1)
 
     def scores(self, logits: torch.Tensor) -> torch.Tensor:
         """Class probabilities from scaled similarities: sigmoid for SigLIP-style weights, softmax otherwise."""
