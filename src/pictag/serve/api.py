@@ -22,6 +22,7 @@ from importlib import resources
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 
@@ -245,7 +246,9 @@ def create_app(cfg: ServeConfig, transport: Transport | None = None) -> FastAPI:
         yield
         await state.stop()
 
-    app = FastAPI(
+    # /docs and /redoc from assets the app serves itself (FastAPI's default pages load them from a CDN, and stay
+    # blank offline).
+    app = FastAPIOffline(
         title="pictag",
         description="Zero-shot image classification with CLIP-family models. Labels are per request.",
         version="1",
