@@ -17,7 +17,9 @@ q: the queue path (from the API's Server-Timing header: submit to answer, minus 
 waiting in the queue and for a batch), a: the whole API (also reading and checking the upload) and c: what the
 client sees on top of the model (also the HTTP hop and the client library). q at concurrency 1 is the figure;
 the client latency is also shown against the in-process latency of one request, which is noisier on a shared
-machine.
+machine. "cpu ms/req" is the CPU time (user + system, from /proc) per answered request of the API process, both
+workers together, redis-server and the load generator: on a machine where they all share the cores, whatever the
+other three take is taken from the model.
 """
 
 from __future__ import annotations
@@ -240,6 +242,20 @@ def percentile(values: list[float], q: float) -> float:
     return values[min(int(q * len(values)), len(values) - 1)] * 1000 if values else float("nan")
 
 
+def cpu_seconds(processes: dict[str, int | list[int]]) -> dict[str, float]:
+    """User + system CPU seconds used so far by each named process (or list of processes); NaN without /proc."""
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+    def one(pid: int) -> float:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return float("nan")
+        return (int(fields[11]) + int(fields[12])) / tick
+
+    return {name: sum(one(p) for p in (pids if isinstance(pids, list) else [pids])) for name, pids in processes.items()}
+
+
 def batch_stats(url: str) -> tuple[float, float]:
     text = httpx.get(f"{url}/metrics").text
     total = float(re.search(r"^pictag_batch_size_sum ([\d.e+]+)", text, re.M).group(1))
@@ -290,14 +306,18 @@ def main(argv: list[str] | None = None) -> int:
                 worker_args = ("--batch-size", str(batch_size), "--max-wait-ms", str(wait))
                 stack.replace_workers(2, *worker_args, timeout=180)
                 asyncio.run(drive(stack.url, images, 4, 16, 30))  # warm-up: prototypes, allocator, connections
+                processes = {"api": stack.api.pid, "workers": [w.pid for w in stack.workers],
+                             "redis": stack.redis.process.pid, "client": os.getpid()}  # fmt: skip
                 for c in levels:
-                    before = batch_stats(stack.url)
+                    before, cpu_before = batch_stats(stack.url), cpu_seconds(processes)
                     r = asyncio.run(drive(stack.url, images, c, args.max_requests, args.seconds))
-                    after = batch_stats(stack.url)
+                    after, cpu_after = batch_stats(stack.url), cpu_seconds(processes)
                     r["batch"] = (after[0] - before[0]) / max(after[1] - before[1], 1)
+                    cpu = "/".join(f"{(cpu_after[k] - cpu_before[k]) * 1000 / max(r['n'], 1):.1f}" for k in processes)
                     results[(name, c)] = r
                     print(f"  {name:<32} c={c:<4} {r['rps']:7.1f} req/s  p50 {r['p50']:8.1f} ms  "
-                          f"p99 {r['p99']:8.1f} ms  added p50 {r['queue_path_p50']:5.1f}/{r['api_p50']:.1f}/{r['overhead_p50']:.1f} ms  mean batch {r['batch']:5.1f}  n={r['n']}  errors={r['errors'] or 0}",
+                          f"p99 {r['p99']:8.1f} ms  added p50 {r['queue_path_p50']:5.1f}/{r['api_p50']:.1f}/{r['overhead_p50']:.1f} ms  mean batch {r['batch']:5.1f}  "
+                          f"cpu ms/req {cpu}  n={r['n']}  errors={r['errors'] or 0}",
                           flush=True)  # fmt: skip
 
     dyn, bs1 = configs[0][0], configs[1][0]
