@@ -282,9 +282,10 @@ def main(argv: list[str] | None = None) -> int:
     raw = in_process(ServeConfig(**model), images, args.batch_size, min(args.seconds, 8), workers=2)
     for name, what in (("full", "decode + crop + normalise + encode_image + head"), ("model", "encode_image + head")):
         one, many = raw[f"{name}_layouts"]
+        many_text = "<= that" if many is None else f"{many:.1f}"
         print(f"in-process, batch {args.batch_size}, {what}: {raw[name]:.1f} img/s "
               f"(1 caller x {os.cpu_count()} torch threads: {one:.1f}; 2 callers x {args.threads_per_worker}: "
-              f"{many if many is not None else '<= that'})")  # fmt: skip
+              f"{many_text})")  # fmt: skip
     print(f"in-process, batch 1, encode_image + head, 2 callers x {args.threads_per_worker}: "
           f"{raw['model_batch1']:.1f} img/s (batching can gain at most {raw['model'] / raw['model_batch1']:.2f}x "
           "in the model on this CPU)")  # fmt: skip
