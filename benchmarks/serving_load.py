@@ -17,13 +17,16 @@ q: the queue path (from the API's Server-Timing header: submit to answer, minus 
 waiting in the queue and for a batch), a: the whole API (also reading and checking the upload) and c: what the
 client sees on top of the model (also the HTTP hop and the client library). q at concurrency 1 is the figure;
 the client latency is also shown against the in-process latency of one request, which is noisier on a shared
-machine.
+machine. "cpu ms/req" is the CPU time (user + system, from /proc) per answered request of the API process, both
+workers together, redis-server and the load generator: on a machine where they all share the cores, whatever the
+other three take is taken from the model.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import re
 import signal
@@ -117,8 +120,70 @@ def in_process(cfg: ServeConfig, images: list[bytes], batch_size: int, seconds: 
     return out
 
 
+class Connection:
+    """One keep-alive HTTP/1.1 connection on asyncio streams, sending prebuilt requests.
+
+    The load generator shares the cores with the stack it measures, so it must spend as little CPU per request as
+    a real client can: httpx's connection pool costs O(connections) per request (about 14 ms of CPU per request
+    at concurrency 128 on the development machine, a third of the model's), this costs well under a millisecond.
+    Every line of the benchmark uses it.
+    """
+
+    def __init__(self, host: str, port: int):
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def request(self, raw: bytes, timeout: float) -> tuple[int, dict[str, str], bytes]:
+        """Status, headers (lower-case names) and body of the answer to `raw`, a whole HTTP/1.1 request."""
+        try:
+            return await asyncio.wait_for(self._exchange(raw), timeout)
+        except BaseException:
+            self.close()  # a half-read answer would be read as the next request's
+            raise
+
+    async def _exchange(self, raw: bytes) -> tuple[int, dict[str, str], bytes]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        self.writer.write(raw)
+        head = (await self.reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+        status = int(head[0].split(" ", 2)[1])
+        headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in head[1:] if line)}
+        if "content-length" not in headers:
+            raise RuntimeError(f"an answer without Content-Length ({head[0]}): this client reads no other framing")
+        body = await self.reader.readexactly(int(headers["content-length"]))
+        if headers.get("connection", "").lower() == "close":
+            self.close()
+        return status, headers, body
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
+
+
+def classify_request(host: str, port: int, image: bytes) -> bytes:
+    """A whole multipart POST /v1/classify, as `curl -F image=@x.jpg -F labels=... -F top_k=5` sends it."""
+    boundary = "pictag-bench-boundary"
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="labels"\r\n\r\n{",".join(LABELS)}\r\n'.encode(),
+        f'--{boundary}\r\nContent-Disposition: form-data; name="top_k"\r\n\r\n5\r\n'.encode(),
+        f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="x.jpg"\r\n'
+        "Content-Type: image/jpeg\r\n\r\n".encode(),
+        image,
+        f"\r\n--{boundary}--\r\n".encode(),
+    ]
+    body = b"".join(parts)
+    head = (
+        f"POST /v1/classify HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: multipart/form-data; boundary={boundary}"
+        f"\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
 async def drive(url: str, images: list[bytes], concurrency: int, max_requests: int, seconds: float) -> dict:
-    """A closed loop of `concurrency` clients; stops at max_requests or after `seconds`."""
+    """A closed loop of `concurrency` clients, each on its own keep-alive connection; stops at max_requests or
+    after `seconds`."""
     latencies: list[float] = []
     overheads: list[float] = []
     api_overheads: list[float] = []
@@ -127,36 +192,37 @@ async def drive(url: str, images: list[bytes], concurrency: int, max_requests: i
     errors: dict[str, int] = {}
     issued = 0
     deadline = time.monotonic() + seconds
-    data = {"labels": ",".join(LABELS), "top_k": "5"}
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    requests = [classify_request(host, int(port), image) for image in images]
 
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=120) as client:
-
-        async def one_client():
-            nonlocal issued
+    async def one_client():
+        nonlocal issued
+        connection = Connection(host, int(port))
+        try:
             while issued < max_requests and time.monotonic() < deadline:
-                image = images[issued % len(images)]
+                raw = requests[issued % len(requests)]
                 issued += 1
                 started = time.perf_counter()
                 try:
-                    r = await client.post("/v1/classify", files={"image": ("x.jpg", image)}, data=data)
-                    ok = r.status_code == 200
-                    key = str(r.status_code)
-                except httpx.HTTPError as exc:
-                    ok, key = False, type(exc).__name__
-                if ok:
+                    status, headers, body = await connection.request(raw, 120)
+                    key = str(status)
+                except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, RuntimeError) as exc:
+                    status, key, body = 0, type(exc).__name__, str(exc).encode()
+                if status == 200:
                     latencies.append(time.perf_counter() - started)
-                    body = r.json()
-                    overheads.append(latencies[-1] - body["worker_ms"] / 1000)
-                    api_overheads.append((body["latency_ms"] - body["worker_ms"]) / 1000)
-                    queue_paths.append(float(re.search(r"queue;dur=([\d.-]+)", r.headers["server-timing"])[1]) / 1000)
+                    answer = json.loads(body)
+                    overheads.append(latencies[-1] - answer["worker_ms"] / 1000)
+                    api_overheads.append((answer["latency_ms"] - answer["worker_ms"]) / 1000)
+                    queue_paths.append(float(re.search(r"queue;dur=([\d.-]+)", headers["server-timing"])[1]) / 1000)
                 else:
                     errors[key] = errors.get(key, 0) + 1
-                    first_error.setdefault(key, r.text[:200] if key.isdigit() else key)
+                    first_error.setdefault(key, body[:200].decode(errors="replace"))
+        finally:
+            connection.close()
 
-        started = time.perf_counter()
-        await asyncio.gather(*(one_client() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - started
+    started = time.perf_counter()
+    await asyncio.gather(*(one_client() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - started
     return {
         "n": len(latencies),
         "rps": len(latencies) / elapsed,
@@ -174,6 +240,20 @@ def percentile(values: list[float], q: float) -> float:
     """In milliseconds."""
     values = sorted(values)
     return values[min(int(q * len(values)), len(values) - 1)] * 1000 if values else float("nan")
+
+
+def cpu_seconds(processes: dict[str, int | list[int]]) -> dict[str, float]:
+    """User + system CPU seconds used so far by each named process (or list of processes); NaN without /proc."""
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+    def one(pid: int) -> float:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return float("nan")
+        return (int(fields[11]) + int(fields[12])) / tick
+
+    return {name: sum(one(p) for p in (pids if isinstance(pids, list) else [pids])) for name, pids in processes.items()}
 
 
 def batch_stats(url: str) -> tuple[float, float]:
@@ -202,9 +282,10 @@ def main(argv: list[str] | None = None) -> int:
     raw = in_process(ServeConfig(**model), images, args.batch_size, min(args.seconds, 8), workers=2)
     for name, what in (("full", "decode + crop + normalise + encode_image + head"), ("model", "encode_image + head")):
         one, many = raw[f"{name}_layouts"]
+        many_text = "<= that" if many is None else f"{many:.1f}"
         print(f"in-process, batch {args.batch_size}, {what}: {raw[name]:.1f} img/s "
               f"(1 caller x {os.cpu_count()} torch threads: {one:.1f}; 2 callers x {args.threads_per_worker}: "
-              f"{many if many is not None else '<= that'})")  # fmt: skip
+              f"{many_text})")  # fmt: skip
     print(f"in-process, batch 1, encode_image + head, 2 callers x {args.threads_per_worker}: "
           f"{raw['model_batch1']:.1f} img/s (batching can gain at most {raw['model'] / raw['model_batch1']:.2f}x "
           "in the model on this CPU)")  # fmt: skip
@@ -226,14 +307,18 @@ def main(argv: list[str] | None = None) -> int:
                 worker_args = ("--batch-size", str(batch_size), "--max-wait-ms", str(wait))
                 stack.replace_workers(2, *worker_args, timeout=180)
                 asyncio.run(drive(stack.url, images, 4, 16, 30))  # warm-up: prototypes, allocator, connections
+                processes = {"api": stack.api.pid, "workers": [w.pid for w in stack.workers],
+                             "redis": stack.redis.process.pid, "client": os.getpid()}  # fmt: skip
                 for c in levels:
-                    before = batch_stats(stack.url)
+                    before, cpu_before = batch_stats(stack.url), cpu_seconds(processes)
                     r = asyncio.run(drive(stack.url, images, c, args.max_requests, args.seconds))
-                    after = batch_stats(stack.url)
+                    after, cpu_after = batch_stats(stack.url), cpu_seconds(processes)
                     r["batch"] = (after[0] - before[0]) / max(after[1] - before[1], 1)
+                    cpu = "/".join(f"{(cpu_after[k] - cpu_before[k]) * 1000 / max(r['n'], 1):.1f}" for k in processes)
                     results[(name, c)] = r
                     print(f"  {name:<32} c={c:<4} {r['rps']:7.1f} req/s  p50 {r['p50']:8.1f} ms  "
-                          f"p99 {r['p99']:8.1f} ms  added p50 {r['queue_path_p50']:5.1f}/{r['api_p50']:.1f}/{r['overhead_p50']:.1f} ms  mean batch {r['batch']:5.1f}  n={r['n']}  errors={r['errors'] or 0}",
+                          f"p99 {r['p99']:8.1f} ms  added p50 {r['queue_path_p50']:5.1f}/{r['api_p50']:.1f}/{r['overhead_p50']:.1f} ms  mean batch {r['batch']:5.1f}  "
+                          f"cpu ms/req {cpu}  n={r['n']}  errors={r['errors'] or 0}",
                           flush=True)  # fmt: skip
 
     dyn, bs1 = configs[0][0], configs[1][0]

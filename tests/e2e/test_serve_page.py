@@ -102,3 +102,21 @@ def test_drop_an_image_and_see_a_clear_error(server, browser):
     page.fill("#labels", "rocket, tree")
     page.click("#classify")
     page.wait_for_function("document.querySelectorAll('#results .row').length === 2", timeout=30_000)
+
+
+def test_api_docs_render_offline(server, browser):
+    page = browser.new_page()
+    elsewhere = []
+
+    def only_loopback(route):
+        if route.request.url.startswith(server):
+            route.continue_()
+        else:
+            elsewhere.append(route.request.url)
+            route.abort()
+
+    page.route("**/*", only_loopback)
+    page.goto(f"{server}/docs")
+    page.wait_for_selector("#swagger-ui .opblock-summary-path", timeout=20_000)
+    paths = page.locator("#swagger-ui .opblock-summary-path").all_inner_texts()
+    assert "/v1/classify" in [p.strip() for p in paths] and not elsewhere

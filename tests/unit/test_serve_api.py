@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import os
+import re
 
 import pytest
 from fastapi.testclient import TestClient
@@ -158,7 +159,18 @@ def test_health_metrics_page_and_docs(client, cat):
     assert "drop" in client.get("/").text.lower()
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/v1/classify", "/v1/jobs", "/v1/jobs/{job_id}", "/readyz", "/metrics"} <= set(paths)
-    assert client.get("/docs").status_code == 200
+
+
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+def test_api_docs_load_only_assets_the_app_serves(client, page):
+    html = client.get(page)
+    assert html.status_code == 200
+    assets = re.findall(r'(?:src|href|spec-url)="([^"]+)"|url: \'([^\']+)\'', html.text)
+    urls = [a or b for a, b in assets]
+    assert any(u.endswith(".js") for u in urls) and "/openapi.json" in urls
+    for url in urls:
+        assert url.startswith("/") and not url.startswith("//"), f"{page} loads {url} from elsewhere"
+        assert client.get(url).status_code == 200, url
 
 
 def test_bearer_token(tiny_open_clip, cat, monkeypatch):

@@ -22,13 +22,14 @@ from importlib import resources
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 
 from pictag.errors import PictagError
 from pictag.prompts import load_templates, parse_labels
 from pictag.serve.config import ServeConfig
-from pictag.serve.metrics import ApiMetrics
+from pictag.serve.metrics import ApiMetrics, RecordRequests
 from pictag.serve.security import ApiError, BodyLimit, check_image, check_token, fetch_url, read_path
 from pictag.serve.transport import (
     InProcessTransport,
@@ -245,7 +246,9 @@ def create_app(cfg: ServeConfig, transport: Transport | None = None) -> FastAPI:
         yield
         await state.stop()
 
-    app = FastAPI(
+    # /docs and /redoc from assets the app serves itself (FastAPI's default pages load them from a CDN, and stay
+    # blank offline).
+    app = FastAPIOffline(
         title="pictag",
         description="Zero-shot image classification with CLIP-family models. Labels are per request.",
         version="1",
@@ -253,17 +256,8 @@ def create_app(cfg: ServeConfig, transport: Transport | None = None) -> FastAPI:
     )
     app.state.pictag = state
     app.add_middleware(BodyLimit, max_bytes=cfg.max_upload_bytes)
+    app.add_middleware(RecordRequests, metrics=state.metrics)
     _add_error_handlers(app, state)
-
-    @app.middleware("http")
-    async def record(request: Request, call_next):
-        started = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        endpoint = getattr(route, "path", "other")
-        state.metrics.requests.labels(endpoint, str(response.status_code)).inc()
-        state.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
-        return response
 
     def authorize(request: Request) -> None:
         check_token(request.headers.get("authorization"), state.token)
