@@ -3,10 +3,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import TINY_OPEN_CLIP
 from pictag.errors import PictagError
 from pictag.heads.zero_shot import ZeroShotClassifier
 from pictag.models import create_model
 from pictag.prompts import load_templates, parse_labels
+from pictag.testing import save_random_open_clip
 
 
 def test_templates_builtin_file_and_validation(tmp_path):
@@ -56,3 +58,15 @@ def test_encode_text_batches_by_length_and_keeps_the_callers_order(tiny_hf_clip)
     together = encoder.encode_text(texts, batch_size=2)
     one_by_one = torch.cat([encoder.encode_text([text]) for text in texts])
     torch.testing.assert_close(together, one_by_one, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(("text_cfg", "trims"), [({}, True), ({"no_causal_mask": True, "pool_type": "last"}, False)])
+def test_open_clip_text_cut_after_end_of_text_equals_full_context(tmp_path, text_cfg, trims):
+    config = {**TINY_OPEN_CLIP, "text_cfg": {**TINY_OPEN_CLIP["text_cfg"], **text_cfg}}
+    name = f"pictag-tiny-text-{int(trims)}"
+    encoder = create_model(f"open_clip:{name}", checkpoint=save_random_open_clip(tmp_path, name, config), device="cpu")
+    assert encoder.trims_context is trims
+    texts = ["x", "a photo of a dog", "a blurry photo of a very long and detailed label, seen from far away"]
+    with torch.inference_mode():
+        full_context = torch.nn.functional.normalize(encoder.module.encode_text(encoder.tokenizer(texts)), dim=-1)
+    torch.testing.assert_close(encoder.encode_text(texts), full_context, atol=1e-6, rtol=0)

@@ -40,12 +40,44 @@ class OpenClipEncoder(Encoder):
             logit_bias=None if bias is None else bias.item(),
         )
         self.tokenizer = tokenizer
+        self.trims_context = _trims_context(model)
 
     def _image_features(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.module.encode_image(pixels)
 
     def _text_features(self, texts: list[str]) -> torch.Tensor:
-        return self.module.encode_text(self.tokenizer(texts).to(self.device))
+        tokens = self.tokenizer(texts).to(self.device)
+        return _encode_trimmed(self.module, tokens) if self.trims_context else self.module.encode_text(tokens)
+
+
+def _trims_context(model) -> bool:
+    # A causal text tower pooled at the end-of-text token never looks past that token, so the padding after it can
+    # be cut: label prompts fill 10-20 of CLIP's 77 positions. Other towers (SigLIP's last-token pooling, CoCa's
+    # class token, custom text models) keep open_clip's own path.
+    from open_clip.model import CLIP
+
+    return (
+        type(model).encode_text is CLIP.encode_text
+        and model.attn_mask is not None
+        and model.text_pool_type in ("argmax", "eos")
+    )
+
+
+def _encode_trimmed(model, tokens: torch.Tensor) -> torch.Tensor:
+    """open_clip's `CLIP.encode_text`, on the positions up to the last pooled end-of-text token of the batch."""
+    from open_clip.transformer import text_global_pool
+
+    eos_id = getattr(model, "text_eos_id", None)
+    pooled_at = tokens.argmax(dim=-1) if model.text_pool_type == "argmax" else (tokens == eos_id).int().argmax(dim=-1)
+    length = int(pooled_at.max()) + 1
+    tokens = tokens[:, :length]
+    cast_dtype = model.transformer.get_cast_dtype()
+    x = model.token_embedding(tokens).to(cast_dtype) + model.positional_embedding[:length].to(cast_dtype)
+    x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
+    x = text_global_pool(model.ln_final(x), tokens, model.text_pool_type, eos_token_id=eos_id)
+    if model.text_projection is None:
+        return x
+    return model.text_projection(x) if isinstance(model.text_projection, torch.nn.Linear) else x @ model.text_projection
 
 
 def _probe_dim(model, size) -> int:
