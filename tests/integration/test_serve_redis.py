@@ -1,21 +1,23 @@
 """The production stack as real processes: redis-server, uvicorn API and workers, with a tiny CLIP.
 
 Includes the fault test (kill -9 a worker under load: every request answered exactly once), the Redis restart
-test and the dead-letter path.
+test and the dead-letter path (real workers killed while they hold the same request).
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import io
 import os
 import signal
 import threading
-import time
 
 import httpx
+import numpy as np
 import pytest
 import redis
+from PIL import Image
 
 from conftest import jpeg_bytes, photos, subprocess_env
 from pictag.serve._stack import Stack, wait_until
@@ -134,29 +136,39 @@ def test_redis_restart(stack, cat):
 
 @pytest.fixture(scope="module")
 def bare_api(tiny_hf_clip, tmp_path_factory):
-    """An API with no worker: the test plays the workers through the transport."""
-    cfg = serve_config(tiny_hf_clip, max_queue=3, visibility_timeout_s=0.2, max_deliveries=2, request_timeout_s=30)
+    """An API with no worker, so that what it queues stays queued."""
+    cfg = serve_config(tiny_hf_clip, max_queue=3, request_timeout_s=30)
     with Stack(tmp_path_factory.mktemp("bare"), cfg, env=subprocess_env()) as s:
         s.start(workers=0)
         yield s
 
 
-def test_crashing_request_goes_to_dead_letter_and_client_gets_an_error(bare_api, cat):
-    box = {}
-    sender = threading.Thread(target=lambda: box.update(r=classify(bare_api.url, cat)))
-    sender.start()
-    transport = RedisStreamsTransport(bare_api.redis.url, consumer="doomed", visibility_timeout_s=0.2, max_deliveries=2)
-    assert wait_until(lambda: transport.receive(1, 0.1), 20, "the request in the stream")  # taken, then "crashes"
-    time.sleep(0.3)
-    (again,) = transport.claim_stale(10)  # second delivery, "crashes" too
-    assert again.deliveries == 2
-    time.sleep(0.3)
-    assert transport.claim_stale(10) == []  # third: dead-lettered instead
-    sender.join(30)
-    assert box["r"].status_code == 500 and "dead-letter" in box["r"].json()["error"]
-    r = redis.Redis.from_url(bare_api.redis.url)
-    assert r.xlen("pictag:dead") == 1 and r.xlen("pictag:requests") == 0
-    transport.close()
+def test_request_that_kills_its_workers_is_dead_lettered(tiny_hf_clip, tmp_path_factory):
+    """Real worker processes die (kill -9) while they hold the same request, until it is dead-lettered."""
+    # A 16-megapixel PNG keeps a worker busy for about a second, long enough to catch it holding the request.
+    gradient = np.tile(np.linspace(0, 255, 4000, dtype=np.uint8), (4000, 1))
+    buffer = io.BytesIO()
+    Image.fromarray(np.stack([gradient] * 3, axis=-1)).save(buffer, "PNG")
+    cfg = serve_config(tiny_hf_clip, visibility_timeout_s=1.0, max_deliveries=2)
+    with Stack(tmp_path_factory.mktemp("doomed"), cfg, env=subprocess_env()) as s:
+        s.start(workers=0)
+        r = redis.Redis.from_url(s.redis.url)
+        box = {}
+        sender = threading.Thread(target=lambda: box.update(r=classify(s.url, buffer.getvalue())))
+        sender.start()
+
+        def times_delivered() -> int:
+            pending = r.xpending_range("pictag:requests", "workers", "-", "+", 10)
+            return pending[0]["times_delivered"] if pending else 0
+
+        for delivery in (1, 2):  # each new worker takes the request (read, then claimed), and dies holding it
+            s.add_worker()
+            wait_until(lambda d=delivery: times_delivered() == d, 90, f"delivery {delivery} of the request")
+            s.kill_worker(-1)
+        s.add_worker()  # claims it a third time, above max_deliveries: dead-lettered instead of run
+        sender.join(90)
+        assert box["r"].status_code == 500 and "stopped 2 worker(s)" in box["r"].json()["error"]
+        assert r.xlen("pictag:dead") == 1 and r.xlen("pictag:requests") == 0
 
 
 def test_full_queue_answers_503_with_retry_after(bare_api, cat):
