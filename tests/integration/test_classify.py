@@ -105,7 +105,7 @@ def test_existing_interrupted_and_changed_runs_are_refused(tmp_path, photo_dir, 
     assert {r["label"] for r in _read(out)} <= {"cat", "dog"}
     # An interrupted run (its parts folder is left) must be resumed with the same labels, or overwritten.
     (tmp_path / "run.parts").mkdir()
-    (tmp_path / "run.parts" / "config.yaml").write_text(yaml.safe_dump({"labels": "cat,dog", "source": str(photo_dir)}))
+    (tmp_path / "run.parts" / "run.yaml").write_text(yaml.safe_dump({"labels": "cat,dog", "source": str(photo_dir)}))
     with pytest.raises(PictagError, match="interrupted run"):
         classify(str(photo_dir), str(tmp_path / "run.csv"), LABELS, **options)
     with pytest.raises(PictagError, match="labels.*changed"):
@@ -118,7 +118,7 @@ def test_kill_9_then_resume_gives_every_record_exactly_once(tmp_path, tiny_hf_cl
     tar = write_tar(tmp_path / "shard.tar", images)
     out = tmp_path / "out.parquet"
     command = [sys.executable, "-m", "pictag", "classify", str(tar), "--labels", LABELS, "--out", str(out)]
-    command += ["--model", f"hf:{tiny_hf_clip}", "--batch-size", "4", "--commit-every", "8", "--workers", "2"]
+    command += ["--model", f"hf:{tiny_hf_clip}", "--batch-size", "4", "--unit-size", "8", "--workers", "2"]
     env = subprocess_env() | {"PICTAG_CACHE": str(tmp_path / "cache")}
     proc = subprocess.Popen(command, env=env, start_new_session=True, stderr=subprocess.PIPE)
     parts = tmp_path / "out.parts"

@@ -140,7 +140,7 @@ def test_embed_resumes_exactly_once_after_kill(tmp_path, tiny_hf_clip):
         Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(images / f"{i:04d}.png")
     out = tmp_path / "emb"
     cmd = [sys.executable, "-m", "pictag", "embed", str(images), "--out", str(out), "--workers", "0"]
-    cmd += ["--batch-size", "2", "--rows-per-shard", "4", *model_args]
+    cmd += ["--batch-size", "2", "--unit-size", "4", *model_args]
     proc = subprocess.Popen(cmd, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while len(list(out.glob("part-*.parquet"))) < 2 and proc.poll() is None and time.monotonic() < deadline:
@@ -150,7 +150,9 @@ def test_embed_resumes_exactly_once_after_kill(tmp_path, tiny_hf_clip):
     committed = len(list(out.glob("part-*.parquet")))
     assert 0 < committed < 40, "the run must be killed part-way for this test to mean anything"
     assert main(["embed", str(images), "--out", str(out), *model_args]) == 2  # interrupted: asks for --resume
-    assert main(["embed", str(images), "--out", str(out), "--workers", "0", "--resume", *model_args]) == 0
+    resume = ["--workers", "0", "--resume", *model_args]
+    assert main(["embed", str(images), "--out", str(out), "--unit-size", "8", *resume]) == 2  # another plan
+    assert main(["embed", str(images), "--out", str(out), "--unit-size", "4", *resume]) == 0
     store = EmbeddingStore(out)
     keys = list(store.keys())
     assert len(store) == len(keys) == len(set(keys)) == 160

@@ -50,8 +50,10 @@ def test_store_round_trip(tmp_path):
     keys, found = store.get(["img002000", "missing", "img000007"])
     assert keys == ["img002000", "img000007"]
     np.testing.assert_allclose(found, vectors[[2000, 7]], atol=1e-3)
-    skipped = sum(len(k) for k, _ in store.iter_arrays(skip={"img000000", "img002499"}))
-    assert skipped == 2498
+    units = store.units()
+    assert [u.size for u in units] == [1000, 1000, 500] and [u.id for u in units] == [p.name for p in store.shards()]
+    last = list(store.iter_arrays(shards=[store.shards()[-1]]))
+    assert sum(len(k) for k, _ in last) == 500 and last[0][0][0].as_py() == "img002000"
     exact = make_store(tmp_path / "emb32", vectors, dtype="float32")
     np.testing.assert_array_equal(np.concatenate([c for _, c in exact.iter_arrays()]), vectors)
 

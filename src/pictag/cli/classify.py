@@ -37,7 +37,7 @@ def add_parser(sub) -> None:
     p.add_argument("--resume", action="store_true", default=None, help="finish an interrupted run")
     p.add_argument("--overwrite", action="store_true", default=None, help="replace existing output")
     p.add_argument(
-        "--commit-every", type=int, help="rows per committed part (default 8192): a kill loses at most this much work"
+        "--unit-size", type=int, help="images per unit of work (default 1000): each unit is committed as one part"
     )
     add_model_args(p)
     add_runtime_args(p)

@@ -29,7 +29,9 @@ def add_parser(sub) -> None:
     add_source_args(p)
     p.add_argument("--out", help="the store folder")
     p.add_argument("--dtype", choices=["float16", "float32"], help="stored precision (default float16)")
-    p.add_argument("--rows-per-shard", type=int, help="rows per Parquet shard (default 65536)")
+    p.add_argument(
+        "--unit-size", type=int, help="images per unit of work (default 1000): each unit is committed as one shard"
+    )
     p.add_argument("--max-pixels", type=int, help="refuse larger images as decompression bombs (default 100M)")
     p.add_argument("--resume", action="store_true", default=None, help="finish an interrupted run")
     p.add_argument("--overwrite", action="store_true", default=None, help="replace an existing store")

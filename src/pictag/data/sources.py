@@ -56,6 +56,10 @@ class Shard(ABC):
     def __len__(self) -> int:
         """Number of records, before any skip."""
 
+    @abstractmethod
+    def slice(self, start: int, stop: int) -> Shard:
+        """Records ``start:stop`` of this shard, as a shard of their own, named ``<name>:<start>-<stop>``."""
+
 
 class Source(ABC):
     """A collection of images, split into shards."""
@@ -111,6 +115,9 @@ class FileShard(Shard):
     def __len__(self) -> int:
         return len(self.keys)
 
+    def slice(self, start: int, stop: int) -> FileShard:
+        return FileShard(f"{self.name}:{start}-{stop}", self.root, self.keys[start:stop])
+
 
 @dataclass(frozen=True)
 class TarShard(Shard):
@@ -137,6 +144,10 @@ class TarShard(Shard):
 
     def __len__(self) -> int:
         return self.stop - self.start
+
+    def slice(self, start: int, stop: int) -> TarShard:
+        name = f"{self.name}:{start}-{stop}"
+        return TarShard(name, self.tar, self.index, self.start + start, self.start + stop, self.prefix)
 
 
 def _ranges(n: int) -> list[tuple[int, int]]:

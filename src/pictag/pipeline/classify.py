@@ -1,34 +1,29 @@
-"""Zero-shot batch classification: `run(ClassifyConfig) -> ClassifyResult`, resumable and streaming."""
+"""Zero-shot batch classification: `run(ClassifyConfig) -> ClassifyResult`, a job on the shared runner."""
 
 from __future__ import annotations
 
 import dataclasses
-import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import yaml
-from tqdm.auto import tqdm
 
 from pictag.config import dump_config, load_config, sibling
 from pictag.data.decode import DEFAULT_MAX_PIXELS
-from pictag.data.sources import open_source
 from pictag.device import default_workers
 from pictag.errors import PictagError
 from pictag.heads.calibration import Calibration
 from pictag.heads.zero_shot import ZeroShotClassifier
-from pictag.models.registry import create_model, default_model
-from pictag.pipeline.parts import PartWriter, TableWriter, check_output_format
-from pictag.pipeline.runner import iter_embeddings
+from pictag.models.registry import default_model
+from pictag.pipeline.job import Job, JobResult, Run, run_job
+from pictag.pipeline.parts import ERRORS_SCHEMA, PartStore, output_format, write_table
+from pictag.pipeline.plan import DEFAULT_UNIT_SIZE
+from pictag.pipeline.runner import EmbeddingBatch, image_features
 from pictag.prompts import UNKNOWN, load_templates, parse_labels
-from pictag.store.store import EmbeddingStore
+from pictag.store.store import EmbeddingStore, StoreFeatures
 
-log = logging.getLogger(__name__)
-
-ERRORS_SCHEMA = pa.schema([("key", pa.string()), ("reason", pa.string())])
 # Options that change what a result row says: a resumed run must keep them.
 _RESULT_DEFINING = (
     "source",
@@ -42,6 +37,7 @@ _RESULT_DEFINING = (
     "threshold",
     "embeddings",
     "calibration",
+    "unit_size",
 )
 
 
@@ -68,35 +64,19 @@ class ClassifyConfig:
     max_pixels: int = DEFAULT_MAX_PIXELS
     resume: bool = False
     overwrite: bool = False
-    commit_every: int = 8192
+    unit_size: int = DEFAULT_UNIT_SIZE
     embeddings: str | None = None  # an embedding store (`pictag embed`) to classify instead of `source`
     calibration: str | None = None  # temperature and per-class thresholds from `pictag calibrate`
 
 
-@dataclass
-class ClassifyResult:
-    out: Path
-    errors_out: Path
-    config_out: Path
-    classified: int
-    errors: int
-    seconds: float
-    stage_seconds: dict[str, float] = dataclasses.field(default_factory=dict)
-
-    def summary(self) -> str:
-        rate = self.classified / self.seconds if self.seconds else 0.0
-        line = (
-            f"classified {self.classified:,} images in {self.seconds:.1f} s ({rate:.1f} img/s) -> {self.out}; "
-            f"{self.errors:,} unreadable -> {self.errors_out}"
-        )
-        if self.stage_seconds:
-            # Tells the user which side to grow: more --workers when images are waited for, a faster device if not.
-            line += f" (waited {self.stage_seconds['data_s']:.1f} s for images, {self.stage_seconds['model_s']:.1f} s in the model)"
-        return line
+class ClassifyResult(JobResult):
+    @property
+    def classified(self) -> int:
+        return self.rows
 
 
 def run(cfg: ClassifyConfig) -> ClassifyResult:
-    """Classify every image of `cfg.source` against `cfg.labels`, writing CSV/Parquet rows as it goes.
+    """Classify every image of `cfg.source` against `cfg.labels`, committing one part per unit of work.
 
     Raises:
         PictagError: bad input, or an output that exists (pass `overwrite`) or was interrupted (pass `resume`).
@@ -107,7 +87,7 @@ def run(cfg: ClassifyConfig) -> ClassifyResult:
     if cfg.source and cfg.embeddings:
         raise PictagError("give either a SOURCE of images or --embeddings STORE (from `pictag embed`), not both")
     out = Path(cfg.out)
-    check_output_format(out)
+    output_format(out)
     if cfg.top_k < 1:
         raise PictagError(f"--top-k must be at least 1, not {cfg.top_k}")
     if cfg.batch_size < 1:
@@ -120,32 +100,33 @@ def run(cfg: ClassifyConfig) -> ClassifyResult:
     templates = load_templates(cfg.templates)
     store = EmbeddingStore(cfg.embeddings) if cfg.embeddings else None
     cfg = dataclasses.replace(cfg, model=cfg.model or (store.manifest.model if store else default_model()))
-    parts = PartWriter(sibling(out, ".parts"), rows_per_part=cfg.commit_every)
-    _check_resumable(cfg, out, parts)
-    done = parts.done_keys()
-    stage_seconds: dict[str, float] = {}
-    encoder, batches, total = _embeddings(cfg, store, done, stage_seconds)
-    head = ZeroShotClassifier(encoder, labels, templates)
-    calibration = Calibration.load(cfg.calibration) if cfg.calibration else None
-    if calibration is not None:
-        calibration.check(encoder.spec, encoder.weights_id, labels, head.templates)
-    thresholds = _thresholds(cfg.threshold, calibration, labels)
-    temperature = calibration.temperature if calibration else 1.0
-    config_out = dump_config(cfg, sibling(out, ".config.yaml"))
-    (parts.folder / "config.yaml").write_text(config_out.read_text())
+    with Run(PartStore(sibling(out, ".parts")), out, complete=out.exists()) as output:
+        output.start(cfg, _RESULT_DEFINING, resume=cfg.resume, overwrite=cfg.overwrite)
+        encoder, units, features = _features(cfg, store)
+        head = ZeroShotClassifier(encoder, labels, templates)
+        calibration = Calibration.load(cfg.calibration) if cfg.calibration else None
+        if calibration is not None:
+            calibration.check(encoder.spec, encoder.weights_id, labels, head.templates)
+        output.check_inputs(cfg, weights_id=encoder.weights_id, units=units)
+        config_out = dump_config(cfg, sibling(out, ".config.yaml"))
 
-    top_k = min(cfg.top_k, len(labels))
-    with tqdm(total=total, unit="img", desc="classify", dynamic_ncols=True, disable=None) as bar:
-        for batch in batches:
+        top_k = min(cfg.top_k, len(labels))
+        thresholds = _thresholds(cfg.threshold, calibration, labels)
+        temperature = calibration.temperature if calibration else 1.0
+        schema = _schema(top_k)
+
+        def rows(batch: EmbeddingBatch) -> pa.Table:
             scores, indices = head.top_k(batch.features, top_k, temperature)
-            parts.write(_rows(batch.keys, scores, indices, labels, thresholds, batch.errors, top_k))
-            bar.update(len(batch.keys) + len(batch.errors))
-    parts.flush()
-    classified, errors = _merge(parts, out, sibling(out, ".errors.csv"), top_k)
-    parts.remove()
-    return ClassifyResult(
-        out, sibling(out, ".errors.csv"), config_out, classified, errors, time.perf_counter() - started, stage_seconds
-    )
+            return _rows(batch.keys, scores, indices, labels, thresholds, schema)
+
+        workers = default_workers(encoder.device) if cfg.workers is None else cfg.workers
+        job = Job("classify", units, features, rows, schema, output.parts, workers)
+        stats = run_job(job)
+        _, classified = write_table(out, output.parts.tables(), schema)
+        errors_out, failed = write_table(sibling(out, ".errors.csv"), output.parts.tables(errors=True), ERRORS_SCHEMA)
+        output.parts.remove()
+        seconds = time.perf_counter() - started
+        return ClassifyResult("classified", out, errors_out, config_out, classified, failed, seconds, stats.timings())
 
 
 def classify(source: str | None, out: str, labels: list[str] | str | None = None, **options) -> ClassifyResult:
@@ -156,34 +137,14 @@ def classify(source: str | None, out: str, labels: list[str] | str | None = None
     return run(load_config(ClassifyConfig, source=source, out=out, labels=labels, **options))
 
 
-def _embeddings(cfg: ClassifyConfig, store: EmbeddingStore | None, done: set[str], stats: dict[str, float]):
-    """(encoder, EmbeddingBatch iterator, rows to go) from the store, or from decoding the source's images."""
-    if store is None:
-        return source_embeddings(cfg, done, stats)
-    encoder = store.encoder(
-        cfg.model, cfg.checkpoint, device=cfg.device, precision=cfg.precision, random_weights=cfg.random_weights
-    )
-    return encoder, store.iter_batches(skip=done), max(len(store) - len(done), 0)
-
-
-def source_embeddings(cfg, done: set[str], stats: dict[str, float] | None = None):
-    """(encoder, EmbeddingBatch iterator, images to go) for a config naming a source and a model (classify, embed).
-
-    `stats`, if given, is filled with the seconds spent waiting for decoded images and in the model.
-    """
-    source = open_source(cfg.source, index=cfg.index, path_column=cfg.path_column)
-    encoder = create_model(
-        cfg.model,
-        checkpoint=cfg.checkpoint,
-        random_weights=cfg.random_weights,
-        device=cfg.device,
-        precision=cfg.precision,
-    )
-    workers = default_workers(encoder.device) if cfg.workers is None else cfg.workers
-    batches = iter_embeddings(
-        source, encoder, batch_size=cfg.batch_size, workers=workers, skip=done, max_pixels=cfg.max_pixels, stats=stats
-    )
-    return encoder, batches, max(len(source) - len(done), 0)
+def _features(cfg: ClassifyConfig, store: EmbeddingStore | None):
+    """(encoder, units, feature stage): the store's vectors, or the source's images decoded and embedded."""
+    if store is not None:
+        encoder = store.encoder(
+            cfg.model, cfg.checkpoint, device=cfg.device, precision=cfg.precision, random_weights=cfg.random_weights
+        )
+        return encoder, store.units(), StoreFeatures(store)
+    return image_features(cfg)
 
 
 def _thresholds(threshold: float | None, calibration: Calibration | None, labels: list[str]) -> list[float] | None:
@@ -193,73 +154,21 @@ def _thresholds(threshold: float | None, calibration: Calibration | None, labels
     return [max(t, threshold or 0.0) for t in calibration.threshold_vector(labels)]
 
 
-def _check_resumable(cfg: ClassifyConfig, out: Path, parts: PartWriter) -> None:
-    interrupted = (parts.folder / "config.yaml").is_file()
-    if cfg.overwrite:
-        parts.remove()
-        parts.folder.mkdir(parents=True)
-        return
-    if cfg.resume and interrupted:
-        before = yaml.safe_load((parts.folder / "config.yaml").read_text())
-        changed = [k for k in _RESULT_DEFINING if before.get(k) != dataclasses.asdict(cfg)[k]]
-        if changed:
-            raise PictagError(
-                f"cannot resume {out}: {', '.join(changed)} changed since the interrupted run; "
-                "use the same options, or --overwrite to start over"
-            )
-        return
-    if interrupted:
-        raise PictagError(f"{out} has an interrupted run ({parts.folder}): pass --resume to finish it or --overwrite")
-    if out.exists() and not cfg.resume:
-        raise PictagError(f"{out} already exists: pass --overwrite to replace it")
-    if out.exists() and cfg.resume:
-        raise PictagError(f"{out} is already complete: nothing to resume (pass --overwrite to run again)")
-
-
-def _rows(keys, scores, indices, labels, thresholds, errors, top_k) -> pa.Table:
-    """One part's rows, built column-wise (label names gathered by index), failed keys last with null results."""
+def _rows(keys, scores, indices, labels, thresholds, schema: pa.Schema) -> pa.Table:
+    """Result rows built column-wise (label names gathered by index)."""
     scores, indices = scores.cpu().numpy(), indices.cpu().numpy()
-    failed = len(errors)
     names = pa.array([*labels, UNKNOWN], pa.string())
     chosen = indices[:, 0]
     if thresholds is not None:
         chosen = np.where(scores[:, 0] < np.asarray(thresholds, np.float32)[chosen], len(labels), chosen)
-
-    def with_failed(values: pa.Array) -> pa.Array:
-        return pa.concat_arrays([values, pa.nulls(failed, values.type)]) if failed else values
-
-    columns = {
-        "key": pa.array([*keys, *(key for key, _ in errors)], pa.string()),
-        "error": pa.array([None] * len(keys) + [reason for _, reason in errors], pa.string()),
-        "label": with_failed(names.take(chosen)),
-        "score": with_failed(pa.array(scores[:, 0], pa.float32())),
-    }
-    for rank in range(top_k):
-        columns[f"label_{rank + 1}"] = with_failed(names.take(indices[:, rank]))
-        columns[f"score_{rank + 1}"] = with_failed(pa.array(scores[:, rank], pa.float32()))
-    return pa.table(columns, schema=_part_schema(top_k))
+    columns = [pa.array(keys, pa.string()), names.take(chosen), pa.array(scores[:, 0], pa.float32())]
+    for rank in range(indices.shape[1]):
+        columns += [names.take(indices[:, rank]), pa.array(scores[:, rank], pa.float32())]
+    return pa.table(columns, schema=schema)
 
 
-def _part_schema(top_k: int) -> pa.Schema:
-    fields = [("key", pa.string()), ("error", pa.string()), ("label", pa.string()), ("score", pa.float32())]
+def _schema(top_k: int) -> pa.Schema:
+    fields = [("key", pa.string()), ("label", pa.string()), ("score", pa.float32())]
     for rank in range(1, top_k + 1):
         fields += [(f"label_{rank}", pa.string()), (f"score_{rank}", pa.float32())]
     return pa.schema(fields)
-
-
-def _merge(parts: PartWriter, out: Path, errors_out: Path, top_k: int) -> tuple[int, int]:
-    import pyarrow.compute as pc
-
-    results, errors = TableWriter(out), TableWriter(errors_out)
-    classified = failed = 0
-    for table in parts.tables():
-        failed_mask = pc.is_valid(table.column("error"))
-        good = table.filter(pc.invert(failed_mask)).drop_columns(["error"])
-        bad = table.filter(failed_mask).select(["key", "error"]).rename_columns(["key", "reason"])
-        results.write(good)
-        errors.write(bad)
-        classified += good.num_rows
-        failed += bad.num_rows
-    results.close(_part_schema(top_k).remove(1))
-    errors.close(ERRORS_SCHEMA)
-    return classified, failed

@@ -1,15 +1,18 @@
-"""Crash-safe streaming output: rows go to numbered part files that appear whole or not at all.
+"""Crash-safe output: one part file per unit of work, appearing whole or not at all.
 
-A run killed at any instant leaves only complete parts; resuming skips every key they hold, so each record ends up
-in the output exactly once. At the end the parts are merged, one at a time, into the file the user asked for.
+A part is written to a temporary name unique to its attempt, synced, then renamed over its final name, so a unit
+retried, or run twice at once, still leaves exactly one part, and a run killed at any instant leaves only complete
+ones. A unit is done exactly when its part exists; a rerun computes the others. At the end a job merges the parts,
+one at a time, into the file the user asked for (or keeps them, as an embedding store does).
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
-import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import pyarrow as pa
@@ -17,94 +20,121 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from pictag.errors import PictagError
+from pictag.pipeline.plan import Unit
 
 OUTPUT_FORMATS = (".csv", ".parquet")
+ERRORS_SCHEMA = pa.schema([("key", pa.string()), ("reason", pa.string())])
+ERRORS_FOLDER = "errors.parts"
 
 
-class PartWriter:
-    """Buffers rows and commits them as `part-NNNNNN.parquet` files in a folder.
+class PartStore:
+    """The committed parts of a job, in a folder; errors of each unit go to a sub-folder of the same names.
 
     Args:
-        folder: Where the parts go; created if needed.
-        rows_per_part: Commit once this many rows are buffered.
-        seconds_per_part: ... or once the oldest buffered row is this old, so a slow run still saves progress.
+        folder: Where the parts go; created on `lock`.
         write_options: Extra `pyarrow.parquet.write_table` options for each part (compression, ...).
     """
 
-    def __init__(
-        self,
-        folder: str | os.PathLike,
-        rows_per_part: int = 8192,
-        seconds_per_part: float = 30.0,
-        write_options: dict | None = None,
-    ):
+    def __init__(self, folder: str | os.PathLike, write_options: dict | None = None):
         self.folder = Path(folder)
+        self.errors_folder = self.folder / ERRORS_FOLDER
         self.write_options = write_options or {}
+        self._lock: int | None = None
+
+    def lock(self) -> None:
+        """Keep other runs off this output until the process ends (a second one is refused at once).
+
+        Raises:
+            PictagError: another live process holds the output.
+        """
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.rows_per_part = rows_per_part
-        self.seconds_per_part = seconds_per_part
-        self._buffer: list[pa.Table] = []
-        self._rows = 0
-        self._since = time.monotonic()
-        self._next = len(self.parts())
+        fd = os.open(self.folder / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise PictagError(
+                f"{self.folder} is being written by {holder}: wait for it, or choose another output"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()}".encode(), 0)
+        self._lock = fd  # released by `unlock`, or by the kernel when this process ends, however it ends
+
+    def unlock(self) -> None:
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
 
     def parts(self) -> list[Path]:
-        """The committed parts, in the order they were written."""
+        """The committed parts, in plan order."""
         return sorted(self.folder.glob("part-*.parquet"))
 
-    def done_keys(self) -> set[str]:
-        """Every key in a committed part (reads only the key column)."""
-        keys: set[str] = set()
-        for part in self.parts():
-            keys.update(pq.read_table(part, columns=["key"]).column("key").to_pylist())
-        return keys
+    def pending(self, units: Sequence[Unit]) -> list[Unit]:
+        """The units without a committed part."""
+        done = {path.name for path in self.parts()}
+        return [unit for unit in units if unit.part_name not in done]
 
-    def write(self, table: pa.Table) -> None:
-        """Add rows; they are committed when the buffer is full or old enough."""
-        if not self._buffer:
-            self._since = time.monotonic()
-        self._buffer.append(table)
-        self._rows += table.num_rows
-        if self._rows >= self.rows_per_part or time.monotonic() - self._since >= self.seconds_per_part:
-            self.flush()
+    def commit(self, unit: Unit, rows: pa.Table, errors: pa.Table | None = None) -> None:
+        """Commit a unit: its error rows first, then its part, whose appearance marks the unit done."""
+        if errors is not None:
+            self.errors_folder.mkdir(parents=True, exist_ok=True)
+            _write_atomically(errors, self.errors_folder / unit.part_name, {})
+        self.folder.mkdir(parents=True, exist_ok=True)
+        _write_atomically(rows, self.folder / unit.part_name, self.write_options)
 
-    def flush(self) -> None:
-        """Commit the buffered rows as one part: written to a temporary name, synced, then renamed."""
-        if not self._buffer:
-            return
-        table = pa.concat_tables(self._buffer, promote_options="default")
-        final = self.folder / f"part-{self._next:06d}.parquet"
-        tmp = final.with_suffix(".tmp")
-        with open(tmp, "wb") as f:
-            pq.write_table(table, f, **self.write_options)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-        self._next += 1
-        self._buffer, self._rows = [], 0
+    def tables(self, errors: bool = False) -> Iterator[pa.Table]:
+        """The committed parts (or their error rows), one table at a time: memory stays at one part."""
+        if errors:
+            done = {path.name for path in self.parts()}
+            paths = sorted(p for p in self.errors_folder.glob("part-*.parquet") if p.name in done)
+        else:
+            paths = self.parts()
+        for path in paths:
+            yield pq.read_table(path)
 
-    def tables(self) -> Iterator[pa.Table]:
-        """The committed parts, one table at a time (memory stays at one part)."""
-        for part in self.parts():
-            yield pq.read_table(part)
+    def rows(self, errors: bool = False) -> int:
+        """Rows committed, read from the parts' footers."""
+        folder = self.errors_folder if errors else self.folder
+        done = {path.name for path in self.parts()}
+        return sum(pq.read_metadata(p).num_rows for p in folder.glob("part-*.parquet") if p.name in done)
+
+    def clear(self) -> None:
+        """Remove every part and temporary file (a fresh start), keeping the folder and its lock."""
+        for path in [*self.folder.glob("part-*"), *self.folder.glob(".part-*")]:
+            path.unlink(missing_ok=True)
+        shutil.rmtree(self.errors_folder, ignore_errors=True)
 
     def remove(self) -> None:
+        """Remove the folder (after a merge)."""
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
+def _write_atomically(table: pa.Table, final: Path, options: dict) -> None:
+    tmp = final.with_name(f".{final.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            pq.write_table(table, f, **options)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 class TableWriter:
-    """Streams tables into one CSV or Parquet file, chosen by the file's extension."""
+    """Streams tables into one CSV or Parquet file, chosen by the file's extension (any case)."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        check_output_format(self.path)
+        self.format = output_format(self.path)
         self._tmp = self.path.with_name(self.path.name + ".tmp")
         self._writer = None
 
     def write(self, table: pa.Table) -> None:
         if self._writer is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            if self.path.suffix == ".parquet":
+            if self.format == ".parquet":
                 self._writer = pq.ParquetWriter(self._tmp, table.schema)
             else:
                 self._writer = pacsv.CSVWriter(self._tmp, table.schema)
@@ -119,7 +149,22 @@ class TableWriter:
         return self.path
 
 
-def check_output_format(path: str | os.PathLike) -> None:
-    """Refuse output names whose format pictag cannot write."""
-    if Path(path).suffix.lower() not in OUTPUT_FORMATS:
+def write_table(path: str | os.PathLike, tables: Iterable[pa.Table], schema: pa.Schema) -> tuple[Path, int]:
+    """Stream tables into one CSV/Parquet file; returns its path and row count."""
+    writer, rows = TableWriter(path), 0
+    for table in tables:
+        writer.write(table)
+        rows += table.num_rows
+    return writer.close(schema), rows
+
+
+def output_format(path: str | os.PathLike) -> str:
+    """ ".csv" or ".parquet", from the output's extension in any case.
+
+    Raises:
+        PictagError: an extension pictag cannot write.
+    """
+    suffix = Path(path).suffix.lower()
+    if suffix not in OUTPUT_FORMATS:
         raise PictagError(f"output {path} must end in {' or '.join(OUTPUT_FORMATS)}")
+    return suffix

@@ -1,54 +1,78 @@
-"""The stage every job shares: records → decoded uint8 crops (in DataLoader workers) → embeddings (in this process).
+"""The stages every batch job shares: units → records → decoded uint8 crops (in DataLoader workers) → embeddings (in
+this process) → rows (the job's head) → one committed part per unit.
 
 Workers own reading and decoding; this process owns the model. A worker's failure on one record becomes a
-(key, reason) error travelling with the batch, so a bad image never stops a batch or the run.
+(key, reason) error travelling with the batch, so a bad image never stops a batch or the run. Batches may span
+units; each batch says which rows belong to which unit, and which units its worker has finished, so that a unit's
+part is committed as soon as its last row is in.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Container, Iterator
+from collections.abc import Container, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pictag.data.decode import DEFAULT_MAX_PIXELS, DecodeError, decode_image
-from pictag.data.sources import Source
+from pictag.data.sources import Source, open_source
 from pictag.models.base import Encoder
 from pictag.models.preprocess import Preprocess
+from pictag.models.registry import create_model
+from pictag.pipeline.plan import Unit, plan_units
 
 
 @dataclass
 class CropBatch:
-    """Decoded images of one batch, and the records of it that failed."""
+    """Decoded images of one batch, and the records of it that failed.
+
+    Attributes:
+        units: Ordinal of the unit of each key; `error_units` likewise for `errors`.
+        finished: Units whose last record is in this batch or an earlier one from the same worker.
+    """
 
     keys: list[str]
     crops: torch.Tensor  # (N, H, W, 3) uint8
     errors: list[tuple[str, str]] = field(default_factory=list)
+    units: list[int] = field(default_factory=list)
+    error_units: list[int] = field(default_factory=list)
+    finished: list[int] = field(default_factory=list)
 
 
 @dataclass
 class EmbeddingBatch:
-    """Normalised embeddings of one batch, and the records of it that failed."""
+    """Normalised embeddings of one batch, the records of it that failed, and the units they belong to."""
 
     keys: list[str]
     features: torch.Tensor  # (N, D) float32, on the encoder's device
     errors: list[tuple[str, str]]
+    units: list[int] = field(default_factory=list)
+    error_units: list[int] = field(default_factory=list)
+    finished: list[int] = field(default_factory=list)
+
+    def by_unit(self) -> Iterator[tuple[int, EmbeddingBatch]]:
+        """The batch cut into one piece per unit (a worker reads a unit's records in order, so each is a run)."""
+        for unit in dict.fromkeys([*self.units, *self.error_units]):
+            rows = [i for i, u in enumerate(self.units) if u == unit]
+            failed = [e for e, u in zip(self.errors, self.error_units) if u == unit]
+            piece = slice(rows[0], rows[-1] + 1) if rows else slice(0, 0)
+            yield unit, EmbeddingBatch(self.keys[piece], self.features[piece], failed)
 
 
 class CropDataset(IterableDataset):
-    """Reads a source's shards, each DataLoader worker its own share, and yields batches of uint8 crops."""
+    """Reads units of a source, each DataLoader worker its own share, and yields batches of uint8 crops."""
 
     def __init__(
         self,
-        source: Source,
+        units: Sequence[Unit],
         preprocess: Preprocess,
         batch_size: int,
         skip: Container[str] = frozenset(),
         max_pixels: int = DEFAULT_MAX_PIXELS,
     ):
-        self.source = source
+        self.units = list(units)
         self.preprocess = preprocess
         self.batch_size = batch_size
         self.skip = skip
@@ -56,27 +80,76 @@ class CropDataset(IterableDataset):
 
     def __iter__(self) -> Iterator[CropBatch]:
         info = get_worker_info()
-        shards = self.source.shards()
-        if info is not None:
-            shards = shards[info.id :: info.num_workers]
-        height, width = self.preprocess.size
-        keys, crops, errors = [], [], []
-        for shard in shards:
-            for record in shard.read(self.skip):
+        units = self.units if info is None else self.units[info.id :: info.num_workers]
+        batch = self._empty()
+        for unit in units:
+            for record in unit.shard.read(self.skip):
                 try:
                     if record.data is None:
                         raise DecodeError(record.error or "unreadable record")
                     image = decode_image(record.data, self.preprocess.min_decode_size, self.max_pixels)
-                    crops.append(torch.from_numpy(self.preprocess.crop(image)))
-                    keys.append(record.key)
+                    batch.crops.append(torch.from_numpy(self.preprocess.crop(image)))
+                    batch.keys.append(record.key)
+                    batch.units.append(unit.ordinal)
                 except DecodeError as exc:
-                    errors.append((record.key, str(exc)))
-                if len(keys) == self.batch_size:
-                    yield CropBatch(keys, torch.stack(crops), errors)
-                    keys, crops, errors = [], [], []
-        if keys or errors:
-            stacked = torch.stack(crops) if crops else torch.empty(0, height, width, 3, dtype=torch.uint8)
-            yield CropBatch(keys, stacked, errors)
+                    batch.errors.append((record.key, str(exc)))
+                    batch.error_units.append(unit.ordinal)
+                if len(batch.keys) == self.batch_size:
+                    yield self._stacked(batch)
+                    batch = self._empty()
+            batch.finished.append(unit.ordinal)
+        if batch.keys or batch.errors or batch.finished:
+            yield self._stacked(batch)
+
+    @staticmethod
+    def _empty() -> CropBatch:
+        return CropBatch([], [], [], [], [], [])  # type: ignore[arg-type]  # crops are stacked on the way out
+
+    def _stacked(self, batch: CropBatch) -> CropBatch:
+        height, width = self.preprocess.size
+        crops = torch.stack(batch.crops) if batch.crops else torch.empty(0, height, width, 3, dtype=torch.uint8)
+        return CropBatch(batch.keys, crops, batch.errors, batch.units, batch.error_units, batch.finished)
+
+
+@dataclass
+class ImageFeatures:
+    """The decode and model stages: embeddings of the images of units, decoded in `workers` processes.
+
+    Attributes:
+        encoder: The model; its preprocessing runs in the workers.
+        batch_size: Images per forward pass.
+        max_pixels: Images above this many pixels are refused as decompression bombs.
+        skip: Keys to leave out, never read.
+    """
+
+    encoder: Encoder
+    batch_size: int = 64
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    skip: Container[str] = frozenset()
+
+    def batches(self, units: Sequence[Unit], workers: int, stats: dict[str, float]) -> Iterator[EmbeddingBatch]:
+        """Embed every record of `units`; `stats` gains the seconds waited for images and spent in the model."""
+        encoder = self.encoder
+        dataset = CropDataset(units, encoder.preprocess, self.batch_size, self.skip, self.max_pixels)
+        loader = DataLoader(
+            dataset,
+            batch_size=None,
+            num_workers=min(workers, len(units)),
+            pin_memory=encoder.device.type == "cuda",
+            prefetch_factor=4 if workers and units else None,
+        )
+        waited = time.perf_counter()
+        for batch in loader:
+            started = time.perf_counter()
+            stats["data_s"] = stats.get("data_s", 0.0) + started - waited
+            if batch.keys:
+                pixels = encoder.preprocess.normalize(batch.crops.to(encoder.device, non_blocking=True))
+                features = encoder.encode_image(pixels)
+            else:
+                features = torch.empty(0, encoder.embed_dim, device=encoder.device)
+            waited = time.perf_counter()
+            stats["model_s"] = stats.get("model_s", 0.0) + waited - started
+            yield EmbeddingBatch(batch.keys, features, batch.errors, batch.units, batch.error_units, batch.finished)
 
 
 def iter_embeddings(
@@ -96,30 +169,22 @@ def iter_embeddings(
         encoder: The model; its preprocessing is applied in the workers.
         batch_size: Images per forward pass.
         workers: DataLoader processes decoding in parallel; 0 decodes in this process.
-        skip: Keys already done (resume); their bytes are not even read.
+        skip: Keys already done; their bytes are not even read.
         max_pixels: Images above this many pixels are refused as decompression bombs.
         stats: If given, filled with seconds spent waiting for data ("data_s") and in the model ("model_s").
     """
-    dataset = CropDataset(source, encoder.preprocess, batch_size, skip, max_pixels)
-    loader = DataLoader(
-        dataset,
-        batch_size=None,
-        num_workers=workers,
-        pin_memory=encoder.device.type == "cuda",
-        prefetch_factor=4 if workers else None,
+    stage = ImageFeatures(encoder, batch_size, max_pixels, skip)
+    return stage.batches(plan_units(source), workers, stats if stats is not None else {})
+
+
+def image_features(cfg) -> tuple[Encoder, list[Unit], ImageFeatures]:
+    """(encoder, units, feature stage) of a config naming a source, a model and the runtime options."""
+    source = open_source(cfg.source, index=cfg.index, path_column=cfg.path_column)
+    encoder = create_model(
+        cfg.model,
+        checkpoint=cfg.checkpoint,
+        random_weights=cfg.random_weights,
+        device=cfg.device,
+        precision=cfg.precision,
     )
-    stats = stats if stats is not None else {}
-    stats.setdefault("data_s", 0.0)
-    stats.setdefault("model_s", 0.0)
-    waited = time.perf_counter()
-    for batch in loader:
-        started = time.perf_counter()
-        stats["data_s"] += started - waited
-        if batch.keys:
-            pixels = encoder.preprocess.normalize(batch.crops.to(encoder.device, non_blocking=True))
-            features = encoder.encode_image(pixels)
-        else:
-            features = torch.empty(0, encoder.embed_dim, device=encoder.device)
-        waited = time.perf_counter()
-        stats["model_s"] += waited - started
-        yield EmbeddingBatch(batch.keys, features, batch.errors)
+    return encoder, plan_units(source, cfg.unit_size), ImageFeatures(encoder, cfg.batch_size, cfg.max_pixels)

@@ -29,6 +29,7 @@ from pictag.errors import PictagError
 
 if TYPE_CHECKING:
     from pictag.models.base import Encoder
+    from pictag.pipeline.plan import Unit
     from pictag.pipeline.runner import EmbeddingBatch
 
 MANIFEST = "manifest.json"
@@ -191,40 +192,25 @@ class EmbeddingStore:
         return self.manifest.count * self.manifest.dim * pa.from_numpy_dtype(np.dtype(self.manifest.dtype)).byte_width
 
     def iter_arrays(
-        self, chunk_rows: int = READ_ROWS, skip: frozenset[str] | set[str] = frozenset()
+        self, chunk_rows: int = READ_ROWS, shards: Sequence[Path] | None = None
     ) -> Iterator[tuple[pa.StringArray, np.ndarray]]:
         """Yield (keys as an Arrow array, embeddings as an (N, dim) numpy view) chunk by chunk, in row order.
 
         Args:
             chunk_rows: Rows per chunk; memory stays at about one chunk.
-            skip: Keys to leave out (resume).
+            shards: Only these shard files (default all).
         """
-        skip_keys = pa.array(list(skip), pa.string()) if skip else None
-        for shard in self.shards():
+        for shard in self.shards() if shards is None else shards:
             reader = pq.ParquetFile(shard, memory_map=True)
             for batch in reader.iter_batches(batch_size=chunk_rows, columns=["key", "embedding"]):
-                keys, embeddings = batch.column(0), batch.column(1)
-                if skip_keys is not None:
-                    keep = pc.invert(pc.is_in(keys, value_set=skip_keys))
-                    keys, embeddings = keys.filter(keep), embeddings.filter(keep)
-                if len(keys):
-                    yield keys, embedding_array(embeddings)
+                if batch.num_rows:
+                    yield batch.column(0), embedding_array(batch.column(1))
 
-    def iter_batches(
-        self, batch_rows: int = 8192, skip: frozenset[str] | set[str] = frozenset()
-    ) -> Iterator[EmbeddingBatch]:
-        """Yield `EmbeddingBatch`es of float32 tensors, like `pictag.pipeline.runner.iter_embeddings` does.
+    def units(self) -> list[Unit]:
+        """The store's shards as units of work, so a job over the store commits and resumes like one over images."""
+        from pictag.pipeline.plan import Unit
 
-        8192 rows: 1,000 labels' logits (32 MB) about fit a server's L3 cache for the top-k and softmax passes,
-        while batches are few enough that per-batch thread synchronisation stays small (smaller batches measured
-        up to 2x slower on a busy 2-core machine). Reads stay at 64k rows.
-        """
-        from pictag.pipeline.runner import EmbeddingBatch
-
-        for keys, embeddings in self.iter_arrays(READ_ROWS, skip):
-            for start in range(0, len(keys), batch_rows):
-                stop = start + batch_rows
-                yield EmbeddingBatch(keys[start:stop].to_pylist(), as_float32_tensor(embeddings[start:stop]), [])
+        return [Unit(i, path.name, None, pq.read_metadata(path).num_rows) for i, path in enumerate(self.shards())]
 
     def keys(self) -> np.ndarray:
         """Every key, in row order (row i of the store, and id i of its search index)."""
@@ -319,6 +305,33 @@ class EmbeddingStore:
         from pictag.store.search import search
 
         return search(self, text=text, image=image, k=k, **options)
+
+
+class StoreFeatures:
+    """The feature stage of a job over a store: its vectors, read shard by shard, with nothing decoded.
+
+    Batches of 8192 rows: 1,000 labels' logits (32 MB) about fit a server's L3 cache for the top-k and softmax
+    passes, while batches are few enough that per-batch thread synchronisation stays small (smaller batches measured
+    up to 2x slower on a busy 2-core machine). Reads stay at 64k rows.
+    """
+
+    batch_rows = 8192
+
+    def __init__(self, store: EmbeddingStore):
+        self.store = store
+
+    def batches(self, units: Sequence[Unit], workers: int, stats: dict[str, float]) -> Iterator[EmbeddingBatch]:
+        import torch
+
+        from pictag.pipeline.runner import EmbeddingBatch
+
+        for unit in units:
+            for keys, embeddings in self.store.iter_arrays(READ_ROWS, [self.store.folder / unit.id]):
+                for start in range(0, len(keys), self.batch_rows):
+                    piece = keys[start : start + self.batch_rows].to_pylist()
+                    features = as_float32_tensor(embeddings[start : start + self.batch_rows])
+                    yield EmbeddingBatch(piece, features, [], [unit.ordinal] * len(piece))
+            yield EmbeddingBatch([], torch.empty(0, self.store.dim), [], finished=[unit.ordinal])
 
 
 def _checkpoint_hint(m: Manifest) -> str:
