@@ -22,7 +22,7 @@ _EXPORTS = {
     "ZeroShotClassifier": "pictag.heads.zero_shot",
     "load_templates": "pictag.prompts",
     "iter_embeddings": "pictag.pipeline.runner",
-    "ClassifyConfig": "pictag.pipeline.classify",
+    "ClassifyConfig": "pictag.options",
     "classify": "pictag.pipeline.classify",
     "EmbeddingStore": "pictag.store.store",
     "embed": "pictag.store.embed",
@@ -31,15 +31,17 @@ _EXPORTS = {
     "Head": "pictag.heads.base",
     "create_head": "pictag.heads.base",
     "list_heads": "pictag.heads.base",
-    "FewshotConfig": "pictag.fewshot.run",
+    "FewshotConfig": "pictag.options",
     "fewshot": "pictag.fewshot.run",
-    "FewshotEvalConfig": "pictag.fewshot.evaluate",
+    "FewshotEvalConfig": "pictag.options",
     "evaluate_episodes": "pictag.fewshot.evaluate",
     "sample_episodes": "pictag.fewshot.tasks",
     "find_tasks": "pictag.fewshot.tasks",
-    "FinetuneConfig": "pictag.train.finetune",
+    "FinetuneConfig": "pictag.options",
     "finetune": "pictag.train.finetune",
     "ServeConfig": "pictag.serve.config",
+    "EmbedConfig": "pictag.options",
+    "CalibrateConfig": "pictag.options",
     "create_app": "pictag.serve.api",
 }
 
@@ -56,15 +58,23 @@ if TYPE_CHECKING:
     from pictag.data import build_tar_index, open_source
     from pictag.data.decode import decode_image
     from pictag.errors import PictagError
-    from pictag.fewshot.evaluate import FewshotEvalConfig, evaluate_episodes
-    from pictag.fewshot.run import FewshotConfig, fewshot
+    from pictag.fewshot.evaluate import evaluate_episodes
+    from pictag.fewshot.run import fewshot
     from pictag.fewshot.tasks import find_tasks, sample_episodes
     from pictag.heads.base import Head, create_head, list_heads
     from pictag.heads.zero_shot import ZeroShotClassifier
     from pictag.models.base import Encoder
     from pictag.models.preprocess import Preprocess
     from pictag.models.registry import create_model, list_models
-    from pictag.pipeline.classify import ClassifyConfig, classify
+    from pictag.options import (
+        CalibrateConfig,
+        ClassifyConfig,
+        EmbedConfig,
+        FewshotConfig,
+        FewshotEvalConfig,
+        FinetuneConfig,
+    )
+    from pictag.pipeline.classify import classify
     from pictag.pipeline.runner import iter_embeddings
     from pictag.prompts import load_templates
     from pictag.serve.api import create_app
@@ -73,4 +83,4 @@ if TYPE_CHECKING:
     from pictag.store.embed import embed
     from pictag.store.search import search
     from pictag.store.store import EmbeddingStore
-    from pictag.train.finetune import FinetuneConfig, finetune
+    from pictag.train.finetune import finetune

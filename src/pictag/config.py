@@ -1,9 +1,15 @@
-"""Task configs are dataclasses: filled from YAML, overridden from the command line, written beside the outputs."""
+"""Task configs are dataclasses: filled from YAML, overridden from the command line, written beside the outputs.
+
+A config class documents each field in its docstring's `Attributes:` section (Google style); `field_help` reads
+that, so the CLI, the Python API and the docs share one description of every option.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import os
+import re
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -43,10 +49,55 @@ def load_config(cls: type[C], path: str | os.PathLike | None = None, **overrides
     unknown = sorted(values.keys() - names)
     if unknown:
         raise PictagError(f"unknown option(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}")
+    missing = [name for name in getattr(cls, "_required", ()) if values.get(name) in (None, "", [])]
+    if missing:
+        raise PictagError(f"missing {', '.join(option_name(cls, name) for name in missing)}: see --help")
     try:
         return cls(**values)
     except TypeError as exc:
         raise PictagError(f"incomplete config: {exc}") from None
+
+
+def option_name(cls: type, name: str) -> str:
+    """How the command line spells a config field: SOURCE for a positional argument, --top-k for an option."""
+    return name.upper() if name in getattr(cls, "_positional", ()) else "--" + name.replace("_", "-")
+
+
+_ATTRIBUTE = re.compile(r"^(\s+)(\w+): (.*)$")
+
+
+def field_help(cls: type) -> dict[str, str]:
+    """The description of each field, from the `Attributes:` sections of the class and its bases (nearest wins)."""
+    found: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        found.update(_attributes(inspect.getdoc(klass) or ""))
+    return found
+
+
+def field_group(cls: type, name: str) -> str:
+    """The option group of a field: the first docstring line of the base that declares it ("model", "runtime")."""
+    for klass in reversed(cls.__mro__):
+        if name in getattr(klass, "__annotations__", {}) and klass is not cls:
+            return (inspect.getdoc(klass) or "").splitlines()[0]
+    return "options"
+
+
+def _attributes(doc: str) -> dict[str, str]:
+    lines = doc.splitlines()
+    if "Attributes:" not in lines:
+        return {}
+    found: dict[str, str] = {}
+    name, indent = None, None
+    for line in lines[lines.index("Attributes:") + 1 :]:
+        match = _ATTRIBUTE.match(line)
+        if match and (indent is None or len(match.group(1)) == indent):
+            indent, name = len(match.group(1)), match.group(2)
+            found[name] = match.group(3).strip()
+        elif name and line.strip() and len(line) - len(line.lstrip()) > (indent or 0):
+            found[name] += " " + line.strip()
+        else:
+            break
+    return found
 
 
 def dump_config(cfg: Any, path: str | os.PathLike) -> Path:

@@ -31,7 +31,7 @@ def test_doc_commands_then_python_run(tmp_path, tiny_hf_clip, monkeypatch, capsy
     assert len(COMMANDS) >= 8 and len(PYTHON) >= 3
     for command in COMMANDS:
         assert main(shlex.split(command, comments=True)[1:]) == 0, command
-    assert main(["search", "emb/", "--image", "query.jpg", "--k", "1", "--paths"]) == 0
+    assert main(["search", "emb/", "--image", "query.jpg", "--top-k", "1", "--paths"]) == 0
     assert "tar://rocket.jpg::" in capsys.readouterr().out
     for block in PYTHON:
         exec(compile(block, "docs/embeddings.md", "exec"), {})

@@ -113,7 +113,7 @@ def test_store_used_with_another_model_is_refused(store, tiny_hf_clip, tmp_path,
 
 
 def test_search_text_and_image(store, image_dir, capsys):
-    assert main(["search", str(store.folder), "--image", str(image_dir / "rocket.jpg"), "--k", "4", "--paths"]) == 0
+    assert main(["search", str(store.folder), "--image", str(image_dir / "rocket.jpg"), "--top-k", "4", "--paths"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "searched with: exact scan of 20 vectors (no saved index: `pictag index-embeddings` builds one)"
     rank, score, key, path = lines[1].split()

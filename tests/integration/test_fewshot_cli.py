@@ -39,7 +39,7 @@ def _rows(path: Path) -> list[dict]:
 def test_fewshot_writes_one_row_per_query_image(tasks, tmp_path, method):
     root, truth = tasks
     out = tmp_path / "result.csv"
-    assert main(["fewshot", str(root), str(out), "--method", method, *TINY]) == 0
+    assert main(["fewshot", str(root), "--out", str(out), "--method", method, *TINY]) == 0
     rows = _rows(out)
     assert list(rows[0]) == ["task", "image", "label", "score"]
     assert sorted((r["task"], r["image"]) for r in rows) == sorted((t, i) for t, q in truth.items() for i in q)
@@ -59,7 +59,7 @@ def test_fewshot_with_a_clip_model_uses_text_prototypes(tasks, tmp_path, tiny_op
     root, truth = tasks
     spec, checkpoint = tiny_open_clip
     out = tmp_path / "clip.parquet"
-    args = ["fewshot", str(root), str(out), "--method", "tip-adapter", "--model", spec, "--checkpoint", str(checkpoint)]
+    args = ["fewshot", str(root), "--out", str(out), "--method", "tip-adapter", "--model", spec, "--checkpoint", str(checkpoint)]
     assert main([*args, "--workers", "0", "--device", "cpu"]) == 0
     import pyarrow.parquet as pq
 
@@ -70,7 +70,7 @@ def test_fewshot_refuses_an_empty_support_class(tmp_path, capsys):
     write_task(tmp_path / "t1", shots=2, queries=1)
     for image in (tmp_path / "t1" / "support" / "green").iterdir():
         image.unlink()
-    assert main(["fewshot", str(tmp_path), str(tmp_path / "r.csv"), *TINY]) == 2
+    assert main(["fewshot", str(tmp_path), "--out", str(tmp_path / "r.csv"), *TINY]) == 2
     err = capsys.readouterr().err
     assert "support class 'green' has no images" in err and "Traceback" not in err
 
@@ -78,7 +78,7 @@ def test_fewshot_refuses_an_empty_support_class(tmp_path, capsys):
 def test_fewshot_refuses_a_support_class_with_only_unreadable_images(tmp_path, capsys):
     write_task(tmp_path / "t1", shots=1, queries=1)
     (tmp_path / "t1" / "support" / "red" / "0.jpg").write_bytes(b"garbage")
-    assert main(["fewshot", str(tmp_path), str(tmp_path / "r.csv"), *TINY]) == 2
+    assert main(["fewshot", str(tmp_path), "--out", str(tmp_path / "r.csv"), *TINY]) == 2
     assert "no readable support image in class(es) red" in capsys.readouterr().err
 
 
@@ -118,11 +118,11 @@ def test_fewshot_train_checkpoint_loads_back_for_fewshot(tasks, tmp_path):
     root, _ = tasks
     result = tmp_path / "tuned.csv"
     ckpt = ["--model", "timm:test_efficientnet", "--checkpoint", str(out / "best.pth"), "--workers", "0"]
-    assert main(["fewshot", str(root), str(result), *ckpt]) == 0
+    assert main(["fewshot", str(root), "--out", str(result), *ckpt]) == 0
     assert len(_rows(result)) == 13
     # The trained head itself, for tasks over classes it knows.
     result = tmp_path / "head.csv"
-    assert main(["fewshot", str(root), str(result), "--method", "finetuned", *ckpt]) == 0
+    assert main(["fewshot", str(root), "--out", str(result), "--method", "finetuned", *ckpt]) == 0
     rows = _rows(result)
     assert len(rows) == 13 and {r["label"] for r in rows} <= {"red", "green", "blue"}
     assert {r["method"] for r in _rows(tmp_path / "head.tasks.csv")} == {"finetuned"}

@@ -1,11 +1,21 @@
-"""Argument groups shared by several commands, and the parser that reports errors on one line."""
+"""The command line, generated from the config dataclasses: each option is declared once, in `pictag.options`.
+
+A field becomes `--field-name` (or a positional argument, when its class lists it in `_positional`), with its help
+from the class docstring, its choices from a `Literal` type, and its group from the base class that declares it.
+Every command also takes `--config FILE` (YAML; flags override it) and `--print-config`.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import importlib
 import sys
-
-from pictag.models.registry import DEFAULT_MODEL
+import types
+import typing
+from collections.abc import Iterable
+from functools import partial
+from typing import Any, Literal
 
 
 class Parser(argparse.ArgumentParser):
@@ -16,49 +26,92 @@ class Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-def add_model_args(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("model")
-    group.add_argument(
-        "--model",
-        help=f"model spec: open_clip:ARCH/TAG, hf:ORG/NAME or hf:/dir, timm:NAME (default $PICTAG_MODEL or {DEFAULT_MODEL})",
+def add_command(
+    sub, name: str, config: type, target: str, *, help: str, description: str, examples: str = ""
+) -> argparse.ArgumentParser:
+    """A subcommand whose options are `config`'s fields; it runs `target` ("module:function") on the config.
+
+    The target gets the resolved config and returns a result with `summary()`, or the text to print.
+    """
+    parser = sub.add_parser(
+        name,
+        help=help,
+        description=description,
+        epilog=examples,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    group.add_argument("--checkpoint", help="local weights file loaded into the --model architecture")
-    group.add_argument(
-        "--random-weights", action="store_true", default=None, help="random weights, for tests and benchmarks"
-    )
+    add_config_args(parser, config)
+    parser.set_defaults(func=partial(execute, config, target))
+    return parser
 
 
-def add_runtime_args(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("runtime")
-    group.add_argument("--batch-size", type=int, help="images per forward pass (default 64)")
-    group.add_argument(
-        "--workers", type=int, help="decoding processes (default: one per core with a GPU, half the cores on CPU)"
-    )
-    group.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: best available)")
-    group.add_argument(
-        "--precision", choices=["fp32", "tf32", "fp16", "bf16"], help="default: fp32 on CPU, half on GPU"
-    )
-    group.add_argument("--config", help="YAML file of options; command-line flags override it")
+def add_config_args(parser: argparse.ArgumentParser, config: type, only: Iterable[str] | None = None) -> None:
+    """Add one argument per field of `config` (or the fields in `only`), then --config and --print-config."""
+    from pictag.config import field_group, field_help
+
+    helps = field_help(config)
+    hints = typing.get_type_hints(config)
+    positional = getattr(config, "_positional", ())
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for f in dataclasses.fields(config):
+        if only is not None and f.name not in only:
+            continue
+        title = field_group(config, f.name)
+        target = (
+            parser
+            if title == "options"
+            else groups.get(title) or groups.setdefault(title, parser.add_argument_group(title))
+        )
+        kwargs = _argument(f, hints[f.name], helps.get(f.name, ""))
+        if f.name in positional:
+            target.add_argument(f.name, nargs="*" if kwargs.pop("list", False) else "?", **kwargs)
+        else:
+            kwargs.pop("list", None)
+            target.add_argument("--" + f.name.replace("_", "-"), dest=f.name, **kwargs)
+    parser.add_argument("--config", metavar="FILE", help="YAML file of options; command-line flags override it")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
 
 
-def add_source_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "source",
-        nargs="?",
-        help='images: folder, image, file.tar, "shards/{000000..000009}.tar", table.csv/.parquet, s3://..., ...',
-    )
-    parser.add_argument("--index", help="Parquet (key, offset, size) index of a TAR source, from `pictag index`")
-    parser.add_argument("--path-column", help="column of image paths in a CSV/Parquet table source (default path)")
+def execute(config: type, target: str, args: argparse.Namespace) -> int:
+    """Build the config from --config and the flags, then print it or run the command on it."""
+    import yaml
+
+    from pictag.config import load_config
+
+    cfg = load_config(config, args.config, **overrides(args))
+    if args.print_config:
+        print(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False), end="")
+        return 0
+    module, function = target.split(":")
+    result = getattr(importlib.import_module(module), function)(cfg)
+    print(result if isinstance(result, str) else result.summary())
+    return 0
 
 
-def options(args: argparse.Namespace, *skip: str) -> dict:
-    """The parsed flags as config overrides, leaving out the CLI's own plumbing."""
-    return {k: v for k, v in vars(args).items() if k not in ("command", "func", "config", "verbose", *skip)}
+def overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The parsed flags that were given, as config overrides (the CLI's own plumbing left out)."""
+    plumbing = ("command", "func", "config", "print_config", "verbose", "mode")
+    return {k: v for k, v in vars(args).items() if k not in plumbing and v not in (None, [])}
 
 
-def add_store_model_args(parser: argparse.ArgumentParser) -> None:
-    """Encoder options of commands that read an embedding store: its manifest names the model, these override it."""
-    group = parser.add_argument_group("model (default: the store's)")
-    group.add_argument("--model", help="override the store's model spec (it must be the same weights)")
-    group.add_argument("--checkpoint", help="override the store's checkpoint file (it must be the same weights)")
-    group.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: best available)")
+def _argument(f: dataclasses.Field, hint: Any, text: str) -> dict[str, Any]:
+    """argparse keywords for one field: every default is None, so that only given flags override the YAML."""
+    kinds = [a for a in typing.get_args(hint) if a is not type(None)] if _is_union(hint) else [hint]
+    default = f.default if f.default is not dataclasses.MISSING else None
+    if default not in (None, False, "", ()) and "default" not in text:
+        text = f"{text[:-1] if text.endswith('.') else text} (default {default})"
+    kwargs: dict[str, Any] = {"help": text.replace("%", "%%"), "default": None}
+    literal = next((k for k in kinds if typing.get_origin(k) is Literal), None)
+    if literal is not None:
+        kwargs["choices"] = typing.get_args(literal)
+    elif bool in kinds:
+        kwargs["action"] = "store_true"
+    elif len(kinds) == 1 and kinds[0] in (int, float):
+        kwargs["type"] = kinds[0]
+    if any(typing.get_origin(k) is list for k in kinds):
+        kwargs["list"] = True  # positional: any number of values; option: one comma-separated string
+    return kwargs
+
+
+def _is_union(hint: Any) -> bool:
+    return typing.get_origin(hint) in (typing.Union, types.UnionType)

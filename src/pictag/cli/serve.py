@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from pictag.cli.common import options
+from pictag.cli.common import overrides
 
 EXAMPLES = """examples:
   pictag serve --config serve.yaml                      # one machine: API + in-process worker, no Redis
@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     from pictag.serve.config import ServeConfig
 
     mode = args.mode
-    cfg = load_config(ServeConfig, args.config, **options(args, "mode", "workers"))
+    cfg = load_config(ServeConfig, args.config, **{k: v for k, v in overrides(args).items() if k != "workers"})
     if mode is None:
         return _single(cfg)
     if not cfg.redis_url:

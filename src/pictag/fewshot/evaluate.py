@@ -22,7 +22,7 @@ from pictag.heads.auto import CANDIDATES, AutoHead
 from pictag.heads.base import create_head, list_heads
 from pictag.heads.zero_shot import ZeroShotClassifier
 from pictag.models.base import Encoder
-from pictag.models.options import ModelOptions
+from pictag.options import FewshotEvalConfig
 from pictag.pipeline.runner import iter_embeddings
 
 
@@ -144,24 +144,6 @@ def evaluate_episodes(
                 )
             )
     return scores
-
-
-@dataclass(kw_only=True)
-class FewshotEvalConfig(ModelOptions):
-    """Everything `pictag fewshot-eval` takes; see `pictag fewshot-eval --help` for each option."""
-
-    data: list[str] | str
-    ways: int = 5
-    shots: list[int] | str = "1,5,16"
-    episodes: int = 200
-    queries: int = 15
-    method: str = "all"
-    seed: int = 0
-    out: str | None = None
-    templates: str = "simple"
-    batch_size: int = 64
-    workers: int | None = None
-    precision: str | None = None
 
 
 @dataclass

@@ -12,7 +12,6 @@ import torch
 from tqdm.auto import tqdm
 
 from pictag.config import dump_config, load_config, sibling
-from pictag.data.decode import DEFAULT_MAX_PIXELS
 from pictag.data.sources import open_source
 from pictag.device import default_workers
 from pictag.errors import PictagError
@@ -21,9 +20,9 @@ from pictag.heads.base import Head, create_head
 from pictag.heads.trained import FINETUNED, TrainedHead, read_trained_head
 from pictag.heads.zero_shot import ZeroShotClassifier
 from pictag.models.base import Encoder
-from pictag.models.options import ModelOptions
-from pictag.pipeline.parts import TableWriter, check_output_format
-from pictag.pipeline.runner import iter_embeddings
+from pictag.options import FewshotConfig
+from pictag.pipeline.parts import TableWriter, output_format
+from pictag.pipeline.runner import embed_all
 
 log = logging.getLogger(__name__)
 
@@ -41,20 +40,6 @@ TASKS_SCHEMA = pa.schema(
         ("support_accuracy", pa.float32()),
     ]
 )
-
-
-@dataclass(kw_only=True)
-class FewshotConfig(ModelOptions):
-    """Everything `pictag fewshot` takes; see `pictag fewshot --help` for each option."""
-
-    test_dir: str
-    out: str
-    method: str = "auto"
-    templates: str = "simple"
-    batch_size: int = 64
-    workers: int | None = None
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    overwrite: bool = False
 
 
 @dataclass
@@ -98,7 +83,7 @@ def run(cfg: FewshotConfig) -> FewshotResult:
     """
     started = time.perf_counter()
     out = Path(cfg.out)
-    check_output_format(out)
+    output_format(out)
     if out.exists() and not cfg.overwrite:
         raise PictagError(f"{out} already exists: pass --overwrite to replace it")
     trained = _trained_head(cfg)
@@ -152,18 +137,16 @@ def fewshot(test_dir: str, out: str, **options) -> FewshotResult:
 def _embed(cfg: FewshotConfig, tasks: list[Task], encoder: Encoder) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Embeddings of every support and query image, keyed as in the tasks, and the reasons of unreadable ones."""
     wanted = frozenset(key for task in tasks for key in [*(k for k, _ in task.support), *task.query])
-    source = open_source(cfg.test_dir)
     workers = default_workers() if cfg.workers is None else cfg.workers
-    features: dict[str, torch.Tensor] = {}
-    unreadable: dict[str, str] = {}
-    with tqdm(total=len(wanted), unit="img", desc="embed", dynamic_ncols=True, disable=None) as bar:
-        for batch in iter_embeddings(
-            source, encoder, batch_size=cfg.batch_size, workers=workers, skip=_Only(wanted), max_pixels=cfg.max_pixels
-        ):
-            features.update(zip(batch.keys, batch.features.cpu()))
-            unreadable.update(batch.errors)
-            bar.update(len(batch.keys) + len(batch.errors))
-    return features, unreadable
+    embedded = embed_all(
+        open_source(cfg.test_dir),
+        encoder,
+        batch_size=cfg.batch_size,
+        workers=workers,
+        skip=_Only(wanted),
+        max_pixels=cfg.max_pixels,
+    )
+    return dict(zip(embedded.keys, embedded.features)), dict(embedded.errors)
 
 
 def _trained_head(cfg: FewshotConfig) -> dict | None:

@@ -4,22 +4,20 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
 from pictag.config import dump_config, load_config, sibling
-from pictag.data.decode import DEFAULT_MAX_PIXELS
 from pictag.device import default_workers
 from pictag.errors import PictagError
 from pictag.heads.calibration import Calibration
 from pictag.heads.zero_shot import ZeroShotClassifier
 from pictag.models.registry import default_model
+from pictag.options import ClassifyConfig
 from pictag.pipeline.job import Job, JobResult, Run, run_job
 from pictag.pipeline.parts import ERRORS_SCHEMA, PartStore, output_format, write_table
-from pictag.pipeline.plan import DEFAULT_UNIT_SIZE
 from pictag.pipeline.runner import EmbeddingBatch, image_features
 from pictag.prompts import UNKNOWN, load_templates, parse_labels
 from pictag.store.store import EmbeddingStore, StoreFeatures
@@ -39,34 +37,6 @@ _RESULT_DEFINING = (
     "calibration",
     "unit_size",
 )
-
-
-@dataclass
-class ClassifyConfig:
-    """Everything `pictag classify` takes; see `pictag classify --help` for each option."""
-
-    source: str | None = None
-    out: str | None = None
-    labels: list[str] | str | None = None
-    labels_file: str | None = None
-    templates: str = "simple"
-    model: str | None = None  # default_model(), or the model of `embeddings`
-    checkpoint: str | None = None
-    random_weights: bool = False
-    index: str | None = None
-    path_column: str = "path"
-    top_k: int = 1
-    threshold: float | None = None
-    batch_size: int = 64
-    workers: int | None = None
-    device: str | None = None
-    precision: str | None = None
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    resume: bool = False
-    overwrite: bool = False
-    unit_size: int = DEFAULT_UNIT_SIZE
-    embeddings: str | None = None  # an embedding store (`pictag embed`) to classify instead of `source`
-    calibration: str | None = None  # temperature and per-class thresholds from `pictag calibrate`
 
 
 class ClassifyResult(JobResult):

@@ -13,8 +13,7 @@ from dataclasses import dataclass
 
 from pictag.data.sources import Shard, Source
 from pictag.errors import PictagError
-
-DEFAULT_UNIT_SIZE = 1000
+from pictag.options import DEFAULT_UNIT_SIZE
 
 
 @dataclass(frozen=True)

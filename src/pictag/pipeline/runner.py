@@ -177,6 +177,46 @@ def iter_embeddings(
     return stage.batches(plan_units(source), workers, stats if stats is not None else {})
 
 
+@dataclass
+class Embedded:
+    """Every embedding of a source, in memory, for jobs that fit on them (few-shot, probes, calibration).
+
+    Attributes:
+        keys: Keys of the embedded records, in source order.
+        features: (N, D) float32 embeddings on the CPU.
+        errors: (key, reason) of the records that could not be embedded.
+    """
+
+    keys: list[str]
+    features: torch.Tensor
+    errors: list[tuple[str, str]]
+
+
+def embed_all(
+    source: Source,
+    encoder: Encoder,
+    *,
+    batch_size: int = 64,
+    workers: int = 0,
+    skip: Container[str] = frozenset(),
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    desc: str = "embed",
+) -> Embedded:
+    """Embed every record of a source not in `skip` into memory, with a progress bar; see `iter_embeddings`."""
+    from tqdm.auto import tqdm
+
+    keys, chunks, errors = [], [torch.empty(0, encoder.embed_dim)], []
+    units = plan_units(source)
+    stage = ImageFeatures(encoder, batch_size, max_pixels, skip)
+    with tqdm(total=sum(u.size for u in units), unit="img", desc=desc, dynamic_ncols=True, disable=None) as bar:
+        for batch in stage.batches(units, workers, {}):
+            keys += batch.keys
+            chunks.append(batch.features.cpu())
+            errors += batch.errors
+            bar.update(len(batch.keys) + len(batch.errors))
+    return Embedded(keys, torch.cat(chunks), errors)
+
+
 def image_features(cfg) -> tuple[Encoder, list[Unit], ImageFeatures]:
     """(encoder, units, feature stage) of a config naming a source, a model and the runtime options."""
     source = open_source(cfg.source, index=cfg.index, path_column=cfg.path_column)

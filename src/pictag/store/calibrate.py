@@ -28,26 +28,11 @@ from pictag.heads.calibration import (
     templates_digest,
 )
 from pictag.heads.zero_shot import ZeroShotClassifier
+from pictag.options import CalibrateConfig
 from pictag.prompts import parse_labels
 from pictag.store.store import EmbeddingStore
 
 COVERAGE_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
-
-
-@dataclass
-class CalibrateConfig:
-    """Everything `pictag calibrate` takes; see `pictag calibrate --help`."""
-
-    embeddings: str
-    truth: str
-    out: str
-    labels: list[str] | str | None = None
-    labels_file: str | None = None
-    templates: str = "simple"
-    target_precision: float = 0.9
-    model: str | None = None
-    checkpoint: str | None = None
-    device: str | None = None
 
 
 @dataclass

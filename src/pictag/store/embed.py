@@ -3,46 +3,21 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
 
 from pictag.config import dump_config, load_config
-from pictag.data.decode import DEFAULT_MAX_PIXELS
 from pictag.device import default_workers
 from pictag.errors import PictagError
-from pictag.models.registry import default_model
+from pictag.options import EmbedConfig
 from pictag.pipeline.job import Job, JobResult, Run, run_job
 from pictag.pipeline.parts import ERRORS_SCHEMA, PartStore, write_table
-from pictag.pipeline.plan import DEFAULT_UNIT_SIZE
 from pictag.pipeline.runner import EmbeddingBatch, image_features
 from pictag.store.store import DTYPES, MANIFEST, SHARD_WRITE_OPTIONS, Manifest, embedding_table, shard_schema
 
 # Options that change what the stored vectors are: a resumed run must keep them.
 _RESULT_DEFINING = ("source", "index", "path_column", "model", "checkpoint", "random_weights", "dtype", "unit_size")
-
-
-@dataclass
-class EmbedConfig:
-    """Everything `pictag embed` takes; see `pictag embed --help` for each option."""
-
-    source: str
-    out: str
-    model: str = field(default_factory=default_model)
-    checkpoint: str | None = None
-    random_weights: bool = False
-    index: str | None = None
-    path_column: str = "path"
-    dtype: str = "float16"
-    batch_size: int = 64
-    workers: int | None = None
-    device: str | None = None
-    precision: str | None = None
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    unit_size: int = DEFAULT_UNIT_SIZE
-    resume: bool = False
-    overwrite: bool = False
 
 
 class EmbedResult(JobResult):

@@ -34,33 +34,13 @@ from pictag.errors import PictagError
 from pictag.heads.prototype import class_prototypes
 from pictag.models.base import Encoder
 from pictag.models.checkpoint import read_state_dict
-from pictag.models.options import ModelOptions
 from pictag.models.preprocess import Preprocess
+from pictag.options import FinetuneConfig
 from pictag.pipeline.runner import iter_embeddings
 from pictag.train.blocks import unfreeze_last_blocks
 from pictag.train.head import ResidualCosineHead
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(kw_only=True)
-class FinetuneConfig(ModelOptions):
-    """Everything `pictag fewshot-train` takes; see `pictag fewshot-train --help` for each option."""
-
-    train_data: str
-    out: str
-    val_data: str | None = None
-    unfreeze_blocks: int = 6
-    epochs: int = 30
-    batch_size: int = 32
-    lr_backbone: float = 1e-5
-    lr_head: float = 5e-4
-    weight_decay: float = 0.05
-    label_smoothing: float = 0.1
-    warmup_epochs: float = 1.0
-    seed: int = 0
-    workers: int | None = None
-    precision: str | None = None
 
 
 @dataclass

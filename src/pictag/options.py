@@ -1,0 +1,379 @@
+"""What every command takes: option groups shared by commands, and one config dataclass per command.
+
+A command's config lists its groups last to first (a dataclass takes the fields of its last base first), so
+resolved configs read source, labels, model, runtime, output.
+
+Each option is declared once, here, with its help in the class docstring; the CLI is generated from these classes
+(`pictag.cli.common`), YAML files fill them (`pictag.config.load_config`), and the resolved config is written
+beside each output. This module imports no model library, so `pictag --help` stays instant.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal
+
+from pictag.data.decode import DEFAULT_MAX_PIXELS
+from pictag.models.registry import default_model
+
+DEFAULT_UNIT_SIZE = 1000
+Precision = Literal["fp32", "tf32", "fp16", "bf16"]
+
+
+@dataclass(kw_only=True)
+class ModelOptions:
+    """model
+
+    Attributes:
+        model: Model spec: open_clip:ARCH/TAG, hf:ORG/NAME or hf:/dir, timm:NAME ($PICTAG_MODEL, else
+            open_clip:ViT-B-32/openai, when unset).
+        checkpoint: Local weights file loaded into the --model architecture instead of downloading.
+        random_weights: Random weights, for tests and benchmarks.
+        device: cpu, cuda, cuda:N or mps (best available when unset).
+        precision: Autocast precision (fp32 on CPU, half on GPU when unset).
+    """
+
+    model: str = field(default_factory=default_model)
+    checkpoint: str | None = None
+    random_weights: bool = False
+    device: str | None = None
+    precision: Precision | None = None
+
+    def create_encoder(self):
+        """The encoder these options name; see `pictag.create_model`."""
+        from pictag.models.registry import create_model
+
+        return create_model(
+            self.model,
+            checkpoint=self.checkpoint,
+            random_weights=self.random_weights,
+            device=self.device,
+            precision=self.precision,
+        )
+
+
+@dataclass(kw_only=True)
+class RuntimeOptions:
+    """runtime
+
+    Attributes:
+        batch_size: Images per forward pass.
+        workers: Data-loading processes that read and decode images (one per core beside a GPU, half the cores
+            on a CPU, when unset).
+        max_pixels: Larger images are refused as decompression bombs.
+    """
+
+    batch_size: int = 64
+    workers: int | None = None
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+
+@dataclass(kw_only=True)
+class SourceOptions:
+    """source
+
+    Attributes:
+        source: Images: a folder, an image, file.tar, "shards/{000000..000009}.tar", table.csv/.parquet, s3://...
+        index: Parquet (key, offset, size) index of a TAR source, from `pictag index`.
+        index_columns: The index's column names when they are not the usual ones, e.g.
+            key=filename,offset=start,size=length.
+        path_column: Column of image paths in a CSV/Parquet table source.
+    """
+
+    _positional: ClassVar[tuple[str, ...]] = ("source",)
+
+    source: str | None = None
+    index: str | None = None
+    index_columns: str | None = None
+    path_column: str = "path"
+
+
+@dataclass(kw_only=True)
+class ResumableOutput:
+    """output
+
+    Attributes:
+        out: The output.
+        resume: Finish an interrupted run: only units of work without a committed part run.
+        overwrite: Replace an existing output.
+        unit_size: Images per unit of work; each unit is committed as one part, so a kill loses at most one unit
+            per worker.
+    """
+
+    out: str | None = None
+    resume: bool = False
+    overwrite: bool = False
+    unit_size: int = DEFAULT_UNIT_SIZE
+
+
+@dataclass(kw_only=True)
+class LabelOptions:
+    """labels
+
+    Attributes:
+        labels: Comma-separated labels, e.g. "cat,dog,car" (or a list in YAML).
+        labels_file: File with one label per line.
+        templates: Prompt templates: simple, imagenet80, or a file with one {} template a line.
+    """
+
+    labels: list[str] | str | None = None
+    labels_file: str | None = None
+    templates: str = "simple"
+
+
+@dataclass(kw_only=True)
+class ClassifyConfig(ResumableOutput, RuntimeOptions, ModelOptions, LabelOptions, SourceOptions):
+    """Everything `pictag classify` takes.
+
+    Attributes:
+        out: Results file, .csv or .parquet (any case).
+        model: Model spec (default: the store's with --embeddings, else $PICTAG_MODEL or
+            open_clip:ViT-B-32/openai).
+        top_k: Labels and scores to write per image.
+        threshold: Top-1 score below which the label is "unknown".
+        embeddings: Classify an embedding store (`pictag embed`) instead of SOURCE: nothing is decoded.
+        calibration: Temperature and per-class thresholds from `pictag calibrate` (YAML).
+    """
+
+    model: str | None = None
+    top_k: int = 1
+    threshold: float | None = None
+    embeddings: str | None = None
+    calibration: str | None = None
+
+
+@dataclass(kw_only=True)
+class EmbedConfig(ResumableOutput, RuntimeOptions, ModelOptions, SourceOptions):
+    """Everything `pictag embed` takes.
+
+    Attributes:
+        out: The store folder.
+        dtype: Stored precision.
+    """
+
+    _required: ClassVar[tuple[str, ...]] = ("source", "out")
+
+    dtype: Literal["float16", "float32"] = "float16"
+
+
+@dataclass(kw_only=True)
+class StoreModelOptions:
+    """model (default: the store's)
+
+    Attributes:
+        model: Override the store's model spec (it must be the same weights).
+        checkpoint: Override the store's checkpoint file (it must be the same weights).
+        device: cpu, cuda, cuda:N or mps (best available when unset).
+    """
+
+    model: str | None = None
+    checkpoint: str | None = None
+    device: str | None = None
+
+
+@dataclass(kw_only=True)
+class CalibrateConfig(StoreModelOptions, LabelOptions):
+    """Everything `pictag calibrate` takes.
+
+    Attributes:
+        embeddings: Embedding store folder, from `pictag embed`.
+        truth: CSV with columns key,label: the labelled images.
+        out: Calibration file, .yaml.
+        templates: Prompt templates: simple, imagenet80, or a file (use the same for classify).
+        target_precision: Precision each class threshold must reach.
+    """
+
+    _positional: ClassVar[tuple[str, ...]] = ("embeddings",)
+    _required: ClassVar[tuple[str, ...]] = ("embeddings", "truth", "out")
+
+    embeddings: str | None = None
+    truth: str | None = None
+    out: str | None = None
+    target_precision: float = 0.9
+
+
+@dataclass(kw_only=True)
+class SearchConfig(StoreModelOptions):
+    """Everything `pictag search` takes.
+
+    Attributes:
+        embeddings: Embedding store folder, from `pictag embed`.
+        text: Query text.
+        image: Query image file.
+        top_k: Results per query.
+        search_param: nprobe (IVF) or efSearch (HNSW) instead of the tuned value: trade speed for recall.
+        paths: Show where each image is (path, URL or tar member).
+        out: Also write the results to this .csv or .parquet.
+    """
+
+    _positional: ClassVar[tuple[str, ...]] = ("embeddings",)
+    _required: ClassVar[tuple[str, ...]] = ("embeddings",)
+
+    embeddings: str | None = None
+    text: str | None = None
+    image: str | None = None
+    top_k: int = 10
+    search_param: int | None = None
+    paths: bool = False
+    out: str | None = None
+
+
+@dataclass(kw_only=True)
+class IndexEmbeddingsConfig:
+    """Everything `pictag index-embeddings` takes.
+
+    Attributes:
+        embeddings: Embedding store folder, from `pictag embed`.
+        index_type: auto: flat below 1M vectors, IVF from 1M.
+        nlist: IVF inverted lists (about sqrt(N) when unset).
+        m: HNSW neighbours per node.
+        search_param: Fix nprobe (IVF) / efSearch (HNSW) instead of tuning it.
+        target_recall: Recall@10 against exact search to tune for.
+    """
+
+    _positional: ClassVar[tuple[str, ...]] = ("embeddings",)
+    _required: ClassVar[tuple[str, ...]] = ("embeddings",)
+
+    embeddings: str | None = None
+    index_type: Literal["auto", "flat", "ivf", "hnsw"] = "auto"
+    nlist: int | None = None
+    m: int | None = None
+    search_param: int | None = None
+    target_recall: float = 0.95
+
+
+@dataclass(kw_only=True)
+class IndexConfig:
+    """Everything `pictag index` takes.
+
+    Attributes:
+        tar: An uncompressed .tar file.
+        out: Index path (default: beside the tar, NAME.index.parquet).
+    """
+
+    _positional: ClassVar[tuple[str, ...]] = ("tar",)
+    _required: ClassVar[tuple[str, ...]] = ("tar",)
+
+    tar: str | None = None
+    out: str | None = None
+
+
+@dataclass(kw_only=True)
+class ModelsConfig:
+    """Everything `pictag models` takes.
+
+    Attributes:
+        scheme: Only this backend.
+        grep: Only specs containing this text (case-insensitive).
+    """
+
+    _positional: ClassVar[tuple[str, ...]] = ("scheme",)
+
+    scheme: Literal["open_clip", "hf", "timm"] | None = None
+    grep: str | None = None
+
+
+@dataclass(kw_only=True)
+class FewshotConfig(RuntimeOptions, ModelOptions):
+    """Everything `pictag fewshot` takes.
+
+    Attributes:
+        test_dir: Folder of tasks (or one task folder).
+        out: Results file, .csv or .parquet.
+        method: prototype, tip-adapter, linear-probe, auto (best support accuracy per task), or finetuned (the
+            head stored by fewshot-train in --checkpoint).
+        templates: Prompt templates for CLIP text prototypes (Tip-Adapter): simple, imagenet80.
+        overwrite: Replace an existing output.
+    """
+
+    _positional: ClassVar[tuple[str, ...]] = ("test_dir",)
+    _required: ClassVar[tuple[str, ...]] = ("test_dir", "out")
+
+    test_dir: str | None = None
+    out: str | None = None
+    method: str = "auto"
+    templates: str = "simple"
+    overwrite: bool = False
+
+
+@dataclass(kw_only=True)
+class FewshotEvalConfig(RuntimeOptions, ModelOptions):
+    """Everything `pictag fewshot-eval` takes.
+
+    Attributes:
+        data: Folders of <class>/*.jpg; several pool their classes by name.
+        ways: Classes per episode.
+        shots: Support images per class, comma-separated.
+        episodes: Episodes per shot count.
+        queries: Query images per class and episode.
+        method: all, or comma-separated: prototype,tip-adapter,linear-probe,auto.
+        seed: Seed of the episode sampler.
+        out: Folder for scores.csv, accuracy.png and config.yaml.
+        templates: Prompt templates for CLIP text prototypes (Tip-Adapter).
+    """
+
+    _positional: ClassVar[tuple[str, ...]] = ("data",)
+    _required: ClassVar[tuple[str, ...]] = ("data",)
+
+    data: list[str] | str | None = None
+    ways: int = 5
+    shots: list[int] | str = "1,5,16"
+    episodes: int = 200
+    queries: int = 15
+    method: str = "all"
+    seed: int = 0
+    out: str | None = None
+    templates: str = "simple"
+
+
+@dataclass(kw_only=True)
+class FinetuneConfig(RuntimeOptions, ModelOptions):
+    """Everything `pictag fewshot-train` takes.
+
+    Attributes:
+        train_data: Folder of <class>/*.jpg.
+        val_data: Folder of <class>/*.jpg with the same classes; picks best.pth.
+        out: Checkpoint folder.
+        unfreeze_blocks: Blocks trained, counted from the last.
+        epochs: Training epochs.
+        batch_size: Images per training step.
+        lr_backbone: Learning rate of the unfrozen blocks.
+        lr_head: Learning rate of the head.
+        weight_decay: AdamW weight decay.
+        label_smoothing: Cross-entropy label smoothing.
+        warmup_epochs: Epochs of linear learning-rate warmup before the cosine decay.
+        seed: Seed of initialisation, data order and augmentation.
+    """
+
+    _required: ClassVar[tuple[str, ...]] = ("train_data",)
+
+    train_data: str | None = None
+    val_data: str | None = None
+    out: str = "ckpt"
+    unfreeze_blocks: int = 6
+    epochs: int = 30
+    batch_size: int = 32
+    lr_backbone: float = 1e-5
+    lr_head: float = 5e-4
+    weight_decay: float = 0.05
+    label_smoothing: float = 0.1
+    warmup_epochs: float = 1.0
+    seed: int = 0
+
+
+__all__ = [
+    "CalibrateConfig",
+    "ClassifyConfig",
+    "EmbedConfig",
+    "FewshotConfig",
+    "FewshotEvalConfig",
+    "FinetuneConfig",
+    "IndexConfig",
+    "IndexEmbeddingsConfig",
+    "ModelOptions",
+    "ModelsConfig",
+    "ResumableOutput",
+    "RuntimeOptions",
+    "SearchConfig",
+    "SourceOptions",
+]
