@@ -59,7 +59,8 @@ def test_fewshot_with_a_clip_model_uses_text_prototypes(tasks, tmp_path, tiny_op
     root, truth = tasks
     spec, checkpoint = tiny_open_clip
     out = tmp_path / "clip.parquet"
-    args = ["fewshot", str(root), "--out", str(out), "--method", "tip-adapter", "--model", spec, "--checkpoint", str(checkpoint)]
+    args = ["fewshot", str(root), "--out", str(out), "--method", "tip-adapter"]
+    args += ["--model", spec, "--checkpoint", str(checkpoint)]
     assert main([*args, "--workers", "0", "--device", "cpu"]) == 0
     import pyarrow.parquet as pq
 
