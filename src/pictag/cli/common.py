@@ -48,6 +48,9 @@ def add_source_args(parser: argparse.ArgumentParser) -> None:
         help='images: folder, image, file.tar, "shards/{000000..000009}.tar", table.csv/.parquet, s3://..., ...',
     )
     parser.add_argument("--index", help="Parquet (key, offset, size) index of a TAR source, from `pictag index`")
+    parser.add_argument(
+        "--index-columns", help="the index's key, offset and size columns, e.g. key=filename,offset=start,size=length"
+    )
     parser.add_argument("--path-column", help="column of image paths in a CSV/Parquet table source (default path)")
 
 

@@ -58,6 +58,7 @@ class ClassifyConfig:
     checkpoint: str | None = None
     random_weights: bool = False
     index: str | None = None
+    index_columns: str | None = None  # e.g. "key=filename,offset=start,size=length"; known names are recognised
     path_column: str = "path"
     top_k: int = 1
     threshold: float | None = None
@@ -171,7 +172,7 @@ def source_embeddings(cfg, done: set[str], stats: dict[str, float] | None = None
 
     `stats`, if given, is filled with the seconds spent waiting for decoded images and in the model.
     """
-    source = open_source(cfg.source, index=cfg.index, path_column=cfg.path_column)
+    source = open_source(cfg.source, index=cfg.index, path_column=cfg.path_column, index_columns=cfg.index_columns)
     encoder = create_model(
         cfg.model,
         checkpoint=cfg.checkpoint,

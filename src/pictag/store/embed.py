@@ -35,6 +35,7 @@ class EmbedConfig:
     checkpoint: str | None = None
     random_weights: bool = False
     index: str | None = None
+    index_columns: str | None = None  # e.g. "key=filename,offset=start,size=length"; known names are recognised
     path_column: str = "path"
     dtype: str = "float16"
     batch_size: int = 64
