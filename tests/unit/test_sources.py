@@ -101,7 +101,7 @@ def test_index_pointing_only_past_the_end_is_refused(tmp_path):
     tar = write_tar(tmp_path / "zip1.tar", MEMBERS)
     index = tmp_path / "foreign.parquet"  # no metadata, as other tools write it: offsets are still checked
     pq.write_table(pa.table({"key": ["a.jpg"], "offset": [tar.stat().st_size], "size": [10]}), index)
-    with pytest.raises(PictagError, match=r"does not belong to zip1.tar: no row it was checked by lies inside"):
+    with pytest.raises(PictagError, match=r"does not belong to zip1.tar: none of the rows checked lies inside"):
         open_source(tar, index=index)
 
 

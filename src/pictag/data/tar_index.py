@@ -174,7 +174,7 @@ class TarIndex:
         rows = [row for row in _spread(len(self), SAMPLE_ROWS) if self.offsets[row] + self.sizes[row] <= tar_size]
         if len(self) and not rows:
             raise PictagError(
-                f"index {self.location} does not belong to {name}: no row it was checked by lies inside the tar "
+                f"index {self.location} does not belong to {name}: none of the rows checked lies inside the tar "
                 f"({tar_size:,} bytes): {rebuild}"
             )
         with Blob(tar) as blob:
@@ -217,6 +217,7 @@ def _member_at(blob: Blob, offset: int) -> tarfile.TarInfo | None:
     A long name is not in the member's own header (there it is cut at 100 bytes, or a placeholder) but in a
     GNU ``L`` or pax ``x`` header before it, so the nearest such header whose chain ends exactly at ``offset``
     is read with the member's; without one, the member's header alone. None when no valid header is there.
+    Extended headers further back than ``_LOOKBEHIND`` (pax records over 16 KiB) are not seen.
 
     Raises:
         OSError: The bytes cannot be read.
@@ -226,6 +227,7 @@ def _member_at(blob: Blob, offset: int) -> tarfile.TarInfo | None:
     start = max(0, offset - _BLOCK - _LOOKBEHIND)
     window = blob.read(start, offset - start)
     header = len(window) - _BLOCK
+    # Byte 156 of a header is its type: only long-name and pax headers are worth handing to tarfile.
     extended = [at for at in range(header - _BLOCK, -1, -_BLOCK) if window[at + 156 : at + 157] in _EXTENDED_TYPES]
     for at in [*extended, header]:
         member = _first_member(window[at:])
