@@ -13,12 +13,24 @@ from PIL import Image
 from pictag.testing import save_random_hf_clip, save_random_open_clip
 
 ROOT = Path(__file__).resolve().parents[1]
+# Every test is marked by the folder it is in (`pytest -m unit` runs the fast ones), registered in pyproject.toml.
+KINDS = ("unit", "integration", "e2e")
 
 TINY_OPEN_CLIP = {
     "embed_dim": 16,
     "vision_cfg": {"image_size": 224, "layers": 1, "width": 32, "head_width": 16, "patch_size": 32},
     "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
 }
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        kind = item.path.relative_to(ROOT / "tests").parts[0]
+        if kind not in KINDS:
+            raise pytest.UsageError(
+                f"{item.nodeid} is not in tests/unit, tests/integration or tests/e2e: move it there"
+            )
+        item.add_marker(kind)
 
 
 @pytest.fixture(autouse=True)
@@ -80,3 +92,12 @@ def subprocess_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + env.get("PYTHONPATH", "")
     return env
+
+
+def tar_source(tmp_path, n=30, bad=("broken.jpg",)):
+    """A tar of n small JPEGs and the given broken members, opened: (source, members)."""
+    members = {f"{i:04d}.jpg": jpeg_bytes(Image.new("RGB", (32, 24), (i, i, i))) for i in range(n)}
+    members.update({name: b"\xff\xd8 nope" for name in bad})
+    from pictag.data import open_source
+
+    return open_source(write_tar(tmp_path / "t.tar", members)), members

@@ -65,6 +65,7 @@ class Blob:
         self._fd: int | None = None
         self._fs: AbstractFileSystem | None = None
         self._size: int | None = None
+        self._sized = False
 
     def _open(self) -> None:
         if is_url(self.location):
@@ -72,27 +73,42 @@ class Blob:
         else:
             self._fd = os.open(self.location, os.O_RDONLY)
             self._size = os.fstat(self._fd).st_size
+            self._sized = True
 
     @property
-    def size(self) -> int:
-        """Size of the file in bytes; one metadata request for a remote file, made only when needed."""
-        if self._size is None:
+    def size(self) -> int | None:
+        """Size of the file in bytes (None if a server will not say); one metadata request for a remote file."""
+        if not self._sized:
             self._size = self._remote(self._fs.size, self._path)
+            self._sized = True
         return self._size
 
     def read(self, offset: int = 0, size: int | None = None) -> bytes:
-        """``size`` bytes from ``offset``, or the rest of the file when ``size`` is None."""
+        """``size`` bytes from ``offset``, or the rest of the file when ``size`` is None.
+
+        Raises:
+            OSError: The file cannot be read, or ends before ``offset + size``; the message is the record's reason.
+        """
         if self._fd is None and self._fs is None:
             self._open()
+        # Bytes past the end are refused before any request: backends answer them differently (short data,
+        # HTTP 416, errors of their own), and the reason should be the same everywhere. Some HTTP servers
+        # give no size; a short read then says the same.
+        if size is not None and self.size is not None and offset + size > self.size:
+            raise self._past_end()
         if self._fs is not None:
             end = None if size is None else offset + size
             data = self._remote(self._fs.cat_file, self._path, offset, end)
         else:
             size = self.size - offset if size is None else size
-            data = os.pread(self._fd, size, offset) if offset + size <= self.size else b""
+            data = os.pread(self._fd, size, offset)
         if size is not None and len(data) != size:
-            raise OSError(f"offset {offset}+{size} is past end of {display_name(self.location)} ({self.size:,} bytes)")
+            raise self._past_end()  # the file shrank since its size was read
         return data
+
+    def _past_end(self) -> OSError:
+        # Reads by offset come from tar indexes: a row past the end most often means a truncated copy.
+        return OSError(f"offset past the end of {display_name(self.location)} (truncated copy?)")
 
     @staticmethod
     def _remote(call: Callable[..., Any], *args: object) -> Any:

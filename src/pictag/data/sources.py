@@ -7,6 +7,7 @@ files only inside ``read``.
 
 from __future__ import annotations
 
+import logging
 import os
 import posixpath
 from abc import ABC, abstractmethod
@@ -23,6 +24,8 @@ from pictag.errors import PictagError
 if TYPE_CHECKING:
     import pyarrow as pa
     from fsspec import AbstractFileSystem
+
+log = logging.getLogger(__name__)
 
 # Shards of 256 to 1000 records, 8 of them where that fits: enough to balance 2-8 workers, few enough to list.
 _MIN_SHARD, _MAX_SHARD, _TARGET_SHARDS = 256, 1000, 8
@@ -121,7 +124,11 @@ class FileShard(Shard):
 
 @dataclass(frozen=True)
 class TarShard(Shard):
-    """Rows ``start:stop`` of a tar's index (sorted by offset), read with one open file; keys get ``prefix``."""
+    """Rows ``start:stop`` of a tar's index (sorted by offset), read with one open file; keys get ``prefix``.
+
+    A row past the end of the tar (a truncated copy) is an error record, as is any row that cannot be read.
+    ``columns`` is the index's column override (see ``load_index``).
+    """
 
     name: str
     tar: str
@@ -129,9 +136,10 @@ class TarShard(Shard):
     start: int
     stop: int
     prefix: str = ""
+    columns: str | None = None
 
     def read(self, skip: Container[str] = frozenset()) -> Iterator[Record]:
-        index = load_index(self.index, self.tar)
+        index = load_index(self.index, self.tar, self.columns)
         rows = slice(self.start, self.stop)
         members = zip(
             index.keys[rows].to_pylist(), index.offsets[rows].tolist(), index.sizes[rows].tolist(), strict=True
@@ -168,6 +176,7 @@ class _Target:
     path: str
     index: str | None
     path_column: str
+    index_columns: str | None = None
 
     def location(self, path: str | None = None) -> str:
         return location_of(self.fs, self.path if path is None else path)
@@ -227,7 +236,13 @@ def _kind(target: _Target) -> str:
     return kind
 
 
-def open_source(uri: str | os.PathLike, *, index: str | os.PathLike | None = None, path_column: str = "path") -> Source:
+def open_source(
+    uri: str | os.PathLike,
+    *,
+    index: str | os.PathLike | None = None,
+    path_column: str = "path",
+    index_columns: str | None = None,
+) -> Source:
     """Open a collection of images for reading.
 
     Args:
@@ -237,10 +252,14 @@ def open_source(uri: str | os.PathLike, *, index: str | os.PathLike | None = Non
         index: Parquet index of a single tar (see ``build_tar_index``). Without it a local tar uses, or builds
             and caches, ``<name>.index.parquet`` beside it; a remote tar needs one there.
         path_column: The column of a table that holds image paths, relative to the table's folder or absolute.
+        index_columns: Which columns of a given (or remote) index hold key, offset and size, as
+            ``"key=filename,offset=start,size=length"``; by default the names other tools use are recognised.
 
     Returns:
         The source. Keys are paths relative to a folder, the file name of a single image, member names of a
         tar (``<tar stem>/<member>`` when a pattern names several tars) and path values of a table as written.
+
+    Index rows past the end of their tar (a truncated copy) become error records, counted in one warning.
 
     Raises:
         PictagError: The URI is missing, unsupported, empty, or its index or table does not fit.
@@ -248,11 +267,13 @@ def open_source(uri: str | os.PathLike, *, index: str | os.PathLike | None = Non
     text = os.fspath(uri)
     fs, path = filesystem(text if is_url(text) else os.path.expanduser(text))
     index_location = None if index is None else location_of(*filesystem(os.fspath(index)))
-    target = _Target(text, fs, path, index_location, path_column)
+    target = _Target(text, fs, path, index_location, path_column, index_columns)
     try:
         kind = _kind(target)
         if index is not None and kind not in _INDEXED_KINDS:
             raise PictagError(f"an index is for a tar, but {text} is a {kind}: drop the index")
+        if index_columns is not None and kind not in _INDEXED_KINDS:
+            raise PictagError(f"index columns are for a tar's index, but {text} is a {kind}: drop --index-columns")
         shards = _OPENERS[kind](target)
     except OSError as e:
         raise PictagError(f"cannot open {text}: {e}") from e
@@ -316,14 +337,28 @@ def _tar_shards(target: _Target, paths: list[str]) -> list[Shard]:
     # Several tars share one key space, told apart by their path below the folder they have in common.
     common = posixpath.commonpath([posixpath.dirname(p) for p in paths])
     shards: list[Shard] = []
+    past_end: dict[str, int] = {}
     for path, size in zip(paths, sizes, strict=True):
         tar = target.location(path)
-        index = index_for(tar, size) if target.index is None else load_index(target.index, tar)
-        index.check(tar, size)
+        if target.index is None:
+            index = index_for(tar, size, target.index_columns)
+        else:
+            index = load_index(target.index, tar, target.index_columns)
+            index.check(tar, size)
+        if index.past_end(size):
+            past_end[display_name(tar)] = index.past_end(size)
         prefix = posixpath.relpath(path[:-4], common) + "/" if len(paths) > 1 else ""
         shards += [
-            TarShard(f"{display_name(tar)}[{a}:{b}]", tar, index.location, a, b, prefix) for a, b in _ranges(len(index))
+            TarShard(f"{display_name(tar)}[{a}:{b}]", tar, index.location, a, b, prefix, index.columns)
+            for a, b in _ranges(len(index))
         ]
+    if past_end:
+        tars = ", ".join(list(past_end)[:3]) + (f" and {len(past_end) - 3} more" if len(past_end) > 3 else "")
+        log.warning(
+            "%s index rows lie past the end of %s (truncated copy?): they go to the errors file",
+            f"{sum(past_end.values()):,}",
+            tars,
+        )
     return shards
 
 

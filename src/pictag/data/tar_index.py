@@ -1,30 +1,51 @@
 """Parquet indexes of uncompressed tars: where each image member's bytes start and how many there are.
 
 An index has columns ``key`` (member name), ``offset`` (first byte of the member's data) and ``size``, and
-file-level metadata ``tar_name`` and ``tar_size`` so that an index is never used with the wrong tar, and
-``tar_mtime_ns`` so that an index found beside a tar (rather than given) is rebuilt when the tar changes.
+file-level metadata ``tar_name`` and ``tar_size`` (the tar it was built from), and ``tar_mtime_ns`` so that an
+index found beside a tar (rather than given) is rebuilt when the tar changes. Indexes written by other tools
+name their columns differently: ``resolve_columns`` is the one place that maps them. Whether an index belongs
+to its tar is decided by the tar itself: ``TarIndex.check`` reads the member headers of a sample of rows.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import io
+import logging
 import os
 import tarfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pictag.config import cache_dir
-from pictag.data._io import display_name, filesystem, is_image, is_url
+from pictag.data._io import Blob, display_name, filesystem, is_image, is_url
 from pictag.errors import PictagError
 
 if TYPE_CHECKING:  # pyarrow and numpy load on first use, so that `import pictag` stays fast
     import numpy as np
     import pyarrow as pa
 
+log = logging.getLogger(__name__)
+
 INDEX_SUFFIX = ".index.parquet"
 COLUMNS = ("key", "offset", "size")
+# The names other tools give each column, in the order a reader would guess them.
+COLUMN_NAMES = {
+    "key": ("key", "name", "filename", "path", "file", "member"),
+    "offset": ("offset", "offset_data", "start"),
+    "size": ("size", "length", "nbytes"),
+}
+# Rows whose member header is read to prove that an index belongs to its tar: enough that a foreign index cannot
+# pass by chance, few enough to cost 32 small reads (ranged requests on remote tars) per tar at open.
+SAMPLE_ROWS = 32
+_BLOCK = tarfile.BLOCKSIZE
+# How far before a member's header to look for the GNU long-name or pax header that names it: a 4 KiB path
+# (PATH_MAX) takes 9 blocks, pax records of other tools (times, xattrs) a few more.
+_LOOKBEHIND = 32 * _BLOCK
+_EXTENDED_TYPES = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE)
 
 # How each compression people put around tars is recognised (magic bytes) and undone.
 _COMPRESSIONS = {
@@ -130,30 +151,97 @@ class TarIndex:
     tar_name: str | None
     tar_size: int | None
     tar_mtime_ns: int | None
+    columns: str | None = None  # the `columns` it was loaded with, so that workers load it the same way
 
     def __len__(self) -> int:
         return len(self.offsets)
 
     def check(self, tar: str, tar_size: int) -> None:
-        """Refuse the whole index unless it fits ``tar``, whose size is ``tar_size``.
+        """Refuse the index unless it belongs to ``tar``, whose size is ``tar_size``.
+
+        The member header before each of a sample of rows (``SAMPLE_ROWS``, spread over the index) must name the
+        row's key with its size. Rows past the end of the tar are left out of the sample: a truncated copy keeps
+        its index, and those rows become error records (see ``past_end``).
 
         Raises:
-            PictagError: The index names another tar, another size, or bytes past the tar's end.
+            PictagError: The index names another tar, a sampled row is not the member the tar has there, or no
+                sampled row lies inside the tar.
         """
         name = display_name(tar)
         rebuild = f"rebuild it with `pictag index {tar}`"
         if self.tar_name is not None and _stem(self.tar_name) != _stem(name):
             raise PictagError(f"index {self.location} was built for {self.tar_name}, not {name}: {rebuild}")
-        if self.tar_size is not None and self.tar_size != tar_size:
+        rows = [row for row in _spread(len(self), SAMPLE_ROWS) if self.offsets[row] + self.sizes[row] <= tar_size]
+        if len(self) and not rows:
             raise PictagError(
-                f"index {self.location} was built for {self.tar_name} ({self.tar_size:,} bytes) "
-                f"but this file is {tar_size:,} bytes: {rebuild}"
+                f"index {self.location} does not belong to {name}: none of the rows checked lies inside the tar "
+                f"({tar_size:,} bytes): {rebuild}"
             )
-        end = int((self.offsets + self.sizes).max()) if len(self) else 0
-        if end > tar_size:
-            raise PictagError(
-                f"index {self.location} points past the end of {name} ({end:,} > {tar_size:,} bytes): {rebuild}"
-            )
+        with Blob(tar) as blob:
+            for row in rows:
+                key, offset, size = self.keys[row].as_py(), int(self.offsets[row]), int(self.sizes[row])
+                try:
+                    member = _member_at(blob, offset)
+                except OSError as e:
+                    raise PictagError(f"cannot read {tar} ({' '.join(str(e).split())}): check the path") from e
+                if member is None:
+                    found = "has no tar header before it"
+                elif _plain(member.name) != _plain(key) or member.size != size:
+                    found = f"is {member.name!r} ({member.size:,} bytes) in the tar"
+                else:
+                    continue
+                raise PictagError(
+                    f"index {self.location} does not belong to {name}: its row {key!r} ({size:,} bytes at offset "
+                    f"{offset:,}) {found}: {rebuild}"
+                )
+
+    def past_end(self, tar_size: int) -> int:
+        """How many rows end past ``tar_size`` bytes: records of a truncated copy, read as errors."""
+        return int((self.offsets + self.sizes > tar_size).sum())
+
+
+def _spread(n: int, k: int) -> list[int]:
+    """``min(n, k)`` row numbers spread evenly over ``range(n)``, first and last included; the same every time."""
+    k = min(n, k)
+    return [0] if k == 1 else [i * (n - 1) // (k - 1) for i in range(k)]
+
+
+def _plain(name: str) -> str:
+    # Tools differ on a leading "./" (GNU tar writes it for `tar -C dir .`), so it does not tell tars apart.
+    return name.removeprefix("./")
+
+
+def _member_at(blob: Blob, offset: int) -> tarfile.TarInfo | None:
+    """The tar member whose data starts at ``offset``, read by tarfile from the headers just before it.
+
+    A long name is not in the member's own header (there it is cut at 100 bytes, or a placeholder) but in a
+    GNU ``L`` or pax ``x`` header before it, so the nearest such header whose chain ends exactly at ``offset``
+    is read with the member's; without one, the member's header alone. None when no valid header is there.
+    Extended headers further back than ``_LOOKBEHIND`` (pax records over 16 KiB) are not seen.
+
+    Raises:
+        OSError: The bytes cannot be read.
+    """
+    if offset < _BLOCK or offset % _BLOCK:
+        return None  # tar headers sit on 512-byte blocks
+    start = max(0, offset - _BLOCK - _LOOKBEHIND)
+    window = blob.read(start, offset - start)
+    header = len(window) - _BLOCK
+    # Byte 156 of a header is its type: only long-name and pax headers are worth handing to tarfile.
+    extended = [at for at in range(header - _BLOCK, -1, -_BLOCK) if window[at + 156 : at + 157] in _EXTENDED_TYPES]
+    for at in [*extended, header]:
+        member = _first_member(window[at:])
+        if member is not None and member.offset_data == len(window) - at:
+            return member
+    return None
+
+
+def _first_member(data: bytes) -> tarfile.TarInfo | None:
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as archive:
+            return archive.next()
+    except (tarfile.TarError, ValueError):  # a bad checksum, zeros, a chain that runs off the window, bad pax
+        return None
 
 
 def _stem(name: str) -> str:
@@ -161,13 +249,66 @@ def _stem(name: str) -> str:
     return name[:-4] if name.lower().endswith(".tar") else name
 
 
-def load_index(location: str, tar: str) -> TarIndex:
-    """Read and check the index at ``location`` (of the tar ``tar``, named in messages); cached per process.
+def resolve_columns(names: Sequence[str], override: str | None, location: str) -> dict[str, str]:
+    """Which column of an index holds each of ``key``, ``offset`` and ``size``.
+
+    Args:
+        names: The index's column names.
+        override: ``"key=filename,offset=start,size=length"`` (any of the three); it wins over the known names
+            (``COLUMN_NAMES``), which pick the rest.
+        location: The index, named in messages.
+
+    Returns:
+        ``{"key": column, "offset": column, "size": column}``.
 
     Raises:
-        PictagError: The index is missing, not Parquet, lacks a column, or holds nulls, negatives or duplicate keys.
+        PictagError: The override is malformed or names an absent column, or a role has no column or two.
     """
-    return _load_index(location, tar, _fingerprint(location))
+    chosen: dict[str, str] = {}
+    for item in filter(str.strip, (override or "").split(",")):
+        role, _, column = (part.strip() for part in item.partition("="))
+        if role not in COLUMN_NAMES or not column:
+            raise PictagError(
+                f"--index-columns {override!r} is not ROLE=COLUMN pairs of key, offset and size: "
+                "write it like key=filename,offset=start,size=length"
+            )
+        if column not in names:
+            raise PictagError(
+                f"index {location} has no column {column!r} (it has {', '.join(names)}): fix --index-columns"
+            )
+        chosen[role] = column
+    for role, known in COLUMN_NAMES.items():
+        if role in chosen:
+            continue
+        found = [name for name in known if name in names]
+        if len(found) > 1:
+            raise PictagError(
+                f"index {location} has two {role} columns, {found[0]} and {found[1]}: "
+                f"pick one with --index-columns {role}={found[0]}"
+            )
+        if not found:
+            raise PictagError(
+                f"index {location} has no {role} column ({' or '.join(known)}; it has {', '.join(names)}): "
+                f"name it with --index-columns {role}=COLUMN"
+            )
+        chosen[role] = found[0]
+    return {role: chosen[role] for role in COLUMN_NAMES}
+
+
+def load_index(location: str, tar: str, columns: str | None = None) -> TarIndex:
+    """Read and check the index at ``location`` (of the tar ``tar``, named in messages); cached per process.
+
+    Args:
+        location: Path or URL of the Parquet index.
+        tar: The tar it indexes, named in messages.
+        columns: Which columns hold key, offset and size, as ``"key=filename,offset=start,size=length"``
+            (see ``resolve_columns``); by default the known names are recognised.
+
+    Raises:
+        PictagError: The index is missing, not Parquet, its columns are missing or ambiguous, or it holds nulls,
+            negatives or duplicate keys.
+    """
+    return _load_index(location, tar, _fingerprint(location), columns)
 
 
 def _fingerprint(location: str) -> tuple[int, int] | None:
@@ -182,7 +323,7 @@ def _fingerprint(location: str) -> tuple[int, int] | None:
 
 
 @functools.lru_cache(maxsize=32)
-def _load_index(location: str, tar: str, fingerprint: tuple[int, int] | None) -> TarIndex:
+def _load_index(location: str, tar: str, fingerprint: tuple[int, int] | None, columns: str | None) -> TarIndex:
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -196,15 +337,12 @@ def _load_index(location: str, tar: str, fingerprint: tuple[int, int] | None) ->
         raise PictagError(f"index {location} does not exist: build it with `pictag index {tar}`") from e
     except (OSError, pa.ArrowException) as e:
         raise PictagError(f"cannot read index {location} as Parquet ({e}): {rebuild}") from e
-    missing = [c for c in COLUMNS if c not in table.column_names]
-    if missing:
-        raise PictagError(
-            f"index {location} lacks column {', '.join(missing)} (it has {', '.join(table.column_names)}): {rebuild}"
-        )
+    chosen = resolve_columns(table.column_names, columns, location)
+    log.info("index %s: %s", location, ", ".join(f"{role}={column}" for role, column in chosen.items()))
     try:
-        keys = table["key"].combine_chunks().cast(pa.string())
-        offsets = table["offset"].to_numpy().astype(np.int64)
-        sizes = table["size"].to_numpy().astype(np.int64)
+        keys = table[chosen["key"]].combine_chunks().cast(pa.string())
+        offsets = table[chosen["offset"]].to_numpy().astype(np.int64)
+        sizes = table[chosen["size"]].to_numpy().astype(np.int64)
     except (pa.ArrowException, TypeError, ValueError) as e:
         raise PictagError(f"index {location} has unusable columns ({e}): {rebuild}") from e
     if keys.null_count or (offsets < 0).any() or (sizes < 0).any():
@@ -221,6 +359,7 @@ def _load_index(location: str, tar: str, fingerprint: tuple[int, int] | None) ->
         tar_name=meta[b"tar_name"].decode() if b"tar_name" in meta else None,
         tar_size=_int_or_none(meta.get(b"tar_size")),
         tar_mtime_ns=_int_or_none(meta.get(b"tar_mtime_ns")),
+        columns=columns,
     )
 
 
@@ -228,10 +367,13 @@ def _int_or_none(value: bytes | None) -> int | None:
     return None if value is None else int(value)
 
 
-def index_for(tar: str, tar_size: int) -> TarIndex:
-    """The index of a tar opened without one: the one beside it or in the cache if current, else a new one.
+def index_for(tar: str, tar_size: int, columns: str | None = None) -> TarIndex:
+    """The checked index of a tar opened without one: the one beside it or in the cache if current, else a new one.
 
-    A new index is written beside the tar, or under the pictag cache (`pictag.config.cache_dir`) when that fails. A remote tar is never scanned: its index must be beside it.
+    A new index is written beside the tar, or under the pictag cache (`pictag.config.cache_dir`) when that fails.
+    A remote tar is never scanned: its index must be beside it, and is read with ``columns`` (see
+    ``load_index``). Local indexes found here are pictag's own (they record the tar's mtime), so ``columns``
+    does not apply to them.
 
     Raises:
         PictagError: A remote tar has no fitting index beside it, or no index can be built or written.
@@ -244,7 +386,7 @@ def index_for(tar: str, tar_size: int) -> TarIndex:
                 f"{tar} has no index at {beside}: build one on a local copy with `pictag index` "
                 "and pass it with --index (remote tars are read by range, never scanned)"
             )
-        index = load_index(beside, tar)
+        index = load_index(beside, tar, columns)
         index.check(tar, tar_size)
         return index
     mtime_ns = os.stat(tar).st_mtime_ns
@@ -252,11 +394,11 @@ def index_for(tar: str, tar_size: int) -> TarIndex:
     for candidate in candidates:
         try:
             index = load_index(candidate, tar)
-            index.check(tar, tar_size)
+            if index.tar_mtime_ns == mtime_ns:
+                index.check(tar, tar_size)
+                return index
         except PictagError:
             continue  # absent or stale: an index we found rather than were given is ours to replace
-        if index.tar_mtime_ns == mtime_ns:
-            return index
     table = _scan(tar)
     errors = []
     for candidate in candidates:

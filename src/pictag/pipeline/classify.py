@@ -26,6 +26,7 @@ from pictag.store.store import EmbeddingStore, StoreFeatures
 _RESULT_DEFINING = (
     "source",
     "index",
+    "index_columns",
     "labels",
     "labels_file",
     "templates",

@@ -219,7 +219,7 @@ def embed_all(
 
 def image_features(cfg) -> tuple[Encoder, list[Unit], ImageFeatures]:
     """(encoder, units, feature stage) of a config naming a source, a model and the runtime options."""
-    source = open_source(cfg.source, index=cfg.index, path_column=cfg.path_column)
+    source = open_source(cfg.source, index=cfg.index, path_column=cfg.path_column, index_columns=cfg.index_columns)
     encoder = create_model(
         cfg.model,
         checkpoint=cfg.checkpoint,

@@ -17,7 +17,17 @@ from pictag.pipeline.runner import EmbeddingBatch, image_features
 from pictag.store.store import DTYPES, MANIFEST, SHARD_WRITE_OPTIONS, Manifest, embedding_table, shard_schema
 
 # Options that change what the stored vectors are: a resumed run must keep them.
-_RESULT_DEFINING = ("source", "index", "path_column", "model", "checkpoint", "random_weights", "dtype", "unit_size")
+_RESULT_DEFINING = (
+    "source",
+    "index",
+    "index_columns",
+    "path_column",
+    "model",
+    "checkpoint",
+    "random_weights",
+    "dtype",
+    "unit_size",
+)
 
 
 class EmbedResult(JobResult):

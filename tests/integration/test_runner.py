@@ -1,19 +1,16 @@
 from __future__ import annotations
 
-import os
-
 import pyarrow as pa
 import pytest
 import torch
 from PIL import Image
 
-from conftest import jpeg_bytes, write_tar
+from conftest import jpeg_bytes, tar_source, write_tar
 from pictag.data import open_source
-from pictag.errors import PictagError
 from pictag.models import create_model
 from pictag.pipeline.job import Job, run_job
 from pictag.pipeline.parts import PartStore
-from pictag.pipeline.plan import plan_digest, plan_units
+from pictag.pipeline.plan import plan_units
 from pictag.pipeline.runner import ImageFeatures, iter_embeddings
 
 
@@ -36,27 +33,10 @@ def test_every_record_once_across_workers_with_errors_travelling_along(tmp_path,
     assert [key for key, _ in errors] == ["broken.jpg"]
 
 
-def _tar_source(tmp_path, n=30, bad=("broken.jpg",)):
-    members = {f"{i:04d}.jpg": jpeg_bytes(Image.new("RGB", (32, 24), (i, i, i))) for i in range(n)}
-    members.update({name: b"\xff\xd8 nope" for name in bad})
-    return open_source(write_tar(tmp_path / "t.tar", members)), members
-
-
-def test_plan_is_stable_and_splits_shards_into_units(tmp_path):
-    source, members = _tar_source(tmp_path)
-    units = plan_units(source, unit_size=7)
-    assert [u.size for u in units] == [7, 7, 7, 7, 3] and len({u.id for u in units}) == 5
-    again = plan_units(open_source(tmp_path / "t.tar"), unit_size=7)
-    assert [u.id for u in again] == [u.id for u in units] and plan_digest(again) == plan_digest(units)
-    assert plan_digest(plan_units(source, unit_size=8)) != plan_digest(units)
-    with pytest.raises(PictagError, match="unit-size"):
-        plan_units(source, unit_size=0)
-
-
 @pytest.mark.parametrize("workers", [0, 2])
 def test_run_job_commits_one_part_per_unit_and_reruns_nothing(tmp_path, tiny_open_clip, workers):
     spec, checkpoint = tiny_open_clip
-    source, members = _tar_source(tmp_path)
+    source, members = tar_source(tmp_path)
     encoder = create_model(spec, checkpoint=checkpoint, device="cpu")
     units = plan_units(source, unit_size=7)
     parts = PartStore(tmp_path / "parts")
@@ -80,29 +60,3 @@ def test_run_job_commits_one_part_per_unit_and_reruns_nothing(tmp_path, tiny_ope
     (tmp_path / "parts" / units[1].part_name).unlink()
     rerun = run_job(job)
     assert (rerun.rows, rerun.errors) == (7, 0) and parts.pending(units) == []
-
-
-def test_a_unit_committed_twice_at_once_leaves_one_part(tmp_path):
-    import threading
-
-    source, _ = _tar_source(tmp_path)
-    unit = plan_units(source)[0]
-    parts = PartStore(tmp_path / "parts")
-    table = pa.table({"key": [f"k{i}" for i in range(20000)]})
-    threads = [threading.Thread(target=parts.commit, args=(unit, table)) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert [p.name for p in (tmp_path / "parts").iterdir()] == [unit.part_name]
-    assert parts.rows() == 20000
-
-
-def test_a_second_writer_is_refused_while_the_first_holds_the_output(tmp_path):
-    first, second = PartStore(tmp_path / "out.parts"), PartStore(tmp_path / "out.parts")
-    first.lock()
-    with pytest.raises(PictagError, match=f"being written by pid {os.getpid()}"):
-        second.lock()
-    first.unlock()
-    second.lock()
-    second.unlock()

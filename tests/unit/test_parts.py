@@ -1,0 +1,50 @@
+"""Units of work and committed parts: plans are stable, a unit leaves exactly one part, one writer at a time."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import pyarrow as pa
+import pytest
+
+from conftest import tar_source
+from pictag.data import open_source
+from pictag.errors import PictagError
+from pictag.pipeline.parts import PartStore
+from pictag.pipeline.plan import plan_digest, plan_units
+
+
+def test_plan_is_stable_and_splits_shards_into_units(tmp_path):
+    source, members = tar_source(tmp_path)
+    units = plan_units(source, unit_size=7)
+    assert [u.size for u in units] == [7, 7, 7, 7, 3] and len({u.id for u in units}) == 5
+    again = plan_units(open_source(tmp_path / "t.tar"), unit_size=7)
+    assert [u.id for u in again] == [u.id for u in units] and plan_digest(again) == plan_digest(units)
+    assert plan_digest(plan_units(source, unit_size=8)) != plan_digest(units)
+    with pytest.raises(PictagError, match="unit-size"):
+        plan_units(source, unit_size=0)
+
+
+def test_a_unit_committed_twice_at_once_leaves_one_part(tmp_path):
+    source, _ = tar_source(tmp_path)
+    unit = plan_units(source)[0]
+    parts = PartStore(tmp_path / "parts")
+    table = pa.table({"key": [f"k{i}" for i in range(20000)]})
+    threads = [threading.Thread(target=parts.commit, args=(unit, table)) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [p.name for p in (tmp_path / "parts").iterdir()] == [unit.part_name]
+    assert parts.rows() == 20000
+
+
+def test_a_second_writer_is_refused_while_the_first_holds_the_output(tmp_path):
+    first, second = PartStore(tmp_path / "out.parts"), PartStore(tmp_path / "out.parts")
+    first.lock()
+    with pytest.raises(PictagError, match=f"being written by pid {os.getpid()}"):
+        second.lock()
+    first.unlock()
+    second.lock()
+    second.unlock()
