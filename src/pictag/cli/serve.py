@@ -137,18 +137,11 @@ def _run_worker(cfg) -> int:
     import threading
 
     from pictag.serve.contract import ZeroShotService
-    from pictag.serve.transport import RedisStreamsTransport
+    from pictag.serve.transport import create_transport
     from pictag.serve.worker import Worker, worker_name
 
     name = worker_name()
-    transport = RedisStreamsTransport(
-        cfg.redis_url,
-        cfg.queue,
-        consumer=name,
-        visibility_timeout_s=cfg.visibility_timeout_s,
-        max_deliveries=cfg.max_deliveries,
-        job_ttl_s=cfg.job_ttl_s,
-    )
+    transport = create_transport(cfg, consumer=name)
     service = ZeroShotService(cfg)
     service.setup()
     stop = threading.Event()

@@ -23,7 +23,7 @@ import uuid
 from pictag.data.decode import DecodeError
 from pictag.errors import PictagError
 from pictag.serve.contract import ZeroShotService
-from pictag.serve.transport import Message, Transport, error_reply
+from pictag.serve.transport.base import Message, Transport, error_reply
 
 log = logging.getLogger(__name__)
 
