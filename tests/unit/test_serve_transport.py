@@ -10,10 +10,10 @@ import pytest
 
 from conftest import jpeg_bytes, photos
 from pictag.serve.config import ServeConfig
-from pictag.serve.contract import ZeroShotService
 from pictag.serve.transport.base import Message, QueueFull, ReplyTo
 from pictag.serve.transport.memory import InProcessTransport
 from pictag.serve.worker import Worker
+from pictag.serve.zero_shot import ZeroShotService
 
 LABELS = ["cat", "rocket", "coffee"]
 

@@ -136,21 +136,20 @@ def _run_worker(cfg) -> int:
     import signal
     import threading
 
-    from pictag.serve.contract import ZeroShotService
+    from pictag.serve.service import create_service
     from pictag.serve.transport import create_transport
     from pictag.serve.worker import Worker, worker_name
 
     name = worker_name()
     transport = create_transport(cfg, consumer=name)
-    service = ZeroShotService(cfg)
+    service = create_service(cfg)
     service.setup()
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     logging.getLogger("pictag").warning(
-        "worker %s: %s on %s, batch %d, max wait %g ms", name, cfg.model, service.encoder.device, cfg.batch_size,
-        cfg.max_wait_ms,
-    )  # fmt: skip
+        "worker %s: %s, batch %d, max wait %g ms", name, service, cfg.batch_size, cfg.max_wait_ms
+    )
     Worker(service, transport, cfg.batch_size, cfg.max_wait_ms, name=name,
            claim_every_s=max(min(cfg.visibility_timeout_s / 2, 5.0), 0.2)).run(stop)  # fmt: skip
     transport.close()

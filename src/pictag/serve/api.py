@@ -31,8 +31,10 @@ from pictag.prompts import load_templates, parse_labels
 from pictag.serve.config import ServeConfig
 from pictag.serve.metrics import ApiMetrics, RecordRequests
 from pictag.serve.security import ApiError, BodyLimit, check_image, check_token, fetch_url, read_path
+from pictag.serve.service import create_service
 from pictag.serve.transport import create_transport
 from pictag.serve.transport.base import Message, QueueFull, ReplyTo, Transport, TransportUnavailable
+from pictag.serve.worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -106,10 +108,7 @@ class App:
     async def start(self) -> None:
         if not self.in_process:
             return
-        from pictag.serve.contract import ZeroShotService
-        from pictag.serve.worker import Worker
-
-        service = ZeroShotService(self.cfg)
+        service = create_service(self.cfg)
         await asyncio.to_thread(service.setup)
         worker = Worker(service, self.transport, self.cfg.batch_size, self.cfg.max_wait_ms)
         self._thread = threading.Thread(target=worker.run, args=(self._stop,), name="pictag-worker", daemon=True)

@@ -14,6 +14,7 @@ class ServeConfig:
     """Options of `pictag serve`, read from serve.yaml and overridden by command-line flags.
 
     Attributes:
+        service: What the workers serve, by registered name (see `pictag.serve.service`): "zero-shot".
         model: Model spec, see `create_model` ($PICTAG_MODEL or open_clip:ViT-B-32/openai when unset).
         checkpoint: Local weights file for `model`.
         random_weights: Random weights (tests and benchmarks only).
@@ -47,6 +48,7 @@ class ServeConfig:
         port: Port the API listens on.
     """
 
+    service: str = "zero-shot"
     model: str = field(default_factory=default_model)
     checkpoint: str | None = None
     random_weights: bool = False
