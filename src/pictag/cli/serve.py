@@ -8,7 +8,7 @@ from pictag.cli.common import options
 
 EXAMPLES = """examples:
   pictag serve --config serve.yaml                      # one machine: API + in-process worker, no Redis
-  pictag serve api --config serve.yaml --port 8000 --workers 4
+  pictag serve api --config serve.yaml --port 8000 --processes 4
   pictag serve worker --config serve.yaml --device cuda:0 --batch-size 32 --max-wait-ms 10
   curl -F image=@cat.jpg -F labels=cat,dog http://localhost:8000/v1/classify
 """
@@ -60,7 +60,8 @@ def add_parser(sub) -> None:
     api = modes.add_parser("api", help="API processes only (needs redis_url)", description="API processes only.")
     _common(api)
     _api(api)
-    api.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (default 1)")
+    # Not --workers: that word means data-loading workers in every pictag command.
+    api.add_argument("--processes", type=int, default=1, help="uvicorn processes serving the API (default 1)")
     api.set_defaults(func=run)
     worker = modes.add_parser(
         "worker", help="one model worker (needs redis_url)", description="A worker: dynamic batches from Redis."
@@ -76,13 +77,13 @@ def run(args: argparse.Namespace) -> int:
     from pictag.serve.config import ServeConfig
 
     mode = args.mode
-    cfg = load_config(ServeConfig, args.config, **options(args, "mode", "workers"))
+    cfg = load_config(ServeConfig, args.config, **options(args, "mode", "processes"))
     if mode is None:
         return _single(cfg)
     if not cfg.redis_url:
         raise PictagError(f"`pictag serve {mode}` needs redis_url (in serve.yaml or --redis-url); without Redis use "
                           "`pictag serve`")  # fmt: skip
-    return _api_processes(cfg, args.workers) if mode == "api" else _run_worker(cfg)
+    return _api_processes(cfg, args.processes) if mode == "api" else _run_worker(cfg)
 
 
 def _single(cfg) -> int:
@@ -98,7 +99,7 @@ def _single(cfg) -> int:
     return 0
 
 
-def _api_processes(cfg, workers: int) -> int:
+def _api_processes(cfg, processes: int) -> int:
     import os
     import shutil
     import tempfile
@@ -108,8 +109,8 @@ def _api_processes(cfg, workers: int) -> int:
     from pictag.config import dump_config
     from pictag.serve.api import CONFIG_ENV, create_app
 
-    print(f"pictag serve api: http://{cfg.host}:{cfg.port}, {workers} process(es), queue {cfg.redis_url}")
-    if workers <= 1:
+    print(f"pictag serve api: http://{cfg.host}:{cfg.port}, {processes} process(es), queue {cfg.redis_url}")
+    if processes <= 1:
         uvicorn.run(create_app(cfg), host=cfg.host, port=cfg.port, log_level="warning")
         return 0
     folder = tempfile.mkdtemp(prefix="pictag-serve-")
@@ -123,7 +124,7 @@ def _api_processes(cfg, workers: int) -> int:
             factory=True,
             host=cfg.host,
             port=cfg.port,
-            workers=workers,
+            workers=processes,
             log_level="warning",
         )
     finally:

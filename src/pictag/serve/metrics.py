@@ -1,7 +1,7 @@
 """Prometheus metrics: request counters and latency histograms from the API processes, queue and batch figures
 read from the transport at scrape time (workers report through it, so any API process can show all of them).
 
-With several API processes (`--workers N`), set PROMETHEUS_MULTIPROC_DIR (the CLI does) so every process's
+With several API processes (`--processes N`), set PROMETHEUS_MULTIPROC_DIR (the CLI does) so every process's
 counters are summed.
 """
 
