@@ -53,6 +53,8 @@ class ZeroShotService(Service[Query, Prediction]):
         self._heads: collections.OrderedDict[tuple, ZeroShotClassifier] = collections.OrderedDict()
 
     def __str__(self) -> str:
+        if self.encoder is None:  # not set up yet: the device is still unknown
+            return super().__str__()
         return f"{self.name} service, {self.encoder.spec} on {self.encoder.device}"
 
     def setup(self) -> None:
