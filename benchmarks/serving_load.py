@@ -44,7 +44,7 @@ import torch  # noqa: E402
 
 from pictag.serve._stack import Stack  # noqa: E402
 from pictag.serve.config import ServeConfig  # noqa: E402
-from pictag.serve.contract import ZeroShotService  # noqa: E402
+from pictag.serve.zero_shot import ZeroShotService  # noqa: E402
 
 DATASET = Path("/work/shared/datasets/hymenoptera/hymenoptera_data/val")
 LABELS = ["ant", "bee", "wasp", "butterfly", "flower", "leaf", "spider", "beetle", "fly", "grass"]
@@ -77,12 +77,11 @@ def in_process(cfg: ServeConfig, images: list[bytes], batch_size: int, seconds: 
 
     service = ZeroShotService(cfg)
     service.setup()
-    head = service.head({"labels": LABELS})
+    params = {"labels": LABELS, "top_k": 5}
     batch = [images[i % len(images)] for i in range(batch_size)]
-    crops = [service.decode(b) for b in batch]
-    heads, ks = [head] * batch_size, [5] * batch_size
-    full = lambda: service.predict([service.decode(b) for b in batch], heads, ks)  # noqa: E731
-    model_only = lambda: service.predict(crops, heads, ks)  # noqa: E731
+    queries = [service.decode(b, params) for b in batch]
+    full = lambda: service.predict([service.decode(b, params) for b in batch])  # noqa: E731
+    model_only = lambda: service.predict(queries)  # noqa: E731
 
     def rate(fn, callers: int) -> float:
         fn()  # warm-up
@@ -109,12 +108,12 @@ def in_process(cfg: ServeConfig, images: list[bytes], batch_size: int, seconds: 
         out[name] = max(one_caller, rate(fn, workers))
         out[f"{name}_layouts"] = (one_caller, out[name] if out[name] != one_caller else None)
     # The gain batching can bring at most, on this hardware: the model alone at batch 1 in the stack's layout.
-    one_crop = lambda: service.predict(crops[:1], heads[:1], ks[:1])  # noqa: E731
+    one_crop = lambda: service.predict(queries[:1])  # noqa: E731
     out["model_batch1"] = rate(one_crop, workers) / batch_size
     single = []
     for i in range(30):
         started = time.perf_counter()
-        service.predict([service.decode(images[i % len(images)])], [head], [5])
+        service.predict([service.decode(images[i % len(images)], params)])
         single.append(time.perf_counter() - started)
     out["single_p50_ms"] = statistics.median(single[5:]) * 1000
     return out

@@ -21,7 +21,8 @@ from PIL import Image
 
 from conftest import jpeg_bytes, photos, subprocess_env
 from pictag.serve._stack import Stack, wait_until
-from pictag.serve.transport import RedisStreamsTransport
+from pictag.serve.transport.base import TransportUnavailable
+from pictag.serve.transport.redis import RedisStreamsTransport
 
 LABELS = "cat,rocket,coffee,astronaut"
 
@@ -182,7 +183,6 @@ def test_full_queue_answers_503_with_retry_after(bare_api, cat):
 
 def test_async_transport_maps_outage_to_unavailable():
     from pictag.serve._stack import free_port
-    from pictag.serve.transport import TransportUnavailable
 
     transport = RedisStreamsTransport(f"redis://127.0.0.1:{free_port()}/0")
     with pytest.raises(TransportUnavailable):

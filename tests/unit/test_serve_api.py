@@ -6,12 +6,14 @@ import base64
 import io
 import os
 import re
+import subprocess
+import sys
 
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from conftest import jpeg_bytes, photos
+from conftest import jpeg_bytes, photos, subprocess_env
 from pictag.serve.api import create_app
 from pictag.serve.config import ServeConfig
 
@@ -209,3 +211,11 @@ def test_url_fetching_when_allowed(tiny_open_clip, roots):
             assert local.status_code == 400
     finally:
         server.shutdown()
+
+
+def test_the_api_process_imports_no_torch():
+    # Every uvicorn process pays for what the API imports; only workers need the model.
+    code = "import pictag.serve.api, sys; assert 'torch' not in sys.modules"
+    done = subprocess.run([sys.executable, "-c", code], env=subprocess_env(), capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr

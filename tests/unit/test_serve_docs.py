@@ -44,3 +44,12 @@ def test_cli_rejects_bad_config_values(tmp_path, capsys):
     path.write_text("batch_size: 0\n")
     assert main(["serve", "api", "--config", str(path)]) == 2
     assert "batch_size must be at least 1" in capsys.readouterr().err
+
+
+def test_api_processes_are_not_called_workers(capsys):
+    # --workers means data-loading workers in every command; the API's uvicorn processes are --processes.
+    assert main(["serve", "api", "--processes", "2"]) == 2
+    assert "needs redis_url" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["serve", "api", "--workers", "2"])
+    assert "unrecognized arguments: --workers 2" in capsys.readouterr().err

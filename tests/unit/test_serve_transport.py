@@ -10,9 +10,10 @@ import pytest
 
 from conftest import jpeg_bytes, photos
 from pictag.serve.config import ServeConfig
-from pictag.serve.contract import ZeroShotService
-from pictag.serve.transport import InProcessTransport, Message, QueueFull
+from pictag.serve.transport.base import Message, QueueFull, ReplyTo
+from pictag.serve.transport.memory import InProcessTransport
 from pictag.serve.worker import Worker
+from pictag.serve.zero_shot import ZeroShotService
 
 LABELS = ["cat", "rocket", "coffee"]
 
@@ -31,7 +32,7 @@ def image() -> bytes:
 
 
 def message(i: int, image: bytes, **params) -> Message:
-    return Message(f"r:{i}", image, params)
+    return Message(ReplyTo(request_id=str(i)), image, params)
 
 
 def test_reply_reaches_the_waiting_client(service, image):
@@ -88,12 +89,12 @@ def test_batch_waits_for_late_requests_up_to_max_wait(service, image):
     late.start()
     batch = worker.collect()
     late.join()
-    assert [m.reply_to for m in batch][:2] == ["r:0", "r:1"]
+    assert [m.reply_to.request_id for m in batch][:2] == ["0", "1"]
 
     greedy = Worker(service, transport, batch_size=8, max_wait_ms=0)
     asyncio.run(transport.submit([message(2, image)]))
     threading.Timer(0.3, lambda: asyncio.run(transport.submit([message(3, image)]))).start()
-    assert [m.reply_to for m in greedy.collect()] == ["r:2"]
+    assert [m.reply_to.request_id for m in greedy.collect()] == ["2"]
 
 
 def test_second_completion_is_dropped(service, image):
@@ -101,7 +102,7 @@ def test_second_completion_is_dropped(service, image):
 
     async def scenario():
         await transport.create_job("j", 1)
-        await transport.submit([Message("j:j:0", image, {})])
+        await transport.submit([Message(ReplyTo(job_id="j", index=0), image, {})])
         (taken,) = transport.receive(1, 1)
         transport.complete([(taken, {"ok": True, "status": 200, "result": {"n": 1}})])
         transport.complete([(taken, {"ok": True, "status": 200, "result": {"n": 2}})])
@@ -159,8 +160,21 @@ def test_lone_requests_at_low_load_do_not_wait(service, image):
     worker = Worker(service, transport, batch_size=8, max_wait_ms=1500)
     now = time.time()
     for i in range(3):  # requests 20 s apart: nobody to wait for
-        asyncio.run(transport.submit([Message(f"r:{i}", image, {}, sent_at=now - 60 + 20 * i)]))
+        asyncio.run(transport.submit([Message(ReplyTo(request_id=str(i)), image, {}, sent_at=now - 60 + 20 * i)]))
         started = time.monotonic()
         assert len(worker.collect()) == 1
     assert time.monotonic() - started < 1.0  # the first batch waited 1.5 s (no gap known yet), the last did not
     assert min(worker._gaps) == 20
+
+
+@pytest.mark.parametrize(
+    "reply_to", [ReplyTo(request_id="3f2c"), ReplyTo(request_id="3f2c", inbox="a1"), ReplyTo(job_id="9d1e", index=7)]
+)
+def test_reply_address_round_trips_its_wire_form(reply_to):
+    assert ReplyTo.parse(str(reply_to)) == reply_to
+
+
+@pytest.mark.parametrize("fields", [{}, {"request_id": "r", "job_id": "j", "index": 0}, {"job_id": "j"}])
+def test_reply_address_names_a_request_or_a_job_item(fields):
+    with pytest.raises(ValueError):
+        ReplyTo(**fields)

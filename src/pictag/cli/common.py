@@ -84,7 +84,9 @@ def execute(config: type, target: str, args: argparse.Namespace) -> int:
         return 0
     module, function = target.split(":")
     result = getattr(importlib.import_module(module), function)(cfg)
-    print(result if isinstance(result, str) else result.summary())
+    text = result if isinstance(result, str) else result.summary()
+    if text:
+        print(text)
     return 0
 
 

@@ -2,90 +2,51 @@
 
 from __future__ import annotations
 
-import argparse
+from functools import partial
 
-from pictag.cli.common import overrides
+from pictag.cli.common import add_command, add_config_args, execute
+from pictag.serve.config import ServeConfig
 
 EXAMPLES = """examples:
   pictag serve --config serve.yaml                      # one machine: API + in-process worker, no Redis
-  pictag serve api --config serve.yaml --port 8000 --workers 4
+  pictag serve api --config serve.yaml --port 8000 --processes 4
   pictag serve worker --config serve.yaml --device cuda:0 --batch-size 32 --max-wait-ms 10
   curl -F image=@cat.jpg -F labels=cat,dog http://localhost:8000/v1/classify
 """
-
-
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="serve.yaml; command-line flags override it")
-    g = p.add_argument_group("model")
-    g.add_argument("--model", help="model spec (default $PICTAG_MODEL or open_clip:ViT-B-32/openai)")
-    g.add_argument("--checkpoint", help="local weights file for --model")
-    g.add_argument("--random-weights", action="store_true", default=None, help="random weights (tests, benchmarks)")
-    g.add_argument("--labels", help="default labels when a request names none, comma-separated")
-    g.add_argument("--labels-file", help="default labels, one per line")
-    g.add_argument("--templates", help="default templates: simple or imagenet80")
-    g.add_argument("--redis-url", help="redis://host:port/db holding the queue")
-    g.add_argument("--queue", help="prefix of the deployment's Redis keys (default pictag)")
-
-
-def _api(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("http")
-    g.add_argument("--host", help="address to listen on (default 127.0.0.1)")
-    g.add_argument("--port", type=int, help="port to listen on (default 8000)")
-
-
-def _worker(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("worker")
-    g.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: best available)")
-    g.add_argument("--precision", choices=["fp32", "tf32", "fp16", "bf16"], help="default: fp32 on CPU, half on GPU")
-    g.add_argument("--batch-size", type=int, help="most requests per forward pass (default 32)")
-    g.add_argument("--max-wait-ms", type=float, help="longest the first request of a batch waits (default 10)")
-    g.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+MODES = {
+    "api": ("API processes only (needs redis_url)", "_api_processes"),
+    "worker": ("one model worker: dynamic batches from Redis (needs redis_url)", "_run_worker"),
+}
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "serve",
+        ServeConfig,
+        "pictag.cli.serve:_single",
         help="serve zero-shot classification over HTTP",
         description="Serve /v1/classify, /v1/jobs, a web page at / and /metrics. Without a mode, runs the API and "
         "an in-process worker on one machine (no Redis). In production run `serve api` and any number of "
         "`serve worker`, joined by Redis (redis_url).",
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        examples=EXAMPLES,
     )
-    _common(p)
-    _api(p)
-    _worker(p)
-    p.set_defaults(func=run, mode=None)
-    modes = p.add_subparsers(dest="mode", metavar="MODE")
-    api = modes.add_parser("api", help="API processes only (needs redis_url)", description="API processes only.")
-    _common(api)
-    _api(api)
-    api.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (default 1)")
-    api.set_defaults(func=run)
-    worker = modes.add_parser(
-        "worker", help="one model worker (needs redis_url)", description="A worker: dynamic batches from Redis."
-    )
-    _common(worker)
-    _worker(worker)
-    worker.set_defaults(func=run)
+    modes = p.add_subparsers(dest="mode", metavar="MODE", parser_class=type(p))
+    for mode, (text, target) in MODES.items():
+        parser = modes.add_parser(mode, help=text, description=text[0].upper() + text[1:] + ".")
+        add_config_args(parser, ServeConfig)
+        parser.set_defaults(func=partial(execute, ServeConfig, f"pictag.cli.serve:{target}"))
 
 
-def run(args: argparse.Namespace) -> int:
-    from pictag.config import load_config
+def _needs_redis(cfg: ServeConfig, mode: str) -> None:
     from pictag.errors import PictagError
-    from pictag.serve.config import ServeConfig
 
-    mode = args.mode
-    cfg = load_config(ServeConfig, args.config, **{k: v for k, v in overrides(args).items() if k != "workers"})
-    if mode is None:
-        return _single(cfg)
     if not cfg.redis_url:
         raise PictagError(f"`pictag serve {mode}` needs redis_url (in serve.yaml or --redis-url); without Redis use "
                           "`pictag serve`")  # fmt: skip
-    return _api_processes(cfg, args.workers) if mode == "api" else _run_worker(cfg)
 
 
-def _single(cfg) -> int:
+def _single(cfg: ServeConfig) -> str:
     import dataclasses
 
     import uvicorn
@@ -95,10 +56,10 @@ def _single(cfg) -> int:
     cfg = dataclasses.replace(cfg, redis_url=None)
     print(f"pictag serve: http://{cfg.host}:{cfg.port} ({cfg.model}, in-process worker; page at /, API docs at /docs)")
     uvicorn.run(create_app(cfg), host=cfg.host, port=cfg.port, log_level="warning")
-    return 0
+    return ""
 
 
-def _api_processes(cfg, workers: int) -> int:
+def _api_processes(cfg: ServeConfig) -> str:
     import os
     import shutil
     import tempfile
@@ -108,10 +69,12 @@ def _api_processes(cfg, workers: int) -> int:
     from pictag.config import dump_config
     from pictag.serve.api import CONFIG_ENV, create_app
 
-    print(f"pictag serve api: http://{cfg.host}:{cfg.port}, {workers} process(es), queue {cfg.redis_url}")
-    if workers <= 1:
+    _needs_redis(cfg, "api")
+    processes = cfg.processes
+    print(f"pictag serve api: http://{cfg.host}:{cfg.port}, {processes} process(es), queue {cfg.redis_url}")
+    if processes <= 1:
         uvicorn.run(create_app(cfg), host=cfg.host, port=cfg.port, log_level="warning")
-        return 0
+        return ""
     folder = tempfile.mkdtemp(prefix="pictag-serve-")
     try:
         os.environ[CONFIG_ENV] = str(dump_config(cfg, os.path.join(folder, "serve.yaml")))
@@ -123,42 +86,35 @@ def _api_processes(cfg, workers: int) -> int:
             factory=True,
             host=cfg.host,
             port=cfg.port,
-            workers=workers,
+            workers=processes,
             log_level="warning",
         )
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    return 0
+    return ""
 
 
-def _run_worker(cfg) -> int:
+def _run_worker(cfg: ServeConfig) -> str:
     import logging
     import signal
     import threading
 
-    from pictag.serve.contract import ZeroShotService
-    from pictag.serve.transport import RedisStreamsTransport
+    from pictag.serve.service import create_service
+    from pictag.serve.transport import create_transport
     from pictag.serve.worker import Worker, worker_name
 
+    _needs_redis(cfg, "worker")
     name = worker_name()
-    transport = RedisStreamsTransport(
-        cfg.redis_url,
-        cfg.queue,
-        consumer=name,
-        visibility_timeout_s=cfg.visibility_timeout_s,
-        max_deliveries=cfg.max_deliveries,
-        job_ttl_s=cfg.job_ttl_s,
-    )
-    service = ZeroShotService(cfg)
+    transport = create_transport(cfg, consumer=name)
+    service = create_service(cfg)
     service.setup()
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     logging.getLogger("pictag").warning(
-        "worker %s: %s on %s, batch %d, max wait %g ms", name, cfg.model, service.encoder.device, cfg.batch_size,
-        cfg.max_wait_ms,
-    )  # fmt: skip
+        "worker %s: %s, batch %d, max wait %g ms", name, service, cfg.batch_size, cfg.max_wait_ms
+    )
     Worker(service, transport, cfg.batch_size, cfg.max_wait_ms, name=name,
            claim_every_s=max(min(cfg.visibility_timeout_s / 2, 5.0), 0.2)).run(stop)  # fmt: skip
     transport.close()
-    return 0
+    return ""

@@ -75,10 +75,10 @@ class Stack:
         folder: Where the config and each process's log go.
         config: serve.yaml values (redis_url and port are filled in).
         env: Environment of the children (e.g. with PYTHONPATH pointing at a checkout).
-        api_workers: uvicorn processes.
+        api_processes: uvicorn processes of the API.
     """
 
-    def __init__(self, folder: Path, config: dict, env: dict | None = None, api_workers: int = 1):
+    def __init__(self, folder: Path, config: dict, env: dict | None = None, api_processes: int = 1):
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.redis = RedisServer(self.folder / "redis")
@@ -88,7 +88,7 @@ class Stack:
         self.config_path = self.folder / "serve.yaml"
         self.config_path.write_text(yaml.safe_dump(self.config))
         self.env = dict(env or os.environ)
-        self.api_workers = api_workers
+        self.api_processes = api_processes
         self.api: subprocess.Popen | None = None
         self.workers: list[subprocess.Popen] = []
         self.killed: list[subprocess.Popen] = []
@@ -101,7 +101,7 @@ class Stack:
     def start(self, workers: int = 2, worker_args: tuple[str, ...] = (), timeout: float = 90) -> Stack:
         """Start Redis, the API and `workers` workers; return once /readyz counts every worker."""
         self.redis.start()
-        self.api = self._spawn("api", "api", "--workers", str(self.api_workers))
+        self.api = self._spawn("api", "api", "--processes", str(self.api_processes))
         for _ in range(workers):
             self.add_worker(*worker_args)
         if workers:

@@ -31,14 +31,10 @@ from pictag.prompts import load_templates, parse_labels
 from pictag.serve.config import ServeConfig
 from pictag.serve.metrics import ApiMetrics, RecordRequests
 from pictag.serve.security import ApiError, BodyLimit, check_image, check_token, fetch_url, read_path
-from pictag.serve.transport import (
-    InProcessTransport,
-    Message,
-    QueueFull,
-    RedisStreamsTransport,
-    Transport,
-    TransportUnavailable,
-)
+from pictag.serve.service import create_service
+from pictag.serve.transport import create_transport
+from pictag.serve.transport.base import Message, QueueFull, ReplyTo, Transport, TransportUnavailable
+from pictag.serve.worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -104,20 +100,7 @@ class App:
         self.token = cfg.token()
         self.default_labels = parse_labels(cfg.labels, cfg.labels_file) if cfg.labels or cfg.labels_file else None
         self.in_process = transport is None and not cfg.redis_url
-        if transport is None:
-            transport = (
-                RedisStreamsTransport(
-                    cfg.redis_url,
-                    cfg.queue,
-                    max_queue=cfg.max_queue,
-                    visibility_timeout_s=cfg.visibility_timeout_s,
-                    max_deliveries=cfg.max_deliveries,
-                    job_ttl_s=cfg.job_ttl_s,
-                )
-                if cfg.redis_url
-                else InProcessTransport(cfg.max_queue, cfg.visibility_timeout_s, cfg.max_deliveries, cfg.job_ttl_s)
-            )
-        self.transport = transport
+        self.transport = transport if transport is not None else create_transport(cfg)
         self.metrics = ApiMetrics()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -125,10 +108,7 @@ class App:
     async def start(self) -> None:
         if not self.in_process:
             return
-        from pictag.serve.contract import ZeroShotService
-        from pictag.serve.worker import Worker
-
-        service = ZeroShotService(self.cfg)
+        service = create_service(self.cfg)
         await asyncio.to_thread(service.setup)
         worker = Worker(service, self.transport, self.cfg.batch_size, self.cfg.max_wait_ms)
         self._thread = threading.Thread(target=worker.run, args=(self._stop,), name="pictag-worker", daemon=True)
@@ -310,7 +290,8 @@ def create_app(cfg: ServeConfig, transport: Transport | None = None) -> FastAPI:
         read = time.perf_counter()
         request_id = uuid.uuid4().hex
         timeout = cfg.request_timeout_s
-        await state.transport.submit([Message(f"r:{request_id}", images[0], params, time.time() + timeout)])
+        message = Message(ReplyTo(request_id=request_id), images[0], params, deadline=time.time() + timeout)
+        await state.transport.submit([message])
         reply = await state.transport.wait(request_id, timeout)
         if reply is None:
             raise ApiError(504, f"no answer within request_timeout_s={timeout:g}s; retry, or add workers")
@@ -334,7 +315,7 @@ def create_app(cfg: ServeConfig, transport: Transport | None = None) -> FastAPI:
         images, params = await state.read(request, many=True)
         job_id = uuid.uuid4().hex
         await state.transport.create_job(job_id, len(images))
-        messages = [Message(f"j:{job_id}:{i}", image, params) for i, image in enumerate(images)]
+        messages = [Message(ReplyTo(job_id=job_id, index=i), image, params) for i, image in enumerate(images)]
         try:
             await state.transport.submit(messages)
         except (QueueFull, TransportUnavailable):

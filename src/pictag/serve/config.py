@@ -14,6 +14,7 @@ class ServeConfig:
     """Options of `pictag serve`, read from serve.yaml and overridden by command-line flags.
 
     Attributes:
+        service: What the workers serve, by registered name (see `pictag.serve.service`): "zero-shot".
         model: Model spec, see `create_model` ($PICTAG_MODEL or open_clip:ViT-B-32/openai when unset).
         checkpoint: Local weights file for `model`.
         random_weights: Random weights (tests and benchmarks only).
@@ -45,8 +46,11 @@ class ServeConfig:
         label_cache_size: Label sets whose text prototypes a worker keeps in memory (all stay in the disk cache).
         host: Address the API listens on.
         port: Port the API listens on.
+        processes: Uvicorn processes serving the API (`serve api`); not --workers, which means data-loading
+            workers in every pictag command.
     """
 
+    service: str = "zero-shot"
     model: str = field(default_factory=default_model)
     checkpoint: str | None = None
     random_weights: bool = False
@@ -77,6 +81,7 @@ class ServeConfig:
     label_cache_size: int = 64
     host: str = "127.0.0.1"
     port: int = 8000
+    processes: int = 1
 
     def __post_init__(self):
         positive = ("batch_size", "max_queue", "max_deliveries", "max_upload_bytes", "max_pixels", "max_labels")

@@ -1,7 +1,7 @@
 """Prometheus metrics: request counters and latency histograms from the API processes, queue and batch figures
 read from the transport at scrape time (workers report through it, so any API process can show all of them).
 
-With several API processes (`--workers N`), set PROMETHEUS_MULTIPROC_DIR (the CLI does) so every process's
+With several API processes (`--processes N`), set PROMETHEUS_MULTIPROC_DIR (the CLI does) so every process's
 counters are summed.
 """
 
@@ -13,7 +13,7 @@ import time
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
-from pictag.serve.transport import QueueHealth
+from pictag.serve.transport.base import QueueHealth
 from pictag.serve.worker import BATCH_BUCKETS
 
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30)

@@ -1,4 +1,7 @@
-"""The worker: takes requests off a transport in dynamic batches and answers each one through the contract.
+"""The worker: takes requests off a transport in dynamic batches and answers each one through a `Service`.
+
+It knows nothing of the model: it decodes each request, predicts on the batch and encodes each output, and turns
+every failure into that request's error reply.
 
 A batch closes when it holds `batch_size` requests or when `max_wait_ms` has passed since its first request
 arrived, whichever comes first; `max_wait_ms=0` takes whatever is queued and runs it at once.
@@ -22,14 +25,15 @@ import uuid
 
 from pictag.data.decode import DecodeError
 from pictag.errors import PictagError
-from pictag.serve.contract import ZeroShotService
-from pictag.serve.transport import Message, Transport, error_reply
+from pictag.serve.service import Service
+from pictag.serve.transport.base import Message, Transport, error_reply
 
 log = logging.getLogger(__name__)
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 HEARTBEAT_S = 1.0
 IDLE_POLL_S = 0.5
+_FAILED = object()  # the output of an item the model failed on
 
 
 def worker_name() -> str:
@@ -38,10 +42,10 @@ def worker_name() -> str:
 
 
 class Worker:
-    """Runs the serving contract over dynamic batches from a transport until stopped.
+    """Runs a service over dynamic batches from a transport until stopped.
 
     Args:
-        service: The contract (already set up).
+        service: The model side (already set up).
         transport: Where requests come from and answers go.
         batch_size: Most requests per forward pass.
         max_wait_ms: Longest the first request of a batch waits for company.
@@ -51,7 +55,7 @@ class Worker:
 
     def __init__(
         self,
-        service: ZeroShotService,
+        service: Service,
         transport: Transport,
         batch_size: int = 32,
         max_wait_ms: float = 10.0,
@@ -138,7 +142,7 @@ class Worker:
         """Decode, predict and encode a batch; every message gets exactly one reply, success or error."""
         service = self.service
         replies: list[tuple[Message, dict]] = []
-        ready, crops, heads, top_k = [], [], [], []
+        ready, items = [], []
         batch_started = time.perf_counter()
         now = time.time()
         for message in batch:
@@ -147,8 +151,7 @@ class Worker:
                 self._count("expired")
                 continue
             try:
-                head = service.head(message.params)
-                crop = service.decode(message.image)
+                items.append(service.decode(message.image, message.params))
             except PictagError as exc:
                 replies.append((message, error_reply(400, str(exc))))
                 self._count("errors_request")
@@ -158,44 +161,34 @@ class Worker:
                 self._count("errors_decode")
                 continue
             ready.append(message)
-            crops.append(crop)
-            heads.append(head)
-            top_k.append(int(message.params.get("top_k") or service.cfg.top_k))
         if ready:
             started = time.perf_counter()
-            predictions = self._predict(crops, heads, top_k)
+            outputs = self._predict(items)
             self._count("predict_seconds", time.perf_counter() - started)
             self._count("batches")
             self._count("batch_size_sum", len(ready))
             self._count(f"batch_size_le_{next((b for b in BATCH_BUCKETS if len(ready) <= b), 'inf')}")
-            for message, prediction in zip(ready, predictions):
-                if isinstance(prediction, Exception):
+            for message, output in zip(ready, outputs):
+                if output is _FAILED:
                     self._count("errors_model")
-                    reply = error_reply(500, f"the model failed on this image: {type(prediction).__name__}")
+                    reply = error_reply(500, "the model failed on this image (see the worker's log)")
                 else:
                     # worker_ms lets clients tell the model's share of their latency from the serving path's.
                     worker_ms = round((time.perf_counter() - batch_started) * 1000, 3)
-                    reply = {
-                        "ok": True,
-                        "status": 200,
-                        "result": {**service.encode(prediction), "worker_ms": worker_ms},
-                    }
+                    reply = {"ok": True, "status": 200, "result": {**service.encode(output), "worker_ms": worker_ms}}
                 replies.append((message, reply))
         self._count("requests", len(batch))
         return replies
 
-    def _predict(self, crops, heads, top_k) -> list:
+    def _predict(self, items: list) -> list:
         try:
-            return self.service.predict(crops, heads, top_k)
+            return self.service.predict(items)
         except Exception:
-            if len(crops) == 1:
+            if len(items) == 1:
                 log.exception("worker %s: the model failed on one image", self.name)
-                return [RuntimeError("model failure")]
+                return [_FAILED]
         # One bad input must not fail its batch-mates: run them one by one.
-        out = []
-        for crop, head, k in zip(crops, heads, top_k):
-            out += self._predict([crop], [head], [k])
-        return out
+        return [output for item in items for output in self._predict([item])]
 
     def _count(self, name: str, value: float = 1) -> None:
         self._stats[name] = self._stats.get(name, 0) + value

@@ -1,6 +1,5 @@
-"""The serving contract: setup / decode / predict / encode, over pictag's encoder and zero-shot head.
-
-Workers call these four and nothing else, so the model side stays independent of HTTP and of the queue.
+"""Zero-shot classification as a `Service`: per-request labels and templates over pictag's encoder and
+`ZeroShotClassifier`.
 """
 
 from __future__ import annotations
@@ -16,6 +15,16 @@ from pictag.errors import PictagError
 from pictag.heads.zero_shot import ZeroShotClassifier
 from pictag.prompts import parse_labels
 from pictag.serve.config import ServeConfig
+from pictag.serve.service import Service, register_service
+
+
+@dataclass
+class Query:
+    """One decoded request: the image's crop, the classifier of its labels, and how many labels it wants back."""
+
+    crop: np.ndarray
+    head: ZeroShotClassifier
+    top_k: int
 
 
 @dataclass
@@ -26,7 +35,8 @@ class Prediction:
     scores: list[float]
 
 
-class ZeroShotService:
+@register_service("zero-shot")
+class ZeroShotService(Service[Query, Prediction]):
     """Zero-shot classification with per-request labels and templates.
 
     Text prototypes are built once per (model, templates, labels) and kept in an in-memory LRU in front of
@@ -37,10 +47,15 @@ class ZeroShotService:
     """
 
     def __init__(self, cfg: ServeConfig):
-        self.cfg = cfg
+        super().__init__(cfg)
         self.encoder = None
         self.default_labels: list[str] | None = None
         self._heads: collections.OrderedDict[tuple, ZeroShotClassifier] = collections.OrderedDict()
+
+    def __str__(self) -> str:
+        if self.encoder is None:  # not set up yet: the device is still unknown
+            return super().__str__()
+        return f"{self.name} service, {self.encoder.spec} on {self.encoder.device}"
 
     def setup(self) -> None:
         """Load the model and the default label set's prototypes (so the first request pays neither)."""
@@ -80,26 +95,27 @@ class ZeroShotService:
         self._heads.move_to_end(key)
         return head
 
-    def decode(self, image: bytes) -> np.ndarray:
-        """Encoded image bytes to the model's uint8 crop; raises `DecodeError` for bad images."""
+    def decode(self, image: bytes, params: dict) -> Query:
+        """The request's classifier, then its image as the model's uint8 crop (`DecodeError` for bad images)."""
+        head = self.head(params)
         preprocess = self.encoder.preprocess
         img = decode_image(image, min_size=preprocess.min_decode_size, max_pixels=self.cfg.max_pixels)
-        return preprocess.crop(img)
+        return Query(preprocess.crop(img), head, int(params.get("top_k") or self.cfg.top_k))
 
-    def predict(self, crops: list[np.ndarray], heads: list[ZeroShotClassifier], top_k: list[int]) -> list[Prediction]:
-        """One forward pass over a batch of crops, then each image against its own head."""
-        pixels = torch.from_numpy(np.stack(crops)).to(self.encoder.device)
+    def predict(self, batch: list[Query]) -> list[Prediction]:
+        """One forward pass over the batch's crops, then each image against its own classifier."""
+        pixels = torch.from_numpy(np.stack([q.crop for q in batch])).to(self.encoder.device)
         features = self.encoder.encode_image(self.encoder.preprocess.normalize(pixels))
         rows_by_head: dict[int, list[int]] = collections.defaultdict(list)
-        for row, head in enumerate(heads):
-            rows_by_head[id(head)].append(row)
-        out: list[Prediction | None] = [None] * len(crops)
+        for row, query in enumerate(batch):
+            rows_by_head[id(query.head)].append(row)
+        out: list[Prediction | None] = [None] * len(batch)
         for rows in rows_by_head.values():
-            head = heads[rows[0]]
-            k = max(top_k[r] for r in rows)
-            scores, indices = head.top_k(features[rows], k)
+            head = batch[rows[0]].head
+            scores, indices = head.top_k(features[rows], max(batch[r].top_k for r in rows))
             for r, s, i in zip(rows, scores.tolist(), indices.tolist()):
-                out[r] = Prediction([head.labels[j] for j in i[: top_k[r]]], s[: top_k[r]])
+                k = batch[r].top_k
+                out[r] = Prediction([head.labels[j] for j in i[:k]], s[:k])
         return out
 
     def encode(self, prediction: Prediction) -> dict:

@@ -1,319 +1,35 @@
-"""The queue between the API and the workers, behind one interface: Redis Streams in production, in-process for
-single-machine serving and unit tests.
+"""The Redis Streams transport: API processes and workers on any number of machines, joined by one Redis.
 
-Delivery is at least once (a claimed request may run twice when its first worker died after predicting), and
-answering is exactly once: the reply and the acknowledgement are one atomic step guarded by a per-request marker,
-so a second completion of the same request is dropped.
+redis-py is imported inside the methods, so that importing this module (as the API does) costs nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
-import concurrent.futures
 import contextlib
+import dataclasses
 import json
-import threading
 import time
 import uuid
-from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
 
-HEARTBEAT_TTL_S = 5.0
+from pictag.serve.transport.base import (
+    HEARTBEAT_TTL_S,
+    Message,
+    QueueFull,
+    QueueHealth,
+    ReplyTo,
+    Transport,
+    TransportUnavailable,
+    dead_letter_reply,
+    job_view,
+)
+
 _SHORTEST_BLOCK_S = 0.2
 _POLL_S = 0.0005
 _API_CONNECTIONS = 32
 
 
-class QueueFull(Exception):
-    """The queue holds `max_queue` requests; the client should retry later."""
-
-
-class TransportUnavailable(Exception):
-    """The queue backend cannot be reached (Redis down); the client should retry later."""
-
-
-@dataclass
-class Message:
-    """One image to classify, on its way from the API to a worker.
-
-    Attributes:
-        reply_to: Where the answer goes and its unique name: "r:<request id>" or "j:<job id>:<index>".
-        image: The encoded image bytes.
-        params: labels, templates and top_k of the request.
-        deadline: Epoch seconds after which nobody waits for the answer any more (0: no deadline).
-        sent_at: Epoch seconds when the API queued it; workers learn the arrival rate from it.
-        deliveries: How many times a worker has taken this message, this time included.
-        receipt: The transport's handle on the message (the stream entry id for Redis).
-    """
-
-    reply_to: str
-    image: bytes
-    params: dict
-    deadline: float = 0.0
-    sent_at: float = field(default_factory=time.time)
-    deliveries: int = 1
-    receipt: str = ""
-
-
-@dataclass
-class QueueHealth:
-    """What /readyz and /metrics report about the queue."""
-
-    depth: int
-    live_workers: int
-    dead_letters: int
-    worker_stats: dict[str, float] = field(default_factory=dict)
-
-
-def error_reply(status: int, error: str) -> dict:
-    """A reply that tells the client what went wrong, with the HTTP status it should get."""
-    return {"ok": False, "status": status, "error": error}
-
-
-def dead_letter_reply(message: Message, dead_stream: str) -> dict:
-    return error_reply(
-        500,
-        f"this request stopped {message.deliveries - 1} worker(s) before they could answer; it was moved to the "
-        f"dead-letter stream {dead_stream!r} and will not be retried (check the image and the worker logs)",
-    )
-
-
-def job_view(job_id: str, total: int, done: int, failed: int, results: list) -> dict:
-    """A job's public state, the same for every transport."""
-    status = "done" if done >= total else ("running" if done else "queued")
-    return {
-        "id": job_id,
-        "status": status,
-        "total": total,
-        "done": done,
-        "failed": failed,
-        "progress": done / total if total else 1.0,
-        "results": results,
-    }
-
-
-class Transport(ABC):
-    """Carries messages from API processes to workers and replies back.
-
-    The client half is async (it runs in the API's event loop); the worker half is blocking (it runs in a worker
-    process or thread, beside the model).
-    """
-
-    dead_stream = "dead-letter"
-
-    # --- client half --------------------------------------------------------------------------------------------
-    @abstractmethod
-    async def submit(self, messages: list[Message]) -> None:
-        """Enqueue all messages or none.
-
-        Raises:
-            QueueFull: they do not fit under max_queue.
-            TransportUnavailable: the backend is down.
-        """
-
-    @abstractmethod
-    async def wait(self, request_id: str, timeout: float) -> dict | None:
-        """The reply to message "r:<request_id>", or None after `timeout` seconds."""
-
-    @abstractmethod
-    async def create_job(self, job_id: str, total: int) -> None:
-        """Register a job of `total` messages named "j:<job_id>:<index>", before submitting them."""
-
-    @abstractmethod
-    async def delete_job(self, job_id: str) -> None:
-        """Forget a job whose messages could not be submitted."""
-
-    @abstractmethod
-    async def job(self, job_id: str) -> dict | None:
-        """The job's state (see `job_view`), or None if unknown or expired."""
-
-    @abstractmethod
-    async def health(self) -> QueueHealth:
-        """Queue depth, live workers and worker statistics; raises TransportUnavailable when down."""
-
-    async def aclose(self) -> None:  # noqa: B027 (optional: only networked transports hold connections)
-        """Release client connections."""
-
-    # --- worker half --------------------------------------------------------------------------------------------
-    @abstractmethod
-    def receive(self, max_items: int, timeout: float) -> list[Message]:
-        """Take up to `max_items` new messages, blocking at most `timeout` seconds for the first one."""
-
-    @abstractmethod
-    def complete(self, replies: list[tuple[Message, dict]]) -> None:
-        """Answer and acknowledge messages; an answer to an already answered message is dropped."""
-
-    @abstractmethod
-    def claim_stale(self, max_items: int) -> list[Message]:
-        """Take over messages whose worker has been silent for the visibility timeout.
-
-        Messages delivered more than max_deliveries times go to the dead-letter stream and their clients get an
-        error instead; the rest are returned for this worker to run.
-        """
-
-    @abstractmethod
-    def heartbeat(self, worker: str, stats: dict[str, float]) -> None:
-        """Say this worker is alive and add its statistics since the last heartbeat."""
-
-    @abstractmethod
-    def retire(self, worker: str) -> None:
-        """Say this worker has stopped, so readiness no longer counts it."""
-
-    def close(self) -> None:  # noqa: B027 (optional, as aclose)
-        """Release worker connections."""
-
-
-class InProcessTransport(Transport):
-    """A thread-safe queue inside one process: the API's event loop on one side, worker threads on the other."""
-
-    def __init__(
-        self,
-        max_queue: int = 1000,
-        visibility_timeout_s: float = 30.0,
-        max_deliveries: int = 3,
-        job_ttl_s: float = 3600.0,
-    ):
-        self.max_queue = max_queue
-        self.visibility_timeout_s = visibility_timeout_s
-        self.max_deliveries = max_deliveries
-        self.job_ttl_s = job_ttl_s
-        self._cond = threading.Condition()
-        self._queue: collections.deque[Message] = collections.deque()
-        self._inflight: dict[str, tuple[Message, float]] = {}
-        self._answered: dict[str, float] = {}
-        self._replies: dict[str, concurrent.futures.Future] = {}
-        self._jobs: dict[str, dict] = {}
-        self._dead: list[Message] = []
-        self._workers: dict[str, float] = {}
-        self._stats: collections.Counter = collections.Counter()
-        self._serial = 0
-
-    async def submit(self, messages: list[Message]) -> None:
-        with self._cond:
-            if len(self._queue) + len(self._inflight) + len(messages) > self.max_queue:
-                raise QueueFull(
-                    f"{len(self._queue) + len(self._inflight)} requests queued (max_queue {self.max_queue})"
-                )
-            for message in messages:
-                self._serial += 1
-                message.receipt = str(self._serial)
-                if message.reply_to.startswith("r:"):
-                    self._replies[message.reply_to[2:]] = concurrent.futures.Future()
-                self._queue.append(message)
-            self._cond.notify_all()
-
-    async def wait(self, request_id: str, timeout: float) -> dict | None:
-        with self._cond:
-            future = self._replies.get(request_id)
-        if future is None:
-            return None
-        try:
-            return await asyncio.wait_for(asyncio.wrap_future(future), timeout)
-        except asyncio.TimeoutError:
-            return None
-        finally:
-            with self._cond:
-                self._replies.pop(request_id, None)
-
-    async def create_job(self, job_id: str, total: int) -> None:
-        with self._cond:
-            self._expire_jobs()
-            self._jobs[job_id] = {"total": total, "done": 0, "failed": 0, "results": [None] * total,
-                                  "expires": time.monotonic() + self.job_ttl_s}  # fmt: skip
-
-    async def delete_job(self, job_id: str) -> None:
-        with self._cond:
-            self._jobs.pop(job_id, None)
-
-    async def job(self, job_id: str) -> dict | None:
-        with self._cond:
-            self._expire_jobs()
-            job = self._jobs.get(job_id)
-            if job is None:
-                return None
-            return job_view(job_id, job["total"], job["done"], job["failed"], list(job["results"]))
-
-    async def health(self) -> QueueHealth:
-        with self._cond:
-            now = time.monotonic()
-            live = sum(1 for seen in self._workers.values() if now - seen < HEARTBEAT_TTL_S)
-            return QueueHealth(len(self._queue) + len(self._inflight), live, len(self._dead), dict(self._stats))
-
-    def receive(self, max_items: int, timeout: float) -> list[Message]:
-        with self._cond:
-            if not self._queue:
-                self._cond.wait(timeout)
-            taken = []
-            now = time.monotonic()
-            while self._queue and len(taken) < max_items:
-                message = self._queue.popleft()
-                self._inflight[message.receipt] = (message, now)
-                taken.append(message)
-            return taken
-
-    def complete(self, replies: list[tuple[Message, dict]]) -> None:
-        with self._cond:
-            now = time.monotonic()
-            for message, reply in replies:
-                self._inflight.pop(message.receipt, None)
-                if message.reply_to in self._answered:
-                    continue
-                self._answered[message.reply_to] = now
-                self._deliver(message.reply_to, reply)
-            # Markers only have to outlive any redelivery of their message.
-            horizon = now - 10 * max(self.visibility_timeout_s, 1.0)
-            for key in [k for k, t in self._answered.items() if t < horizon]:
-                del self._answered[key]
-
-    def _deliver(self, reply_to: str, reply: dict) -> None:
-        kind, _, name = reply_to.partition(":")
-        if kind == "r":
-            future = self._replies.get(name)
-            if future is not None and not future.done():
-                future.set_result(reply)
-            return
-        job_id, _, index = name.rpartition(":")
-        job = self._jobs.get(job_id)
-        if job is not None:
-            job["results"][int(index)] = reply
-            job["done"] += 1
-            job["failed"] += not reply.get("ok")
-
-    def claim_stale(self, max_items: int) -> list[Message]:
-        with self._cond:
-            now = time.monotonic()
-            stale = [m for m, taken in self._inflight.values() if now - taken >= self.visibility_timeout_s]
-            claimed = []
-            for message in stale[:max_items]:
-                message.deliveries += 1
-                if message.deliveries > self.max_deliveries:
-                    del self._inflight[message.receipt]
-                    self._dead.append(message)
-                    if message.reply_to not in self._answered:
-                        self._answered[message.reply_to] = now
-                        self._deliver(message.reply_to, dead_letter_reply(message, self.dead_stream))
-                else:
-                    self._inflight[message.receipt] = (message, now)
-                    claimed.append(message)
-            return claimed
-
-    def heartbeat(self, worker: str, stats: dict[str, float]) -> None:
-        with self._cond:
-            self._workers[worker] = time.monotonic()
-            self._stats.update(stats)
-
-    def retire(self, worker: str) -> None:
-        with self._cond:
-            self._workers.pop(worker, None)
-
-    def _expire_jobs(self) -> None:
-        now = time.monotonic()
-        for job_id in [j for j, job in self._jobs.items() if job["expires"] < now]:
-            del self._jobs[job_id]
-
-
-def encode_params(params: dict) -> str:
+def _encode_params(params: dict) -> str:
     return json.dumps(params, separators=(",", ":"))
 
 
@@ -447,12 +163,11 @@ class RedisStreamsTransport(Transport):
         waiting = []
         for m in messages:
             reply_to = m.reply_to
-            if reply_to.startswith("r:"):
-                request_id = reply_to[2:]
-                self._waiting[request_id] = loop.create_future()
-                waiting.append(request_id)
-                reply_to = f"r:{self.inbox}:{request_id}"
-            args += [reply_to, encode_params(m.params), m.image, repr(m.deadline), repr(m.sent_at)]
+            if reply_to.request_id is not None:
+                self._waiting[reply_to.request_id] = loop.create_future()
+                waiting.append(reply_to.request_id)
+                reply_to = dataclasses.replace(reply_to, inbox=self.inbox)
+            args += [str(reply_to), _encode_params(m.params), m.image, repr(m.deadline), repr(m.sent_at)]
         if waiting and (self._listener is None or self._listener.done()):
             self._listener = asyncio.create_task(self._listen())
         try:
@@ -579,14 +294,13 @@ class RedisStreamsTransport(Transport):
         marker_ttl = int(max(60, 2 * self.visibility_timeout_s * (self.max_deliveries + 1)))
         calls = []
         for message, reply in replies:
-            kind, _, name = message.reply_to.partition(":")
-            if kind == "r":
-                inbox, _, request_id = name.partition(":")
-                target, index, payload = f"{self.queue}:inbox:{inbox}", "", {"id": request_id, "reply": reply}
+            to = message.reply_to
+            if to.request_id is not None:
+                kind, index, target = "r", "", f"{self.queue}:inbox:{to.inbox}"
+                payload = {"id": to.request_id, "reply": reply}
             else:
-                job_id, _, index = name.rpartition(":")
-                target, payload = f"{self.queue}:job:{job_id}", reply
-            keys = [self.stream, f"{self.queue}:answered:{message.reply_to}", target]
+                kind, index, target, payload = "j", to.index, f"{self.queue}:job:{to.job_id}", reply
+            keys = [self.stream, f"{self.queue}:answered:{to}", target]
             ok = int(bool(reply.get("ok")))
             args = [
                 self.group,
@@ -637,7 +351,7 @@ class RedisStreamsTransport(Transport):
         if dead:
             pipe = r.pipeline(transaction=False)
             for m in dead:
-                fields = {"reply": m.reply_to, "params": encode_params(m.params), "image": m.image,
+                fields = {"reply": str(m.reply_to), "params": _encode_params(m.params), "image": m.image,
                           "deliveries": m.deliveries, "dead_at": time.time()}  # fmt: skip
                 pipe.xadd(self.dead_stream, fields, maxlen=10_000, approximate=True)
             pipe.execute()
@@ -671,7 +385,7 @@ class RedisStreamsTransport(Transport):
     @staticmethod
     def _message(entry_id: bytes, fields: dict) -> Message:
         return Message(
-            reply_to=fields[b"reply"].decode(),
+            reply_to=ReplyTo.parse(fields[b"reply"].decode()),
             image=fields[b"image"],
             params=json.loads(fields[b"params"]),
             deadline=float(fields[b"deadline"]),
