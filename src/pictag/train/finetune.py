@@ -118,7 +118,7 @@ def run(cfg: FinetuneConfig) -> FinetuneResult:
     total = cfg.epochs * len(loader)
     warmup = min(int(cfg.warmup_epochs * len(loader)), total // 2)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _cosine(step, warmup, total))
-    scaler = torch.amp.GradScaler(encoder.device.type, enabled=encoder.dtype == torch.float16)
+    scaler = torch.amp.GradScaler(encoder.device.type, enabled=encoder.autocast_dtype == torch.float16)
 
     metrics_path = out / "metrics.csv"
     history: list[dict] = []
@@ -208,18 +208,17 @@ class _Augmented(torch.utils.data.Dataset):
 
 
 def _train_epoch(encoder, head, loader, optimizer, scheduler, scaler, label_smoothing: float, epoch: int) -> float:
-    encoder.module.train()
+    encoder.train()
     # Batch statistics of a few dozen images would overwrite the pretrained ones: keep every norm layer frozen.
-    for m in encoder.module.modules():
+    for m in encoder.modules():
         if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
             m.eval()
     total, count = 0.0, 0
     device = encoder.device
     for pixels, labels in tqdm(loader, desc=f"epoch {epoch}", leave=False, dynamic_ncols=True, disable=None):
         pixels, labels = pixels.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=encoder.dtype, enabled=encoder.dtype != torch.float32):
-            # The encoder's private forward: encode_image runs under inference_mode, which blocks gradients.
-            features = encoder._image_features(pixels)
+        with encoder.autocast():
+            features = encoder.forward_image(pixels)
         loss = F.cross_entropy(head(features.float()), labels, label_smoothing=label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
@@ -228,7 +227,7 @@ def _train_epoch(encoder, head, loader, optimizer, scheduler, scaler, label_smoo
         scheduler.step()
         total += loss.item() * len(labels)
         count += len(labels)
-    encoder.module.eval()
+    encoder.eval()
     return total / max(count, 1)
 
 
