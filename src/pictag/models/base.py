@@ -12,19 +12,26 @@ from pictag.errors import PictagError
 from pictag.models.preprocess import Preprocess
 
 
-class Encoder:
+class Encoder(torch.nn.Module):
     """A pretrained image (and maybe text) encoder with the preprocessing and tokenizer of its weights.
 
-    Subclasses implement `_image_features` and, for CLIP-family models, `_text_features`; this class owns device,
-    precision, batching and normalisation so that backends cannot differ there.
+    An `nn.Module`: `train()`, `eval()`, `parameters()`, `state_dict()` and `to(device)` are PyTorch's own, and its
+    parameters are those of the library's model, `module`. Subclasses implement the grad-enabled `forward_image`
+    and, for CLIP-family models, `forward_text`; this class builds the inference wrappers `encode_image` and
+    `encode_text` on them and owns precision, batching and normalisation, so that backends cannot differ there.
+
+    Inference precision is `autocast_dtype`, not the weights' dtype: the weights stay fp32 and `encode_*` run under
+    autocast, which keeps fp32 accuracy where it matters (norms, softmax) and lets training update fp32 weights.
 
     Attributes:
         spec: The canonical model spec, e.g. "open_clip:ViT-B-32/openai".
+        module: The library's model (open_clip, transformers or timm); checkpoints hold its state dict.
         preprocess: The pixels the weights were trained on.
         embed_dim: Length of the embeddings.
         logit_scale: Multiplier from cosine similarity to logits (CLIP's learned temperature); 1.0 if image-only.
         logit_bias: SigLIP's bias; its presence means scores are sigmoids rather than a softmax.
         weights_id: Identifies the weights (tag or checkpoint content), for cache keys.
+        autocast_dtype: The dtype `encode_*` compute in; float32 runs without autocast.
     """
 
     has_text: bool = False
@@ -39,47 +46,69 @@ class Encoder:
         logit_scale: float = 1.0,
         logit_bias: float | None = None,
     ):
+        super().__init__()
         self.spec = spec
-        self.module = module.eval()
+        self.module = module
         self.preprocess = preprocess
         self.embed_dim = embed_dim
         self.weights_id = weights_id
         self.logit_scale = logit_scale
         self.logit_bias = logit_bias
-        self.device = torch.device("cpu")
-        self.dtype = torch.float32
+        self.autocast_dtype = torch.float32
+        self.eval()
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.spec!r}, dim={self.embed_dim}, device={self.device}, dtype={self.dtype})"
+        return (
+            f"{type(self).__name__}({self.spec!r}, dim={self.embed_dim}, device={self.device}, "
+            f"autocast_dtype={self.autocast_dtype})"
+        )
 
-    def to(self, device: str | torch.device, dtype: torch.dtype = torch.float32) -> Encoder:
-        """Move to a device; a half dtype runs the forward passes under autocast, keeping the weights in fp32."""
-        self.device = torch.device(device)
-        self.dtype = dtype
-        self.module.to(self.device)
-        return self
+    @property
+    def device(self) -> torch.device:
+        """Where the weights are; inputs are moved here."""
+        return next(self.parameters()).device
+
+    def forward_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Unnormalised features of a preprocessed (N, 3, H, W) batch on `device`, with gradients when enabled."""
+        raise NotImplementedError
+
+    def forward_text(self, texts: Sequence[str]) -> torch.Tensor:
+        """Unnormalised features of texts, tokenised on `device`, with gradients when enabled.
+
+        Raises:
+            PictagError: the model has no text tower.
+        """
+        raise PictagError(
+            f"{self.spec} is an image-only model and cannot encode text: zero-shot labels need a CLIP-family "
+            "model (open_clip:ARCH/TAG or hf:ORG/NAME)"
+        )
+
+    def autocast(self):
+        """The autocast context `encode_*` run in: `autocast_dtype` on `device`, or nothing for float32."""
+        if self.autocast_dtype == torch.float32:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     @torch.inference_mode()
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
         """L2-normalised float32 embeddings of a preprocessed (N, 3, H, W) batch."""
-        with self._autocast():
-            features = self._image_features(pixels.to(self.device, non_blocking=True))
+        with self.autocast():
+            features = self.forward_image(pixels.to(self.device, non_blocking=True))
         return F.normalize(features.float(), dim=-1)
 
     @torch.inference_mode()
     def encode_text(self, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
-        """L2-normalised float32 embeddings of texts, computed in batches."""
-        if not self.has_text:
-            raise PictagError(
-                f"{self.spec} is an image-only model and cannot encode text: zero-shot labels need a CLIP-family "
-                "model (open_clip:ARCH/TAG or hf:ORG/NAME)"
-            )
+        """L2-normalised float32 embeddings of texts, computed in batches.
+
+        Raises:
+            PictagError: the model has no text tower.
+        """
         # Batches of texts of similar length: tokenizers that pad to the longest text in a batch then pad little.
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         chunks = []
         for start in range(0, len(texts), batch_size):
-            with self._autocast():
-                chunks.append(self._text_features([texts[i] for i in order[start : start + batch_size]]).float())
+            with self.autocast():
+                chunks.append(self.forward_text([texts[i] for i in order[start : start + batch_size]]).float())
         embedded = torch.cat(chunks)
         features = torch.empty_like(embedded)
         features[order] = embedded
@@ -90,14 +119,3 @@ class Encoder:
         if self.logit_bias is not None:
             return torch.sigmoid(logits + self.logit_bias)
         return logits.softmax(dim=-1)
-
-    def _autocast(self):
-        if self.dtype == torch.float32:
-            return nullcontext()
-        return torch.autocast(self.device.type, dtype=self.dtype)
-
-    def _image_features(self, pixels: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def _text_features(self, texts: list[str]) -> torch.Tensor:
-        raise NotImplementedError

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 import torch
 
@@ -37,10 +38,10 @@ class HfClipEncoder(Encoder):
         siglip = "siglip" in model.config.model_type
         self.text_kwargs = dict(padding="max_length", max_length=64, truncation=True) if siglip else dict(padding=True)
 
-    def _image_features(self, pixels: torch.Tensor) -> torch.Tensor:
+    def forward_image(self, pixels: torch.Tensor) -> torch.Tensor:
         return _pooled(self.module.get_image_features(pixel_values=pixels))
 
-    def _text_features(self, texts: list[str]) -> torch.Tensor:
+    def forward_text(self, texts: Sequence[str]) -> torch.Tensor:
         tokens = self.tokenizer(texts, return_tensors="pt", **self.text_kwargs).to(self.device)
         return _pooled(self.module.get_text_features(**tokens))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 import torch
 
@@ -42,10 +43,10 @@ class OpenClipEncoder(Encoder):
         self.tokenizer = tokenizer
         self.trims_context = _trims_context(model)
 
-    def _image_features(self, pixels: torch.Tensor) -> torch.Tensor:
+    def forward_image(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.module.encode_image(pixels)
 
-    def _text_features(self, texts: list[str]) -> torch.Tensor:
+    def forward_text(self, texts: Sequence[str]) -> torch.Tensor:
         tokens = self.tokenizer(texts).to(self.device)
         return _encode_trimmed(self.module, tokens) if self.trims_context else self.module.encode_text(tokens)
 

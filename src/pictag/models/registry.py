@@ -101,8 +101,8 @@ def create_model(
     if random_weights:
         log.warning("building %s with RANDOM weights: its predictions are meaningless", parsed)
     encoder = _BACKENDS[parsed.scheme].create(parsed, checkpoint=checkpoint, random_weights=random_weights)
-    torch_device, dtype = resolve_device(device, precision)
-    return encoder.to(torch_device, dtype)
+    torch_device, encoder.autocast_dtype = resolve_device(device, precision)
+    return encoder.to(torch_device)
 
 
 def list_models(scheme: str | None = None) -> list[str]:

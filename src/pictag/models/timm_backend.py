@@ -30,7 +30,7 @@ class TimmEncoder(Encoder):
         preprocess = Preprocess((height, width), resize, cfg["interpolation"], tuple(cfg["mean"]), tuple(cfg["std"]))
         super().__init__(spec, model, preprocess, embed_dim=model.num_features, weights_id=weights_id)
 
-    def _image_features(self, pixels: torch.Tensor) -> torch.Tensor:
+    def forward_image(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.module(pixels)
 
 
