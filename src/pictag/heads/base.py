@@ -18,6 +18,18 @@ import torch
 from pictag.errors import PictagError
 
 
+def scores_from_logits(logits: torch.Tensor, temperature: float = 1.0, bias: float | None = None) -> torch.Tensor:
+    """Scores of (N, C) logits: a softmax over the classes, or with a `bias` (SigLIP) a sigmoid per class.
+
+    `temperature` divides the logits first (calibration); the bias is added after, as the weights were trained.
+    """
+    if temperature != 1.0:
+        logits = logits / temperature
+    if bias is not None:
+        return torch.sigmoid(logits + bias)
+    return logits.softmax(dim=-1)
+
+
 class Head(ABC):
     """A classifier over embeddings, fitted on a few labelled examples per class.
 
@@ -59,7 +71,7 @@ class Head(ABC):
         """(M, C) class probabilities of L2-normalised query embeddings."""
         if not self.num_classes:
             raise PictagError(f"the {self.name} head is not fitted: call fit(support_features, labels) first")
-        return self.logits(features.float().cpu()).softmax(dim=-1)
+        return scores_from_logits(self.logits(features.float().cpu()))
 
     @abstractmethod
     def _fit(self, features: torch.Tensor, labels: torch.Tensor, text_prototypes: torch.Tensor | None) -> None: ...

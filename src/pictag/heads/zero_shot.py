@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import torch
 
 from pictag.config import cache_dir
+from pictag.heads.base import scores_from_logits
 from pictag.models.base import Encoder
 from pictag.prompts import load_templates
 
@@ -70,7 +71,7 @@ class ZeroShotClassifier:
 
     def scores(self, features: torch.Tensor) -> torch.Tensor:
         """Per-label probabilities (softmax, or sigmoid for SigLIP-style weights)."""
-        return self.encoder.scores(self.logits(features))
+        return scores_from_logits(self.logits(features), bias=self.encoder.logit_bias)
 
     def top_k(self, features: torch.Tensor, k: int = 1, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
         """(scores, label indices) of the k best labels per image, best first.
@@ -84,7 +85,7 @@ class ZeroShotClassifier:
             logits.div_(temperature)
         values, indices = logits.topk(min(k, len(self.labels)), dim=-1)
         if self.encoder.logit_bias is not None:  # sigmoid scores are per label: the kept logits are enough
-            return self.encoder.scores(values), indices
+            return scores_from_logits(values, bias=self.encoder.logit_bias), indices
         best = values[:, :1]
         denominators = logits.sub_(best).exp_().sum(dim=-1, keepdim=True)
         return (values - best).exp() / denominators, indices

@@ -85,12 +85,6 @@ class Encoder:
         features[order] = embedded
         return F.normalize(features, dim=-1)
 
-    def scores(self, logits: torch.Tensor) -> torch.Tensor:
-        """Class probabilities from scaled similarities: sigmoid for SigLIP-style weights, softmax otherwise."""
-        if self.logit_bias is not None:
-            return torch.sigmoid(logits + self.logit_bias)
-        return logits.softmax(dim=-1)
-
     def _autocast(self):
         if self.dtype == torch.float32:
             return nullcontext()
