@@ -98,8 +98,8 @@ def run(cfg: CalibrateConfig) -> CalibrateResult:
     encoder = store.encoder(cfg.model, cfg.checkpoint, device=cfg.device)
     head = ZeroShotClassifier(encoder, labels, cfg.templates)
     with torch.no_grad():
-        logits = head.logits(torch.from_numpy(features)).float().cpu()
-    bias = encoder.logit_bias
+        logits = head(torch.from_numpy(features)).float().cpu()
+    bias = head.logit_bias
     temperature = fit_temperature(logits, truth, bias)
     scores_t, predicted_t = scores_from_logits(logits, temperature, bias).max(dim=1)
     scores, predicted, y = scores_t.numpy(), predicted_t.numpy(), truth.numpy()
