@@ -5,6 +5,7 @@ import torch
 
 from conftest import TINY_OPEN_CLIP
 from pictag.errors import PictagError
+from pictag.heads import create_head
 from pictag.heads.zero_shot import ZeroShotClassifier
 from pictag.models import create_model
 from pictag.prompts import load_templates, parse_labels
@@ -44,6 +45,16 @@ def test_prototypes_are_computed_once_then_read_from_disk(tiny_open_clip):
     ZeroShotClassifier(encoder, ["cat", "bird"], "imagenet80")
     assert len(calls) == 1 and len(calls[0]) == 160  # one batched call for every prompt
     assert torch.allclose(first.norm(dim=-1), torch.ones(2))
+
+
+def test_zero_shot_is_the_registered_head_of_its_name(tiny_open_clip):
+    spec, checkpoint = tiny_open_clip
+    encoder = create_model(spec, checkpoint=checkpoint, device="cpu")
+    head = create_head("zero-shot", encoder=encoder, labels=["cat", "dog"], templates="imagenet80")
+    assert isinstance(head, ZeroShotClassifier) and head.kind == "zero-shot"
+    assert head.templates == load_templates("imagenet80") and list(head.state_dict()) == ["prototypes"]
+    features = encoder.encode_image(torch.zeros(3, 3, 224, 224))
+    torch.testing.assert_close(head(features), encoder.logit_scale * features @ head.prototypes.T)
 
 
 def test_image_only_model_refuses_zero_shot():

@@ -19,7 +19,7 @@ from pictag.device import default_workers
 from pictag.errors import PictagError
 from pictag.fewshot.tasks import sample_episodes
 from pictag.heads.auto import CANDIDATES, AutoHead
-from pictag.heads.base import create_head, list_heads
+from pictag.heads.base import FEW_SHOT, check_head, create_head, list_heads
 from pictag.heads.zero_shot import ZeroShotClassifier
 from pictag.models.base import Encoder
 from pictag.options import FewshotEvalConfig
@@ -61,11 +61,11 @@ class MethodScore:
 def resolve_methods(methods: str | Sequence[str]) -> list[str]:
     """ "all" or a comma-separated list (or a list) of head names, checked against the registry."""
     if isinstance(methods, str):
-        methods = list_heads() if methods == "all" else [m.strip() for m in methods.split(",") if m.strip()]
+        methods = list_heads(FEW_SHOT) if methods == "all" else [m.strip() for m in methods.split(",") if m.strip()]
     for method in methods:
-        create_head(method)  # raises on unknown names
+        check_head(method, FEW_SHOT)
     # The fixed methods first, auto last: it is judged against them.
-    return sorted(methods, key=lambda m: (m == "auto", list_heads().index(m)))
+    return sorted(methods, key=lambda m: (m == "auto", list_heads(FEW_SHOT).index(m)))
 
 
 def evaluate_episodes(
@@ -126,7 +126,7 @@ def evaluate_episodes(
                 chosen[fitted["auto"].chosen_name] = chosen.get(fitted["auto"].chosen_name, 0) + 1
             for name in names:
                 started = time.perf_counter()
-                predicted = fitted[name].logits(query).argmax(dim=-1)
+                predicted = fitted[name](query).argmax(dim=-1)
                 seconds[name] += time.perf_counter() - started + fit_seconds[name]
                 accuracies[name].append((predicted == query_labels).float().mean().item() * 100)
         for name in names:

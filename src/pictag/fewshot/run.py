@@ -16,8 +16,8 @@ from pictag.data.sources import open_source
 from pictag.device import default_workers
 from pictag.errors import PictagError
 from pictag.fewshot.tasks import Task, find_tasks
-from pictag.heads.base import Head, create_head
-from pictag.heads.trained import FINETUNED, TrainedHead, read_trained_head
+from pictag.heads.base import FEW_SHOT, Head, check_head, create_head
+from pictag.heads.trained import FINETUNED, finetuned_head, read_trained_head
 from pictag.heads.zero_shot import ZeroShotClassifier
 from pictag.models.base import Encoder
 from pictag.options import FewshotConfig
@@ -152,7 +152,7 @@ def _embed(cfg: FewshotConfig, tasks: list[Task], encoder: Encoder) -> tuple[dic
 def _trained_head(cfg: FewshotConfig) -> dict | None:
     """The fine-tuned head for `--method finetuned`; any other method is checked before any image is read."""
     if cfg.method != FINETUNED:
-        create_head(cfg.method)
+        check_head(cfg.method, FEW_SHOT)
         return None
     trained = read_trained_head(cfg.checkpoint) if cfg.checkpoint else None
     if trained is None:
@@ -171,7 +171,7 @@ def _fit_task(
         # Folder names are prompts: "golden_retriever" reads as "golden retriever".
         names = [cls.replace("_", " ") for cls in task.classes]
         text = ZeroShotClassifier(encoder, names, cfg.templates).prototypes.cpu()
-    head = TrainedHead.for_classes(trained, task.classes) if trained else create_head(cfg.method)
+    head = finetuned_head(trained, task.classes) if trained else create_head(cfg.method)
     head.fit(torch.stack([features[key] for key, _ in support]), torch.tensor([label for _, label in support]), text)
     return head, [key for key in task.query if key in features]
 
@@ -187,7 +187,7 @@ def _check_readable_support(task: Task, features: dict[str, torch.Tensor]) -> No
 
 
 def _predictions(task: Task, head: Head, queries: list[str], features: dict[str, torch.Tensor]) -> pa.Table:
-    scores, indices = head.predict(torch.stack([features[key] for key in queries])).max(dim=-1)
+    scores, indices = head.scores(torch.stack([features[key] for key in queries])).max(dim=-1)
     columns = [
         [task.name] * len(queries),
         [task.query_name(key) for key in queries],

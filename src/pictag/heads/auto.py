@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from pictag.heads.base import HEADS, Head, register_head
+from pictag.heads.base import FEW_SHOT, Head, create_head, register_head
 
 # Simplest first: on equal support accuracy, the method with fewer choices made on the same few examples wins.
 CANDIDATES = ("prototype", "tip-adapter", "linear-probe")
@@ -18,19 +18,30 @@ class AutoHead(Head):
     given (zero-shot knowledge helps most at one shot) and to the linear probe otherwise: its intercept absorbs
     the direction that all embeddings of an image-only backbone share, which cosine prototypes cannot.
 
+    Args:
+        chosen: The config of the chosen head, to rebuild a fitted `auto` (see `load_head`).
+
     Attributes:
-        chosen: The fitted head that makes the predictions.
+        chosen: The fitted head that makes the predictions; the only one the module holds.
         candidates: Every fitted candidate, by name.
     """
 
+    kind = FEW_SHOT
+
+    def __init__(self, chosen: dict | None = None):
+        super().__init__()
+        self.candidates: dict[str, Head] = {}
+        self.register_module("chosen", None if chosen is None else create_head(**chosen))
+        if self.chosen is not None:
+            self.num_classes, self.dim = self.chosen.num_classes, self.chosen.dim
+
     def _fit(self, features: torch.Tensor, labels: torch.Tensor, text_prototypes: torch.Tensor | None) -> None:
-        self.choose({name: HEADS[name]().fit(features, labels, text_prototypes) for name in CANDIDATES})
+        self.choose({name: create_head(name).fit(features, labels, text_prototypes) for name in CANDIDATES})
 
     @classmethod
     def from_fitted(cls, candidates: dict[str, Head]) -> AutoHead:
         """The choice among candidates already fitted on the same support set (evaluation fits each once)."""
         head = cls()
-        head.num_classes = next(iter(candidates.values())).num_classes
         head.choose({name: candidates[name] for name in CANDIDATES})
         return head
 
@@ -40,13 +51,17 @@ class AutoHead(Head):
         if measured:
             self.chosen = max(measured, key=lambda h: h.support_accuracy)
         else:
-            with_text = getattr(candidates["tip-adapter"], "text_prototypes", None) is not None
+            with_text = candidates["tip-adapter"].text_prototypes is not None
             self.chosen = candidates["tip-adapter" if with_text else "linear-probe"]
+        self.num_classes, self.dim = self.chosen.num_classes, self.chosen.dim
         self.support_accuracy = self.chosen.support_accuracy
 
     @property
     def chosen_name(self) -> str:
         return self.chosen.name
 
-    def logits(self, features: torch.Tensor) -> torch.Tensor:
-        return self.chosen.logits(features)
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.chosen(features)
+
+    def config(self) -> dict:
+        return {"name": self.name, "chosen": None if self.chosen is None else self.chosen.config()}

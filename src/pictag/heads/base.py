@@ -1,41 +1,97 @@
-"""The few-shot head contract: fit on a labelled support set of embeddings, then score query embeddings.
+"""One kind of head: an `nn.Module` from L2-normalised features (N, D) to class logits (N, C), made by `create_head`.
 
-Every head works on L2-normalised features from any encoder (CLIP or image-only). A CLIP encoder may also pass the
-text prototypes of the class names, which heads that can use them blend in. Each fitted head reports
-`support_accuracy`, its held-out accuracy estimated on the support set alone (leave-one-out, or cross-validation
-for the linear probe), which is what `auto` compares and what a user gets as the measured accuracy of a task.
+Heads come in three kinds. `zero-shot` builds its weights from the text of the labels. Few-shot heads (`prototype`,
+`tip-adapter`, `linear-probe`, `auto`) `fit` a labelled support set of embeddings, and report `support_accuracy`,
+their held-out accuracy estimated on the support set alone (leave-one-out, or cross-validation for the linear probe),
+which is what `auto` compares and what a user gets as the measured accuracy of a task. Trained heads (`finetuned`,
+`linear`) are learned by an optimiser with the backbone. A CLIP encoder may pass the text prototypes of the class
+names to `fit`, which heads that can use them blend in.
+
+Logits become scores in one place, `scores_from_logits`; every head's `scores` and `top_k` go through it.
 """
 
 from __future__ import annotations
 
 import math
-from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import ClassVar
 
 import torch
 
 from pictag.errors import PictagError
 
+ZERO_SHOT, FEW_SHOT, TRAINED = "zero-shot", "few-shot", "trained"
 
-class Head(ABC):
-    """A classifier over embeddings, fitted on a few labelled examples per class.
+
+def scores_from_logits(logits: torch.Tensor, temperature: float = 1.0, bias: float | None = None) -> torch.Tensor:
+    """Scores of (N, C) logits: a softmax over the classes, or with a `bias` (SigLIP) a sigmoid per class.
+
+    `temperature` divides the logits first (calibration); the bias is added after, as the weights were trained.
+    """
+    if temperature != 1.0:
+        logits = logits / temperature
+    if bias is not None:
+        return torch.sigmoid(logits + bias)
+    return logits.softmax(dim=-1)
+
+
+class Head(torch.nn.Module):
+    """A classifier over embeddings: `forward` maps (N, dim) features to (N, num_classes) logits.
+
+    A head computes on the device it was moved to (`.to(device)`), like any module. It is rebuilt from its
+    `config()` and `state_dict()` by `load_head`.
 
     Attributes:
-        name: The registry name (`--method`).
-        num_classes: Classes seen by `fit`; labels are 0..num_classes-1.
-        support_accuracy: Held-out accuracy estimated on the support set, or None when the support set is too
-            small to hold anything out (one example of some class).
+        name: The registry name.
+        kind: "zero-shot", "few-shot" (learns from a support set with `fit`) or "trained" (by an optimiser).
+        logit_bias: SigLIP's bias: when set, scores are a sigmoid per class instead of a softmax.
+        num_classes: Classes; 0 until a few-shot head is fitted.
+        dim: Length of the features.
+        support_accuracy: Held-out accuracy estimated on the support set (measured on it, for heads that do not
+            learn from it), or None before `fit` or when the support set is too small to hold anything out.
     """
 
     name: ClassVar[str]
+    kind: ClassVar[str]
+    logit_bias: float | None = None
 
-    def __init__(self) -> None:
-        self.num_classes = 0
+    def __init__(self, num_classes: int = 0, dim: int = 0):
+        super().__init__()
+        self.num_classes, self.dim = num_classes, dim
         self.support_accuracy: float | None = None
+        # Checked before every forward, so an unfitted head fails with the fix rather than a shape mismatch.
+        self.register_forward_pre_hook(_require_classes)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """(N, num_classes) logits of (N, dim) features."""
+        raise NotImplementedError
+
+    def scores(self, features: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+        """(N, num_classes) class scores (softmax, or sigmoid for SigLIP-style weights); see `scores_from_logits`."""
+        return scores_from_logits(self(features), temperature, self.logit_bias)
+
+    @torch.no_grad()  # inference only: it works in place on the logits
+    def top_k(self, features: torch.Tensor, k: int = 1, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scores, class indices) of the k best classes per row, best first.
+
+        Equal to `scores(features, temperature).topk(k)`, but only the k kept scores are formed and the softmax
+        denominator is summed in place in the logits, so no other (N, classes) matrix is allocated: at a million
+        images this pass is bound by allocation and memory traffic. `temperature` divides the logits (calibration).
+        """
+        logits = self(features)  # a fresh tensor from every head, so it may be overwritten
+        if temperature != 1.0:
+            logits.div_(temperature)
+        values, indices = logits.topk(min(k, logits.shape[-1]), dim=-1)
+        if self.logit_bias is not None:  # sigmoid scores are per class: the kept logits are enough
+            return scores_from_logits(values, bias=self.logit_bias), indices
+        best = values[:, :1]
+        denominators = logits.sub_(best).exp_().sum(dim=-1, keepdim=True)
+        return (values - best).exp() / denominators, indices
 
     def fit(self, features: torch.Tensor, labels: torch.Tensor, text_prototypes: torch.Tensor | None = None) -> Head:
-        """Fit on support embeddings.
+        """Fit on support embeddings; a head of another kind learns nothing from them and only measures itself.
+
+        The fitted head lives on the features' device.
 
         Args:
             features: (N, D) L2-normalised support embeddings.
@@ -48,32 +104,38 @@ class Head(ABC):
         Raises:
             PictagError: empty support set, a class without examples, or prototypes that do not fit.
         """
-        features, labels = features.float().cpu(), labels.long().cpu()
-        self.num_classes = check_support(features, labels, text_prototypes)
+        features, labels = features.float(), labels.long().to(features.device)
+        num_classes = check_support(features, labels, text_prototypes)
         if text_prototypes is not None:
-            text_prototypes = text_prototypes.float().cpu()
+            text_prototypes = text_prototypes.float().to(features.device)
+        if self.kind == FEW_SHOT:  # it takes its classes from the support set; other heads come with theirs
+            self.num_classes, self.dim = num_classes, features.shape[1]
         self._fit(features, labels, text_prototypes)
         return self
 
-    def predict(self, features: torch.Tensor) -> torch.Tensor:
-        """(M, C) class probabilities of L2-normalised query embeddings."""
-        if not self.num_classes:
-            raise PictagError(f"the {self.name} head is not fitted: call fit(support_features, labels) first")
-        return self.logits(features.float().cpu()).softmax(dim=-1)
+    def _fit(self, features: torch.Tensor, labels: torch.Tensor, text_prototypes: torch.Tensor | None) -> None:
+        """Learn from the support set; this default, for heads that learn nothing from it, only measures."""
+        with torch.no_grad():
+            self.support_accuracy = accuracy(self(features), labels)
 
-    @abstractmethod
-    def _fit(self, features: torch.Tensor, labels: torch.Tensor, text_prototypes: torch.Tensor | None) -> None: ...
+    def config(self) -> dict:
+        """The name and JSON-able options from which `load_head` rebuilds this head, with its `state_dict()`."""
+        return {"name": self.name, "num_classes": self.num_classes, "dim": self.dim}
 
-    @abstractmethod
-    def logits(self, features: torch.Tensor) -> torch.Tensor:
-        """(M, C) unnormalised class scores; `predict` is their softmax."""
+    def extra_repr(self) -> str:
+        return f"{self.name!r}, classes={self.num_classes}, dim={self.dim}"
 
 
-HEADS: dict[str, Callable[[], Head]] = {}
+def _require_classes(head: Head, args: tuple) -> None:
+    if not head.num_classes:
+        raise PictagError(f"the {head.name} head is not fitted: call fit(support_features, labels) first")
+
+
+HEADS: dict[str, type[Head]] = {}
 
 
 def register_head(name: str) -> Callable[[type[Head]], type[Head]]:
-    """Class decorator that makes a head available as `create_head(name)` and `--method name`."""
+    """Class decorator that makes a head available as `create_head(name, **options)`."""
 
     def register(cls: type[Head]) -> type[Head]:
         cls.name = name
@@ -85,25 +147,49 @@ def register_head(name: str) -> Callable[[type[Head]], type[Head]]:
 
 def _load_heads() -> None:
     # Importing registers them.
-    from pictag.heads import auto, linear_probe, prototype, tip_adapter  # noqa: F401
+    from pictag.heads import auto, linear_probe, prototype, tip_adapter, trained, zero_shot  # noqa: F401
 
 
-def list_heads() -> list[str]:
-    """Names of the registered few-shot methods."""
+def list_heads(kind: str | None = None) -> list[str]:
+    """Names of the registered heads, or of one kind ("zero-shot", "few-shot", "trained")."""
     _load_heads()
-    return list(HEADS)
+    return [name for name, cls in HEADS.items() if kind in (None, cls.kind)]
 
 
-def create_head(name: str) -> Head:
-    """A new, unfitted head by method name ("prototype", "tip-adapter", "linear-probe", "auto").
+def check_head(name: str, kind: str | None = None) -> None:
+    """Refuse a name that is not a registered head (of `kind`), naming the choices.
 
     Raises:
-        PictagError: unknown method; the message lists the known ones.
+        PictagError: unknown name.
     """
-    _load_heads()
-    if name not in HEADS:
-        raise PictagError(f"unknown few-shot method {name!r}: use one of {', '.join(HEADS)}")
-    return HEADS[name]()
+    names = list_heads(kind)
+    if name not in names:
+        what = f"{kind} head" if kind else "head"
+        raise PictagError(f"unknown {what} {name!r}: use one of {', '.join(names)}")
+
+
+def create_head(name: str, **options) -> Head:
+    """A new head by registry name.
+
+    Few-shot heads ("prototype", "tip-adapter", "linear-probe", "auto") need no options and are then fitted;
+    "zero-shot" takes `encoder`, `labels` and `templates`; trained heads ("finetuned", "linear") take the class
+    `prototypes` they start from. The options of `head.config()` rebuild a head of the same shape.
+
+    Raises:
+        PictagError: unknown name; the message lists the known ones.
+    """
+    check_head(name)
+    return HEADS[name](**options)
+
+
+def load_head(config: Mapping, state_dict: Mapping[str, torch.Tensor], **options) -> Head:
+    """A head rebuilt from `head.config()` and `head.state_dict()`, as a run directory stores them.
+
+    `options` adds what a dict cannot hold: the `encoder` of a zero-shot head.
+    """
+    head = create_head(**config, **options)
+    head.load_state_dict(state_dict)
+    return head
 
 
 def check_support(features: torch.Tensor, labels: torch.Tensor, text_prototypes: torch.Tensor | None) -> int:
@@ -128,7 +214,7 @@ def can_leave_one_out(labels: torch.Tensor) -> bool:
     return bool(torch.bincount(labels).min() >= 2)
 
 
-def best_scale(logits: torch.Tensor, labels: torch.Tensor, default: float) -> float:
+def best_scale(logits: torch.Tensor | None, labels: torch.Tensor, default: float) -> float:
     """The softmax temperature (multiplier of `logits`) with the lowest held-out negative log-likelihood.
 
     It changes no prediction, only how much the scores can be trusted as probabilities.

@@ -17,6 +17,7 @@ import torch
 import yaml
 
 from pictag.errors import PictagError
+from pictag.heads.base import scores_from_logits
 
 FITTED, NO_DATA, UNREACHABLE = "fitted", "no_data", "unreachable"
 
@@ -92,15 +93,11 @@ class Calibration:
         return [self.thresholds[label] for label in labels]
 
 
-def probabilities(logits: torch.Tensor, temperature: float, logit_bias: float | None) -> torch.Tensor:
-    """Class probabilities of scaled logits at a temperature (sigmoid when the weights have a bias, as SigLIP)."""
-    if logit_bias is not None:
-        return torch.sigmoid(logits / temperature + logit_bias)
-    return (logits / temperature).softmax(dim=-1)
-
-
 def fit_temperature(logits: torch.Tensor, truth: torch.Tensor, logit_bias: float | None = None) -> float:
-    """The temperature minimising the negative log-likelihood of the true labels (softmax CE, or BCE for sigmoid)."""
+    """The temperature minimising the negative log-likelihood of the true labels (softmax CE, or BCE for sigmoid).
+
+    The losses of `scores_from_logits`' two rules, written on the logits: the log of an underflowed score is -inf.
+    """
     log_t = torch.zeros((), requires_grad=True)
     optimizer = torch.optim.LBFGS([log_t], lr=0.5, max_iter=200, line_search_fn="strong_wolfe")
     targets = torch.nn.functional.one_hot(truth, logits.shape[1]).float()
@@ -121,7 +118,7 @@ def fit_temperature(logits: torch.Tensor, truth: torch.Tensor, logit_bias: float
 
 def nll(logits: torch.Tensor, truth: torch.Tensor, temperature: float, logit_bias: float | None) -> float:
     """Mean negative log-likelihood of the true labels."""
-    p = probabilities(logits, temperature, logit_bias).gather(1, truth[:, None]).clamp_min(1e-12)
+    p = scores_from_logits(logits, temperature, logit_bias).gather(1, truth[:, None]).clamp_min(1e-12)
     return float(-p.log().mean())
 
 

@@ -3,7 +3,8 @@
 The L2-regularised solution lies in the span of the training embeddings (representer theorem), so embeddings are
 first expressed in an orthonormal basis of the support set's span: at most N coordinates instead of D. The fit is
 the same, and much faster when D (512-1280) exceeds N (a few dozen to a few hundred). The problems are tiny, so
-BLAS runs on one thread: on a busy machine more threads cost far more than they save.
+BLAS runs on one thread: on a busy machine more threads cost far more than they save. scikit-learn fits on the
+CPU; the fitted probe is then plain tensors, logits = f·Wᵀ + b with the basis folded into W, on the features' device.
 """
 
 from __future__ import annotations
@@ -13,11 +14,17 @@ import warnings
 import numpy as np
 import torch
 
-from pictag.heads.base import Head, register_head
+from pictag.heads.base import FEW_SHOT, Head, register_head
 
 C_GRID = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
 DEFAULT_C = 10.0  # used when some class has a single example and nothing can be held out
 MAX_FOLDS = 5
+
+
+def span_basis(features: torch.Tensor) -> torch.Tensor:
+    """(R, D) orthonormal basis of the span of (N, D) features, R <= N."""
+    _, s, vh = torch.linalg.svd(features.double(), full_matrices=False)
+    return vh[s > s[0] * 1e-6].float()
 
 
 @register_head("linear-probe")
@@ -26,14 +33,23 @@ class LinearProbeHead(Head):
 
     k is the smallest class count, at most 5; `support_accuracy` is the cross-validated accuracy of the chosen C
     (ties go to the C closest to the default). Text prototypes are not used: this is the CLIP paper's linear probe.
+
+    Attributes:
+        C: The inverse regularisation strength chosen by `fit`.
     """
+
+    kind = FEW_SHOT
+
+    def __init__(self, num_classes: int = 0, dim: int = 0):
+        super().__init__(num_classes, dim)
+        self.register_buffer("weight", torch.zeros(num_classes, dim))
+        self.register_buffer("bias", torch.zeros(num_classes))
 
     def _fit(self, features: torch.Tensor, labels: torch.Tensor, text_prototypes: torch.Tensor | None) -> None:
         from threadpoolctl import threadpool_limits
 
-        _, s, vh = torch.linalg.svd(features.double(), full_matrices=False)
-        self.basis = vh[s > s[0] * 1e-6].float()
-        z, y = (features @ self.basis.T).numpy(), labels.numpy()
+        basis = span_basis(features)
+        z, y = (features @ basis.T).cpu().numpy(), labels.cpu().numpy()
         folds = int(min(MAX_FOLDS, np.bincount(y).min()))
         self.C = DEFAULT_C
         with threadpool_limits(1), warnings.catch_warnings():
@@ -42,13 +58,15 @@ class LinearProbeHead(Head):
                 scores = _cross_val_accuracy(z, y, folds)
                 self.C = max(C_GRID, key=lambda c: (scores[c], -abs(np.log(c / DEFAULT_C))))
                 self.support_accuracy = scores[self.C]
-            self.model = _logistic(self.C).fit(z, y)
+            model = _logistic(self.C).fit(z, y)
+        coef, intercept = torch.from_numpy(model.coef_), torch.from_numpy(model.intercept_)
+        if len(coef) == 1:  # two classes: scikit-learn keeps one row; ±half of it gives the softmax of predict_proba
+            coef, intercept = torch.cat([-coef, coef]) / 2, torch.cat([-intercept, intercept]) / 2
+        self.weight = (coef.double() @ basis.cpu().double()).float().to(features.device)
+        self.bias = intercept.float().to(features.device)
 
-    def logits(self, features: torch.Tensor) -> torch.Tensor:
-        scores = self.model.decision_function((features @ self.basis.T).numpy())
-        if scores.ndim == 1:  # scikit-learn returns one column for two classes
-            scores = np.stack([-scores / 2, scores / 2], axis=1)
-        return torch.from_numpy(scores).float()
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.linear(features, self.weight, self.bias)
 
 
 def _logistic(c: float, warm_start: bool = False):

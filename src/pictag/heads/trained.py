@@ -1,15 +1,80 @@
-"""The classifier that `pictag fewshot-train` stored in its checkpoint, reused for tasks over the same classes."""
+"""Heads trained by an optimiser with the backbone, and the head a `pictag fewshot-train` checkpoint stores.
+
+Both start from class prototypes (normalised class means of the training embeddings), so training starts from the
+prototype classifier, which is already good with few shots, and never from random weights that would send large,
+random gradients into the unfrozen blocks. Without prototypes (a head about to load its state) they start at zero.
+"""
 
 from __future__ import annotations
 
+import math
 import os
 
 import torch
+import torch.nn.functional as F
 
 from pictag.errors import PictagError
-from pictag.heads.base import Head, accuracy
+from pictag.heads.base import TRAINED, Head, register_head
 
 FINETUNED = "finetuned"
+
+
+@register_head(FINETUNED)
+class ResidualCosineHead(Head):
+    """Cosine classifier: logits = s · cos(f, W₀ + ΔW), as `pictag fewshot-train` trains it.
+
+    W₀ are the class prototypes (a buffer), ΔW a learned residual initialised at zero and s a learned temperature.
+
+    Args:
+        prototypes: (C, D) class prototypes W₀.
+        scale: The starting temperature s.
+        num_classes: C, when no prototypes are given.
+        dim: D, when no prototypes are given.
+    """
+
+    kind = TRAINED
+
+    def __init__(
+        self, prototypes: torch.Tensor | None = None, scale: float = 16.0, *, num_classes: int = 0, dim: int = 0
+    ):
+        prototypes = torch.zeros(num_classes, dim) if prototypes is None else prototypes.float()
+        super().__init__(*prototypes.shape)
+        self.register_buffer("prototypes", F.normalize(prototypes, dim=-1))
+        self.residual = torch.nn.Parameter(torch.zeros_like(self.prototypes))
+        self.log_scale = torch.nn.Parameter(torch.tensor(math.log(scale)))
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """(C, D) normalised class weights."""
+        return F.normalize(self.prototypes + self.residual, dim=-1)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.log_scale.exp() * F.normalize(features.float(), dim=-1) @ self.weight.T
+
+
+@register_head("linear")
+class LinearHead(Head):
+    """Linear classifier: logits = f·Wᵀ + b, starting from W = scale · prototypes and b = 0.
+
+    Args:
+        prototypes: (C, D) class prototypes.
+        scale: Multiplier of the normalised prototypes, the starting temperature of the scores.
+        num_classes: C, when no prototypes are given.
+        dim: D, when no prototypes are given.
+    """
+
+    kind = TRAINED
+
+    def __init__(
+        self, prototypes: torch.Tensor | None = None, scale: float = 16.0, *, num_classes: int = 0, dim: int = 0
+    ):
+        prototypes = torch.zeros(num_classes, dim) if prototypes is None else prototypes.float()
+        super().__init__(*prototypes.shape)
+        self.weight = torch.nn.Parameter(scale * F.normalize(prototypes, dim=-1))
+        self.bias = torch.nn.Parameter(torch.zeros(self.num_classes))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return F.linear(features, self.weight, self.bias)
 
 
 def read_trained_head(path: str | os.PathLike) -> dict | None:
@@ -21,36 +86,18 @@ def read_trained_head(path: str | os.PathLike) -> dict | None:
     return state.get("pictag") if isinstance(state, dict) else None
 
 
-class TrainedHead(Head):
-    """A fixed cosine classifier: the fine-tuned head's rows for a task's classes, in the task's order.
+def finetuned_head(trained: dict, classes: tuple[str, ...] | list[str]) -> ResidualCosineHead:
+    """The checkpoint's trained head (see `read_trained_head`) restricted to `classes`, in their order.
 
-    `fit` trains nothing; it measures the classifier on the support images, which is the task's support accuracy.
+    Raises:
+        PictagError: a class the checkpoint's head was not trained on.
     """
-
-    name = FINETUNED
-
-    def __init__(self, weight: torch.Tensor, scale: float):
-        super().__init__()
-        self.weight, self.scale = weight.float(), scale
-
-    @classmethod
-    def for_classes(cls, trained: dict, classes: tuple[str, ...] | list[str]) -> TrainedHead:
-        """The head restricted to `classes`.
-
-        Raises:
-            PictagError: a class the checkpoint's head was not trained on.
-        """
-        missing = [c for c in classes if c not in trained["classes"]]
-        if missing:
-            raise PictagError(
-                f"the fine-tuned head knows {', '.join(trained['classes'])} but not {', '.join(missing)}: "
-                "use another --method (the fine-tuned backbone still applies)"
-            )
-        rows = [trained["classes"].index(c) for c in classes]
-        return cls(trained["head_weight"][rows], float(trained["head_scale"]))
-
-    def _fit(self, features: torch.Tensor, labels: torch.Tensor, text_prototypes: torch.Tensor | None) -> None:
-        self.support_accuracy = accuracy(self.logits(features), labels)
-
-    def logits(self, features: torch.Tensor) -> torch.Tensor:
-        return self.scale * features @ self.weight.T
+    missing = [c for c in classes if c not in trained["classes"]]
+    if missing:
+        raise PictagError(
+            f"the fine-tuned head knows {', '.join(trained['classes'])} but not {', '.join(missing)}: "
+            "use another --method (the fine-tuned backbone still applies)"
+        )
+    rows = [trained["classes"].index(c) for c in classes]
+    # The stored weight is the trained W₀ + ΔW, normalised: as prototypes with no residual it gives the same logits.
+    return ResidualCosineHead(trained["head_weight"][rows], float(trained["head_scale"]))

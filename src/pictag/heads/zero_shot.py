@@ -10,15 +10,18 @@ from collections.abc import Sequence
 import torch
 
 from pictag.config import cache_dir
+from pictag.heads.base import ZERO_SHOT, Head, register_head
 from pictag.models.base import Encoder
 from pictag.prompts import load_templates
 
 
-class ZeroShotClassifier:
-    """Scores image embeddings against text prototypes built from labels × templates.
+@register_head("zero-shot")
+class ZeroShotClassifier(Head):
+    """Scores image embeddings against text prototypes built from labels × templates: logits = scale · f·Pᵀ.
 
     Prototypes follow CLIP: each prompt embedding is normalised, averaged per label and normalised again. They are
-    computed once, in batches, and cached on disk keyed by (weights, preprocessing-independent text setup).
+    computed once, in batches, and cached on disk keyed by (weights, preprocessing-independent text setup). The
+    head keeps the encoder's logit scale and bias (SigLIP's bias makes the scores sigmoids), not the encoder.
 
     Args:
         encoder: A CLIP-family encoder.
@@ -27,6 +30,8 @@ class ZeroShotClassifier:
         use_cache: Read and write the on-disk prototype cache.
     """
 
+    kind = ZERO_SHOT
+
     def __init__(
         self,
         encoder: Encoder,
@@ -34,57 +39,37 @@ class ZeroShotClassifier:
         templates: str | Sequence[str] = "simple",
         use_cache: bool = True,
     ):
-        self.encoder = encoder
+        super().__init__(len(labels), encoder.embed_dim)
         self.labels = list(labels)
         self.templates = load_templates(templates)
-        self.prototypes = self._cached_prototypes() if use_cache else self._compute_prototypes()
+        self.logit_scale, self.logit_bias = float(encoder.logit_scale), encoder.logit_bias
+        prototypes = self._cached_prototypes(encoder) if use_cache else self._compute_prototypes(encoder)
+        self.register_buffer("prototypes", prototypes)
 
-    @property
-    def cache_key(self) -> str:
-        payload = json.dumps([self.encoder.spec, self.encoder.weights_id, self.templates, self.labels])
-        return hashlib.sha1(payload.encode()).hexdigest()
-
-    def _cached_prototypes(self) -> torch.Tensor:
-        path = cache_dir() / "prototypes" / f"{self.cache_key}.pt"
+    def _cached_prototypes(self, encoder: Encoder) -> torch.Tensor:
+        key = json.dumps([encoder.spec, encoder.weights_id, self.templates, self.labels])
+        path = cache_dir() / "prototypes" / f"{hashlib.sha1(key.encode()).hexdigest()}.pt"
         if path.is_file():
             try:
-                return torch.load(path, map_location="cpu", weights_only=True).to(self.encoder.device)
+                return torch.load(path, map_location="cpu", weights_only=True).to(encoder.device)
             except Exception:  # a torn or foreign file is only a cache miss
                 pass
-        prototypes = self._compute_prototypes()
+        prototypes = self._compute_prototypes(encoder)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         torch.save(prototypes.cpu(), tmp)
         os.replace(tmp, path)
         return prototypes
 
-    def _compute_prototypes(self) -> torch.Tensor:
+    def _compute_prototypes(self, encoder: Encoder) -> torch.Tensor:
         prompts = [template.format(label) for label in self.labels for template in self.templates]
-        embeddings = self.encoder.encode_text(prompts)
+        embeddings = encoder.encode_text(prompts)
         per_label = embeddings.view(len(self.labels), len(self.templates), -1).mean(dim=1)
         return torch.nn.functional.normalize(per_label, dim=-1)
 
-    def logits(self, features: torch.Tensor) -> torch.Tensor:
-        """Scaled cosine similarities (N, labels) of normalised image embeddings."""
-        return self.encoder.logit_scale * features.to(self.prototypes.device) @ self.prototypes.T
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        # Features read from an embedding store arrive on the CPU while the prototypes sit on the encoder's device.
+        return self.logit_scale * features.to(self.prototypes.device) @ self.prototypes.T
 
-    def scores(self, features: torch.Tensor) -> torch.Tensor:
-        """Per-label probabilities (softmax, or sigmoid for SigLIP-style weights)."""
-        return self.encoder.scores(self.logits(features))
-
-    def top_k(self, features: torch.Tensor, k: int = 1, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-        """(scores, label indices) of the k best labels per image, best first.
-
-        Equal to `scores(features).topk(k)`, but only the k kept scores are formed and the softmax denominator is
-        summed in place in the logits, so no other (N, labels) matrix is allocated: at a million images this pass is
-        bound by allocation and memory traffic. `temperature` divides the logits (calibration).
-        """
-        logits = self.logits(features)
-        if temperature != 1.0:
-            logits.div_(temperature)
-        values, indices = logits.topk(min(k, len(self.labels)), dim=-1)
-        if self.encoder.logit_bias is not None:  # sigmoid scores are per label: the kept logits are enough
-            return self.encoder.scores(values), indices
-        best = values[:, :1]
-        denominators = logits.sub_(best).exp_().sum(dim=-1, keepdim=True)
-        return (values - best).exp() / denominators, indices
+    def config(self) -> dict:
+        return {"name": self.name, "labels": self.labels, "templates": self.templates}

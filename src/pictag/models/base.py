@@ -113,9 +113,3 @@ class Encoder(torch.nn.Module):
         features = torch.empty_like(embedded)
         features[order] = embedded
         return F.normalize(features, dim=-1)
-
-    def scores(self, logits: torch.Tensor) -> torch.Tensor:
-        """Class probabilities from scaled similarities: sigmoid for SigLIP-style weights, softmax otherwise."""
-        if self.logit_bias is not None:
-            return torch.sigmoid(logits + self.logit_bias)
-        return logits.softmax(dim=-1)

@@ -78,7 +78,7 @@ class JobStats:
             "head_s": "in the head",
             "write_s": "writing",
         }
-        return ", ".join(f"{self.stages[k]:.1f} s {v}" for k, v in names.items() if self.stages.get(k, 0) >= 0.05)
+        return ", ".join(f"{self.stages[k]:.1f} s {v}" for k, v in names.items() if k in self.stages)
 
 
 @dataclass

@@ -15,6 +15,7 @@ import torch
 
 from pictag.config import load_config, sibling
 from pictag.errors import PictagError
+from pictag.heads.base import scores_from_logits
 from pictag.heads.calibration import (
     FITTED,
     NO_DATA,
@@ -24,7 +25,6 @@ from pictag.heads.calibration import (
     fit_temperature,
     fit_thresholds,
     nll,
-    probabilities,
     templates_digest,
 )
 from pictag.heads.zero_shot import ZeroShotClassifier
@@ -83,10 +83,10 @@ def run(cfg: CalibrateConfig) -> CalibrateResult:
     encoder = store.encoder(cfg.model, cfg.checkpoint, device=cfg.device)
     head = ZeroShotClassifier(encoder, labels, cfg.templates)
     with torch.no_grad():
-        logits = head.logits(torch.from_numpy(features)).float().cpu()
-    bias = encoder.logit_bias
+        logits = head(torch.from_numpy(features)).float().cpu()
+    bias = head.logit_bias
     temperature = fit_temperature(logits, truth, bias)
-    scores_t, predicted_t = probabilities(logits, temperature, bias).max(dim=1)
+    scores_t, predicted_t = scores_from_logits(logits, temperature, bias).max(dim=1)
     scores, predicted, y = scores_t.numpy(), predicted_t.numpy(), truth.numpy()
     thresholds, classes, global_threshold = fit_thresholds(scores, predicted, y, labels, cfg.target_precision)
 

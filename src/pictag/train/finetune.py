@@ -32,13 +32,13 @@ from pictag.data.sources import open_source
 from pictag.device import default_workers
 from pictag.errors import PictagError
 from pictag.heads.prototype import class_prototypes
+from pictag.heads.trained import ResidualCosineHead
 from pictag.models.base import Encoder
 from pictag.models.checkpoint import read_state_dict
 from pictag.models.preprocess import TrainTransform
 from pictag.options import FinetuneConfig
 from pictag.pipeline.runner import iter_embeddings
 from pictag.train.blocks import unfreeze_last_blocks
-from pictag.train.head import ResidualCosineHead
 
 log = logging.getLogger(__name__)
 
