@@ -147,3 +147,27 @@ def test_labelled_errors_name_the_fix(tmp_path):
     gap = _write_table(pa.table({"path": ["a.jpg", "b.jpg"], "label": ["x", None]}), tmp_path / "gap.parquet")
     with pytest.raises(PictagError, match=r"row 2 of .*gap.parquet has no 'label': fill it in or drop the row"):
         open_source(gap, labelled=True)
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_labels_and_texts_travel_with_their_embeddings(tmp_path, tiny_open_clip, workers):
+    from pictag.models import create_model
+    from pictag.pipeline.runner import iter_embeddings
+
+    files = {f"{i}.jpg": _jpeg(i * 20) for i in range(5)}
+    files["4.jpg"] = b"\xff\xd8 broken"
+    _folder(tmp_path, files)
+    table = pa.table({"path": list(files), "label": list("aabbb"), "text": [f"photo {i}" for i in range(5)]})
+    source = open_source(_write_table(table, tmp_path / "t.csv"), labelled=True)
+    spec, checkpoint = tiny_open_clip
+    encoder = create_model(spec, checkpoint=checkpoint, device="cpu")
+    rows = []
+    for batch in iter_embeddings(source, encoder, batch_size=2, workers=workers):
+        assert len(batch.labels) == len(batch.texts) == len(batch.keys) == len(batch.features)
+        rows += zip(batch.keys, batch.labels, batch.texts, strict=True)
+    assert rows == [
+        ("0.jpg", "a", "photo 0"),
+        ("1.jpg", "a", "photo 1"),
+        ("2.jpg", "b", "photo 2"),
+        ("3.jpg", "b", "photo 3"),
+    ]

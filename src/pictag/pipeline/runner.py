@@ -26,6 +26,8 @@ class CropBatch:
     keys: list[str]
     crops: torch.Tensor  # (N, H, W, 3) uint8
     errors: list[tuple[str, str]] = field(default_factory=list)
+    labels: list[str | None] = field(default_factory=list)  # parallel to keys, from the records
+    texts: list[str | None] = field(default_factory=list)
 
 
 @dataclass
@@ -35,6 +37,8 @@ class EmbeddingBatch:
     keys: list[str]
     features: torch.Tensor  # (N, D) float32, on the encoder's device
     errors: list[tuple[str, str]]
+    labels: list[str | None] = field(default_factory=list)  # parallel to keys, from the records
+    texts: list[str | None] = field(default_factory=list)
 
 
 class CropDataset(IterableDataset):
@@ -60,7 +64,7 @@ class CropDataset(IterableDataset):
         if info is not None:
             shards = shards[info.id :: info.num_workers]
         height, width = self.preprocess.size
-        keys, crops, errors = [], [], []
+        keys, crops, errors, labels, texts = [], [], [], [], []
         for shard in shards:
             for record in shard.read(self.skip):
                 try:
@@ -69,14 +73,16 @@ class CropDataset(IterableDataset):
                     image = decode_image(record.data, self.preprocess.min_decode_size, self.max_pixels)
                     crops.append(torch.from_numpy(self.preprocess.crop(image)))
                     keys.append(record.key)
+                    labels.append(record.label)
+                    texts.append(record.text)
                 except DecodeError as exc:
                     errors.append((record.key, str(exc)))
                 if len(keys) == self.batch_size:
-                    yield CropBatch(keys, torch.stack(crops), errors)
-                    keys, crops, errors = [], [], []
+                    yield CropBatch(keys, torch.stack(crops), errors, labels, texts)
+                    keys, crops, errors, labels, texts = [], [], [], [], []
         if keys or errors:
             stacked = torch.stack(crops) if crops else torch.empty(0, height, width, 3, dtype=torch.uint8)
-            yield CropBatch(keys, stacked, errors)
+            yield CropBatch(keys, stacked, errors, labels, texts)
 
 
 def iter_embeddings(
@@ -122,4 +128,4 @@ def iter_embeddings(
             features = torch.empty(0, encoder.embed_dim, device=encoder.device)
         waited = time.perf_counter()
         stats["model_s"] += waited - started
-        yield EmbeddingBatch(batch.keys, features, batch.errors)
+        yield EmbeddingBatch(batch.keys, features, batch.errors, batch.labels, batch.texts)
