@@ -157,27 +157,27 @@ def _embed_labelled(
     folder: str, encoder: Encoder, classes: list[str] | None, workers: int
 ) -> tuple[torch.Tensor, list[str], list[int], list[str]]:
     """Embeddings, readable keys, labels and classes of folder/<class>/...; unreadable images are logged and left out."""
-    if not Path(folder).is_dir():
+    if not Path(folder).is_dir():  # _Augmented reads the training images as files below the folder
         raise PictagError(f"{folder} is not a folder: give a folder of <class>/*.jpg")
+    source = open_source(folder, labelled=True)
+    if classes is None:
+        if len(source.classes) < 2:
+            raise PictagError(
+                f"{folder} needs at least two class folders of images (<class>/*.jpg), found {list(source.classes)}"
+            )
+        classes = list(source.classes)
+    unknown = sorted(set(source.classes) - set(classes))
+    if unknown:
+        raise PictagError(f"{folder} has classes that training data lacks: {', '.join(unknown)}: use the same classes")
     encoder.module.eval()
-    keys, chunks = [], []
-    for batch in iter_embeddings(open_source(folder), encoder, batch_size=64, workers=workers):
+    keys, labels, chunks = [], [], []
+    for batch in iter_embeddings(source, encoder, batch_size=64, workers=workers):
         keys += batch.keys
+        labels += [classes.index(label) for label in batch.labels]
         chunks.append(batch.features.cpu())
         for key, reason in batch.errors:
             log.warning("%s/%s left out: %s", folder, key, reason)
-    names = [key.split("/")[0] if "/" in key else "" for key in keys]
-    found = sorted({n for n in names if n})
-    if classes is None:
-        if len(found) < 2:
-            raise PictagError(f"{folder} needs at least two class folders of images (<class>/*.jpg), found {found}")
-        classes = found
-    unknown = sorted(set(found) - set(classes))
-    if unknown:
-        raise PictagError(f"{folder} has classes that training data lacks: {', '.join(unknown)}: use the same classes")
-    keep = [i for i, n in enumerate(names) if n]
-    features = torch.cat(chunks)[keep]
-    return features, [keys[i] for i in keep], [classes.index(names[i]) for i in keep], classes
+    return torch.cat(chunks), keys, labels, classes
 
 
 class _Augmented(torch.utils.data.Dataset):
