@@ -73,7 +73,7 @@ def test_fewshot_refuses_an_empty_support_class(tmp_path, capsys):
         image.unlink()
     assert main(["fewshot", str(tmp_path), "--out", str(tmp_path / "r.csv"), *TINY]) == 2
     err = capsys.readouterr().err
-    assert "support class 'green' has no images" in err and "Traceback" not in err
+    assert "t1/support has empty class folder(s) 'green'" in err and "Traceback" not in err
 
 
 def test_fewshot_refuses_a_support_class_with_only_unreadable_images(tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""Episode sampling is seeded and reproducible; the task layout on disk is read and checked."""
+"""Episode sampling is seeded and reproducible; task layouts and labelled collections are read and checked."""
 
 from __future__ import annotations
 
@@ -6,10 +6,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
+from conftest import jpeg_bytes, write_tar
 from pictag.errors import PictagError
-from pictag.fewshot.evaluate import evaluate_episodes
+from pictag.fewshot.evaluate import embed_collection, evaluate_episodes
 from pictag.fewshot.tasks import find_tasks, sample_episodes
+from pictag.models import create_model
 
 LABELS = np.repeat(np.arange(6), 20)
 
@@ -83,7 +86,31 @@ def test_find_tasks_refuses_empty_support_classes_and_missing_tasks(tmp_path):
     _touch(tmp_path / "t1/support/ant/1.jpg")
     (tmp_path / "t1/support/bee").mkdir(parents=True)
     _touch(tmp_path / "t1/query/q.jpg")
-    with pytest.raises(PictagError, match="task t1: support class 'bee' has no images"):
+    with pytest.raises(PictagError, match=r"t1/support has empty class folder\(s\) 'bee': add images"):
         find_tasks(tmp_path)
     with pytest.raises(PictagError, match="holds no task"):
         find_tasks(tmp_path / "t1/support")
+    _touch(tmp_path / "t1/support/bee/1.jpg")
+    _touch(tmp_path / "t1/support/stray.jpg")
+    with pytest.raises(PictagError, match=r"t1/support is read as a folder of classes .* \(e.g. stray.jpg\)"):
+        find_tasks(tmp_path)
+
+
+def test_collection_pools_labelled_sources_of_any_storage(tmp_path, tiny_open_clip):
+    image = jpeg_bytes(Image.new("RGB", (32, 32), "red"))
+    for key in ("ant/1.jpg", "bee/2.jpg"):
+        (tmp_path / "train" / key).parent.mkdir(parents=True)
+        (tmp_path / "train" / key).write_bytes(image)
+    val = write_tar(tmp_path / "val.tar", {"bee/3.jpg": image, "wasp/4.jpg": image})
+    spec, checkpoint = tiny_open_clip
+    encoder = create_model(spec, checkpoint=checkpoint, device="cpu")
+    collection = embed_collection([f"{tmp_path}/train", str(val)], encoder, workers=0)
+    assert collection.classes == ["ant", "bee", "wasp"]
+    assert [collection.classes[i] for i in collection.labels] == ["ant", "bee", "bee", "wasp"]
+    assert [key.removeprefix(str(tmp_path)) for key in collection.keys] == [
+        "/train/ant/1.jpg",
+        "/train/bee/2.jpg",
+        "/val.tar/bee/3.jpg",
+        "/val.tar/wasp/4.jpg",
+    ]
+    assert collection.features.shape == (4, encoder.embed_dim)

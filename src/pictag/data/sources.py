@@ -11,13 +11,14 @@ import logging
 import os
 import posixpath
 from abc import ABC, abstractmethod
-from collections import Counter
-from collections.abc import Callable, Container, Iterator, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, BinaryIO
+from collections.abc import Callable, Container, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from itertools import islice
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from pictag.data._io import IMAGE_EXTENSIONS, Blob, display_name, filesystem, is_image, is_url, join, location_of
 from pictag.data._patterns import expand_braces, has_glob, is_pattern
+from pictag.data.labelled import Annotation, class_folders, table_annotations, table_paths
 from pictag.data.tar_index import COMPRESSED_TAR_SUFFIXES, compressed_tar_error, index_for, load_index
 from pictag.errors import PictagError
 
@@ -39,17 +40,29 @@ class Record:
         key: Stable id of the image, unique within its source.
         data: The encoded bytes as stored, or None when they could not be read.
         error: Why ``data`` is None, in one short line.
+        label: The image's class, in a labelled source.
+        text: The image's text (a caption, a title), in a labelled table with a text column.
+        meta: The other columns of a labelled table's row.
     """
 
     key: str
     data: bytes | None
     error: str | None = None
+    label: str | None = None
+    text: str | None = None
+    meta: Mapping[str, Any] = field(default_factory=dict, hash=False)  # a dict is unhashable; records stay hashable
 
 
 class Shard(ABC):
-    """A picklable, independent part of a source."""
+    """A picklable, independent part of a source.
+
+    Attributes:
+        name: Where the shard is, for messages.
+        annotations: In a labelled source, one per record in storage order; empty otherwise.
+    """
 
     name: str
+    annotations: tuple[Annotation, ...] = ()
 
     @abstractmethod
     def read(self, skip: Container[str] = frozenset()) -> Iterator[Record]:
@@ -65,9 +78,15 @@ class Shard(ABC):
 
 
 class Source(ABC):
-    """A collection of images, split into shards."""
+    """A collection of images, split into shards.
+
+    Attributes:
+        uri: What was opened.
+        classes: The labels of a labelled source, sorted; empty otherwise.
+    """
 
     uri: str
+    classes: tuple[str, ...] = ()
 
     @abstractmethod
     def shards(self) -> list[Shard]:
@@ -85,16 +104,18 @@ class Source(ABC):
 class _ShardedSource(Source):
     uri: str
     parts: tuple[Shard, ...]
+    classes: tuple[str, ...] = ()
 
     def shards(self) -> list[Shard]:
         return list(self.parts)
 
 
-def _record(key: str, read: Callable[..., bytes], *args: object) -> Record:
+def _record(key: str, read: Callable[..., bytes], *args: object, annotation: Annotation | None = None) -> Record:
+    fields = annotation._asdict() if annotation else {}
     try:
-        return Record(key, read(*args))
+        return Record(key, read(*args), **fields)
     except OSError as e:
-        return Record(key, None, " ".join(str(e).split()))
+        return Record(key, None, " ".join(str(e).split()), **fields)
 
 
 def _read_file(location: str) -> bytes:
@@ -109,17 +130,19 @@ class FileShard(Shard):
     name: str
     root: str
     keys: tuple[str, ...]
+    annotations: tuple[Annotation, ...] = ()
 
     def read(self, skip: Container[str] = frozenset()) -> Iterator[Record]:
-        for key in self.keys:
+        for key, annotation in zip(self.keys, self.annotations or (None,) * len(self), strict=True):
             if key not in skip:
-                yield _record(key, _read_file, join(self.root, key))
+                yield _record(key, _read_file, join(self.root, key), annotation=annotation)
 
     def __len__(self) -> int:
         return len(self.keys)
 
     def slice(self, start: int, stop: int) -> FileShard:
-        return FileShard(f"{self.name}:{start}-{stop}", self.root, self.keys[start:stop])
+        name, keys, annotations = f"{self.name}:{start}-{stop}", self.keys[start:stop], self.annotations[start:stop]
+        return replace(self, name=name, keys=keys, annotations=annotations)
 
 
 @dataclass(frozen=True)
@@ -137,6 +160,7 @@ class TarShard(Shard):
     stop: int
     prefix: str = ""
     columns: str | None = None
+    annotations: tuple[Annotation, ...] = ()
 
     def read(self, skip: Container[str] = frozenset()) -> Iterator[Record]:
         index = load_index(self.index, self.tar, self.columns)
@@ -144,18 +168,24 @@ class TarShard(Shard):
         members = zip(
             index.keys[rows].to_pylist(), index.offsets[rows].tolist(), index.sizes[rows].tolist(), strict=True
         )
+        annotations = self.annotations or (None,) * len(self)
         with Blob(self.tar) as blob:
-            for member, offset, size in members:
+            for (member, offset, size), annotation in zip(members, annotations, strict=True):
                 key = self.prefix + member
                 if key not in skip:
-                    yield _record(key, blob.read, offset, size)
+                    yield _record(key, blob.read, offset, size, annotation=annotation)
 
     def __len__(self) -> int:
         return self.stop - self.start
 
     def slice(self, start: int, stop: int) -> TarShard:
-        name = f"{self.name}:{start}-{stop}"
-        return TarShard(name, self.tar, self.index, self.start + start, self.start + stop, self.prefix)
+        return replace(
+            self,
+            name=f"{self.name}:{start}-{stop}",
+            start=self.start + start,
+            stop=self.start + stop,
+            annotations=self.annotations[start:stop],
+        )
 
 
 def _ranges(n: int) -> list[tuple[int, int]]:
@@ -163,8 +193,10 @@ def _ranges(n: int) -> list[tuple[int, int]]:
     return [(i * n // count, (i + 1) * n // count) for i in range(count)]
 
 
-def _file_shards(label: str, root: str, keys: Sequence[str]) -> list[Shard]:
-    return [FileShard(f"{label}[{a}:{b}]", root, tuple(keys[a:b])) for a, b in _ranges(len(keys))]
+def _file_shards(name: str, root: str, keys: Sequence[str], annotations: Sequence[Annotation] = ()) -> list[Shard]:
+    return [
+        FileShard(f"{name}[{a}:{b}]", root, tuple(keys[a:b]), tuple(annotations[a:b])) for a, b in _ranges(len(keys))
+    ]
 
 
 @dataclass(frozen=True)
@@ -176,21 +208,24 @@ class _Target:
     path: str
     index: str | None
     path_column: str
+    labelled: bool
+    label_column: str
+    text_column: str | None
     index_columns: str | None = None
 
     def location(self, path: str | None = None) -> str:
         return location_of(self.fs, self.path if path is None else path)
 
 
-def _read_csv(f: BinaryIO, column: str) -> pa.Table:
+def _read_csv(f: BinaryIO, columns: Sequence[str]) -> pa.Table:
     import pyarrow as pa
     import pyarrow.csv as pv
 
-    # Read paths as text even when they look like numbers ("0001"), so they stay as written.
-    return pv.read_csv(f, convert_options=pv.ConvertOptions(column_types={column: pa.string()}))
+    # Read paths, labels and texts as text even when they look like numbers ("0001"), so they stay as written.
+    return pv.read_csv(f, convert_options=pv.ConvertOptions(column_types=dict.fromkeys(columns, pa.string())))
 
 
-def _read_parquet(f: BinaryIO, column: str) -> pa.Table:
+def _read_parquet(f: BinaryIO, columns: Sequence[str]) -> pa.Table:
     import pyarrow.parquet as pq
 
     return pq.read_table(f)
@@ -242,6 +277,9 @@ def open_source(
     index: str | os.PathLike | None = None,
     path_column: str = "path",
     index_columns: str | None = None,
+    labelled: bool = False,
+    label_column: str = "label",
+    text_column: str | None = None,
 ) -> Source:
     """Open a collection of images for reading.
 
@@ -254,6 +292,12 @@ def open_source(
         path_column: The column of a table that holds image paths, relative to the table's folder or absolute.
         index_columns: Which columns of a given (or remote) index hold key, offset and size, as
             ``"key=filename,offset=start,size=length"``; by default the names other tools use are recognised.
+        labelled: Give every record a label (see ``pictag.data.labelled``). A table takes it from
+            ``label_column``, its text from ``text_column`` and its other columns as ``meta``; anything else is
+            read as a folder of classes, labelled by the first folder of each path inside the folder or tar
+            (``<class>/x.jpg``). The source's ``classes`` lists the labels.
+        label_column: The column of a labelled table that holds labels.
+        text_column: The column of a labelled table that holds texts; by default ``text`` where there is one.
 
     Returns:
         The source. Keys are paths relative to a folder, the file name of a single image, member names of a
@@ -262,12 +306,13 @@ def open_source(
     Index rows past the end of their tar (a truncated copy) become error records, counted in one warning.
 
     Raises:
-        PictagError: The URI is missing, unsupported, empty, or its index or table does not fit.
+        PictagError: The URI is missing, unsupported, empty, or its index or table does not fit; or, when
+            ``labelled``, an image has no label or a class folder no image.
     """
     text = os.fspath(uri)
     fs, path = filesystem(text if is_url(text) else os.path.expanduser(text))
     index_location = None if index is None else location_of(*filesystem(os.fspath(index)))
-    target = _Target(text, fs, path, index_location, path_column, index_columns)
+    target = _Target(text, fs, path, index_location, path_column, labelled, label_column, text_column, index_columns)
     try:
         kind = _kind(target)
         if index is not None and kind not in _INDEXED_KINDS:
@@ -275,11 +320,31 @@ def open_source(
         if index_columns is not None and kind not in _INDEXED_KINDS:
             raise PictagError(f"index columns are for a tar's index, but {text} is a {kind}: drop --index-columns")
         shards = _OPENERS[kind](target)
+        if labelled and kind != "table":  # a table is labelled by its columns as it is read
+            shards = _by_class_folder(target, kind, shards)
     except OSError as e:
         raise PictagError(f"cannot open {text}: {e}") from e
     if not shards:
         raise PictagError(f"{text} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))}): check the path")
-    return _ShardedSource(text, tuple(shards))
+    classes = sorted({annotation.label for shard in shards for annotation in shard.annotations})
+    return _ShardedSource(text, tuple(shards), tuple(classes))
+
+
+def _by_class_folder(target: _Target, kind: str, shards: list[Shard]) -> list[Shard]:
+    """The shards with each record labelled by the first folder of its path inside the folder or tar."""
+    paths = [_paths_inside(shard) for shard in shards]
+    root = target.path.rstrip("/")
+    listed = target.fs.ls(root, detail=True) if kind == "folder" else []
+    folders = [display_name(entry["name"]) for entry in listed if entry["type"] == "directory"]
+    annotations = iter(class_folders(target.uri, [p for part in paths for p in part], folders))
+    return [replace(shard, annotations=tuple(islice(annotations, len(part)))) for shard, part in zip(shards, paths)]
+
+
+def _paths_inside(shard: Shard) -> list[str]:
+    """Each record's path inside its folder or tar, in storage order (a pattern's keys start with their tar)."""
+    if isinstance(shard, TarShard):
+        return load_index(shard.index, shard.tar).keys[shard.start : shard.stop].to_pylist()
+    return list(shard.keys)
 
 
 @_opener("folder")
@@ -367,28 +432,23 @@ def _open_table(target: _Target) -> list[Shard]:
     import pyarrow as pa
 
     suffix = _suffix(target.path)
+    columns = (target.path_column, target.label_column, target.text_column or "text")
     try:
         with target.fs.open(target.path, "rb") as f:
-            table = _TABLE_READERS[suffix](f, target.path_column)
+            table = _TABLE_READERS[suffix](f, columns)
     except pa.ArrowException as e:
         raise PictagError(
             f"cannot read {target.uri} as a {suffix} table ({' '.join(str(e).split())}): check the file"
         ) from e
-    column = target.path_column
-    if column not in table.column_names:
-        raise PictagError(
-            f"{target.uri} has no column {column!r} (it has {', '.join(table.column_names)}): "
-            "name the column of image paths with path_column"
+    paths = table_paths(table, target.uri, target.path_column)
+    annotations = ()
+    if target.labelled:
+        annotations = table_annotations(
+            table,
+            target.uri,
+            path_column=target.path_column,
+            label_column=target.label_column,
+            text_column=target.text_column,
         )
-    if not pa.types.is_string(table[column].type) and not pa.types.is_large_string(table[column].type):
-        raise PictagError(
-            f"column {column!r} of {target.uri} holds {table[column].type}, not paths: pick the path column"
-        )
-    paths = table[column].to_pylist()
-    empty = next((row for row, path in enumerate(paths, 1) if not path), None)
-    if empty is not None:
-        raise PictagError(f"row {empty} of {target.uri} has no {column!r}: fill it in or drop the row")
-    if len(set(paths)) != len(paths):
-        twice = next(path for path, count in Counter(paths).items() if count > 1)
-        raise PictagError(f"{target.uri} lists {twice} twice: drop the duplicate rows, keys must be unique")
-    return _file_shards(display_name(target.path), target.location(posixpath.dirname(target.path)), paths)
+    root = target.location(posixpath.dirname(target.path))
+    return _file_shards(display_name(target.path), root, paths, annotations)

@@ -23,7 +23,7 @@ from pictag.heads.base import FEW_SHOT, check_head, create_head, list_heads
 from pictag.heads.zero_shot import ZeroShotClassifier
 from pictag.models.base import Encoder
 from pictag.options import FewshotEvalConfig
-from pictag.pipeline.runner import iter_embeddings
+from pictag.pipeline.runner import embed_all
 
 
 @dataclass
@@ -148,10 +148,10 @@ def evaluate_episodes(
 
 @dataclass
 class Collection:
-    """Embeddings of a labelled collection (class = first folder below each data folder).
+    """Embeddings of a labelled collection.
 
     Attributes:
-        keys: "<data folder>/<path below it>" of each embedded image.
+        keys: "<source>/<key in it>" of each embedded image.
         features: (N, D) normalised embeddings.
         labels: (N,) class indices into `classes`.
         classes: Class names, sorted.
@@ -183,47 +183,34 @@ class EvalResult:
 
 
 def embed_collection(
-    folders: Sequence[str], encoder: Encoder, *, batch_size: int = 64, workers: int | None = None
+    sources: Sequence[str], encoder: Encoder, *, batch_size: int = 64, workers: int | None = None
 ) -> Collection:
-    """Embed every image of `folders`/<class>/..., pooling folders that share class names (e.g. train and val).
+    """Embed every image of labelled sources, pooling those that share class names (e.g. train and val).
+
+    Args:
+        sources: Folders of ``<class>/*.jpg`` (local, tar or URL) or tables with a label column; see
+            ``open_source(labelled=True)``.
 
     Raises:
-        PictagError: a folder that does not exist or holds no image inside a class folder.
+        PictagError: a source that does not open, or holds an image without a label.
     """
     workers = default_workers() if workers is None else workers
+    opened = [open_source(uri, labelled=True) for uri in sources]  # every source checked before any embedding
+    classes = sorted({name for source in opened for name in source.classes})
+    index = {name: i for i, name in enumerate(classes)}
     keys: list[str] = []
+    labels: list[int] = []
     chunks: list[torch.Tensor] = []
     errors: list[tuple[str, str]] = []
     started = time.perf_counter()
-    for folder in folders:
-        if not Path(folder).is_dir():
-            raise PictagError(f"{folder} is not a folder: give folders of <class>/*.jpg")
-        source = open_source(folder)
-        with tqdm(total=len(source), unit="img", desc=f"embed {folder}", dynamic_ncols=True, disable=None) as bar:
-            for batch in iter_embeddings(source, encoder, batch_size=batch_size, workers=workers):
-                keys += [f"{folder}/{key}" for key in batch.keys]
-                chunks.append(batch.features.cpu())
-                errors += [(f"{folder}/{key}", reason) for key, reason in batch.errors]
-                bar.update(len(batch.keys) + len(batch.errors))
+    for uri, source in zip(sources, opened, strict=True):
+        embedded = embed_all(source, encoder, batch_size=batch_size, workers=workers, desc=f"embed {uri}")
+        keys += [f"{uri}/{key}" for key in embedded.keys]
+        labels += [index[label] for label in embedded.labels]
+        chunks.append(embedded.features)
+        errors += [(f"{uri}/{key}", reason) for key, reason in embedded.errors]
     seconds = time.perf_counter() - started
-    names = [_class_of(key, folders) for key in keys]
-    classes = sorted({n for n in names if n})
-    if not classes:
-        raise PictagError(f"{', '.join(folders)} hold no images inside class folders: use DATA_DIR/<class>/*.jpg")
-    keep = [i for i, n in enumerate(names) if n]
-    features = torch.cat(chunks)[keep] if chunks else torch.empty(0)
-    labels = [classes.index(names[i]) for i in keep]
-    return Collection(
-        [keys[i] for i in keep], features, labels, classes, errors, seconds / max(len(keys) + len(errors), 1)
-    )
-
-
-def _class_of(key: str, folders: Sequence[str]) -> str:
-    for folder in folders:
-        if key.startswith(f"{folder}/"):
-            parts = key[len(folder) + 1 :].split("/")
-            return parts[0] if len(parts) > 1 else ""
-    return ""
+    return Collection(keys, torch.cat(chunks), labels, classes, errors, seconds / max(len(keys) + len(errors), 1))
 
 
 def parse_shots(shots: str | Sequence[int]) -> list[int]:
@@ -241,14 +228,14 @@ def run_eval(cfg: FewshotEvalConfig) -> EvalResult:
     """Embed a labelled collection once, then evaluate methods on sampled episodes; write a table and a plot.
 
     Raises:
-        PictagError: bad folders, methods, or more ways/shots than the collection can supply.
+        PictagError: bad sources, methods, or more ways/shots than the collection can supply.
     """
-    folders = [cfg.data] if isinstance(cfg.data, str) else list(cfg.data)
+    sources = [cfg.data] if isinstance(cfg.data, str) else list(cfg.data)
     shots = parse_shots(cfg.shots)
     resolve_methods(cfg.method)
     encoder = cfg.create_encoder()
     collection = embed_collection(
-        [f.rstrip("/") for f in folders], encoder, batch_size=cfg.batch_size, workers=cfg.workers
+        [s.rstrip("/") for s in sources], encoder, batch_size=cfg.batch_size, workers=cfg.workers
     )
     text = None
     if encoder.has_text:

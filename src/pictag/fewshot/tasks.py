@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from pictag.data._io import is_image
+from pictag.data.labelled import class_folders
 from pictag.errors import PictagError
 
 SUPPORT, QUERY = "support", "query"
@@ -67,23 +68,19 @@ def find_tasks(test_dir: str | os.PathLike) -> list[Task]:
 def _read_task(root: Path, folder: Path) -> Task:
     name = folder.relative_to(root).as_posix()
     prefix = "" if name == "." else name + "/"
-    classes = sorted(p.name for p in (folder / SUPPORT).iterdir() if p.is_dir())
+    images = _images(folder / SUPPORT)
+    folders = [p.name for p in (folder / SUPPORT).iterdir() if p.is_dir()]
+    labels = [annotation.label for annotation in class_folders(str(folder / SUPPORT), images, folders)]
+    classes = sorted(set(labels))
     if len(classes) < 2:
         raise PictagError(
             f"task {name}: support/ has {len(classes)} class folder(s), a task needs at least two "
             "(support/<class>/*.jpg)"
         )
-    support = []
-    for index, cls in enumerate(classes):
-        images = _images(folder / SUPPORT / cls)
-        if not images:
-            raise PictagError(
-                f"task {name}: support class {cls!r} has no images ({folder / SUPPORT / cls}): add at least one "
-                "labelled image or remove the folder"
-            )
-        support += [(f"{prefix}{SUPPORT}/{cls}/{image}", index) for image in images]
+    index = {cls: i for i, cls in enumerate(classes)}
+    support = tuple((f"{prefix}{SUPPORT}/{image}", index[label]) for image, label in zip(images, labels, strict=True))
     query = tuple(f"{prefix}{QUERY}/{image}" for image in _images(folder / QUERY))
-    return Task(name, tuple(classes), tuple(support), query)
+    return Task(name, tuple(classes), support, query)
 
 
 def _images(folder: Path) -> list[str]:

@@ -9,6 +9,7 @@ part is committed as soon as its last row is in.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Container, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -29,13 +30,16 @@ class CropBatch:
     """Decoded images of one batch, and the records of it that failed.
 
     Attributes:
+        labels: The label of each key's record (labelled sources), else None; `texts` likewise.
         units: Ordinal of the unit of each key; `error_units` likewise for `errors`.
         finished: Units whose last record is in this batch or an earlier one from the same worker.
     """
 
-    keys: list[str]
-    crops: torch.Tensor  # (N, H, W, 3) uint8
+    keys: list[str] = field(default_factory=list)
+    crops: torch.Tensor | list[torch.Tensor] = field(default_factory=list)  # (N, H, W, 3) uint8 once stacked
     errors: list[tuple[str, str]] = field(default_factory=list)
+    labels: list[str | None] = field(default_factory=list)
+    texts: list[str | None] = field(default_factory=list)
     units: list[int] = field(default_factory=list)
     error_units: list[int] = field(default_factory=list)
     finished: list[int] = field(default_factory=list)
@@ -48,6 +52,8 @@ class EmbeddingBatch:
     keys: list[str]
     features: torch.Tensor  # (N, D) float32, on the encoder's device
     errors: list[tuple[str, str]]
+    labels: list[str | None] = field(default_factory=list)
+    texts: list[str | None] = field(default_factory=list)
     units: list[int] = field(default_factory=list)
     error_units: list[int] = field(default_factory=list)
     finished: list[int] = field(default_factory=list)
@@ -58,7 +64,10 @@ class EmbeddingBatch:
             rows = [i for i, u in enumerate(self.units) if u == unit]
             failed = [e for e, u in zip(self.errors, self.error_units) if u == unit]
             piece = slice(rows[0], rows[-1] + 1) if rows else slice(0, 0)
-            yield unit, EmbeddingBatch(self.keys[piece], self.features[piece], failed)
+            yield (
+                unit,
+                EmbeddingBatch(self.keys[piece], self.features[piece], failed, self.labels[piece], self.texts[piece]),
+            )
 
 
 class CropDataset(IterableDataset):
@@ -81,7 +90,7 @@ class CropDataset(IterableDataset):
     def __iter__(self) -> Iterator[CropBatch]:
         info = get_worker_info()
         units = self.units if info is None else self.units[info.id :: info.num_workers]
-        batch = self._empty()
+        batch = CropBatch()
         for unit in units:
             for record in unit.shard.read(self.skip):
                 try:
@@ -90,25 +99,23 @@ class CropDataset(IterableDataset):
                     image = decode_image(record.data, self.preprocess.min_decode_size, self.max_pixels)
                     batch.crops.append(torch.from_numpy(self.preprocess.crop(image)))
                     batch.keys.append(record.key)
+                    batch.labels.append(record.label)
+                    batch.texts.append(record.text)
                     batch.units.append(unit.ordinal)
                 except DecodeError as exc:
                     batch.errors.append((record.key, str(exc)))
                     batch.error_units.append(unit.ordinal)
                 if len(batch.keys) == self.batch_size:
                     yield self._stacked(batch)
-                    batch = self._empty()
+                    batch = CropBatch()
             batch.finished.append(unit.ordinal)
         if batch.keys or batch.errors or batch.finished:
             yield self._stacked(batch)
 
-    @staticmethod
-    def _empty() -> CropBatch:
-        return CropBatch([], [], [], [], [], [])  # type: ignore[arg-type]  # crops are stacked on the way out
-
     def _stacked(self, batch: CropBatch) -> CropBatch:
         height, width = self.preprocess.size
-        crops = torch.stack(batch.crops) if batch.crops else torch.empty(0, height, width, 3, dtype=torch.uint8)
-        return CropBatch(batch.keys, crops, batch.errors, batch.units, batch.error_units, batch.finished)
+        empty = torch.empty(0, height, width, 3, dtype=torch.uint8)
+        return dataclasses.replace(batch, crops=torch.stack(batch.crops) if batch.crops else empty)
 
 
 @dataclass
@@ -149,7 +156,16 @@ class ImageFeatures:
                 features = torch.empty(0, encoder.embed_dim, device=encoder.device)
             waited = time.perf_counter()
             stats["model_s"] = stats.get("model_s", 0.0) + waited - started
-            yield EmbeddingBatch(batch.keys, features, batch.errors, batch.units, batch.error_units, batch.finished)
+            yield EmbeddingBatch(
+                batch.keys,
+                features,
+                batch.errors,
+                batch.labels,
+                batch.texts,
+                batch.units,
+                batch.error_units,
+                batch.finished,
+            )
 
 
 def iter_embeddings(
@@ -185,11 +201,13 @@ class Embedded:
         keys: Keys of the embedded records, in source order.
         features: (N, D) float32 embeddings on the CPU.
         errors: (key, reason) of the records that could not be embedded.
+        labels: The label of each embedded record (labelled sources), else None.
     """
 
     keys: list[str]
     features: torch.Tensor
     errors: list[tuple[str, str]]
+    labels: list[str | None]
 
 
 def embed_all(
@@ -205,16 +223,18 @@ def embed_all(
     """Embed every record of a source not in `skip` into memory, with a progress bar; see `iter_embeddings`."""
     from tqdm.auto import tqdm
 
-    keys, chunks, errors = [], [torch.empty(0, encoder.embed_dim)], []
+    keys, chunks, errors, labels = [], [torch.empty(0, encoder.embed_dim)], [], []
     units = plan_units(source)
     stage = ImageFeatures(encoder, batch_size, max_pixels, skip)
-    with tqdm(total=sum(u.size for u in units), unit="img", desc=desc, dynamic_ncols=True, disable=None) as bar:
+    total = None if skip else sum(u.size for u in units)  # a skip set's size within the source is unknown
+    with tqdm(total=total, unit="img", desc=desc, dynamic_ncols=True, disable=None) as bar:
         for batch in stage.batches(units, workers, {}):
             keys += batch.keys
             chunks.append(batch.features.cpu())
             errors += batch.errors
+            labels += batch.labels
             bar.update(len(batch.keys) + len(batch.errors))
-    return Embedded(keys, torch.cat(chunks), errors)
+    return Embedded(keys, torch.cat(chunks), errors, labels)
 
 
 def image_features(cfg) -> tuple[Encoder, list[Unit], ImageFeatures]:

@@ -330,7 +330,7 @@ class StoreFeatures:
                 for start in range(0, len(keys), self.batch_rows):
                     piece = keys[start : start + self.batch_rows].to_pylist()
                     features = as_float32_tensor(embeddings[start : start + self.batch_rows])
-                    yield EmbeddingBatch(piece, features, [], [unit.ordinal] * len(piece))
+                    yield EmbeddingBatch(piece, features, [], units=[unit.ordinal] * len(piece))
             yield EmbeddingBatch([], torch.empty(0, self.store.dim), [], finished=[unit.ordinal])
 
 

@@ -37,7 +37,7 @@ from pictag.models.base import Encoder
 from pictag.models.checkpoint import read_state_dict
 from pictag.models.preprocess import TrainTransform
 from pictag.options import FinetuneConfig
-from pictag.pipeline.runner import iter_embeddings
+from pictag.pipeline.runner import embed_all
 from pictag.train.blocks import unfreeze_last_blocks
 
 log = logging.getLogger(__name__)
@@ -141,27 +141,23 @@ def _embed_labelled(
     folder: str, encoder: Encoder, classes: list[str] | None, workers: int
 ) -> tuple[torch.Tensor, list[str], list[int], list[str]]:
     """Embeddings, readable keys, labels and classes of folder/<class>/...; unreadable images are logged and left out."""
-    if not Path(folder).is_dir():
+    if not Path(folder).is_dir():  # _Augmented reads the training images as files below the folder
         raise PictagError(f"{folder} is not a folder: give a folder of <class>/*.jpg")
-    encoder.module.eval()
-    keys, chunks = [], []
-    for batch in iter_embeddings(open_source(folder), encoder, batch_size=64, workers=workers):
-        keys += batch.keys
-        chunks.append(batch.features.cpu())
-        for key, reason in batch.errors:
-            log.warning("%s/%s left out: %s", folder, key, reason)
-    names = [key.split("/")[0] if "/" in key else "" for key in keys]
-    found = sorted({n for n in names if n})
+    source = open_source(folder, labelled=True)
     if classes is None:
-        if len(found) < 2:
-            raise PictagError(f"{folder} needs at least two class folders of images (<class>/*.jpg), found {found}")
-        classes = found
-    unknown = sorted(set(found) - set(classes))
+        if len(source.classes) < 2:
+            raise PictagError(
+                f"{folder} needs at least two class folders of images (<class>/*.jpg), found {list(source.classes)}"
+            )
+        classes = list(source.classes)
+    unknown = sorted(set(source.classes) - set(classes))
     if unknown:
         raise PictagError(f"{folder} has classes that training data lacks: {', '.join(unknown)}: use the same classes")
-    keep = [i for i, n in enumerate(names) if n]
-    features = torch.cat(chunks)[keep]
-    return features, [keys[i] for i in keep], [classes.index(names[i]) for i in keep], classes
+    encoder.eval()
+    embedded = embed_all(source, encoder, batch_size=64, workers=workers, desc=f"embed {folder}")
+    for key, reason in embedded.errors:
+        log.warning("%s/%s left out: %s", folder, key, reason)
+    return embedded.features, embedded.keys, [classes.index(label) for label in embedded.labels], classes
 
 
 class _TrainImages(torch.utils.data.Dataset):
@@ -206,14 +202,10 @@ def _train_epoch(encoder, head, loader, optimizer, scheduler, scaler, label_smoo
 @torch.no_grad()
 def _accuracy(encoder, head, folder: str, keys: list[str], labels: list[int], workers: int) -> float:
     wanted = dict(zip(keys, labels))
-    correct = seen = 0
-    for batch in iter_embeddings(open_source(folder), encoder, batch_size=64, workers=workers):
-        mine = [i for i, key in enumerate(batch.keys) if key in wanted]
-        if mine:
-            predicted = head(batch.features[mine]).argmax(dim=-1).cpu()
-            correct += int((predicted == torch.tensor([wanted[batch.keys[i]] for i in mine])).sum())
-            seen += len(mine)
-    return correct / max(seen, 1)
+    embedded = embed_all(open_source(folder), encoder, batch_size=64, workers=workers, desc="validate")
+    mine = [i for i, key in enumerate(embedded.keys) if key in wanted]
+    predicted = head(embedded.features[mine].to(encoder.device)).argmax(dim=-1).cpu()
+    return (predicted == torch.tensor([wanted[embedded.keys[i]] for i in mine])).float().mean().item() if mine else 0.0
 
 
 def _save(path: Path, encoder: Encoder, head: ResidualCosineHead, meta: dict) -> None:
