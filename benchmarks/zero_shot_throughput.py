@@ -46,6 +46,7 @@ def bench_decode(files: list[Path], label: str, repeat: int) -> None:
 
     from pictag.data import open_source
     from pictag.models import create_model
+    from pictag.pipeline.plan import plan_units
     from pictag.pipeline.runner import CropDataset
 
     torch.set_num_threads(1)
@@ -65,7 +66,7 @@ def bench_decode(files: list[Path], label: str, repeat: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for i, blob in enumerate(blobs):
             Path(tmp, f"{i:05d}.jpg").write_bytes(blob)
-        dataset = CropDataset(open_source(tmp), encoder.preprocess, batch_size=64)
+        dataset = CropDataset(plan_units(open_source(tmp)), encoder.preprocess, batch_size=64)
 
         def pictag_stage() -> None:
             for batch in dataset:
