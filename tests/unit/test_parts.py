@@ -11,7 +11,7 @@ import pytest
 from conftest import tar_source
 from pictag.data import open_source
 from pictag.errors import PictagError
-from pictag.pipeline.parts import PartStore
+from pictag.pipeline.parts import PartStore, output_format, write_table
 from pictag.pipeline.plan import plan_digest, plan_units
 
 
@@ -48,3 +48,14 @@ def test_a_second_writer_is_refused_while_the_first_holds_the_output(tmp_path):
     first.unlock()
     second.lock()
     second.unlock()
+
+
+@pytest.mark.parametrize("name", ["r.PARQUET", "r.Parquet", "r.CSV"])
+def test_output_format_follows_the_extension_in_any_case(tmp_path, name):
+    table = pa.table({"key": ["a", "b"]})
+    path, rows = write_table(tmp_path / name, [table], table.schema)
+    assert rows == 2
+    magic = path.read_bytes()[:4]
+    assert (magic == b"PAR1") == name.lower().endswith(".parquet")
+    with pytest.raises(PictagError, match="must end in .csv or .parquet"):
+        output_format(tmp_path / "r.txt")

@@ -26,6 +26,7 @@ def add_parser(sub) -> None:
 
 
 def run(cfg: SearchConfig) -> str:
+    from pictag.config import dump_config, sibling
     from pictag.pipeline.parts import write_table
     from pictag.store.search import search
 
@@ -46,4 +47,5 @@ def run(cfg: SearchConfig) -> str:
         lines.append(f"{row['rank']:4d}  {row['score']:.4f}  {row['key']}{where}")
     if cfg.out:
         lines.append(f"-> {write_table(cfg.out, [table], table.schema)[0]}")
+        dump_config(cfg, sibling(cfg.out, ".config.yaml"))
     return "\n".join(lines)

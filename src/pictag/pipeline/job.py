@@ -113,6 +113,12 @@ class JobResult:
         return f"{line} ({self.timings})" if self.timings else line
 
 
+class Executor(Protocol):
+    """Runs the given units of a job, committing one part per unit, and reports each record done to `progress`."""
+
+    def run(self, job: Job, units: Sequence[Unit], progress: Callable[[int], None]) -> JobStats: ...
+
+
 class InProcessExecutor:
     """Runs a job in this process: DataLoader workers decode, this process runs the model and commits the parts."""
 
@@ -141,7 +147,7 @@ class InProcessExecutor:
         return stats
 
 
-def run_job(job: Job, executor: InProcessExecutor | None = None) -> JobStats:
+def run_job(job: Job, executor: Executor | None = None) -> JobStats:
     """Run the units of `job` that have no committed part, with a progress bar (img/s and ETA)."""
     started = time.perf_counter()
     pending = job.parts.pending(job.units)

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import torch
 
-from pictag.config import load_config, sibling
+from pictag.config import dump_config, load_config, sibling
 from pictag.errors import PictagError
 from pictag.heads.base import scores_from_logits
 from pictag.heads.calibration import (
@@ -121,6 +121,7 @@ def run(cfg: CalibrateConfig) -> CalibrateResult:
         summary=summary,
     )
     out = calibration.save(cfg.out)
+    dump_config(cfg, sibling(out, ".config.yaml"))
     table_out = sibling(out, ".coverage.csv")
     pacsv.write_csv(pa.Table.from_pylist(table), table_out)
     plot_out = plot_coverage_accuracy(
