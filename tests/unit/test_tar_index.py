@@ -67,6 +67,19 @@ def test_truncated_copy_keeps_its_index_and_rows_past_the_end_are_error_records(
     assert warning == "3 index rows lie past the end of zip1.tar (truncated copy?): they go to the errors file"
 
 
+def test_truncated_tar_without_an_index_is_indexed_up_to_the_cut(tmp_path, caplog):
+    members = _members("img")
+    tar = _tar(tmp_path / "zip1.tar", members)
+    offset, _ = _offsets(build_tar_index(tar, tmp_path / "full.parquet"))["img3.jpg"]
+    os.truncate(tar, offset + 100)  # no index beside it: pictag scans the headers that are left
+    with caplog.at_level(logging.WARNING):
+        records = _records(open_source(tar))
+    assert sorted(k for k, (v, _) in records.items() if v is not None) == ["img0.jpg", "img1.jpg", "img2.jpg"]
+    assert {k: e for k, (_, e) in records.items() if e is not None} == {"img3.jpg": PAST_END}
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("ends inside its data (truncated copy?): indexed the 4 image members" in w for w in warnings)
+
+
 def test_truncated_copies_in_a_pattern_give_one_warning_and_prefixed_error_keys(tmp_path, caplog):
     for shard in ("000000", "000001"):
         tar = _tar(tmp_path / "shards" / f"{shard}.tar", _members("img"))

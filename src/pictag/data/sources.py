@@ -73,6 +73,10 @@ class Shard(ABC):
         """Number of records, before any skip."""
 
     @abstractmethod
+    def paths(self) -> list[str]:
+        """Each record's path inside its folder or tar, in storage order, without any key prefix."""
+
+    @abstractmethod
     def slice(self, start: int, stop: int) -> Shard:
         """Records ``start:stop`` of this shard, as a shard of their own, named ``<name>:<start>-<stop>``."""
 
@@ -140,6 +144,9 @@ class FileShard(Shard):
     def __len__(self) -> int:
         return len(self.keys)
 
+    def paths(self) -> list[str]:
+        return list(self.keys)
+
     def slice(self, start: int, stop: int) -> FileShard:
         name, keys, annotations = f"{self.name}:{start}-{stop}", self.keys[start:stop], self.annotations[start:stop]
         return replace(self, name=name, keys=keys, annotations=annotations)
@@ -177,6 +184,9 @@ class TarShard(Shard):
 
     def __len__(self) -> int:
         return self.stop - self.start
+
+    def paths(self) -> list[str]:
+        return load_index(self.index, self.tar, self.columns).keys[self.start : self.stop].to_pylist()
 
     def slice(self, start: int, stop: int) -> TarShard:
         return replace(
@@ -332,19 +342,12 @@ def open_source(
 
 def _by_class_folder(target: _Target, kind: str, shards: list[Shard]) -> list[Shard]:
     """The shards with each record labelled by the first folder of its path inside the folder or tar."""
-    paths = [_paths_inside(shard) for shard in shards]
+    paths = [shard.paths() for shard in shards]
     root = target.path.rstrip("/")
     listed = target.fs.ls(root, detail=True) if kind == "folder" else []
     folders = [display_name(entry["name"]) for entry in listed if entry["type"] == "directory"]
     annotations = iter(class_folders(target.uri, [p for part in paths for p in part], folders))
     return [replace(shard, annotations=tuple(islice(annotations, len(part)))) for shard, part in zip(shards, paths)]
-
-
-def _paths_inside(shard: Shard) -> list[str]:
-    """Each record's path inside its folder or tar, in storage order (a pattern's keys start with their tar)."""
-    if isinstance(shard, TarShard):
-        return load_index(shard.index, shard.tar).keys[shard.start : shard.stop].to_pylist()
-    return list(shard.keys)
 
 
 @_opener("folder")

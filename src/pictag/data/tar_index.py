@@ -113,6 +113,17 @@ def _scan(tar: str) -> pa.Table:
                 if member.isreg() and is_image(member.name):
                     members.pop(member.name, None)  # re-insert so the dict stays in offset order
                     members[member.name] = (member.offset_data, member.size)
+    except tarfile.ReadError as e:
+        if not members or "unexpected end of data" not in str(e):
+            raise PictagError(f"cannot read {tar} as a tar ({e}): check that it is complete and uncompressed") from e
+        # A truncated copy: what lies before the cut is still readable, and a member cut short is indexed so that
+        # it becomes an error record; members after the cut left no header to find.
+        log.warning(
+            "%s ends inside its data (truncated copy?): indexed the %d image members before the cut; any after it "
+            "are lost with the missing bytes",
+            tar,
+            len(members),
+        )
     except tarfile.TarError as e:
         raise PictagError(f"cannot read {tar} as a tar ({e}): check that it is complete and uncompressed") from e
     offsets, sizes = zip(*members.values(), strict=True) if members else ((), ())

@@ -224,11 +224,12 @@ def embed_all(
     from tqdm.auto import tqdm
 
     keys, chunks, errors, labels = [], [torch.empty(0, encoder.embed_dim)], [], []
-    units = plan_units(source)
-    stage = ImageFeatures(encoder, batch_size, max_pixels, skip)
-    total = None if skip else sum(u.size for u in units)  # a skip set's size within the source is unknown
+    total = None if skip else len(source)  # a skip set's size within the source is unknown
     with tqdm(total=total, unit="img", desc=desc, dynamic_ncols=True, disable=None) as bar:
-        for batch in stage.batches(units, workers, {}):
+        batches = iter_embeddings(
+            source, encoder, batch_size=batch_size, workers=workers, skip=skip, max_pixels=max_pixels
+        )
+        for batch in batches:
             keys += batch.keys
             chunks.append(batch.features.cpu())
             errors += batch.errors

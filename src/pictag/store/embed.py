@@ -69,6 +69,7 @@ def run(cfg: EmbedConfig) -> EmbedResult:
             dtype=cfg.dtype,
             source=cfg.source,
             index=cfg.index,
+            index_columns=cfg.index_columns,
             path_column=cfg.path_column,
             checkpoint=str(Path(cfg.checkpoint).resolve()) if cfg.checkpoint else None,
             random_weights=cfg.random_weights,

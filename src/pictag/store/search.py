@@ -101,9 +101,7 @@ def _file_locations(shard, wanted: set[str]) -> dict[str, str]:
 
 
 def _tar_locations(shard, wanted: set[str]) -> dict[str, str]:
-    from pictag.data.tar_index import load_index
-
-    members = load_index(shard.index, shard.tar).keys[shard.start : shard.stop].to_pylist()
+    members = shard.paths()
     return {shard.prefix + m: f"tar://{m}::{shard.tar}" for m in members if shard.prefix + m in wanted}
 
 
@@ -114,7 +112,12 @@ def locations(manifest: Manifest, keys: Sequence[str]) -> dict[str, str]:
     if manifest.source is None:
         return {}
     try:
-        source = open_source(manifest.source, index=manifest.index, path_column=manifest.path_column)
+        source = open_source(
+            manifest.source,
+            index=manifest.index,
+            index_columns=manifest.index_columns,
+            path_column=manifest.path_column,
+        )
     except PictagError as exc:
         raise PictagError(f"cannot show paths: the store's source is not readable here ({exc})") from None
     locators: dict[type, Callable[..., dict[str, str]]] = {FileShard: _file_locations, TarShard: _tar_locations}

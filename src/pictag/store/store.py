@@ -92,6 +92,7 @@ class Manifest:
     complete: bool = False
     source: str | None = None
     index: str | None = None
+    index_columns: str | None = None
     path_column: str = "path"
     checkpoint: str | None = None
     random_weights: bool = False
