@@ -22,6 +22,12 @@ _EXPORTS = {
     "ZeroShotClassifier": "pictag.heads.zero_shot",
     "load_templates": "pictag.prompts",
     "iter_embeddings": "pictag.pipeline.runner",
+    "embed_all": "pictag.pipeline.runner",
+    "plan_units": "pictag.pipeline.plan",
+    "Job": "pictag.pipeline.job",
+    "run_job": "pictag.pipeline.job",
+    "load_head": "pictag.heads.base",
+    "scores_from_logits": "pictag.heads.base",
     "ClassifyConfig": "pictag.options",
     "classify": "pictag.pipeline.classify",
     "EmbeddingStore": "pictag.store.store",
@@ -61,7 +67,7 @@ if TYPE_CHECKING:
     from pictag.fewshot.evaluate import evaluate_episodes
     from pictag.fewshot.run import fewshot
     from pictag.fewshot.tasks import find_tasks, sample_episodes
-    from pictag.heads.base import Head, create_head, list_heads
+    from pictag.heads.base import Head, create_head, list_heads, load_head, scores_from_logits
     from pictag.heads.zero_shot import ZeroShotClassifier
     from pictag.models.base import Encoder
     from pictag.models.preprocess import Preprocess
@@ -75,7 +81,9 @@ if TYPE_CHECKING:
         FinetuneConfig,
     )
     from pictag.pipeline.classify import classify
-    from pictag.pipeline.runner import iter_embeddings
+    from pictag.pipeline.job import Job, run_job
+    from pictag.pipeline.plan import plan_units
+    from pictag.pipeline.runner import embed_all, iter_embeddings
     from pictag.prompts import load_templates
     from pictag.serve.api import create_app
     from pictag.serve.config import ServeConfig

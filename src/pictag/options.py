@@ -301,7 +301,8 @@ class FewshotEvalConfig(RuntimeOptions, ModelOptions):
     """Everything `pictag fewshot-eval` takes.
 
     Attributes:
-        data: Folders of <class>/*.jpg; several pool their classes by name.
+        data: Labelled sources: folders of <class>/*.jpg (local, in a tar, or at a URL) or tables with a label
+            column; several pool their classes by name.
         ways: Classes per episode.
         shots: Support images per class, comma-separated.
         episodes: Episodes per shot count.

@@ -17,7 +17,7 @@ def add_parser(sub) -> None:
         "fewshot-eval",
         FewshotEvalConfig,
         "pictag.fewshot.evaluate:run_eval",
-        help="evaluate few-shot methods on episodes sampled from DATA/<class>/*.jpg",
+        help="evaluate few-shot methods on episodes sampled from labelled images (DATA/<class>/*.jpg)",
         description="Embed every image once, then sample episodes (seeded: every method sees the same ones) and "
         "print the mean query accuracy with its 95% confidence interval and the seconds per task, for each "
         "method and shot count. Several DATA folders pool their classes by name. --out writes scores.csv, "

@@ -60,6 +60,13 @@ class Job:
     parts: PartStore
     workers: int = 0
 
+    def commit(self, unit: Unit, rows: list[pa.Table], errors: list[tuple[str, str]]) -> tuple[int, int]:
+        """Commit a finished unit's rows and error rows as its part; returns how many of each."""
+        table = pa.concat_tables(rows or [self.schema.empty_table()])
+        failed = pa.table(list(zip(*errors)), schema=ERRORS_SCHEMA) if errors else None
+        self.parts.commit(unit, table, failed)
+        return table.num_rows, len(errors)
+
 
 @dataclass
 class JobStats:
@@ -136,12 +143,9 @@ class InProcessExecutor:
                 progress(len(piece.keys) + len(piece.errors))
             written = time.perf_counter()
             for ordinal in batch.finished:
-                unit_rows = pa.concat_tables(rows.pop(ordinal, None) or [job.schema.empty_table()])
-                unit_errors = errors.pop(ordinal, None)
-                failed = pa.table(list(zip(*unit_errors)), schema=ERRORS_SCHEMA) if unit_errors else None
-                job.parts.commit(by_ordinal[ordinal], unit_rows, failed)
-                stats.rows += unit_rows.num_rows
-                stats.errors += 0 if failed is None else failed.num_rows
+                committed, failed = job.commit(by_ordinal[ordinal], rows.pop(ordinal, []), errors.pop(ordinal, []))
+                stats.rows += committed
+                stats.errors += failed
             stats.stages["head_s"] = stats.stages.get("head_s", 0.0) + written - started
             stats.stages["write_s"] = stats.stages.get("write_s", 0.0) + time.perf_counter() - written
         return stats
@@ -161,9 +165,9 @@ def run_job(job: Job, executor: Executor | None = None) -> JobStats:
 class Run:
     """An output being written: its lock, its parts and the resume guard. A context manager: leaving it unlocks.
 
-    The resolved config is saved in the parts folder (run.yaml) when a run starts; a rerun must be asked to `resume`, and may
-    only when nothing that defines the results has changed: the guarded options, the weights behind the model
-    spec, and the plan of units (the source's records and the unit size).
+    The resolved config is saved in the parts folder (run.yaml) when a run starts; a rerun must be asked to
+    `resume`, and may only when nothing that defines the results has changed: the guarded options, the weights
+    behind the model spec, and the plan of units (the source's records and the unit size).
 
     Args:
         parts: The job's parts.
