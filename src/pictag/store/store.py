@@ -2,7 +2,7 @@
 
     emb/
       manifest.json        model spec, weights id, preprocessing fingerprint, dim, dtype, count, source
-      part-000000.parquet  (key: string, embedding: fixed_size_list<float16|float32>[dim]), written by PartWriter
+      part-*.parquet       (key: string, embedding: fixed_size_list<float16|float32>[dim]): one per unit of work
       errors.csv           images that could not be embedded, and why
       index.faiss          optional search index (`pictag index-embeddings`), with index.json
 
