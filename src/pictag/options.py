@@ -13,11 +13,29 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
+from pictag.config import option_name
 from pictag.data.decode import DEFAULT_MAX_PIXELS
+from pictag.errors import PictagError
 from pictag.models.registry import default_model
 
 DEFAULT_UNIT_SIZE = 1000
 Precision = Literal["fp32", "tf32", "fp16", "bf16"]
+
+
+class Checked:
+    """Checks the numbers of every option group a config is made of, whichever path built it (CLI, YAML, Python).
+
+    A group lists its lower bounds in `_at_least`; they are gathered over all the config's bases.
+    """
+
+    _at_least: ClassVar[dict[str, int]] = {}
+
+    def __post_init__(self) -> None:
+        for klass in type(self).__mro__:
+            for name, least in vars(klass).get("_at_least", {}).items():
+                value = getattr(self, name)
+                if value is not None and value < least:
+                    raise PictagError(f"{option_name(type(self), name)} must be at least {least}, not {value}")
 
 
 @dataclass(kw_only=True)
@@ -53,7 +71,7 @@ class ModelOptions:
 
 
 @dataclass(kw_only=True)
-class RuntimeOptions:
+class RuntimeOptions(Checked):
     """runtime
 
     Attributes:
@@ -62,6 +80,8 @@ class RuntimeOptions:
             on a CPU, when unset).
         max_pixels: Larger images are refused as decompression bombs.
     """
+
+    _at_least: ClassVar[dict[str, int]] = {"batch_size": 1, "workers": 0, "max_pixels": 1}
 
     batch_size: int = 64
     workers: int | None = None
@@ -89,7 +109,7 @@ class SourceOptions:
 
 
 @dataclass(kw_only=True)
-class ResumableOutput:
+class ResumableOutput(Checked):
     """output
 
     Attributes:
@@ -99,6 +119,8 @@ class ResumableOutput:
         unit_size: Images per unit of work; each unit is committed as one part, so a kill loses at most one unit
             per worker.
     """
+
+    _at_least: ClassVar[dict[str, int]] = {"unit_size": 1}
 
     out: str | None = None
     resume: bool = False

@@ -71,7 +71,7 @@ def test_folder_with_corrupt_images_reports_them_and_classifies_the_rest(tmp_pat
     assert (result.classified, result.errors) == (len(members) - len(BAD), len(BAD))
     saved = yaml.safe_load(result.config_out.read_text())
     assert saved["model"] == spec and saved["top_k"] == 3
-    assert not (tmp_path / "out.parts").exists()
+    assert not (tmp_path / "out.csv.parts").exists()
 
 
 def test_tar_with_index_through_the_cli(tmp_path, members, tiny_hf_clip, capsys):
@@ -104,8 +104,10 @@ def test_existing_interrupted_and_changed_runs_are_refused(tmp_path, photo_dir, 
     classify(str(photo_dir), str(out), "cat,dog", overwrite=True, **options)
     assert {r["label"] for r in _read(out)} <= {"cat", "dog"}
     # An interrupted run (its parts folder is left) must be resumed with the same labels, or overwritten.
-    (tmp_path / "run.parts").mkdir()
-    (tmp_path / "run.parts" / "run.yaml").write_text(yaml.safe_dump({"labels": "cat,dog", "source": str(photo_dir)}))
+    (tmp_path / "run.csv.parts").mkdir()
+    (tmp_path / "run.csv.parts" / "run.yaml").write_text(
+        yaml.safe_dump({"labels": "cat,dog", "source": str(photo_dir)})
+    )
     with pytest.raises(PictagError, match="interrupted run"):
         classify(str(photo_dir), str(tmp_path / "run.csv"), LABELS, **options)
     with pytest.raises(PictagError, match="labels.*changed"):
@@ -121,7 +123,7 @@ def test_kill_9_then_resume_gives_every_record_exactly_once(tmp_path, tiny_hf_cl
     command += ["--model", f"hf:{tiny_hf_clip}", "--batch-size", "4", "--unit-size", "8", "--workers", "2"]
     env = subprocess_env() | {"PICTAG_CACHE": str(tmp_path / "cache")}
     proc = subprocess.Popen(command, env=env, start_new_session=True, stderr=subprocess.PIPE)
-    parts = tmp_path / "out.parts"
+    parts = tmp_path / "out.parquet.parts"
     deadline = time.monotonic() + 120
     while len(list(parts.glob("part-*.parquet"))) < 3:
         assert proc.poll() is None, proc.stderr.read().decode()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 
@@ -59,3 +60,29 @@ def test_output_format_follows_the_extension_in_any_case(tmp_path, name):
     assert (magic == b"PAR1") == name.lower().endswith(".parquet")
     with pytest.raises(PictagError, match="must end in .csv or .parquet"):
         output_format(tmp_path / "r.txt")
+
+
+def test_a_run_in_progress_is_named_as_such_and_an_interrupted_one_needs_resume(tmp_path):
+    from pictag.options import ClassifyConfig
+    from pictag.pipeline.job import Run
+
+    cfg = ClassifyConfig(source="imgs/", out=str(tmp_path / "r.csv"), labels="a,b")
+    units = plan_units(tar_source(tmp_path)[0])
+    first = Run(PartStore(tmp_path / "r.csv.parts"), tmp_path / "r.csv", complete=False)
+    first.start(cfg, ("labels",), resume=False, overwrite=False)
+    first.check_inputs(cfg, weights_id="w", units=units)
+    with pytest.raises(PictagError, match=f"being written by pid {os.getpid()}"):
+        Run(PartStore(tmp_path / "r.csv.parts"), tmp_path / "r.csv", complete=False).start(
+            cfg, ("labels",), resume=True, overwrite=False
+        )
+    first.parts.unlock()  # as when the first process dies
+    again = Run(PartStore(tmp_path / "r.csv.parts"), tmp_path / "r.csv", complete=False)
+    with pytest.raises(PictagError, match="interrupted run"):
+        again.start(cfg, ("labels",), resume=False, overwrite=False)
+    again.parts.unlock()
+    with pytest.raises(PictagError, match="labels changed"):
+        again.start(dataclasses.replace(cfg, labels="a,c"), ("labels",), resume=True, overwrite=False)
+    again.parts.unlock()
+    again.start(cfg, ("labels",), resume=True, overwrite=False)
+    with pytest.raises(PictagError, match="the weights behind the model spec changed"):
+        again.check_inputs(cfg, weights_id="other", units=units)

@@ -71,7 +71,8 @@ def run(cfg: ClassifyConfig) -> ClassifyResult:
     templates = load_templates(cfg.templates)
     store = EmbeddingStore(cfg.embeddings) if cfg.embeddings else None
     cfg = dataclasses.replace(cfg, model=cfg.model or (store.manifest.model if store else default_model()))
-    with Run(PartStore(sibling(out, ".parts")), out, complete=out.exists()) as output:
+    # Named after the whole file name, so that results.csv and results.parquet never share parts.
+    with Run(PartStore(out.with_name(out.name + ".parts")), out, complete=out.exists()) as output:
         output.start(cfg, _RESULT_DEFINING, resume=cfg.resume, overwrite=cfg.overwrite)
         encoder, units, features = _features(cfg, store)
         head = ZeroShotClassifier(encoder, labels, templates)

@@ -198,11 +198,13 @@ class Run:
             PictagError: the output exists or is in use, or an interrupted run is met without `resume`, or with
                 changed options.
         """
-        interrupted = self.run_file.is_file()
         if self.complete and not overwrite:
             if resume:
                 raise PictagError(f"{self.out} is already complete: nothing to resume (pass --overwrite to run again)")
             raise PictagError(f"{self.out} already exists: pass --overwrite to replace it")
+        interrupted = self.run_file.is_file()
+        if interrupted:
+            self.parts.lock()  # first, so that a run still going is named as such rather than as interrupted
         if interrupted and not (resume or overwrite):
             raise PictagError(
                 f"{self.out} has an interrupted run ({self.parts.folder}): pass --resume to finish it or --overwrite"
