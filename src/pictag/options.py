@@ -157,6 +157,8 @@ class ClassifyConfig(ResumableOutput, RuntimeOptions, ModelOptions, LabelOptions
         calibration: Temperature and per-class thresholds from `pictag calibrate` (YAML).
     """
 
+    _at_least: ClassVar[dict[str, int]] = {"top_k": 1}
+
     model: str | None = None
     top_k: int = 1
     threshold: float | None = None
@@ -215,7 +217,7 @@ class CalibrateConfig(StoreModelOptions, LabelOptions):
 
 
 @dataclass(kw_only=True)
-class SearchConfig(StoreModelOptions):
+class SearchConfig(Checked, StoreModelOptions):
     """Everything `pictag search` takes.
 
     Attributes:
@@ -230,6 +232,7 @@ class SearchConfig(StoreModelOptions):
 
     _positional: ClassVar[tuple[str, ...]] = ("embeddings",)
     _required: ClassVar[tuple[str, ...]] = ("embeddings",)
+    _at_least: ClassVar[dict[str, int]] = {"top_k": 1}
 
     embeddings: str | None = None
     text: str | None = None

@@ -59,10 +59,6 @@ def run(cfg: ClassifyConfig) -> ClassifyResult:
         raise PictagError("give either a SOURCE of images or --embeddings STORE (from `pictag embed`), not both")
     out = Path(cfg.out)
     output_format(out)
-    if cfg.top_k < 1:
-        raise PictagError(f"--top-k must be at least 1, not {cfg.top_k}")
-    if cfg.batch_size < 1:
-        raise PictagError(f"--batch-size must be at least 1, not {cfg.batch_size}")
     if not cfg.source and not cfg.embeddings:
         raise PictagError(
             "no images given: pass a SOURCE (folder, image, tar, shard pattern, table or URL) or --embeddings STORE"

@@ -45,8 +45,6 @@ def run(cfg: EmbedConfig) -> EmbedResult:
     started = time.perf_counter()
     if cfg.dtype not in DTYPES:
         raise PictagError(f"--dtype must be one of {', '.join(DTYPES)}, not {cfg.dtype!r}")
-    if cfg.batch_size < 1:
-        raise PictagError(f"--batch-size must be at least 1, not {cfg.batch_size}")
     out = Path(cfg.out)
     manifest_path = out / MANIFEST
     if not manifest_path.is_file() and out.is_dir() and any(out.iterdir()) and not cfg.overwrite:
