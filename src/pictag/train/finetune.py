@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from pictag.config import dump_config, load_config
 from pictag.data.decode import decode_image
-from pictag.data.sources import open_source
+from pictag.data.sources import Source, open_source
 from pictag.device import default_workers
 from pictag.errors import PictagError
 from pictag.heads.prototype import class_prototypes
@@ -82,10 +82,11 @@ def run(cfg: FinetuneConfig) -> FinetuneResult:
     workers = default_workers() if cfg.workers is None else cfg.workers
     trainable = unfreeze_last_blocks(encoder.module, cfg.unfreeze_blocks)
 
-    train_features, train_keys, train_labels, classes = _embed_labelled(cfg.train_data, encoder, None, workers)
+    train, classes = _labelled(cfg.train_data, None)
+    val = _labelled(cfg.val_data, classes)[0] if cfg.val_data else None  # checked now, embedded once per epoch
+    train_features, train_keys, train_labels = _embed(train, classes, encoder, workers)
     head = ResidualCosineHead(class_prototypes(train_features, torch.tensor(train_labels), len(classes)))
     head.to(encoder.device)
-    val = _embed_labelled(cfg.val_data, encoder, classes, workers)[1:3] if cfg.val_data else None
     loader = torch.utils.data.DataLoader(
         _TrainImages(cfg.train_data, train_keys, train_labels, encoder.preprocess.train_transform(**_AUGMENT)),
         batch_size=cfg.batch_size,
@@ -111,7 +112,7 @@ def run(cfg: FinetuneConfig) -> FinetuneResult:
         loss = _train_epoch(encoder, head, loader, optimizer, scheduler, scaler, cfg.label_smoothing, epoch)
         row = {"epoch": epoch, "train_loss": loss, "val_accuracy": None}
         if val is not None:
-            row["val_accuracy"] = _accuracy(encoder, head, cfg.val_data, *val, workers)
+            row["val_accuracy"] = _accuracy(encoder, head, val, classes, workers)
         history.append(row)
         _write_metrics(history, metrics_path)
         meta = {"model": encoder.spec, "classes": classes, "epoch": epoch, "val_accuracy": row["val_accuracy"]}
@@ -137,11 +138,9 @@ def _cosine(step: int, warmup: int, total: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(total - warmup, 1)))
 
 
-def _embed_labelled(
-    folder: str, encoder: Encoder, classes: list[str] | None, workers: int
-) -> tuple[torch.Tensor, list[str], list[int], list[str]]:
-    """Embeddings, readable keys, labels and classes of folder/<class>/...; unreadable images are logged and left out."""
-    if not Path(folder).is_dir():  # _Augmented reads the training images as files below the folder
+def _labelled(folder: str, classes: list[str] | None) -> tuple[Source, list[str]]:
+    """The labelled source of folder/<class>/... and its classes, checked against `classes` when given."""
+    if not Path(folder).is_dir():  # _TrainImages reads the training images as files below the folder
         raise PictagError(f"{folder} is not a folder: give a folder of <class>/*.jpg")
     source = open_source(folder, labelled=True)
     if classes is None:
@@ -153,11 +152,18 @@ def _embed_labelled(
     unknown = sorted(set(source.classes) - set(classes))
     if unknown:
         raise PictagError(f"{folder} has classes that training data lacks: {', '.join(unknown)}: use the same classes")
+    return source, classes
+
+
+def _embed(
+    source: Source, classes: list[str], encoder: Encoder, workers: int, desc: str = "embed"
+) -> tuple[torch.Tensor, list[str], list[int]]:
+    """Embeddings, readable keys and class indices of a labelled source; unreadable images are logged and left out."""
     encoder.eval()
-    embedded = embed_all(source, encoder, batch_size=64, workers=workers, desc=f"embed {folder}")
+    embedded = embed_all(source, encoder, batch_size=64, workers=workers, desc=f"{desc} {source.uri}")
     for key, reason in embedded.errors:
-        log.warning("%s/%s left out: %s", folder, key, reason)
-    return embedded.features, embedded.keys, [classes.index(label) for label in embedded.labels], classes
+        log.warning("%s/%s left out: %s", source.uri, key, reason)
+    return embedded.features, embedded.keys, [classes.index(label) for label in embedded.labels]
 
 
 class _TrainImages(torch.utils.data.Dataset):
@@ -200,12 +206,12 @@ def _train_epoch(encoder, head, loader, optimizer, scheduler, scaler, label_smoo
 
 
 @torch.no_grad()
-def _accuracy(encoder, head, folder: str, keys: list[str], labels: list[int], workers: int) -> float:
-    wanted = dict(zip(keys, labels))
-    embedded = embed_all(open_source(folder), encoder, batch_size=64, workers=workers, desc="validate")
-    mine = [i for i, key in enumerate(embedded.keys) if key in wanted]
-    predicted = head(embedded.features[mine].to(encoder.device)).argmax(dim=-1).cpu()
-    return (predicted == torch.tensor([wanted[embedded.keys[i]] for i in mine])).float().mean().item() if mine else 0.0
+def _accuracy(encoder, head, source: Source, classes: list[str], workers: int) -> float:
+    features, _, labels = _embed(source, classes, encoder, workers, desc="validate")
+    if not labels:
+        return 0.0
+    predicted = head(features.to(encoder.device)).argmax(dim=-1).cpu()
+    return (predicted == torch.tensor(labels)).float().mean().item()
 
 
 def _save(path: Path, encoder: Encoder, head: ResidualCosineHead, meta: dict) -> None:
