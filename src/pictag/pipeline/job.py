@@ -202,14 +202,12 @@ class Run:
             if resume:
                 raise PictagError(f"{self.out} is already complete: nothing to resume (pass --overwrite to run again)")
             raise PictagError(f"{self.out} already exists: pass --overwrite to replace it")
+        self.parts.lock()  # before looking for an interrupted run, so that one still going is named as such
         interrupted = self.run_file.is_file()
-        if interrupted:
-            self.parts.lock()  # first, so that a run still going is named as such rather than as interrupted
         if interrupted and not (resume or overwrite):
             raise PictagError(
                 f"{self.out} has an interrupted run ({self.parts.folder}): pass --resume to finish it or --overwrite"
             )
-        self.parts.lock()
         if overwrite:
             self.parts.clear()
             self.run_file.unlink(missing_ok=True)

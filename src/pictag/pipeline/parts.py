@@ -47,8 +47,6 @@ class PartStore:
         Raises:
             PictagError: another live process holds the output.
         """
-        if self._lock is not None:
-            return
         self.folder.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.folder / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:

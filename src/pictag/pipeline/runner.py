@@ -21,7 +21,6 @@ from pictag.data.decode import DEFAULT_MAX_PIXELS, DecodeError, decode_image
 from pictag.data.sources import Source, open_source
 from pictag.models.base import Encoder
 from pictag.models.preprocess import Preprocess
-from pictag.models.registry import create_model
 from pictag.pipeline.plan import Unit, plan_units
 
 
@@ -61,9 +60,9 @@ class EmbeddingBatch:
     def by_unit(self) -> Iterator[tuple[int, EmbeddingBatch]]:
         """The batch cut into one piece per unit (a worker reads a unit's records in order, so each is a run)."""
         for unit in dict.fromkeys([*self.units, *self.error_units]):
-            rows = [i for i, u in enumerate(self.units) if u == unit]
+            start = self.units.index(unit) if unit in self.units else 0
+            piece = slice(start, start + self.units.count(unit))
             failed = [e for e, u in zip(self.errors, self.error_units) if u == unit]
-            piece = slice(rows[0], rows[-1] + 1) if rows else slice(0, 0)
             yield (
                 unit,
                 EmbeddingBatch(self.keys[piece], self.features[piece], failed, self.labels[piece], self.texts[piece]),
@@ -241,11 +240,5 @@ def embed_all(
 def image_features(cfg) -> tuple[Encoder, list[Unit], ImageFeatures]:
     """(encoder, units, feature stage) of a config naming a source, a model and the runtime options."""
     source = open_source(cfg.source, index=cfg.index, path_column=cfg.path_column, index_columns=cfg.index_columns)
-    encoder = create_model(
-        cfg.model,
-        checkpoint=cfg.checkpoint,
-        random_weights=cfg.random_weights,
-        device=cfg.device,
-        precision=cfg.precision,
-    )
+    encoder = cfg.create_encoder()
     return encoder, plan_units(source, cfg.unit_size), ImageFeatures(encoder, cfg.batch_size, cfg.max_pixels)
