@@ -49,6 +49,8 @@ _EXPORTS = {
     "EmbedConfig": "pictag.options",
     "CalibrateConfig": "pictag.options",
     "create_app": "pictag.serve.api",
+    "LabelmeCropsConfig": "pictag.options",
+    "crop_labelme": "pictag.data.labelme",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -63,6 +65,7 @@ def __getattr__(name: str):
 if TYPE_CHECKING:
     from pictag.data import build_tar_index, open_source
     from pictag.data.decode import decode_image
+    from pictag.data.labelme import crop_labelme
     from pictag.errors import PictagError
     from pictag.fewshot.evaluate import evaluate_episodes
     from pictag.fewshot.run import fewshot
@@ -79,6 +82,7 @@ if TYPE_CHECKING:
         FewshotConfig,
         FewshotEvalConfig,
         FinetuneConfig,
+        LabelmeCropsConfig,
     )
     from pictag.pipeline.classify import classify
     from pictag.pipeline.job import Job, run_job

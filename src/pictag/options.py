@@ -387,6 +387,40 @@ class FinetuneConfig(RuntimeOptions, ModelOptions):
     seed: int = 0
 
 
+@dataclass(kw_only=True)
+class LabelmeCropsConfig(Checked):
+    """Everything `pictag labelme-crops` takes.
+
+    Attributes:
+        annotations: Folder of labelme .json files (searched recursively), or one .json file.
+        out: Output folder: OUT/<label>/<json stem>_<n>.jpg, OUT/crops.csv, OUT/crops.errors.csv.
+        pad: Margin added on each side of a box, as a fraction of its width and height (0.1 adds 10%), kept
+            within the image.
+        min_size: Crops whose shorter side is below this many pixels are skipped and counted.
+        labels: Keep only these labels (as named after --label-map), comma-separated.
+        label_map: Rename labels: old=new, comma-separated (several old names may map to one new one).
+        mask: Blank (black) the outside of polygons, rotated boxes and circles instead of keeping their whole box.
+        overwrite: Replace the crops of an earlier run in OUT (only the files its crops.csv lists).
+        quality: JPEG quality of the crops.
+        max_pixels: Larger images are refused as decompression bombs.
+    """
+
+    _positional: ClassVar[tuple[str, ...]] = ("annotations",)
+    _required: ClassVar[tuple[str, ...]] = ("annotations", "out")
+    _at_least: ClassVar[dict[str, int]] = {"min_size": 1, "quality": 1, "max_pixels": 1}
+
+    annotations: str | None = None
+    out: str | None = None
+    pad: float = 0.0
+    min_size: int = 1
+    labels: list[str] | str | None = None
+    label_map: list[str] | str | None = None
+    mask: bool = False
+    overwrite: bool = False
+    quality: int = 95
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+
 __all__ = [
     "CalibrateConfig",
     "ClassifyConfig",
@@ -396,6 +430,7 @@ __all__ = [
     "FinetuneConfig",
     "IndexConfig",
     "IndexEmbeddingsConfig",
+    "LabelmeCropsConfig",
     "ModelOptions",
     "ModelsConfig",
     "ResumableOutput",
