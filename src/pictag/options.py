@@ -155,6 +155,9 @@ class ClassifyConfig(ResumableOutput, RuntimeOptions, ModelOptions, LabelOptions
         threshold: Top-1 score below which the label is "unknown".
         embeddings: Classify an embedding store (`pictag embed`) instead of SOURCE: nothing is decoded.
         calibration: Temperature and per-class thresholds from `pictag calibrate` (YAML).
+        head: zero-shot: score the --labels by their text prompts (CLIP-family models); pretrained: the model's
+            own classifier, without labels (timm weights trained on ImageNet: its 1,000 classes, names shipped
+            with pictag). Zero-shot when unset.
     """
 
     _at_least: ClassVar[dict[str, int]] = {"top_k": 1}
@@ -164,6 +167,7 @@ class ClassifyConfig(ResumableOutput, RuntimeOptions, ModelOptions, LabelOptions
     threshold: float | None = None
     embeddings: str | None = None
     calibration: str | None = None
+    head: Literal["zero-shot", "pretrained"] | None = None
 
 
 @dataclass(kw_only=True)

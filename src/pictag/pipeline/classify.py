@@ -13,6 +13,7 @@ from pictag.config import dump_config, load_config, sibling
 from pictag.device import default_workers
 from pictag.errors import PictagError
 from pictag.heads.calibration import Calibration
+from pictag.heads.pretrained import PretrainedHead
 from pictag.heads.zero_shot import ZeroShotClassifier
 from pictag.models.registry import default_model
 from pictag.options import ClassifyConfig
@@ -37,6 +38,7 @@ _RESULT_DEFINING = (
     "embeddings",
     "calibration",
     "unit_size",
+    "head",
 )
 
 
@@ -63,7 +65,10 @@ def run(cfg: ClassifyConfig) -> ClassifyResult:
         raise PictagError(
             "no images given: pass a SOURCE (folder, image, tar, shard pattern, table or URL) or --embeddings STORE"
         )
-    labels = parse_labels(cfg.labels, cfg.labels_file)
+    pretrained = cfg.head == "pretrained"
+    if pretrained:
+        _check_pretrained(cfg)
+    labels = None if pretrained else parse_labels(cfg.labels, cfg.labels_file)
     templates = load_templates(cfg.templates)
     store = EmbeddingStore(cfg.embeddings) if cfg.embeddings else None
     cfg = dataclasses.replace(cfg, model=cfg.model or (store.manifest.model if store else default_model()))
@@ -71,7 +76,11 @@ def run(cfg: ClassifyConfig) -> ClassifyResult:
     with Run(PartStore(out.with_name(out.name + ".parts")), out, complete=out.exists()) as output:
         output.start(cfg, _RESULT_DEFINING, resume=cfg.resume, overwrite=cfg.overwrite)
         encoder, units, features = _features(cfg, store)
-        head = ZeroShotClassifier(encoder, labels, templates)
+        if pretrained:
+            head = PretrainedHead(encoder)
+            labels, features = head.classes, dataclasses.replace(features, normalize=head.normalized_input)
+        else:
+            head = ZeroShotClassifier(encoder, labels, templates)
         calibration = Calibration.load(cfg.calibration) if cfg.calibration else None
         if calibration is not None:
             calibration.check(encoder.spec, encoder.weights_id, labels, head.templates)
@@ -113,6 +122,17 @@ def _features(cfg: ClassifyConfig, store: EmbeddingStore | None):
         )
         return encoder, store.units(), StoreFeatures(store)
     return image_features(cfg)
+
+
+def _check_pretrained(cfg: ClassifyConfig) -> None:
+    """--head pretrained classifies images into the model's own classes: no labels, no store, no calibration."""
+    given = [name for name in ("labels", "labels_file", "embeddings", "calibration") if getattr(cfg, name)]
+    if given:
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise PictagError(
+            f"--head pretrained classifies images into the model's own classes and cannot take {flags}: drop "
+            "them (an embedding store holds normalised embeddings, not the features its classifier takes)"
+        )
 
 
 def _thresholds(threshold: float | None, calibration: Calibration | None, labels: list[str]) -> list[float] | None:

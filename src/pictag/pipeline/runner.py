@@ -126,12 +126,15 @@ class ImageFeatures:
         batch_size: Images per forward pass.
         max_pixels: Images above this many pixels are refused as decompression bombs.
         skip: Keys to leave out, never read.
+        normalize: L2-normalise the embeddings; False gives the raw pooled features a model's own classifier
+            takes (see `Head.normalized_input`).
     """
 
     encoder: Encoder
     batch_size: int = 64
     max_pixels: int = DEFAULT_MAX_PIXELS
     skip: Container[str] = frozenset()
+    normalize: bool = True
 
     def batches(self, units: Sequence[Unit], workers: int, stats: dict[str, float]) -> Iterator[EmbeddingBatch]:
         """Embed every record of `units`; `stats` gains the seconds waited for images and spent in the model."""
@@ -150,7 +153,7 @@ class ImageFeatures:
             stats["data_s"] = stats.get("data_s", 0.0) + started - waited
             if batch.keys:
                 pixels = encoder.preprocess.normalize(batch.crops.to(encoder.device, non_blocking=True))
-                features = encoder.encode_image(pixels)
+                features = encoder.encode_image(pixels, normalize=self.normalize)
             else:
                 features = torch.empty(0, encoder.embed_dim, device=encoder.device)
             waited = time.perf_counter()
