@@ -76,6 +76,7 @@ def test_every_shape_kind(tmp_path):
         shape("blue", [[60, 40], [100, 40], [100, 70], [60, 70]], "rotation", direction=0.0, kie_linking=[]),
         shape("red", [[25, 20], [40, 20]], "circle"),  # centre and a rim point: radius 15
         {"label": "red", "points": [[10, 10], [40, 10], [40, 30]], "line_color": None},  # labelme 3.x: no shape_type
+        shape("blue", [[60, 40], [100, 70]], "mask", mask="iVBORw0KGgo="),  # labelme 5: the mask's box corners
         shape("red", [[5, 5]], "point"),
         shape("red", [[5, 5], [9, 9]], "line"),
         shape("red", [[5, 5], [9, 9], [20, 5]], "linestrip"),
@@ -84,7 +85,7 @@ def test_every_shape_kind(tmp_path):
     write_labelme(tmp_path / "ann", "scene", shapes, description="")
     result = crop_labelme(tmp_path / "ann", tmp_path / "out")
 
-    assert result.per_label == {"blue": 2, "red": 3}
+    assert result.per_label == {"blue": 3, "red": 3}
     assert result.skipped == {"line": 1, "linestrip": 1, "point": 1, "points": 1}
     assert result.errors == 0
     rows = read_csv(result.crops_csv)
@@ -95,6 +96,7 @@ def test_every_shape_kind(tmp_path):
         2: ("rotation", (60, 40, 100, 70)),
         3: ("circle", (10, 5, 40, 35)),
         4: ("polygon", (10, 10, 40, 30)),
+        5: ("mask", (60, 40, 100, 70)),
     }
     assert [r["crop"] for r in rows] == [
         "red/scene_0.jpg",
@@ -102,13 +104,14 @@ def test_every_shape_kind(tmp_path):
         "blue/scene_2.jpg",
         "red/scene_3.jpg",
         "red/scene_4.jpg",
+        "blue/scene_5.jpg",
     ]
     assert Image.open(tmp_path / "out/red/scene_0.jpg").size == (30, 20)
     assert mean_rgb(tmp_path / "out/red/scene_0.jpg") == pytest.approx((255, 0, 0), abs=6)
     assert mean_rgb(tmp_path / "out/blue/scene_1.jpg") == pytest.approx((0, 0, 255), abs=6)
     # The output is a folder of classes: the CSVs beside the class folders are not read as images.
     source = open_source(tmp_path / "out", labelled=True)
-    assert source.classes == ("blue", "red") and len(source) == 5
+    assert source.classes == ("blue", "red") and len(source) == 6
 
 
 def test_mask_blanks_the_outside_of_polygons_and_circles(tmp_path):
