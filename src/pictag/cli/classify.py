@@ -11,6 +11,7 @@ EXAMPLES = """examples:
   pictag classify "shards/{000000..000009}.tar" --labels-file imagenet.txt --templates imagenet80 --resume --out out.parquet
   pictag classify --embeddings emb/ --labels-file imagenet.txt --templates imagenet80 --out results.parquet
   pictag classify --embeddings emb/ --labels-file labels.txt --calibration calib.yaml --out results.csv
+  pictag classify photos/ --model timm:tf_efficientnet_lite0 --checkpoint w.pth --head pretrained --out imagenet.csv
 """
 
 

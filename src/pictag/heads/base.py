@@ -178,7 +178,8 @@ def create_head(name: str, **options) -> Head:
 
     Few-shot heads ("prototype", "tip-adapter", "linear-probe", "auto") need no options and are then fitted;
     "zero-shot" takes `encoder`, `labels` and `templates`; trained heads ("finetuned", "linear") take the class
-    `prototypes` they start from. The options of `head.config()` rebuild a head of the same shape.
+    `prototypes` they start from; "pretrained" takes the `encoder` whose own classifier it applies. The options of
+    `head.config()` rebuild a head of the same shape.
 
     Raises:
         PictagError: unknown name; the message lists the known ones.

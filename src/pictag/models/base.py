@@ -83,7 +83,8 @@ class Encoder(torch.nn.Module):
         """
         raise PictagError(
             f"{self.spec} is an image-only model and cannot encode text: zero-shot labels need a CLIP-family "
-            "model (open_clip:ARCH/TAG or hf:ORG/NAME)"
+            "model (open_clip:ARCH/TAG or hf:ORG/NAME); a timm model classifies into its own classes with "
+            "--head pretrained"
         )
 
     def autocast(self):
