@@ -43,8 +43,8 @@ class ModelOptions:
     """model
 
     Attributes:
-        model: Model spec: open_clip:ARCH/TAG, hf:ORG/NAME or hf:/dir, timm:NAME ($PICTAG_MODEL, else
-            open_clip:ViT-B-32/openai, when unset).
+        model: Model spec: open_clip:ARCH/TAG, hf:ORG/NAME or hf:/dir, timm:NAME, or a run directory from
+            `pictag train` ($PICTAG_MODEL, else open_clip:ViT-B-32/openai, when unset).
         checkpoint: Local weights file loaded into the --model architecture instead of downloading.
         random_weights: Random weights, for tests and benchmarks.
         device: cpu, cuda, cuda:N or mps (best available when unset).
@@ -150,7 +150,9 @@ class ClassifyConfig(ResumableOutput, RuntimeOptions, ModelOptions, LabelOptions
     Attributes:
         out: Results file, .csv or .parquet (any case).
         model: Model spec (default: the store's with --embeddings, else $PICTAG_MODEL or
-            open_clip:ViT-B-32/openai).
+            open_clip:ViT-B-32/openai), or a run directory from `pictag train`.
+        labels: Comma-separated labels, e.g. "cat,dog,car" (or a list in YAML); with --model RUN and no labels,
+            the run's own classes and trained head.
         top_k: Labels and scores to write per image.
         threshold: Top-1 score below which the label is "unknown".
         embeddings: Classify an embedding store (`pictag embed`) instead of SOURCE: nothing is decoded.
