@@ -389,10 +389,32 @@ class FinetuneConfig(RuntimeOptions, ModelOptions):
     seed: int = 0
 
 
+@dataclass(kw_only=True)
+class ExportConfig:
+    """Everything `pictag export` takes.
+
+    Attributes:
+        run: Run directory from `pictag train` (RUN, RUN/best or RUN/wise-ft-A).
+        format: hf: a save_pretrained folder for transformers' CLIPModel/CLIPProcessor (and --model hf:DIR);
+            open_clip: open_clip_model.safetensors + open_clip_config.json (open_clip "local-dir:DIR").
+        out: The folder to write.
+        overwrite: Replace an existing output.
+    """
+
+    _positional: ClassVar[tuple[str, ...]] = ("run",)
+    _required: ClassVar[tuple[str, ...]] = ("run", "format", "out")
+
+    run: str | None = None
+    format: Literal["hf", "open_clip"] | None = None
+    out: str | None = None
+    overwrite: bool = False
+
+
 __all__ = [
     "CalibrateConfig",
     "ClassifyConfig",
     "EmbedConfig",
+    "ExportConfig",
     "FewshotConfig",
     "FewshotEvalConfig",
     "FinetuneConfig",

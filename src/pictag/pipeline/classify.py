@@ -70,7 +70,9 @@ def run(cfg: ClassifyConfig) -> ClassifyResult:
     store = EmbeddingStore(cfg.embeddings) if cfg.embeddings else None
     cfg = dataclasses.replace(cfg, model=cfg.model or (store.manifest.model if store else default_model()))
     if cfg.labels or cfg.labels_file or parse_spec(cfg.model).scheme != "run":
-        parse_labels(cfg.labels, cfg.labels_file)  # refused before any output is touched
+        # Refused before any output is touched or model loaded.
+        parse_labels(cfg.labels, cfg.labels_file)
+        load_templates(cfg.templates)
     # Named after the whole file name, so that results.csv and results.parquet never share parts.
     with Run(PartStore(out.with_name(out.name + ".parts")), out, complete=out.exists()) as output:
         output.start(cfg, _RESULT_DEFINING, resume=cfg.resume, overwrite=cfg.overwrite)
