@@ -15,6 +15,7 @@ COMMANDS = [
     "fewshot",
     "fewshot-eval",
     "fewshot-train",
+    "train",
     "serve",
     "embed",
     "search",
