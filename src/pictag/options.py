@@ -152,7 +152,7 @@ class ClassifyConfig(ResumableOutput, RuntimeOptions, ModelOptions, LabelOptions
         model: Model spec (default: the store's with --embeddings, else $PICTAG_MODEL or
             open_clip:ViT-B-32/openai), or a run directory from `pictag train`.
         labels: Comma-separated labels, e.g. "cat,dog,car" (or a list in YAML); with --model RUN and no labels,
-            the run's own classes and trained head.
+            the run's own classes (with its trained head; a clip run zero-shot).
         top_k: Labels and scores to write per image.
         threshold: Top-1 score below which the label is "unknown".
         embeddings: Classify an embedding store (`pictag embed`) instead of SOURCE: nothing is decoded.
@@ -432,6 +432,9 @@ class TrainConfig(RuntimeOptions, ModelOptions):
         seed: Seed of initialisation, splits, data order and augmentation.
         save_every: Also save last.ckpt every N optimiser steps (always at the end of each epoch).
         fresh: Start over, ignoring last.ckpt (a rerun otherwise continues from it).
+        templates: Prompt templates of the clip task's label texts and zero-shot validation: simple, imagenet80,
+            or a file with one {} template a line.
+        wise_ft: The clip task also writes RUN/wise-ft-A/: the WiSE-FT weights (1 - A) * original + A * fine-tuned.
     """
 
     _positional: ClassVar[tuple[str, ...]] = ("data",)
@@ -468,6 +471,8 @@ class TrainConfig(RuntimeOptions, ModelOptions):
     seed: int = 0
     save_every: int | None = None
     fresh: bool = False
+    templates: str = "simple"
+    wise_ft: float | None = None
 
 
 @dataclass(kw_only=True)

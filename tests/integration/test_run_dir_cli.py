@@ -94,11 +94,13 @@ def test_zero_shot_with_a_run_and_clip_runs_need_labels(tmp_path, colours, class
     assert {r["label"] for r in _read(out)} <= set(COLOURS)
     spec, checkpoint = tiny_open_clip
     encoder = create_model(spec, checkpoint=checkpoint, device="cpu")
-    save_run_model(tmp_path / "clip-run", encoder, None, task="clip", classes=None, metrics={})
-    assert main(["classify", str(colours / "flat"), "--model", str(tmp_path / "clip-run"),
-                 "--out", str(tmp_path / "x.csv")]) == 2  # fmt: skip
+    save_run_model(tmp_path / "clip-run", encoder, None, task="clip", classes=["red", "blue"], metrics={})
+    assert main([*args[:3], str(tmp_path / "clip-run"), "--out", str(tmp_path / "c.csv"), "--workers", "0"]) == 0
+    assert {r["label"] for r in _read(tmp_path / "c.csv")} <= {"red", "blue"}  # zero-shot over its classes
+    save_run_model(tmp_path / "caption-run", encoder, None, task="clip", classes=None, metrics={})
+    assert main([*args[:3], str(tmp_path / "caption-run"), "--out", str(tmp_path / "x.csv")]) == 2
     error = capsys.readouterr().err.strip()
-    assert "clip run without a classifier head" in error and "\n" not in error
+    assert "neither a classifier head nor classes" in error and "\n" not in error
 
 
 def test_embed_search_calibrate_with_a_run(tmp_path, colours, classifier_run):

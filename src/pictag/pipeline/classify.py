@@ -112,7 +112,7 @@ def classification_head(
     templates: str | list[str],
 ) -> tuple[Head, list[str]]:
     """The head that scores images and its class names: zero-shot over the given labels, or, when none are given,
-    the trained head of a run directory (`--model RUN`).
+    a run directory's (`--model RUN`) trained head, or for a clip run zero-shot over the classes it was tuned on.
 
     Raises:
         PictagError: no labels and no trained head to fall back on.
@@ -121,14 +121,16 @@ def classification_head(
         labels = parse_labels(labels, labels_file)
         return ZeroShotClassifier(encoder, labels, load_templates(templates)), labels
     if parse_spec(model).scheme == "run":
-        meta = read_meta(parse_spec(model).name)
-        head = run_head(parse_spec(model).name)
-        if head is None:
-            raise PictagError(
-                f"{model} is a {meta.get('task')} run without a classifier head: it classifies zero-shot, so pass "
-                "--labels a,b,c or --labels-file FILE"
-            )
-        return head.to(encoder.device), list(meta["classes"])
+        run = parse_spec(model).name
+        meta, head = read_meta(run), run_head(run)
+        if head is not None:
+            return head.to(encoder.device), list(meta["classes"])
+        if meta.get("classes"):  # a clip run: zero-shot over the classes it was fine-tuned on
+            return ZeroShotClassifier(encoder, meta["classes"], load_templates(templates)), list(meta["classes"])
+        raise PictagError(
+            f"{model} is a {meta.get('task')} run with neither a classifier head nor classes: pass --labels a,b,c "
+            "or --labels-file FILE"
+        )
     return parse_labels(None, None)  # raises: labels are needed
 
 
