@@ -179,21 +179,31 @@ def _hf_config(model, meta: dict):
 
 
 def _clip_tokenizer(encoder, folder: Path) -> None:
-    """CLIP's BPE vocabulary from open_clip's tokenizer, as transformers' CLIPTokenizer files."""
+    from open_clip.tokenizer import SimpleTokenizer
+
+    bpe = encoder.tokenizer if isinstance(encoder.tokenizer, SimpleTokenizer) else None
+    save_clip_tokenizer(folder, bpe)
+
+
+def save_clip_tokenizer(folder: str | os.PathLike, bpe=None):
+    """Write CLIP's BPE vocabulary (open_clip's `SimpleTokenizer`, its bundled one by default) as transformers'
+    CLIPTokenizer files in `folder`, and return that tokenizer."""
+    import tempfile
+
     from open_clip.tokenizer import SimpleTokenizer
     from transformers import CLIPTokenizer
 
-    bpe = encoder.tokenizer if isinstance(encoder.tokenizer, SimpleTokenizer) else SimpleTokenizer()
+    bpe = bpe or SimpleTokenizer()
     specials = {"<start_of_text>": "<|startoftext|>", "<end_of_text>": "<|endoftext|>"}
-    scratch = folder / "_bpe"
-    scratch.mkdir()
-    (scratch / "vocab.json").write_text(json.dumps({specials.get(k, k): v for k, v in bpe.encoder.items()}))
-    merges = sorted(bpe.bpe_ranks, key=bpe.bpe_ranks.get)
-    (scratch / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
-    tokenizer = CLIPTokenizer(str(scratch / "vocab.json"), str(scratch / "merges.txt"))
+    with tempfile.TemporaryDirectory() as scratch:
+        vocab, merges = Path(scratch) / "vocab.json", Path(scratch) / "merges.txt"
+        vocab.write_text(json.dumps({specials.get(k, k): v for k, v in bpe.encoder.items()}))
+        ranked = sorted(bpe.bpe_ranks, key=bpe.bpe_ranks.get)
+        merges.write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in ranked) + "\n")
+        tokenizer = CLIPTokenizer(str(vocab), str(merges))
     tokenizer.model_max_length = bpe.context_length
     tokenizer.save_pretrained(folder)
-    shutil.rmtree(scratch)
+    return tokenizer
 
 
 def _image_processor(preprocess):
