@@ -104,7 +104,7 @@ def test_train_learns_and_writes_the_run_folder(colours, tmp_path, capsys):
     assert capsys.readouterr().out.splitlines()[-2].startswith(f"already trained {stage2} from last.ckpt")
 
 
-def test_kill_9_mid_epoch_then_rerun_equals_an_uninterrupted_run(colours, tmp_path):
+def test_kill_9_mid_epoch_then_rerun_equals_an_uninterrupted_run(colours, tmp_path, capsys):
     base = [sys.executable, "-m", "pictag", "train", str(colours), "--val-split", "0.25", "--epochs", "2"]
     base += [*FAST, "--batch-size", "4", "--save-every", "2", *TINY]
     killed = tmp_path / "killed"
@@ -131,10 +131,8 @@ def test_kill_9_mid_epoch_then_rerun_equals_an_uninterrupted_run(colours, tmp_pa
     for key in expected:
         torch.testing.assert_close(got[key], expected[key], rtol=1e-5, atol=1e-6, msg=key)
     # A changed option that alters the result refuses to continue, naming it.
-    changed = subprocess.run(
-        [*base, "--out", str(killed), "--label-smoothing", "0.2"], env=_env(), capture_output=True, text=True
-    )
-    assert changed.returncode == 2 and "--label-smoothing (was 0.1, now 0.2) changed" in changed.stderr
+    assert main(["train", str(colours), "--out", str(killed), *base[5:], "--label-smoothing", "0.2"]) == 2
+    assert "--label-smoothing (was 0.1, now 0.2) changed" in capsys.readouterr().err
 
 
 def test_ddp_two_processes_over_gloo_then_resume(colours, tmp_path):

@@ -217,7 +217,7 @@ class Engine:
     def _loaders(self):
         cfg, s = self.cfg, self.settings
         preprocess = self.task.encoder.preprocess
-        transform = preprocess.train_transform(**getattr(self.task, "augment", {}))
+        transform = preprocess.train_transform(**self.task.augment)
         self.sampler = train_data.EpochSampler(
             self.data.train.labels, cfg.seed, balance=cfg.balance, rank=self.rank, world=self.world
         )
