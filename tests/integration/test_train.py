@@ -135,20 +135,46 @@ def test_kill_9_mid_epoch_then_rerun_equals_an_uninterrupted_run(colours, tmp_pa
     assert "--label-smoothing (was 0.1, now 0.2) changed" in capsys.readouterr().err
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _children(pid: int) -> list[int]:
+    """Child processes of `pid` (torchrun starts its workers in sessions of their own)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
 def test_ddp_two_processes_over_gloo_then_resume(colours, tmp_path):
     out = tmp_path / "ddp"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "0"]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
+    command += ["--master-port", str(_free_port())]
     command += ["-m", "pictag", "train", str(colours), "--out", str(out), "--val-split", "0.25", "--epochs", "2"]
     command += [*FAST, "--batch-size", "4", "--save-every", "1", *TINY]
     proc = subprocess.Popen(command, env=_env(), start_new_session=True, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 150
-    while not (out / "last.ckpt").exists():
-        assert proc.poll() is None, proc.stderr.read()[-3000:]
-        assert time.monotonic() < deadline, "no checkpoint within 150 s"
-        time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
-    rerun = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=300)
+    try:
+        deadline = time.monotonic() + 240
+        while not (out / "last.ckpt").exists():
+            assert proc.poll() is None, proc.stderr.read()[-3000:]
+            assert time.monotonic() < deadline, "no checkpoint within 240 s"
+            time.sleep(0.02)
+    finally:  # kill -9 both training processes mid-run, then torchrun
+        for pid in [*_children(proc.pid), proc.pid]:
+            os.kill(pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    rerun = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=400)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     lines = rerun.stdout.splitlines()
     assert lines[0].startswith(f"continuing {out} from last.ckpt"), lines

@@ -123,8 +123,11 @@ class TrainResult:
     resumed: str | None = None
     stopped_early: bool = False
     ranks_in_sync: int | None = None
+    rank: int = 0
 
     def summary(self) -> str:
+        if self.rank != 0:
+            return ""  # under DDP, one process speaks
         score = ", ".join(f"{k} {v:.4f}" for k, v in self.best.items() if isinstance(v, float))
         early = " (stopped early)" if self.stopped_early else ""
         if self.ranks_in_sync:
@@ -334,6 +337,7 @@ class Engine:
             resumed,
             self.early["stopped"],
             in_sync,
+            self.rank,
         )
 
     def _check_ranks(self) -> int | None:
