@@ -98,7 +98,7 @@ def test_train_learns_and_writes_the_run_folder(colours, tmp_path, capsys):
     # Stage 2 from stage 1's best weights, unfreezing the last block; finished runs are not run again.
     stage2 = tmp_path / "stage2"
     argv = ["train", str(broken), "--out", str(stage2), "--val-split", "0.25", "--epochs", "1", "--head", "cosine"]
-    argv += ["--init-from", str(out), "--unfreeze-blocks", "1", "--layer-decay", "0.5"]
+    argv += ["--init-from", str(out), "--unfreeze-blocks", "1", "--layer-decay", "0.5", "--balance"]
     assert main([*argv, *FAST, *TINY]) == 0
     assert main([*argv, *FAST, *TINY]) == 0
     assert capsys.readouterr().out.splitlines()[-2].startswith(f"already trained {stage2} from last.ckpt")
@@ -106,7 +106,7 @@ def test_train_learns_and_writes_the_run_folder(colours, tmp_path, capsys):
 
 def test_kill_9_mid_epoch_then_rerun_equals_an_uninterrupted_run(colours, tmp_path, capsys):
     base = [sys.executable, "-m", "pictag", "train", str(colours), "--val-split", "0.25", "--epochs", "2"]
-    base += [*FAST, "--batch-size", "4", "--save-every", "2", *TINY]
+    base += [*FAST, "--batch-size", "4", "--accumulate", "2", "--clip-grad", "1.0", "--save-every", "1", *TINY]
     killed = tmp_path / "killed"
     proc = subprocess.Popen(
         [*base, "--out", str(killed)], env=_env(), start_new_session=True, stderr=subprocess.PIPE, text=True

@@ -308,7 +308,9 @@ class Engine:
             improved = self._early_stop(watched, epoch)
             self.schedule.epoch_end(watched, self.higher_is_better)
             seconds = time.perf_counter() - epoch_started
-            lrs = {f"lr_{g['group']}": g["lr"] for g in reversed(self.optimizer.param_groups)}
+            lrs: dict[str, float] = {}
+            for g in self.optimizer.param_groups:  # with layer decay, a group's rate is its last block's
+                lrs[f"lr_{g['group']}"] = max(lrs.get(f"lr_{g['group']}", 0.0), g["lr"])
             row.update(dict(sorted(lrs.items())), seconds=round(seconds, 3), img_s=round(seen / seconds, 2))
             row["skipped"] = len(self.skipped)
             self.history.append(row)
