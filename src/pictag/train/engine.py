@@ -98,6 +98,9 @@ def make_fabric(cfg):
         strategy = DDPStrategy(find_unused_parameters=cfg.freeze_epochs > 0)
         kwargs = {"accelerator": accelerator, "devices": world[0], "num_nodes": world[1], "strategy": strategy}
     settings = choose_settings(cfg, device)
+    if world is not None and device.type == "cpu":
+        # Each process gets its share of the cores: more threads than cores makes every step many times slower.
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // world[0]))
     fabric = Fabric(precision=settings.precision, **kwargs)
     fabric.launch()
     if device.type == "cuda":
@@ -119,10 +122,16 @@ class TrainResult:
     skipped: int = 0
     resumed: str | None = None
     stopped_early: bool = False
+    ranks_in_sync: int | None = None
+    rank: int = 0
 
     def summary(self) -> str:
+        if self.rank != 0:
+            return ""  # under DDP, one process speaks
         score = ", ".join(f"{k} {v:.4f}" for k, v in self.best.items() if isinstance(v, float))
         early = " (stopped early)" if self.stopped_early else ""
+        if self.ranks_in_sync:
+            early += f" on {self.ranks_in_sync} DDP processes (parameters identical on every rank)"
         return (
             f"trained {self.epochs} epoch(s){early} in {self.seconds:.1f} s; best epoch {self.best_epoch}"
             f"{': ' + score if score else ''} -> {self.out / 'best'} (use --model {self.out}); "
@@ -180,7 +189,7 @@ class Engine:
         self.higher_is_better = cfg.early_stop != "val_loss"
         self.history: list[dict] = []
         self.early = {"best": None, "best_epoch": None, "bad": 0, "stopped": False}
-        self.skipped = 0
+        self.skipped: set[str] = {key for key, _ in data.skipped}  # unreadable keys, each counted once
 
     # ----- set-up
 
@@ -211,7 +220,7 @@ class Engine:
     def _loaders(self):
         cfg, s = self.cfg, self.settings
         preprocess = self.task.encoder.preprocess
-        transform = preprocess.train_transform(**getattr(self.task, "augment", {}))
+        transform = preprocess.train_transform(**self.task.augment)
         self.sampler = train_data.EpochSampler(
             self.data.train.labels, cfg.seed, balance=cfg.balance, rank=self.rank, world=self.world
         )
@@ -299,9 +308,11 @@ class Engine:
             improved = self._early_stop(watched, epoch)
             self.schedule.epoch_end(watched, self.higher_is_better)
             seconds = time.perf_counter() - epoch_started
-            lrs = {f"lr_{g['group']}": g["lr"] for g in reversed(self.optimizer.param_groups)}
+            lrs: dict[str, float] = {}
+            for g in self.optimizer.param_groups:  # with layer decay, a group's rate is its last block's
+                lrs[f"lr_{g['group']}"] = max(lrs.get(f"lr_{g['group']}", 0.0), g["lr"])
             row.update(dict(sorted(lrs.items())), seconds=round(seconds, 3), img_s=round(seen / seconds, 2))
-            row["skipped"] = self.skipped
+            row["skipped"] = len(self.skipped)
             self.history.append(row)
             epoch += 1
             stop = self.early["stopped"]
@@ -316,7 +327,7 @@ class Engine:
 
             if self.history:
                 plot_training_curves(self.history, self.out / "curves.png")
-        fabric.barrier()
+        in_sync = self._check_ranks()
         best = next((r for r in self.history if r["epoch"] == self.early["best_epoch"]), {})
         return TrainResult(
             self.out,
@@ -324,10 +335,28 @@ class Engine:
             self.early["best_epoch"],
             {k: v for k, v in best.items() if k.startswith("val_")},
             time.perf_counter() - started,
-            self.skipped,
+            len(self.skipped),
             resumed,
             self.early["stopped"],
+            in_sync,
+            self.rank,
         )
+
+    def _check_ranks(self) -> int | None:
+        """Under DDP, check that every rank ends with the same weights; returns the number of ranks checked.
+
+        Raises:
+            PictagError: the ranks' parameters differ (a broken gradient synchronisation).
+        """
+        self.fabric.barrier()
+        if self.world == 1:
+            return None
+        with torch.no_grad():
+            digest = torch.stack([p.double().sum() for p in self.task.parameters()]).to(self.fabric.device)
+        gathered = self.fabric.all_gather(digest)
+        if not all(torch.equal(gathered[0], gathered[r]) for r in range(1, self.world)):
+            raise PictagError(f"the {self.world} DDP processes ended with different weights: please report this")
+        return self.world
 
     def _train_epoch(self, epoch: int, batch_pos: int, step: int, batches: int) -> tuple[float, int, int]:
         fabric, cfg, accumulate = self.fabric, self.cfg, self.settings.accumulate
@@ -347,9 +376,10 @@ class Engine:
         for batch in self.train_loader:
             if position >= batches:
                 break
-            self.skipped += len(batch["errors"])
             for key, reason in batch["errors"]:
-                log.warning("%s skipped: %s", key, reason)
+                if key not in self.skipped:
+                    log.warning("%s skipped: %s", key, reason)
+                    self.skipped.add(key)
             # Dropout and other random layers draw from the global generator: make it a function of the batch.
             torch.manual_seed(train_data.item_seed(cfg.seed + 7 * self.rank, epoch, position))
             last = (position + 1) % accumulate == 0 or position + 1 == batches
@@ -401,7 +431,7 @@ class Engine:
         self.model.eval()
         logits, labels, index = [], [], []
         for batch in self.val_loader:
-            self.skipped += len(batch["errors"])
+            self.skipped.update(key for key, _ in batch["errors"])
             batch = self.fabric.to_device({k: v for k, v in batch.items() if k != "errors"})
             if len(batch["labels"]):
                 out = self.model(batch, stage="val")
@@ -496,7 +526,7 @@ class Engine:
             "step": step,
             "early": dict(self.early),
             "history": self.history,
-            "skipped": self.skipped,
+            "skipped": sorted(self.skipped),
             "config": guarded_options(self.cfg),
             "rng": {
                 "torch": torch.get_rng_state(),
@@ -524,7 +554,7 @@ class Engine:
             self.ema.load_state_dict(state["ema"])
         self.early = dict(state["early"])
         self.history = list(state["history"])
-        self.skipped = state["skipped"]
+        self.skipped = set(state["skipped"])
         rng = state["rng"]
         torch.set_rng_state(rng["torch"])
         np_state = rng["numpy"]

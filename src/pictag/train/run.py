@@ -30,7 +30,13 @@ def run(cfg: TrainConfig):
     from pictag.pipeline.parts import PartStore
     from pictag.train.data import check_folder, load_train_data
     from pictag.train.engine import LAST, Engine, make_fabric, read_last
-    from pictag.train.task import create_task, list_tasks
+    from pictag.train.optim import per_group
+    from pictag.train.task import TASKS, create_task, list_tasks
+
+    def check_groups(names) -> None:
+        if names:  # refuse unknown group names before any work
+            per_group(cfg.lr, names, "--lr")
+            per_group(cfg.weight_decay, names, "--weight-decay")
 
     if cfg.task not in list_tasks():
         raise PictagError(f"unknown task {cfg.task!r}: use one of {', '.join(list_tasks())}")
@@ -51,16 +57,24 @@ def run(cfg: TrainConfig):
     if first:
         lock.lock()  # a second run on the same folder is refused at once, naming the process
     try:
+        # Everything that can refuse the input comes before Lightning is even imported.
+        data = load_train_data(cfg)
+        data.resuming = resume is not None or cfg.init_from is not None  # weights come from a file: no prototypes
+        encoder = create_model(cfg.model, checkpoint=cfg.checkpoint, random_weights=cfg.random_weights, device="cpu")
+        if cfg.unfreeze_blocks is not None or cfg.layer_decay:
+            from pictag.train.blocks import image_blocks
+
+            blocks, _ = image_blocks(encoder.module)
+            if cfg.unfreeze_blocks is not None and not 0 <= cfg.unfreeze_blocks <= len(blocks):
+                raise PictagError(f"--unfreeze-blocks {cfg.unfreeze_blocks}: {cfg.model} has {len(blocks)} blocks")
+        check_groups(TASKS[cfg.task].group_names)
         fabric, settings = make_fabric(cfg)
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
-        data = load_train_data(cfg)
-        data.resuming = resume is not None or cfg.init_from is not None  # weights come from a file: no prototypes
-        encoder = create_model(
-            cfg.model, checkpoint=cfg.checkpoint, random_weights=cfg.random_weights, device=str(fabric.device)
-        )
+        encoder.to(fabric.device)
         task = create_task(cfg.task, encoder, data, cfg)
+        check_groups(list(task.param_groups()))
         if cfg.init_from and resume is None:
             init_from(task, cfg.init_from)
         if fabric.global_rank == 0:

@@ -41,14 +41,19 @@ class Task(torch.nn.Module):
 
     Attributes:
         name: The registry name (`--task`).
+        group_names: The names `param_groups` will return, known before the task is built, so that `--lr` and
+            `--weight-decay` are checked before any work (empty: checked once the task is built).
         head_groups: Parameter groups trained during `--freeze-epochs` (the others wait).
+        augment: Options of the encoder's `preprocess.train_transform` (timm's defaults when empty).
         freeze_norm_stats: Keep every batch-norm layer's running statistics as pretrained (few-shot data is too
             small to estimate them); otherwise only the norms of frozen parameters keep theirs.
         encoder: The backbone; `--unfreeze-blocks` and layer-wise decay look for its image blocks.
     """
 
     name: ClassVar[str]
+    group_names: ClassVar[tuple[str, ...]] = ()
     head_groups: ClassVar[tuple[str, ...]] = ("head",)
+    augment: ClassVar[dict] = {}
     freeze_norm_stats: ClassVar[bool] = False
     encoder: Encoder
 

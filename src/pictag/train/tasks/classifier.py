@@ -26,6 +26,8 @@ class ClassifierTask(Task):
         label_smoothing: Cross-entropy label smoothing.
     """
 
+    group_names = ("backbone", "head")
+
     def __init__(self, encoder: Encoder, head: Head, class_names: list[str], label_smoothing: float = 0.0):
         super().__init__()
         self.encoder, self.head = encoder, head
