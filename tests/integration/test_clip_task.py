@@ -100,3 +100,17 @@ def test_clip_task_refuses_what_it_cannot_train(tmp_path, capsys):
     assert main([*base, "--model", "timm:test_vit", "--random-weights"]) == 2
     error = capsys.readouterr().err.strip()
     assert "image-only" in error and "\n" not in error
+
+
+def test_clip_task_trains_on_captions_from_a_table(tmp_path, tiny_open_clip):
+    spec, checkpoint = tiny_open_clip
+    images = _write_colours(tmp_path / "img", per_class=3, seed=2, flat=True)
+    rows = [
+        f"{p},{p.stem.rstrip('0123456789')},a {p.stem} square photographed up close" for p in sorted(images.iterdir())
+    ]
+    (tmp_path / "table.csv").write_text("path,label,text\n" + "\n".join(rows) + "\n")
+    run = tmp_path / "run"
+    assert main(["train", str(tmp_path / "table.csv"), "--task", "clip", "--model", spec, "--checkpoint",
+                 str(checkpoint), "--out", str(run), "--epochs", "1", "--batch-size", "4", "--workers", "0",
+                 "--device", "cpu"]) == 0  # fmt: skip
+    assert read_meta(run)["head"] is None and (run / "best" / "model.safetensors").is_file()
