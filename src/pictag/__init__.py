@@ -51,6 +51,9 @@ _EXPORTS = {
     "create_app": "pictag.serve.api",
     "LabelmeCropsConfig": "pictag.options",
     "crop_labelme": "pictag.data.labelme",
+    "load_run": "pictag.models.run_dir",
+    "save_run_model": "pictag.models.run_dir",
+    "export_run": "pictag.models.export",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -73,8 +76,10 @@ if TYPE_CHECKING:
     from pictag.heads.base import Head, create_head, list_heads, load_head, scores_from_logits
     from pictag.heads.zero_shot import ZeroShotClassifier
     from pictag.models.base import Encoder
+    from pictag.models.export import export_run
     from pictag.models.preprocess import Preprocess
     from pictag.models.registry import create_model, list_models
+    from pictag.models.run_dir import load_run, save_run_model
     from pictag.options import (
         CalibrateConfig,
         ClassifyConfig,
