@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +18,7 @@ from pictag.heads.calibration import Calibration
 from pictag.heads.zero_shot import ZeroShotClassifier
 from pictag.models.registry import default_model
 from pictag.options import ClassifyConfig
-from pictag.pipeline.job import Job, JobResult, Run, run_job
+from pictag.pipeline.job import Job, JobResult, Run, executor_for, run_job
 from pictag.pipeline.parts import ERRORS_SCHEMA, PartStore, output_format, write_table
 from pictag.pipeline.runner import EmbeddingBatch, image_features
 from pictag.prompts import UNKNOWN, load_templates, parse_labels
@@ -63,38 +65,58 @@ def run(cfg: ClassifyConfig) -> ClassifyResult:
         raise PictagError(
             "no images given: pass a SOURCE (folder, image, tar, shard pattern, table or URL) or --embeddings STORE"
         )
-    labels = parse_labels(cfg.labels, cfg.labels_file)
-    templates = load_templates(cfg.templates)
+    # Bad labels or templates are refused before any output is touched or model loaded; the head parses them again.
+    parse_labels(cfg.labels, cfg.labels_file)
+    load_templates(cfg.templates)
     store = EmbeddingStore(cfg.embeddings) if cfg.embeddings else None
     cfg = dataclasses.replace(cfg, model=cfg.model or (store.manifest.model if store else default_model()))
     # Named after the whole file name, so that results.csv and results.parquet never share parts.
     with Run(PartStore(out.with_name(out.name + ".parts")), out, complete=out.exists()) as output:
         output.start(cfg, _RESULT_DEFINING, resume=cfg.resume, overwrite=cfg.overwrite)
         encoder, units, features = _features(cfg, store)
-        head = ZeroShotClassifier(encoder, labels, templates)
-        calibration = Calibration.load(cfg.calibration) if cfg.calibration else None
-        if calibration is not None:
-            calibration.check(encoder.spec, encoder.weights_id, labels, head.templates)
-        output.check_inputs(cfg, weights_id=encoder.weights_id, units=units)
+        rows, schema, head_id = _head_rows(cfg, encoder)
+        output.check_inputs(cfg, weights_id=encoder.weights_id, units=units, head=head_id)
         config_out = dump_config(cfg, sibling(out, ".config.yaml"))
 
-        top_k = min(cfg.top_k, len(labels))
-        thresholds = _thresholds(cfg.threshold, calibration, labels)
-        temperature = calibration.temperature if calibration else 1.0
-        schema = _schema(top_k)
-
-        def rows(batch: EmbeddingBatch) -> pa.Table:
-            scores, indices = head.top_k(batch.features, top_k, temperature)
-            return _rows(batch.keys, scores, indices, labels, thresholds, schema)
-
         workers = default_workers(encoder.device) if cfg.workers is None else cfg.workers
-        job = Job("classify", units, features, rows, schema, output.parts, workers)
-        stats = run_job(job)
+        job = Job("classify", units, features, rows, schema, output.parts, workers, ROWS_RECIPE, cfg)
+        stats = run_job(job, executor_for(cfg))
         _, classified = write_table(out, output.parts.tables(), schema)
         errors_out, failed = write_table(sibling(out, ".errors.csv"), output.parts.tables(errors=True), ERRORS_SCHEMA)
+        output.finish()
         output.parts.remove()
         seconds = time.perf_counter() - started
         return ClassifyResult("classified", out, errors_out, config_out, classified, failed, seconds, stats.timings())
+
+
+ROWS_RECIPE = "pictag.pipeline.classify:head_rows"
+
+
+def head_rows(cfg: ClassifyConfig, encoder) -> tuple[Callable[[EmbeddingBatch], pa.Table], pa.Schema]:
+    """The head stage of `cfg` on `encoder`: its rows function and their schema (how Ray actors build it)."""
+    rows, schema, _ = _head_rows(cfg, encoder)
+    return rows, schema
+
+
+def _head_rows(cfg: ClassifyConfig, encoder):
+    """(rows function, schema, digest of what the rows depend on) for the labels, templates and calibration."""
+    labels = parse_labels(cfg.labels, cfg.labels_file)
+    templates = load_templates(cfg.templates)
+    head = ZeroShotClassifier(encoder, labels, templates)
+    calibration = Calibration.load(cfg.calibration) if cfg.calibration else None
+    if calibration is not None:
+        calibration.check(encoder.spec, encoder.weights_id, labels, head.templates)
+    top_k = min(cfg.top_k, len(labels))
+    thresholds = _thresholds(cfg.threshold, calibration, labels)
+    temperature = calibration.temperature if calibration else 1.0
+    schema = _schema(top_k)
+    head_id = hashlib.sha1(repr((labels, list(head.templates), thresholds, temperature, top_k)).encode()).hexdigest()
+
+    def rows(batch: EmbeddingBatch) -> pa.Table:
+        scores, indices = head.top_k(batch.features, top_k, temperature)
+        return _rows(batch.keys, scores, indices, labels, thresholds, schema)
+
+    return rows, schema, head_id[:16]
 
 
 def classify(source: str | None, out: str, labels: list[str] | str | None = None, **options) -> ClassifyResult:
