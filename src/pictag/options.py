@@ -333,6 +333,20 @@ class IndexConfig:
 
 
 @dataclass(kw_only=True)
+class VerifyConfig:
+    """Everything `pictag verify` takes.
+
+    Attributes:
+        out: The output to check: a classify results file, an embedding store, or a run's parts folder.
+    """
+
+    _positional: ClassVar[tuple[str, ...]] = ("out",)
+    _required: ClassVar[tuple[str, ...]] = ("out",)
+
+    out: str | None = None
+
+
+@dataclass(kw_only=True)
 class ModelsConfig:
     """Everything `pictag models` takes.
 
@@ -452,4 +466,5 @@ __all__ = [
     "RuntimeOptions",
     "SearchConfig",
     "SourceOptions",
+    "VerifyConfig",
 ]
