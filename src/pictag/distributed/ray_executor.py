@@ -89,7 +89,9 @@ class RayExecutor:
         ray = import_ray()
         if job.recipe is None or job.config is None:
             raise PictagError(f"{job.name} cannot run with --executor ray: its stages are not built from a config")
-        if job.features.__class__.__name__ != "ImageFeatures":
+        from pictag.pipeline.runner import ImageFeatures
+
+        if not isinstance(job.features, ImageFeatures):
             raise PictagError(f"{job.name} with --executor ray reads images; run jobs over embeddings in-process")
         stats = JobStats()
         if not units:
