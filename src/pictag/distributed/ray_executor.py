@@ -29,8 +29,11 @@ from pictag.pipeline.job import InProcessExecutor, Job, JobStats, manifest_row
 from pictag.pipeline.plan import Unit
 
 INSTALL = "--executor ray needs Ray: pip install 'pictag[ray]'"
-# Retries of a lost actor (a dead worker process or node) and of the unit it was running. A unit's failure in the
-# user's code (a full disk) is not retried: it fails the run with its one-line message, and --resume continues.
+# Restarts of a lost actor (a dead worker process or node). The unit it was running is retried without a bound
+# (Ray Data's own default): the retries of a task on a restarting actor are spent in seconds, while the restart
+# (a new process that loads the model) can take longer, so a bound there failed runs that a restart would save.
+# A unit's failure in the user's code (a full disk) is not retried: the run fails with its one-line message, and
+# --resume continues.
 MAX_RETRIES = 4
 
 log = logging.getLogger(__name__)
@@ -57,7 +60,7 @@ class RayExecutor:
         gpus_per_worker: GPUs reserved by each actor.
         cpus_per_worker: CPUs reserved by each actor.
         actor_workers: DataLoader processes per actor; 0 decodes in the actor.
-        max_retries: Restarts of a lost actor, and retries of its unit.
+        max_retries: Restarts of a lost actor (its unit is retried until the pool runs it).
     """
 
     address: str | None = None
@@ -116,7 +119,7 @@ class RayExecutor:
             num_cpus=self.cpus_per_worker,
             num_gpus=self.gpus_per_worker or None,
             max_restarts=self.max_retries,
-            max_task_retries=self.max_retries,
+            max_task_retries=-1,
             fn_constructor_kwargs={
                 "name": job.name,
                 "recipe": job.recipe,
@@ -211,23 +214,14 @@ class UnitActor:
         return out
 
 
-class _Attempts:
-    """Counts the attempts at each unit in this run (Ray's own attempt number is not public)."""
-
-    def __init__(self) -> None:
-        self.counts: dict[int, int] = {}
-
-    def start(self, ordinal: int) -> int:
-        self.counts[ordinal] = self.counts.get(ordinal, 0) + 1
-        return self.counts[ordinal]
-
-
 def _attempt_counter(ray):
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+    from pictag.distributed._attempts import Attempts
+
     # On the driver's node, which the run cannot outlive anyway; 0 CPUs so that it never takes an actor's place.
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
-    return ray.remote(_Attempts).options(num_cpus=0, scheduling_strategy=here).remote()
+    return ray.remote(Attempts).options(num_cpus=0, scheduling_strategy=here).remote()
 
 
 def _user_error(exc: BaseException) -> BaseException:
