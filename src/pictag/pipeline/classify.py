@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow as pa
 
 from pictag.config import dump_config, load_config, sibling
+from pictag.data._io import is_url
 from pictag.device import default_workers
 from pictag.errors import PictagError
 from pictag.heads.calibration import Calibration
@@ -19,7 +20,7 @@ from pictag.heads.zero_shot import ZeroShotClassifier
 from pictag.models.registry import default_model
 from pictag.options import ClassifyConfig
 from pictag.pipeline.job import Job, JobResult, Run, executor_for, run_job
-from pictag.pipeline.parts import ERRORS_SCHEMA, PartStore, output_format, write_table
+from pictag.pipeline.parts import ERRORS_SCHEMA, PartStore, exists, output_format, write_table
 from pictag.pipeline.runner import EmbeddingBatch, image_features
 from pictag.prompts import UNKNOWN, load_templates, parse_labels
 from pictag.store.store import EmbeddingStore, StoreFeatures
@@ -59,7 +60,7 @@ def run(cfg: ClassifyConfig) -> ClassifyResult:
         raise PictagError("no output named: pass --out results.csv (or .parquet)")
     if cfg.source and cfg.embeddings:
         raise PictagError("give either a SOURCE of images or --embeddings STORE (from `pictag embed`), not both")
-    out = Path(cfg.out)
+    out = cfg.out if is_url(cfg.out) else Path(cfg.out)  # s3://, gs://, memory://: parts and merge go there
     output_format(out)
     if not cfg.source and not cfg.embeddings:
         raise PictagError(
@@ -71,7 +72,7 @@ def run(cfg: ClassifyConfig) -> ClassifyResult:
     store = EmbeddingStore(cfg.embeddings) if cfg.embeddings else None
     cfg = dataclasses.replace(cfg, model=cfg.model or (store.manifest.model if store else default_model()))
     # Named after the whole file name, so that results.csv and results.parquet never share parts.
-    with Run(PartStore(out.with_name(out.name + ".parts")), out, complete=out.exists()) as output:
+    with Run(PartStore(f"{out}.parts"), out, complete=exists(out)) as output:
         output.start(cfg, _RESULT_DEFINING, resume=cfg.resume, overwrite=cfg.overwrite)
         encoder, units, features = _features(cfg, store)
         rows, schema, head_id = _head_rows(cfg, encoder)

@@ -58,6 +58,12 @@ def open_location(location: str | os.PathLike) -> tuple[AbstractFileSystem | Non
     return fs, path
 
 
+def exists(location: str | os.PathLike) -> bool:
+    """Whether a file or folder is at a local path or fsspec URL."""
+    fs, path = open_location(location)
+    return os.path.exists(path) if fs is None else fs.exists(path)
+
+
 class PartStore:
     """The committed parts of a job, in a folder; errors of each unit go to a sub-folder of the same names.
 
@@ -152,7 +158,7 @@ class PartStore:
             self._lock = None
         if self._lease is not None:
             self._lease = None
-            self.fs.rm_file(self._path(LOCK_FILE))
+            self.delete(LOCK_FILE)  # gone already when the folder was removed after a merge
 
     # -- parts -------------------------------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from pictag.config import dump_config, load_config
+from pictag.data._io import is_url
 from pictag.device import default_workers
 from pictag.errors import PictagError
 from pictag.options import EmbedConfig
@@ -46,6 +47,11 @@ def run(cfg: EmbedConfig) -> EmbedResult:
     started = time.perf_counter()
     if cfg.dtype not in DTYPES:
         raise PictagError(f"--dtype must be one of {', '.join(DTYPES)}, not {cfg.dtype!r}")
+    if is_url(cfg.out):
+        raise PictagError(
+            f"--out {cfg.out}: an embedding store is a folder on a file system (local, or shared by a cluster's "
+            "nodes, e.g. NFS); object storage is not supported for stores yet"
+        )
     out = Path(cfg.out)
     manifest_path = out / MANIFEST
     if not manifest_path.is_file() and out.is_dir() and any(out.iterdir()) and not cfg.overwrite:
