@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pictag.errors import PictagError
-from pictag.pipeline.job import InProcessExecutor, Job, JobStats, manifest_row
+from pictag.pipeline.job import InProcessExecutor, Job, JobStats, manifest_row, unit_done
 from pictag.pipeline.plan import Unit
 
 INSTALL = "--executor ray needs Ray: pip install 'pictag[ray]'"
@@ -130,13 +130,16 @@ class RayExecutor:
                 "attempts": attempts,
             },
         )
-        stats.stages["startup_s"] = time.perf_counter() - started
         try:
             for row in results.iter_rows():
+                if not stats.manifest:  # start-up: the cluster's actors loading their model, and one unit
+                    stats.stages["first_unit_s"] = time.perf_counter() - started
+                stats.stages["actors_s"] = stats.stages.get("actors_s", 0.0) + row["seconds"]
                 stats.rows += row["rows"]
                 stats.errors += row["errors"]
                 stats.manifest.append({k: row[k] for k in _MANIFEST_KEYS})
                 progress(row["rows"] + row["errors"])
+                unit_done(progress)
                 job.parts.renew_lock()
         except Exception as exc:  # Ray wraps the actor's exception (several levels deep); show the user's line
             raise _user_error(exc) from None

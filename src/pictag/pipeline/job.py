@@ -109,6 +109,8 @@ class JobStats:
             "model_s": "in the model",
             "head_s": "in the head",
             "write_s": "writing",
+            "first_unit_s": "until the first unit came back",
+            "actors_s": "of actor time",
         }
         return ", ".join(f"{self.stages[k]:.1f} s {v}" for k, v in names.items() if k in self.stages)
 
@@ -177,9 +179,32 @@ class InProcessExecutor:
                 stats.errors += failed
                 seconds = time.perf_counter() - began.pop(ordinal, started)
                 stats.manifest.append(manifest_row(unit, committed, failed, node, seconds, 1, "inprocess"))
+                unit_done(progress)
             stats.stages["head_s"] = stats.stages.get("head_s", 0.0) + written - started
             stats.stages["write_s"] = stats.stages.get("write_s", 0.0) + time.perf_counter() - written
         return stats
+
+
+class Progress:
+    """What an executor reports to: records done (the bar shows images per second, across a cluster) and units."""
+
+    def __init__(self, bar: tqdm, units: int):
+        self.bar = bar
+        self.units = units
+        self.done = 0
+
+    def __call__(self, records: int) -> None:
+        self.bar.update(records)
+
+    def unit_done(self) -> None:
+        self.done += 1
+        self.bar.set_postfix_str(f"{self.done}/{self.units} units", refresh=False)
+
+
+def unit_done(progress: Callable[[int], None]) -> None:
+    """Tell `progress` a unit was committed, if it counts units (a plain callable only counts records)."""
+    if isinstance(progress, Progress):
+        progress.unit_done()
 
 
 def manifest_row(unit: Unit, rows: int, errors: int, node: str, seconds: float, attempt: int, executor: str) -> dict:
@@ -206,7 +231,7 @@ def run_job(job: Job, executor: Executor | None = None) -> JobStats:
     pending = job.parts.pending(job.units)
     total = sum(unit.size for unit in pending)
     with tqdm(total=total, unit="img", desc=job.name, dynamic_ncols=True, disable=None) as bar:
-        stats = (executor or InProcessExecutor()).run(job, pending, bar.update)
+        stats = (executor or InProcessExecutor()).run(job, pending, Progress(bar, len(pending)))
     stats.seconds = time.perf_counter() - started
     write_manifest(job.parts, stats.manifest)
     return stats
