@@ -66,10 +66,23 @@ def build_job(cfg, out: Path):
 
 def timed_run(executor, job) -> dict:
     """Run every unit; returns start-up and steady-state figures from the time each unit's row came back."""
-    stamps: list[float] = []
+    from pictag.pipeline.job import Progress
+
+    class Stamps(Progress):  # the executors report each committed unit, in the manifest's order
+        def __init__(self) -> None:
+            self.times: list[float] = []
+
+        def __call__(self, records: int) -> None:
+            pass
+
+        def unit_done(self) -> None:
+            self.times.append(time.perf_counter())
+
+    progress = Stamps()
     started = time.perf_counter()
-    stats = executor.run(job, job.units, lambda n: stamps.append(time.perf_counter()))
+    stats = executor.run(job, job.units, progress)
     ended = time.perf_counter()
+    stamps = progress.times
     sizes = [row["rows"] + row["errors"] for row in stats.manifest]
     nodes = [row["node"] for row in stats.manifest]
     # Steady state begins when every node has committed its first unit.

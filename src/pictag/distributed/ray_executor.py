@@ -35,6 +35,7 @@ INSTALL = "--executor ray needs Ray: pip install 'pictag[ray]'"
 # A unit's failure in the user's code (a full disk) is not retried: the run fails with its one-line message, and
 # --resume continues.
 MAX_RETRIES = 4
+WAIT_FOR_ACTORS_S = 900
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +106,9 @@ class RayExecutor:
 
         context = DataContext.get_current()
         context.enable_progress_bars = False  # the driver's own bar counts images across the cluster
+        # Units go out once the pool's minimum of actors has loaded its model, so that the first actor up does not
+        # queue the work of all the others; a cluster that cannot place them fails after this long.
+        context.wait_for_min_actors_s = WAIT_FOR_ACTORS_S
         logging.getLogger("ray.data").setLevel(logging.WARNING)
 
         attempts = _attempt_counter(ray)
@@ -115,7 +119,8 @@ class RayExecutor:
         results = dataset.map_batches(
             UnitActor,
             batch_size=1,
-            compute=ray.data.ActorPoolStrategy(min_size=low, max_size=high),
+            # One unit running and one queued per actor: no idle gap between units, and little queued on one actor.
+            compute=ray.data.ActorPoolStrategy(min_size=low, max_size=high, max_tasks_in_flight_per_actor=2),
             num_cpus=self.cpus_per_worker,
             num_gpus=self.gpus_per_worker or None,
             max_restarts=self.max_retries,
