@@ -213,7 +213,10 @@ class UnitActor:
         out: dict[str, list] = {key: [] for key in _MANIFEST_KEYS}
         for blob in batch["unit"]:
             unit = pickle.loads(blob)
-            attempt = ray.get(self.attempts.start.remote(unit.ordinal))
+            try:
+                attempt = ray.get(self.attempts.start.remote(unit.ordinal))
+            except ray.exceptions.RayError:  # the count is for the manifest only: never fail a unit over it
+                attempt = 0
             started = time.perf_counter()
             stats = InProcessExecutor().run(self.job, [unit], lambda n: None)
             row = manifest_row(unit, stats.rows, stats.errors, self.node, time.perf_counter() - started, attempt, "ray")
@@ -223,13 +226,12 @@ class UnitActor:
 
 
 def _attempt_counter(ray):
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
     from pictag.distributed._attempts import Attempts
 
-    # On the driver's node, which the run cannot outlive anyway; 0 CPUs so that it never takes an actor's place.
-    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
-    return ray.remote(Attempts).options(num_cpus=0, scheduling_strategy=here).remote()
+    # On the head node (as Ray Train places its state actor), whose loss ends the cluster anyway: a worker node
+    # lost mid-run must not take the counter with it. 0 CPUs, so it never takes an actor's place.
+    on_head = {"node:__internal_head__": 0.001}
+    return ray.remote(Attempts).options(num_cpus=0, resources=on_head, max_restarts=-1, max_task_retries=-1).remote()
 
 
 def _user_error(exc: BaseException) -> BaseException:
