@@ -23,6 +23,7 @@ COMMANDS = [
     "calibrate",
     "labelme-crops",
     "export",
+    "verify",
 ]
 
 
