@@ -330,7 +330,7 @@ class Run:
         """
         identity = {"weights_id": weights_id, "plan": plan_digest(units)}
         if head is not None:
-            identity["head"] = head
+            identity["head_digest"] = head
         options = dataclasses.asdict(cfg)
         fingerprint = _fingerprint({**{k: options.get(k) for k in self._guarded}, **identity})
         if self._saved is not None:
@@ -368,7 +368,7 @@ class Run:
             words = {
                 "weights_id": "the weights behind the model spec",
                 "plan": "the source's images",
-                "head": "the labels, templates or thresholds",
+                "head_digest": "the labels, templates or thresholds",
             }
             raise PictagError(
                 f"cannot resume {self.out}: {', '.join(words.get(c, c) for c in changed)} changed since the "
