@@ -14,7 +14,15 @@ from pictag.options import EmbedConfig
 from pictag.pipeline.job import Job, JobResult, Run, run_job
 from pictag.pipeline.parts import ERRORS_SCHEMA, PartStore, write_table
 from pictag.pipeline.runner import EmbeddingBatch, image_features
-from pictag.store.store import DTYPES, MANIFEST, SHARD_WRITE_OPTIONS, Manifest, embedding_table, shard_schema
+from pictag.store.store import (
+    DTYPES,
+    MANIFEST,
+    SHARD_WRITE_OPTIONS,
+    Manifest,
+    describe_shards,
+    embedding_table,
+    shard_schema,
+)
 
 # Options that change what the stored vectors are: a resumed run must keep them.
 _RESULT_DEFINING = (
@@ -82,7 +90,8 @@ def run(cfg: EmbedConfig) -> EmbedResult:
         schema = shard_schema(encoder.embed_dim, cfg.dtype)
         stats = run_job(Job("embed", units, features, rows, schema, output.parts, workers))
         errors_out, manifest.errors = write_table(out / "errors.csv", output.parts.tables(errors=True), ERRORS_SCHEMA)
-        manifest.count = output.parts.rows()
+        manifest.shards = describe_shards(output.parts.parts())
+        manifest.count = sum(shard["rows"] for shard in manifest.shards)
         manifest.complete = True
         manifest.write(out)
         output.finish()
