@@ -55,7 +55,10 @@ def run(cfg: EmbedConfig) -> EmbedResult:
         raise PictagError(f"--dtype must be one of {', '.join(DTYPES)}, not {cfg.dtype!r}")
     out = Path(cfg.out)
     manifest_path = out / MANIFEST
-    if not manifest_path.is_file() and out.is_dir() and any(out.iterdir()) and not cfg.overwrite:
+    # A folder with pictag's lock is a store being written (its manifest comes after the model loads): the lock
+    # decides, and names the process that holds it.
+    foreign = out.is_dir() and not (out / ".lock").exists() and any(out.iterdir())
+    if not manifest_path.is_file() and foreign and not cfg.overwrite:
         raise PictagError(f"{out} exists and is not an embedding store: choose an empty or new folder")
     # The store's shards are the job's parts: one per unit of work, in plan order.
     with Run(
