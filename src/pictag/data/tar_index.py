@@ -136,7 +136,11 @@ def _scan(tar: str) -> pa.Table:
         }
     )
     stat = os.stat(tar)
-    meta = {"tar_name": safe_key(os.path.basename(tar)), "tar_size": str(stat.st_size), "tar_mtime_ns": str(stat.st_mtime_ns)}
+    meta = {
+        "tar_name": safe_key(os.path.basename(tar)),
+        "tar_size": str(stat.st_size),
+        "tar_mtime_ns": str(stat.st_mtime_ns),
+    }
     return table.replace_schema_metadata(meta)
 
 
