@@ -76,7 +76,7 @@ def run(cfg: ClassifyConfig) -> ClassifyResult:
     if pretrained:
         _check_pretrained(cfg)
     store = EmbeddingStore(cfg.embeddings) if cfg.embeddings else None
-    cfg = dataclasses.replace(cfg, model=cfg.model or (store.manifest.model if store else default_model()))
+    cfg = dataclasses.replace(cfg, model=cfg.model or (store.manifest.model if store is not None else default_model()))
     if not pretrained and (cfg.labels or cfg.labels_file or parse_spec(cfg.model).scheme != "run"):
         # Refused before any output is touched or model loaded.
         parse_labels(cfg.labels, cfg.labels_file)
