@@ -89,6 +89,42 @@ class RuntimeOptions(Checked):
 
 
 @dataclass(kw_only=True)
+class EngineOptions(Checked):
+    """engine
+
+    Attributes:
+        engine: What runs the model's towers: torch (eager), onnx (ONNX Runtime, pictag[onnx]), openvino
+            (pictag[openvino]), or auto (the fastest installed here, measured once per model and machine). The
+            engines run on the CPU; --precision picks fp32 (exact) or bf16 (openvino).
+        quantize: int8: post-training static quantization of the image tower (onnx or openvino), calibrated on
+            --calibration-images of the source's own images; its agreement with fp32 is measured and printed.
+        calibration_images: Images of the source that calibrate --quantize int8; the next ones (up to 200) are
+            held out to measure its agreement with fp32.
+        min_agreement: Top-1 agreement with fp32, on the held-out images, below which --quantize int8 warns.
+        strict: Refuse an int8 model whose agreement is below --min-agreement, instead of warning.
+    """
+
+    _at_least: ClassVar[dict[str, int]] = {"calibration_images": 1}
+
+    engine: Literal["torch", "onnx", "openvino", "auto"] = "torch"
+    quantize: Literal["int8"] | None = None
+    calibration_images: int = 300
+    min_agreement: float = 0.99
+    strict: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0 <= self.min_agreement <= 1:
+            raise PictagError(f"--min-agreement is a fraction between 0 and 1, not {self.min_agreement}")
+
+    def apply_engine(self, encoder, source=None):
+        """`encoder` on the engine these options name, int8 calibrated on `source`; see `pictag.models.engines`."""
+        from pictag.models.engines.choose import engine_for
+
+        return engine_for(encoder, self, source)
+
+
+@dataclass(kw_only=True)
 class SourceOptions:
     """source
 
@@ -144,7 +180,7 @@ class LabelOptions:
 
 
 @dataclass(kw_only=True)
-class ClassifyConfig(ResumableOutput, RuntimeOptions, ModelOptions, LabelOptions, SourceOptions):
+class ClassifyConfig(ResumableOutput, EngineOptions, RuntimeOptions, ModelOptions, LabelOptions, SourceOptions):
     """Everything `pictag classify` takes.
 
     Attributes:
@@ -167,7 +203,7 @@ class ClassifyConfig(ResumableOutput, RuntimeOptions, ModelOptions, LabelOptions
 
 
 @dataclass(kw_only=True)
-class EmbedConfig(ResumableOutput, RuntimeOptions, ModelOptions, SourceOptions):
+class EmbedConfig(ResumableOutput, EngineOptions, RuntimeOptions, ModelOptions, SourceOptions):
     """Everything `pictag embed` takes.
 
     Attributes:
@@ -391,6 +427,7 @@ __all__ = [
     "CalibrateConfig",
     "ClassifyConfig",
     "EmbedConfig",
+    "EngineOptions",
     "FewshotConfig",
     "FewshotEvalConfig",
     "FinetuneConfig",

@@ -37,6 +37,9 @@ _RESULT_DEFINING = (
     "embeddings",
     "calibration",
     "unit_size",
+    "engine",
+    "quantize",
+    "calibration_images",
 )
 
 

@@ -21,6 +21,7 @@ from pictag.data.decode import DEFAULT_MAX_PIXELS, DecodeError, decode_image
 from pictag.data.sources import Source, open_source
 from pictag.models.base import Encoder
 from pictag.models.preprocess import Preprocess
+from pictag.options import EngineOptions
 from pictag.pipeline.plan import Unit, plan_units
 
 
@@ -241,4 +242,6 @@ def image_features(cfg) -> tuple[Encoder, list[Unit], ImageFeatures]:
     """(encoder, units, feature stage) of a config naming a source, a model and the runtime options."""
     source = open_source(cfg.source, index=cfg.index, path_column=cfg.path_column, index_columns=cfg.index_columns)
     encoder = cfg.create_encoder()
+    if isinstance(cfg, EngineOptions):  # --engine: the same encoder contract, its towers compiled
+        encoder = cfg.apply_engine(encoder, source)
     return encoder, plan_units(source, cfg.unit_size), ImageFeatures(encoder, cfg.batch_size, cfg.max_pixels)

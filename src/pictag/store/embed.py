@@ -27,6 +27,9 @@ _RESULT_DEFINING = (
     "random_weights",
     "dtype",
     "unit_size",
+    "engine",
+    "quantize",
+    "calibration_images",
 )
 
 

@@ -222,11 +222,21 @@ def _quantized(
     for pixels in calibration:
         digest.update(np.ascontiguousarray(pixels, np.float32).tobytes())
     key = {**_key(runtime, encoder, tower, "int8"), "calibration": digest.hexdigest()[:20], "images": len(calibration)}
+
+    def build(folder) -> None:
+        log.warning(
+            "quantizing %s to int8 with %s on %d images (once: the result is cached)",
+            encoder.spec,
+            runtime.name,
+            len(calibration),
+        )
+        runtime.quantize(fp32_folder, inputs, folder, transformer)
+
     inputs = [{"pixels": np.asarray(p, np.float32)[None]} for p in calibration]
     transformer = any("attention" in type(m).__name__.lower() for m in encoder.module.modules())
     return cached(
         f"{runtime.name}-int8",
         key,
-        lambda folder: runtime.quantize(fp32_folder, inputs, folder, transformer),
+        build,
         lambda folder: runtime.load(folder, precision, threads),
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import os
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -230,7 +231,8 @@ def _quiet():
     level = nncf_logger.level
     nncf_logger.setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings():
+        # NNCF draws progress bars on stdout, which is the command's output.
+        with warnings.catch_warnings(), open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
             warnings.simplefilter("ignore")
             yield
     finally:
