@@ -165,14 +165,23 @@ class OpenVinoRuntime(Runtime):
     def export(self, tower: Tower, folder: Path) -> None:
         import openvino as ov
 
-        shapes = []
-        for name, example in tower.example.items():
-            dims = [-1 if axis in tower.dynamic.get(name, {}) else size for axis, size in enumerate(example.shape)]
-            shapes.append((name, ov.PartialShape(dims), ov.Type.f32 if example.is_floating_point() else ov.Type.i64))
-        # Traced under no_grad, unlike for ONNX: OpenVINO reads the fused attention op, and its trace check finds the
-        # graphs of two invocations different with gradients on.
-        with _quiet(), torch.no_grad():
-            model = ov.convert_model(tower.module, example_input=tuple(tower.example.values()), input=shapes)
+        if RUNTIMES["onnx"].installed():
+            # Through ONNX when its exporter is here: OpenVINO reads an ONNX graph in a fraction of the time its own
+            # PyTorch frontend takes to trace the module (4 s against 40 s for ViT-B/32), to the same result.
+            onnx = folder / "model.onnx"
+            RUNTIMES["onnx"].export(tower, folder)
+            model = ov.convert_model(onnx)
+            onnx.unlink()
+        else:
+            shapes = []
+            for name, example in tower.example.items():
+                dims = [-1 if axis in tower.dynamic.get(name, {}) else n for axis, n in enumerate(example.shape)]
+                kind = ov.Type.f32 if example.is_floating_point() else ov.Type.i64
+                shapes.append((name, ov.PartialShape(dims), kind))
+            # Traced under no_grad, unlike for ONNX: OpenVINO reads the fused attention op, and its trace check
+            # finds the graphs of two invocations different with gradients on.
+            with _quiet(), torch.no_grad():
+                model = ov.convert_model(tower.module, example_input=tuple(tower.example.values()), input=shapes)
         # compress_to_fp16 is on by default: it would round the weights, and fp32 must stay exact.
         ov.save_model(model, folder / self.file, compress_to_fp16=False)
 
