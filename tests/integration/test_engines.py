@@ -144,3 +144,21 @@ def test_bf16_is_refused_by_onnx_runtime_with_the_way_out(tiny_hf_clip):
     encoder = create_model(f"hf:{tiny_hf_clip}", device="cpu", precision="bf16")
     with pytest.raises(PictagError, match="ONNX Runtime has no bf16 kernels.*--engine openvino"):
         compile_encoder(encoder, "onnx")
+
+
+def test_a_serving_worker_runs_on_the_engine_its_config_names(photo_dir, tiny_hf_clip):
+    _engine("onnx")
+    from pictag.serve.config import ServeConfig
+    from pictag.serve.zero_shot import ZeroShotService
+
+    services = {}
+    for engine in ("torch", "onnx"):
+        services[engine] = ZeroShotService(ServeConfig(model=f"hf:{tiny_hf_clip}", device="cpu", engine=engine))
+        services[engine].setup()
+    assert isinstance(services["onnx"].encoder, EngineEncoder)
+    image = (photo_dir / "chelsea.jpg").read_bytes()
+    params = {"labels": LABELS.split(",")}
+    ours, theirs = (s.encode(s.predict([s.decode(image, params)])[0]) for s in services.values())
+    assert [r["label"] for r in ours["labels"]] == [r["label"] for r in theirs["labels"]]
+    for mine, reference in zip(ours["labels"], theirs["labels"]):
+        assert abs(mine["score"] - reference["score"]) < 1e-4

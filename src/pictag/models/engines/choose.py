@@ -31,13 +31,16 @@ def say(text: str) -> None:
 def engine_for(encoder: Encoder, options, source=None) -> Encoder:
     """The encoder on the engine `options` name (`EngineOptions` fields), int8 calibrated on `source`.
 
+    `options` needs only `engine` (a serving worker's config has no int8: it has no images to calibrate on).
+
     Raises:
         PictagError: an engine that is missing or cannot run this precision, int8 without images, or (with
             `options.strict`) int8 agreement below `options.min_agreement`.
     """
     calibration = held = None
     held_out = True
-    if options.quantize:
+    quantize = getattr(options, "quantize", None)
+    if quantize:
         if source is None:
             raise PictagError("--quantize int8 calibrates on the job's own images: it needs a SOURCE")
         pixels = sample_pixels(source, encoder, options.calibration_images + HELD_OUT)
@@ -47,10 +50,10 @@ def engine_for(encoder: Encoder, options, source=None) -> Encoder:
     engine = options.engine
     if engine == "auto":
         engine = choose_engine(
-            encoder, quantize=options.quantize, calibration=calibration, batch_size=getattr(options, "batch_size", 32)
+            encoder, quantize=quantize, calibration=calibration, batch_size=getattr(options, "batch_size", 32)
         )
-    compiled = compile_encoder(encoder, engine, quantize=options.quantize, calibration=calibration)
-    if options.quantize:
+    compiled = compile_encoder(encoder, engine, quantize=quantize, calibration=calibration)
+    if quantize:
         agreement = int8_agreement(encoder, compiled, held, _head(encoder, options), held_out=held_out)
         check_agreement(agreement, engine, options.min_agreement, options.strict)
     return compiled
