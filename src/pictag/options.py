@@ -423,7 +423,37 @@ class FinetuneConfig(RuntimeOptions, ModelOptions):
     seed: int = 0
 
 
+@dataclass(kw_only=True)
+class BenchEnginesConfig(Checked, ModelOptions, LabelOptions):
+    """Everything `pictag bench-engines` takes.
+
+    Attributes:
+        images: The images to time on: a folder of your own, or any source.
+        limit: Images to use (the first ones of the source).
+        batch_size: Images per forward pass.
+        rounds: Passes over the images per engine and precision, taking turns; the best pass counts.
+        engines: Comma-separated engines to time, e.g. torch,openvino (every installed one when unset).
+        precision: Only this precision (fp32, bf16 where the CPU has it, and int8 when unset).
+        calibration_images: Images that calibrate int8 (at most half of them); agreement with torch fp32 is measured
+            on the others.
+        labels: Labels to measure top-1 agreement over (CLIP-family models); nearest neighbours when unset.
+    """
+
+    _positional: ClassVar[tuple[str, ...]] = ("images",)
+    _required: ClassVar[tuple[str, ...]] = ("images",)
+    _at_least: ClassVar[dict[str, int]] = {"limit": 1, "batch_size": 1, "rounds": 1, "calibration_images": 1}
+
+    images: str | None = None
+    limit: int = 256
+    batch_size: int = 32
+    rounds: int = 3
+    engines: str | None = None
+    precision: Literal["fp32", "bf16", "int8"] | None = None
+    calibration_images: int = 128
+
+
 __all__ = [
+    "BenchEnginesConfig",
     "CalibrateConfig",
     "ClassifyConfig",
     "EmbedConfig",

@@ -162,3 +162,31 @@ def test_a_serving_worker_runs_on_the_engine_its_config_names(photo_dir, tiny_hf
     assert [r["label"] for r in ours["labels"]] == [r["label"] for r in theirs["labels"]]
     for mine, reference in zip(ours["labels"], theirs["labels"]):
         assert abs(mine["score"] - reference["score"]) < 1e-4
+
+
+def test_bench_engines_prints_speed_agreement_and_export_times(photo_dir, tiny_hf_clip, capsys):
+    _engine("onnx")
+    code = main(
+        ["bench-engines", str(photo_dir), "--model", f"hf:{tiny_hf_clip}", "--device", "cpu", "--labels", LABELS]
+        + ["--engines", "torch,onnx", "--precision", "fp32", "--limit", "5", "--calibration-images", "2"]
+        + ["--rounds", "1"]
+    )
+    out = capsys.readouterr().out.splitlines()
+    assert code == 0
+    assert "agreement with torch fp32 on 3 held-out images (5 labels)" in out[0]
+    assert out[1].split() == [
+        "engine",
+        "precision",
+        "img/s",
+        "vs",
+        "torch",
+        "top-1",
+        "min",
+        "cosine",
+        "export",
+        "cache",
+        "hit",
+    ]
+    rows = {tuple(line.split()[:2]): line.split() for line in out[2:4]}
+    assert rows["torch", "fp32"][3:5] == ["1.00x", "100.0%"] and rows["onnx", "fp32"][4] == "100.0%"
+    assert rows["onnx", "fp32"][-1].endswith("s")  # the cache-hit time

@@ -20,6 +20,7 @@ COMMANDS = [
     "search",
     "index-embeddings",
     "calibrate",
+    "bench-engines",
 ]
 
 
