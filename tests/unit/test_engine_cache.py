@@ -187,3 +187,16 @@ def test_a_resume_on_another_engine_is_refused(tmp_path, photo_dir):
     (tmp_path / "run.csv.parts" / "run.yaml").write_text(json.dumps({"engine": "openvino", "labels": "cat,dog"}))
     with pytest.raises(PictagError, match="cannot resume .*engine changed"):
         classify(str(photo_dir), str(tmp_path / "run.csv"), "cat,dog", engine="onnx", resume=True)
+
+
+def test_an_engine_without_the_auto_precision_runs_fp32_but_an_explicit_one_is_kept():
+    from types import SimpleNamespace
+
+    from pictag.models.engines.encoder import engine_precision
+
+    bf16 = SimpleNamespace(autocast_dtype=torch.bfloat16)
+    precision, note = engine_precision(bf16, "onnx", None)
+    assert precision == "fp32" and "--engine onnx runs fp32: it has no bf16 kernels" in note
+    assert engine_precision(bf16, "onnx", "auto")[0] == "fp32"
+    assert engine_precision(bf16, "onnx", "bf16") == ("bf16", None)  # compile_encoder then refuses, naming openvino
+    assert engine_precision(bf16, "openvino", None) == ("bf16", None)

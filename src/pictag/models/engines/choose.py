@@ -19,7 +19,7 @@ from pictag.config import cache_dir
 from pictag.errors import PictagError
 from pictag.models.base import Encoder
 from pictag.models.engines.agreement import HELD_OUT, Agreement, measure_agreement, sample_pixels
-from pictag.models.engines.encoder import _library_versions, compile_encoder, precision_of
+from pictag.models.engines.encoder import _library_versions, compile_encoder, engine_precision, precision_of
 from pictag.models.engines.runtimes import RUNTIMES
 
 
@@ -50,9 +50,16 @@ def engine_for(encoder: Encoder, options, source=None) -> Encoder:
     engine = options.engine
     if engine == "auto":
         engine = choose_engine(
-            encoder, quantize=quantize, calibration=calibration, batch_size=getattr(options, "batch_size", 32)
+            encoder,
+            quantize=quantize,
+            calibration=calibration,
+            batch_size=getattr(options, "batch_size", 32),
+            requested=getattr(options, "precision", None),
         )
-    compiled = compile_encoder(encoder, engine, quantize=quantize, calibration=calibration)
+    precision, note = engine_precision(encoder, engine, getattr(options, "precision", None))
+    if note:
+        say(note)
+    compiled = compile_encoder(encoder, engine, quantize=quantize, calibration=calibration, precision=precision)
     if quantize:
         agreement = int8_agreement(encoder, compiled, held, _head(encoder, options), held_out=held_out)
         check_agreement(agreement, engine, options.min_agreement, options.strict)
@@ -109,7 +116,13 @@ def _head(encoder: Encoder, options):
 
 
 def choose_engine(
-    encoder: Encoder, *, quantize: str | None = None, calibration=None, batch_size: int = 32, rounds: int = 3
+    encoder: Encoder,
+    *,
+    quantize: str | None = None,
+    calibration=None,
+    batch_size: int = 32,
+    rounds: int = 3,
+    requested: str | None = None,
 ) -> str:
     """The fastest installed engine for this encoder, precision and machine, measured once and cached.
 
@@ -143,7 +156,10 @@ def choose_engine(
         candidates["torch"] = encoder
     for name in RUNTIMES:
         try:
-            candidates[name] = compile_encoder(encoder, name, quantize=quantize, calibration=calibration)
+            precision_here, _ = engine_precision(encoder, name, requested)
+            candidates[name] = compile_encoder(
+                encoder, name, quantize=quantize, calibration=calibration, precision=precision_here
+            )
         except PictagError as exc:
             skipped[name] = str(exc)
     if not candidates:

@@ -112,6 +112,16 @@ def precision_of(encoder: Encoder) -> str:
     return _PRECISIONS[encoder.autocast_dtype]
 
 
+def engine_precision(encoder: Encoder, engine: str, requested: str | None) -> tuple[str, str | None]:
+    """(precision, note) an engine runs `encoder` in: its torch precision, or fp32 where `--precision` was left to
+    auto (or unset) and the engine has no kernels for what auto chose; the note says so. An explicit precision the
+    engine cannot run is kept, for `compile_encoder` to refuse with the way out."""
+    precision = precision_of(encoder)
+    if engine not in RUNTIMES or requested not in (None, "auto") or precision in RUNTIMES[engine].precisions:
+        return precision, None
+    return "fp32", f"--engine {engine} runs fp32: it has no {precision} kernels on the CPU (auto chose {precision})"
+
+
 def compile_encoder(
     encoder: Encoder,
     engine: str,
@@ -119,6 +129,7 @@ def compile_encoder(
     quantize: str | None = None,
     calibration: Sequence[np.ndarray] | None = None,
     threads: int | None = None,
+    precision: str | None = None,
 ) -> Encoder:
     """The encoder with its towers exported to `engine` (from the cache when done before) and compiled.
 
@@ -131,6 +142,7 @@ def compile_encoder(
         quantize: "int8", or None for float.
         calibration: (3, H, W) float32 preprocessed images calibrating int8 (a few hundred of the user's own).
         threads: Threads of the engine; torch's when None.
+        precision: "fp32" or "bf16" instead of the encoder's own (see `engine_precision`).
 
     Raises:
         PictagError: an engine not installed, a precision or device it does not run, or int8 without calibration.
@@ -142,7 +154,7 @@ def compile_encoder(
     found = runtime(engine)
     if encoder.device.type != "cpu":
         raise PictagError(f"--engine {engine} runs on the CPU, not {encoder.device}: use --engine torch on GPUs")
-    precision = precision_of(encoder)
+    precision = precision or precision_of(encoder)
     found.check_precision(precision)
     if quantize not in (None, "int8"):
         raise PictagError(f"--quantize {quantize!r} is unknown: use int8")
