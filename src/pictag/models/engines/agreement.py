@@ -7,6 +7,7 @@ held-out images (what an embedding store is searched for).
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import torch
@@ -69,6 +70,57 @@ def measure_agreement(reference: torch.Tensor, candidate: torch.Tensor, head=Non
     mask = ref > -2.0
     delta = (ref - got).abs()[mask].mean().item() if mask.any() else 0.0
     return Agreement(len(reference), top1, delta, cosine.min().item() if len(cosine) else 1.0, over, **kwargs)
+
+
+@dataclass
+class Calibration:
+    """Images of a source for int8: identified by their bytes, decoded only when a quantization is built.
+
+    Attributes:
+        records: (key, encoded bytes) of the images.
+        digest: Identifies the images' content and the preprocessing, for cache keys.
+    """
+
+    records: list[tuple[str, bytes]]
+    encoder: Encoder
+
+    @property
+    def digest(self) -> str:
+        h = hashlib.sha256(self.encoder.preprocess.fingerprint.encode())
+        for key, data in self.records:
+            h.update(f"{key}\0{len(data)}\0".encode() + hashlib.sha256(data).digest())
+        return h.hexdigest()[:20]
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def pixels(self) -> torch.Tensor:
+        """The images, preprocessed: (N, 3, H, W) float32 (those that fail to decode left out)."""
+        from pictag.data.decode import DecodeError, decode_image
+
+        preprocess, crops = self.encoder.preprocess, []
+        for _, data in self.records:
+            try:
+                crops.append(torch.from_numpy(preprocess.crop(decode_image(data, preprocess.min_decode_size))))
+            except DecodeError:
+                continue
+        if not crops:
+            return torch.empty(0, 3, *preprocess.size)
+        return preprocess.normalize(torch.stack(crops))
+
+
+def first_records(source, count: int) -> list[tuple[str, bytes]]:
+    """(key, bytes) of the first `count` readable records of a source, in plan order; nothing is decoded."""
+    from pictag.pipeline.plan import plan_units
+
+    found = []
+    for unit in plan_units(source):
+        for record in unit.shard.read():
+            if record.data:
+                found.append((record.key, record.data))
+                if len(found) == count:
+                    return found
+    return found
 
 
 def sample_pixels(source, encoder: Encoder, count: int, batch_size: int = 64) -> torch.Tensor:

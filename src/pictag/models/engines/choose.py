@@ -12,13 +12,15 @@ import os
 import platform
 import sys
 import time
+from dataclasses import asdict
+from typing import Any
 
 import torch
 
 from pictag.config import cache_dir
 from pictag.errors import PictagError
 from pictag.models.base import Encoder
-from pictag.models.engines.agreement import HELD_OUT, Agreement, measure_agreement, sample_pixels
+from pictag.models.engines.agreement import HELD_OUT, Agreement, Calibration, first_records, measure_agreement
 from pictag.models.engines.encoder import _library_versions, compile_encoder, engine_precision, precision_of
 from pictag.models.engines.runtimes import RUNTIMES
 
@@ -43,10 +45,11 @@ def engine_for(encoder: Encoder, options, source=None) -> Encoder:
     if quantize:
         if source is None:
             raise PictagError("--quantize int8 calibrates on the job's own images: it needs a SOURCE")
-        pixels = sample_pixels(source, encoder, options.calibration_images + HELD_OUT)
-        if not len(pixels):
-            raise PictagError("--quantize int8: the source has no decodable image to calibrate on")
-        calibration, held, held_out = split_held_out(pixels, options.calibration_images)
+        records = first_records(source, options.calibration_images + HELD_OUT)
+        if not records:
+            raise PictagError("--quantize int8: the source has no readable image to calibrate on")
+        calibrate, check, held_out = split_held_out(records, options.calibration_images)
+        calibration, held = Calibration(calibrate, encoder), Calibration(list(check), encoder)
     engine = options.engine
     if engine == "auto":
         engine = choose_engine(
@@ -61,12 +64,35 @@ def engine_for(encoder: Encoder, options, source=None) -> Encoder:
         say(note)
     compiled = compile_encoder(encoder, engine, quantize=quantize, calibration=calibration, precision=precision)
     if quantize:
-        agreement = int8_agreement(encoder, compiled, held, _head(encoder, options), held_out=held_out)
+        agreement = _cached_agreement(encoder, compiled, held, options, held_out)
         check_agreement(agreement, engine, options.min_agreement, options.strict)
     return compiled
 
 
-def split_held_out(pixels: torch.Tensor, calibrate: int) -> tuple[list, torch.Tensor, bool]:
+def _cached_agreement(encoder: Encoder, compiled, held: Calibration, options, held_out: bool) -> Agreement:
+    """int8's agreement on the held-out images, measured once per quantized model, images and labels."""
+    labels = getattr(options, "labels", None) or getattr(options, "labels_file", None)
+    head_id = None
+    if labels and encoder.has_text:
+        from pictag.prompts import load_templates, parse_labels
+
+        head_id = [parse_labels(options.labels, options.labels_file), load_templates(options.templates)]
+    key = {"int8": compiled.compiled.folders["image"], "held_out": held.digest, "head": head_id}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+    path = cache_dir() / "engines" / "agreement" / f"{digest}.json"
+    try:
+        return Agreement(**json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError):
+        pass
+    agreement = int8_agreement(encoder, compiled, held.pixels(), _head(encoder, options), held_out=held_out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(asdict(agreement)))
+    os.replace(tmp, path)
+    return agreement
+
+
+def split_held_out(pixels, calibrate: int) -> tuple[list, Any, bool]:
     """(calibration images, held-out images, whether they differ): the first `calibrate`, then the rest.
 
     With no image left after `calibrate`, a third is held out; with fewer than 3 images, all serve both.
@@ -165,7 +191,7 @@ def choose_engine(
     if not candidates:
         raise PictagError(f"--engine auto found no engine for {quantize or precision}: {'; '.join(skipped.values())}")
     height, width = encoder.preprocess.size
-    pixels = torch.stack(calibration[:batch]) if calibration else torch.randn(batch, 3, height, width)
+    pixels = torch.randn(batch, 3, height, width)  # speed does not depend on the pixels
     rates = {name: 0.0 for name in candidates}
     for _ in range(rounds):
         for name, candidate in candidates.items():

@@ -37,6 +37,7 @@ class Compiled:
         export_s: Seconds each tower's export took (when it was built), by tower name.
         load_s: Seconds each tower took to load from the cache, by tower name.
         hits: Whether each tower was already in the cache.
+        folders: Each tower's cache entry.
     """
 
     engine: str
@@ -44,6 +45,7 @@ class Compiled:
     export_s: dict[str, float] = field(default_factory=dict)
     load_s: dict[str, float] = field(default_factory=dict)
     hits: dict[str, bool] = field(default_factory=dict)
+    folders: dict[str, str] = field(default_factory=dict)
 
 
 class EngineEncoder(Encoder):
@@ -127,7 +129,7 @@ def compile_encoder(
     engine: str,
     *,
     quantize: str | None = None,
-    calibration: Sequence[np.ndarray] | None = None,
+    calibration=None,
     threads: int | None = None,
     precision: str | None = None,
 ) -> Encoder:
@@ -140,7 +142,8 @@ def compile_encoder(
         encoder: A torch encoder on the CPU; its `autocast_dtype` is the precision to run.
         engine: "torch" (the encoder itself), "onnx" or "openvino".
         quantize: "int8", or None for float.
-        calibration: (3, H, W) float32 preprocessed images calibrating int8 (a few hundred of the user's own).
+        calibration: Images calibrating int8 (a few hundred of the user's own): (3, H, W) float32 preprocessed
+            images, or a `Calibration` of encoded ones, decoded only when the quantization is not cached yet.
         threads: Threads of the engine; torch's when None.
         precision: "fp32" or "bf16" instead of the encoder's own (see `engine_precision`).
 
@@ -163,6 +166,7 @@ def compile_encoder(
 
     def load(name: str, entry: Cached) -> Run:
         compiled.export_s[name], compiled.load_s[name], compiled.hits[name] = entry.build_s, entry.load_s, entry.hit
+        compiled.folders[name] = entry.folder.name
         return entry.value
 
     image = image_tower(encoder)
@@ -230,10 +234,14 @@ def _quantized(
 ) -> Cached[Run]:
     import hashlib
 
-    digest = hashlib.sha256()
-    for pixels in calibration:
-        digest.update(np.ascontiguousarray(pixels, np.float32).tobytes())
-    key = {**_key(runtime, encoder, tower, "int8"), "calibration": digest.hexdigest()[:20], "images": len(calibration)}
+    if hasattr(calibration, "digest"):  # a `Calibration`: images named by their bytes, decoded only for a build
+        identity = calibration.digest
+    else:
+        digest = hashlib.sha256()
+        for pixels in calibration:
+            digest.update(np.ascontiguousarray(pixels, np.float32).tobytes())
+        identity = digest.hexdigest()[:20]
+    key = {**_key(runtime, encoder, tower, "int8"), "calibration": identity, "images": len(calibration)}
 
     def build(folder) -> None:
         log.warning(
@@ -242,9 +250,10 @@ def _quantized(
             runtime.name,
             len(calibration),
         )
+        pixels = calibration.pixels() if hasattr(calibration, "pixels") else calibration
+        inputs = [{"pixels": np.asarray(p, np.float32)[None]} for p in pixels]
         runtime.quantize(fp32_folder, inputs, folder, transformer)
 
-    inputs = [{"pixels": np.asarray(p, np.float32)[None]} for p in calibration]
     transformer = any("attention" in type(m).__name__.lower() for m in encoder.module.modules())
     return cached(
         f"{runtime.name}-int8",
