@@ -190,3 +190,19 @@ def test_bench_engines_prints_speed_agreement_and_export_times(photo_dir, tiny_h
     rows = {tuple(line.split()[:2]): line.split() for line in out[2:4]}
     assert rows["torch", "fp32"][3:5] == ["1.00x", "100.0%"] and rows["onnx", "fp32"][4] == "100.0%"
     assert rows["onnx", "fp32"][-1].endswith("s")  # the cache-hit time
+
+
+def test_embed_on_an_engine_stores_the_vectors_torch_stores(photo_dir, tiny_hf_clip, tmp_path):
+    _engine("onnx")
+    from pictag.store.store import EmbeddingStore
+
+    stores = {}
+    for engine in ("torch", "onnx"):
+        out = tmp_path / engine
+        args = ["embed", str(photo_dir), "--model", f"hf:{tiny_hf_clip}", "--device", "cpu", "--workers", "0"]
+        assert main([*args, "--engine", engine, "--dtype", "float32", "--out", str(out)]) == 0
+        stores[engine] = EmbeddingStore(out)
+    keys = list(stores["torch"].keys())
+    _, ours = stores["onnx"].get(keys)
+    _, theirs = stores["torch"].get(keys)
+    torch.testing.assert_close(torch.from_numpy(ours), torch.from_numpy(theirs), atol=1e-4, rtol=0)
