@@ -330,6 +330,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="device of (b), for both sides: cpu, cuda, cuda:N")
     parser.add_argument("--engine", nargs="+", default=None, help="(b): pictag engines: torch onnx openvino")
     parser.add_argument("--precision", nargs="+", default=None, help="(b): pictag precisions: fp32 bf16 int8")
+    parser.add_argument("--e2e-repeat", type=int, default=2, help="runs of each side in (b), alternating")
     args = parser.parse_args()
     variants = end_to_end_variants(args.engine, args.precision) if args.engine or args.precision else None
     if not HYMENOPTERA.is_dir():
@@ -343,7 +344,9 @@ def main() -> None:
         every, n = hymenoptera, 2 * args.batch_size
         # At 1,000 labels the pipeline pays the same text pass for every batch, so its rate holds on fewer images;
         # pictag pays its text pass once per run, so it runs over all of them, the regime of a real job.
-        bench_end_to_end(every, [10, 1000], args.batch_size, {10: len(every), 1000: n}, 2, args.device, variants)
+        bench_end_to_end(
+            every, [10, 1000], args.batch_size, {10: len(every), 1000: n}, args.e2e_repeat, args.device, variants
+        )
         # The pipeline's default call (one image at a time) encodes every label again for every image.
         bench_end_to_end(every, [1000], 1, {1000: 4}, 1, args.device)
     if "rss" in args.parts:
