@@ -7,6 +7,7 @@ Skipped, with the reason, when an engine's extra is not installed (CI installs t
 from __future__ import annotations
 
 import csv
+import sys
 
 import pytest
 import torch
@@ -206,3 +207,14 @@ def test_embed_on_an_engine_stores_the_vectors_torch_stores(photo_dir, tiny_hf_c
     _, ours = stores["onnx"].get(keys)
     _, theirs = stores["torch"].get(keys)
     torch.testing.assert_close(torch.from_numpy(ours), torch.from_numpy(theirs), atol=1e-4, rtol=0)
+
+
+def test_openvino_without_the_onnx_extra_traces_the_module_itself(monkeypatch, pixels, tmp_path):
+    _engine("openvino")
+    monkeypatch.setitem(sys.modules, "onnx", None)  # as if pictag[onnx] were not installed
+    monkeypatch.setenv("PICTAG_CACHE", str(tmp_path))  # a cache of its own: the shared one has this entry via ONNX
+    torch_encoder = create_model("timm:test_efficientnet", random_weights=True, device="cpu", precision="fp32")
+    compiled = compile_encoder(torch_encoder, "openvino")
+    assert not compiled.compiled.hits["image"]
+    x = pixels(torch_encoder.preprocess)
+    torch.testing.assert_close(compiled.encode_image(x), torch_encoder.encode_image(x), atol=1e-4, rtol=0)

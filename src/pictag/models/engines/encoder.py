@@ -10,7 +10,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -215,10 +217,19 @@ def _library_versions() -> dict[str, str]:
 
 def _export(runtime: Runtime, encoder: Encoder, tower: Tower, precision: str, threads: int) -> Cached[Run]:
     # One fp32 file serves fp32 and bf16: the precision is the engine's compile-time choice, not the file's.
+    def build(folder) -> None:
+        onnx = RUNTIMES["onnx"]
+        if runtime.name == "openvino" and onnx.installed():
+            # OpenVINO converts the (cached) ONNX export: the two engines share one trace of the model.
+            exported = cached(onnx.name, _key(onnx, encoder, tower, "fp32"), partial(onnx.export, tower), Path)
+            runtime.export(tower, folder, onnx=exported.folder / onnx.file)
+        else:
+            runtime.export(tower, folder)
+
     return cached(
         runtime.name,
         _key(runtime, encoder, tower, "fp32"),
-        lambda folder: runtime.export(tower, folder),
+        build,
         lambda folder: runtime.load(folder, precision, threads),
     )
 
