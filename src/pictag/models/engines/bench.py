@@ -136,8 +136,6 @@ def _variant(reference: Encoder, engine: str, precision: str, calibration) -> Va
     if engine == "torch":
         if precision == "int8":
             raise PictagError("torch's eager path has no int8 here")
-        if precision == "bf16" and not _native_bf16():
-            raise PictagError("this CPU has no native bf16 (AVX512-BF16 or AMX)")
         return Variant(engine, precision, _TorchAt(reference, _DTYPES[precision]))
     quantize = "int8" if precision == "int8" else None
     dtype, reference.autocast_dtype = reference.autocast_dtype, _DTYPES.get(precision, torch.float32)
@@ -167,15 +165,6 @@ class _TorchAt(Encoder):
 
     def forward_image(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.source_forward(pixels)
-
-
-def _native_bf16() -> bool:
-    try:
-        with open("/proc/cpuinfo") as info:
-            flags = next((line for line in info if line.startswith("flags")), "")
-    except OSError:
-        return False
-    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
 
 
 def _embed(encoder: Encoder, pixels: torch.Tensor, batch_size: int) -> torch.Tensor:

@@ -21,7 +21,7 @@ from pictag.config import cache_dir
 from pictag.errors import PictagError
 from pictag.models.base import Encoder
 from pictag.models.engines.agreement import HELD_OUT, Agreement, Calibration, first_records, measure_agreement
-from pictag.models.engines.encoder import _library_versions, compile_encoder, engine_precision, precision_of
+from pictag.models.engines.encoder import compile_encoder, engine_precision, library_versions, precision_of
 from pictag.models.engines.runtimes import RUNTIMES
 
 
@@ -167,7 +167,7 @@ def choose_engine(
         "quantize": quantize,
         "batch": batch,
         "machine": _machine(),
-        "versions": {**_library_versions(), **{n: r.versions() for n, r in RUNTIMES.items() if r.installed()}},
+        "versions": {**library_versions(), **{n: r.versions() for n, r in RUNTIMES.items() if r.installed()}},
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
     path = cache_dir() / "engines" / "auto" / f"{digest}.json"

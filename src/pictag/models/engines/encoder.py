@@ -200,11 +200,11 @@ def _key(runtime: Runtime, encoder: Encoder, tower: Tower, stored: str) -> dict:
             for name, t in tower.example.items()
         },
         "opset": OPSET,
-        "versions": {**runtime.versions(), **_library_versions()},
+        "versions": {**runtime.versions(), **library_versions()},
     }
 
 
-def _library_versions() -> dict[str, str]:
+def library_versions() -> dict[str, str]:
     # The exported graph is traced through these libraries' code: a new version may trace another graph.
     found = {}
     for name in ("torch", "open_clip_torch", "transformers", "timm"):
