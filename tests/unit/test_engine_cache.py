@@ -200,3 +200,16 @@ def test_an_engine_without_the_auto_precision_runs_fp32_but_an_explicit_one_is_k
     assert engine_precision(bf16, "onnx", "auto")[0] == "fp32"
     assert engine_precision(bf16, "onnx", "bf16") == ("bf16", None)  # compile_encoder then refuses, naming openvino
     assert engine_precision(bf16, "openvino", None) == ("bf16", None)
+
+
+def test_text_prototypes_are_cached_apart_per_text_precision(tiny_hf_clip):
+    from pictag.heads.zero_shot import ZeroShotClassifier
+    from pictag.models import create_model
+
+    encoder = create_model(f"hf:{tiny_hf_clip}", device="cpu", precision="bf16")
+    bf16 = ZeroShotClassifier(encoder, ["cat", "dog"]).prototypes
+    encoder.autocast_dtype = torch.float32
+    fp32 = ZeroShotClassifier(encoder, ["cat", "dog"]).prototypes
+    # An exact fp32 run never reads back prototypes a bf16 run computed.
+    torch.testing.assert_close(fp32, ZeroShotClassifier(encoder, ["cat", "dog"], use_cache=False).prototypes)
+    assert not torch.equal(fp32, bf16)

@@ -64,6 +64,7 @@ class EngineEncoder(Encoder):
         image: Run,
         text: TextTower | None,
         load_text: Callable[[Tower], Run] | None,
+        text_precision: str = "fp32",
     ):
         super().__init__(
             source.spec,
@@ -76,6 +77,8 @@ class EngineEncoder(Encoder):
         )
         self.has_text = text is not None
         self.compiled = compiled
+        # What computes the text prototypes (the zero-shot head's cache key): int8 leaves the text tower float.
+        self.text_setup = f"{compiled.engine}:{text_precision}"
         self._image, self._text, self._load_text = image, text, load_text
         self._text_runs: dict[int | None, Run] = {}
 
@@ -184,7 +187,7 @@ def compile_encoder(
         return load(tower.name, _export(found, encoder, tower, precision, threads))
 
     text = text_tower(encoder)
-    return EngineEncoder(encoder, compiled, image_run, text, load_text if text else None)
+    return EngineEncoder(encoder, compiled, image_run, text, load_text if text else None, precision)
 
 
 def _key(runtime: Runtime, encoder: Encoder, tower: Tower, stored: str) -> dict:
