@@ -531,6 +531,7 @@ class LabelmeCropsConfig(Checked):
     max_pixels: int = DEFAULT_MAX_PIXELS
 
 
+@dataclass(kw_only=True)
 class TrainConfig(RuntimeOptions, ModelOptions):
     """Everything `pictag train` takes.
 
@@ -637,6 +638,7 @@ class ExportConfig:
     overwrite: bool = False
 
 
+@dataclass(kw_only=True)
 class BenchEnginesConfig(Checked, ModelOptions, LabelOptions):
     """Everything `pictag bench-engines` takes.
 
