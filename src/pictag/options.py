@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
 from pictag.config import option_name
-from pictag.data.decode import DEFAULT_MAX_PIXELS
+from pictag.data.decode import DEFAULT_MAX_ASPECT_RATIO, DEFAULT_MAX_PIXELS
 from pictag.errors import PictagError
 from pictag.models.registry import default_model
 
@@ -79,13 +79,16 @@ class RuntimeOptions(Checked):
         workers: Data-loading processes that read and decode images (one per core beside a GPU, half the cores
             on a CPU, when unset).
         max_pixels: Larger images are refused as decompression bombs.
+        max_aspect_ratio: Images whose long side is more than this many times their short side are refused (their
+            resize to the model's size would take gigabytes).
     """
 
-    _at_least: ClassVar[dict[str, int]] = {"batch_size": 1, "workers": 0, "max_pixels": 1}
+    _at_least: ClassVar[dict[str, int]] = {"batch_size": 1, "workers": 0, "max_pixels": 1, "max_aspect_ratio": 1}
 
     batch_size: int = 64
     workers: int | None = None
     max_pixels: int = DEFAULT_MAX_PIXELS
+    max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO
 
 
 @dataclass(kw_only=True)
