@@ -67,7 +67,9 @@ def check_template(template: object) -> str:
     if not isinstance(template, str):
         raise PictagError(f"templates must be strings, got {type(template).__name__} {_short(template)}")
     try:
-        fields = [(name, spec, conversion) for _, name, spec, conversion in _FORMATTER.parse(template) if name is not None]
+        fields = [
+            (name, spec, conversion) for _, name, spec, conversion in _FORMATTER.parse(template) if name is not None
+        ]
     except ValueError as exc:  # an unmatched { or }
         raise PictagError(f"template {_short(template)}: {exc} (write {{{{ and }}}} for literal braces)") from None
     if fields != [("", "", None)]:

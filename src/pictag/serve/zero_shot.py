@@ -99,7 +99,8 @@ class ZeroShotService(Service[Query, Prediction]):
         """The request's classifier, then its image as the model's uint8 crop (`DecodeError` for bad images)."""
         head = self.head(params)
         preprocess = self.encoder.preprocess
-        img = decode_image(image, min_size=preprocess.min_decode_size, max_pixels=self.cfg.max_pixels)
+        img = decode_image(image, min_size=preprocess.min_decode_size, max_pixels=self.cfg.max_pixels,
+                           max_aspect_ratio=self.cfg.max_aspect_ratio)  # fmt: skip
         return Query(preprocess.crop(img), head, int(params.get("top_k") or self.cfg.top_k))
 
     def predict(self, batch: list[Query]) -> list[Prediction]:
