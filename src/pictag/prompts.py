@@ -66,6 +66,7 @@ def check_template(template: object) -> str:
     """
     if not isinstance(template, str):
         raise PictagError(f"templates must be strings, got {type(template).__name__} {_short(template)}")
+    _check_text(template, "template")
     try:
         fields = [
             (name, spec, conversion) for _, name, spec, conversion in _FORMATTER.parse(template) if name is not None
@@ -147,6 +148,8 @@ def parse_labels(
         item = entry.strip()
         if not item:
             continue
+        if not item.isascii():
+            _check_text(item, "label")
         items.append(item)
         if max_labels is not None and len(items) > max_labels:
             raise PictagError(f"more than {max_labels} labels, above the limit (max_labels)")
@@ -161,6 +164,15 @@ def parse_labels(
     if UNKNOWN in seen:
         raise PictagError(f"{UNKNOWN!r} is reserved for images below --threshold; rename that label")
     return items
+
+
+def _check_text(text: str, what: str) -> None:
+    # Lone surrogates (from JSON "\udcff" escapes, or undecodable bytes in argv) are no text: they cannot be
+    # tokenized, nor written back as UTF-8 in an answer or a results file.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise PictagError(f"{what} {_short(text)} is not valid Unicode text (it holds a lone surrogate)") from None
 
 
 def _short(value: object, limit: int = 60) -> str:

@@ -399,6 +399,8 @@ def create_app_from_env() -> FastAPI:
 def _add_error_handlers(app: FastAPI, state: App) -> None:
     def error(status: int, message: str, reason: str, headers: dict | None = None) -> JSONResponse:
         state.metrics.errors.labels(reason).inc()
+        # Messages quote the client's input, which JSON may carry as lone surrogates that UTF-8 cannot encode.
+        message = message.encode("utf-8", "backslashreplace").decode("utf-8")
         return JSONResponse({"error": message}, status, headers=headers)
 
     @app.exception_handler(ApiError)
