@@ -73,8 +73,12 @@ def _single(cfg: ServeConfig) -> str:
     # The address and the model first, outside uvicorn's startup: either failing is then one line and exit 2,
     # not a traceback from the app's lifespan.
     sock = _listen(cfg)
-    service = create_service(cfg)
-    service.setup()
+    try:
+        service = create_service(cfg)
+        service.setup()
+    except BaseException:
+        sock.close()
+        raise
     print(f"pictag serve: http://{cfg.host}:{cfg.port} ({cfg.model}, in-process worker; page at /, API docs at /docs)")
     app = create_app(cfg, service=service)
     uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
