@@ -17,7 +17,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from conftest import jpeg_bytes, photos
+from conftest import ROOT, jpeg_bytes, photos
 from pictag.serve.api import create_app
 from pictag.serve.config import ServeConfig
 
@@ -238,3 +238,20 @@ def test_healthz_answers_while_a_huge_request_is_parsed(tiny_open_clip):
     assert len(pings) >= 3 and max(pings) < heavy_s / 2, (
         f"heavy request {heavy_s:.2f}s, slowest /healthz {max(pings):.2f}s"
     )
+
+
+# --- docs/security.md stays true ------------------------------------------------------------------------------------
+def test_security_doc_lists_every_limit_and_its_example_loads(tmp_path):
+    import dataclasses
+    import re
+
+    from pictag.config import load_config
+
+    doc = (ROOT / "docs" / "security.md").read_text()
+    limits = {f.name for f in dataclasses.fields(ServeConfig) if f.name.startswith("max_") or f.name.endswith("_s")}
+    limits.discard("max_wait_ms")  # the batching window: it bounds no input
+    documented = set(re.findall(r"^\| `(\w+)` \|", doc, re.M))
+    assert limits <= documented, limits - documented
+    config = tmp_path / "serve.yaml"
+    config.write_text(re.search(r"```yaml\n(.*?)```", doc, re.S)[1])
+    assert load_config(ServeConfig, config).max_aspect_ratio == 20
