@@ -15,11 +15,14 @@ import time
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from conftest import ROOT, jpeg_bytes, photos
 from pictag.serve.api import create_app
 from pictag.serve.config import ServeConfig
+from pictag.serve.security import ApiError, check_json_depth
 
 TOKEN = "hostile-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -255,3 +258,30 @@ def test_security_doc_lists_every_limit_and_its_example_loads(tmp_path):
     config = tmp_path / "serve.yaml"
     config.write_text(re.search(r"```yaml\n(.*?)```", doc, re.S)[1])
     assert load_config(ServeConfig, config).max_aspect_ratio == 20
+
+
+# --- the depth check, as a property ---------------------------------------------------------------------------------
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(alphabet='[]{}"\\ab\u00e9', max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(alphabet='[]{}"\\k', max_size=4), inner, max_size=3)
+    ),
+    max_leaves=40,
+)
+
+
+def nesting(value) -> int:
+    if isinstance(value, dict):
+        value = list(value.values())
+    return 1 + max(map(nesting, value), default=0) if isinstance(value, list) else 0
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(value=JSON_VALUES, limit=st.integers(1, 12), ascii_only=st.booleans())
+def test_the_depth_check_agrees_with_the_parsed_nesting(value, limit, ascii_only):
+    body = json.dumps(value, ensure_ascii=ascii_only).encode()
+    if nesting(value) > limit:
+        with pytest.raises(ApiError, match="max_json_depth"):
+            check_json_depth(body, limit)
+    else:
+        check_json_depth(body, limit)

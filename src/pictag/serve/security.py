@@ -10,10 +10,10 @@ import errno
 import hmac
 import io
 import os
-import re
 import warnings
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 from starlette.exceptions import HTTPException
 
@@ -115,26 +115,31 @@ def check_image(data: bytes, max_pixels: int, max_aspect_ratio: float = DEFAULT_
 def check_json_depth(body: bytes, max_depth: int) -> None:
     """Refuse a JSON body that nests deeper than `max_depth`, before any parser recurses into it.
 
-    Linear in the body: strings are cut out, every bracket but the brackets dropped, then each pass removes the
-    innermost pairs; a pair left after `max_depth` passes lies deeper.
+    Linear, at C speed (about 0.1 s for 20 MB): escapes are dropped (so every quote left delimits a string), then
+    everything but quotes and brackets; the brackets outside strings (an even number of quotes before them) each
+    step the depth up or down, summed in chunks.
 
     Raises:
         ApiError: 400, naming the limit.
     """
-    brackets = _JSON_STRING.sub(b"", body).translate(_SQUARE, _NOT_BRACKETS)
-    if b"[" * (max_depth + 1) in brackets:  # the usual attack, found in one scan
-        raise ApiError(400, f"the JSON body nests deeper than {max_depth} levels (max_json_depth)")
-    for _ in range(max_depth):
-        if b"[]" not in brackets:
-            return
-        brackets = brackets.replace(b"[]", b"")
-    if b"[]" in brackets:
-        raise ApiError(400, f"the JSON body nests deeper than {max_depth} levels (max_json_depth)")
+    # Left to right, as JSON pairs them: an escaped backslash first, then an escaped quote.
+    data = body.replace(b"\\\\", b"").replace(b'\\"', b"").translate(None, _NOT_STRUCTURE)
+    codes = np.frombuffer(data, dtype=np.uint8)
+    quotes_before, depth = 0, 0
+    for start in range(0, len(codes), _CHUNK):
+        chunk = codes[start : start + _CHUNK]
+        quotes = np.cumsum(chunk == ord('"'), dtype=np.int32) + quotes_before
+        steps = np.where(quotes & 1, 0, _STEP[chunk])  # inside a string (its opening quote included): 0
+        depths = np.cumsum(steps, dtype=np.int32) + depth
+        if depths.max() > max_depth:
+            raise ApiError(400, f"the JSON body nests deeper than {max_depth} levels (max_json_depth)")
+        quotes_before, depth = int(quotes[-1]) & 1, int(depths[-1])
 
 
-_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
-_SQUARE = bytes.maketrans(b"{}", b"[]")
-_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_NOT_STRUCTURE = bytes(b for b in range(256) if b not in b'"[]{}')
+_CHUNK = 1 << 20
+_STEP = np.zeros(256, dtype=np.int8)
+_STEP[list(b"[{")], _STEP[list(b"]}")] = 1, -1
 
 
 async def fetch_url(url: str, allow: bool, max_bytes: int, timeout: float) -> bytes:
