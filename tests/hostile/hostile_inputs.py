@@ -126,3 +126,25 @@ def model_args(tiny_open_clip: tuple[str, Path]) -> list[str]:
     """CLI options naming the tiny random open_clip model of the `tiny_open_clip` fixture."""
     spec, checkpoint = tiny_open_clip
     return ["--model", spec, "--checkpoint", str(checkpoint), "--device", "cpu"]
+
+
+def interrupt_after_commits(monkeypatch, commits: int = 1) -> None:
+    """Make the next run stop like a Ctrl-C once `commits` units are committed (an interrupted run, in-process)."""
+    from pictag.pipeline.parts import PartStore
+
+    commit, done = PartStore.commit, []
+
+    def commit_then_interrupt(self, *args, **kwargs):
+        commit(self, *args, **kwargs)
+        done.append(1)
+        if len(done) == commits:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(PartStore, "commit", commit_then_interrupt)
+
+
+def one_line(err: str) -> str:
+    """The single line a refusal printed on stderr; fails if there is more, or a traceback."""
+    lines = [line for line in err.splitlines() if line.strip() and not line.startswith("WARNING")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]

@@ -66,7 +66,7 @@ def run(cfg: ClassifyConfig) -> ClassifyResult:
     labels = parse_labels(cfg.labels, cfg.labels_file)
     templates = load_templates(cfg.templates)
     store = EmbeddingStore(cfg.embeddings) if cfg.embeddings else None
-    cfg = dataclasses.replace(cfg, model=cfg.model or (store.manifest.model if store else default_model()))
+    cfg = dataclasses.replace(cfg, model=cfg.model or (store.manifest.model if store is not None else default_model()))
     # Named after the whole file name, so that results.csv and results.parquet never share parts.
     with Run(PartStore(out.with_name(out.name + ".parts")), out, complete=out.exists()) as output:
         output.start(cfg, _RESULT_DEFINING, resume=cfg.resume, overwrite=cfg.overwrite)

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pictag.data.decode import DEFAULT_MAX_ASPECT_RATIO, DEFAULT_MAX_PIXELS, DecodeError, decode_image
 from pictag.data.sources import Source, open_source
+from pictag.errors import PictagError
 from pictag.models.base import Encoder
 from pictag.models.preprocess import Preprocess
 from pictag.pipeline.plan import Unit, plan_units
@@ -32,6 +33,7 @@ class CropBatch:
         labels: The label of each key's record (labelled sources), else None; `texts` likewise.
         units: Ordinal of the unit of each key; `error_units` likewise for `errors`.
         finished: Units whose last record is in this batch or an earlier one from the same worker.
+        failure: Why the worker stopped (a `PictagError`'s one line), in its last batch; the run stops with it.
     """
 
     keys: list[str] = field(default_factory=list)
@@ -42,6 +44,7 @@ class CropBatch:
     units: list[int] = field(default_factory=list)
     error_units: list[int] = field(default_factory=list)
     finished: list[int] = field(default_factory=list)
+    failure: str | None = None
 
 
 @dataclass
@@ -89,6 +92,14 @@ class CropDataset(IterableDataset):
         self.max_aspect_ratio = max_aspect_ratio
 
     def __iter__(self) -> Iterator[CropBatch]:
+        try:
+            yield from self._read()
+        except PictagError as exc:
+            # Raised in a worker, it would reach the main process with the worker's traceback inside its message
+            # (DataLoader wraps it); sent as data it stays the one line the user should see.
+            yield CropBatch(failure=str(exc))
+
+    def _read(self) -> Iterator[CropBatch]:
         info = get_worker_info()
         units = self.units if info is None else self.units[info.id :: info.num_workers]
         batch = CropBatch()
@@ -152,27 +163,39 @@ class ImageFeatures:
             pin_memory=encoder.device.type == "cuda",
             prefetch_factor=4 if workers and units else None,
         )
-        waited = time.perf_counter()
-        for batch in loader:
-            started = time.perf_counter()
-            stats["data_s"] = stats.get("data_s", 0.0) + started - waited
-            if batch.keys:
-                pixels = encoder.preprocess.normalize(batch.crops.to(encoder.device, non_blocking=True))
-                features = encoder.encode_image(pixels)
-            else:
-                features = torch.empty(0, encoder.embed_dim, device=encoder.device)
+        batches = iter(loader)
+        try:
             waited = time.perf_counter()
-            stats["model_s"] = stats.get("model_s", 0.0) + waited - started
-            yield EmbeddingBatch(
-                batch.keys,
-                features,
-                batch.errors,
-                batch.labels,
-                batch.texts,
-                batch.units,
-                batch.error_units,
-                batch.finished,
-            )
+            for batch in batches:
+                if batch.failure is not None:
+                    raise PictagError(batch.failure)
+                started = time.perf_counter()
+                stats["data_s"] = stats.get("data_s", 0.0) + started - waited
+                if batch.keys:
+                    pixels = encoder.preprocess.normalize(batch.crops.to(encoder.device, non_blocking=True))
+                    features = encoder.encode_image(pixels)
+                else:
+                    features = torch.empty(0, encoder.embed_dim, device=encoder.device)
+                waited = time.perf_counter()
+                stats["model_s"] = stats.get("model_s", 0.0) + waited - started
+                yield EmbeddingBatch(
+                    batch.keys,
+                    features,
+                    batch.errors,
+                    batch.labels,
+                    batch.texts,
+                    batch.units,
+                    batch.error_units,
+                    batch.finished,
+                )
+        finally:
+            # Stop the workers here, however the loop ends (an error in a worker or in this process, or the
+            # consumer closing the generator), rather than leave them, their queues and threads to the interpreter's
+            # exit, where they aborted the process after the error's one line (exit 134, "terminate called without
+            # an active exception").
+            shutdown = getattr(batches, "_shutdown_workers", None)
+            if shutdown is not None:
+                shutdown()
 
 
 def iter_embeddings(

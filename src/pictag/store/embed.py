@@ -14,7 +14,15 @@ from pictag.options import EmbedConfig
 from pictag.pipeline.job import Job, JobResult, Run, run_job
 from pictag.pipeline.parts import ERRORS_SCHEMA, PartStore, write_table
 from pictag.pipeline.runner import EmbeddingBatch, image_features
-from pictag.store.store import DTYPES, MANIFEST, SHARD_WRITE_OPTIONS, Manifest, embedding_table, shard_schema
+from pictag.store.store import (
+    DTYPES,
+    MANIFEST,
+    SHARD_WRITE_OPTIONS,
+    Manifest,
+    describe_shards,
+    embedding_table,
+    shard_schema,
+)
 
 # Options that change what the stored vectors are: a resumed run must keep them.
 _RESULT_DEFINING = (
@@ -47,7 +55,10 @@ def run(cfg: EmbedConfig) -> EmbedResult:
         raise PictagError(f"--dtype must be one of {', '.join(DTYPES)}, not {cfg.dtype!r}")
     out = Path(cfg.out)
     manifest_path = out / MANIFEST
-    if not manifest_path.is_file() and out.is_dir() and any(out.iterdir()) and not cfg.overwrite:
+    # A folder with pictag's lock is a store being written (its manifest comes after the model loads): the lock
+    # decides, and names the process that holds it.
+    foreign = out.is_dir() and not (out / ".lock").exists() and any(out.iterdir())
+    if not manifest_path.is_file() and foreign and not cfg.overwrite:
         raise PictagError(f"{out} exists and is not an embedding store: choose an empty or new folder")
     # The store's shards are the job's parts: one per unit of work, in plan order.
     with Run(
@@ -82,7 +93,8 @@ def run(cfg: EmbedConfig) -> EmbedResult:
         schema = shard_schema(encoder.embed_dim, cfg.dtype)
         stats = run_job(Job("embed", units, features, rows, schema, output.parts, workers))
         errors_out, manifest.errors = write_table(out / "errors.csv", output.parts.tables(errors=True), ERRORS_SCHEMA)
-        manifest.count = output.parts.rows()
+        manifest.shards = describe_shards(output.parts.parts())
+        manifest.count = sum(shard["rows"] for shard in manifest.shards)
         manifest.complete = True
         manifest.write(out)
         output.finish()
