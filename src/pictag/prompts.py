@@ -116,6 +116,19 @@ def load_templates(name_or_path: str | Sequence[str] = "simple", max_templates: 
     return [check_template(t) for t in templates]
 
 
+def request_templates(templates: object, max_templates: int | None = None) -> str | list[str]:
+    """Templates as a client may name them: a built-in name, or a list of templates; never a file on the server.
+
+    Raises:
+        PictagError: any other string, or a list `load_templates` refuses.
+    """
+    if isinstance(templates, str):
+        if templates not in BUILTIN_TEMPLATES:
+            raise PictagError(f"unknown templates {_short(templates)}: use {', '.join(BUILTIN_TEMPLATES)}, or a list")
+        return templates
+    return load_templates(templates, max_templates)
+
+
 def parse_labels(
     labels: str | Sequence[str] | None = None,
     labels_file: str | os.PathLike | None = None,

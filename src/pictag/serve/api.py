@@ -30,7 +30,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
 from pictag.errors import PictagError
-from pictag.prompts import BUILTIN_TEMPLATES, load_templates, parse_labels
+from pictag.prompts import parse_labels, request_templates
 from pictag.serve.config import ServeConfig
 from pictag.serve.metrics import ApiMetrics, RecordRequests
 from pictag.serve.security import (
@@ -150,13 +150,7 @@ class App:
         if templates:
             if isinstance(templates, str) and templates.lstrip().startswith("["):
                 templates = _json(templates, "templates")
-            if isinstance(templates, str):
-                # Only built-in names: any other string would be read as a file, and files are the server's business.
-                if templates not in BUILTIN_TEMPLATES:
-                    raise ApiError(400, f"unknown templates {templates[:60]!r}: use simple, imagenet80, or a list")
-            else:
-                templates = load_templates(templates, cfg.max_templates)
-            params["templates"] = templates
+            params["templates"] = request_templates(templates, cfg.max_templates)
         if top_k is not None:
             try:
                 top_k = int(top_k)

@@ -13,7 +13,7 @@ import torch
 from pictag.data.decode import decode_image
 from pictag.errors import PictagError
 from pictag.heads.zero_shot import ZeroShotClassifier
-from pictag.prompts import BUILTIN_TEMPLATES, load_templates, parse_labels
+from pictag.prompts import parse_labels, request_templates
 from pictag.serve.config import ServeConfig
 from pictag.serve.service import Service, register_service
 
@@ -90,9 +90,7 @@ class ZeroShotService(Service[Query, Prediction]):
         if not labels:
             raise PictagError("no labels: send labels with the request, or set labels in serve.yaml")
         templates = params.get("templates")
-        if isinstance(templates, str) and templates not in BUILTIN_TEMPLATES:
-            raise PictagError(f"unknown templates {templates[:60]!r}: use simple, imagenet80, or a list")
-        templates = load_templates(templates, cfg.max_templates) if templates else cfg.templates
+        templates = request_templates(templates, cfg.max_templates) if templates else cfg.templates
         key = (tuple(labels), templates if isinstance(templates, str) else tuple(templates))
         head = self._heads.get(key)
         if head is None:
