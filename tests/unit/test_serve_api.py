@@ -186,7 +186,8 @@ def test_bearer_token(tiny_open_clip, cat, monkeypatch):
         assert wrong.status_code == 401 and wrong.headers["www-authenticate"] == "Bearer"
         ok = c.post("/v1/classify", files=files, data=data, headers={"Authorization": "Bearer s3cret"})
         assert ok.status_code == 200
-        assert c.get("/healthz").status_code == 200 and c.get("/v1/info").json()["auth"] is True
+        assert c.get("/healthz").status_code == 200 and c.get("/v1/info").status_code == 401
+        assert c.get("/v1/info", headers={"Authorization": "Bearer s3cret"}).json()["auth"] is True
 
 
 def test_url_fetching_when_allowed(tiny_open_clip, roots):

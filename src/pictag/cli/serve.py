@@ -46,16 +46,42 @@ def _needs_redis(cfg: ServeConfig, mode: str) -> None:
                           "`pictag serve`")  # fmt: skip
 
 
+def _listen(cfg: ServeConfig):
+    """The bound listening socket, or one line saying why the address cannot be had (in use, not allowed)."""
+    import os
+    import socket
+
+    from pictag.errors import PictagError
+
+    family = socket.AF_INET6 if ":" in cfg.host else socket.AF_INET
+    try:
+        return socket.create_server((cfg.host, cfg.port), family=family, backlog=2048)
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise PictagError(f"cannot listen on {cfg.host}:{cfg.port}: {reason}; pick another --port or --host") from None
+
+
 def _single(cfg: ServeConfig) -> str:
     import dataclasses
 
     import uvicorn
 
     from pictag.serve.api import create_app
+    from pictag.serve.service import create_service
 
     cfg = dataclasses.replace(cfg, redis_url=None)
+    # The address and the model first, outside uvicorn's startup: either failing is then one line and exit 2,
+    # not a traceback from the app's lifespan.
+    sock = _listen(cfg)
+    try:
+        service = create_service(cfg)
+        service.setup()
+    except BaseException:
+        sock.close()
+        raise
     print(f"pictag serve: http://{cfg.host}:{cfg.port} ({cfg.model}, in-process worker; page at /, API docs at /docs)")
-    uvicorn.run(create_app(cfg), host=cfg.host, port=cfg.port, log_level="warning")
+    app = create_app(cfg, service=service)
+    uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
     return ""
 
 
@@ -70,6 +96,7 @@ def _api_processes(cfg: ServeConfig) -> str:
     from pictag.serve.api import CONFIG_ENV, create_app
 
     _needs_redis(cfg, "api")
+    _listen(cfg).close()  # the address is free and allowed: one line now rather than a log line from each process
     processes = cfg.processes
     print(f"pictag serve api: http://{cfg.host}:{cfg.port}, {processes} process(es), queue {cfg.redis_url}")
     if processes <= 1:

@@ -12,26 +12,37 @@ import binascii
 import json
 import logging
 import os
-import re
 import threading
 import time
 import uuid
 from contextlib import asynccontextmanager
+from functools import partial
 from importlib import resources
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.security import HTTPBearer
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
 from pictag.errors import PictagError
-from pictag.prompts import load_templates, parse_labels
+from pictag.prompts import parse_labels, request_templates
 from pictag.serve.config import ServeConfig
 from pictag.serve.metrics import ApiMetrics, RecordRequests
-from pictag.serve.security import ApiError, BodyLimit, check_image, check_token, fetch_url, read_path
-from pictag.serve.service import create_service
+from pictag.serve.security import (
+    ApiError,
+    BodyLimit,
+    check_image,
+    check_json_depth,
+    check_token,
+    fetch_url,
+    read_path,
+)
+from pictag.serve.service import Service, create_service
 from pictag.serve.transport import create_transport
 from pictag.serve.transport.base import Message, QueueFull, ReplyTo, Transport, TransportUnavailable
 from pictag.serve.worker import Worker
@@ -39,7 +50,8 @@ from pictag.serve.worker import Worker
 log = logging.getLogger(__name__)
 
 CONFIG_ENV = "PICTAG_SERVE_CONFIG"
-_TEMPLATE_NAME = re.compile(r"[A-Za-z0-9_-]+")
+# Form fields that hold text; a file sent under one of these names is refused, not read as text.
+_TEXT_FIELDS = ("path", "url", "labels", "templates", "top_k")
 
 
 class ImageInput(BaseModel):
@@ -81,6 +93,7 @@ def _form_schema(*image_fields: str) -> dict:
 
 
 def _request_body(json_model: type[BaseModel], form: dict) -> dict:
+    # The JSON model is referenced here, and defined under components.schemas by `_openapi`.
     return {
         "requestBody": {
             "required": True,
@@ -95,8 +108,9 @@ def _request_body(json_model: type[BaseModel], form: dict) -> dict:
 class App:
     """State shared by the routes of one app: config, transport, metrics, and the in-process worker if any."""
 
-    def __init__(self, cfg: ServeConfig, transport: Transport | None = None):
+    def __init__(self, cfg: ServeConfig, transport: Transport | None = None, service: Service | None = None):
         self.cfg = cfg
+        self.service = service
         self.token = cfg.token()
         self.default_labels = parse_labels(cfg.labels, cfg.labels_file) if cfg.labels or cfg.labels_file else None
         self.in_process = transport is None and not cfg.redis_url
@@ -108,8 +122,10 @@ class App:
     async def start(self) -> None:
         if not self.in_process:
             return
-        service = create_service(self.cfg)
-        await asyncio.to_thread(service.setup)
+        service = self.service
+        if service is None:
+            service = create_service(self.cfg)
+            await asyncio.to_thread(service.setup)
         worker = Worker(service, self.transport, self.cfg.batch_size, self.cfg.max_wait_ms)
         self._thread = threading.Thread(target=worker.run, args=(self._stop,), name="pictag-worker", daemon=True)
         self._thread.start()
@@ -121,36 +137,54 @@ class App:
         await self.transport.aclose()
 
     # --- request parsing ------------------------------------------------------------------------------------------
+    # Everything here that costs CPU in proportion to the request (JSON, base64, labels, image headers) runs in
+    # the thread pool: on the event loop, one 40,000-label request held /healthz and every other client for 15 s.
     def params(self, labels, templates, top_k) -> dict:
         """Validated labels, templates and top_k of a request (None: the worker's defaults)."""
+        cfg = self.cfg
         params: dict = {}
         if labels:
-            params["labels"] = parse_labels(labels)
-            if len(params["labels"]) > self.cfg.max_labels:
-                raise ApiError(400, f"{len(params['labels'])} labels, above the limit of {self.cfg.max_labels}")
-        elif not self.default_labels and self.cfg.service != "trained":  # a trained run brings its own classes
+            params["labels"] = parse_labels(labels, max_labels=cfg.max_labels)
+        elif not self.default_labels and cfg.service != "trained":  # a trained run brings its own classes
             raise ApiError(400, "no labels: send labels (e.g. labels=cat,dog), or set labels in serve.yaml")
         if templates:
-            if isinstance(templates, str) and templates.startswith("["):
+            if isinstance(templates, str) and templates.lstrip().startswith("["):
                 templates = _json(templates, "templates")
-            if isinstance(templates, str):
-                # Only built-in names: a string is otherwise read as a file, and files are the server's business.
-                is_builtin = (resources.files("pictag") / "templates" / f"{templates}.txt").is_file()
-                if not _TEMPLATE_NAME.fullmatch(templates) or not is_builtin:
-                    raise ApiError(400, f"unknown templates {templates!r}: use simple, imagenet80, or a list")
-            elif len(templates) > 100:
-                raise ApiError(400, f"{len(templates)} templates, above the limit of 100")
-            load_templates(templates)
-            params["templates"] = templates
+            params["templates"] = request_templates(templates, cfg.max_templates)
         if top_k is not None:
             try:
                 top_k = int(top_k)
-            except ValueError:
-                raise ApiError(400, f"top_k must be a whole number, got {top_k!r}") from None
+            except (TypeError, ValueError):
+                raise ApiError(422, f"top_k must be a whole number, got {str(top_k)[:30]!r}") from None
             if top_k < 1:
-                raise ApiError(400, "top_k must be at least 1")
+                raise ApiError(422, "top_k must be at least 1")
             params["top_k"] = top_k
         return params
+
+    def parse_json(self, body: bytes, many: bool) -> tuple[list[dict], dict]:
+        """The image items and params of a JSON body, its depth checked before it is parsed."""
+        check_json_depth(body, self.cfg.max_json_depth)
+        try:
+            data = json.loads(body)
+        except ValueError:
+            raise ApiError(400, "the body is not valid JSON") from None
+        model = JobJSON if many else ClassifyJSON
+        try:
+            parsed = model.model_validate(data)
+        except ValueError as exc:
+            raise ApiError(422, f"invalid request: {_first_error(exc)}") from None
+        params = self.params(parsed.labels, parsed.templates, parsed.top_k)
+        if many:
+            return [i.model_dump() for i in parsed.images], params
+        return [parsed.model_dump(include={"image_base64", "path", "url"})], params
+
+    def checked(self, data: bytes) -> bytes:
+        """`data`, once its size and its header's pixels and shape pass the limits."""
+        cfg = self.cfg
+        if len(data) > cfg.max_upload_bytes:
+            raise ApiError(413, f"the image is {len(data):,} bytes, above the {cfg.max_upload_bytes:,}-byte limit")
+        check_image(data, cfg.max_pixels, cfg.max_aspect_ratio)
+        return data
 
     async def image(self, image_base64=None, path=None, url=None, upload: bytes | None = None) -> bytes:
         """The bytes of the one image a request names, after the size and pixel checks."""
@@ -159,17 +193,14 @@ class App:
             raise ApiError(400, "send exactly one image: a file upload, image_base64, path or url")
         cfg = self.cfg
         if upload is not None:
-            data = upload
-        elif image_base64:
-            data = _b64(image_base64)
-        elif path:
-            data = await asyncio.to_thread(read_path, path, cfg.allowed_roots, cfg.max_upload_bytes)
+            return await run_in_threadpool(self.checked, upload)
+        if image_base64:
+            return await run_in_threadpool(lambda: self.checked(_b64(image_base64)))
+        if path:
+            data = await run_in_threadpool(read_path, path, cfg.allowed_roots, cfg.max_upload_bytes)
         else:
             data = await fetch_url(url, cfg.allow_urls, cfg.max_upload_bytes, cfg.url_timeout_s)
-        if len(data) > cfg.max_upload_bytes:
-            raise ApiError(413, f"the image is {len(data):,} bytes, above the {cfg.max_upload_bytes:,}-byte limit")
-        check_image(data, cfg.max_pixels)
-        return data
+        return await run_in_threadpool(self.checked, data)
 
     async def read(self, request: Request, many: bool) -> tuple[list[bytes], dict]:
         """Images and params from a multipart form or a JSON body."""
@@ -177,31 +208,26 @@ class App:
         limit = self.cfg.max_job_items if many else 1
         if ctype.startswith("multipart/form-data"):
             form = await request.form(max_files=limit, max_fields=100)
-            uploads = [f for f in form.getlist("image") if not isinstance(f, str)]
-            items = [dict(upload=await f.read()) for f in uploads]
-            paths, urls = form.getlist("path"), form.getlist("url")
-            items += [dict(path=p) for p in paths] + [dict(url=u) for u in urls]
-            templates = form.getlist("templates")
-            templates = templates[0] if len(templates) == 1 else templates
-            params = self.params(form.get("labels"), templates, form.get("top_k"))
+            items: list[dict] = []
+            fields: dict[str, list[str]] = {}
+            for name, value in form.multi_items():
+                if name == "image":
+                    if not isinstance(value, UploadFile):
+                        raise ApiError(422, "form field 'image' must be a file upload (send path or url as such)")
+                    items.append(dict(upload=await value.read()))
+                elif name in _TEXT_FIELDS:
+                    if not isinstance(value, str):
+                        raise ApiError(422, f"form field {name!r} must be text, not a file")
+                    fields.setdefault(name, []).append(value)
+            items += [dict(path=p) for p in fields.get("path", [])] + [dict(url=u) for u in fields.get("url", [])]
+            labels, templates, top_k = (_one_or_list(fields.get(name)) for name in ("labels", "templates", "top_k"))
+            if isinstance(top_k, list):
+                raise ApiError(422, "send top_k once")
+            params = await run_in_threadpool(self.params, labels, templates, top_k)
             if not items:
                 items = [{}]
         elif ctype.startswith("application/json"):
-            try:
-                body = await request.json()
-            except ValueError:
-                raise ApiError(400, "the body is not valid JSON") from None
-            model = JobJSON if many else ClassifyJSON
-            try:
-                parsed = model.model_validate(body)
-            except ValueError as exc:
-                raise ApiError(422, f"invalid request: {_first_error(exc)}") from None
-            params = self.params(parsed.labels, parsed.templates, parsed.top_k)
-            items = (
-                [i.model_dump() for i in parsed.images]
-                if many
-                else [parsed.model_dump(include={"image_base64", "path", "url"})]
-            )
+            items, params = await run_in_threadpool(self.parse_json, await request.body(), many)
         else:
             raise ApiError(415, "send multipart/form-data (image=@file) or application/json (image_base64, path)")
         if len(items) > limit:
@@ -211,14 +237,17 @@ class App:
         return [await self.image(**item) for item in items], params
 
 
-def create_app(cfg: ServeConfig, transport: Transport | None = None) -> FastAPI:
+def create_app(cfg: ServeConfig, transport: Transport | None = None, service: Service | None = None) -> FastAPI:
     """The serving app for a config.
 
     Args:
         cfg: Serving options (serve.yaml).
         transport: Use this transport instead of the one the config names (tests).
+        service: The in-process worker's service, already set up (`pictag serve` loads the model before it
+            listens, so a model that cannot load is one line, not a failed startup); made and set up at startup
+            when None.
     """
-    state = App(cfg, transport)
+    state = App(cfg, transport, service)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
@@ -239,8 +268,12 @@ def create_app(cfg: ServeConfig, transport: Transport | None = None) -> FastAPI:
     app.add_middleware(RecordRequests, metrics=state.metrics)
     _add_error_handlers(app, state)
 
-    def authorize(request: Request) -> None:
+    # Auth belongs to the router, not to each route, so a /v1 route cannot be added without it. HTTPBearer (which
+    # checks nothing itself) declares the scheme in the OpenAPI description.
+    async def authorize(request: Request, _scheme=Depends(HTTPBearer(auto_error=False))) -> None:
         check_token(request.headers.get("authorization"), state.token)
+
+    v1 = APIRouter(prefix="/v1", dependencies=[Depends(authorize)])
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page():
@@ -266,25 +299,25 @@ def create_app(cfg: ServeConfig, transport: Transport | None = None) -> FastAPI:
             health = None
         return Response(state.metrics.render(health), media_type="text/plain; version=0.0.4")
 
-    @app.get("/v1/info", summary="Model, default labels and limits")
+    @v1.get("/info", summary="Model, default labels and limits")
     async def info():
+        limits = ("max_upload_bytes", "max_pixels", "max_aspect_ratio", "max_labels", "max_templates",
+                  "max_json_depth", "max_job_items", "request_timeout_s")  # fmt: skip
         return {
             "model": cfg.model,
             "labels": state.default_labels,
             "templates": cfg.templates,
             "top_k": cfg.top_k,
             "auth": state.token is not None,
-            "max_upload_bytes": cfg.max_upload_bytes,
-            "max_pixels": cfg.max_pixels,
+            **{name: getattr(cfg, name) for name in limits},
         }
 
-    @app.post(
-        "/v1/classify",
+    @v1.post(
+        "/classify",
         summary="Classify one image and wait for the answer",
         openapi_extra=_request_body(ClassifyJSON, _form_schema("image")),
     )
     async def classify(request: Request):
-        authorize(request)
         started = time.perf_counter()
         images, params = await state.read(request, many=False)
         read = time.perf_counter()
@@ -304,14 +337,13 @@ def create_app(cfg: ServeConfig, transport: Transport | None = None) -> FastAPI:
         body = {"id": request_id, **reply["result"], "latency_ms": round((done - started) * 1000, 2)}
         return JSONResponse(body, headers={"Server-Timing": timing})
 
-    @app.post(
-        "/v1/jobs",
+    @v1.post(
+        "/jobs",
         status_code=202,
         summary="Queue a batch of images; poll GET /v1/jobs/{id}",
         openapi_extra=_request_body(JobJSON, _form_schema("image")),
     )
     async def create_job(request: Request):
-        authorize(request)
         images, params = await state.read(request, many=True)
         job_id = uuid.uuid4().hex
         await state.transport.create_job(job_id, len(images))
@@ -323,16 +355,32 @@ def create_app(cfg: ServeConfig, transport: Transport | None = None) -> FastAPI:
             raise
         return {"id": job_id, "status": "queued", "total": len(images), "url": f"/v1/jobs/{job_id}"}
 
-    @app.get("/v1/jobs/{job_id}", summary="A job's status, progress and results")
-    async def get_job(job_id: str, request: Request):
-        authorize(request)
+    @v1.get("/jobs/{job_id}", summary="A job's status, progress and results")
+    async def get_job(job_id: str):
         job = await state.transport.job(job_id)
         if job is None:
             raise ApiError(404, f"no job {job_id} (unknown, or its results expired after job_ttl_s)")
         job["results"] = [_public(r) for r in job["results"]]
         return job
 
+    app.include_router(v1)
+    app.openapi = partial(_openapi, app)
     return app
+
+
+def _openapi(app: FastAPI) -> dict:
+    """FastAPI's OpenAPI description, plus the JSON request models that the routes' bodies reference.
+
+    The routes read their bodies themselves (multipart or JSON), so FastAPI never sees these models.
+    """
+    if app.openapi_schema is None:
+        schema = FastAPI.openapi(app)
+        schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+        for model in (ClassifyJSON, JobJSON):
+            definition = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            schemas.update(definition.pop("$defs", {}))
+            schemas[model.__name__] = definition
+    return app.openapi_schema
 
 
 def create_app_from_env() -> FastAPI:
@@ -345,6 +393,8 @@ def create_app_from_env() -> FastAPI:
 def _add_error_handlers(app: FastAPI, state: App) -> None:
     def error(status: int, message: str, reason: str, headers: dict | None = None) -> JSONResponse:
         state.metrics.errors.labels(reason).inc()
+        # Messages quote the client's input, which JSON may carry as lone surrogates that UTF-8 cannot encode.
+        message = message.encode("utf-8", "backslashreplace").decode("utf-8")
         return JSONResponse({"error": message}, status, headers=headers)
 
     @app.exception_handler(ApiError)
@@ -391,6 +441,13 @@ def _b64(text: str) -> bytes:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         raise ApiError(400, "image_base64 is not valid base64") from None
+
+
+def _one_or_list(values: list[str] | None) -> str | list[str] | None:
+    # A field sent once is one value ("cat,dog"); sent several times, a list (one label or template each).
+    if not values:
+        return None
+    return values[0] if len(values) == 1 else values
 
 
 def _json(text: str, name: str):

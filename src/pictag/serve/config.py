@@ -8,6 +8,7 @@ from typing import Literal
 
 from pictag.errors import PictagError
 from pictag.models.registry import default_model
+from pictag.prompts import load_templates
 
 
 @dataclass
@@ -39,8 +40,12 @@ class ServeConfig:
         job_ttl_s: How long job results stay readable.
         max_job_items: Most images in one job.
         max_upload_bytes: Largest request body.
-        max_pixels: Largest image, in pixels (decompression-bomb guard).
+        max_pixels: Largest image, in pixels (decompression-bomb guard), checked from its header.
+        max_aspect_ratio: Largest ratio of an image's long side to its short side, checked from its header (a
+            20000x1 image passes max_pixels, but resizing it to the model's input would take gigabytes).
         max_labels: Most labels in one request.
+        max_templates: Most prompt templates in one request.
+        max_json_depth: Deepest nesting of a JSON body, checked before it is parsed.
         allowed_roots: Folders whose files requests may name by server-side path; empty disables paths.
         allow_urls: Let requests name http(s) URLs for the server to fetch (off: the server could be made to reach
             internal hosts).
@@ -77,7 +82,10 @@ class ServeConfig:
     max_job_items: int = 1000
     max_upload_bytes: int = 20_000_000
     max_pixels: int = 40_000_000
+    max_aspect_ratio: float = 50.0  # decode.DEFAULT_MAX_ASPECT_RATIO, not imported: `pictag --help` loads this
     max_labels: int = 1000
+    max_templates: int = 100
+    max_json_depth: int = 32
     allowed_roots: list[str] = field(default_factory=list)
     allow_urls: bool = False
     url_timeout_s: float = 10.0
@@ -88,7 +96,8 @@ class ServeConfig:
     processes: int = 1
 
     def __post_init__(self):
-        positive = ("batch_size", "max_queue", "max_deliveries", "max_upload_bytes", "max_pixels", "max_labels")
+        positive = ("batch_size", "max_queue", "max_deliveries", "max_upload_bytes", "max_pixels", "max_labels",
+                    "max_templates", "max_json_depth", "max_aspect_ratio")  # fmt: skip
         for name in positive:
             if getattr(self, name) < 1:
                 raise PictagError(f"serve config: {name} must be at least 1 (got {getattr(self, name)})")
@@ -97,6 +106,10 @@ class ServeConfig:
                 raise PictagError(f"serve config: {name} cannot be negative (got {getattr(self, name)})")
         if isinstance(self.allowed_roots, str):
             self.allowed_roots = [self.allowed_roots]
+        if not 1 <= self.port <= 65535:
+            raise PictagError(f"serve config: port must be between 1 and 65535 (got {self.port})")
+        # The one check of templates, as every entry point makes it: a bad default would fail every request later.
+        load_templates(self.templates, self.max_templates)
 
     def token(self) -> str | None:
         """The bearer token, read from the environment when written as "env:NAME"."""

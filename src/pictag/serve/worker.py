@@ -157,8 +157,13 @@ class Worker:
                 self._count("errors_request")
                 continue
             except DecodeError as exc:
-                replies.append((message, error_reply(422, f"cannot decode the image: {exc}")))
+                replies.append((message, _decode_error_reply(exc)))
                 self._count("errors_decode")
+                continue
+            except Exception:  # a bug or an input no check foresaw: this request's error, never its batch's
+                log.exception("worker %s: the service failed to decode one request", self.name)
+                replies.append((message, error_reply(500, "the service failed on this request (see the worker's log)")))
+                self._count("errors_request")
                 continue
             ready.append(message)
         if ready:
@@ -175,10 +180,18 @@ class Worker:
                 else:
                     # worker_ms lets clients tell the model's share of their latency from the serving path's.
                     worker_ms = round((time.perf_counter() - batch_started) * 1000, 3)
-                    reply = {"ok": True, "status": 200, "result": {**service.encode(output), "worker_ms": worker_ms}}
+                    reply = self._encode(output, worker_ms)
                 replies.append((message, reply))
         self._count("requests", len(batch))
         return replies
+
+    def _encode(self, output, worker_ms: float) -> dict:
+        try:
+            return {"ok": True, "status": 200, "result": {**self.service.encode(output), "worker_ms": worker_ms}}
+        except Exception:
+            log.exception("worker %s: the service failed to encode one answer", self.name)
+            self._count("errors_model")
+            return error_reply(500, "the service failed on this request (see the worker's log)")
 
     def _predict(self, items: list) -> list:
         try:
@@ -192,3 +205,10 @@ class Worker:
 
     def _count(self, name: str, value: float = 1) -> None:
         self._stats[name] = self._stats.get(name, 0) + value
+
+
+def _decode_error_reply(exc: DecodeError) -> dict:
+    # A size limit (decode.ImageTooLarge names it) is the client's to respect: 413, as the API's header check.
+    if getattr(exc, "limit", None):
+        return error_reply(413, f"the image is too large: {exc}")
+    return error_reply(422, f"cannot decode the image: {exc}")

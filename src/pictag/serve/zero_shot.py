@@ -13,7 +13,7 @@ import torch
 from pictag.data.decode import decode_image
 from pictag.errors import PictagError
 from pictag.heads.zero_shot import ZeroShotClassifier
-from pictag.prompts import parse_labels
+from pictag.prompts import parse_labels, request_templates
 from pictag.serve.config import ServeConfig
 from pictag.serve.service import Service, register_service
 
@@ -82,13 +82,19 @@ class ZeroShotService(Service[Query, Prediction]):
     def head(self, params: dict) -> ZeroShotClassifier:
         """The classifier for a request's labels and templates (the defaults where it names none).
 
+        The request's labels and templates are checked again here, with the API's own functions: the queue is a
+        way in too (another client of Redis, an API of another version).
+
         Raises:
-            PictagError: no labels anywhere, or a model that cannot encode text.
+            PictagError: no labels anywhere, bad labels or templates, or a model that cannot encode text.
         """
-        labels = params.get("labels") or self.default_labels
+        cfg = self.cfg
+        labels = params.get("labels")
+        labels = parse_labels(labels, max_labels=cfg.max_labels) if labels else self.default_labels
         if not labels:
             raise PictagError("no labels: send labels with the request, or set labels in serve.yaml")
-        templates = params.get("templates") or self.cfg.templates
+        templates = params.get("templates")
+        templates = request_templates(templates, cfg.max_templates) if templates else cfg.templates
         key = (tuple(labels), templates if isinstance(templates, str) else tuple(templates))
         head = self._heads.get(key)
         if head is None:
@@ -102,9 +108,13 @@ class ZeroShotService(Service[Query, Prediction]):
     def decode(self, image: bytes, params: dict) -> Query:
         """The request's classifier, then its image as the model's uint8 crop (`DecodeError` for bad images)."""
         head = self.head(params)
+        top_k = params.get("top_k") or self.cfg.top_k
+        if not isinstance(top_k, int) or top_k < 1:
+            raise PictagError(f"top_k must be a whole number of at least 1, got {str(top_k)[:30]!r}")
         preprocess = self.encoder.preprocess
-        img = decode_image(image, min_size=preprocess.min_decode_size, max_pixels=self.cfg.max_pixels)
-        return Query(preprocess.crop(img), head, int(params.get("top_k") or self.cfg.top_k))
+        img = decode_image(image, min_size=preprocess.min_decode_size, max_pixels=self.cfg.max_pixels,
+                           max_aspect_ratio=self.cfg.max_aspect_ratio)  # fmt: skip
+        return Query(preprocess.crop(img), head, top_k)
 
     def predict(self, batch: list[Query]) -> list[Prediction]:
         """One forward pass over the batch's crops, then each image against its own classifier."""
