@@ -19,7 +19,7 @@ from pictag.errors import PictagError
 from pictag.models.registry import default_model
 
 DEFAULT_UNIT_SIZE = 1000
-Precision = Literal["fp32", "tf32", "fp16", "bf16"]
+Precision = Literal["auto", "fp32", "tf32", "fp16", "bf16"]
 
 
 class Checked:
@@ -48,7 +48,8 @@ class ModelOptions:
         checkpoint: Local weights file loaded into the --model architecture instead of downloading.
         random_weights: Random weights, for tests and benchmarks.
         device: cpu, cuda, cuda:N or mps (best available when unset).
-        precision: Autocast precision (fp32 on CPU, half on GPU when unset).
+        precision: Autocast precision. auto (when unset, unless $PICTAG_PRECISION names one): half on GPUs,
+            bf16 on CPUs with native bf16 (AVX512-BF16 or AMX-BF16), fp32 on other CPUs. fp32 is exact.
     """
 
     model: str = field(default_factory=default_model)
