@@ -80,6 +80,9 @@ class RuntimeOptions(Checked):
         workers: Data-loading processes that read and decode images (one per core beside a GPU, half the cores
             on a CPU, when unset).
         max_pixels: Larger images are refused as decompression bombs.
+        decode: exact reproduces the model's reference preprocessing; fast decodes JPEGs with libjpeg-turbo's
+            scaled decoding and an OpenCV resize (pictag[fast-decode]): several times faster, results not identical
+            (agreement measured in docs/cpu-inference.md).
     """
 
     _at_least: ClassVar[dict[str, int]] = {"batch_size": 1, "workers": 0, "max_pixels": 1}
@@ -87,6 +90,7 @@ class RuntimeOptions(Checked):
     batch_size: int = 64
     workers: int | None = None
     max_pixels: int = DEFAULT_MAX_PIXELS
+    decode: Literal["exact", "fast"] = "exact"
 
 
 @dataclass(kw_only=True)

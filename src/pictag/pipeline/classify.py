@@ -37,6 +37,7 @@ _RESULT_DEFINING = (
     "embeddings",
     "calibration",
     "unit_size",
+    "decode",
 )
 
 

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from pictag.data.decode import DEFAULT_MAX_PIXELS, DecodeError, decode_image
+from pictag.data.decode import DEFAULT_MAX_PIXELS, DecodeError
+from pictag.data.fast_decode import Decode, decode_crop
 from pictag.data.sources import Source, open_source
 from pictag.models.base import Encoder
 from pictag.models.preprocess import Preprocess
@@ -70,7 +71,10 @@ class EmbeddingBatch:
 
 
 class CropDataset(IterableDataset):
-    """Reads units of a source, each DataLoader worker its own share, and yields batches of uint8 crops."""
+    """Reads units of a source, each DataLoader worker its own share, and yields batches of uint8 crops.
+
+    `decode="fast"` crops JPEGs with `pictag.data.fast_decode` instead of reproducing the reference transform.
+    """
 
     def __init__(
         self,
@@ -79,12 +83,14 @@ class CropDataset(IterableDataset):
         batch_size: int,
         skip: Container[str] = frozenset(),
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        decode: Decode = "exact",
     ):
         self.units = list(units)
         self.preprocess = preprocess
         self.batch_size = batch_size
         self.skip = skip
         self.max_pixels = max_pixels
+        self.decode = decode
 
     def __iter__(self) -> Iterator[CropBatch]:
         info = get_worker_info()
@@ -95,8 +101,8 @@ class CropDataset(IterableDataset):
                 try:
                     if record.data is None:
                         raise DecodeError(record.error or "unreadable record")
-                    image = decode_image(record.data, self.preprocess.min_decode_size, self.max_pixels)
-                    batch.crops.append(torch.from_numpy(self.preprocess.crop(image)))
+                    crop = decode_crop(record.data, self.preprocess, self.max_pixels, self.decode)
+                    batch.crops.append(torch.from_numpy(crop))
                     batch.keys.append(record.key)
                     batch.labels.append(record.label)
                     batch.texts.append(record.text)
@@ -126,17 +132,19 @@ class ImageFeatures:
         batch_size: Images per forward pass.
         max_pixels: Images above this many pixels are refused as decompression bombs.
         skip: Keys to leave out, never read.
+        decode: "exact" or "fast" (see `CropDataset`).
     """
 
     encoder: Encoder
     batch_size: int = 64
     max_pixels: int = DEFAULT_MAX_PIXELS
     skip: Container[str] = frozenset()
+    decode: Decode = "exact"
 
     def batches(self, units: Sequence[Unit], workers: int, stats: dict[str, float]) -> Iterator[EmbeddingBatch]:
         """Embed every record of `units`; `stats` gains the seconds waited for images and spent in the model."""
         encoder = self.encoder
-        dataset = CropDataset(units, encoder.preprocess, self.batch_size, self.skip, self.max_pixels)
+        dataset = CropDataset(units, encoder.preprocess, self.batch_size, self.skip, self.max_pixels, self.decode)
         loader = DataLoader(
             dataset,
             batch_size=None,
@@ -176,6 +184,7 @@ def iter_embeddings(
     skip: Container[str] = frozenset(),
     max_pixels: int = DEFAULT_MAX_PIXELS,
     stats: dict | None = None,
+    decode: Decode = "exact",
 ) -> Iterator[EmbeddingBatch]:
     """Embed every record of a source not in `skip`, in batches.
 
@@ -187,8 +196,9 @@ def iter_embeddings(
         skip: Keys already done; their bytes are not even read.
         max_pixels: Images above this many pixels are refused as decompression bombs.
         stats: If given, filled with seconds spent waiting for data ("data_s") and in the model ("model_s").
+        decode: "exact" reproduces the model's reference preprocessing; "fast" decodes JPEGs approximately, faster.
     """
-    stage = ImageFeatures(encoder, batch_size, max_pixels, skip)
+    stage = ImageFeatures(encoder, batch_size, max_pixels, skip, decode)
     return stage.batches(plan_units(source), workers, stats if stats is not None else {})
 
 
@@ -218,6 +228,7 @@ def embed_all(
     skip: Container[str] = frozenset(),
     max_pixels: int = DEFAULT_MAX_PIXELS,
     desc: str = "embed",
+    decode: Decode = "exact",
 ) -> Embedded:
     """Embed every record of a source not in `skip` into memory, with a progress bar; see `iter_embeddings`."""
     from tqdm.auto import tqdm
@@ -226,7 +237,7 @@ def embed_all(
     total = None if skip else len(source)  # a skip set's size within the source is unknown
     with tqdm(total=total, unit="img", desc=desc, dynamic_ncols=True, disable=None) as bar:
         batches = iter_embeddings(
-            source, encoder, batch_size=batch_size, workers=workers, skip=skip, max_pixels=max_pixels
+            source, encoder, batch_size=batch_size, workers=workers, skip=skip, max_pixels=max_pixels, decode=decode
         )
         for batch in batches:
             keys += batch.keys
@@ -241,4 +252,5 @@ def image_features(cfg) -> tuple[Encoder, list[Unit], ImageFeatures]:
     """(encoder, units, feature stage) of a config naming a source, a model and the runtime options."""
     source = open_source(cfg.source, index=cfg.index, path_column=cfg.path_column, index_columns=cfg.index_columns)
     encoder = cfg.create_encoder()
-    return encoder, plan_units(source, cfg.unit_size), ImageFeatures(encoder, cfg.batch_size, cfg.max_pixels)
+    stage = ImageFeatures(encoder, cfg.batch_size, cfg.max_pixels, decode=cfg.decode)
+    return encoder, plan_units(source, cfg.unit_size), stage

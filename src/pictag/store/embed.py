@@ -27,6 +27,7 @@ _RESULT_DEFINING = (
     "random_weights",
     "dtype",
     "unit_size",
+    "decode",
 )
 
 
