@@ -49,6 +49,11 @@ _EXPORTS = {
     "EmbedConfig": "pictag.options",
     "CalibrateConfig": "pictag.options",
     "create_app": "pictag.serve.api",
+    "LabelmeCropsConfig": "pictag.options",
+    "crop_labelme": "pictag.data.labelme",
+    "load_run": "pictag.models.run_dir",
+    "save_run_model": "pictag.models.run_dir",
+    "export_run": "pictag.models.export",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -63,6 +68,7 @@ def __getattr__(name: str):
 if TYPE_CHECKING:
     from pictag.data import build_tar_index, open_source
     from pictag.data.decode import decode_image
+    from pictag.data.labelme import crop_labelme
     from pictag.errors import PictagError
     from pictag.fewshot.evaluate import evaluate_episodes
     from pictag.fewshot.run import fewshot
@@ -70,8 +76,10 @@ if TYPE_CHECKING:
     from pictag.heads.base import Head, create_head, list_heads, load_head, scores_from_logits
     from pictag.heads.zero_shot import ZeroShotClassifier
     from pictag.models.base import Encoder
+    from pictag.models.export import export_run
     from pictag.models.preprocess import Preprocess
     from pictag.models.registry import create_model, list_models
+    from pictag.models.run_dir import load_run, save_run_model
     from pictag.options import (
         CalibrateConfig,
         ClassifyConfig,
@@ -79,6 +87,7 @@ if TYPE_CHECKING:
         FewshotConfig,
         FewshotEvalConfig,
         FinetuneConfig,
+        LabelmeCropsConfig,
     )
     from pictag.pipeline.classify import classify
     from pictag.pipeline.job import Job, run_job

@@ -43,8 +43,8 @@ class ModelOptions:
     """model
 
     Attributes:
-        model: Model spec: open_clip:ARCH/TAG, hf:ORG/NAME or hf:/dir, timm:NAME ($PICTAG_MODEL, else
-            open_clip:ViT-B-32/openai, when unset).
+        model: Model spec: open_clip:ARCH/TAG, hf:ORG/NAME or hf:/dir, timm:NAME, or a run directory from
+            `pictag train` ($PICTAG_MODEL, else open_clip:ViT-B-32/openai, when unset).
         checkpoint: Local weights file loaded into the --model architecture instead of downloading.
         random_weights: Random weights, for tests and benchmarks.
         device: cpu, cuda, cuda:N or mps (best available when unset).
@@ -155,11 +155,16 @@ class ClassifyConfig(ResumableOutput, RuntimeOptions, ModelOptions, LabelOptions
     Attributes:
         out: Results file, .csv or .parquet (any case).
         model: Model spec (default: the store's with --embeddings, else $PICTAG_MODEL or
-            open_clip:ViT-B-32/openai).
+            open_clip:ViT-B-32/openai), or a run directory from `pictag train`.
+        labels: Comma-separated labels, e.g. "cat,dog,car" (or a list in YAML); with --model RUN and no labels,
+            the run's own classes (with its trained head; a clip run zero-shot).
         top_k: Labels and scores to write per image.
         threshold: Top-1 score below which the label is "unknown".
         embeddings: Classify an embedding store (`pictag embed`) instead of SOURCE: nothing is decoded.
         calibration: Temperature and per-class thresholds from `pictag calibrate` (YAML).
+        head: zero-shot: score the --labels by their text prompts (CLIP-family models); pretrained: the model's
+            own classifier, without labels (timm weights trained on ImageNet: its 1,000 classes, names shipped
+            with pictag). Zero-shot when unset.
     """
 
     _at_least: ClassVar[dict[str, int]] = {"top_k": 1}
@@ -169,6 +174,7 @@ class ClassifyConfig(ResumableOutput, RuntimeOptions, ModelOptions, LabelOptions
     threshold: float | None = None
     embeddings: str | None = None
     calibration: str | None = None
+    head: Literal["zero-shot", "pretrained"] | None = None
 
 
 @dataclass(kw_only=True)
@@ -392,19 +398,160 @@ class FinetuneConfig(RuntimeOptions, ModelOptions):
     seed: int = 0
 
 
+@dataclass(kw_only=True)
+class LabelmeCropsConfig(Checked):
+    """Everything `pictag labelme-crops` takes.
+
+    Attributes:
+        annotations: Folder of labelme .json files (searched recursively), or one .json file.
+        out: Output folder: OUT/<label>/<json stem>_<n>.jpg, OUT/crops.csv, OUT/crops.errors.csv.
+        pad: Margin added on each side of a box, as a fraction of its width and height (0.1 adds 10%), kept
+            within the image.
+        min_size: Crops whose shorter side is below this many pixels are skipped and counted.
+        labels: Keep only these labels (as named after --label-map), comma-separated.
+        label_map: Rename labels: old=new, comma-separated (several old names may map to one new one).
+        mask: Blank (black) the outside of polygons, rotated boxes and circles instead of keeping their whole box.
+        overwrite: Replace the crops of an earlier run in OUT (only the files its crops.csv lists).
+        quality: JPEG quality of the crops.
+        max_pixels: Larger images are refused as decompression bombs.
+    """
+
+    _positional: ClassVar[tuple[str, ...]] = ("annotations",)
+    _required: ClassVar[tuple[str, ...]] = ("annotations", "out")
+    _at_least: ClassVar[dict[str, int]] = {"min_size": 1, "quality": 1, "max_pixels": 1}
+
+    annotations: str | None = None
+    out: str | None = None
+    pad: float = 0.0
+    min_size: int = 1
+    labels: list[str] | str | None = None
+    label_map: list[str] | str | None = None
+    mask: bool = False
+    overwrite: bool = False
+    quality: int = 95
+    max_pixels: int = DEFAULT_MAX_PIXELS
+class TrainConfig(RuntimeOptions, ModelOptions):
+    """Everything `pictag train` takes.
+
+    Attributes:
+        data: Training images: a folder of <class>/*.jpg (in place or in a tar), or a table of path,label[,text].
+        out: The run folder: last.ckpt (resume), best/ (the model: --model RUN), metrics.csv, curves.png,
+            confusion.png, per_class.csv, tb/ (TensorBoard) and config.yaml.
+        task: What is trained: classifier (backbone + head, cross-entropy), clip (contrastive, stays zero-shot),
+            or another registered task.
+        head: The classifier's head, initialised from the class prototypes: linear, mlp or cosine.
+        val: Validation images with the training classes (folder or table); picks best/ and drives early stopping.
+        val_split: Hold out this fraction of each training class for validation (stratified, seeded).
+        folds: Stratified K-fold cross-validation: the number of folds (with --fold).
+        fold: Which fold validates: 0..K-1 with --folds, or a value of the table's fold column.
+        label_column: Column of labels in a table.
+        text_column: Column of texts in a table (default: text, where there is one).
+        epochs: Training epochs (including --freeze-epochs).
+        batch_size: Images per step on each device (times --accumulate for one optimiser step).
+        lr: Learning rate: one number for every group, or per group, e.g. backbone=1e-5,head=3e-4 (a group not
+            named: 1e-3 for head, 1e-4 for the others).
+        weight_decay: AdamW weight decay: one number, or per group like --lr (0.05 when unset; never on norms
+            and biases).
+        layer_decay: Layer-wise learning-rate decay: each image block back from the last gets this factor more.
+        schedule: After warmup: cosine or linear decay to 0 per step, or plateau (x0.1 when the early-stopping
+            metric stops improving for --patience epochs, or 2 epochs).
+        warmup_epochs: Epochs of linear warmup.
+        precision: Training precision: bf16 on Ampere and newer GPUs, fp16 (with a gradient scaler) on older
+            ones, fp32 on CPU, when unset.
+        accumulate: Batches per optimiser step (from the GPU's memory when unset: 1 at 80 GB, 2 at 40 GB, 4 below).
+        clip_grad: Clip the gradients' global norm to this.
+        label_smoothing: Cross-entropy label smoothing.
+        early_stop: Validation metric watched by early stopping and best/: val_top1, val_top5 or val_loss.
+        patience: Stop after this many epochs without improvement of --early-stop.
+        ema: Keep an exponential moving average of the weights with this decay (e.g. 0.999); it is validated
+            and saved.
+        freeze_epochs: Train the head alone for this many epochs, then the backbone too.
+        unfreeze_blocks: Train only the last N blocks of the image tower (all of it when unset).
+        init_from: Start from another run's best weights (stage 2 after stage 1).
+        balance: Sample classes evenly.
+        seed: Seed of initialisation, splits, data order and augmentation.
+        save_every: Also save last.ckpt every N optimiser steps (always at the end of each epoch).
+        fresh: Start over, ignoring last.ckpt (a rerun otherwise continues from it).
+        templates: Prompt templates of the clip task's label texts and zero-shot validation: simple, imagenet80,
+            or a file with one {} template a line.
+        wise_ft: The clip task also writes RUN/wise-ft-A/: the WiSE-FT weights (1 - A) * original + A * fine-tuned.
+    """
+
+    _positional: ClassVar[tuple[str, ...]] = ("data",)
+    _required: ClassVar[tuple[str, ...]] = ("data", "out")
+    _at_least: ClassVar[dict[str, int]] = {"epochs": 1, "freeze_epochs": 0, "patience": 1, "save_every": 1}
+
+    data: str | None = None
+    out: str | None = None
+    task: str = "classifier"
+    head: Literal["linear", "mlp", "cosine"] = "linear"
+    val: str | None = None
+    val_split: float | None = None
+    folds: int | None = None
+    fold: str | None = None
+    label_column: str = "label"
+    text_column: str | None = None
+    epochs: int = 10
+    batch_size: int = 32
+    lr: str | None = None
+    weight_decay: str | None = None
+    layer_decay: float | None = None
+    schedule: Literal["cosine", "linear", "plateau"] = "cosine"
+    warmup_epochs: float = 1.0
+    accumulate: int | None = None
+    clip_grad: float | None = None
+    label_smoothing: float = 0.1
+    early_stop: Literal["val_top1", "val_top5", "val_loss"] = "val_top1"
+    patience: int | None = None
+    ema: float | None = None
+    freeze_epochs: int = 0
+    unfreeze_blocks: int | None = None
+    init_from: str | None = None
+    balance: bool = False
+    seed: int = 0
+    save_every: int | None = None
+    fresh: bool = False
+    templates: str = "simple"
+    wise_ft: float | None = None
+
+
+@dataclass(kw_only=True)
+class ExportConfig:
+    """Everything `pictag export` takes.
+
+    Attributes:
+        run: Run directory from `pictag train` (RUN, RUN/best or RUN/wise-ft-A).
+        format: hf: a save_pretrained folder for transformers' CLIPModel/CLIPProcessor (and --model hf:DIR);
+            open_clip: open_clip_model.safetensors + open_clip_config.json (open_clip "local-dir:DIR").
+        out: The folder to write.
+        overwrite: Replace an existing output.
+    """
+
+    _positional: ClassVar[tuple[str, ...]] = ("run",)
+    _required: ClassVar[tuple[str, ...]] = ("run", "format", "out")
+
+    run: str | None = None
+    format: Literal["hf", "open_clip"] | None = None
+    out: str | None = None
+    overwrite: bool = False
+
+
 __all__ = [
     "CalibrateConfig",
     "ClassifyConfig",
     "EmbedConfig",
+    "ExportConfig",
     "FewshotConfig",
     "FewshotEvalConfig",
     "FinetuneConfig",
     "IndexConfig",
     "IndexEmbeddingsConfig",
+    "LabelmeCropsConfig",
     "ModelOptions",
     "ModelsConfig",
     "ResumableOutput",
     "RuntimeOptions",
     "SearchConfig",
     "SourceOptions",
+    "TrainConfig",
 ]

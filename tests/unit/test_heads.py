@@ -51,11 +51,23 @@ class TextEncoder:
         return F.normalize(torch.stack(vectors), dim=-1)
 
 
+class ClassifierEncoder:
+    """What the pretrained head needs of an encoder: the classifier its weights came with."""
+
+    spec = "test-classifier"
+    device = torch.device("cpu")
+
+    def __init__(self, weight: torch.Tensor):
+        self.pretrained_classifier = (10.0 * weight, torch.zeros(len(weight)))
+
+
 def every_head(name: str, logit_bias: float | None = None) -> Head:
     """Head `name` ready to predict 4 classes of 32-d features: fitted, trained heads from prototypes, zero-shot."""
     centres, (xs, ys), _ = clusters(shots=3)
     if name == "zero-shot":
         return create_head(name, encoder=TextEncoder(logit_bias), labels=["a", "b", "c", "d"], templates=["{}"])
+    if name == "pretrained":
+        return create_head(name, encoder=ClassifierEncoder(centres))
     if name in list_heads("trained"):
         return create_head(name, prototypes=centres)
     return create_head(name).fit(xs, ys, text_prototypes=centres)
@@ -63,8 +75,8 @@ def every_head(name: str, logit_bias: float | None = None) -> Head:
 
 def test_registry_lists_every_head_by_kind():
     assert sorted(list_heads("few-shot")) == sorted(METHODS)
-    assert sorted(list_heads("trained")) == ["finetuned", "linear"]
-    assert sorted(list_heads()) == sorted(["zero-shot", *METHODS, "finetuned", "linear"])
+    assert sorted(list_heads("trained")) == ["finetuned", "linear", "pretrained"]
+    assert sorted(list_heads()) == sorted(["zero-shot", *METHODS, "finetuned", "linear", "pretrained"])
     with pytest.raises(PictagError, match="unknown head 'knn'.*prototype"):
         create_head("knn")
     check_head("auto", "few-shot")
@@ -96,7 +108,7 @@ def test_a_head_is_rebuilt_from_its_config_and_state_dict(name):
     torch.testing.assert_close(again(x), head(x), atol=0, rtol=0)
 
 
-@pytest.mark.parametrize("name", ["zero-shot", "finetuned", "linear"])
+@pytest.mark.parametrize("name", ["zero-shot", "finetuned", "linear", "pretrained"])
 def test_fit_only_measures_a_head_that_does_not_learn_from_a_support_set(name):
     head = every_head(name)
     before = {k: v.clone() for k, v in head.state_dict().items()}

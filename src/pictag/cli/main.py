@@ -15,11 +15,14 @@ COMMANDS = [
     "fewshot",
     "fewshot-eval",
     "fewshot-train",
+    "train",
     "serve",
     "embed",
     "search",
     "index-embeddings",
     "calibrate",
+    "labelme-crops",
+    "export",
 ]
 
 

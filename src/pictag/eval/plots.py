@@ -49,3 +49,67 @@ def plot_coverage_accuracy(
     fig.savefig(out)
     plt.close(fig)
     return out
+
+
+def plot_training_curves(rows: list[dict], out: str | os.PathLike) -> Path:
+    """Train and validation loss, and validation top-1 when there is one, per epoch (from metrics.csv rows)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    epochs = [row["epoch"] for row in rows]
+    ax.plot(epochs, [row["train_loss"] for row in rows], marker="o", label="train loss")
+    if any(row.get("val_loss") is not None for row in rows):
+        ax.plot(epochs, [row.get("val_loss") for row in rows], marker="o", label="val loss")
+    ax.set(xlabel="epoch", ylabel="loss")
+    ax.grid(alpha=0.3)
+    if any(row.get("val_top1") is not None for row in rows):
+        other = ax.twinx()
+        other.plot(
+            epochs, [100 * (row.get("val_top1") or 0) for row in rows], marker="s", color="C2", label="val top-1"
+        )
+        other.set_ylabel("val top-1 (%)")
+    fig.legend(loc="upper center", ncol=3)
+    fig.tight_layout()
+    out = Path(out)
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def plot_confusion(confusion, classes: list[str], out: str | os.PathLike, title: str = "confusion") -> Path:
+    """A confusion matrix (rows: true class, columns: predicted), normalised per row, counts written in cells."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    counts = np.asarray(confusion, dtype=float)
+    rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    side = min(max(4.0, 0.35 * len(classes) + 2), 16.0)
+    fig, ax = plt.subplots(figsize=(side, side), dpi=120)
+    ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    ticks = range(len(classes))
+    ax.set_xticks(ticks, classes, rotation=90, fontsize=7)
+    ax.set_yticks(ticks, classes, fontsize=7)
+    ax.set(xlabel="predicted", ylabel="true", title=title)
+    if len(classes) <= 30:
+        for i in ticks:
+            for j in ticks:
+                if counts[i, j]:
+                    ax.text(
+                        j,
+                        i,
+                        int(counts[i, j]),
+                        ha="center",
+                        va="center",
+                        fontsize=6,
+                        color="white" if rates[i, j] > 0.5 else "black",
+                    )
+    fig.tight_layout()
+    out = Path(out)
+    fig.savefig(out)
+    plt.close(fig)
+    return out

@@ -1,5 +1,8 @@
 """One kind of head: an `nn.Module` from L2-normalised features (N, D) to class logits (N, C), made by `create_head`.
 
+(One exception: the `pretrained` head applies a backbone's own classifier, which was trained on the raw pooled
+features; it says so with `normalized_input = False`, and the pipeline then passes it unnormalised features.)
+
 Heads come in three kinds. `zero-shot` builds its weights from the text of the labels. Few-shot heads (`prototype`,
 `tip-adapter`, `linear-probe`, `auto`) `fit` a labelled support set of embeddings, and report `support_accuracy`,
 their held-out accuracy estimated on the support set alone (leave-one-out, or cross-validation for the linear probe),
@@ -45,6 +48,7 @@ class Head(torch.nn.Module):
         name: The registry name.
         kind: "zero-shot", "few-shot" (learns from a support set with `fit`) or "trained" (by an optimiser).
         logit_bias: SigLIP's bias: when set, scores are a sigmoid per class instead of a softmax.
+        normalized_input: Whether `forward` takes L2-normalised features (every head but `pretrained`).
         num_classes: Classes; 0 until a few-shot head is fitted.
         dim: Length of the features.
         support_accuracy: Held-out accuracy estimated on the support set (measured on it, for heads that do not
@@ -54,6 +58,7 @@ class Head(torch.nn.Module):
     name: ClassVar[str]
     kind: ClassVar[str]
     logit_bias: float | None = None
+    normalized_input: ClassVar[bool] = True
 
     def __init__(self, num_classes: int = 0, dim: int = 0):
         super().__init__()
@@ -147,7 +152,7 @@ def register_head(name: str) -> Callable[[type[Head]], type[Head]]:
 
 def _load_heads() -> None:
     # Importing registers them.
-    from pictag.heads import auto, linear_probe, prototype, tip_adapter, trained, zero_shot  # noqa: F401
+    from pictag.heads import auto, linear_probe, pretrained, prototype, tip_adapter, trained, zero_shot  # noqa: F401
 
 
 def list_heads(kind: str | None = None) -> list[str]:
@@ -173,7 +178,8 @@ def create_head(name: str, **options) -> Head:
 
     Few-shot heads ("prototype", "tip-adapter", "linear-probe", "auto") need no options and are then fitted;
     "zero-shot" takes `encoder`, `labels` and `templates`; trained heads ("finetuned", "linear") take the class
-    `prototypes` they start from. The options of `head.config()` rebuild a head of the same shape.
+    `prototypes` they start from; "pretrained" takes the `encoder` whose own classifier it applies. The options of
+    `head.config()` rebuild a head of the same shape.
 
     Raises:
         PictagError: unknown name; the message lists the known ones.

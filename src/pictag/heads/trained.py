@@ -77,6 +77,70 @@ class LinearHead(Head):
         return F.linear(features, self.weight, self.bias)
 
 
+@register_head("cosine")
+class CosineHead(Head):
+    """Cosine classifier: logits = s · cos(f, W), W learned from the normalised prototypes, s a learned temperature.
+
+    Args:
+        prototypes: (C, D) class prototypes.
+        scale: The starting temperature s.
+        num_classes: C, when no prototypes are given.
+        dim: D, when no prototypes are given.
+    """
+
+    kind = TRAINED
+
+    def __init__(
+        self, prototypes: torch.Tensor | None = None, scale: float = 16.0, *, num_classes: int = 0, dim: int = 0
+    ):
+        prototypes = torch.zeros(num_classes, dim) if prototypes is None else prototypes.float()
+        super().__init__(*prototypes.shape)
+        self.weight = torch.nn.Parameter(F.normalize(prototypes, dim=-1))
+        self.log_scale = torch.nn.Parameter(torch.tensor(math.log(scale)))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.log_scale.exp() * F.normalize(features.float(), dim=-1) @ F.normalize(self.weight, dim=-1).T
+
+
+@register_head("mlp")
+class MLPHead(LinearHead):
+    """The linear prototype classifier plus a residual MLP: logits = f·Wᵀ + b + MLP(f).
+
+    The MLP's last layer starts at zero, so training starts from the prototype classifier and the hidden layer
+    only adds what the linear one cannot separate.
+
+    Args:
+        prototypes: (C, D) class prototypes.
+        scale: Multiplier of the normalised prototypes in the linear part.
+        hidden: Width of the MLP's hidden layer (the feature length when 0).
+        num_classes: C, when no prototypes are given.
+        dim: D, when no prototypes are given.
+    """
+
+    def __init__(
+        self,
+        prototypes: torch.Tensor | None = None,
+        scale: float = 16.0,
+        hidden: int = 0,
+        *,
+        num_classes: int = 0,
+        dim: int = 0,
+    ):
+        super().__init__(prototypes, scale, num_classes=num_classes, dim=dim)
+        self.hidden = hidden or self.dim
+        self.mlp = torch.nn.Sequential(
+            torch.nn.Linear(self.dim, self.hidden), torch.nn.GELU(), torch.nn.Linear(self.hidden, self.num_classes)
+        )
+        torch.nn.init.zeros_(self.mlp[-1].weight)
+        torch.nn.init.zeros_(self.mlp[-1].bias)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return super().forward(features) + self.mlp(features)
+
+    def config(self) -> dict:
+        return {**super().config(), "hidden": self.hidden}
+
+
 def read_trained_head(path: str | os.PathLike) -> dict | None:
     """The "pictag" entry of a fine-tuned checkpoint (model, classes, head_weight, head_scale, ...), or None."""
     try:

@@ -38,9 +38,12 @@ class Encoder(torch.nn.Module):
         logit_bias: SigLIP's bias; its presence means scores are sigmoids rather than a softmax.
         weights_id: Identifies the weights (tag or checkpoint content), for cache keys.
         autocast_dtype: The dtype `encode_*` compute in; float32 runs without autocast.
+        pretrained_classifier: (weight (C, D), bias (C,)) of the classifier the weights were trained with, applied
+            to the unnormalised features (the `pretrained` head), or None when the model has none.
     """
 
     has_text: bool = False
+    pretrained_classifier: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def __init__(
         self,
@@ -86,7 +89,8 @@ class Encoder(torch.nn.Module):
         """
         raise PictagError(
             f"{self.spec} is an image-only model and cannot encode text: zero-shot labels need a CLIP-family "
-            "model (open_clip:ARCH/TAG or hf:ORG/NAME)"
+            "model (open_clip:ARCH/TAG or hf:ORG/NAME); a timm model classifies into its own classes with "
+            "--head pretrained"
         )
 
     def autocast(self):
@@ -96,11 +100,12 @@ class Encoder(torch.nn.Module):
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     @torch.no_grad()
-    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
-        """L2-normalised float32 embeddings of a preprocessed (N, 3, H, W) batch."""
+    def encode_image(self, pixels: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """L2-normalised float32 embeddings of a preprocessed (N, 3, H, W) batch (unnormalised with `normalize`
+        False: what a model's own classifier takes)."""
         with self.autocast():
             features = self.forward_image(pixels.to(self.device, non_blocking=True))
-        return F.normalize(features.float(), dim=-1)
+        return F.normalize(features.float(), dim=-1) if normalize else features.float()
 
     @torch.no_grad()
     def encode_text(self, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:

@@ -34,6 +34,7 @@ class HfClipEncoder(Encoder):
             logit_bias=None if bias is None else bias.item(),
         )
         self.tokenizer = tokenizer
+        self.processor = processor  # saved with runs and exports, beside the tokenizer
         # SigLIP was trained on fixed-length padded text, CLIP on padding to the longest prompt.
         siglip = "siglip" in model.config.model_type
         self.text_kwargs = dict(padding="max_length", max_length=64, truncation=True) if siglip else dict(padding=True)

@@ -55,18 +55,34 @@ def register_backend(backend: Backend) -> None:
     _BACKENDS[backend.scheme] = backend
 
 
+def get_backend(scheme: str) -> Backend:
+    """The registered backend of a scheme (run directories rebuild their architecture through it)."""
+    _load_backends()
+    return _BACKENDS[scheme]
+
+
 def _load_backends() -> None:
     # Importing registers them; the heavy libraries inside are imported only when a model is built.
-    from pictag.models import hf_backend, open_clip_backend, timm_backend  # noqa: F401
+    from pictag.models import hf_backend, open_clip_backend, run_dir, timm_backend  # noqa: F401
 
 
 def parse_spec(spec: str) -> ModelSpec:
-    """Split "scheme:name/tag"; only open_clip names carry a weight tag, since hf names contain "/" themselves."""
+    """Split "scheme:name/tag"; only open_clip names carry a weight tag, since hf names contain "/" themselves.
+
+    A path without a scheme is a pictag run directory ("runs/x", i.e. "run:runs/x").
+    """
     _load_backends()
     scheme, sep, rest = spec.partition(":")
+    if (not sep or scheme not in _BACKENDS) and os.path.isdir(os.path.expanduser(spec)):
+        from pictag.models.run_dir import model_dir
+
+        model_dir(spec)  # a folder that is not a run is refused here, with what to use instead
+        return ModelSpec("run", spec)
     if not sep or scheme not in _BACKENDS or not rest:
         schemes = ", ".join(f"{s}:" for s in _BACKENDS)
-        raise PictagError(f"model spec {spec!r} must start with one of {schemes} e.g. {DEFAULT_MODEL}")
+        raise PictagError(
+            f"model spec {spec!r} must start with one of {schemes} e.g. {DEFAULT_MODEL}, or be a run directory"
+        )
     if _BACKENDS[scheme].has_tags and "/" in rest:
         name, tag = rest.split("/", 1)
         return ModelSpec(scheme, name, tag or None)
@@ -84,7 +100,9 @@ def create_model(
     """Build an encoder with the preprocessing and tokenizer that belong to its weights.
 
     Args:
-        spec: "open_clip:ARCH/TAG", "hf:ORG/NAME" (or "hf:/local/dir"), or "timm:NAME"; `default_model()` if None.
+        spec: "open_clip:ARCH/TAG", "hf:ORG/NAME" (or "hf:/local/dir"), "timm:NAME", or a run directory from
+            `pictag train` ("runs/x" or "run:runs/x"; `pictag.models.run_dir.load_run` also gives its head);
+            `default_model()` if None.
         checkpoint: A local weights file loaded into the named architecture instead of downloading.
         random_weights: Build the architecture with random weights (tests, benchmarks); logs a warning.
         device: "cuda", "cuda:1", "mps" or "cpu"; chosen automatically when None.

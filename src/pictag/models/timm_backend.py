@@ -15,9 +15,17 @@ from pictag.models.registry import Backend, ModelSpec, register_backend, unknown
 
 
 class TimmEncoder(Encoder):
-    """Pooled, pre-classifier features of a timm model."""
+    """Pooled, pre-classifier features of a timm model, and the model's own classifier (`pretrained_classifier`)
+    kept aside, outside the module, so that the encoder's parameters and state dict are the headless model's.
+    """
 
-    def __init__(self, spec: str, model: torch.nn.Module, weights_id: str):
+    def __init__(
+        self,
+        spec: str,
+        model: torch.nn.Module,
+        weights_id: str,
+        classifier: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ):
         import timm.data
 
         cfg = timm.data.resolve_data_config({}, model=model)
@@ -29,6 +37,7 @@ class TimmEncoder(Encoder):
         )
         preprocess = Preprocess((height, width), resize, cfg["interpolation"], tuple(cfg["mean"]), tuple(cfg["std"]))
         super().__init__(spec, model, preprocess, embed_dim=model.num_features, weights_id=weights_id)
+        self.pretrained_classifier = classifier
 
     def forward_image(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.module(pixels)
@@ -49,15 +58,25 @@ def _create(spec: ModelSpec, checkpoint=None, random_weights: bool = False) -> E
             weights_id = f"file:{file_digest(checkpoint)}"
         else:
             weights_id = "random:0"
-        model.reset_classifier(0)
     else:
         hub_online()
         try:
-            model = timm.create_model(spec.name, pretrained=True, num_classes=0)
+            model = timm.create_model(spec.name, pretrained=True)
         except Exception as exc:  # hub and cache errors come in many types
             raise fetch_failed(f"timm:{spec.name}", exc, "Pass local weights: --checkpoint FILE") from None
         weights_id = f"tag:{spec.name}"
-    return TimmEncoder(f"timm:{spec.name}", model, weights_id)
+    classifier = _own_classifier(model)
+    model.reset_classifier(0)
+    return TimmEncoder(f"timm:{spec.name}", model, weights_id, classifier)
+
+
+def _own_classifier(model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(weight, bias) of the model's linear classifier, detached copies; None for a headless model (a features-only
+    checkpoint or tag) or a classifier that is not one linear layer (convolutional or distilled heads)."""
+    classifier = model.get_classifier() if getattr(model, "num_classes", 0) else None
+    if not isinstance(classifier, torch.nn.Linear) or classifier.bias is None:
+        return None
+    return classifier.weight.detach().clone(), classifier.bias.detach().clone()
 
 
 def _load_into(model: torch.nn.Module, checkpoint) -> None:

@@ -132,6 +132,8 @@ class ImageFeatures:
         batch_size: Images per forward pass.
         max_pixels: Images above this many pixels are refused as decompression bombs.
         skip: Keys to leave out, never read.
+        normalize: L2-normalise the embeddings; False gives the raw pooled features a model's own classifier
+            takes (see `Head.normalized_input`).
         decode: "exact" or "fast" (see `CropDataset`).
     """
 
@@ -139,6 +141,7 @@ class ImageFeatures:
     batch_size: int = 64
     max_pixels: int = DEFAULT_MAX_PIXELS
     skip: Container[str] = frozenset()
+    normalize: bool = True
     decode: Decode = "exact"
 
     def batches(self, units: Sequence[Unit], workers: int, stats: dict[str, float]) -> Iterator[EmbeddingBatch]:
@@ -158,7 +161,7 @@ class ImageFeatures:
             stats["data_s"] = stats.get("data_s", 0.0) + started - waited
             if batch.keys:
                 pixels = encoder.preprocess.normalize(batch.crops.to(encoder.device, non_blocking=True))
-                features = encoder.encode_image(pixels)
+                features = encoder.encode_image(pixels, normalize=self.normalize)
             else:
                 features = torch.empty(0, encoder.embed_dim, device=encoder.device)
             waited = time.perf_counter()
@@ -198,7 +201,7 @@ def iter_embeddings(
         stats: If given, filled with seconds spent waiting for data ("data_s") and in the model ("model_s").
         decode: "exact" reproduces the model's reference preprocessing; "fast" decodes JPEGs approximately, faster.
     """
-    stage = ImageFeatures(encoder, batch_size, max_pixels, skip, decode)
+    stage = ImageFeatures(encoder, batch_size, max_pixels, skip, decode=decode)
     return stage.batches(plan_units(source), workers, stats if stats is not None else {})
 
 

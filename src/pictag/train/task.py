@@ -1,0 +1,145 @@
+"""What the training engine trains: a task is the model and its loss together, in a registry (`--task`).
+
+Like open_clip's `TrainingTask`, a `Task` is an `nn.Module` holding everything that has parameters (the encoder,
+a head, a loss's own weights) and computing the loss itself, so the engine knows nothing about a task's model:
+
+    task = create_task("classifier", encoder, data, cfg)   # built once, before any optimiser exists
+    loss, logs = task(batch)                                 # training step (through forward: DDP needs that)
+    out = task(batch, stage="val")                           # {"logits": (N, C), "labels": (N,)} for metrics
+    encoder, head = task.inference_model()                   # what RUN/best/ stores
+
+A batch is a dict made by the engine's data loader and moved to the device:
+
+    {"images": (N, H, W, 3) uint8 crops (augmented for training, the eval crop for validation),
+     "labels": (N,) int64 class indices into `data.classes`,
+     "texts":  list of N str | None (a table's text column), "index": (N,) int64 positions in the split}
+
+Tasks normalise `images` themselves (`encoder.preprocess.normalize`), so uint8 crops cross from the workers.
+Parameter groups are named (`"backbone"`, `"head"`, `"image"`, `"text"`, ...): `--lr NAME=VALUE` sets each, and
+every group exists from the first step (phases change `requires_grad`, never the optimiser's groups).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+
+from pictag.errors import PictagError
+
+if TYPE_CHECKING:
+    from pictag.heads.base import Head
+    from pictag.models.base import Encoder
+
+
+class Task(torch.nn.Module):
+    """A model and its loss, trained by `pictag.train.engine.Engine`.
+
+    Subclasses set `name` through `@register_task`, build themselves in `build` and implement the steps.
+
+    Attributes:
+        name: The registry name (`--task`).
+        group_names: The names `param_groups` will return, known before the task is built, so that `--lr` and
+            `--weight-decay` are checked before any work (empty: checked once the task is built).
+        head_groups: Parameter groups trained during `--freeze-epochs` (the others wait).
+        augment: Options of the encoder's `preprocess.train_transform` (timm's defaults when empty).
+        freeze_norm_stats: Keep every batch-norm layer's running statistics as pretrained (few-shot data is too
+            small to estimate them); otherwise only the norms of frozen parameters keep theirs.
+        encoder: The backbone; `--unfreeze-blocks` and layer-wise decay look for its image blocks.
+    """
+
+    name: ClassVar[str]
+    group_names: ClassVar[tuple[str, ...]] = ()
+    head_groups: ClassVar[tuple[str, ...]] = ("head",)
+    augment: ClassVar[dict] = {}
+    freeze_norm_stats: ClassVar[bool] = False
+    encoder: Encoder
+
+    @classmethod
+    def build(cls, encoder: Encoder, data: Any, cfg: Any) -> Task:
+        """A new task for `encoder` and the training data (`pictag.train.data.TrainData`), before any step.
+
+        Heads start from what the data says (class prototypes); `cfg` is the `TrainConfig` (head kind, ...).
+
+        Raises:
+            PictagError: the data or options do not suit this task.
+        """
+        raise NotImplementedError
+
+    def param_groups(self) -> dict[str, list[torch.nn.Parameter]]:
+        """Every parameter the task may train, by group name; each parameter in exactly one group."""
+        raise NotImplementedError
+
+    def training_step(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        """(loss, logs) of one training batch; logs are scalars for the progress bar and TensorBoard."""
+        raise NotImplementedError
+
+    def validation_step(self, batch: dict) -> dict[str, torch.Tensor]:
+        """Per-image outputs of one validation batch: {"logits": (N, C), "labels": (N,)} for classifiers."""
+        raise NotImplementedError
+
+    def inference_model(self) -> tuple[Encoder, Head | None]:
+        """(encoder, head or None) as `RUN/best/` stores them; a clip task has no head (it stays zero-shot)."""
+        raise NotImplementedError
+
+    def classes(self) -> list[str] | None:
+        """The class names the head predicts, in order, or None."""
+        return None
+
+    def after_fit(self, out: Path) -> None:
+        """Outputs beyond best/ once training is over (rank 0 only), e.g. the clip task's WiSE-FT model."""
+
+    def forward(self, batch: dict, stage: str = "train") -> Any:
+        # The engine calls the task as a module, so DDP's forward hooks see every step (a direct call of
+        # training_step would bypass them and leave gradients unsynchronised).
+        if stage == "train":
+            return self.training_step(batch)
+        if stage == "val":
+            return self.validation_step(batch)
+        raise ValueError(f"unknown stage {stage!r}")
+
+
+TASKS: dict[str, type[Task]] = {}
+
+
+def register_task(name: str) -> Callable[[type[Task]], type[Task]]:
+    """Class decorator that makes a task available as `create_task(name, ...)` and `pictag train --task NAME`."""
+
+    def register(cls: type[Task]) -> type[Task]:
+        cls.name = name
+        TASKS[name] = cls
+        return cls
+
+    return register
+
+
+def _load_tasks() -> None:
+    # Importing registers them; a task module that is not there yet (another branch) is simply absent.
+    import importlib
+
+    for module in ("classifier", "fewshot", "clip"):
+        try:
+            importlib.import_module(f"pictag.train.tasks.{module}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"pictag.train.tasks.{module}":
+                raise
+
+
+def list_tasks() -> list[str]:
+    """Names of the registered tasks."""
+    _load_tasks()
+    return sorted(TASKS)
+
+
+def create_task(name: str, encoder: Encoder, data: Any, cfg: Any) -> Task:
+    """A new task by registry name; see `Task.build`.
+
+    Raises:
+        PictagError: unknown name (the message lists the known ones), or data the task cannot use.
+    """
+    names = list_tasks()
+    if name not in names:
+        raise PictagError(f"unknown task {name!r}: use one of {', '.join(names)}")
+    return TASKS[name].build(encoder, data, cfg)

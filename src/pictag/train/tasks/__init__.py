@@ -1,0 +1,1 @@
+"""Training tasks, registered by name for `pictag train --task NAME` (see `pictag.train.task`)."""
