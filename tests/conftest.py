@@ -14,7 +14,7 @@ from pictag.testing import save_random_hf_clip, save_random_open_clip
 
 ROOT = Path(__file__).resolve().parents[1]
 # Every test is marked by the folder it is in (`pytest -m unit` runs the fast ones), registered in pyproject.toml.
-KINDS = ("unit", "integration", "e2e")
+KINDS = ("unit", "integration", "e2e", "hostile")
 
 TINY_OPEN_CLIP = {
     "embed_dim": 16,

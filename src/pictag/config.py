@@ -18,6 +18,11 @@ import yaml
 from pictag.errors import PictagError
 
 C = TypeVar("C")
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")  # as pictag.data._io.is_url, which imports this module
+
+
+def _is_url(location: str) -> bool:
+    return bool(_URL.match(location))
 
 
 def cache_dir() -> Path:
@@ -100,15 +105,28 @@ def _attributes(doc: str) -> dict[str, str]:
     return found
 
 
-def dump_config(cfg: Any, path: str | os.PathLike) -> Path:
-    """Write the resolved config as YAML, so a run can be repeated with `--config`."""
+def dump_config(cfg: Any, path: str | os.PathLike) -> Path | str:
+    """Write the resolved config as YAML, so a run can be repeated with `--config` (a path or an fsspec URL)."""
+    if _is_url(os.fspath(path)):
+        import fsspec
+
+        with fsspec.open(os.fspath(path), "w") as f:
+            f.write(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
+        return os.fspath(path)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
     return path
 
 
-def sibling(out: str | os.PathLike, suffix: str) -> Path:
-    """A file beside an output: sibling("runs/results.csv", ".errors.csv") is runs/results.errors.csv."""
+def sibling(out: str | os.PathLike, suffix: str) -> Path | str:
+    """A file beside an output: sibling("runs/results.csv", ".errors.csv") is runs/results.errors.csv.
+
+    For an fsspec URL it is the URL of that file (a string; `Path` would fold its "//").
+    """
+    if _is_url(os.fspath(out)):
+        folder, _, name = os.fspath(out).rpartition("/")
+        stem, dot, _ = name.rpartition(".")
+        return f"{folder}/{stem if dot else name}{suffix}"
     out = Path(out)
     return out.with_name(out.name[: -len(out.suffix)] + suffix if out.suffix else out.name + suffix)

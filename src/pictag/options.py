@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
 from pictag.config import option_name
-from pictag.data.decode import DEFAULT_MAX_PIXELS
+from pictag.data.decode import DEFAULT_MAX_ASPECT_RATIO, DEFAULT_MAX_PIXELS
 from pictag.errors import PictagError
 from pictag.models.registry import default_model
 
@@ -80,16 +80,19 @@ class RuntimeOptions(Checked):
         workers: Data-loading processes that read and decode images (one per core beside a GPU, half the cores
             on a CPU, when unset).
         max_pixels: Larger images are refused as decompression bombs.
+        max_aspect_ratio: Images whose long side is more than this many times their short side are refused (their
+            resize to the model's size would take gigabytes).
         decode: exact reproduces the model's reference preprocessing; fast decodes JPEGs with libjpeg-turbo's
             scaled decoding and an OpenCV resize (pictag[fast-decode]): several times faster, results not identical
             (agreement measured in docs/cpu-inference.md).
     """
 
-    _at_least: ClassVar[dict[str, int]] = {"batch_size": 1, "workers": 0, "max_pixels": 1}
+    _at_least: ClassVar[dict[str, int]] = {"batch_size": 1, "workers": 0, "max_pixels": 1, "max_aspect_ratio": 1}
 
     batch_size: int = 64
     workers: int | None = None
     max_pixels: int = DEFAULT_MAX_PIXELS
+    max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO
     decode: Literal["exact", "fast"] = "exact"
 
 
@@ -134,6 +137,55 @@ class ResumableOutput(Checked):
 
 
 @dataclass(kw_only=True)
+class ExecutorOptions(Checked):
+    """executor
+
+    Attributes:
+        executor: Where units of work run: inprocess (this machine), or ray (an actor pool on a Ray cluster;
+            the output must be on storage every node reaches: a shared folder, s3://, gs://).
+        ray_address: Ray cluster to join: auto (the one `ray start` made here), ray://HOST:10001, or unset to
+            start a local Ray for this run.
+        concurrency: Ray actors: N, or MIN,MAX to let the pool grow with the cluster (as many as the cluster's
+            CPUs / GPUs fit, when unset).
+        gpus_per_worker: GPUs per Ray actor; fractions share a GPU (0.5: two actors per GPU).
+        cpus_per_worker: CPUs per Ray actor (its model threads and, with --actor-workers 0, its decoding).
+        actor_workers: Data-loading processes per Ray actor (0: the actor decodes its unit itself).
+    """
+
+    _at_least: ClassVar[dict[str, int]] = {"actor_workers": 0}
+
+    executor: Literal["inprocess", "ray"] = "inprocess"
+    ray_address: str | None = None
+    concurrency: str | int | None = None
+    gpus_per_worker: float = 0.0
+    cpus_per_worker: float = 1.0
+    actor_workers: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        concurrency_range(self.concurrency)
+        if self.gpus_per_worker < 0 or self.cpus_per_worker < 0:
+            raise PictagError("--gpus-per-worker and --cpus-per-worker must be at least 0")
+
+
+def concurrency_range(value: str | int | None) -> tuple[int, int] | None:
+    """(min, max) actors from --concurrency "N" or "MIN,MAX"; None when unset.
+
+    Raises:
+        PictagError: anything else.
+    """
+    if value is None:
+        return None
+    try:
+        numbers = [int(v) for v in str(value).split(",")]
+    except ValueError:
+        numbers = []
+    if len(numbers) not in (1, 2) or min(numbers) < 1 or numbers[0] > numbers[-1]:
+        raise PictagError(f"--concurrency must be N or MIN,MAX with 1 <= MIN <= MAX, not {value!r}")
+    return numbers[0], numbers[-1]
+
+
+@dataclass(kw_only=True)
 class LabelOptions:
     """labels
 
@@ -149,7 +201,7 @@ class LabelOptions:
 
 
 @dataclass(kw_only=True)
-class ClassifyConfig(ResumableOutput, RuntimeOptions, ModelOptions, LabelOptions, SourceOptions):
+class ClassifyConfig(ExecutorOptions, ResumableOutput, RuntimeOptions, ModelOptions, LabelOptions, SourceOptions):
     """Everything `pictag classify` takes.
 
     Attributes:
@@ -178,7 +230,7 @@ class ClassifyConfig(ResumableOutput, RuntimeOptions, ModelOptions, LabelOptions
 
 
 @dataclass(kw_only=True)
-class EmbedConfig(ResumableOutput, RuntimeOptions, ModelOptions, SourceOptions):
+class EmbedConfig(ExecutorOptions, ResumableOutput, RuntimeOptions, ModelOptions, SourceOptions):
     """Everything `pictag embed` takes.
 
     Attributes:
@@ -291,6 +343,20 @@ class IndexConfig:
     _required: ClassVar[tuple[str, ...]] = ("tar",)
 
     tar: str | None = None
+    out: str | None = None
+
+
+@dataclass(kw_only=True)
+class VerifyConfig:
+    """Everything `pictag verify` takes.
+
+    Attributes:
+        out: The output to check: a classify results file, an embedding store, or a run's parts folder.
+    """
+
+    _positional: ClassVar[tuple[str, ...]] = ("out",)
+    _required: ClassVar[tuple[str, ...]] = ("out",)
+
     out: str | None = None
 
 
@@ -430,6 +496,8 @@ class LabelmeCropsConfig(Checked):
     overwrite: bool = False
     quality: int = 95
     max_pixels: int = DEFAULT_MAX_PIXELS
+
+
 class TrainConfig(RuntimeOptions, ModelOptions):
     """Everything `pictag train` takes.
 
@@ -541,6 +609,7 @@ __all__ = [
     "ClassifyConfig",
     "EmbedConfig",
     "ExportConfig",
+    "ExecutorOptions",
     "FewshotConfig",
     "FewshotEvalConfig",
     "FinetuneConfig",
@@ -554,4 +623,5 @@ __all__ = [
     "SearchConfig",
     "SourceOptions",
     "TrainConfig",
+    "VerifyConfig",
 ]

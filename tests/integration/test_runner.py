@@ -60,3 +60,23 @@ def test_run_job_commits_one_part_per_unit_and_reruns_nothing(tmp_path, tiny_ope
     (tmp_path / "parts" / units[1].part_name).unlink()
     rerun = run_job(job)
     assert (rerun.rows, rerun.errors) == (7, 0) and parts.pending(units) == []
+
+
+def test_classify_writes_parts_merge_and_plan_to_an_fsspec_url(photo_dir, tiny_open_clip):
+    import uuid
+
+    import fsspec
+
+    from pictag.distributed.verify import verify_output
+    from pictag.pipeline.classify import classify
+
+    spec, checkpoint = tiny_open_clip
+    out = f"memory://pictag-{uuid.uuid4().hex[:8]}/runs/out.parquet"
+    result = classify(str(photo_dir), out, "cat,dog", model=spec, checkpoint=str(checkpoint), unit_size=2, workers=0)
+    assert result.out == out and result.classified == 5
+    fs = fsspec.filesystem("memory")
+    folder = out[len("memory://") :].rsplit("/", 1)[0]
+    names = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(folder, detail=False))
+    assert names == ["out.config.yaml", "out.errors.csv", "out.manifest.parquet", "out.parquet", "out.plan.parquet"]
+    report = verify_output(out)
+    assert report.ok and report.units == 3 and report.rows == 5, report.summary()

@@ -99,10 +99,12 @@ def test_everything_else_takes_the_exact_path(photos):
         assert decode_crop(truncated, OPEN_CLIP, decode="fast").shape == expected.shape
 
 
-def test_decompression_bombs_are_refused_before_decoding():
+def test_size_limits_are_the_exact_paths_and_checked_before_decoding():
     data = _jpeg(Image.new("RGB", (400, 300)))
     with pytest.raises(DecodeError, match="above the 100,000-pixel limit"):
         fast_crop(data, OPEN_CLIP, max_pixels=100_000)
+    with pytest.raises(DecodeError, match="aspect ratio 4:1 above the 3:1 limit"):
+        decode_crop(_jpeg(Image.new("RGB", (800, 200))), OPEN_CLIP, max_aspect_ratio=3, decode="fast")
 
 
 def test_the_runner_crops_fast_and_reports_bad_records(photos, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import io
 import logging
 import sys
 
@@ -23,6 +24,7 @@ COMMANDS = [
     "calibrate",
     "labelme-crops",
     "export",
+    "verify",
 ]
 
 
@@ -39,6 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     """Run one pictag command; returns the exit code (2 for bad input, with one line on stderr)."""
     from pictag.errors import PictagError
 
+    # A path may hold bytes that are not UTF-8 (Python decodes them to lone surrogates): print them as those bytes,
+    # as `ls` does, rather than fail on the summary line of a finished run (stderr already escapes them).
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(errors="surrogateescape")
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

@@ -16,6 +16,27 @@ _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm"})
 
 
+def safe_key(name: str) -> str:
+    """``name`` as a key that UTF-8 outputs (CSV, Parquet, JSON) can hold, unchanged when it is valid text.
+
+    File and tar member names are bytes; Python decodes those that are not UTF-8 with lone surrogates
+    (surrogateescape), which no UTF-8 writer accepts. Each such byte becomes ``\\xHH`` (``caf\\xe9.jpg``), as
+    Python's backslashreplace writes it and bash's ``$'caf\\xe9.jpg'`` reads it back. The original bytes are
+    kept for reading the file; only the key is rewritten.
+    """
+    if name.isascii():
+        return name
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:
+        pass
+    try:
+        return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate no byte decodes to (from JSON, say): written as \udXXX
+        return name.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def is_image(name: str) -> bool:
     """Whether ``name`` has an image extension (any case)."""
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS

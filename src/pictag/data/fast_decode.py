@@ -22,7 +22,7 @@ from typing import Literal
 
 import numpy as np
 
-from pictag.data.decode import DEFAULT_MAX_PIXELS, DecodeError, decode_image
+from pictag.data.decode import DEFAULT_MAX_ASPECT_RATIO, DEFAULT_MAX_PIXELS, check_size, decode_image
 from pictag.models.preprocess import Preprocess
 
 Decode = Literal["exact", "fast"]
@@ -34,7 +34,11 @@ _TRANSPOSED = {5, 6, 7, 8}
 
 
 def decode_crop(
-    data: bytes | None, preprocess: Preprocess, max_pixels: int = DEFAULT_MAX_PIXELS, decode: Decode = "exact"
+    data: bytes | None,
+    preprocess: Preprocess,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO,
+    decode: Decode = "exact",
 ) -> np.ndarray:
     """The (height, width, 3) uint8 crop of encoded image bytes that `preprocess` describes.
 
@@ -42,23 +46,29 @@ def decode_crop(
         data: The encoded image.
         preprocess: The model's eval preprocessing.
         max_pixels: Refuse images larger than this before decoding them (decompression bombs).
+        max_aspect_ratio: Refuse images whose long side is more than this many times their short side.
         decode: "exact" reproduces the reference transform; "fast" takes `fast_crop` for JPEGs.
 
     Raises:
         DecodeError: empty, non-image, truncated, corrupt or oversized data.
     """
     if decode == "fast":
-        crop = fast_crop(data, preprocess, max_pixels)
+        crop = fast_crop(data, preprocess, max_pixels, max_aspect_ratio)
         if crop is not None:
             return crop
-    return preprocess.crop(decode_image(data, preprocess.min_decode_size, max_pixels))
+    return preprocess.crop(decode_image(data, preprocess.min_decode_size, max_pixels, max_aspect_ratio))
 
 
-def fast_crop(data: bytes | None, preprocess: Preprocess, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray | None:
-    """The crop of a JPEG by scaled decoding and an area resize, or None where the exact path must decide.
+def fast_crop(
+    data: bytes | None,
+    preprocess: Preprocess,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO,
+) -> np.ndarray | None:
+    """The crop of a JPEG by scaled decoding and a SIMD resize, or None where the exact path must decide.
 
     Raises:
-        DecodeError: a JPEG above `max_pixels`.
+        DecodeError: a JPEG above a size limit (`pictag.data.decode.check_size`, the check every path shares).
     """
     if not data or not data.startswith(_JPEG_MAGIC):
         return None
@@ -67,8 +77,7 @@ def fast_crop(data: bytes | None, preprocess: Preprocess, max_pixels: int = DEFA
         height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
     except ValueError:
         return None
-    if width * height > max_pixels:
-        raise DecodeError(f"image is {width}x{height}, above the {max_pixels:,}-pixel limit")
+    check_size(width, height, max_pixels, max_aspect_ratio)
     if colorspace not in ("Gray", "YCbCr", "RGB"):  # CMYK/YCCK: PIL's conversion is the reference
         return None
     orientation = exif_orientation(data)

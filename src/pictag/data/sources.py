@@ -16,7 +16,17 @@ from dataclasses import dataclass, field, replace
 from itertools import islice
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from pictag.data._io import IMAGE_EXTENSIONS, Blob, display_name, filesystem, is_image, is_url, join, location_of
+from pictag.data._io import (
+    IMAGE_EXTENSIONS,
+    Blob,
+    display_name,
+    filesystem,
+    is_image,
+    is_url,
+    join,
+    location_of,
+    safe_key,
+)
 from pictag.data._patterns import expand_braces, has_glob, is_pattern
 from pictag.data.labelled import Annotation, class_folders, table_annotations, table_paths
 from pictag.data.tar_index import COMPRESSED_TAR_SUFFIXES, compressed_tar_error, index_for, load_index
@@ -129,7 +139,11 @@ def _read_file(location: str) -> bytes:
 
 @dataclass(frozen=True)
 class FileShard(Shard):
-    """Whole image files: each key is a path relative to ``root``, or an absolute path or URL."""
+    """Whole image files: each key is a path relative to ``root``, or an absolute path or URL.
+
+    ``keys`` are the paths as listed, which may hold bytes that are not UTF-8; records are keyed by their
+    ``safe_key``, and the file is read by the path as listed.
+    """
 
     name: str
     root: str
@@ -137,15 +151,16 @@ class FileShard(Shard):
     annotations: tuple[Annotation, ...] = ()
 
     def read(self, skip: Container[str] = frozenset()) -> Iterator[Record]:
-        for key, annotation in zip(self.keys, self.annotations or (None,) * len(self), strict=True):
+        for path, annotation in zip(self.keys, self.annotations or (None,) * len(self), strict=True):
+            key = safe_key(path)
             if key not in skip:
-                yield _record(key, _read_file, join(self.root, key), annotation=annotation)
+                yield _record(key, _read_file, join(self.root, path), annotation=annotation)
 
     def __len__(self) -> int:
         return len(self.keys)
 
     def paths(self) -> list[str]:
-        return list(self.keys)
+        return [safe_key(path) for path in self.keys]
 
     def slice(self, start: int, stop: int) -> FileShard:
         name, keys, annotations = f"{self.name}:{start}-{stop}", self.keys[start:stop], self.annotations[start:stop]
@@ -194,6 +209,41 @@ class TarShard(Shard):
             name=f"{self.name}:{start}-{stop}",
             start=self.start + start,
             stop=self.start + stop,
+            annotations=self.annotations[start:stop],
+        )
+
+
+@dataclass(frozen=True)
+class UnlistedShard(Shard):
+    """Folders that could not be listed (no permission, an I/O error): one error record each, keyed ``<folder>/``.
+
+    Their images are unknown, so they cannot be records; an error record per folder puts them in the errors file
+    and the run's count of unreadable records, instead of leaving them out without a word.
+    """
+
+    name: str
+    keys: tuple[str, ...]
+    reasons: tuple[str, ...]
+    annotations: tuple[Annotation, ...] = ()
+
+    def read(self, skip: Container[str] = frozenset()) -> Iterator[Record]:
+        annotations = self.annotations or (None,) * len(self)
+        for key, reason, annotation in zip(self.keys, self.reasons, annotations, strict=True):
+            if key not in skip:
+                yield Record(key, None, reason, **(annotation._asdict() if annotation else {}))
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def paths(self) -> list[str]:
+        return list(self.keys)
+
+    def slice(self, start: int, stop: int) -> UnlistedShard:
+        return replace(
+            self,
+            name=f"{self.name}:{start}-{stop}",
+            keys=self.keys[start:stop],
+            reasons=self.reasons[start:stop],
             annotations=self.annotations[start:stop],
         )
 
@@ -345,7 +395,7 @@ def _by_class_folder(target: _Target, kind: str, shards: list[Shard]) -> list[Sh
     paths = [shard.paths() for shard in shards]
     root = target.path.rstrip("/")
     listed = target.fs.ls(root, detail=True) if kind == "folder" else []
-    folders = [display_name(entry["name"]) for entry in listed if entry["type"] == "directory"]
+    folders = [safe_key(display_name(entry["name"])) for entry in listed if entry["type"] == "directory"]
     annotations = iter(class_folders(target.uri, [p for part in paths for p in part], folders))
     return [replace(shard, annotations=tuple(islice(annotations, len(part)))) for shard, part in zip(shards, paths)]
 
@@ -353,8 +403,48 @@ def _by_class_folder(target: _Target, kind: str, shards: list[Shard]) -> list[Sh
 @_opener("folder")
 def _open_folder(target: _Target) -> list[Shard]:
     root = target.path.rstrip("/")
-    keys = sorted(path[len(root) :].lstrip("/") for path in target.fs.find(root) if is_image(path))
-    return _file_shards(display_name(root), target.location(root), keys)
+    unlisted: list[OSError] = []
+    # Local folders are walked here: fsspec's walk skips a subfolder it cannot list (permissions) without a word.
+    # Object stores have no folders to refuse.
+    paths = _walk_local(root, unlisted) if "file" in target.fs.protocol else target.fs.find(root)
+    keys = sorted(path[len(root) :].lstrip("/") for path in paths if is_image(path))
+    shards = _file_shards(display_name(root), target.location(root), keys)
+    if unlisted:
+        shards.append(_unlisted_shard(target, root, unlisted))
+    return shards
+
+
+def _walk_local(root: str, unlisted: list[OSError]) -> list[str]:
+    """Every file below the local folder ``root``, following links to folders once; ``unlisted`` gains the errors
+    of the folders that could not be listed."""
+    paths, seen = [], set()
+    for folder, dirs, files in os.walk(root, onerror=unlisted.append, followlinks=True):
+        stat = os.stat(folder)
+        if (stat.st_dev, stat.st_ino) in seen:  # a link back up the tree: walking on would never end
+            dirs.clear()
+            continue
+        seen.add((stat.st_dev, stat.st_ino))
+        paths += [f"{folder}/{name}" for name in files]
+    return paths
+
+
+def _unlisted_shard(target: _Target, root: str, errors: list[OSError]) -> UnlistedShard:
+    """The folders that could not be listed, as error records; one warning says how many."""
+    keys, reasons = [], []
+    for error in errors:
+        folder = str(error.filename or "").rstrip("/")
+        if folder in ("", root):
+            raise PictagError(f"cannot list {target.uri} ({error.strerror or error}): check its permissions")
+        keys.append(safe_key(posixpath.relpath(folder, root)) + "/")
+        reasons.append(f"cannot list this folder ({error.strerror or error}): the images in it were left out")
+    log.warning(
+        "%d folder(s) inside %s could not be listed (e.g. %s: %s): they go to the errors file",
+        len(keys),
+        target.uri,
+        keys[0],
+        errors[0].strerror or errors[0],
+    )
+    return UnlistedShard(f"{display_name(root)}[unlisted]", tuple(keys), tuple(reasons))
 
 
 @_opener("image")
@@ -415,7 +505,7 @@ def _tar_shards(target: _Target, paths: list[str]) -> list[Shard]:
             index.check(tar, size)
         if index.past_end(size):
             past_end[display_name(tar)] = index.past_end(size)
-        prefix = posixpath.relpath(path[:-4], common) + "/" if len(paths) > 1 else ""
+        prefix = safe_key(posixpath.relpath(path[:-4], common)) + "/" if len(paths) > 1 else ""
         shards += [
             TarShard(f"{display_name(tar)}[{a}:{b}]", tar, index.location, a, b, prefix, index.columns)
             for a, b in _ranges(len(index))

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pictag.config import cache_dir
-from pictag.data._io import Blob, display_name, filesystem, is_image, is_url
+from pictag.data._io import Blob, display_name, filesystem, is_image, is_url, safe_key
 from pictag.errors import PictagError
 
 if TYPE_CHECKING:  # pyarrow and numpy load on first use, so that `import pictag` stays fast
@@ -75,7 +75,7 @@ def build_tar_index(tar: str | os.PathLike, out: str | os.PathLike | None = None
     """Index the image members of an uncompressed local tar, reading only its headers.
 
     Regular members with an image extension are indexed; when a name occurs twice the later member wins, as
-    it does when tar extracts.
+    it does when tar extracts. A name that is not UTF-8 is indexed as its ``safe_key`` (``caf\\xe9.jpg``).
 
     Args:
         tar: Path of the tar.
@@ -111,8 +111,9 @@ def _scan(tar: str) -> pa.Table:
         with tarfile.open(tar, "r:") as archive:
             for member in archive:  # each step reads one header and seeks past the member's data
                 if member.isreg() and is_image(member.name):
-                    members.pop(member.name, None)  # re-insert so the dict stays in offset order
-                    members[member.name] = (member.offset_data, member.size)
+                    key = safe_key(member.name)
+                    members.pop(key, None)  # re-insert so the dict stays in offset order
+                    members[key] = (member.offset_data, member.size)
     except tarfile.ReadError as e:
         if not members or "unexpected end of data" not in str(e):
             raise PictagError(f"cannot read {tar} as a tar ({e}): check that it is complete and uncompressed") from e
@@ -135,7 +136,11 @@ def _scan(tar: str) -> pa.Table:
         }
     )
     stat = os.stat(tar)
-    meta = {"tar_name": os.path.basename(tar), "tar_size": str(stat.st_size), "tar_mtime_ns": str(stat.st_mtime_ns)}
+    meta = {
+        "tar_name": safe_key(os.path.basename(tar)),
+        "tar_size": str(stat.st_size),
+        "tar_mtime_ns": str(stat.st_mtime_ns),
+    }
     return table.replace_schema_metadata(meta)
 
 
@@ -180,7 +185,7 @@ class TarIndex:
         """
         name = display_name(tar)
         rebuild = f"rebuild it with `pictag index {tar}`"
-        if self.tar_name is not None and _stem(self.tar_name) != _stem(name):
+        if self.tar_name is not None and _stem(self.tar_name) != _stem(safe_key(name)):
             raise PictagError(f"index {self.location} was built for {self.tar_name}, not {name}: {rebuild}")
         rows = [row for row in _spread(len(self), SAMPLE_ROWS) if self.offsets[row] + self.sizes[row] <= tar_size]
         if len(self) and not rows:
@@ -197,8 +202,8 @@ class TarIndex:
                     raise PictagError(f"cannot read {tar} ({' '.join(str(e).split())}): check the path") from e
                 if member is None:
                     found = "has no tar header before it"
-                elif _plain(member.name) != _plain(key) or member.size != size:
-                    found = f"is {member.name!r} ({member.size:,} bytes) in the tar"
+                elif _plain(safe_key(member.name)) != _plain(key) or member.size != size:
+                    found = f"is {safe_key(member.name)!r} ({member.size:,} bytes) in the tar"
                 else:
                     continue
                 raise PictagError(

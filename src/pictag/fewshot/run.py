@@ -145,6 +145,7 @@ def _embed(cfg: FewshotConfig, tasks: list[Task], encoder: Encoder) -> tuple[dic
         workers=workers,
         skip=_Only(wanted),
         max_pixels=cfg.max_pixels,
+        max_aspect_ratio=cfg.max_aspect_ratio,
         decode=cfg.decode,
     )
     return dict(zip(embedded.keys, embedded.features)), dict(embedded.errors)

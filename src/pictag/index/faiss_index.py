@@ -89,7 +89,16 @@ class VectorIndex:
         path, info_path = store.folder / INDEX_FILE, store.folder / INFO_FILE
         if not path.is_file() or not info_path.is_file():
             return None
-        info = IndexInfo(**json.loads(info_path.read_text()))
+        rebuild = f"rebuild it with `pictag index-embeddings {store.folder}`"
+        try:
+            values = json.loads(info_path.read_bytes())
+            info = IndexInfo(**values)
+            if not (isinstance(info.count, int) and isinstance(info.dim, int) and info.type in INDEX_TYPES):
+                raise TypeError("bad count, dim or type")
+        except (ValueError, TypeError, RecursionError) as exc:  # not JSON, not an object, fields missing or wrong
+            raise PictagError(
+                f"{info_path} is not a search index description ({type(exc).__name__}): {rebuild}"
+            ) from None
         m = store.manifest
         if (info.count, info.store_model, info.store_weights_id) != (m.count, m.model, m.weights_id):
             raise PictagError(
@@ -97,7 +106,16 @@ class VectorIndex:
                 f"store now holds {m.count:,} of {m.model}: rebuild it with `pictag index-embeddings {store.folder}`"
             )
         faiss = _faiss()
-        index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP if info.type == "flat" else 0)
+        try:
+            index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP if info.type == "flat" else 0)
+        except RuntimeError as exc:  # Faiss reports every unreadable file this way, with a C++ trace in the message
+            reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unreadable"
+            raise PictagError(f"{path} is not a readable Faiss index ({reason[:200]}): {rebuild}") from None
+        if (index.ntotal, index.d) != (info.count, info.dim):
+            raise PictagError(
+                f"{path} holds {index.ntotal:,} vectors of {index.d} dimensions, {info_path.name} says {info.count:,} "
+                f"of {info.dim}: {rebuild}"
+            )
         loaded = cls(index, info)
         loaded.set_search_param(info.params.get(_PARAM_NAMES.get(info.type, ""), None))
         return loaded

@@ -4,13 +4,16 @@ the shared runner."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
 from pictag.config import dump_config, load_config, sibling
+from pictag.data._io import is_url
 from pictag.device import default_workers
 from pictag.errors import PictagError
 from pictag.heads.base import Head
@@ -21,8 +24,8 @@ from pictag.models.base import Encoder
 from pictag.models.registry import default_model, parse_spec
 from pictag.models.run_dir import read_meta, run_head
 from pictag.options import ClassifyConfig
-from pictag.pipeline.job import Job, JobResult, Run, run_job
-from pictag.pipeline.parts import ERRORS_SCHEMA, PartStore, output_format, write_table
+from pictag.pipeline.job import Job, JobResult, Run, executor_for, run_job
+from pictag.pipeline.parts import ERRORS_SCHEMA, PartStore, exists, output_format, write_table
 from pictag.pipeline.runner import EmbeddingBatch, image_features
 from pictag.prompts import UNKNOWN, load_templates, parse_labels
 from pictag.store.store import EmbeddingStore, StoreFeatures
@@ -64,7 +67,7 @@ def run(cfg: ClassifyConfig) -> ClassifyResult:
         raise PictagError("no output named: pass --out results.csv (or .parquet)")
     if cfg.source and cfg.embeddings:
         raise PictagError("give either a SOURCE of images or --embeddings STORE (from `pictag embed`), not both")
-    out = Path(cfg.out)
+    out = cfg.out if is_url(cfg.out) else Path(cfg.out)  # s3://, gs://, memory://: parts and merge go there
     output_format(out)
     if not cfg.source and not cfg.embeddings:
         raise PictagError(
@@ -74,41 +77,27 @@ def run(cfg: ClassifyConfig) -> ClassifyResult:
     if pretrained:
         _check_pretrained(cfg)
     store = EmbeddingStore(cfg.embeddings) if cfg.embeddings else None
-    cfg = dataclasses.replace(cfg, model=cfg.model or (store.manifest.model if store else default_model()))
+    cfg = dataclasses.replace(cfg, model=cfg.model or (store.manifest.model if store is not None else default_model()))
     if not pretrained and (cfg.labels or cfg.labels_file or parse_spec(cfg.model).scheme != "run"):
         # Refused before any output is touched or model loaded.
         parse_labels(cfg.labels, cfg.labels_file)
         load_templates(cfg.templates)
     # Named after the whole file name, so that results.csv and results.parquet never share parts.
-    with Run(PartStore(out.with_name(out.name + ".parts")), out, complete=out.exists()) as output:
+    with Run(PartStore(f"{out}.parts"), out, complete=exists(out)) as output:
         output.start(cfg, _RESULT_DEFINING, resume=cfg.resume, overwrite=cfg.overwrite)
         encoder, units, features = _features(cfg, store)
-        if pretrained:
-            head = PretrainedHead(encoder)
-            labels, features = head.classes, dataclasses.replace(features, normalize=head.normalized_input)
-        else:
-            head, labels = classification_head(encoder, cfg.model, cfg.labels, cfg.labels_file, cfg.templates)
-        calibration = Calibration.load(cfg.calibration) if cfg.calibration else None
-        if calibration is not None:
-            calibration.check(encoder.spec, encoder.weights_id, labels, getattr(head, "templates", []))
-        output.check_inputs(cfg, weights_id=encoder.weights_id, units=units)
+        rows, schema, head_id, normalized = _head_rows(cfg, encoder)
+        if not normalized:  # a classifier on the backbone's raw features (--head pretrained)
+            features = dataclasses.replace(features, normalize=False)
+        output.check_inputs(cfg, weights_id=encoder.weights_id, units=units, head=head_id)
         config_out = dump_config(cfg, sibling(out, ".config.yaml"))
 
-        top_k = min(cfg.top_k, len(labels))
-        thresholds = _thresholds(cfg.threshold, calibration, labels)
-        temperature = calibration.temperature if calibration else 1.0
-        schema = _schema(top_k)
-
-        def rows(batch: EmbeddingBatch) -> pa.Table:
-            # A store's vectors arrive on the CPU; a trained head sits on the encoder's device.
-            scores, indices = head.top_k(batch.features.to(encoder.device), top_k, temperature)
-            return _rows(batch.keys, scores, indices, labels, thresholds, schema)
-
         workers = default_workers(encoder.device) if cfg.workers is None else cfg.workers
-        job = Job("classify", units, features, rows, schema, output.parts, workers)
-        stats = run_job(job)
+        job = Job("classify", units, features, rows, schema, output.parts, workers, ROWS_RECIPE, cfg)
+        stats = run_job(job, executor_for(cfg))
         _, classified = write_table(out, output.parts.tables(), schema)
         errors_out, failed = write_table(sibling(out, ".errors.csv"), output.parts.tables(errors=True), ERRORS_SCHEMA)
+        output.finish()
         output.parts.remove()
         seconds = time.perf_counter() - started
         return ClassifyResult("classified", out, errors_out, config_out, classified, failed, seconds, stats.timings())
@@ -142,6 +131,40 @@ def classification_head(
             "or --labels-file FILE"
         )
     return parse_labels(None, None)  # raises: labels are needed
+
+
+ROWS_RECIPE = "pictag.pipeline.classify:head_rows"
+
+
+def head_rows(cfg: ClassifyConfig, encoder) -> tuple[Callable[[EmbeddingBatch], pa.Table], pa.Schema]:
+    """The head stage of `cfg` on `encoder`: its rows function and their schema (how Ray actors build it)."""
+    rows, schema, _, _ = _head_rows(cfg, encoder)
+    return rows, schema
+
+
+def _head_rows(cfg: ClassifyConfig, encoder):
+    """(rows function, schema, digest of what the rows depend on) for the labels, templates and calibration."""
+    if cfg.head == "pretrained":
+        head = PretrainedHead(encoder)
+        labels = list(head.classes)
+    else:
+        head, labels = classification_head(encoder, cfg.model, cfg.labels, cfg.labels_file, cfg.templates)
+    templates = list(getattr(head, "templates", []))
+    calibration = Calibration.load(cfg.calibration) if cfg.calibration else None
+    if calibration is not None:
+        calibration.check(encoder.spec, encoder.weights_id, labels, templates)
+    top_k = min(cfg.top_k, len(labels))
+    thresholds = _thresholds(cfg.threshold, calibration, labels)
+    temperature = calibration.temperature if calibration else 1.0
+    schema = _schema(top_k)
+    head_id = hashlib.sha1(repr((head.name, labels, templates, thresholds, temperature, top_k)).encode()).hexdigest()
+
+    def rows(batch: EmbeddingBatch) -> pa.Table:
+        # A store's vectors arrive on the CPU; a trained head sits on the encoder's device.
+        scores, indices = head.top_k(batch.features.to(encoder.device), top_k, temperature)
+        return _rows(batch.keys, scores, indices, labels, thresholds, schema)
+
+    return rows, schema, head_id[:16], head.normalized_input
 
 
 def classify(source: str | None, out: str, labels: list[str] | str | None = None, **options) -> ClassifyResult:

@@ -1,54 +1,117 @@
-"""Crash-safe output: one part file per unit of work, appearing whole or not at all.
+"""Crash-safe output: one part file per unit of work, appearing whole or not at all, on local paths or fsspec URLs.
 
 A part is written to a temporary name unique to its attempt, synced, then renamed over its final name, so a unit
 retried, or run twice at once, still leaves exactly one part, and a run killed at any instant leaves only complete
-ones. A unit is done exactly when its part exists; a rerun computes the others. At the end a job merges the parts,
-one at a time, into the file the user asked for (or keeps them, as an embedding store does).
+ones. On object storage (``s3://``, ``gs://``, ``memory://`` ...) a part is one PUT of the whole file, which the
+store makes visible whole or not at all. A unit is done exactly when its part exists; a rerun computes the others.
+At the end a job merges the parts, one at a time, into the file the user asked for (or keeps them, as an embedding
+store does).
+
+Every write failure the user can fix (a read-only file system, a full disk, no permission) is one line naming the
+fix; parts committed before it stay, so ``--resume`` continues from them.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
+import io
 import os
-import shutil
+import socket
+import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from pictag.data._io import is_url
 from pictag.errors import PictagError
 from pictag.pipeline.plan import Unit
+
+if TYPE_CHECKING:
+    from fsspec import AbstractFileSystem
 
 OUTPUT_FORMATS = (".csv", ".parquet")
 ERRORS_SCHEMA = pa.schema([("key", pa.string()), ("reason", pa.string())])
 ERRORS_FOLDER = "errors.parts"
+LOCK_FILE = ".lock"
+# Object storage has no flock: the lock there is a lease that its holder renews while it commits; one older than
+# this is taken to be left by a dead driver. Long enough for a slow model between commits, short enough to resume.
+LEASE_S = 120.0
+
+
+def open_location(location: str | os.PathLike) -> tuple[AbstractFileSystem | None, str]:
+    """(fsspec filesystem, path) for a URL, or (None, path) for a local path or ``file://`` URL (os calls, fsync)."""
+    text = os.fspath(location)
+    if not is_url(text):
+        return None, text
+    if text.startswith("file://"):
+        return None, text[len("file://") :]
+    from pictag.data._io import filesystem
+
+    fs, path = filesystem(text)
+    return fs, path
+
+
+def exists(location: str | os.PathLike) -> bool:
+    """Whether a file or folder is at a local path or fsspec URL."""
+    fs, path = open_location(location)
+    return os.path.exists(path) if fs is None else fs.exists(path)
 
 
 class PartStore:
     """The committed parts of a job, in a folder; errors of each unit go to a sub-folder of the same names.
 
     Args:
-        folder: Where the parts go; created on `lock`.
+        folder: Where the parts go: a local folder or an fsspec URL (the nodes of a cluster must all reach it).
         write_options: Extra `pyarrow.parquet.write_table` options for each part (compression, ...).
     """
 
     def __init__(self, folder: str | os.PathLike, write_options: dict | None = None):
-        self.folder = Path(folder)
-        self.errors_folder = self.folder / ERRORS_FOLDER
+        self.location = os.fspath(folder)
+        self.fs, self.root = open_location(folder)
+        # A Path for local folders (what callers join names to); the URL itself on object storage.
+        self.folder: Path | str = Path(self.root) if self.fs is None else self.location
         self.write_options = write_options or {}
         self._lock: int | None = None
+        self._lease: float | None = None
+
+    def __reduce__(self):
+        # Travels to Ray actors as its location; the lock stays with the driver that took it.
+        return (PartStore, (self.location, self.write_options))
+
+    @property
+    def errors_folder(self) -> Path | str:
+        return self._path(ERRORS_FOLDER) if self.fs is None else f"{self.location}/{ERRORS_FOLDER}"
+
+    def _path(self, *names: str) -> str:
+        return "/".join([self.root.rstrip("/"), *names])
+
+    def url(self, name: str) -> str:
+        """How a file of this folder is named to the user."""
+        return self._path(name) if self.fs is None else f"{self.location.rstrip('/')}/{name}"
+
+    # -- the lock ----------------------------------------------------------------------------------------------
 
     def lock(self) -> None:
         """Keep other runs off this output until the process ends (a second one is refused at once).
 
+        Locally this is `flock`, released by the kernel however the process ends. On object storage it is a lease
+        file naming its holder, renewed on each commit; a lease older than `LEASE_S` is taken over.
+
         Raises:
-            PictagError: another live process holds the output.
+            PictagError: another live process holds the output, or the folder cannot be written.
         """
-        self.folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.folder / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        with _writing(self.location):
+            self.makedirs()
+            if self.fs is not None:
+                return self._take_lease()
+            fd = os.open(self._path(LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -61,96 +124,261 @@ class PartStore:
         os.pwrite(fd, f"pid {os.getpid()}".encode(), 0)
         self._lock = fd  # released by `unlock`, or by the kernel when this process ends, however it ends
 
+    def _take_lease(self) -> None:
+        # Not atomic (fsspec has no portable conditional create): two drivers starting in the same second can
+        # both get it. docs/scale-out.md says so; parts stay exactly-once regardless, by their names.
+        path = self._path(LOCK_FILE)
+        if self.fs.exists(path):
+            text = self.fs.cat_file(path).decode(errors="replace")
+            holder, _, stamp = text.rpartition(" at ")
+            try:
+                age = time.time() - float(stamp)
+            except ValueError:
+                age = LEASE_S
+            if age < LEASE_S:
+                raise PictagError(
+                    f"{self.location} is being written by {holder or 'another driver'} (lease renewed {age:.0f} s "
+                    f"ago): wait for it, or, if it died, retry after {LEASE_S - age:.0f} s"
+                )
+        self._lease = 0.0
+        self.renew_lock()
+
+    def renew_lock(self) -> None:
+        """Renew the lease on object storage (at most every third of `LEASE_S`); nothing locally."""
+        if self.fs is None or self._lease is None or time.time() - self._lease < LEASE_S / 3:
+            return
+        self._lease = time.time()
+        text = f"pid {os.getpid()} on {socket.gethostname()} at {self._lease}"
+        with _writing(self.location):
+            self.fs.pipe_file(self._path(LOCK_FILE), text.encode())
+
     def unlock(self) -> None:
         if self._lock is not None:
             os.close(self._lock)
             self._lock = None
+        if self._lease is not None:
+            self._lease = None
+            self.delete(LOCK_FILE)  # gone already when the folder was removed after a merge
 
-    def parts(self) -> list[Path]:
-        """The committed parts, in plan order."""
-        return sorted(self.folder.glob("part-*.parquet"))
+    # -- parts -------------------------------------------------------------------------------------------------
+
+    def makedirs(self) -> None:
+        if self.fs is None:
+            os.makedirs(self.root, exist_ok=True)
+        else:
+            self.fs.makedirs(self.root, exist_ok=True)
+
+    def _list(self, folder: str) -> list[str]:
+        """File names in `folder` (of this store), sorted; none when it does not exist."""
+        if self.fs is None:
+            try:
+                return sorted(os.listdir(folder))
+            except FileNotFoundError:
+                return []
+        try:
+            return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(folder, detail=False))
+        except FileNotFoundError:
+            return []
+
+    def part_names(self, errors: bool = False) -> list[str]:
+        """Names of the committed parts (or of their error files), in plan order."""
+        folder = self._path(ERRORS_FOLDER) if errors else self.root
+        return [n for n in self._list(folder) if n.startswith("part-") and n.endswith(".parquet")]
+
+    def parts(self) -> list[Path] | list[str]:
+        """The committed parts, in plan order (paths locally, URLs on object storage)."""
+        return [Path(self._path(n)) if self.fs is None else self.url(n) for n in self.part_names()]
+
+    def temporaries(self) -> list[str]:
+        """Temporary files of attempts that never finished (a killed process leaves them; nothing reads them)."""
+        found = [n for n in self._list(self.root) if n.startswith(".part-") and n.endswith(".tmp")]
+        found += [f"{ERRORS_FOLDER}/{n}" for n in self._list(self._path(ERRORS_FOLDER)) if n.endswith(".tmp")]
+        return found
 
     def pending(self, units: Sequence[Unit]) -> list[Unit]:
         """The units without a committed part."""
-        done = {path.name for path in self.parts()}
+        done = set(self.part_names())
         return [unit for unit in units if unit.part_name not in done]
 
     def commit(self, unit: Unit, rows: pa.Table, errors: pa.Table | None = None) -> None:
-        """Commit a unit: its error rows first, then its part, whose appearance marks the unit done."""
-        if errors is not None:
-            self.errors_folder.mkdir(parents=True, exist_ok=True)
-            _write_atomically(errors, self.errors_folder / unit.part_name, {})
-        self.folder.mkdir(parents=True, exist_ok=True)
-        _write_atomically(rows, self.folder / unit.part_name, self.write_options)
+        """Commit a unit: its error rows first, then its part, whose appearance marks the unit done.
+
+        Raises:
+            PictagError: the output cannot be written (read-only, full, no permission); committed parts stay.
+        """
+        with _writing(self.location):
+            if errors is not None:
+                self._write(errors, ERRORS_FOLDER, unit.part_name, {})
+            self._write(rows, None, unit.part_name, self.write_options)
+        self.renew_lock()
+
+    def _write(self, table: pa.Table, sub: str | None, name: str, options: dict) -> None:
+        folder = self._path(sub) if sub else self.root
+        if self.fs is not None:
+            buffer = io.BytesIO()
+            pq.write_table(table, buffer, **options)
+            self.fs.makedirs(folder, exist_ok=True)
+            self.fs.pipe_file(f"{folder}/{name}", buffer.getvalue())  # one PUT: the object appears whole
+            return
+        os.makedirs(folder, exist_ok=True)
+        tmp = f"{folder}/.{name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
+        try:
+            with open(tmp, "wb") as f:
+                pq.write_table(table, f, **options)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, f"{folder}/{name}")
+        finally:
+            if os.path.lexists(tmp):
+                os.unlink(tmp)
+
+    def _open(self, path: str):
+        return open(path, "rb") if self.fs is None else self.fs.open(path, "rb")
 
     def tables(self, errors: bool = False) -> Iterator[pa.Table]:
         """The committed parts (or their error rows), one table at a time: memory stays at one part."""
+        names = self.part_names()
         if errors:
-            done = {path.name for path in self.parts()}
-            paths = sorted(p for p in self.errors_folder.glob("part-*.parquet") if p.name in done)
+            done = set(names)
+            folder = self._path(ERRORS_FOLDER)
+            paths = [f"{folder}/{n}" for n in self.part_names(errors=True) if n in done]
         else:
-            paths = self.parts()
+            paths = [self._path(n) for n in names]
         for path in paths:
-            yield pq.read_table(path)
+            with self._open(path) as f:
+                yield pq.read_table(f)
 
     def rows(self, errors: bool = False) -> int:
         """Rows committed, read from the parts' footers."""
-        folder = self.errors_folder if errors else self.folder
-        done = {path.name for path in self.parts()}
-        return sum(pq.read_metadata(p).num_rows for p in folder.glob("part-*.parquet") if p.name in done)
+        done = set(self.part_names())
+        names = [n for n in self.part_names(errors) if n in done]
+        folder = self._path(ERRORS_FOLDER) if errors else self.root
+        total = 0
+        for name in names:
+            with self._open(f"{folder}/{name}") as f:
+                total += pq.read_metadata(f).num_rows
+        return total
+
+    # -- small files of the run (run.yaml, _plan.parquet, _manifest.parquet) -------------------------------------
+
+    def exists(self, name: str) -> bool:
+        return os.path.isfile(self._path(name)) if self.fs is None else self.fs.isfile(self._path(name))
+
+    def read_bytes(self, name: str) -> bytes:
+        if self.fs is None:
+            return Path(self._path(name)).read_bytes()
+        return self.fs.cat_file(self._path(name))
+
+    def write_bytes(self, name: str, data: bytes) -> None:
+        """Write a small file of the run whole (temporary name and rename locally; one PUT on object storage)."""
+        with _writing(self.location):
+            if self.fs is not None:
+                self.fs.pipe_file(self._path(name), data)
+                return
+            tmp = self._path(f".{name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, self._path(name))
+
+    def delete(self, name: str) -> None:
+        try:
+            os.unlink(self._path(name)) if self.fs is None else self.fs.rm_file(self._path(name))
+        except FileNotFoundError:
+            pass
 
     def clear(self) -> None:
         """Remove every part and temporary file (a fresh start), keeping the folder and its lock."""
-        for path in [*self.folder.glob("part-*"), *self.folder.glob(".part-*")]:
-            path.unlink(missing_ok=True)
-        shutil.rmtree(self.errors_folder, ignore_errors=True)
+        for name in self._list(self.root):
+            if name.startswith(("part-", ".part-")):
+                self.delete(name)
+        self.remove_errors()
+
+    def remove_errors(self) -> None:
+        """Remove the per-unit error files (after they were merged)."""
+        _rmtree(self.fs, self._path(ERRORS_FOLDER))
 
     def remove(self) -> None:
         """Remove the folder (after a merge)."""
-        shutil.rmtree(self.folder, ignore_errors=True)
+        _rmtree(self.fs, self.root)
 
 
-def _write_atomically(table: pa.Table, final: Path, options: dict) -> None:
-    tmp = final.with_name(f".{final.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+def _rmtree(fs: AbstractFileSystem | None, path: str) -> None:
+    import shutil
+
+    if fs is None:
+        shutil.rmtree(path, ignore_errors=True)
+    elif fs.exists(path):
+        fs.rm(path, recursive=True)
+
+
+@contextmanager
+def _writing(where: str | os.PathLike):
+    """Turn the write failures a user can fix into one line that names the fix.
+
+    A full disk says that `--resume` works: parts are committed whole or not at all, so nothing written is lost.
+    """
     try:
-        with open(tmp, "wb") as f:
-            pq.write_table(table, f, **options)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
+        yield
+    except OSError as exc:
+        code = exc.errno
+        if code in (errno.ENOSPC, errno.EDQUOT):
+            raise PictagError(
+                f"no space left on the device of {where}: free some space, then rerun with --resume (units "
+                "committed so far are kept and will not be computed again)"
+            ) from None
+        if code == errno.EROFS:
+            raise PictagError(f"cannot write {where}: read-only file system; choose another --out") from None
+        if code in (errno.EACCES, errno.EPERM):
+            raise PictagError(f"cannot write {where}: permission denied; choose another --out") from None
+        if code in (errno.ENOTDIR, errno.EEXIST, errno.EISDIR):
+            raise PictagError(f"cannot write {where}: {exc.strerror} ({exc.filename})") from None
+        raise
 
 
 class TableWriter:
-    """Streams tables into one CSV or Parquet file, chosen by the file's extension (any case)."""
+    """Streams tables into one CSV or Parquet file (local or fsspec URL), chosen by its extension (any case).
+
+    Locally the file is written under a temporary name and renamed at `close`; on object storage it is one
+    (multipart) upload, which the store makes visible at `close`.
+    """
 
     def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-        self.format = output_format(self.path)
-        self._tmp = self.path.with_name(self.path.name + ".tmp")
+        self.location = os.fspath(path)
+        self.format = output_format(self.location)
+        self.fs, self._target = open_location(self.location)
+        self.path: Path | str = Path(self._target) if self.fs is None else self.location
+        self._tmp = self._target + ".tmp" if self.fs is None else self._target
+        self._file = None
         self._writer = None
 
     def write(self, table: pa.Table) -> None:
-        if self._writer is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            if self.format == ".parquet":
-                self._writer = pq.ParquetWriter(self._tmp, table.schema)
-            else:
-                self._writer = pacsv.CSVWriter(self._tmp, table.schema)
-        self._writer.write_table(table)
+        with _writing(self.location):
+            if self._writer is None:
+                if self.fs is None:
+                    os.makedirs(os.path.dirname(self._tmp) or ".", exist_ok=True)
+                    self._file = open(self._tmp, "wb")
+                else:
+                    self._file = self.fs.open(self._tmp, "wb")
+                if self.format == ".parquet":
+                    self._writer = pq.ParquetWriter(self._file, table.schema)
+                else:
+                    self._writer = pacsv.CSVWriter(self._file, table.schema)
+            self._writer.write_table(table)
 
-    def close(self, schema: pa.Schema) -> Path:
+    def close(self, schema: pa.Schema) -> Path | str:
         """Finish the file (an empty one with `schema`'s header if nothing was written) and move it into place."""
         if self._writer is None:
             self.write(schema.empty_table())
-        self._writer.close()
-        os.replace(self._tmp, self.path)
+        with _writing(self.location):
+            self._writer.close()
+            self._file.close()
+            if self.fs is None:
+                os.replace(self._tmp, self._target)
         return self.path
 
 
-def write_table(path: str | os.PathLike, tables: Iterable[pa.Table], schema: pa.Schema) -> tuple[Path, int]:
-    """Stream tables into one CSV/Parquet file; returns its path and row count."""
+def write_table(path: str | os.PathLike, tables: Iterable[pa.Table], schema: pa.Schema) -> tuple[Path | str, int]:
+    """Stream tables into one CSV/Parquet file; returns its path (a URL on object storage) and row count."""
     writer, rows = TableWriter(path), 0
     for table in tables:
         writer.write(table)
@@ -159,12 +387,18 @@ def write_table(path: str | os.PathLike, tables: Iterable[pa.Table], schema: pa.
 
 
 def output_format(path: str | os.PathLike) -> str:
-    """ ".csv" or ".parquet", from the output's extension in any case.
+    """ ".csv" or ".parquet", from the output's extension in any case; checked before any work is done.
 
     Raises:
-        PictagError: an extension pictag cannot write.
+        PictagError: an extension pictag cannot write, or an output that is an existing folder.
     """
-    suffix = Path(path).suffix.lower()
+    location = os.fspath(path)
+    suffix = os.path.splitext(location)[1].lower()
     if suffix not in OUTPUT_FORMATS:
-        raise PictagError(f"output {path} must end in {' or '.join(OUTPUT_FORMATS)}")
+        raise PictagError(f"output {location} must end in {' or '.join(OUTPUT_FORMATS)}")
+    fs, target = open_location(location)
+    if os.path.isdir(target) if fs is None else fs.isdir(target):
+        raise PictagError(
+            f"output {location} is a folder: name a file in it, e.g. {location.rstrip('/')}/results{suffix}"
+        )
     return suffix

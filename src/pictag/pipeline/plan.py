@@ -8,12 +8,19 @@ how many workers or machines run it.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+
+import pyarrow as pa
 
 from pictag.data.sources import Shard, Source
 from pictag.errors import PictagError
 from pictag.options import DEFAULT_UNIT_SIZE
+
+PLAN_FILE = "_plan.parquet"
+PLAN_SCHEMA = pa.schema(
+    [("ordinal", pa.int64()), ("id", pa.string()), ("size", pa.int64()), ("part", pa.string()), ("keys", pa.uint64())]
+)
 
 
 @dataclass(frozen=True)
@@ -60,3 +67,36 @@ def plan_digest(units: Sequence[Unit]) -> str:
     for unit in units:
         h.update(f"{unit.id}\0{unit.size}\n".encode())
     return h.hexdigest()[:16]
+
+
+def keys_hash(keys: Iterable[str]) -> int:
+    """An order-free digest of a multiset of keys: equal exactly when the same keys are there (a duplicate counts).
+
+    A sum of 64-bit key digests, so the plan's per-unit values add up to the output's however its rows are ordered
+    or split between results and errors.
+    """
+    return (
+        sum(
+            int.from_bytes(hashlib.blake2b(k.encode(errors="surrogateescape"), digest_size=8).digest(), "little")
+            for k in keys
+        )
+        % 2**64
+    )
+
+
+def unit_keys(unit: Unit) -> list[str] | None:
+    """The keys a unit's records will have, from its shard's listing (no image is read); None when not known."""
+    if unit.shard is None:
+        return None
+    return [getattr(unit.shard, "prefix", "") + path for path in unit.shard.paths()]
+
+
+def plan_table(units: Sequence[Unit]) -> pa.Table:
+    """The plan as a table: ordinal, id, size, part name and the keys' digest (null when not known) of each unit."""
+    hashes = []
+    for unit in units:
+        keys = unit_keys(unit)
+        hashes.append(None if keys is None else keys_hash(keys))
+    columns = [[u.ordinal for u in units], [u.id for u in units], [u.size for u in units]]
+    columns += [[u.part_name for u in units], hashes]
+    return pa.table(columns, schema=PLAN_SCHEMA)

@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from pictag.data.decode import DEFAULT_MAX_PIXELS, DecodeError
+from pictag.data.decode import DEFAULT_MAX_ASPECT_RATIO, DEFAULT_MAX_PIXELS, DecodeError
 from pictag.data.fast_decode import Decode, decode_crop
 from pictag.data.sources import Source, open_source
+from pictag.errors import PictagError
 from pictag.models.base import Encoder
 from pictag.models.preprocess import Preprocess
 from pictag.pipeline.plan import Unit, plan_units
@@ -33,6 +34,7 @@ class CropBatch:
         labels: The label of each key's record (labelled sources), else None; `texts` likewise.
         units: Ordinal of the unit of each key; `error_units` likewise for `errors`.
         finished: Units whose last record is in this batch or an earlier one from the same worker.
+        failure: Why the worker stopped (a `PictagError`'s one line), in its last batch; the run stops with it.
     """
 
     keys: list[str] = field(default_factory=list)
@@ -43,6 +45,7 @@ class CropBatch:
     units: list[int] = field(default_factory=list)
     error_units: list[int] = field(default_factory=list)
     finished: list[int] = field(default_factory=list)
+    failure: str | None = None
 
 
 @dataclass
@@ -83,6 +86,7 @@ class CropDataset(IterableDataset):
         batch_size: int,
         skip: Container[str] = frozenset(),
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO,
         decode: Decode = "exact",
     ):
         self.units = list(units)
@@ -90,9 +94,18 @@ class CropDataset(IterableDataset):
         self.batch_size = batch_size
         self.skip = skip
         self.max_pixels = max_pixels
+        self.max_aspect_ratio = max_aspect_ratio
         self.decode = decode
 
     def __iter__(self) -> Iterator[CropBatch]:
+        try:
+            yield from self._read()
+        except PictagError as exc:
+            # Raised in a worker, it would reach the main process with the worker's traceback inside its message
+            # (DataLoader wraps it); sent as data it stays the one line the user should see.
+            yield CropBatch(failure=str(exc))
+
+    def _read(self) -> Iterator[CropBatch]:
         info = get_worker_info()
         units = self.units if info is None else self.units[info.id :: info.num_workers]
         batch = CropBatch()
@@ -101,7 +114,9 @@ class CropDataset(IterableDataset):
                 try:
                     if record.data is None:
                         raise DecodeError(record.error or "unreadable record")
-                    crop = decode_crop(record.data, self.preprocess, self.max_pixels, self.decode)
+                    crop = decode_crop(
+                        record.data, self.preprocess, self.max_pixels, self.max_aspect_ratio, self.decode
+                    )
                     batch.crops.append(torch.from_numpy(crop))
                     batch.keys.append(record.key)
                     batch.labels.append(record.label)
@@ -134,6 +149,7 @@ class ImageFeatures:
         skip: Keys to leave out, never read.
         normalize: L2-normalise the embeddings; False gives the raw pooled features a model's own classifier
             takes (see `Head.normalized_input`).
+        max_aspect_ratio: Images longer than this many times their width (or wider) are refused.
         decode: "exact" or "fast" (see `CropDataset`).
     """
 
@@ -142,12 +158,15 @@ class ImageFeatures:
     max_pixels: int = DEFAULT_MAX_PIXELS
     skip: Container[str] = frozenset()
     normalize: bool = True
+    max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO
     decode: Decode = "exact"
 
     def batches(self, units: Sequence[Unit], workers: int, stats: dict[str, float]) -> Iterator[EmbeddingBatch]:
         """Embed every record of `units`; `stats` gains the seconds waited for images and spent in the model."""
         encoder = self.encoder
-        dataset = CropDataset(units, encoder.preprocess, self.batch_size, self.skip, self.max_pixels, self.decode)
+        dataset = CropDataset(
+            units, encoder.preprocess, self.batch_size, self.skip, self.max_pixels, self.max_aspect_ratio, self.decode
+        )
         loader = DataLoader(
             dataset,
             batch_size=None,
@@ -156,7 +175,7 @@ class ImageFeatures:
             prefetch_factor=4 if workers and units else None,
         )
         waited = time.perf_counter()
-        for batch in loader:
+        for batch in _loaded(loader):
             started = time.perf_counter()
             stats["data_s"] = stats.get("data_s", 0.0) + started - waited
             if batch.keys:
@@ -178,6 +197,25 @@ class ImageFeatures:
             )
 
 
+def _loaded(loader: DataLoader) -> Iterator[CropBatch]:
+    """The loader's batches; a worker's failure raised as its one line, and the workers stopped however it ends.
+
+    They are stopped here (an error in a worker or in this process, or the consumer closing the generator) rather
+    than left, with their queues and threads, to the interpreter's exit: an audit saw that abort 2 runs in 6 after
+    the error's one line (exit 134, "terminate called without an active exception").
+    """
+    batches = iter(loader)
+    try:
+        for batch in batches:
+            if batch.failure is not None:
+                raise PictagError(batch.failure)
+            yield batch
+    finally:
+        shutdown = getattr(batches, "_shutdown_workers", None)  # only the multi-process iterator has workers
+        if shutdown is not None:
+            shutdown()
+
+
 def iter_embeddings(
     source: Source,
     encoder: Encoder,
@@ -187,6 +225,7 @@ def iter_embeddings(
     skip: Container[str] = frozenset(),
     max_pixels: int = DEFAULT_MAX_PIXELS,
     stats: dict | None = None,
+    max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO,
     decode: Decode = "exact",
 ) -> Iterator[EmbeddingBatch]:
     """Embed every record of a source not in `skip`, in batches.
@@ -199,9 +238,10 @@ def iter_embeddings(
         skip: Keys already done; their bytes are not even read.
         max_pixels: Images above this many pixels are refused as decompression bombs.
         stats: If given, filled with seconds spent waiting for data ("data_s") and in the model ("model_s").
+        max_aspect_ratio: Images longer than this many times their width (or wider) are refused.
         decode: "exact" reproduces the model's reference preprocessing; "fast" decodes JPEGs approximately, faster.
     """
-    stage = ImageFeatures(encoder, batch_size, max_pixels, skip, decode=decode)
+    stage = ImageFeatures(encoder, batch_size, max_pixels, skip, max_aspect_ratio=max_aspect_ratio, decode=decode)
     return stage.batches(plan_units(source), workers, stats if stats is not None else {})
 
 
@@ -231,6 +271,7 @@ def embed_all(
     skip: Container[str] = frozenset(),
     max_pixels: int = DEFAULT_MAX_PIXELS,
     desc: str = "embed",
+    max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO,
     decode: Decode = "exact",
 ) -> Embedded:
     """Embed every record of a source not in `skip` into memory, with a progress bar; see `iter_embeddings`."""
@@ -240,7 +281,14 @@ def embed_all(
     total = None if skip else len(source)  # a skip set's size within the source is unknown
     with tqdm(total=total, unit="img", desc=desc, dynamic_ncols=True, disable=None) as bar:
         batches = iter_embeddings(
-            source, encoder, batch_size=batch_size, workers=workers, skip=skip, max_pixels=max_pixels, decode=decode
+            source,
+            encoder,
+            batch_size=batch_size,
+            workers=workers,
+            skip=skip,
+            max_pixels=max_pixels,
+            max_aspect_ratio=max_aspect_ratio,
+            decode=decode,
         )
         for batch in batches:
             keys += batch.keys
@@ -255,5 +303,7 @@ def image_features(cfg) -> tuple[Encoder, list[Unit], ImageFeatures]:
     """(encoder, units, feature stage) of a config naming a source, a model and the runtime options."""
     source = open_source(cfg.source, index=cfg.index, path_column=cfg.path_column, index_columns=cfg.index_columns)
     encoder = cfg.create_encoder()
-    stage = ImageFeatures(encoder, cfg.batch_size, cfg.max_pixels, decode=cfg.decode)
-    return encoder, plan_units(source, cfg.unit_size), stage
+    features = ImageFeatures(
+        encoder, cfg.batch_size, cfg.max_pixels, max_aspect_ratio=cfg.max_aspect_ratio, decode=cfg.decode
+    )
+    return encoder, plan_units(source, cfg.unit_size), features

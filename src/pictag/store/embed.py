@@ -3,18 +3,28 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow as pa
 
 from pictag.config import dump_config, load_config
+from pictag.data._io import is_url
 from pictag.device import default_workers
 from pictag.errors import PictagError
 from pictag.options import EmbedConfig
-from pictag.pipeline.job import Job, JobResult, Run, run_job
+from pictag.pipeline.job import Job, JobResult, Run, executor_for, run_job
 from pictag.pipeline.parts import ERRORS_SCHEMA, PartStore, write_table
 from pictag.pipeline.runner import EmbeddingBatch, image_features
-from pictag.store.store import DTYPES, MANIFEST, SHARD_WRITE_OPTIONS, Manifest, embedding_table, shard_schema
+from pictag.store.store import (
+    DTYPES,
+    MANIFEST,
+    SHARD_WRITE_OPTIONS,
+    Manifest,
+    describe_shards,
+    embedding_table,
+    shard_schema,
+)
 
 # Options that change what the stored vectors are: a resumed run must keep them.
 _RESULT_DEFINING = (
@@ -46,9 +56,17 @@ def run(cfg: EmbedConfig) -> EmbedResult:
     started = time.perf_counter()
     if cfg.dtype not in DTYPES:
         raise PictagError(f"--dtype must be one of {', '.join(DTYPES)}, not {cfg.dtype!r}")
+    if is_url(cfg.out):
+        raise PictagError(
+            f"--out {cfg.out}: an embedding store is a folder on a file system (local, or shared by a cluster's "
+            "nodes, e.g. NFS); object storage is not supported for stores yet"
+        )
     out = Path(cfg.out)
     manifest_path = out / MANIFEST
-    if not manifest_path.is_file() and out.is_dir() and any(out.iterdir()) and not cfg.overwrite:
+    # A folder with pictag's lock is a store being written (its manifest comes after the model loads): the lock
+    # decides, and names the process that holds it.
+    foreign = out.is_dir() and not (out / ".lock").exists() and any(out.iterdir())
+    if not manifest_path.is_file() and foreign and not cfg.overwrite:
         raise PictagError(f"{out} exists and is not an embedding store: choose an empty or new folder")
     # The store's shards are the job's parts: one per unit of work, in plan order.
     with Run(
@@ -76,14 +94,13 @@ def run(cfg: EmbedConfig) -> EmbedResult:
         manifest.write(out)
         config_out = dump_config(cfg, out / "config.yaml")
 
-        def rows(batch: EmbeddingBatch) -> pa.Table:
-            return embedding_table(batch.keys, batch.features.cpu().numpy(), cfg.dtype)
-
+        rows, schema = embedding_rows(cfg, encoder)
         workers = default_workers(encoder.device) if cfg.workers is None else cfg.workers
-        schema = shard_schema(encoder.embed_dim, cfg.dtype)
-        stats = run_job(Job("embed", units, features, rows, schema, output.parts, workers))
+        job = Job("embed", units, features, rows, schema, output.parts, workers, ROWS_RECIPE, cfg)
+        stats = run_job(job, executor_for(cfg))
         errors_out, manifest.errors = write_table(out / "errors.csv", output.parts.tables(errors=True), ERRORS_SCHEMA)
-        manifest.count = output.parts.rows()
+        manifest.shards = describe_shards(output.parts.parts())
+        manifest.count = sum(shard["rows"] for shard in manifest.shards)
         manifest.complete = True
         manifest.write(out)
         output.finish()
@@ -91,6 +108,18 @@ def run(cfg: EmbedConfig) -> EmbedResult:
         return EmbedResult(
             "embedded", out, errors_out, config_out, manifest.count, manifest.errors, seconds, stats.timings()
         )
+
+
+ROWS_RECIPE = "pictag.store.embed:embedding_rows"
+
+
+def embedding_rows(cfg: EmbedConfig, encoder) -> tuple[Callable[[EmbeddingBatch], pa.Table], pa.Schema]:
+    """The rows stage of `cfg` on `encoder`: each unit's shard rows and their schema (how Ray actors build it)."""
+
+    def rows(batch: EmbeddingBatch) -> pa.Table:
+        return embedding_table(batch.keys, batch.features.cpu().numpy(), cfg.dtype)
+
+    return rows, shard_schema(encoder.embed_dim, cfg.dtype)
 
 
 def embed(source: str, out: str, **options) -> EmbedResult:

@@ -1,21 +1,32 @@
 """An embedding store: a folder of Parquet shards (key, embedding) and a manifest saying how they were made.
 
     emb/
-      manifest.json        model spec, weights id, preprocessing fingerprint, dim, dtype, count, source
+      manifest.json        model spec, weights id, preprocessing fingerprint, dim, dtype, count, source, and its
+                           shards: name, rows, bytes and a checksum of each
       part-*.parquet       (key: string, embedding: fixed_size_list<float16|float32>[dim]): one per unit of work
       errors.csv           images that could not be embedded, and why
       index.faiss          optional search index (`pictag index-embeddings`), with index.json
 
 Shards are read one record batch at a time through a memory map, and the embedding column goes to numpy without a
 copy, so a store of any size is processed in constant memory.
+
+Opening a store checks it against its manifest, so that a shard deleted, copied in, truncated or overwritten is
+refused in one line instead of giving fewer rows, more rows, or an Arrow traceback: the shard files must be exactly
+the listed ones, each of its listed size and with its listed footer checksum (the footer holds every page's
+offset and the row count, so that costs one small read per shard, not a pass over gigabytes). Pages carry CRCs that
+are verified as they are read, which catches damage inside a shard that leaves its footer whole. This guards
+against accidents, not against someone who can rewrite the manifest too.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -50,13 +61,51 @@ def embedding_table(keys: Sequence[str], embeddings: np.ndarray, dtype: str = "f
     return pa.table([pa.array(list(keys), pa.string()), values], schema=shard_schema(embeddings.shape[1], dtype))
 
 
-# Keys compressed; embeddings stored plain: floats barely compress, and plain pages read at memory speed.
-SHARD_WRITE_OPTIONS = {"compression": {"key": "zstd", "embedding": "none"}, "use_dictionary": ["key"]}
+# Keys compressed; embeddings stored plain: floats barely compress, and plain pages read at memory speed. Page CRCs
+# let every read notice a damaged page.
+SHARD_WRITE_OPTIONS = {
+    "compression": {"key": "zstd", "embedding": "none"},
+    "use_dictionary": ["key"],
+    "write_page_checksum": True,
+}
+_SHARD_NAME = re.compile(r"part-[0-9A-Za-z-]+\.parquet")
 
 
 def write_shard(table: pa.Table, path: str | os.PathLike) -> None:
     """Write one shard file with the store's Parquet options."""
     pq.write_table(table, path, **SHARD_WRITE_OPTIONS)
+
+
+def footer_digest(path: str | os.PathLike) -> str:
+    """SHA-256 of a Parquet file's footer (its metadata: row count, and every page's offset and size).
+
+    Raises:
+        PictagError: the file is too short to be Parquet or does not end like Parquet.
+    """
+    with open(path, "rb") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size < 12:
+            raise PictagError(f"shard {path} is {size} bytes, too short to be Parquet")
+        f.seek(size - 8)
+        tail = f.read(8)
+        length = int.from_bytes(tail[:4], "little")
+        if tail[4:] != b"PAR1" or length > size - 12:
+            raise PictagError(f"shard {path} does not end like a Parquet file (truncated or overwritten)")
+        f.seek(size - 8 - length)
+        return hashlib.sha256(f.read(length)).hexdigest()
+
+
+def describe_shards(paths: Iterable[Path]) -> list[dict[str, Any]]:
+    """What a manifest says of each shard: name, rows, bytes and footer checksum."""
+    return [
+        {
+            "name": path.name,
+            "rows": pq.read_metadata(path).num_rows,
+            "bytes": path.stat().st_size,
+            "footer_sha256": footer_digest(path),
+        }
+        for path in paths
+    ]
 
 
 def embedding_array(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
@@ -98,20 +147,33 @@ class Manifest:
     random_weights: bool = False
     format_version: int = FORMAT_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
+    shards: list[dict[str, Any]] | None = None  # None in stores written before shards were listed
 
     @classmethod
     def read(cls, folder: str | os.PathLike) -> Manifest:
+        """The manifest of the store in `folder`, its fields checked.
+
+        Raises:
+            PictagError: no manifest, or one that is not JSON, not an object, or has a missing or ill-typed field.
+        """
         path = Path(folder) / MANIFEST
         if not path.is_file():
             raise PictagError(f"{folder} is not an embedding store (no {MANIFEST}): create one with `pictag embed`")
         try:
-            values = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
+            values = json.loads(path.read_bytes())
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+            reason = exc.msg if isinstance(exc, json.JSONDecodeError) else type(exc).__name__
+            raise PictagError(f"{path} is not valid JSON ({reason}): re-create the store with `pictag embed`") from None
+        except OSError as exc:
+            raise PictagError(f"cannot read {path} ({exc.strerror or exc}): check its permissions") from None
+        if not isinstance(values, dict):
             raise PictagError(
-                f"{path} is not valid JSON ({exc.msg}): re-create the store with `pictag embed`"
-            ) from None
-        if values.get("format_version", 0) > FORMAT_VERSION:
+                f"{path} holds a JSON {type(values).__name__}, not the object a manifest is: re-create the store "
+                "with `pictag embed`"
+            )
+        if isinstance(values.get("format_version"), int) and values["format_version"] > FORMAT_VERSION:
             raise PictagError(f"{folder} was written by a newer pictag (format {values['format_version']}): upgrade")
+        _check_fields(values, path)
         known = {k: v for k, v in values.items() if k in cls.__dataclass_fields__}
         return cls(**known)
 
@@ -122,6 +184,53 @@ class Manifest:
         tmp.write_text(json.dumps(asdict(self), indent=2) + "\n")
         os.replace(tmp, path)
         return path
+
+
+# What each manifest field must be: (type, required, check, what it should be).
+def _count(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+_FIELDS: dict[str, tuple[Any, bool, Any, str]] = {
+    "model": (str, True, bool, "a model spec"),
+    "weights_id": (str, True, None, "a string"),
+    "preprocess": (str, True, None, "a string"),
+    "dim": (int, True, lambda v: _count(v) and v > 0, "a positive integer"),
+    "dtype": (str, False, lambda v: v in DTYPES, f"one of {', '.join(DTYPES)}"),
+    "count": (int, False, _count, "a count (an integer >= 0)"),
+    "errors": (int, False, _count, "a count (an integer >= 0)"),
+    "complete": (bool, False, None, "true or false"),
+    "shards": (list, False, None, "a list"),
+}
+_SHARD_FIELDS: dict[str, tuple[Any, Any, str]] = {
+    "name": (str, lambda v: bool(_SHARD_NAME.fullmatch(v)), "a shard file name (part-*.parquet)"),
+    "rows": (int, _count, "a count"),
+    "bytes": (int, _count, "a count"),
+    "footer_sha256": (str, lambda v: bool(re.fullmatch(r"[0-9a-f]{64}", v)), "a SHA-256 in hex"),
+}
+
+
+def _check_fields(values: dict, path: Path) -> None:
+    """Refuse a manifest with a missing or ill-typed field, in one line naming it."""
+    fix = "re-create the store with `pictag embed --overwrite`"
+    for name, (kind, required, check, should) in _FIELDS.items():
+        if name not in values or values[name] is None and not required:
+            if required:
+                raise PictagError(f"{path} has no {name!r}: {fix}")
+            continue
+        value = values[name]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)) or (check and not check(value)):
+            raise PictagError(f"{path}: {name!r} is {json.dumps(value)[:60]}, not {should}: {fix}")
+    for i, shard in enumerate(values.get("shards") or []):
+        if not isinstance(shard, dict):
+            raise PictagError(f"{path}: shard {i} is not an object: {fix}")
+        for name, (kind, check, should) in _SHARD_FIELDS.items():
+            value = shard.get(name)
+            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)) or not check(value):
+                raise PictagError(f"{path}: shard {i} {name!r} is {json.dumps(value)[:60]}, not {should}: {fix}")
+    names = [shard["name"] for shard in values.get("shards") or []]
+    if len(set(names)) != len(names):
+        raise PictagError(f"{path} lists a shard twice: {fix}")
 
 
 def write_store(
@@ -143,6 +252,7 @@ def write_store(
         write_shard(embedding_table(keys, embeddings, manifest.dtype), folder / f"part-{i:06d}.parquet")
         count += len(keys)
     manifest.count, manifest.complete = count, True
+    manifest.shards = describe_shards(sorted(folder.glob("part-*.parquet")))
     manifest.write(folder)
     return EmbeddingStore(folder)
 
@@ -170,7 +280,54 @@ class EmbeddingStore:
                 f"embedding store {self.folder} is incomplete (its `pictag embed` run was interrupted): "
                 "rerun it with --resume"
             )
+        self._verify()
         self._keys: np.ndarray | None = None
+
+    def _verify(self) -> None:
+        """Refuse a store whose shard files are not the ones its manifest lists, whole; see the module docstring."""
+        m, where = self.manifest, f"embedding store {self.folder}"
+        fix = "re-create the store with `pictag embed --overwrite`"
+        found = {path.name: path for path in self.folder.glob("part-*.parquet")}
+        if m.shards is None:  # written before shards were listed: the footers' row counts must add up
+            rows = sum(self._footer_rows(path) for path in found.values())
+            if rows != m.count:
+                raise PictagError(f"{where} holds {rows:,} rows, its manifest says {m.count:,}: {fix}")
+            return
+        listed = {shard["name"]: shard for shard in m.shards}
+        missing, extra = sorted(set(listed) - set(found)), sorted(set(found) - set(listed))
+        if missing:
+            raise PictagError(f"{where} lacks {len(missing)} shard(s) its manifest lists (e.g. {missing[0]}): {fix}")
+        if extra:
+            raise PictagError(
+                f"{where} has {len(extra)} shard(s) its manifest does not list (e.g. {extra[0]}, copied in?): remove "
+                f"them, or {fix}"
+            )
+        rows = sum(shard["rows"] for shard in m.shards)
+        if rows != m.count:
+            raise PictagError(f"{where} lists shards of {rows:,} rows, but a count of {m.count:,}: {fix}")
+        for name, shard in sorted(listed.items()):
+            size = found[name].stat().st_size
+            if size != shard["bytes"]:
+                raise PictagError(
+                    f"{where}: shard {name} is {size:,} bytes, its manifest says {shard['bytes']:,} (truncated or "
+                    f"overwritten): {fix}"
+                )
+            if footer_digest(found[name]) != shard["footer_sha256"]:
+                raise PictagError(f"{where}: shard {name} does not match its checksum (overwritten?): {fix}")
+
+    def _footer_rows(self, path: Path) -> int:
+        try:
+            return pq.read_metadata(path).num_rows
+        except (OSError, pa.ArrowException) as exc:
+            raise PictagError(
+                f"embedding store {self.folder}: shard {path.name} is not readable Parquet "
+                f"({' '.join(str(exc).split())}): re-create the store with `pictag embed --overwrite`"
+            ) from None
+
+    def __bool__(self) -> bool:
+        # A store is a thing, not a container of its rows: one of 0 images is still a store, and `if store` must not
+        # fall back to another model (or anything else) when it is empty.
+        return True
 
     def __repr__(self) -> str:
         m = self.manifest
@@ -202,21 +359,40 @@ class EmbeddingStore:
             shards: Only these shard files (default all).
         """
         for shard in self.shards() if shards is None else shards:
-            reader = pq.ParquetFile(shard, memory_map=True)
-            for batch in reader.iter_batches(batch_size=chunk_rows, columns=["key", "embedding"]):
-                if batch.num_rows:
-                    yield batch.column(0), embedding_array(batch.column(1))
+            with self._reading(shard):
+                reader = pq.ParquetFile(shard, memory_map=True, page_checksum_verification=True)
+                for batch in reader.iter_batches(batch_size=chunk_rows, columns=["key", "embedding"]):
+                    if batch.num_rows:
+                        yield batch.column(0), embedding_array(batch.column(1))
+
+    @contextmanager
+    def _reading(self, shard: Path) -> Iterator[None]:
+        """Turn a shard that fails to read (a damaged page, a file changed since the store was opened) into one line."""
+        try:
+            yield
+        except (OSError, pa.ArrowException) as exc:
+            raise PictagError(
+                f"embedding store {self.folder}: shard {shard.name} cannot be read ({' '.join(str(exc).split())}): "
+                "re-create the store with `pictag embed --overwrite`"
+            ) from None
 
     def units(self) -> list[Unit]:
         """The store's shards as units of work, so a job over the store commits and resumes like one over images."""
         from pictag.pipeline.plan import Unit
 
-        return [Unit(i, path.name, None, pq.read_metadata(path).num_rows) for i, path in enumerate(self.shards())]
+        if self.manifest.shards is None:
+            return [Unit(i, path.name, None, self._footer_rows(path)) for i, path in enumerate(self.shards())]
+        rows = {shard["name"]: shard["rows"] for shard in self.manifest.shards}
+        return [Unit(i, path.name, None, rows[path.name]) for i, path in enumerate(self.shards())]
 
     def keys(self) -> np.ndarray:
         """Every key, in row order (row i of the store, and id i of its search index)."""
         if self._keys is None:
-            columns = [pq.read_table(s, columns=["key"], memory_map=True).column("key") for s in self.shards()]
+            columns = []
+            for shard in self.shards():
+                with self._reading(shard):
+                    table = pq.read_table(shard, columns=["key"], memory_map=True, page_checksum_verification=True)
+                columns.append(table.column("key"))
             chunks = [chunk for column in columns for chunk in column.chunks]
             self._keys = pa.chunked_array(chunks, pa.string()).to_numpy(zero_copy_only=False)
         return self._keys
@@ -227,7 +403,13 @@ class EmbeddingStore:
         found_keys: list[str] = []
         found: list[np.ndarray] = []
         for shard in self.shards():
-            table = pq.read_table(shard, memory_map=True, filters=pc.is_in(pc.field("key"), value_set=wanted))
+            with self._reading(shard):
+                table = pq.read_table(
+                    shard,
+                    memory_map=True,
+                    filters=pc.is_in(pc.field("key"), value_set=wanted),
+                    page_checksum_verification=True,
+                )
             if table.num_rows:
                 found_keys += table.column("key").to_pylist()
                 found.append(embedding_array(table.column("embedding")).astype(np.float32))
