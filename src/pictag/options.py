@@ -97,6 +97,42 @@ class RuntimeOptions(Checked):
 
 
 @dataclass(kw_only=True)
+class EngineOptions(Checked):
+    """engine
+
+    Attributes:
+        engine: What runs the model's towers: torch (eager), onnx (ONNX Runtime, pictag[onnx]), openvino
+            (pictag[openvino]), or auto (the fastest installed here, measured once per model and machine). The
+            engines run on the CPU; --precision picks fp32 (exact) or bf16 (openvino).
+        quantize: int8: post-training static quantization of the image tower (onnx or openvino), calibrated on
+            --calibration-images of the source's own images; its agreement with fp32 is measured and printed.
+        calibration_images: Images of the source that calibrate --quantize int8; the next ones (up to 200) are
+            held out to measure its agreement with fp32.
+        min_agreement: Top-1 agreement with fp32, on the held-out images, below which --quantize int8 warns.
+        strict: Refuse an int8 model whose agreement is below --min-agreement, instead of warning.
+    """
+
+    _at_least: ClassVar[dict[str, int]] = {"calibration_images": 1}
+
+    engine: Literal["torch", "onnx", "openvino", "auto"] = "torch"
+    quantize: Literal["int8"] | None = None
+    calibration_images: int = 300
+    min_agreement: float = 0.99
+    strict: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0 <= self.min_agreement <= 1:
+            raise PictagError(f"--min-agreement is a fraction between 0 and 1, not {self.min_agreement}")
+
+    def apply_engine(self, encoder, source=None):
+        """`encoder` on the engine these options name, int8 calibrated on `source`; see `pictag.models.engines`."""
+        from pictag.models.engines.choose import engine_for
+
+        return engine_for(encoder, self, source)
+
+
+@dataclass(kw_only=True)
 class SourceOptions:
     """source
 
@@ -201,7 +237,9 @@ class LabelOptions:
 
 
 @dataclass(kw_only=True)
-class ClassifyConfig(ExecutorOptions, ResumableOutput, RuntimeOptions, ModelOptions, LabelOptions, SourceOptions):
+class ClassifyConfig(
+    ExecutorOptions, ResumableOutput, EngineOptions, RuntimeOptions, ModelOptions, LabelOptions, SourceOptions
+):
     """Everything `pictag classify` takes.
 
     Attributes:
@@ -230,7 +268,7 @@ class ClassifyConfig(ExecutorOptions, ResumableOutput, RuntimeOptions, ModelOpti
 
 
 @dataclass(kw_only=True)
-class EmbedConfig(ExecutorOptions, ResumableOutput, RuntimeOptions, ModelOptions, SourceOptions):
+class EmbedConfig(ExecutorOptions, ResumableOutput, EngineOptions, RuntimeOptions, ModelOptions, SourceOptions):
     """Everything `pictag embed` takes.
 
     Attributes:
@@ -498,6 +536,7 @@ class LabelmeCropsConfig(Checked):
     max_pixels: int = DEFAULT_MAX_PIXELS
 
 
+@dataclass(kw_only=True)
 class TrainConfig(RuntimeOptions, ModelOptions):
     """Everything `pictag train` takes.
 
@@ -604,12 +643,43 @@ class ExportConfig:
     overwrite: bool = False
 
 
+@dataclass(kw_only=True)
+class BenchEnginesConfig(Checked, ModelOptions, LabelOptions):
+    """Everything `pictag bench-engines` takes.
+
+    Attributes:
+        images: The images to time on: a folder of your own, or any source.
+        limit: Images to use (the first ones of the source).
+        batch_size: Images per forward pass.
+        rounds: Passes over the images per engine and precision, taking turns; the best pass counts.
+        engines: Comma-separated engines to time, e.g. torch,openvino (every installed one when unset).
+        precision: Only this precision (fp32, bf16 where the CPU has it, and int8 when unset).
+        calibration_images: Images that calibrate int8 (at most half of them); agreement with torch fp32 is measured
+            on the others.
+        labels: Labels to measure top-1 agreement over (CLIP-family models); nearest neighbours when unset.
+    """
+
+    _positional: ClassVar[tuple[str, ...]] = ("images",)
+    _required: ClassVar[tuple[str, ...]] = ("images",)
+    _at_least: ClassVar[dict[str, int]] = {"limit": 1, "batch_size": 1, "rounds": 1, "calibration_images": 1}
+
+    images: str | None = None
+    limit: int = 256
+    batch_size: int = 32
+    rounds: int = 3
+    engines: str | None = None
+    precision: Literal["fp32", "bf16", "int8"] | None = None
+    calibration_images: int = 128
+
+
 __all__ = [
+    "BenchEnginesConfig",
     "CalibrateConfig",
     "ClassifyConfig",
     "EmbedConfig",
     "ExportConfig",
     "ExecutorOptions",
+    "EngineOptions",
     "FewshotConfig",
     "FewshotEvalConfig",
     "FinetuneConfig",

@@ -25,6 +25,7 @@ COMMANDS = [
     "labelme-crops",
     "export",
     "verify",
+    "bench-engines",
 ]
 
 

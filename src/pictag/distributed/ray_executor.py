@@ -212,10 +212,17 @@ class UnitActor:
     ):
         import ray
 
+        from pictag.data.sources import open_source
         from pictag.pipeline.parts import PartStore
-        from pictag.pipeline.runner import ImageFeatures
+        from pictag.pipeline.runner import ImageFeatures, stage_encoder
 
-        encoder = config.create_encoder()
+        # int8 calibrates on the source's first images, as the driver did (the same images, so the same model).
+        source = None
+        if getattr(config, "quantize", None):
+            source = open_source(
+                config.source, index=config.index, path_column=config.path_column, index_columns=config.index_columns
+            )
+        encoder = stage_encoder(config, source)
         module, function = recipe.split(":")
         rows, schema = getattr(importlib.import_module(module), function)(config, encoder)
         features = ImageFeatures(encoder, **feature_options)

@@ -47,7 +47,10 @@ class ZeroShotClassifier(Head):
         self.register_buffer("prototypes", prototypes)
 
     def _cached_prototypes(self, encoder: Encoder) -> torch.Tensor:
-        key = json.dumps([encoder.spec, encoder.weights_id, self.templates, self.labels])
+        # The text tower's precision and engine are part of the key: prototypes computed in bf16 must not be read
+        # back by an exact fp32 run.
+        text_setup = getattr(encoder, "text_setup", None) or str(getattr(encoder, "autocast_dtype", None))
+        key = json.dumps([encoder.spec, encoder.weights_id, self.templates, self.labels, text_setup])
         path = cache_dir() / "prototypes" / f"{hashlib.sha1(key.encode()).hexdigest()}.pt"
         if path.is_file():
             try:

@@ -66,12 +66,23 @@ def _trims_context(model) -> bool:
 
 def _encode_trimmed(model, tokens: torch.Tensor) -> torch.Tensor:
     """open_clip's `CLIP.encode_text`, on the positions up to the last pooled end-of-text token of the batch."""
+    return encode_tokens(model, trim_tokens(model, tokens))
+
+
+def trim_tokens(model, tokens: torch.Tensor) -> torch.Tensor:
+    """Tokens cut after the last pooled end-of-text token of the batch (only for towers `_trims_context` accepts)."""
+    eos_id = getattr(model, "text_eos_id", None)
+    pooled_at = tokens.argmax(dim=-1) if model.text_pool_type == "argmax" else (tokens == eos_id).int().argmax(dim=-1)
+    return tokens[:, : int(pooled_at.max()) + 1]
+
+
+def encode_tokens(model, tokens: torch.Tensor) -> torch.Tensor:
+    """open_clip's `CLIP.encode_text` on trimmed tokens; the length is read from their shape, so an exported graph
+    (`pictag.models.engines`) keeps it dynamic."""
     from open_clip.transformer import text_global_pool
 
     eos_id = getattr(model, "text_eos_id", None)
-    pooled_at = tokens.argmax(dim=-1) if model.text_pool_type == "argmax" else (tokens == eos_id).int().argmax(dim=-1)
-    length = int(pooled_at.max()) + 1
-    tokens = tokens[:, :length]
+    length = tokens.shape[1]
     cast_dtype = model.transformer.get_cast_dtype()
     x = model.token_embedding(tokens).to(cast_dtype) + model.positional_embedding[:length].to(cast_dtype)
     x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])

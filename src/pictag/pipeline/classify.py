@@ -46,6 +46,9 @@ _RESULT_DEFINING = (
     "calibration",
     "unit_size",
     "head",
+    "engine",
+    "quantize",
+    "calibration_images",
     "decode",
 )
 

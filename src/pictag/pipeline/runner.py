@@ -23,6 +23,7 @@ from pictag.data.sources import Source, open_source
 from pictag.errors import PictagError
 from pictag.models.base import Encoder
 from pictag.models.preprocess import Preprocess
+from pictag.options import EngineOptions
 from pictag.pipeline.plan import Unit, plan_units
 
 
@@ -299,10 +300,18 @@ def embed_all(
     return Embedded(keys, torch.cat(chunks), errors, labels)
 
 
+def stage_encoder(cfg, source: Source | None = None) -> Encoder:
+    """The encoder a config's model options name, on its --engine when it has one (int8 calibrated on `source`)."""
+    encoder = cfg.create_encoder()
+    if isinstance(cfg, EngineOptions):  # the same encoder contract, its towers compiled
+        encoder = cfg.apply_engine(encoder, source)
+    return encoder
+
+
 def image_features(cfg) -> tuple[Encoder, list[Unit], ImageFeatures]:
     """(encoder, units, feature stage) of a config naming a source, a model and the runtime options."""
     source = open_source(cfg.source, index=cfg.index, path_column=cfg.path_column, index_columns=cfg.index_columns)
-    encoder = cfg.create_encoder()
+    encoder = stage_encoder(cfg, source)
     features = ImageFeatures(
         encoder, cfg.batch_size, cfg.max_pixels, max_aspect_ratio=cfg.max_aspect_ratio, decode=cfg.decode
     )

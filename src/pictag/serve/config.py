@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import Literal
 
 from pictag.errors import PictagError
 from pictag.models.registry import default_model
@@ -21,6 +22,7 @@ class ServeConfig:
         random_weights: Random weights (tests and benchmarks only).
         device: Worker device ("cpu", "cuda:0", ...); best available when None.
         precision: Worker precision; chosen for the device when None.
+        engine: What runs the workers' model: torch, onnx, openvino or auto, as `pictag classify --engine`.
         threads: CPU threads of each worker's torch (torch's default when None).
         labels: Default labels when a request names none (list or comma-separated string).
         labels_file: Default labels, one per line.
@@ -57,6 +59,7 @@ class ServeConfig:
     random_weights: bool = False
     device: str | None = None
     precision: str | None = None
+    engine: Literal["torch", "onnx", "openvino", "auto"] = "torch"
     threads: int | None = None
     labels: list[str] | str | None = None
     labels_file: str | None = None

@@ -71,6 +71,10 @@ class ZeroShotService(Service[Query, Prediction]):
             device=cfg.device,
             precision=cfg.precision,
         )
+        if cfg.engine != "torch":
+            from pictag.models.engines.choose import engine_for
+
+            self.encoder = engine_for(self.encoder, cfg)
         if cfg.labels or cfg.labels_file:
             self.default_labels = parse_labels(cfg.labels, cfg.labels_file)
             self.head({})

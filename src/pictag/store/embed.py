@@ -37,6 +37,9 @@ _RESULT_DEFINING = (
     "random_weights",
     "dtype",
     "unit_size",
+    "engine",
+    "quantize",
+    "calibration_images",
     "decode",
 )
 

@@ -1,0 +1,231 @@
+"""Which engine a job's encoder runs on: `--engine auto` measured once per model and machine, and int8 checked.
+
+`engine_for` is what a job calls with its options (`EngineOptions.apply_engine`): it picks the engine, calibrates
+int8 on the job's own images, and prints int8's agreement with fp32 on the images held out from calibration.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import asdict
+from typing import Any
+
+import torch
+
+from pictag.config import cache_dir
+from pictag.errors import PictagError
+from pictag.models.base import Encoder
+from pictag.models.engines.agreement import HELD_OUT, Agreement, Calibration, first_records, measure_agreement
+from pictag.models.engines.encoder import compile_encoder, engine_precision, library_versions, precision_of
+from pictag.models.engines.runtimes import RUNTIMES
+
+
+def say(text: str) -> None:
+    """One line to stderr: the choices a run makes for the user (engine, int8 agreement)."""
+    print(f"pictag: {text}", file=sys.stderr, flush=True)
+
+
+def engine_for(encoder: Encoder, options, source=None) -> Encoder:
+    """The encoder on the engine `options` name (`EngineOptions` fields), int8 calibrated on `source`.
+
+    `options` needs only `engine` (a serving worker's config has no int8: it has no images to calibrate on).
+
+    Raises:
+        PictagError: an engine that is missing or cannot run this precision, int8 without images, or (with
+            `options.strict`) int8 agreement below `options.min_agreement`.
+    """
+    calibration = held = None
+    held_out = True
+    quantize = getattr(options, "quantize", None)
+    if quantize:
+        if source is None:
+            raise PictagError("--quantize int8 calibrates on the job's own images: it needs a SOURCE")
+        records = first_records(source, options.calibration_images + HELD_OUT)
+        if not records:
+            raise PictagError("--quantize int8: the source has no readable image to calibrate on")
+        calibrate, check, held_out = split_held_out(records, options.calibration_images)
+        calibration, held = Calibration(calibrate, encoder), Calibration(list(check), encoder)
+    engine = options.engine
+    if engine == "auto":
+        engine = choose_engine(
+            encoder,
+            quantize=quantize,
+            calibration=calibration,
+            batch_size=getattr(options, "batch_size", 32),
+            requested=getattr(options, "precision", None),
+        )
+    precision, note = engine_precision(encoder, engine, getattr(options, "precision", None))
+    if note:
+        say(note)
+    compiled = compile_encoder(encoder, engine, quantize=quantize, calibration=calibration, precision=precision)
+    if quantize:
+        agreement = _cached_agreement(encoder, compiled, held, options, held_out)
+        check_agreement(agreement, engine, options.min_agreement, options.strict)
+    return compiled
+
+
+def _cached_agreement(encoder: Encoder, compiled, held: Calibration, options, held_out: bool) -> Agreement:
+    """int8's agreement on the held-out images, measured once per quantized model, images and labels."""
+    labels = getattr(options, "labels", None) or getattr(options, "labels_file", None)
+    head_id = None
+    if labels and encoder.has_text:
+        from pictag.prompts import load_templates, parse_labels
+
+        head_id = [parse_labels(options.labels, options.labels_file), load_templates(options.templates)]
+    key = {"int8": compiled.compiled.folders["image"], "held_out": held.digest, "head": head_id}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+    path = cache_dir() / "engines" / "agreement" / f"{digest}.json"
+    try:
+        return Agreement(**json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError):
+        pass
+    agreement = int8_agreement(encoder, compiled, held.pixels(), _head(encoder, options), held_out=held_out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(asdict(agreement)))
+    os.replace(tmp, path)
+    return agreement
+
+
+def split_held_out(pixels, calibrate: int) -> tuple[list, Any, bool]:
+    """(calibration images, held-out images, whether they differ): the first `calibrate`, then the rest.
+
+    With no image left after `calibrate`, a third is held out; with fewer than 3 images, all serve both.
+    """
+    if len(pixels) <= calibrate:
+        calibrate = len(pixels) - len(pixels) // 3
+    if calibrate >= len(pixels):
+        return list(pixels), pixels, False
+    return list(pixels[:calibrate]), pixels[calibrate:], True
+
+
+def int8_agreement(reference: Encoder, compiled: Encoder, pixels: torch.Tensor, head=None, **kwargs) -> Agreement:
+    """Agreement of `compiled` with the exact torch fp32 `reference` on preprocessed images."""
+    dtype, reference.autocast_dtype = reference.autocast_dtype, torch.float32
+    try:
+        exact = torch.cat([reference.encode_image(p) for p in pixels.split(64)])
+    finally:
+        reference.autocast_dtype = dtype
+    got = torch.cat([compiled.encode_image(p) for p in pixels.split(64)])
+    return measure_agreement(exact, got, head, **kwargs)
+
+
+def check_agreement(agreement: Agreement, engine: str, min_agreement: float, strict: bool) -> None:
+    """Print int8's agreement; below `min_agreement`, warn, or refuse when `strict`."""
+    say(f"int8 ({engine}): {agreement.summary()}")
+    if agreement.top1 >= min_agreement:
+        return
+    text = (
+        f"int8 top-1 agreement {100 * agreement.top1:.1f}% is below --min-agreement {100 * min_agreement:g}%: "
+        "calibrate on more images (--calibration-images), or drop --quantize for the exact fp32 results"
+    )
+    if strict:
+        raise PictagError(text)
+    say(f"warning: {text}")
+
+
+def _head(encoder: Encoder, options):
+    """The job's zero-shot head, to measure agreement over its labels; None for jobs without labels."""
+    labels = getattr(options, "labels", None) or getattr(options, "labels_file", None)
+    if not labels or not encoder.has_text:
+        return None
+    from pictag.heads.zero_shot import ZeroShotClassifier
+    from pictag.prompts import parse_labels
+
+    # Built from the torch encoder: the prototypes land in the disk cache the job's own head then reads.
+    return ZeroShotClassifier(encoder, parse_labels(options.labels, options.labels_file), options.templates)
+
+
+def choose_engine(
+    encoder: Encoder,
+    *,
+    quantize: str | None = None,
+    calibration=None,
+    batch_size: int = 32,
+    rounds: int = 3,
+    requested: str | None = None,
+) -> str:
+    """The fastest installed engine for this encoder, precision and machine, measured once and cached.
+
+    Each candidate embeds the same batch, alternating, `rounds` times; the best pass of each counts. The choice
+    is kept in $PICTAG_CACHE/engines/auto, keyed by the model, precision, quantization, CPU, threads and versions.
+    """
+    if encoder.device.type != "cpu":
+        say(f"--engine auto: torch, on {encoder.device} (the compiled engines here run on the CPU)")
+        return "torch"
+    precision = precision_of(encoder)
+    batch = max(1, min(batch_size, 32))
+    key = {
+        "spec": encoder.spec,
+        "weights_id": encoder.weights_id,
+        "precision": precision,
+        "quantize": quantize,
+        "batch": batch,
+        "machine": _machine(),
+        "versions": {**library_versions(), **{n: r.versions() for n, r in RUNTIMES.items() if r.installed()}},
+    }
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+    path = cache_dir() / "engines" / "auto" / f"{digest}.json"
+    try:
+        saved = json.loads(path.read_text())
+        say(f"--engine auto: {saved['engine']}, measured earlier on this machine: {_rates(saved)}")
+        return saved["engine"]
+    except (OSError, ValueError, KeyError):
+        pass
+    candidates, skipped = {}, {}
+    if not quantize:
+        candidates["torch"] = encoder
+    for name in RUNTIMES:
+        try:
+            precision_here, _ = engine_precision(encoder, name, requested)
+            candidates[name] = compile_encoder(
+                encoder, name, quantize=quantize, calibration=calibration, precision=precision_here
+            )
+        except PictagError as exc:
+            skipped[name] = str(exc)
+    if not candidates:
+        raise PictagError(f"--engine auto found no engine for {quantize or precision}: {'; '.join(skipped.values())}")
+    height, width = encoder.preprocess.size
+    pixels = torch.randn(batch, 3, height, width)  # speed does not depend on the pixels
+    rates = {name: 0.0 for name in candidates}
+    for _ in range(rounds):
+        for name, candidate in candidates.items():
+            started = time.perf_counter()
+            candidate.encode_image(pixels)
+            rates[name] = max(rates[name], len(pixels) / (time.perf_counter() - started))
+    best = max(rates, key=rates.get)
+    saved = {"engine": best, "rates": rates, "precision": quantize or precision, "batch": batch, "skipped": skipped}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(saved))
+    os.replace(tmp, path)
+    say(f"--engine auto: {best}, the fastest here: {_rates(saved)}")
+    return best
+
+
+def _rates(saved: dict) -> str:
+    rates = ", ".join(f"{name} {rate:.1f} img/s" for name, rate in sorted(saved["rates"].items(), key=lambda r: -r[1]))
+    skipped = "".join(f"; not {name}: {why}" for name, why in saved.get("skipped", {}).items())
+    return f"{rates} ({saved['precision']}, batch {saved['batch']}, {torch.get_num_threads()} threads){skipped}"
+
+
+def _machine() -> dict:
+    """What makes one machine's speeds differ from another's: CPU model, its features, threads."""
+    model, flags = "", ""
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                name, _, value = line.partition(":")
+                if name.strip() == "model name" and not model:
+                    model = value.strip()
+                elif name.strip() == "flags":
+                    flags = hashlib.sha256(value.strip().encode()).hexdigest()[:12]
+                    break
+    except OSError:
+        pass
+    return {"cpu": model or platform.machine(), "flags": flags, "threads": torch.get_num_threads()}
