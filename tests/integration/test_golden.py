@@ -34,7 +34,7 @@ def test_open_clip_build_zero_shot_classifier(tiny_open_clip, photo_dir, templat
     weights = build_zero_shot_classifier(
         model, open_clip.get_tokenizer("pictag-tiny"), LABELS, load_templates(templates)
     )
-    encoder = create_model(spec, checkpoint=checkpoint, device="cpu")
+    encoder = create_model(spec, checkpoint=checkpoint, device="cpu", precision="fp32")
     ours = _pictag_scores(encoder, photo_dir, templates)
     for path in sorted(photo_dir.glob("*.jpg")):
         with torch.no_grad():
@@ -47,7 +47,7 @@ def test_open_clip_build_zero_shot_classifier(tiny_open_clip, photo_dir, templat
 def test_transformers_zero_shot_pipeline(tiny_hf_clip, photo_dir):
     from transformers import pipeline
 
-    encoder = create_model(f"hf:{tiny_hf_clip}", device="cpu")
+    encoder = create_model(f"hf:{tiny_hf_clip}", device="cpu", precision="fp32")
     ours = _pictag_scores(encoder, photo_dir, ["a photo of a {}."])
     classifier = pipeline("zero-shot-image-classification", model=str(tiny_hf_clip), device="cpu")
     for path in sorted(photo_dir.glob("*.jpg")):
@@ -61,7 +61,7 @@ def test_preprocess_equals_open_clip_transform(tiny_open_clip, photo_dir):
 
     spec, checkpoint = tiny_open_clip
     _, _, reference = open_clip.create_model_and_transforms("pictag-tiny", pretrained=str(checkpoint))
-    encoder = create_model(spec, checkpoint=checkpoint, device="cpu")
+    encoder = create_model(spec, checkpoint=checkpoint, device="cpu", precision="fp32")
     for path in sorted(photo_dir.glob("*.jpg")):
         ours = encoder.preprocess(decode_image(path.read_bytes(), encoder.preprocess.min_decode_size))
         torch.testing.assert_close(ours, reference(Image.open(path)), atol=1e-5, rtol=0)
@@ -71,7 +71,7 @@ def test_preprocess_equals_transformers_image_processor(tiny_hf_clip, photo_dir)
     from transformers import AutoImageProcessor
 
     processor = AutoImageProcessor.from_pretrained(tiny_hf_clip)
-    encoder = create_model(f"hf:{tiny_hf_clip}", device="cpu")
+    encoder = create_model(f"hf:{tiny_hf_clip}", device="cpu", precision="fp32")
     for path in sorted(photo_dir.glob("*.jpg")):
         ours = encoder.preprocess(decode_image(path.read_bytes(), encoder.preprocess.min_decode_size))
         expected = processor(images=Image.open(path), return_tensors="pt")["pixel_values"][0]
@@ -81,7 +81,7 @@ def test_preprocess_equals_transformers_image_processor(tiny_hf_clip, photo_dir)
 def test_timm_features_equal_timm(photo_dir):
     import timm
 
-    encoder = create_model("timm:resnet18", random_weights=True, device="cpu")
+    encoder = create_model("timm:resnet18", random_weights=True, device="cpu", precision="fp32")
     reference = timm.data.create_transform(**timm.data.resolve_data_config({}, model=encoder.module))
     for path in sorted(photo_dir.glob("*.jpg")):
         ours = encoder.preprocess(decode_image(path.read_bytes(), encoder.preprocess.min_decode_size))

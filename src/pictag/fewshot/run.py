@@ -146,6 +146,7 @@ def _embed(cfg: FewshotConfig, tasks: list[Task], encoder: Encoder) -> tuple[dic
         skip=_Only(wanted),
         max_pixels=cfg.max_pixels,
         max_aspect_ratio=cfg.max_aspect_ratio,
+        decode=cfg.decode,
     )
     return dict(zip(embedded.keys, embedded.features)), dict(embedded.errors)
 

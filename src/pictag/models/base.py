@@ -23,6 +23,12 @@ class Encoder(torch.nn.Module):
     Inference precision is `autocast_dtype`, not the weights' dtype: the weights stay fp32 and `encode_*` run under
     autocast, which keeps fp32 accuracy where it matters (norms, softmax) and lets training update fp32 weights.
 
+    `encode_*` run under `torch.no_grad()`, not `torch.inference_mode()`: under inference_mode autocast does not
+    cache its bf16/fp16 copies of the weights (torch skips the cache there), and an uncached copy does not require
+    grad, so matmul no longer folds a non-contiguous 3-D input (open_clip's attention transposes to sequence-first)
+    into one matrix product but expands the weight over every position for a batched one. In bf16 on a CPU that
+    copy cost ViT-B/32 more than the bf16 speed-up (measured in benchmarks/cpu_autocast_modes.py).
+
     Attributes:
         spec: The canonical model spec, e.g. "open_clip:ViT-B-32/openai".
         module: The library's model (open_clip, transformers or timm); checkpoints hold its state dict.
@@ -93,7 +99,7 @@ class Encoder(torch.nn.Module):
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def encode_image(self, pixels: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         """L2-normalised float32 embeddings of a preprocessed (N, 3, H, W) batch (unnormalised with `normalize`
         False: what a model's own classifier takes)."""
@@ -101,7 +107,7 @@ class Encoder(torch.nn.Module):
             features = self.forward_image(pixels.to(self.device, non_blocking=True))
         return F.normalize(features.float(), dim=-1) if normalize else features.float()
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def encode_text(self, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
         """L2-normalised float32 embeddings of texts, computed in batches.
 

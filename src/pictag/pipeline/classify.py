@@ -49,6 +49,7 @@ _RESULT_DEFINING = (
     "engine",
     "quantize",
     "calibration_images",
+    "decode",
 )
 
 

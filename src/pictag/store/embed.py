@@ -40,6 +40,7 @@ _RESULT_DEFINING = (
     "engine",
     "quantize",
     "calibration_images",
+    "decode",
 )
 
 

@@ -73,7 +73,8 @@ def choose_settings(cfg, device: torch.device) -> Settings:
         precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     else:
         precision = "fp16" if device.type == "mps" else "fp32"
-    precision = cfg.precision or precision
+    # auto is the trainer's own choice above (fp32 on CPU: frozen blocks would take bf16's slow path there).
+    precision = precision if cfg.precision in (None, "auto") else cfg.precision
     fabric_precision = {"fp32": "32-true", "tf32": "32-true", "fp16": "16-mixed", "bf16": "bf16-mixed"}[precision]
     return Settings(
         fabric_precision,
