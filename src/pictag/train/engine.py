@@ -300,6 +300,7 @@ class Engine:
             self._set_phase(epoch)
             self._train_mode()
             loss_sum, seen, step = self._train_epoch(epoch, batch_pos, step, batches)
+            trained = time.perf_counter() - epoch_started  # img/s is training's; seconds include validation
             batch_pos = 0
             row = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1)}
             metrics, predictions = self._validate()
@@ -311,7 +312,7 @@ class Engine:
             lrs: dict[str, float] = {}
             for g in self.optimizer.param_groups:  # with layer decay, a group's rate is its last block's
                 lrs[f"lr_{g['group']}"] = max(lrs.get(f"lr_{g['group']}", 0.0), g["lr"])
-            row.update(dict(sorted(lrs.items())), seconds=round(seconds, 3), img_s=round(seen / seconds, 2))
+            row.update(dict(sorted(lrs.items())), seconds=round(seconds, 3), img_s=round(seen / trained, 2))
             row["skipped"] = len(self.skipped)
             self.history.append(row)
             epoch += 1
