@@ -49,6 +49,9 @@ _EXPORTS = {
     "EmbedConfig": "pictag.options",
     "CalibrateConfig": "pictag.options",
     "create_app": "pictag.serve.api",
+    "load_run": "pictag.models.run_dir",
+    "save_run_model": "pictag.models.run_dir",
+    "export_run": "pictag.models.export",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -70,8 +73,10 @@ if TYPE_CHECKING:
     from pictag.heads.base import Head, create_head, list_heads, load_head, scores_from_logits
     from pictag.heads.zero_shot import ZeroShotClassifier
     from pictag.models.base import Encoder
+    from pictag.models.export import export_run
     from pictag.models.preprocess import Preprocess
     from pictag.models.registry import create_model, list_models
+    from pictag.models.run_dir import load_run, save_run_model
     from pictag.options import (
         CalibrateConfig,
         ClassifyConfig,

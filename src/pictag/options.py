@@ -43,8 +43,8 @@ class ModelOptions:
     """model
 
     Attributes:
-        model: Model spec: open_clip:ARCH/TAG, hf:ORG/NAME or hf:/dir, timm:NAME ($PICTAG_MODEL, else
-            open_clip:ViT-B-32/openai, when unset).
+        model: Model spec: open_clip:ARCH/TAG, hf:ORG/NAME or hf:/dir, timm:NAME, or a run directory from
+            `pictag train` ($PICTAG_MODEL, else open_clip:ViT-B-32/openai, when unset).
         checkpoint: Local weights file loaded into the --model architecture instead of downloading.
         random_weights: Random weights, for tests and benchmarks.
         device: cpu, cuda, cuda:N or mps (best available when unset).
@@ -150,7 +150,9 @@ class ClassifyConfig(ResumableOutput, RuntimeOptions, ModelOptions, LabelOptions
     Attributes:
         out: Results file, .csv or .parquet (any case).
         model: Model spec (default: the store's with --embeddings, else $PICTAG_MODEL or
-            open_clip:ViT-B-32/openai).
+            open_clip:ViT-B-32/openai), or a run directory from `pictag train`.
+        labels: Comma-separated labels, e.g. "cat,dog,car" (or a list in YAML); with --model RUN and no labels,
+            the run's own classes (with its trained head; a clip run zero-shot).
         top_k: Labels and scores to write per image.
         threshold: Top-1 score below which the label is "unknown".
         embeddings: Classify an embedding store (`pictag embed`) instead of SOURCE: nothing is decoded.
@@ -430,6 +432,9 @@ class TrainConfig(RuntimeOptions, ModelOptions):
         seed: Seed of initialisation, splits, data order and augmentation.
         save_every: Also save last.ckpt every N optimiser steps (always at the end of each epoch).
         fresh: Start over, ignoring last.ckpt (a rerun otherwise continues from it).
+        templates: Prompt templates of the clip task's label texts and zero-shot validation: simple, imagenet80,
+            or a file with one {} template a line.
+        wise_ft: The clip task also writes RUN/wise-ft-A/: the WiSE-FT weights (1 - A) * original + A * fine-tuned.
     """
 
     _positional: ClassVar[tuple[str, ...]] = ("data",)
@@ -466,12 +471,36 @@ class TrainConfig(RuntimeOptions, ModelOptions):
     seed: int = 0
     save_every: int | None = None
     fresh: bool = False
+    templates: str = "simple"
+    wise_ft: float | None = None
+
+
+@dataclass(kw_only=True)
+class ExportConfig:
+    """Everything `pictag export` takes.
+
+    Attributes:
+        run: Run directory from `pictag train` (RUN, RUN/best or RUN/wise-ft-A).
+        format: hf: a save_pretrained folder for transformers' CLIPModel/CLIPProcessor (and --model hf:DIR);
+            open_clip: open_clip_model.safetensors + open_clip_config.json (open_clip "local-dir:DIR").
+        out: The folder to write.
+        overwrite: Replace an existing output.
+    """
+
+    _positional: ClassVar[tuple[str, ...]] = ("run",)
+    _required: ClassVar[tuple[str, ...]] = ("run", "format", "out")
+
+    run: str | None = None
+    format: Literal["hf", "open_clip"] | None = None
+    out: str | None = None
+    overwrite: bool = False
 
 
 __all__ = [
     "CalibrateConfig",
     "ClassifyConfig",
     "EmbedConfig",
+    "ExportConfig",
     "FewshotConfig",
     "FewshotEvalConfig",
     "FinetuneConfig",

@@ -28,17 +28,13 @@ def save_random_hf_clip(
     seed: int = 0,
 ) -> Path:
     """Save a random transformers CLIPModel, tokenizer and image processor to `folder` (for `hf:<folder>`)."""
-    from open_clip.tokenizer import SimpleTokenizer
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    from pictag.models.export import save_clip_tokenizer
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    bpe = SimpleTokenizer()
-    specials = {"<start_of_text>": "<|startoftext|>", "<end_of_text>": "<|endoftext|>"}
-    (folder / "vocab.json").write_text(json.dumps({specials.get(k, k): v for k, v in bpe.encoder.items()}))
-    merges = sorted(bpe.bpe_ranks, key=bpe.bpe_ranks.get)
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
-    CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt")).save_pretrained(folder)
+    save_clip_tokenizer(folder)
     vision_width = vision_width or width
 
     def tower(hidden: int, depth: int) -> dict:

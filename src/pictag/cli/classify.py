@@ -11,6 +11,7 @@ EXAMPLES = """examples:
   pictag classify "shards/{000000..000009}.tar" --labels-file imagenet.txt --templates imagenet80 --resume --out out.parquet
   pictag classify --embeddings emb/ --labels-file imagenet.txt --templates imagenet80 --out results.parquet
   pictag classify --embeddings emb/ --labels-file labels.txt --calibration calib.yaml --out results.csv
+  pictag classify photos/ --model runs/parts --top-k 3 --out preds.csv        # a trained run's own classes
 """
 
 
@@ -20,7 +21,7 @@ def add_parser(sub) -> None:
         "classify",
         ClassifyConfig,
         "pictag.pipeline.classify:run",
-        help="zero-shot classify images against text labels",
+        help="classify images against text labels (zero-shot) or a trained run's classes",
         description="Classify every image of a source against text labels with a CLIP-family model. Unreadable "
         "images go to OUT's .errors.csv; the resolved config goes to OUT's .config.yaml.",
         examples=EXAMPLES,

@@ -21,6 +21,7 @@ COMMANDS = [
     "search",
     "index-embeddings",
     "calibrate",
+    "export",
 ]
 
 

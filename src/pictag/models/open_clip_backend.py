@@ -104,7 +104,9 @@ def _create(spec: ModelSpec, checkpoint=None, random_weights: bool = False) -> E
         )
     # open_clip logs on the root logger (random init, failed downloads); pictag reports those itself, once.
     root = logging.getLogger()
-    level, root.level = root.level, logging.CRITICAL
+    # setLevel, not `root.level =`: loggers cache whether a level is enabled, and only setLevel clears that cache.
+    level = root.level
+    root.setLevel(logging.CRITICAL)
     try:
         if checkpoint is not None:
             model = open_clip.create_model(spec.name, pretrained=None)
@@ -128,7 +130,7 @@ def _create(spec: ModelSpec, checkpoint=None, random_weights: bool = False) -> E
         except Exception as exc:
             raise fetch_failed(str(spec), exc, "Its tokenizer must be in the local Hugging Face cache.") from None
     finally:
-        root.level = level
+        root.setLevel(level)
     return OpenClipEncoder(str(spec), model, tokenizer, weights_id)
 
 

@@ -211,10 +211,8 @@ def build_run(path: str | os.PathLike) -> RunModel:
     weights = folder / WEIGHTS
     if not weights.is_file():
         raise PictagError(f"run {folder} has no {WEIGHTS}: the training did not finish an epoch; resume it")
-    state = _read_weights(weights)
     encoder = _random_backbone(folder, meta)
-    encoder_state = {k[len("encoder.") :]: v for k, v in state.items() if k.startswith("encoder.")}
-    _load_strict(encoder, encoder_state, f"{weights} (backbone {meta['backbone']})")
+    _load_strict(encoder, _read_weights(weights, "encoder."), f"{weights} (backbone {meta['backbone']})")
     encoder.preprocess = _preprocess(Preprocess, meta.get("preprocess"), encoder.preprocess)
     refresh_logit_scale(encoder)
     encoder.backbone_spec = meta["backbone"]
@@ -222,11 +220,30 @@ def build_run(path: str | os.PathLike) -> RunModel:
     encoder.spec = run_spec(folder)
     encoder.weights_id = f"run:{file_digest(weights)}"
     encoder.eval()
-    head = None
-    if meta.get("head"):
-        head = _load_head(meta["head"], {k[len("head.") :]: v for k, v in state.items() if k.startswith("head.")})
-        head.eval()
-    return RunModel(encoder, head, meta)
+    return RunModel(encoder, run_head(folder), meta)
+
+
+def run_head(path: str | os.PathLike) -> Head | None:
+    """A run's trained head alone, on the CPU, or None for a run without one (`clip`): its classes are in the meta.
+
+    The head's tensors are read without the backbone's, so a caller that has the encoder (through `create_model`)
+    pays nothing more for the head.
+
+    Raises:
+        PictagError: a head that does not load, or whose classes disagree with the run's class list.
+    """
+    folder = model_dir(path)
+    meta = read_meta(folder)
+    if not meta.get("head"):
+        return None
+    head = _load_head(meta["head"], _read_weights(folder / WEIGHTS, "head."))
+    classes = meta.get("classes")
+    if classes is None or len(classes) != head.num_classes:
+        raise PictagError(
+            f"run {folder}: its head scores {head.num_classes} classes but pictag.json lists "
+            f"{'none' if classes is None else len(classes)}"
+        )
+    return head.eval()
 
 
 def refresh_logit_scale(encoder: Encoder) -> None:
@@ -344,11 +361,13 @@ _BUILDERS: dict[str, Callable[..., Encoder]] = {
 }
 
 
-def _read_weights(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
+def _read_weights(path: Path, prefix: str) -> dict[str, torch.Tensor]:
+    """The tensors under `prefix`, with it removed; the others are not read."""
+    from safetensors import safe_open
 
     try:
-        return load_file(path)
+        with safe_open(path, framework="pt") as f:
+            return {k[len(prefix) :]: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)}
     except Exception as exc:  # safetensors raises several types for a torn or foreign file
         raise PictagError(f"cannot read {path}: {str(exc).splitlines()[0]}") from None
 

@@ -1,4 +1,5 @@
-"""Zero-shot batch classification: `run(ClassifyConfig) -> ClassifyResult`, a job on the shared runner."""
+"""Batch classification, zero-shot or with a trained run's head: `run(ClassifyConfig) -> ClassifyResult`, a job on
+the shared runner."""
 
 from __future__ import annotations
 
@@ -12,9 +13,12 @@ import pyarrow as pa
 from pictag.config import dump_config, load_config, sibling
 from pictag.device import default_workers
 from pictag.errors import PictagError
+from pictag.heads.base import Head
 from pictag.heads.calibration import Calibration
 from pictag.heads.zero_shot import ZeroShotClassifier
-from pictag.models.registry import default_model
+from pictag.models.base import Encoder
+from pictag.models.registry import default_model, parse_spec
+from pictag.models.run_dir import read_meta, run_head
 from pictag.options import ClassifyConfig
 from pictag.pipeline.job import Job, JobResult, Run, run_job
 from pictag.pipeline.parts import ERRORS_SCHEMA, PartStore, output_format, write_table
@@ -47,7 +51,7 @@ class ClassifyResult(JobResult):
 
 
 def run(cfg: ClassifyConfig) -> ClassifyResult:
-    """Classify every image of `cfg.source` against `cfg.labels`, committing one part per unit of work.
+    """Classify every image of `cfg.source` against `cfg.labels` (or a trained run's classes), one part per unit.
 
     Raises:
         PictagError: bad input, or an output that exists (pass `overwrite`) or was interrupted (pass `resume`).
@@ -63,18 +67,20 @@ def run(cfg: ClassifyConfig) -> ClassifyResult:
         raise PictagError(
             "no images given: pass a SOURCE (folder, image, tar, shard pattern, table or URL) or --embeddings STORE"
         )
-    labels = parse_labels(cfg.labels, cfg.labels_file)
-    templates = load_templates(cfg.templates)
     store = EmbeddingStore(cfg.embeddings) if cfg.embeddings else None
     cfg = dataclasses.replace(cfg, model=cfg.model or (store.manifest.model if store else default_model()))
+    if cfg.labels or cfg.labels_file or parse_spec(cfg.model).scheme != "run":
+        # Refused before any output is touched or model loaded.
+        parse_labels(cfg.labels, cfg.labels_file)
+        load_templates(cfg.templates)
     # Named after the whole file name, so that results.csv and results.parquet never share parts.
     with Run(PartStore(out.with_name(out.name + ".parts")), out, complete=out.exists()) as output:
         output.start(cfg, _RESULT_DEFINING, resume=cfg.resume, overwrite=cfg.overwrite)
         encoder, units, features = _features(cfg, store)
-        head = ZeroShotClassifier(encoder, labels, templates)
+        head, labels = classification_head(encoder, cfg.model, cfg.labels, cfg.labels_file, cfg.templates)
         calibration = Calibration.load(cfg.calibration) if cfg.calibration else None
         if calibration is not None:
-            calibration.check(encoder.spec, encoder.weights_id, labels, head.templates)
+            calibration.check(encoder.spec, encoder.weights_id, labels, getattr(head, "templates", []))
         output.check_inputs(cfg, weights_id=encoder.weights_id, units=units)
         config_out = dump_config(cfg, sibling(out, ".config.yaml"))
 
@@ -84,7 +90,8 @@ def run(cfg: ClassifyConfig) -> ClassifyResult:
         schema = _schema(top_k)
 
         def rows(batch: EmbeddingBatch) -> pa.Table:
-            scores, indices = head.top_k(batch.features, top_k, temperature)
+            # A store's vectors arrive on the CPU; a trained head sits on the encoder's device.
+            scores, indices = head.top_k(batch.features.to(encoder.device), top_k, temperature)
             return _rows(batch.keys, scores, indices, labels, thresholds, schema)
 
         workers = default_workers(encoder.device) if cfg.workers is None else cfg.workers
@@ -95,6 +102,36 @@ def run(cfg: ClassifyConfig) -> ClassifyResult:
         output.parts.remove()
         seconds = time.perf_counter() - started
         return ClassifyResult("classified", out, errors_out, config_out, classified, failed, seconds, stats.timings())
+
+
+def classification_head(
+    encoder: Encoder,
+    model: str,
+    labels: str | list[str] | None,
+    labels_file: str | None,
+    templates: str | list[str],
+) -> tuple[Head, list[str]]:
+    """The head that scores images and its class names: zero-shot over the given labels, or, when none are given,
+    a run directory's (`--model RUN`) trained head, or for a clip run zero-shot over the classes it was tuned on.
+
+    Raises:
+        PictagError: no labels and no trained head to fall back on.
+    """
+    if labels or labels_file:
+        labels = parse_labels(labels, labels_file)
+        return ZeroShotClassifier(encoder, labels, load_templates(templates)), labels
+    if parse_spec(model).scheme == "run":
+        run = parse_spec(model).name
+        meta, head = read_meta(run), run_head(run)
+        if head is not None:
+            return head.to(encoder.device), list(meta["classes"])
+        if meta.get("classes"):  # a clip run: zero-shot over the classes it was fine-tuned on
+            return ZeroShotClassifier(encoder, meta["classes"], load_templates(templates)), list(meta["classes"])
+        raise PictagError(
+            f"{model} is a {meta.get('task')} run with neither a classifier head nor classes: pass --labels a,b,c "
+            "or --labels-file FILE"
+        )
+    return parse_labels(None, None)  # raises: labels are needed
 
 
 def classify(source: str | None, out: str, labels: list[str] | str | None = None, **options) -> ClassifyResult:

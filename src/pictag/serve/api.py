@@ -128,7 +128,7 @@ class App:
             params["labels"] = parse_labels(labels)
             if len(params["labels"]) > self.cfg.max_labels:
                 raise ApiError(400, f"{len(params['labels'])} labels, above the limit of {self.cfg.max_labels}")
-        elif not self.default_labels:
+        elif not self.default_labels and self.cfg.service != "trained":  # a trained run brings its own classes
             raise ApiError(400, "no labels: send labels (e.g. labels=cat,dog), or set labels in serve.yaml")
         if templates:
             if isinstance(templates, str) and templates.startswith("["):

@@ -14,7 +14,8 @@ class ServeConfig:
     """Options of `pictag serve`, read from serve.yaml and overridden by command-line flags.
 
     Attributes:
-        service: What the workers serve, by registered name (see `pictag.serve.service`): "zero-shot".
+        service: What the workers serve, by registered name (see `pictag.serve.service`): "zero-shot", or
+            "trained" (a run directory's own classes and head; `model: RUN`).
         model: Model spec, see `create_model` ($PICTAG_MODEL or open_clip:ViT-B-32/openai when unset).
         checkpoint: Local weights file for `model`.
         random_weights: Random weights (tests and benchmarks only).

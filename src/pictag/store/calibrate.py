@@ -27,9 +27,8 @@ from pictag.heads.calibration import (
     nll,
     templates_digest,
 )
-from pictag.heads.zero_shot import ZeroShotClassifier
 from pictag.options import CalibrateConfig
-from pictag.prompts import parse_labels
+from pictag.pipeline.classify import classification_head
 from pictag.store.store import EmbeddingStore
 
 COVERAGE_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
@@ -72,7 +71,9 @@ def run(cfg: CalibrateConfig) -> CalibrateResult:
     if Path(cfg.out).suffix not in (".yaml", ".yml"):
         raise PictagError(f"--out {cfg.out} must end in .yaml")
     store = EmbeddingStore(cfg.embeddings)
-    labels = parse_labels(cfg.labels, cfg.labels_file)
+    encoder = store.encoder(cfg.model, cfg.checkpoint, device=cfg.device)
+    # Zero-shot over --labels, or a trained run's own head and classes (the store was embedded with --model RUN).
+    head, labels = classification_head(encoder, encoder.spec, cfg.labels, cfg.labels_file, cfg.templates)
     truth_keys, truth_labels = _read_truth(cfg.truth, labels)
     keys, features = store.get(truth_keys)
     if not keys:
@@ -80,10 +81,8 @@ def run(cfg: CalibrateConfig) -> CalibrateResult:
     label_of = dict(zip(truth_keys, truth_labels))
     truth = torch.tensor([labels.index(label_of[key]) for key in keys])
 
-    encoder = store.encoder(cfg.model, cfg.checkpoint, device=cfg.device)
-    head = ZeroShotClassifier(encoder, labels, cfg.templates)
     with torch.no_grad():
-        logits = head(torch.from_numpy(features)).float().cpu()
+        logits = head(torch.from_numpy(features).to(encoder.device)).float().cpu()
     bias = head.logit_bias
     temperature = fit_temperature(logits, truth, bias)
     scores_t, predicted_t = scores_from_logits(logits, temperature, bias).max(dim=1)
@@ -110,8 +109,8 @@ def run(cfg: CalibrateConfig) -> CalibrateResult:
     calibration = Calibration(
         model=encoder.spec,
         weights_id=encoder.weights_id,
-        templates=cfg.templates if isinstance(cfg.templates, str) else "(list)",
-        templates_digest=templates_digest(head.templates),
+        templates=_templates_name(head, cfg.templates),
+        templates_digest=templates_digest(getattr(head, "templates", [])),
         labels=labels,
         temperature=temperature,
         target_precision=cfg.target_precision,
@@ -138,6 +137,12 @@ def run(cfg: CalibrateConfig) -> CalibrateResult:
 def calibrate(embeddings: str, truth: str, out: str, labels: list[str] | str | None = None, **options):
     """Python twin of `pictag calibrate`: options are the CalibrateConfig fields."""
     return run(load_config(CalibrateConfig, embeddings=embeddings, truth=truth, out=out, labels=labels, **options))
+
+
+def _templates_name(head, templates) -> str:
+    if not hasattr(head, "templates"):
+        return "(trained head)"
+    return templates if isinstance(templates, str) else "(list)"
 
 
 def _read_truth(path: str | os.PathLike, labels: list[str]) -> tuple[list[str], list[str]]:

@@ -84,6 +84,8 @@ def run(cfg: TrainConfig):
             out.mkdir(parents=True, exist_ok=True)
             dump_config(cfg, out / "config.yaml")
         result = Engine(fabric, task, data, cfg, settings, resume).fit()
+        if fabric.global_rank == 0:
+            task.after_fit(out)
         result.resumed = result.resumed and f"continued from {result.resumed}"
         return result
     finally:

@@ -22,6 +22,7 @@ every group exists from the first step (phases change `requires_grad`, never the
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -86,6 +87,9 @@ class Task(torch.nn.Module):
     def classes(self) -> list[str] | None:
         """The class names the head predicts, in order, or None."""
         return None
+
+    def after_fit(self, out: Path) -> None:
+        """Outputs beyond best/ once training is over (rank 0 only), e.g. the clip task's WiSE-FT model."""
 
     def forward(self, batch: dict, stage: str = "train") -> Any:
         # The engine calls the task as a module, so DDP's forward hooks see every step (a direct call of
