@@ -189,6 +189,7 @@ class Engine:
         self.higher_is_better = cfg.early_stop != "val_loss"
         self.history: list[dict] = []
         self.early = {"best": None, "best_epoch": None, "bad": 0, "stopped": False}
+        self.partial = [0.0, 0]  # (loss sum, images) of the epoch before a mid-epoch checkpoint, all ranks
         self.skipped: set[str] = {key for key, _ in data.skipped}  # unreadable keys, each counted once
 
     # ----- set-up
@@ -362,7 +363,9 @@ class Engine:
     def _train_epoch(self, epoch: int, batch_pos: int, step: int, batches: int) -> tuple[float, int, int]:
         fabric, cfg, accumulate = self.fabric, self.cfg, self.settings.accumulate
         self.sampler.set_epoch(epoch, batch_pos * cfg.batch_size)
-        loss_sum, seen = 0.0, 0
+        # A run continued mid-epoch starts from the sums saved with the checkpoint (counted once, on rank 0).
+        loss_sum, seen = (self.partial[0], int(self.partial[1])) if self.rank == 0 and batch_pos else (0.0, 0)
+        self.partial = [0.0, 0]
         bar = tqdm(
             total=batches,
             initial=batch_pos,
@@ -401,6 +404,9 @@ class Engine:
                 if self.rank == 0:
                     self.writer.add_scalar("train/loss", loss.item(), step)
                 if cfg.save_every and step % cfg.save_every == 0 and position < batches:
+                    sums = torch.tensor([loss_sum, float(seen)], device=fabric.device)
+                    totals = fabric.all_reduce(sums, reduce_op="sum")
+                    self.partial = [totals[0].item(), int(totals[1].item())]
                     self._save(epoch, position, step)
             bar.update(1)
             elapsed = time.perf_counter() - tick
@@ -524,6 +530,7 @@ class Engine:
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "epoch": epoch,
             "batch": batch_pos,
+            "partial": list(self.partial) if batch_pos else [0.0, 0],
             "step": step,
             "early": dict(self.early),
             "history": self.history,
@@ -556,6 +563,7 @@ class Engine:
         self.early = dict(state["early"])
         self.history = list(state["history"])
         self.skipped = set(state["skipped"])
+        self.partial = list(state.get("partial", [0.0, 0]))
         rng = state["rng"]
         torch.set_rng_state(rng["torch"])
         np_state = rng["numpy"]
