@@ -126,6 +126,8 @@ def test_kill_9_mid_epoch_then_rerun_equals_an_uninterrupted_run(colours, tmp_pa
     # The uninterrupted run, in this process.
     whole = tmp_path / "whole"
     assert main(["train", str(colours), "--out", str(whole), *base[5:]]) == 0
+    for a, b in zip(_rows(whole / "metrics.csv"), _rows(killed / "metrics.csv"), strict=True):
+        assert abs(float(a["train_loss"]) - float(b["train_loss"])) < 1e-5, "the epoch's loss counts every batch once"
     expected, got = _weights(whole), _weights(killed)
     assert expected.keys() == got.keys()
     for key in expected:

@@ -45,3 +45,34 @@ def test_bad_splits_are_refused(call, message):
     with pytest.raises(PictagError, match=None) as raised:
         call()
     assert message in str(raised.value)
+
+
+def test_training_data_takes_each_kind_of_validation(tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from fewshot_data import write_class_folders
+
+    from pictag.options import TrainConfig
+    from pictag.train.data import load_train_data
+
+    data = write_class_folders(tmp_path / "data", per_class=5)
+    val = write_class_folders(tmp_path / "val", per_class=1, classes=("red", "blue"))
+    by = {}
+    for name, options in {
+        "val": {"val": str(val)},
+        "split": {"val_split": 0.2},
+        "folds": {"folds": 5, "fold": "1"},
+        "none": {},
+    }.items():
+        by[name] = load_train_data(TrainConfig(data=str(data), out="x", **options))
+    assert by["val"].classes == ["blue", "green", "red"] and sorted(by["val"].val.labels) == [0, 2]
+    assert len(by["split"].train) == 12 and len(by["split"].val) == 3
+    assert len(by["folds"].val) == 3 and not set(by["folds"].val.keys) & set(by["folds"].train.keys)
+    assert by["none"].val is None and len(by["none"].train) == 15
+    table = tmp_path / "table.csv"
+    rows = [f"{data / c / f'{i}.jpg'},{c},{'A' if i == 0 else 'B'}" for c in ("red", "blue") for i in range(3)]
+    table.write_text("path,label,fold\n" + "\n".join(rows) + "\n")
+    folded = load_train_data(TrainConfig(data=str(table), out="x", fold="A"))
+    assert len(folded.val) == 2 and len(folded.train) == 4 and folded.classes == ["blue", "red"]

@@ -1,1 +1,5 @@
-"""Training tasks: last-blocks fine-tuning of an image encoder with a residual cosine classifier head."""
+"""Training: one engine (`engine.Engine`, on Lightning Fabric) and its tasks in a registry (`task.create_task`).
+
+`pictag train` is `pictag.train.run.run`; `pictag fewshot-train` is `pictag.train.finetune.run`, the same engine
+with the `fewshot` task. Nothing here is imported by `pictag --help`.
+"""

@@ -190,6 +190,7 @@ class Engine:
         self.higher_is_better = cfg.early_stop != "val_loss"
         self.history: list[dict] = []
         self.early = {"best": None, "best_epoch": None, "bad": 0, "stopped": False}
+        self.partial = [0.0, 0]  # (loss sum, images) of the epoch before a mid-epoch checkpoint, all ranks
         self.skipped: set[str] = {key for key, _ in data.skipped}  # unreadable keys, each counted once
 
     # ----- set-up
@@ -301,6 +302,7 @@ class Engine:
             self._set_phase(epoch)
             self._train_mode()
             loss_sum, seen, step = self._train_epoch(epoch, batch_pos, step, batches)
+            trained = time.perf_counter() - epoch_started  # img/s is training's; seconds include validation
             batch_pos = 0
             row = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1)}
             metrics, predictions = self._validate()
@@ -312,7 +314,7 @@ class Engine:
             lrs: dict[str, float] = {}
             for g in self.optimizer.param_groups:  # with layer decay, a group's rate is its last block's
                 lrs[f"lr_{g['group']}"] = max(lrs.get(f"lr_{g['group']}", 0.0), g["lr"])
-            row.update(dict(sorted(lrs.items())), seconds=round(seconds, 3), img_s=round(seen / seconds, 2))
+            row.update(dict(sorted(lrs.items())), seconds=round(seconds, 3), img_s=round(seen / trained, 2))
             row["skipped"] = len(self.skipped)
             self.history.append(row)
             epoch += 1
@@ -362,7 +364,9 @@ class Engine:
     def _train_epoch(self, epoch: int, batch_pos: int, step: int, batches: int) -> tuple[float, int, int]:
         fabric, cfg, accumulate = self.fabric, self.cfg, self.settings.accumulate
         self.sampler.set_epoch(epoch, batch_pos * cfg.batch_size)
-        loss_sum, seen = 0.0, 0
+        # A run continued mid-epoch starts from the sums saved with the checkpoint (counted once, on rank 0).
+        loss_sum, seen = (self.partial[0], int(self.partial[1])) if self.rank == 0 and batch_pos else (0.0, 0)
+        self.partial = [0.0, 0]
         bar = tqdm(
             total=batches,
             initial=batch_pos,
@@ -401,6 +405,9 @@ class Engine:
                 if self.rank == 0:
                     self.writer.add_scalar("train/loss", loss.item(), step)
                 if cfg.save_every and step % cfg.save_every == 0 and position < batches:
+                    sums = torch.tensor([loss_sum, float(seen)], device=fabric.device)
+                    totals = fabric.all_reduce(sums, reduce_op="sum")
+                    self.partial = [totals[0].item(), int(totals[1].item())]
                     self._save(epoch, position, step)
             bar.update(1)
             elapsed = time.perf_counter() - tick
@@ -524,6 +531,7 @@ class Engine:
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "epoch": epoch,
             "batch": batch_pos,
+            "partial": list(self.partial) if batch_pos else [0.0, 0],
             "step": step,
             "early": dict(self.early),
             "history": self.history,
@@ -556,6 +564,7 @@ class Engine:
         self.early = dict(state["early"])
         self.history = list(state["history"])
         self.skipped = set(state["skipped"])
+        self.partial = list(state.get("partial", [0.0, 0]))
         rng = state["rng"]
         torch.set_rng_state(rng["torch"])
         np_state = rng["numpy"]
