@@ -40,11 +40,14 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
-@pytest.fixture(autouse=True)
-def _exact_precision(monkeypatch):
+@pytest.fixture(autouse=True, scope="session")
+def _exact_precision():
     # An unset precision means "auto", which is bf16 on CPUs with native bf16: tests compare numbers against
     # references and between code paths, so they run in fp32 on every CPU unless they ask for a precision.
-    monkeypatch.setenv("PICTAG_PRECISION", "fp32")
+    # Session-wide, so that module-scoped fixtures (built before any function-scoped one) get it too.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PICTAG_PRECISION", "fp32")
+        yield
 
 
 def photos() -> dict[str, Image.Image]:
