@@ -19,6 +19,12 @@ from pictag.heads.base import TRAINED, Head, register_head
 FINETUNED = "finetuned"
 
 
+def _starting_prototypes(prototypes: torch.Tensor | None, num_classes: int, dim: int) -> torch.Tensor:
+    """(C, D) normalised float prototypes, or zeros of that shape for a head about to load its state."""
+    prototypes = torch.zeros(num_classes, dim) if prototypes is None else prototypes.float()
+    return F.normalize(prototypes, dim=-1)
+
+
 @register_head(FINETUNED)
 class ResidualCosineHead(Head):
     """Cosine classifier: logits = s · cos(f, W₀ + ΔW), as `pictag fewshot-train` trains it.
@@ -37,9 +43,9 @@ class ResidualCosineHead(Head):
     def __init__(
         self, prototypes: torch.Tensor | None = None, scale: float = 16.0, *, num_classes: int = 0, dim: int = 0
     ):
-        prototypes = torch.zeros(num_classes, dim) if prototypes is None else prototypes.float()
+        prototypes = _starting_prototypes(prototypes, num_classes, dim)
         super().__init__(*prototypes.shape)
-        self.register_buffer("prototypes", F.normalize(prototypes, dim=-1))
+        self.register_buffer("prototypes", prototypes)
         self.residual = torch.nn.Parameter(torch.zeros_like(self.prototypes))
         self.log_scale = torch.nn.Parameter(torch.tensor(math.log(scale)))
 
@@ -68,9 +74,9 @@ class LinearHead(Head):
     def __init__(
         self, prototypes: torch.Tensor | None = None, scale: float = 16.0, *, num_classes: int = 0, dim: int = 0
     ):
-        prototypes = torch.zeros(num_classes, dim) if prototypes is None else prototypes.float()
+        prototypes = _starting_prototypes(prototypes, num_classes, dim)
         super().__init__(*prototypes.shape)
-        self.weight = torch.nn.Parameter(scale * F.normalize(prototypes, dim=-1))
+        self.weight = torch.nn.Parameter(scale * prototypes)
         self.bias = torch.nn.Parameter(torch.zeros(self.num_classes))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
@@ -93,9 +99,9 @@ class CosineHead(Head):
     def __init__(
         self, prototypes: torch.Tensor | None = None, scale: float = 16.0, *, num_classes: int = 0, dim: int = 0
     ):
-        prototypes = torch.zeros(num_classes, dim) if prototypes is None else prototypes.float()
+        prototypes = _starting_prototypes(prototypes, num_classes, dim)
         super().__init__(*prototypes.shape)
-        self.weight = torch.nn.Parameter(F.normalize(prototypes, dim=-1))
+        self.weight = torch.nn.Parameter(prototypes)
         self.log_scale = torch.nn.Parameter(torch.tensor(math.log(scale)))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
