@@ -287,13 +287,13 @@ def warm_engines(model_dir: Path, images: Path, variants, engines_cache: Path, d
     (engines_cache.parent / "warm").mkdir()
     os.symlink(engines_cache, engines_cache.parent / "warm" / "engines")
     for engine, precision in variants:
-        if engine == "torch" or precision == "bf16":
-            continue  # bf16 compiles the fp32 export; nothing to export for torch
+        if engine == "torch" or precision in ("bf16", "int8-bf16"):
+            continue  # bf16 compiles the fp32 (or int8) export; nothing to export for torch
         times = []
         for _ in range(2):  # the first builds the entry, the second is a cache hit
             options = SimpleNamespace(
                 engine=engine,
-                quantize="int8" if precision == "int8" else None,
+                quantize=quantized(precision)[0],
                 calibration_images=CALIBRATION_IMAGES,
                 min_agreement=0.99,
                 strict=False,
@@ -348,8 +348,9 @@ def pictag_rate(
     if engines_cache is not None and engines_cache.is_dir():
         os.symlink(engines_cache, Path(os.environ["PICTAG_CACHE"], "engines"))
     options = {"engine": engine} if engine != "torch" else {}
-    if precision == "int8":
-        options.update(quantize="int8", calibration_images=CALIBRATION_IMAGES, precision="fp32")
+    quantize, rest = quantized(precision)
+    if quantize:
+        options.update(quantize=quantize, calibration_images=CALIBRATION_IMAGES, precision=rest)
     else:
         options["precision"] = precision
     started = time.perf_counter()
@@ -415,8 +416,8 @@ def bench_real_weights(files: list[Path], variants: list[tuple[str, str]], batch
             reference.autocast_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
             encoder = reference
         else:
-            reference.autocast_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-            quantize = "int8" if precision == "int8" else None
+            quantize, rest = quantized(precision)
+            reference.autocast_dtype = torch.bfloat16 if rest == "bf16" else torch.float32
             encoder = compile_encoder(reference, engine, quantize=quantize, calibration=calibration)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=engine == "torch" and precision == "bf16"):
             ours, speed = logits(encoder)
@@ -475,12 +476,25 @@ def bench_rss(files: list[Path], multiples: list[int]) -> None:
 
 
 # What each engine runs on a CPU: ONNX Runtime has no bf16 kernels there, torch's eager path no int8.
-ENGINE_PRECISIONS = {"torch": ("fp32", "bf16"), "onnx": ("fp32", "int8"), "openvino": ("fp32", "bf16", "int8")}
+# "int8-bf16" is what `--quantize int8` runs where `--precision auto` picks bf16: int8 where NNCF quantized,
+# bf16 for the rest of the graph (softmax, norms); "int8" keeps that rest in fp32.
+ENGINE_PRECISIONS = {
+    "torch": ("fp32", "bf16"),
+    "onnx": ("fp32", "int8"),
+    "openvino": ("fp32", "bf16", "int8", "int8-bf16"),
+}
+
+
+def quantized(precision: str) -> tuple[str | None, str]:
+    """(quantize, precision of the float rest) of a benchmark precision: "int8-bf16" -> ("int8", "bf16")."""
+    if precision.startswith("int8"):
+        return "int8", precision.partition("-")[2] or "fp32"
+    return None, precision
 
 
 def end_to_end_variants(engines: list[str] | None, precisions: list[str] | None) -> list[tuple[str, str]]:
     """(engine, precision) pairs of (b): every pair asked for that the engine runs."""
-    engines, precisions = engines or list(ENGINE_PRECISIONS), precisions or ["fp32", "bf16", "int8"]
+    engines, precisions = engines or list(ENGINE_PRECISIONS), precisions or ["fp32", "bf16", "int8", "int8-bf16"]
     return [(e, p) for e in engines for p in precisions if p in ENGINE_PRECISIONS[e]]
 
 
@@ -492,7 +506,7 @@ def main() -> None:
     parser.add_argument("--decode", nargs="+", default=["exact", "fast"], help="decode modes timed in (a)")
     parser.add_argument("--device", default="cpu", help="device of (b), for both sides: cpu, cuda, cuda:N")
     parser.add_argument("--engine", nargs="+", default=None, help="(b): pictag engines: torch onnx openvino")
-    parser.add_argument("--precision", nargs="+", default=None, help="(b): pictag precisions: fp32 bf16 int8")
+    parser.add_argument("--precision", nargs="+", default=None, help="(b): pictag precisions: fp32 bf16 int8 int8-bf16")
     parser.add_argument("--e2e-repeat", type=int, default=2, help="runs of each side in (b), alternating")
     args = parser.parse_args()
     variants = end_to_end_variants(args.engine, args.precision) if args.engine or args.precision else None
