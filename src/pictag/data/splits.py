@@ -1,14 +1,31 @@
-"""Train/validation splits of a labelled set, shared by every task: stratified hold-out, stratified K-fold, or a
-fold column the user assigned. Splits are positions into the set, seeded, so a rerun gets the same images.
+"""Splits of a labelled set, shared by every task, seeded so that a rerun gets the same images.
 
-scikit-learn does the stratifying; this module adds the checks that turn its exceptions into messages that say
-what to do.
+Inside one training set: stratified hold-out, stratified K-fold, or a fold column the user assigned, as positions
+into the set. scikit-learn does the stratifying; this module adds the checks that turn its exceptions into messages
+that say what to do.
+
+Across train/val/test, grouped by ID (`pictag splits`): every image of one physical object, its ID, goes to one
+split, so that no object leaks from training into evaluation.
+
+- `id_split(classes, ids, ratios, seed)` puts whole IDs of each class into splits, meeting the ratios per class as
+  far as whole IDs allow; a class with a single ID goes to train.
+- `class_split(classes, ratios, seed)` puts whole classes into splits: the open-set protocol of metric-learning
+  benchmarks, where the evaluated classes are never trained on.
+- `read_splits(path, root=None) -> SplitTable` reads the CSV that `pictag splits` writes: columns
+  ``path,class,id,split``, one row per image. Its paths are relative to the CSV's own folder (or absolute), as in
+  every pictag table, so the file is also a labelled source (``label_column="class"``). `SplitTable.select("test")`
+  or `select(["train", "val"])` keeps the rows of those splits; `SplitTable.keys(root)` gives the paths relative to
+  the data folder, as the keys of ``open_source(root)`` are.
 """
 
 from __future__ import annotations
 
-from collections import Counter
+import csv
+import os
+import zlib
+from collections import Counter, defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -72,3 +89,186 @@ def _check_counts(labels: Sequence, least: int, option: str) -> None:
             f"{option} needs at least {least} images per class; {len(small)} class(es) have fewer ({shown}): "
             "add images, or give validation data with --val"
         )
+
+
+SPLIT_NAMES = ("train", "val", "test")
+SPLITS_COLUMNS = ("path", "class", "id", "split")
+
+
+def parse_ratios(text: str | Sequence[float]) -> tuple[float, ...]:
+    """The train[,val[,test]] fractions of "0.7,0.15,0.15" (or a list), checked to sum to 1.
+
+    Raises:
+        PictagError: not numbers, more than three, a negative one, no train, or a sum other than 1.
+    """
+    try:
+        ratios = tuple(float(x) for x in (text.split(",") if isinstance(text, str) else text))
+    except ValueError:
+        raise PictagError(f"--ratios {text}: give train,val,test fractions such as 0.7,0.15,0.15") from None
+    if not 1 <= len(ratios) <= len(SPLIT_NAMES) or min(ratios) < 0 or ratios[0] <= 0:
+        raise PictagError(f"--ratios {text}: give up to three fractions (train,val,test), train above 0, none below 0")
+    if abs(sum(ratios) - 1) > 1e-6:
+        raise PictagError(f"--ratios {text} sum to {sum(ratios):.4g}, not 1: adjust them, e.g. 0.7,0.15,0.15")
+    return ratios
+
+
+def id_split(
+    classes: Sequence[str], ids: Sequence[str], ratios: Sequence[float], seed: int = 0
+) -> tuple[list[str], list[str]]:
+    """The split name of each image, with the images of one ID always in one split.
+
+    Within each class the IDs are shuffled (seeded by the seed and the class name, so that adding a class moves no
+    other class's images), then each goes to the split furthest below its share of the class's images.
+
+    Returns:
+        (split of each image, the classes that had a single ID and went to train whole).
+
+    Raises:
+        PictagError: an ID in two classes.
+    """
+    owner: dict[str, str] = {}
+    members: dict[str, dict[str, int]] = defaultdict(dict)
+    for label, group in zip(classes, ids, strict=True):
+        if owner.setdefault(group, label) != label:
+            raise PictagError(
+                f"ID {group!r} is in class folders {owner[group]!r} and {label!r}: one object must have one class; "
+                "rename the files or fix --id-pattern"
+            )
+        members[label][group] = members[label].get(group, 0) + 1
+    chosen: dict[str, str] = {}
+    single = sorted(label for label, groups in members.items() if len(groups) == 1)
+    for label, groups in members.items():
+        chosen.update(_deal(list(groups), list(groups.values()), ratios, _seed(seed, label)))
+    return [chosen[group] for group in ids], single
+
+
+def class_split(classes: Sequence[str], ratios: Sequence[float], seed: int = 0) -> list[str]:
+    """The split name of each image, with whole classes in one split each (open-set evaluation).
+
+    Classes are shuffled (seeded), then each goes to the split furthest below its share of all the images.
+    """
+    counts = Counter(classes)
+    labels = sorted(counts)
+    chosen = _deal(labels, [counts[label] for label in labels], ratios, seed)
+    return [chosen[label] for label in classes]
+
+
+def _deal(groups: list[str], sizes: list[int], ratios: Sequence[float], seed: int) -> dict[str, str]:
+    """Shuffle the groups, then give each to the split whose image count lies furthest below its target."""
+    order = np.random.default_rng(seed).permutation(len(groups))
+    targets = np.array(ratios) * sum(sizes)
+    filled = np.zeros(len(ratios))
+    chosen = {}
+    for i in order:
+        # Ties go to the earlier split (train), so a first group never lands in an empty test split.
+        split = int(np.argmax(targets - filled))
+        filled[split] += sizes[i]
+        chosen[groups[i]] = SPLIT_NAMES[split]
+    return chosen
+
+
+def _seed(seed: int, label: str) -> list[int]:
+    return [seed, zlib.crc32(label.encode())]
+
+
+@dataclass(frozen=True)
+class SplitTable:
+    """The rows of a splits CSV, one per image, in file order.
+
+    Attributes:
+        csv: The file read, for messages.
+        paths: Each image's path: as written when absolute, else joined to the CSV's folder.
+        classes: Each image's class.
+        ids: Each image's ID (the physical object).
+        splits: Each image's split name.
+        root: The data folder the paths lie in, when one was given to `read_splits`.
+    """
+
+    csv: str
+    paths: tuple[str, ...]
+    classes: tuple[str, ...]
+    ids: tuple[str, ...]
+    splits: tuple[str, ...]
+    root: str | None = None
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def names(self) -> list[str]:
+        """The split names present, in the order train, val, test, then any others."""
+        present = set(self.splits)
+        return [n for n in SPLIT_NAMES if n in present] + sorted(present - set(SPLIT_NAMES))
+
+    def select(self, names: str | Sequence[str]) -> SplitTable:
+        """The rows of the named splits ("test", "train,val" or a list).
+
+        Raises:
+            PictagError: a named split has no rows.
+        """
+        wanted = [n.strip() for n in names.split(",")] if isinstance(names, str) else list(names)
+        empty = [n for n in wanted if n not in self.splits]
+        if empty:
+            raise PictagError(
+                f"split {empty[0]!r} of {self.csv} is empty (it has {', '.join(self.names) or 'no rows'}): "
+                "pick another split, or give that split a share with pictag splits --ratios"
+            )
+        keep = [i for i, split in enumerate(self.splits) if split in wanted]
+        return replace(
+            self, **{f: tuple(getattr(self, f)[i] for i in keep) for f in ("paths", "classes", "ids", "splits")}
+        )
+
+    def keys(self) -> list[str]:
+        """Each path relative to the data folder given to `read_splits`: the key ``open_source(root)`` gives it."""
+        if self.root is None:
+            raise PictagError(
+                f"the keys of {self.csv} are relative to a data folder: read it with read_splits(path, root)"
+            )
+        base = os.path.abspath(self.root)
+        return [os.path.relpath(os.path.abspath(path), base).replace(os.sep, "/") for path in self.paths]
+
+
+def read_splits(path: str | os.PathLike, root: str | os.PathLike | None = None) -> SplitTable:
+    """Read the CSV that `pictag splits` writes (columns path, class, id, split).
+
+    Args:
+        path: The CSV.
+        root: The data folder that was split; every image must lie inside it, and `SplitTable.keys()` gives
+            the paths relative to it.
+
+    Raises:
+        PictagError: the file is missing, lacks a column, has a row with an empty cell, or lists an image
+            outside `root`.
+    """
+    where = os.fspath(path)
+    try:
+        with open(where, newline="") as f:
+            lines = list(csv.reader(f))
+    except FileNotFoundError:
+        raise PictagError(f"{where} does not exist: write it with pictag splits DATA --out {where}") from None
+    header = lines[0] if lines else []
+    missing = [c for c in SPLITS_COLUMNS if c not in header]
+    if missing:
+        raise PictagError(
+            f"{where} has no column {missing[0]!r} (it has {', '.join(header) or 'none'}): give the CSV that "
+            "pictag splits writes (path,class,id,split)"
+        )
+    rows = [dict(zip(header, line, strict=False)) for line in lines[1:]]
+    for n, row in enumerate(rows, 2):
+        empty = next((c for c in SPLITS_COLUMNS if not row.get(c)), None)
+        if empty is not None:
+            raise PictagError(f"line {n} of {where} has no {empty!r}: fill it in or drop the row")
+    folder = os.path.dirname(where)
+    table = SplitTable(
+        where,
+        tuple(row["path"] if os.path.isabs(row["path"]) else os.path.join(folder, row["path"]) for row in rows),
+        tuple(row["class"] for row in rows),
+        tuple(row["id"] for row in rows),
+        tuple(row["split"] for row in rows),
+        None if root is None else os.fspath(root),
+    )
+    if root is not None:
+        outside = next((p for p, key in zip(table.paths, table.keys(), strict=True) if key.startswith("../")), None)
+        if outside is not None:
+            raise PictagError(f"{where} lists {outside}, which is not inside {root}: give the data folder it splits")
+    return table
