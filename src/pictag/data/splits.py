@@ -126,20 +126,30 @@ def id_split(
     Raises:
         PictagError: an ID in two classes.
     """
+    check_ids(classes, ids)
+    members: dict[str, Counter] = defaultdict(Counter)
+    for label, group in zip(classes, ids, strict=True):
+        members[label][group] += 1
+    chosen: dict[str, str] = {}
+    single = sorted(label for label, groups in members.items() if len(groups) == 1)
+    for label, groups in members.items():
+        chosen.update(_deal(list(groups), list(groups.values()), ratios, _seed(seed, label)))
+    return [chosen[group] for group in ids], single
+
+
+def check_ids(classes: Sequence[str], ids: Sequence[str]) -> None:
+    """Refuse an ID in two classes: one object has one class, and an ID split across classes leaks.
+
+    Raises:
+        PictagError: naming the first such ID and its two classes.
+    """
     owner: dict[str, str] = {}
-    members: dict[str, dict[str, int]] = defaultdict(dict)
     for label, group in zip(classes, ids, strict=True):
         if owner.setdefault(group, label) != label:
             raise PictagError(
                 f"ID {group!r} is in class folders {owner[group]!r} and {label!r}: one object must have one class; "
                 "rename the files or fix --id-pattern"
             )
-        members[label][group] = members[label].get(group, 0) + 1
-    chosen: dict[str, str] = {}
-    single = sorted(label for label, groups in members.items() if len(groups) == 1)
-    for label, groups in members.items():
-        chosen.update(_deal(list(groups), list(groups.values()), ratios, _seed(seed, label)))
-    return [chosen[group] for group in ids], single
 
 
 def class_split(classes: Sequence[str], ratios: Sequence[float], seed: int = 0) -> list[str]:
@@ -272,3 +282,154 @@ def read_splits(path: str | os.PathLike, root: str | os.PathLike | None = None) 
         if outside is not None:
             raise PictagError(f"{where} lists {outside}, which is not inside {root}: give the data folder it splits")
     return table
+
+
+# `pictag splits`: the command over a labelled source.
+
+DEFAULT_ID_PATTERN = r"^(?P<id>.+)_[^_]+$"
+
+
+@dataclass
+class SplitsResult:
+    """What `pictag splits` wrote: the CSV, and per class its IDs and the images of each split."""
+
+    csv: str
+    config: str
+    by: str
+    per_class: dict[str, dict[str, int]]
+    reports: list[str]
+
+    def summary(self) -> str:
+        names = list(SPLIT_NAMES)
+        width = max([len(c) for c in self.per_class] + [5])
+        lines = [f"{'class':<{width}}  {'ids':>5}  " + "  ".join(f"{n:>6}" for n in names)]
+        for label, row in self.per_class.items():
+            lines.append(f"{label:<{width}}  {row['ids']:>5}  " + "  ".join(f"{row[n]:>6}" for n in names))
+        totals = {k: sum(row[k] for row in self.per_class.values()) for k in ["ids", *names]}
+        lines.append(f"{'total':<{width}}  {totals['ids']:>5}  " + "  ".join(f"{totals[n]:>6}" for n in names))
+        lines += self.reports
+        lines.append(f"splits: {self.csv} (grouped by {self.by}; config: {self.config})")
+        return "\n".join(lines)
+
+
+def run(cfg) -> SplitsResult:
+    """`pictag splits`: split the images of `cfg.data` into train/val/test by ID (or by class) and write the CSV.
+
+    Raises:
+        PictagError: bad options, a source that is not image files, an ID in two classes, a class name that is
+            not in the data, or no image left to split.
+    """
+    import re
+
+    from pictag.config import dump_config, sibling
+    from pictag.data._io import is_url, join
+    from pictag.data.sources import FileShard, open_source
+
+    ratios = parse_ratios(cfg.ratios)
+    try:
+        pattern = re.compile(cfg.id_pattern or DEFAULT_ID_PATTERN)
+    except re.error as e:
+        raise PictagError(f"--id-pattern {cfg.id_pattern!r} is not a regular expression ({e})") from None
+    if "id" not in pattern.groupindex:
+        raise PictagError(f"--id-pattern {cfg.id_pattern!r} needs a group named id, e.g. '^(?P<id>[^_]+)_'")
+    out = os.path.abspath(cfg.out)
+    if os.path.exists(out) and not cfg.overwrite:
+        raise PictagError(f"{cfg.out} exists: pass --overwrite to replace it")
+    if is_url(cfg.data):
+        raise PictagError(f"{cfg.data}: pictag splits reads local image files; copy them to a local folder first")
+    source = open_source(cfg.data, labelled=True, label_column=cfg.label_column)
+    paths, labels = [], []
+    for shard in source.shards():
+        if not isinstance(shard, FileShard):
+            raise PictagError(f"{cfg.data} holds images in a tar: splits name image files; extract it to a folder")
+        paths += [os.path.abspath(join(shard.root, key)) for key in shard.keys]
+        labels += [a.label for a in shard.annotations]
+    reports: list[str] = []
+    if cfg.classes:
+        keep = _chosen_classes(cfg.classes, source.classes)
+        paths, labels = _where([label in keep for label in labels], paths, labels)
+    matches = [pattern.search(os.path.splitext(os.path.basename(p))[0]) for p in paths]
+    unmatched = [p for p, m in zip(paths, matches, strict=True) if m is None]
+    if unmatched:
+        if len(unmatched) == len(paths):
+            raise PictagError(
+                f"no file name of {cfg.data} matches the ID pattern {pattern.pattern!r} (e.g. "
+                f"{os.path.basename(unmatched[0])}): name files {{ID}}_{{seq}}.jpg or give --id-pattern"
+            )
+        reports.append(
+            f"{len(unmatched)} image(s) whose name does not match the ID pattern {pattern.pattern!r} left out "
+            f"(e.g. {os.path.relpath(unmatched[0])})"
+        )
+    ids = [f"{m.group('id')}" if m else "" for m in matches]
+    paths, labels, ids = _where([m is not None for m in matches], paths, labels, ids)
+    check_ids(labels, ids)
+    if cfg.min_size:
+        small = _small_ids(paths, ids, cfg.min_size)
+        if small:
+            images = sum(group in small for group in ids)
+            shown = ", ".join(sorted(small)[:5]) + (" ..." if len(small) > 5 else "")
+            reports.append(
+                f"{len(small)} ID(s) ({images} images) with an image below --min-size {cfg.min_size} px or "
+                f"unreadable left out: {shown}"
+            )
+            paths, labels, ids = _where([group not in small for group in ids], paths, labels, ids)
+    if not paths:
+        raise PictagError(f"no image of {cfg.data} is left to split: check --classes, --id-pattern and --min-size")
+    if cfg.by == "class":
+        splits = class_split(labels, ratios, cfg.seed)
+    else:
+        splits, single = id_split(labels, ids, ratios, cfg.seed)
+        if single:
+            shown = ", ".join(single[:5]) + (" ..." if len(single) > 5 else "")
+            reports.append(f"{len(single)} class(es) with a single ID went to train whole: {shown}")
+    empty = [name for name, ratio in zip(SPLIT_NAMES, ratios, strict=False) if ratio and name not in splits]
+    if empty:
+        reports.append(f"split(s) {', '.join(empty)} got no image: too few IDs (or classes) for the ratios")
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    folder = os.path.dirname(out)
+    with open(out, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(SPLITS_COLUMNS)
+        for row in zip(paths, labels, ids, splits, strict=True):
+            writer.writerow([os.path.relpath(row[0], folder).replace(os.sep, "/"), *row[1:]])
+    config = dump_config(cfg, sibling(cfg.out, ".config.yaml"))
+    per_class: dict[str, dict[str, int]] = {}
+    for label in sorted(set(labels)):
+        mine = [i for i, lab in enumerate(labels) if lab == label]
+        counts = Counter(splits[i] for i in mine)
+        per_class[label] = {"ids": len({ids[i] for i in mine}), **{n: counts[n] for n in SPLIT_NAMES}}
+    return SplitsResult(cfg.out, str(config), cfg.by, per_class, reports)
+
+
+def _chosen_classes(text: str | Sequence[str], known: Sequence[str]) -> set[str]:
+    import difflib
+
+    wanted = [c.strip() for c in text.split(",")] if isinstance(text, str) else list(text)
+    for name in wanted:
+        if name not in known:
+            close = difflib.get_close_matches(name, list(known), n=3, cutoff=0.6)
+            hint = f"did you mean {', '.join(close)}?" if close else f"the classes are {', '.join(known[:10])}"
+            raise PictagError(f"--classes: no class {name!r} in the data; {hint}")
+    return set(wanted)
+
+
+def _where(keep: Sequence[bool], *columns: list) -> tuple[list, ...]:
+    return tuple([x for x, k in zip(column, keep, strict=True) if k] for column in columns)
+
+
+def _small_ids(paths: Sequence[str], ids: Sequence[str], min_size: int) -> set[str]:
+    """The IDs with an image whose shorter side is below `min_size` (or that cannot be read), from headers only."""
+    from PIL import Image
+
+    small = set()
+    for path, group in zip(paths, ids, strict=True):
+        if group in small:
+            continue
+        try:
+            with Image.open(path) as img:
+                short = min(img.size)
+        except (OSError, ValueError, Image.DecompressionBombError):
+            short = 0
+        if short < min_size:
+            small.add(group)
+    return small
