@@ -672,6 +672,42 @@ class BenchEnginesConfig(Checked, ModelOptions, LabelOptions):
     calibration_images: int = 128
 
 
+@dataclass(kw_only=True)
+class SplitsConfig:
+    """Everything `pictag splits` takes.
+
+    Attributes:
+        data: The images to split: a folder of <class>/ folders, or a table of path,label.
+        out: The CSV to write: path,class,id,split, one row per image, paths relative to the CSV's folder
+            (train --splits and evaluate --splits read it); the resolved config goes beside it.
+        ratios: train,val,test fractions of each class's images, met as far as whole IDs allow; they sum to 1.
+        by: id: each ID (one physical object) goes to one split, within every class; class: whole classes go to one
+            split (open-set evaluation, as metric-learning benchmarks do: no test object or class is trained on).
+        id_pattern: Regular expression with a group named id, searched in each file name without its extension
+            (default: the name before its last underscore, {ID}_{seq}). Files it does not match are left out and
+            reported.
+        min_size: Leave out, and report, every ID with an image whose shorter side is below this many pixels.
+        classes: Keep only these classes (comma-separated).
+        label_column: Column of labels in a table.
+        seed: Seed of the shuffle of IDs (or classes).
+        overwrite: Replace an existing CSV.
+    """
+
+    _positional: ClassVar[tuple[str, ...]] = ("data",)
+    _required: ClassVar[tuple[str, ...]] = ("data", "out")
+
+    data: str | None = None
+    out: str | None = None
+    ratios: str = "0.7,0.15,0.15"
+    by: Literal["id", "class"] = "id"
+    id_pattern: str | None = None
+    min_size: int | None = None
+    classes: list[str] | str | None = None
+    label_column: str = "label"
+    seed: int = 0
+    overwrite: bool = False
+
+
 __all__ = [
     "BenchEnginesConfig",
     "CalibrateConfig",
@@ -692,6 +728,7 @@ __all__ = [
     "RuntimeOptions",
     "SearchConfig",
     "SourceOptions",
+    "SplitsConfig",
     "TrainConfig",
     "VerifyConfig",
 ]

@@ -17,6 +17,7 @@ COMMANDS = [
     "fewshot-eval",
     "fewshot-train",
     "train",
+    "splits",
     "serve",
     "embed",
     "search",
