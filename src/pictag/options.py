@@ -568,7 +568,9 @@ class TrainConfig(RuntimeOptions, ModelOptions):
         accumulate: Batches per optimiser step (from the GPU's memory when unset: 1 at 80 GB, 2 at 40 GB, 4 below).
         clip_grad: Clip the gradients' global norm to this.
         label_smoothing: Cross-entropy label smoothing.
-        early_stop: Validation metric watched by early stopping and best/: val_top1, val_top5 or val_loss.
+        early_stop: Validation metric watched by early stopping and best/: val_top1, val_top5, val_loss, or
+            val_recall@1 (leave-one-out Recall@1 of the validation embeddings). The task's own when unset: val_top1,
+            val_recall@1 for arcface.
         patience: Stop after this many epochs without improvement of --early-stop.
         ema: Keep an exponential moving average of the weights with this decay (e.g. 0.999); it is validated
             and saved.
@@ -582,11 +584,33 @@ class TrainConfig(RuntimeOptions, ModelOptions):
         templates: Prompt templates of the clip task's label texts and zero-shot validation: simple, imagenet80,
             or a file with one {} template a line.
         wise_ft: The clip task also writes RUN/wise-ft-A/: the WiSE-FT weights (1 - A) * original + A * fine-tuned.
+        splits: A splits CSV from `pictag splits` (path,class,id,split) of the DATA folder: train on its train rows,
+            validate on its val rows (with --task arcface, validation classes may be new ones).
+        embed_dim: The arcface task's embedding length (Linear from the backbone's features).
+        embed_norm: batchnorm after the arcface embedding's Linear, or none.
+        margin_loss: The arcface task's loss: arcface (angular margin), or cosface (cosine margin; try
+            --arcface-m 0.35).
+        arcface_s: Scale s of the margin loss (below 10 classes, s=48 with m=0.3 suits better).
+        arcface_m: Margin m (radians for arcface); 0 during --freeze-epochs, the warm-up in which the backbone is
+            frozen and the embedding and class centres settle.
+        subcenters: Class centres per class (sub-center ArcFace, which tolerates noisy labels, when above 1).
+        classes_per_batch: P of the arcface task's P×K batches (every class when unset); the batch has P×K images
+            and --batch-size is validation's.
+        samples_per_class: K of the P×K batches; a class with fewer images is drawn with replacement (reported).
     """
 
     _positional: ClassVar[tuple[str, ...]] = ("data",)
     _required: ClassVar[tuple[str, ...]] = ("data", "out")
-    _at_least: ClassVar[dict[str, int]] = {"epochs": 1, "freeze_epochs": 0, "patience": 1, "save_every": 1}
+    _at_least: ClassVar[dict[str, int]] = {
+        "epochs": 1,
+        "freeze_epochs": 0,
+        "patience": 1,
+        "save_every": 1,
+        "embed_dim": 1,
+        "subcenters": 1,
+        "classes_per_batch": 1,
+        "samples_per_class": 1,
+    }
 
     data: str | None = None
     out: str | None = None
@@ -608,7 +632,7 @@ class TrainConfig(RuntimeOptions, ModelOptions):
     accumulate: int | None = None
     clip_grad: float | None = None
     label_smoothing: float = 0.1
-    early_stop: Literal["val_top1", "val_top5", "val_loss"] = "val_top1"
+    early_stop: Literal["val_top1", "val_top5", "val_loss", "val_recall@1"] | None = None
     patience: int | None = None
     ema: float | None = None
     freeze_epochs: int = 0
@@ -620,6 +644,16 @@ class TrainConfig(RuntimeOptions, ModelOptions):
     fresh: bool = False
     templates: str = "simple"
     wise_ft: float | None = None
+    # Metric learning (--task arcface).
+    splits: str | None = None
+    embed_dim: int = 512
+    embed_norm: Literal["batchnorm", "none"] = "batchnorm"
+    margin_loss: Literal["arcface", "cosface"] = "arcface"
+    arcface_s: float = 64.0
+    arcface_m: float = 0.5
+    subcenters: int = 1
+    classes_per_batch: int | None = None
+    samples_per_class: int = 4
 
 
 @dataclass(kw_only=True)

@@ -93,3 +93,21 @@ def test_embedding_encoder_projects_and_normalises():
     assert out.shape == (2, 6)
     torch.testing.assert_close(out.norm(dim=-1), torch.ones(2))
     torch.testing.assert_close(out, F.normalize(encoder.neck(backbone.encode_image(pixels, normalize=False)), dim=-1))
+
+
+def test_the_task_switches_the_margin_on_after_the_frozen_epochs():
+    from pictag.models.embedding import EmbeddingEncoder
+    from pictag.models.registry import create_model
+    from pictag.train.tasks.arcface import ArcFaceTask
+
+    encoder = EmbeddingEncoder(create_model("timm:test_efficientnet_gn", random_weights=True, device="cpu"), dim=8)
+    task = ArcFaceTask(encoder, create_head("arcface", num_classes=3, dim=8), MarginLoss("arcface", 16.0, 0.3), "abc")
+    margins = []
+    for epoch, frozen in ((0, True), (1, True), (2, False), (3, False)):
+        task.set_epoch(epoch, frozen)
+        margins.append(task.loss.margin)
+    assert margins == [0.0, 0.0, 0.3, 0.3]
+    assert {name: len(ps) for name, ps in task.param_groups().items()} == {
+        "backbone": len(list(encoder.module.parameters())),
+        "head": 5,
+    }
