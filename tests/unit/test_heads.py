@@ -75,7 +75,7 @@ def every_head(name: str, logit_bias: float | None = None) -> Head:
 
 def test_registry_lists_every_head_by_kind():
     assert sorted(list_heads("few-shot")) == sorted(METHODS)
-    trained = ["cosine", "finetuned", "linear", "mlp", "pretrained"]
+    trained = ["arcface", "cosine", "finetuned", "linear", "mlp", "pretrained"]
     assert sorted(list_heads("trained")) == trained
     assert sorted(list_heads()) == sorted(["zero-shot", *METHODS, *trained])
     with pytest.raises(PictagError, match="unknown head 'knn'.*prototype"):
