@@ -560,8 +560,9 @@ class TrainConfig(RuntimeOptions, ModelOptions):
         weight_decay: AdamW weight decay: one number, or per group like --lr (0.05 when unset; never on norms
             and biases).
         layer_decay: Layer-wise learning-rate decay: each image block back from the last gets this factor more.
-        schedule: After warmup: cosine or linear decay to 0 per step, or plateau (x0.1 when the early-stopping
-            metric stops improving for --patience epochs, or 2 epochs).
+        schedule: After warmup: cosine or linear decay to 0 per step, cosine-restarts (cosine to 0 over --t0
+            epochs, then again over --t-mult times as many, ...), or plateau (x0.1 when the early-stopping metric
+            stops improving for --patience epochs, or 2 epochs).
         warmup_epochs: Epochs of linear warmup.
         precision: Training precision: bf16 on Ampere and newer GPUs, fp16 (with a gradient scaler) on older
             ones, fp32 on CPU, when unset.
@@ -597,6 +598,8 @@ class TrainConfig(RuntimeOptions, ModelOptions):
         classes_per_batch: P of the arcface task's P×K batches (every class when unset); the batch has P×K images
             and --batch-size is validation's.
         samples_per_class: K of the P×K batches; a class with fewer images is drawn with replacement (reported).
+        t0: Epochs of the first cycle of --schedule cosine-restarts.
+        t_mult: Each cycle of --schedule cosine-restarts is this many times longer than the one before.
         image_size: Train, and store with the run, at this square input size instead of the weights' own (a CNN
             takes any size; 128 trains several times faster than 224 on a CPU).
     """
@@ -613,6 +616,7 @@ class TrainConfig(RuntimeOptions, ModelOptions):
         "classes_per_batch": 1,
         "samples_per_class": 1,
         "image_size": 8,
+        "t_mult": 1,
     }
 
     data: str | None = None
@@ -630,7 +634,7 @@ class TrainConfig(RuntimeOptions, ModelOptions):
     lr: str | None = None
     weight_decay: str | None = None
     layer_decay: float | None = None
-    schedule: Literal["cosine", "linear", "plateau"] = "cosine"
+    schedule: Literal["cosine", "linear", "plateau", "cosine-restarts"] = "cosine"
     warmup_epochs: float = 1.0
     accumulate: int | None = None
     clip_grad: float | None = None
@@ -658,6 +662,8 @@ class TrainConfig(RuntimeOptions, ModelOptions):
     classes_per_batch: int | None = None
     samples_per_class: int = 4
     image_size: int | None = None
+    t0: float = 1.0
+    t_mult: int = 1
 
 
 @dataclass(kw_only=True)

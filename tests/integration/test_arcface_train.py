@@ -87,6 +87,7 @@ def test_training_raises_recall_and_the_run_embeds_and_searches(objects, tmp_pat
     assert float(rows[-1]["val_map@r"]) > float(rows[0]["val_map@r"]) + 0.2
     meta = json.loads((out / "best" / "pictag.json").read_text())
     assert meta["task"] == "arcface" and meta["classes"] == [f"c{i}" for i in range(6)]
+    assert meta["metrics"]["val_recall@1"] == max(recall), "best/ is the epoch of the best validation Recall@1"
     assert meta["embedding"] == {"dim": 32, "batchnorm": True, "in_dim": 256}
     assert meta["head"] == {"name": "arcface", "num_classes": 6, "dim": 32, "scale": 16.0, "subcenters": 1}
 
@@ -137,7 +138,19 @@ def test_warm_up_has_no_margin_and_leaves_the_backbone_as_it_was(objects, tmp_pa
 def test_kill_9_mid_epoch_then_rerun_equals_an_uninterrupted_run(objects, tmp_path):
     data, splits, weights = objects
     argv = ["train", str(data), "--splits", str(splits), "--checkpoint", str(weights), "--epochs", "2"]
-    argv += ["--freeze-epochs", "1", "--save-every", "1", *RUN, *FAST]
+    argv += [
+        "--freeze-epochs",
+        "1",
+        "--save-every",
+        "1",
+        "--schedule",
+        "cosine-restarts",
+        "--t0",
+        "0.5",
+        "--t-mult",
+        "2",
+    ]
+    argv += [*RUN, *FAST]
     killed = tmp_path / "killed"
     env = subprocess_env() | {"OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "pictag", *argv, "--out", str(killed)]

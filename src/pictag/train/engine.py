@@ -290,7 +290,14 @@ class Engine:
         batches = self._batches_per_epoch()
         steps_per_epoch = -(-batches // self.settings.accumulate)
         warmup = round(cfg.warmup_epochs * steps_per_epoch)
-        self.schedule = Schedule(cfg.schedule, warmup, cfg.epochs * steps_per_epoch, cfg.patience or 2)
+        self.schedule = Schedule(
+            cfg.schedule,
+            warmup,
+            cfg.epochs * steps_per_epoch,
+            cfg.patience or 2,
+            t0=round(cfg.t0 * steps_per_epoch),
+            t_mult=cfg.t_mult,
+        )
         self.ema = EMA(task, cfg.ema) if cfg.ema else None
         self.starts = {name: (0 if name in task.head_groups else cfg.freeze_epochs * steps_per_epoch) for name in names}
         epoch, batch_pos, step = 0, 0, 0
