@@ -708,6 +708,40 @@ class SplitsConfig:
     overwrite: bool = False
 
 
+@dataclass(kw_only=True)
+class EvaluateConfig(RuntimeOptions, ModelOptions):
+    """Everything `pictag evaluate` takes.
+
+    Attributes:
+        model: The embedding to evaluate: a run directory from `pictag train` (RUN), or any model spec.
+        splits: A CSV from `pictag splits`: --query and --gallery then name its splits.
+        query: The query images: split names with --splits (e.g. test), else a labelled folder of <class>/ or a
+            table of path,label.
+        gallery: What the queries search: split names with --splits (e.g. train,val), else a labelled folder or
+            table. Unset: each query searches the other queries (leave-one-out).
+        recall_at: The K of Recall@K, comma-separated.
+        out: Report folder (RUN/eval when the model is a run directory): report.json, per_class.csv,
+            recall_at_k.png, retrievals.png (queries and their first 5 results, framed green when of the query's
+            class, red when not), errors.csv and config.yaml.
+        label_column: Column of labels in a table.
+        examples: Queries shown in retrievals.png.
+        seed: Seed of the choice of the queries shown.
+    """
+
+    _positional: ClassVar[tuple[str, ...]] = ("model",)
+    _required: ClassVar[tuple[str, ...]] = ("query",)
+    _at_least: ClassVar[dict[str, int]] = {"examples": 1}
+
+    splits: str | None = None
+    query: str | None = None
+    gallery: str | None = None
+    recall_at: str = "1,5"
+    out: str | None = None
+    label_column: str = "label"
+    examples: int = 8
+    seed: int = 0
+
+
 __all__ = [
     "BenchEnginesConfig",
     "CalibrateConfig",
@@ -716,6 +750,7 @@ __all__ = [
     "ExportConfig",
     "ExecutorOptions",
     "EngineOptions",
+    "EvaluateConfig",
     "FewshotConfig",
     "FewshotEvalConfig",
     "FinetuneConfig",
