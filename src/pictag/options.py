@@ -237,8 +237,33 @@ class LabelOptions:
 
 
 @dataclass(kw_only=True)
+class GalleryOptions(Checked):
+    """gallery (kNN vote instead of labels)
+
+    Attributes:
+        gallery: Label each image by a vote of its nearest images in this labelled embedding store
+            (`pictag embed --labelled`, made with the same model), instead of text labels.
+        knn_k: Gallery neighbours that vote.
+        knn_weights: How a neighbour's vote counts: uniform (1) or distance (1 / its L2 distance).
+    """
+
+    _at_least: ClassVar[dict[str, int]] = {"knn_k": 1}
+
+    gallery: str | None = None
+    knn_k: int = 10
+    knn_weights: Literal["uniform", "distance"] = "uniform"
+
+
+@dataclass(kw_only=True)
 class ClassifyConfig(
-    ExecutorOptions, ResumableOutput, EngineOptions, RuntimeOptions, ModelOptions, LabelOptions, SourceOptions
+    ExecutorOptions,
+    ResumableOutput,
+    EngineOptions,
+    RuntimeOptions,
+    ModelOptions,
+    GalleryOptions,
+    LabelOptions,
+    SourceOptions,
 ):
     """Everything `pictag classify` takes.
 
@@ -274,11 +299,16 @@ class EmbedConfig(ExecutorOptions, ResumableOutput, EngineOptions, RuntimeOption
     Attributes:
         out: The store folder.
         dtype: Stored precision.
+        labelled: Store each image's label beside its vector (its class folder, or the table's --label-column), so
+            that the store can be a gallery: `pictag classify --gallery STORE`.
+        label_column: Column of labels in a table, with --labelled.
     """
 
     _required: ClassVar[tuple[str, ...]] = ("source", "out")
 
     dtype: Literal["float16", "float32"] = "float16"
+    labelled: bool = False
+    label_column: str = "label"
 
 
 @dataclass(kw_only=True)
@@ -297,7 +327,7 @@ class StoreModelOptions:
 
 
 @dataclass(kw_only=True)
-class CalibrateConfig(StoreModelOptions, LabelOptions):
+class CalibrateConfig(StoreModelOptions, GalleryOptions, LabelOptions):
     """Everything `pictag calibrate` takes.
 
     Attributes:
@@ -754,6 +784,7 @@ __all__ = [
     "FewshotConfig",
     "FewshotEvalConfig",
     "FinetuneConfig",
+    "GalleryOptions",
     "IndexConfig",
     "IndexEmbeddingsConfig",
     "LabelmeCropsConfig",

@@ -6,33 +6,21 @@ import json
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from pictag.cli.main import main
 from pictag.data.sources import open_source
 from pictag.eval.retrieval import recall_at_k
 from pictag.models import create_model
 from pictag.pipeline.runner import embed_all
+from pictag.testing import save_colour_objects
 
 TINY = ["timm:test_efficientnet_gn", "--random-weights", "--workers", "0", "--device", "cpu", "--batch-size", "16"]
-COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220), "grey": (128, 128, 128)}
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    """4 colour classes × 4 objects × 3 views, each view a noisy, shifted square of its class's colour."""
-    root = tmp_path_factory.mktemp("eval") / "data"
-    rng = np.random.default_rng(0)
-    for name, colour in COLOURS.items():
-        (root / name).mkdir(parents=True)
-        for obj in range(4):
-            for view in range(3):
-                pixels = np.full((64, 64, 3), 245, dtype=np.int16)
-                x, y = rng.integers(0, 24, 2)
-                pixels[y : y + 40, x : x + 40] = colour
-                pixels += rng.integers(-20, 21, pixels.shape)
-                Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(root / name / f"{name}{obj}_{view}.png")
-    return root
+    """4 colour classes × 4 objects × 3 views."""
+    return save_colour_objects(tmp_path_factory.mktemp("eval") / "data")
 
 
 def test_evaluate_splits_writes_the_report_and_matches_a_direct_computation(data, tmp_path, capsys):

@@ -318,9 +318,20 @@ def stage_encoder(cfg, source: Source | None = None) -> Encoder:
     return encoder
 
 
-def image_features(cfg) -> tuple[Encoder, list[Unit], ImageFeatures]:
-    """(encoder, units, feature stage) of a config naming a source, a model and the runtime options."""
-    source = open_source(cfg.source, index=cfg.index, path_column=cfg.path_column, index_columns=cfg.index_columns)
+def image_features(cfg, label_column: str | None = None) -> tuple[Encoder, list[Unit], ImageFeatures]:
+    """(encoder, units, feature stage) of a config naming a source, a model and the runtime options.
+
+    With a `label_column`, the source is opened labelled (a table's labels from that column, a folder's from its
+    class folders), and each batch carries its labels.
+    """
+    source = open_source(
+        cfg.source,
+        index=cfg.index,
+        path_column=cfg.path_column,
+        index_columns=cfg.index_columns,
+        labelled=bool(label_column),
+        label_column=label_column or "label",
+    )
     encoder = stage_encoder(cfg, source)
     features = ImageFeatures(
         encoder, cfg.batch_size, cfg.max_pixels, max_aspect_ratio=cfg.max_aspect_ratio, decode=cfg.decode
