@@ -161,7 +161,9 @@ def main() -> None:
             break
         print(line("library", size // 10, size, m))
         fitted, size = (size, m), size * 2
-    if fitted is None:
+    if args.start_gallery > args.gallery:
+        print("  skipped: --start-gallery is above --gallery")
+    elif fitted is None:
         print(f"  the library fits no size from {args.start_gallery:,} up")
     else:
         print(f"  stops fitting at {size // 10:,} x {size:,} (largest that fits: {fitted[0] // 10:,} x {fitted[0]:,})")
