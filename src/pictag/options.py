@@ -237,8 +237,33 @@ class LabelOptions:
 
 
 @dataclass(kw_only=True)
+class GalleryOptions(Checked):
+    """gallery (kNN vote instead of labels)
+
+    Attributes:
+        gallery: Label each image by a vote of its nearest images in this labelled embedding store
+            (`pictag embed --labelled`, made with the same model), instead of text labels.
+        knn_k: Gallery neighbours that vote.
+        knn_weights: How a neighbour's vote counts: uniform (1) or distance (1 / its L2 distance).
+    """
+
+    _at_least: ClassVar[dict[str, int]] = {"knn_k": 1}
+
+    gallery: str | None = None
+    knn_k: int = 10
+    knn_weights: Literal["uniform", "distance"] = "uniform"
+
+
+@dataclass(kw_only=True)
 class ClassifyConfig(
-    ExecutorOptions, ResumableOutput, EngineOptions, RuntimeOptions, ModelOptions, LabelOptions, SourceOptions
+    ExecutorOptions,
+    ResumableOutput,
+    EngineOptions,
+    RuntimeOptions,
+    ModelOptions,
+    GalleryOptions,
+    LabelOptions,
+    SourceOptions,
 ):
     """Everything `pictag classify` takes.
 
@@ -274,11 +299,16 @@ class EmbedConfig(ExecutorOptions, ResumableOutput, EngineOptions, RuntimeOption
     Attributes:
         out: The store folder.
         dtype: Stored precision.
+        labelled: Store each image's label beside its vector (its class folder, or the table's --label-column), so
+            that the store can be a gallery: `pictag classify --gallery STORE`.
+        label_column: Column of labels in a table, with --labelled.
     """
 
     _required: ClassVar[tuple[str, ...]] = ("source", "out")
 
     dtype: Literal["float16", "float32"] = "float16"
+    labelled: bool = False
+    label_column: str = "label"
 
 
 @dataclass(kw_only=True)
@@ -297,7 +327,7 @@ class StoreModelOptions:
 
 
 @dataclass(kw_only=True)
-class CalibrateConfig(StoreModelOptions, LabelOptions):
+class CalibrateConfig(StoreModelOptions, GalleryOptions, LabelOptions):
     """Everything `pictag calibrate` takes.
 
     Attributes:
@@ -752,6 +782,40 @@ class SplitsConfig:
     overwrite: bool = False
 
 
+@dataclass(kw_only=True)
+class EvaluateConfig(RuntimeOptions, ModelOptions):
+    """Everything `pictag evaluate` takes.
+
+    Attributes:
+        model: The embedding to evaluate: a run directory from `pictag train` (RUN), or any model spec.
+        splits: A CSV from `pictag splits`: --query and --gallery then name its splits.
+        query: The query images: split names with --splits (e.g. test), else a labelled folder of <class>/ or a
+            table of path,label.
+        gallery: What the queries search: split names with --splits (e.g. train,val), else a labelled folder or
+            table. Unset: each query searches the other queries (leave-one-out).
+        recall_at: The K of Recall@K, comma-separated.
+        out: Report folder (RUN/eval when the model is a run directory): report.json, per_class.csv,
+            recall_at_k.png, retrievals.png (queries and their first 5 results, framed green when of the query's
+            class, red when not), errors.csv and config.yaml.
+        label_column: Column of labels in a table.
+        examples: Queries shown in retrievals.png.
+        seed: Seed of the choice of the queries shown.
+    """
+
+    _positional: ClassVar[tuple[str, ...]] = ("model",)
+    _required: ClassVar[tuple[str, ...]] = ("query",)
+    _at_least: ClassVar[dict[str, int]] = {"examples": 1}
+
+    splits: str | None = None
+    query: str | None = None
+    gallery: str | None = None
+    recall_at: str = "1,5"
+    out: str | None = None
+    label_column: str = "label"
+    examples: int = 8
+    seed: int = 0
+
+
 __all__ = [
     "BenchEnginesConfig",
     "CalibrateConfig",
@@ -760,9 +824,11 @@ __all__ = [
     "ExportConfig",
     "ExecutorOptions",
     "EngineOptions",
+    "EvaluateConfig",
     "FewshotConfig",
     "FewshotEvalConfig",
     "FinetuneConfig",
+    "GalleryOptions",
     "IndexConfig",
     "IndexEmbeddingsConfig",
     "LabelmeCropsConfig",

@@ -18,6 +18,7 @@ COMMANDS = [
     "fewshot-train",
     "train",
     "splits",
+    "evaluate",
     "serve",
     "embed",
     "search",
