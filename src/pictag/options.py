@@ -575,7 +575,7 @@ class TrainConfig(RuntimeOptions, ModelOptions):
         out: The run folder: last.ckpt (resume), best/ (the model: --model RUN), metrics.csv, curves.png,
             confusion.png, per_class.csv, tb/ (TensorBoard) and config.yaml.
         task: What is trained: classifier (backbone + head, cross-entropy), clip (contrastive, stays zero-shot),
-            or another registered task.
+            arcface (an embedding for retrieval and kNN galleries, with P×K batches), or another registered task.
         head: The classifier's head, initialised from the class prototypes: linear, mlp or cosine.
         val: Validation images with the training classes (folder or table); picks best/ and drives early stopping.
         val_split: Hold out this fraction of each training class for validation (stratified, seeded).
@@ -605,7 +605,8 @@ class TrainConfig(RuntimeOptions, ModelOptions):
         patience: Stop after this many epochs without improvement of --early-stop.
         ema: Keep an exponential moving average of the weights with this decay (e.g. 0.999); it is validated
             and saved.
-        freeze_epochs: Train the head alone for this many epochs, then the backbone too.
+        freeze_epochs: Train the head alone for this many epochs, then the backbone too (arcface: the warm-up,
+            with margin 0).
         unfreeze_blocks: Train only the last N blocks of the image tower (all of it when unset).
         init_from: Start from another run's best weights (stage 2 after stage 1).
         balance: Sample classes evenly.
