@@ -62,13 +62,16 @@ def test_zero_margin_is_the_normalised_softmax_and_the_head_scores_plain_cosines
     torch.testing.assert_close(head(embeddings.float()), 10.0 * cosines.float())
 
 
-def test_the_loss_stays_fp32_and_finite_under_fp16_autocast():
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_the_loss_stays_fp32_and_finite_under_half_autocast(dtype):
     embeddings, labels, centres = _inputs(n=64, classes=3)
     head = create_head("arcface", prototypes=centres.float(), scale=64.0)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        near_one = head.cosines(head.weight[labels].detach().float()).to(torch.bfloat16)  # cos θ = 1 for targets
+    with torch.autocast("cpu", dtype=dtype):
+        # Half cosines of exactly 1 for every target (an embedding on its centre): sin θ = 0, s · cos = 64.
+        near_one = head.cosines(head.weight[labels].detach().float()).to(dtype)
         loss = MarginLoss("arcface", 64.0, 0.5)(near_one, labels)
-    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    loss.backward()
+    assert loss.dtype == torch.float32 and torch.isfinite(loss) and torch.isfinite(head.weight.grad).all()
 
 
 def test_head_round_trips_through_its_config():
