@@ -16,7 +16,9 @@ from pictag.testing import save_colour_objects
 
 DOC = (ROOT / "docs" / "metric-learning.md").read_text()
 SECTIONS = dict(re.findall(r"^## ([^\n]+)\n(.*?)(?=^## |\Z)", DOC, flags=re.S | re.M))
-MINE = [body for title, body in SECTIONS.items() if title.split(":")[0] in ("Splits", "Evaluate", "Classify with a gallery")]
+MINE = [
+    body for title, body in SECTIONS.items() if title.split(":")[0] in ("Splits", "Evaluate", "Classify with a gallery")
+]
 BLOCKS = [block for body in MINE for block in re.findall(r"```(\w+)\n(.*?)```", body, flags=re.S)]
 COMMANDS = [line for lang, body in BLOCKS if lang == "bash" for line in body.splitlines() if line.startswith("pictag ")]
 PYTHON = [body for lang, body in BLOCKS if lang == "python"]
