@@ -41,7 +41,9 @@ def synthetic(queries: int, gallery: int, dim: int, seed: int = 0):
         out = np.empty((n, dim), dtype=np.float32)
         for start in range(0, n, 65536):
             block = labels[start : start + 65536]
-            x = centres[block] + 1.2 * rng.standard_normal((len(block), dim), dtype=np.float32)
+            # Noise 2.5x the centres' scale leaves Recall@1 near 0.75 at 20k gallery items (lower on larger ones):
+            # results that are neither all right nor all wrong, so that the two sides' agreement means something.
+            x = centres[block] + 2.5 * rng.standard_normal((len(block), dim), dtype=np.float32)
             out[start : start + len(block)] = x / np.linalg.norm(x, axis=1, keepdims=True)
         return out, labels
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 
 import numpy as np
@@ -75,3 +76,21 @@ def test_evaluate_folders_leave_one_out_and_errors(data, tmp_path, capsys):
         "--splits", str(splits), "--query", "val", "--gallery", "train,val", "--out", str(tmp_path / "x")
     )
     assert "does not exist" in error("--query", "test", "--out", str(tmp_path / "x"))
+
+
+def test_a_run_directory_is_evaluated_into_its_eval_folder_and_can_be_a_gallery(data, tmp_path):
+    from pictag.models.run_dir import save_run_model
+
+    encoder = create_model("timm:test_efficientnet_gn", random_weights=True, device="cpu", precision="fp32")
+    run = tmp_path / "run"
+    save_run_model(run / "best", encoder, None, task="embedding", classes=None, metrics={})
+    options = ["--workers", "0", "--device", "cpu"]
+    assert main(["evaluate", str(run), "--query", str(data), *options]) == 0
+    assert json.loads((run / "eval" / "report.json").read_text())["queries"] == 48
+    gallery = tmp_path / "gallery"
+    assert main(["embed", str(data), "--model", str(run), "--labelled", "--out", str(gallery), *options]) == 0
+    out = tmp_path / "preds.csv"
+    assert main(["classify", str(data), "--gallery", str(gallery), "--knn-k", "1", "--out", str(out), *options]) == 0
+    # Each image finds itself in the gallery: with K=1 its own label.
+    rows = list(csv.DictReader(open(out)))
+    assert len(rows) == 48 and all(row["key"].split("/")[0] == row["label"] for row in rows)

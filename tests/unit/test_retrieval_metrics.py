@@ -77,3 +77,31 @@ def test_bad_input_is_one_line_error():
         recall_at_k(x, list("aaa"), x, list("aaaaa"), [1])
     with pytest.raises(PictagError, match="same model"):
         recall_at_k(x, list("aaaaa"), normalised(rng, 5, dim=4), list("aaaaa"), [1])
+
+
+@pytest.mark.parametrize("classes", [4000, 4])
+def test_chunked_search_memory_is_bounded_far_below_a_full_matrix(classes, monkeypatch):
+    import tracemalloc
+
+    import faiss  # noqa: F401  (imported before tracing: the module's own allocations are not the search's)
+
+    from pictag.eval import retrieval
+
+    rng = np.random.default_rng(3)
+    queries, gallery = normalised(rng, 1000, dim=16), normalised(rng, 20000, dim=16)
+    q_labels, g_labels = rng.integers(0, classes, 1000), rng.integers(0, classes, 20000)
+    full = 1000 * 20000 * 4  # one float32 similarity matrix: 80 MB
+    # With 4 classes R is about 5,000: MAP@R needs each query's first 5,000 results, 1000 x 5,000 of them in one go;
+    # the budget makes chunks of about 25 queries.
+    budget = 4 << 20
+    monkeypatch.setattr(retrieval, "CHUNK_BYTES", budget)
+    tracemalloc.start()
+    try:
+        got = retrieval.retrieval_metrics(queries, q_labels, gallery, g_labels, [1, 10], chunk=4096)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # numpy and Faiss's Python wrapper allocate through tracemalloc's hooks: the peak is a chunk's results and work
+    # arrays (the budget) and per-query arrays, never anything queries x gallery.
+    assert peak < 1.5 * budget < full / 10, f"peak {peak / 2**20:.1f} MB"
+    assert 0 <= got.recall[1] <= got.recall[10] <= 1 and got.queries == 1000

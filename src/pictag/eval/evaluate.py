@@ -191,8 +191,6 @@ def _open_splits(cfg: EvaluateConfig) -> tuple[tuple[Source, frozenset[str]], fr
 
 
 def _open_sources(cfg: EvaluateConfig) -> tuple[Source, Source | None]:
-    if cfg.query is None:
-        raise PictagError("--query is needed: split names with --splits, or a labelled folder or table")
     opened = []
     for uri in (cfg.query, cfg.gallery):
         if uri is not None and not is_url(uri) and not os.path.exists(uri):

@@ -7,8 +7,8 @@
 Vectors are L2-normalised float32 rows, so inner product is cosine similarity (and ranks as L2 distance does).
 The search never builds a query × gallery matrix: `faiss.knn` scans the gallery in place (no index copy of it)
 for `chunk` queries at a time, and keeps only each query's top D, where D is the largest K asked, or the largest R
-of MAP@R in the chunk. Peak memory is the inputs plus chunk × D × 12 bytes of results (the benchmark
-benchmarks/metric_learning_eval.py measures it at 100k queries × 1M gallery vectors).
+of MAP@R in the chunk. Peak memory is the inputs plus about chunk × D × 32 bytes of results and work arrays, at
+most CHUNK_BYTES (the benchmark benchmarks/metric_learning_eval.py measures it at 100k queries × 1M gallery vectors).
 
 Recall@K is the fraction of queries with at least one gallery item of their label among their K nearest (the
 metric-learning papers' Recall@K, pytorch-metric-learning's `precision_at_1` when K=1). MAP@R (Musgrave et al.,
@@ -27,8 +27,11 @@ import numpy as np
 from pictag.errors import PictagError
 
 CHUNK = 4096
-# Results are kept as float32 scores and int64 ids: cap a chunk's results at this many bytes when D is large.
-RESULT_BYTES = 64 << 20
+# A chunk's results (float32 score, int64 id) and the work arrays of MAP@R over them take about this many bytes per
+# result; when D is large (a class with many gallery items makes R large), a chunk holds fewer queries, so that
+# this stays under CHUNK_BYTES.
+BYTES_PER_RESULT = 32
+CHUNK_BYTES = 256 << 20
 
 
 @dataclass
@@ -121,7 +124,7 @@ def retrieval_metrics(
         raise PictagError(
             f"Recall@{ks[-1]} asks for more neighbours than the gallery's {seen} item(s): lower the K or add images"
         )
-    names, codes = np.unique(np.array([str(x) for x in [*query_labels, *gallery_labels]]), return_inverse=True)
+    names, codes = _label_codes(query_labels, gallery_labels)
     q_codes, g_codes = codes[: len(queries)], codes[len(queries) :]
     # R of each query: how many gallery items share its label (its own row excluded under leave-one-out).
     relevant = np.bincount(g_codes, minlength=len(names))[q_codes] - leave_one_out
@@ -131,7 +134,7 @@ def retrieval_metrics(
     start = 0
     while start < len(queries):
         depth = min(seen, max(ks[-1], keep_top, int(relevant[start : start + chunk].max(initial=0))))
-        rows = max(1, min(chunk, RESULT_BYTES // (12 * (depth + 1))))
+        rows = max(1, min(chunk, CHUNK_BYTES // (BYTES_PER_RESULT * (depth + 1))))
         stop = min(start + rows, len(queries))
         depth = min(seen, max(ks[-1], keep_top, int(relevant[start:stop].max(initial=0))))
         _, found = faiss.knn(queries[start:stop], gallery, depth + leave_one_out, metric=faiss.METRIC_INNER_PRODUCT)
@@ -145,10 +148,13 @@ def retrieval_metrics(
             neighbours[start:stop] = found[:, :keep_top]
         start = stop
     answerable = relevant > 0
-    per_class = {}
-    for code in np.unique(q_codes):
-        mine = q_codes == code
-        per_class[str(names[code])] = {"queries": int(mine.sum()), **{k: float(hits[k][mine].mean()) for k in ks}}
+    # Counted with bincount: a loop over classes costs queries x classes (a minute at 100k each).
+    counts = np.bincount(q_codes, minlength=len(names))
+    per_k = {k: np.bincount(q_codes, weights=hits[k], minlength=len(names)) for k in ks}
+    per_class = {
+        str(names[c]): {"queries": int(counts[c]), **{k: float(per_k[k][c] / counts[c]) for k in ks}}
+        for c in np.flatnonzero(counts)
+    }
     return RetrievalMetrics(
         recall={k: float(hits[k].mean()) for k in ks},
         map_at_r=float(average_precision[answerable].mean()) if answerable.any() else 0.0,
@@ -157,6 +163,15 @@ def retrieval_metrics(
         gallery=len(gallery),
         neighbours=neighbours,
     )
+
+
+def _label_codes(query_labels: Sequence, gallery_labels: Sequence) -> tuple[np.ndarray, np.ndarray]:
+    """(distinct labels, code of each query label then each gallery label); integer labels stay integers, since
+    turning a million of them into strings costs more than the search of a small gallery."""
+    q, g = np.asarray(query_labels), np.asarray(gallery_labels)
+    if q.dtype.kind not in "iu" or g.dtype.kind not in "iu":
+        q, g = q.astype(str), g.astype(str)
+    return np.unique(np.concatenate([q, g]), return_inverse=True)
 
 
 def _vectors(x: np.ndarray, what: str) -> np.ndarray:
@@ -180,8 +195,8 @@ def _drop_self(found: np.ndarray, own: np.ndarray) -> np.ndarray:
 
 def _average_precision_at_r(correct: np.ndarray, relevant: np.ndarray) -> np.ndarray:
     """AP@R of each row: the mean, over the first R results, of precision at i where result i is correct."""
-    ranks = np.arange(1, correct.shape[1] + 1)
+    ranks = np.arange(1, correct.shape[1] + 1, dtype=np.float32)
     within = ranks[None, :] <= relevant[:, None]
     counted = correct & within
-    precision = np.cumsum(counted, axis=1) / ranks
+    precision = np.cumsum(counted, axis=1, dtype=np.float32) / ranks  # float32 counts exactly up to 2**24
     return np.where(relevant > 0, (precision * counted).sum(axis=1) / np.maximum(relevant, 1), 0.0)
