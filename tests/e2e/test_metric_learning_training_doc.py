@@ -1,4 +1,4 @@
-"""The offline example of docs/metric-learning-training.md runs as written: generated objects, splits, an arcface
+"""The offline example of docs/metric-learning.md's training section runs as written: generated objects, splits, an arcface
 run, evaluate, embed, search and a kNN classify against the run's own gallery (in this process, `main(argv)`)."""
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ import torch
 from conftest import ROOT
 from pictag.cli.main import main
 
-DOC = (ROOT / "docs" / "metric-learning-training.md").read_text()
-TRY = DOC[DOC.index("### Try it offline") :]
+DOC = (ROOT / "docs" / "metric-learning.md").read_text()
+TRAINING = DOC[DOC.index("## Training: ") : DOC.index("## Evaluate: ")]
+TRY = TRAINING[TRAINING.index("### Try it offline") :]
 BLOCKS = re.findall(r"```(\w+)\n(.*?)```", TRY, flags=re.S)
 PYTHON = [body for lang, body in BLOCKS if lang == "python"]
 COMMANDS = [line for lang, body in BLOCKS if lang == "bash" for line in body.splitlines() if line.startswith("pictag ")]
@@ -26,7 +27,7 @@ def test_the_offline_example_runs(tmp_path, monkeypatch, capsys):
     torch.set_num_threads(1)  # shared CI cores
     try:
         assert len(PYTHON) == 1 and len(COMMANDS) == 6
-        exec(compile(PYTHON[0], "docs/metric-learning-training.md", "exec"), {})
+        exec(compile(PYTHON[0], "docs/metric-learning.md", "exec"), {})
         for command in COMMANDS:
             assert main(shlex.split(command)[1:]) == 0, command
     finally:
