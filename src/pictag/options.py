@@ -237,8 +237,33 @@ class LabelOptions:
 
 
 @dataclass(kw_only=True)
+class GalleryOptions(Checked):
+    """gallery (kNN vote instead of labels)
+
+    Attributes:
+        gallery: Label each image by a vote of its nearest images in this labelled embedding store
+            (`pictag embed --labelled`, made with the same model), instead of text labels.
+        knn_k: Gallery neighbours that vote.
+        knn_weights: How a neighbour's vote counts: uniform (1) or distance (1 / its L2 distance).
+    """
+
+    _at_least: ClassVar[dict[str, int]] = {"knn_k": 1}
+
+    gallery: str | None = None
+    knn_k: int = 10
+    knn_weights: Literal["uniform", "distance"] = "uniform"
+
+
+@dataclass(kw_only=True)
 class ClassifyConfig(
-    ExecutorOptions, ResumableOutput, EngineOptions, RuntimeOptions, ModelOptions, LabelOptions, SourceOptions
+    ExecutorOptions,
+    ResumableOutput,
+    EngineOptions,
+    RuntimeOptions,
+    ModelOptions,
+    GalleryOptions,
+    LabelOptions,
+    SourceOptions,
 ):
     """Everything `pictag classify` takes.
 
@@ -274,11 +299,16 @@ class EmbedConfig(ExecutorOptions, ResumableOutput, EngineOptions, RuntimeOption
     Attributes:
         out: The store folder.
         dtype: Stored precision.
+        labelled: Store each image's label beside its vector (its class folder, or the table's --label-column), so
+            that the store can be a gallery: `pictag classify --gallery STORE`.
+        label_column: Column of labels in a table, with --labelled.
     """
 
     _required: ClassVar[tuple[str, ...]] = ("source", "out")
 
     dtype: Literal["float16", "float32"] = "float16"
+    labelled: bool = False
+    label_column: str = "label"
 
 
 @dataclass(kw_only=True)
@@ -297,7 +327,7 @@ class StoreModelOptions:
 
 
 @dataclass(kw_only=True)
-class CalibrateConfig(StoreModelOptions, LabelOptions):
+class CalibrateConfig(StoreModelOptions, GalleryOptions, LabelOptions):
     """Everything `pictag calibrate` takes.
 
     Attributes:
@@ -545,7 +575,7 @@ class TrainConfig(RuntimeOptions, ModelOptions):
         out: The run folder: last.ckpt (resume), best/ (the model: --model RUN), metrics.csv, curves.png,
             confusion.png, per_class.csv, tb/ (TensorBoard) and config.yaml.
         task: What is trained: classifier (backbone + head, cross-entropy), clip (contrastive, stays zero-shot),
-            or another registered task.
+            arcface (an embedding for retrieval and kNN galleries, with P×K batches), or another registered task.
         head: The classifier's head, initialised from the class prototypes: linear, mlp or cosine.
         val: Validation images with the training classes (folder or table); picks best/ and drives early stopping.
         val_split: Hold out this fraction of each training class for validation (stratified, seeded).
@@ -560,19 +590,23 @@ class TrainConfig(RuntimeOptions, ModelOptions):
         weight_decay: AdamW weight decay: one number, or per group like --lr (0.05 when unset; never on norms
             and biases).
         layer_decay: Layer-wise learning-rate decay: each image block back from the last gets this factor more.
-        schedule: After warmup: cosine or linear decay to 0 per step, or plateau (x0.1 when the early-stopping
-            metric stops improving for --patience epochs, or 2 epochs).
+        schedule: After warmup: cosine or linear decay to 0 per step, cosine-restarts (cosine to 0 over --t0
+            epochs, then again over --t-mult times as many, ...), or plateau (x0.1 when the early-stopping metric
+            stops improving for --patience epochs, or 2 epochs).
         warmup_epochs: Epochs of linear warmup.
         precision: Training precision: bf16 on Ampere and newer GPUs, fp16 (with a gradient scaler) on older
             ones, fp32 on CPU, when unset.
         accumulate: Batches per optimiser step (from the GPU's memory when unset: 1 at 80 GB, 2 at 40 GB, 4 below).
         clip_grad: Clip the gradients' global norm to this.
         label_smoothing: Cross-entropy label smoothing.
-        early_stop: Validation metric watched by early stopping and best/: val_top1, val_top5 or val_loss.
+        early_stop: Validation metric watched by early stopping and best/: val_top1, val_top5, val_loss, or
+            val_recall@1 (leave-one-out Recall@1 of the validation embeddings). The task's own when unset: val_top1,
+            val_recall@1 for arcface.
         patience: Stop after this many epochs without improvement of --early-stop.
         ema: Keep an exponential moving average of the weights with this decay (e.g. 0.999); it is validated
             and saved.
-        freeze_epochs: Train the head alone for this many epochs, then the backbone too.
+        freeze_epochs: Train the head alone for this many epochs, then the backbone too (arcface: the warm-up,
+            with margin 0).
         unfreeze_blocks: Train only the last N blocks of the image tower (all of it when unset).
         init_from: Start from another run's best weights (stage 2 after stage 1).
         balance: Sample classes evenly.
@@ -582,11 +616,39 @@ class TrainConfig(RuntimeOptions, ModelOptions):
         templates: Prompt templates of the clip task's label texts and zero-shot validation: simple, imagenet80,
             or a file with one {} template a line.
         wise_ft: The clip task also writes RUN/wise-ft-A/: the WiSE-FT weights (1 - A) * original + A * fine-tuned.
+        splits: A splits CSV from `pictag splits` (path,class,id,split) of the DATA folder: train on its train rows,
+            validate on its val rows (with --task arcface, validation classes may be new ones).
+        embed_dim: The arcface task's embedding length (Linear from the backbone's features).
+        embed_norm: batchnorm after the arcface embedding's Linear, or none.
+        margin_loss: The arcface task's loss: arcface (angular margin), or cosface (cosine margin; try
+            --arcface-m 0.35).
+        arcface_s: Scale s of the margin loss (below 10 classes, s=48 with m=0.3 suits better).
+        arcface_m: Margin m (radians for arcface); 0 during --freeze-epochs, the warm-up in which the backbone is
+            frozen and the embedding and class centres settle.
+        subcenters: Class centres per class (sub-center ArcFace, which tolerates noisy labels, when above 1).
+        classes_per_batch: P of the arcface task's P×K batches (every class when unset); the batch has P×K images
+            and --batch-size is validation's.
+        samples_per_class: K of the P×K batches; a class with fewer images is drawn with replacement (reported).
+        t0: Epochs of the first cycle of --schedule cosine-restarts.
+        t_mult: Each cycle of --schedule cosine-restarts is this many times longer than the one before.
+        image_size: Train, and store with the run, at this square input size instead of the weights' own (a CNN
+            takes any size; 128 trains several times faster than 224 on a CPU).
     """
 
     _positional: ClassVar[tuple[str, ...]] = ("data",)
     _required: ClassVar[tuple[str, ...]] = ("data", "out")
-    _at_least: ClassVar[dict[str, int]] = {"epochs": 1, "freeze_epochs": 0, "patience": 1, "save_every": 1}
+    _at_least: ClassVar[dict[str, int]] = {
+        "epochs": 1,
+        "freeze_epochs": 0,
+        "patience": 1,
+        "save_every": 1,
+        "embed_dim": 1,
+        "subcenters": 1,
+        "classes_per_batch": 1,
+        "samples_per_class": 1,
+        "image_size": 8,
+        "t_mult": 1,
+    }
 
     data: str | None = None
     out: str | None = None
@@ -603,12 +665,12 @@ class TrainConfig(RuntimeOptions, ModelOptions):
     lr: str | None = None
     weight_decay: str | None = None
     layer_decay: float | None = None
-    schedule: Literal["cosine", "linear", "plateau"] = "cosine"
+    schedule: Literal["cosine", "linear", "plateau", "cosine-restarts"] = "cosine"
     warmup_epochs: float = 1.0
     accumulate: int | None = None
     clip_grad: float | None = None
     label_smoothing: float = 0.1
-    early_stop: Literal["val_top1", "val_top5", "val_loss"] = "val_top1"
+    early_stop: Literal["val_top1", "val_top5", "val_loss", "val_recall@1"] | None = None
     patience: int | None = None
     ema: float | None = None
     freeze_epochs: int = 0
@@ -620,6 +682,19 @@ class TrainConfig(RuntimeOptions, ModelOptions):
     fresh: bool = False
     templates: str = "simple"
     wise_ft: float | None = None
+    # Metric learning (--task arcface).
+    splits: str | None = None
+    embed_dim: int = 512
+    embed_norm: Literal["batchnorm", "none"] = "batchnorm"
+    margin_loss: Literal["arcface", "cosface"] = "arcface"
+    arcface_s: float = 64.0
+    arcface_m: float = 0.5
+    subcenters: int = 1
+    classes_per_batch: int | None = None
+    samples_per_class: int = 4
+    image_size: int | None = None
+    t0: float = 1.0
+    t_mult: int = 1
 
 
 @dataclass(kw_only=True)
@@ -672,6 +747,76 @@ class BenchEnginesConfig(Checked, ModelOptions, LabelOptions):
     calibration_images: int = 128
 
 
+@dataclass(kw_only=True)
+class SplitsConfig:
+    """Everything `pictag splits` takes.
+
+    Attributes:
+        data: The images to split: a folder of <class>/ folders, or a table of path,label.
+        out: The CSV to write: path,class,id,split, one row per image, paths relative to the CSV's folder
+            (train --splits and evaluate --splits read it); the resolved config goes beside it.
+        ratios: train,val,test fractions of each class's images, met as far as whole IDs allow; they sum to 1.
+        by: id: each ID (one physical object) goes to one split, within every class; class: whole classes go to one
+            split (open-set evaluation, as metric-learning benchmarks do: no test object or class is trained on).
+        id_pattern: Regular expression with a group named id, searched in each file name without its extension
+            (default: the name before its last underscore, {ID}_{seq}). Files it does not match are left out and
+            reported.
+        min_size: Leave out, and report, every ID with an image whose shorter side is below this many pixels.
+        classes: Keep only these classes (comma-separated).
+        label_column: Column of labels in a table.
+        seed: Seed of the shuffle of IDs (or classes).
+        overwrite: Replace an existing CSV.
+    """
+
+    _positional: ClassVar[tuple[str, ...]] = ("data",)
+    _required: ClassVar[tuple[str, ...]] = ("data", "out")
+
+    data: str | None = None
+    out: str | None = None
+    ratios: str = "0.7,0.15,0.15"
+    by: Literal["id", "class"] = "id"
+    id_pattern: str | None = None
+    min_size: int | None = None
+    classes: list[str] | str | None = None
+    label_column: str = "label"
+    seed: int = 0
+    overwrite: bool = False
+
+
+@dataclass(kw_only=True)
+class EvaluateConfig(RuntimeOptions, ModelOptions):
+    """Everything `pictag evaluate` takes.
+
+    Attributes:
+        model: The embedding to evaluate: a run directory from `pictag train` (RUN), or any model spec.
+        splits: A CSV from `pictag splits`: --query and --gallery then name its splits.
+        query: The query images: split names with --splits (e.g. test), else a labelled folder of <class>/ or a
+            table of path,label.
+        gallery: What the queries search: split names with --splits (e.g. train,val), else a labelled folder or
+            table. Unset: each query searches the other queries (leave-one-out).
+        recall_at: The K of Recall@K, comma-separated.
+        out: Report folder (RUN/eval when the model is a run directory): report.json, per_class.csv,
+            recall_at_k.png, retrievals.png (queries and their first 5 results, framed green when of the query's
+            class, red when not), errors.csv and config.yaml.
+        label_column: Column of labels in a table.
+        examples: Queries shown in retrievals.png.
+        seed: Seed of the choice of the queries shown.
+    """
+
+    _positional: ClassVar[tuple[str, ...]] = ("model",)
+    _required: ClassVar[tuple[str, ...]] = ("query",)
+    _at_least: ClassVar[dict[str, int]] = {"examples": 1}
+
+    splits: str | None = None
+    query: str | None = None
+    gallery: str | None = None
+    recall_at: str = "1,5"
+    out: str | None = None
+    label_column: str = "label"
+    examples: int = 8
+    seed: int = 0
+
+
 __all__ = [
     "BenchEnginesConfig",
     "CalibrateConfig",
@@ -680,9 +825,11 @@ __all__ = [
     "ExportConfig",
     "ExecutorOptions",
     "EngineOptions",
+    "EvaluateConfig",
     "FewshotConfig",
     "FewshotEvalConfig",
     "FinetuneConfig",
+    "GalleryOptions",
     "IndexConfig",
     "IndexEmbeddingsConfig",
     "LabelmeCropsConfig",
@@ -692,6 +839,7 @@ __all__ = [
     "RuntimeOptions",
     "SearchConfig",
     "SourceOptions",
+    "SplitsConfig",
     "TrainConfig",
     "VerifyConfig",
 ]

@@ -1,4 +1,5 @@
-"""Random CLIP models built from config, saved where pictag and the reference libraries can load them.
+"""Random CLIP models built from config, saved where pictag and the reference libraries can load them, and small
+synthetic image sets.
 
 For tests and benchmarks on machines that cannot download weights: the architecture (and so the speed) is real,
 the weights are not. The tokenizer is CLIP's real BPE vocabulary, taken from open_clip's bundled copy.
@@ -73,3 +74,29 @@ def save_random_open_clip(
     checkpoint = folder / f"{name}.pt"
     torch.save(model.state_dict(), checkpoint)
     return checkpoint
+
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220), "grey": (128, 128, 128)}
+
+
+def save_colour_objects(root: str | Path, objects: int = 4, views: int = 3, seed: int = 0) -> Path:
+    """A folder of classes `root/<colour>/<colour><obj>_<view>.png`: each image filled with its class's colour, with a
+    small grey square (the object's size, placed anew in each view) and noise, so that even a random network tells
+    the classes apart (for retrieval and kNN tests)."""
+    import numpy as np
+    from PIL import Image
+
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    for name, colour in COLOURS.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for obj in range(objects):
+            for view in range(views):
+                pixels = np.empty((64, 64, 3), dtype=np.int16)
+                pixels[:] = colour
+                side = 8 + 4 * obj
+                x, y = rng.integers(0, 64 - side, 2)
+                pixels[y : y + side, x : x + side] = 160
+                pixels += rng.integers(-20, 21, pixels.shape)
+                Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(root / name / f"{name}{obj}_{view}.png")
+    return root

@@ -75,11 +75,12 @@ def every_head(name: str, logit_bias: float | None = None) -> Head:
 
 def test_registry_lists_every_head_by_kind():
     assert sorted(list_heads("few-shot")) == sorted(METHODS)
-    trained = ["cosine", "finetuned", "linear", "mlp", "pretrained"]
+    trained = ["arcface", "cosine", "finetuned", "linear", "mlp", "pretrained"]
     assert sorted(list_heads("trained")) == trained
-    assert sorted(list_heads()) == sorted(["zero-shot", *METHODS, *trained])
-    with pytest.raises(PictagError, match="unknown head 'knn'.*prototype"):
-        create_head("knn")
+    assert list_heads("gallery") == ["knn"]
+    assert sorted(list_heads()) == sorted(["zero-shot", *METHODS, *trained, "knn"])
+    with pytest.raises(PictagError, match="unknown head 'nearest'.*prototype"):
+        create_head("nearest")
     check_head("auto", "few-shot")
     with pytest.raises(PictagError, match="unknown few-shot head 'linear': use one of .*linear-probe"):
         check_head("linear", "few-shot")

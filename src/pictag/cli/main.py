@@ -17,6 +17,8 @@ COMMANDS = [
     "fewshot-eval",
     "fewshot-train",
     "train",
+    "splits",
+    "evaluate",
     "serve",
     "embed",
     "search",

@@ -113,3 +113,62 @@ def plot_confusion(confusion, classes: list[str], out: str | os.PathLike, title:
     fig.savefig(out)
     plt.close(fig)
     return out
+
+
+def plot_recall_at_k(recall: dict[int, float], out: str | os.PathLike, title: str = "Recall@K") -> Path:
+    """Recall@K against K, one point per K measured."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ks = sorted(recall)
+    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
+    ax.plot(ks, [recall[k] for k in ks], marker="o")
+    for k in ks:
+        ax.annotate(f"{recall[k]:.3f}", (k, recall[k]), textcoords="offset points", xytext=(0, 6), ha="center")
+    ax.set(xlabel="K", ylabel="Recall@K", ylim=(0, 1.05), title=title)
+    ax.set_xticks(ks, [str(k) for k in ks])
+    ax.grid(alpha=0.3)
+    out = Path(out)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def plot_retrievals(rows: list, images: dict, out: str | os.PathLike) -> Path:
+    """A grid: each row a query, then its results best first, framed green when of the query's label, else red.
+
+    Args:
+        rows: (query, results) pairs; each image is (side, key, label), `images[side, key]` its picture (a blank
+            tile when missing).
+        images: PIL images by (side, key).
+        out: The PNG to write.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = 1 + max((len(results) for _, results in rows), default=0)
+    fig, axes = plt.subplots(len(rows), columns, figsize=(1.6 * columns, 1.8 * len(rows)), dpi=100, squeeze=False)
+    for line, (query, results) in zip(axes, rows, strict=True):
+        for ax in line:
+            ax.axis("off")
+        for n, (ax, (side, key, label)) in enumerate(zip(line, [query, *results], strict=False)):
+            ax.axis("on")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            picture = images.get((side, key))
+            ax.imshow(picture if picture is not None else np.ones((8, 8, 3)))
+            colour = "black" if n == 0 else ("tab:green" if label == query[2] else "tab:red")
+            for spine in ax.spines.values():
+                spine.set_color(colour)
+                spine.set_linewidth(1 if n == 0 else 4)
+            ax.set_title(("query: " if n == 0 else "") + str(label)[:18], fontsize=7, color=colour)
+    out = Path(out)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return out

@@ -22,7 +22,7 @@ from pictag.heads.zero_shot import ZeroShotClassifier
 from pictag.models.base import Encoder
 from pictag.options import FewshotConfig
 from pictag.pipeline.parts import TableWriter, output_format
-from pictag.pipeline.runner import embed_all
+from pictag.pipeline.runner import Only, embed_all
 
 log = logging.getLogger(__name__)
 
@@ -59,16 +59,6 @@ class FewshotResult:
             f"per-task method and support accuracy -> {self.tasks_out}; {self.errors:,} unreadable -> "
             f"{self.errors_out}"
         )
-
-
-class _Only:
-    """A `skip` set for the runner: everything except the wanted keys (picklable, for DataLoader workers)."""
-
-    def __init__(self, wanted: frozenset[str]):
-        self.wanted = wanted
-
-    def __contains__(self, key: object) -> bool:
-        return key not in self.wanted
 
 
 def run(cfg: FewshotConfig) -> FewshotResult:
@@ -143,7 +133,7 @@ def _embed(cfg: FewshotConfig, tasks: list[Task], encoder: Encoder) -> tuple[dic
         encoder,
         batch_size=cfg.batch_size,
         workers=workers,
-        skip=_Only(wanted),
+        skip=Only(wanted),
         max_pixels=cfg.max_pixels,
         max_aspect_ratio=cfg.max_aspect_ratio,
         decode=cfg.decode,

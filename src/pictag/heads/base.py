@@ -3,11 +3,12 @@
 (One exception: the `pretrained` head applies a backbone's own classifier, which was trained on the raw pooled
 features; it says so with `normalized_input = False`, and the pipeline then passes it unnormalised features.)
 
-Heads come in three kinds. `zero-shot` builds its weights from the text of the labels. Few-shot heads (`prototype`,
+Heads come in four kinds. `zero-shot` builds its weights from the text of the labels. Few-shot heads (`prototype`,
 `tip-adapter`, `linear-probe`, `auto`) `fit` a labelled support set of embeddings, and report `support_accuracy`,
 their held-out accuracy estimated on the support set alone (leave-one-out, or cross-validation for the linear probe),
 which is what `auto` compares and what a user gets as the measured accuracy of a task. Trained heads (`finetuned`,
-`linear`) are learned by an optimiser with the backbone. A CLIP encoder may pass the text prototypes of the class
+`linear`) are learned by an optimiser with the backbone. A gallery head (`knn`) keeps a labelled gallery of
+embeddings and votes by nearest neighbours. A CLIP encoder may pass the text prototypes of the class
 names to `fit`, which heads that can use them blend in.
 
 Logits become scores in one place, `scores_from_logits`; every head's `scores` and `top_k` go through it.
@@ -23,7 +24,7 @@ import torch
 
 from pictag.errors import PictagError
 
-ZERO_SHOT, FEW_SHOT, TRAINED = "zero-shot", "few-shot", "trained"
+ZERO_SHOT, FEW_SHOT, TRAINED, GALLERY = "zero-shot", "few-shot", "trained", "gallery"
 
 
 def scores_from_logits(logits: torch.Tensor, temperature: float = 1.0, bias: float | None = None) -> torch.Tensor:
@@ -46,7 +47,8 @@ class Head(torch.nn.Module):
 
     Attributes:
         name: The registry name.
-        kind: "zero-shot", "few-shot" (learns from a support set with `fit`) or "trained" (by an optimiser).
+        kind: "zero-shot", "few-shot" (learns from a support set with `fit`), "trained" (by an optimiser) or
+            "gallery" (keeps the set it is fitted on, and votes).
         logit_bias: SigLIP's bias: when set, scores are a sigmoid per class instead of a softmax.
         normalized_input: Whether `forward` takes L2-normalised features (every head but `pretrained`).
         num_classes: Classes; 0 until a few-shot head is fitted.
@@ -152,7 +154,17 @@ def register_head(name: str) -> Callable[[type[Head]], type[Head]]:
 
 def _load_heads() -> None:
     # Importing registers them.
-    from pictag.heads import auto, linear_probe, pretrained, prototype, tip_adapter, trained, zero_shot  # noqa: F401
+    from pictag.heads import (  # noqa: F401
+        arcface,
+        auto,
+        knn,
+        linear_probe,
+        pretrained,
+        prototype,
+        tip_adapter,
+        trained,
+        zero_shot,
+    )
 
 
 def list_heads(kind: str | None = None) -> list[str]:

@@ -3,7 +3,8 @@
     RUN/best/model.safetensors   fp32 state dict: "encoder.<key>" (the Encoder module's keys) and "head.<key>"
     RUN/best/pictag.json         format, backbone spec, weights_id of the weights training started from, task,
                                  head config (`Head.config()`) or null, classes, preprocessing, metrics, version,
-                                 and the backbone's architecture where its name alone cannot rebuild it
+                                 the backbone's architecture where its name alone cannot rebuild it, and the
+                                 learned embedding after the backbone (`EmbeddingEncoder`) or null
     RUN/best/backbone/           transformers backbones only: config, tokenizer and image processor files
 
 `create_model("RUN")` (or "run:RUN") gives the encoder; `load_run` also gives the head and the metadata. A run's
@@ -151,6 +152,7 @@ def save_run_model(
         "metrics": metrics,
         "pictag_version": getattr(pictag, "__version__", None),
         "architecture": _architecture(encoder),
+        "embedding": encoder.embedding_config() if hasattr(encoder, "embedding_config") else None,
     }
     try:
         text = json.dumps(meta, indent=2, default=_json_default)
@@ -212,6 +214,10 @@ def build_run(path: str | os.PathLike) -> RunModel:
     if not weights.is_file():
         raise PictagError(f"run {folder} has no {WEIGHTS}: the training did not finish an epoch; resume it")
     encoder = _random_backbone(folder, meta)
+    if meta.get("embedding"):  # a metric-learning run: the backbone, then its trained embedding
+        from pictag.models.embedding import EmbeddingEncoder
+
+        encoder = EmbeddingEncoder(encoder, **meta["embedding"])
     _load_strict(encoder, _read_weights(weights, "encoder."), f"{weights} (backbone {meta['backbone']})")
     encoder.preprocess = _preprocess(Preprocess, meta.get("preprocess"), encoder.preprocess)
     refresh_logit_scale(encoder)

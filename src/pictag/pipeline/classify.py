@@ -18,6 +18,7 @@ from pictag.device import default_workers
 from pictag.errors import PictagError
 from pictag.heads.base import Head
 from pictag.heads.calibration import Calibration
+from pictag.heads.knn import KnnHead
 from pictag.heads.pretrained import PretrainedHead
 from pictag.heads.zero_shot import ZeroShotClassifier
 from pictag.models.base import Encoder
@@ -50,6 +51,9 @@ _RESULT_DEFINING = (
     "quantize",
     "calibration_images",
     "decode",
+    "gallery",
+    "knn_k",
+    "knn_weights",
 )
 
 
@@ -76,12 +80,16 @@ def run(cfg: ClassifyConfig) -> ClassifyResult:
         raise PictagError(
             "no images given: pass a SOURCE (folder, image, tar, shard pattern, table or URL) or --embeddings STORE"
         )
+    if cfg.gallery:
+        _check_gallery(cfg)
     pretrained = cfg.head == "pretrained"
     if pretrained:
         _check_pretrained(cfg)
     store = EmbeddingStore(cfg.embeddings) if cfg.embeddings else None
-    cfg = dataclasses.replace(cfg, model=cfg.model or (store.manifest.model if store is not None else default_model()))
-    if not pretrained and (cfg.labels or cfg.labels_file or parse_spec(cfg.model).scheme != "run"):
+    # The model that made the images' store, or else the gallery's: a gallery is only searched by its own model.
+    made_by = store or (EmbeddingStore(cfg.gallery) if cfg.gallery else None)
+    cfg = dataclasses.replace(cfg, model=cfg.model or (made_by.manifest.model if made_by else default_model()))
+    if not pretrained and not cfg.gallery and (cfg.labels or cfg.labels_file or parse_spec(cfg.model).scheme != "run"):
         # Refused before any output is touched or model loaded.
         parse_labels(cfg.labels, cfg.labels_file)
         load_templates(cfg.templates)
@@ -150,6 +158,8 @@ def _head_rows(cfg: ClassifyConfig, encoder):
     if cfg.head == "pretrained":
         head = PretrainedHead(encoder)
         labels = list(head.classes)
+    elif cfg.gallery:
+        head, labels = KnnHead.from_store(EmbeddingStore(cfg.gallery), encoder, cfg.knn_k, cfg.knn_weights)
     else:
         head, labels = classification_head(encoder, cfg.model, cfg.labels, cfg.labels_file, cfg.templates)
     templates = list(getattr(head, "templates", []))
@@ -160,7 +170,9 @@ def _head_rows(cfg: ClassifyConfig, encoder):
     thresholds = _thresholds(cfg.threshold, calibration, labels)
     temperature = calibration.temperature if calibration else 1.0
     schema = _schema(top_k)
-    head_id = hashlib.sha1(repr((head.name, labels, templates, thresholds, temperature, top_k)).encode()).hexdigest()
+    head_id = hashlib.sha1(
+        repr((head.name, labels, templates, thresholds, temperature, top_k, _gallery_id(cfg))).encode()
+    ).hexdigest()
 
     def rows(batch: EmbeddingBatch) -> pa.Table:
         # A store's vectors arrive on the CPU; a trained head sits on the encoder's device.
@@ -186,6 +198,22 @@ def _features(cfg: ClassifyConfig, store: EmbeddingStore | None):
         )
         return encoder, store.units(), StoreFeatures(store)
     return image_features(cfg)
+
+
+def _gallery_id(cfg: ClassifyConfig) -> tuple | None:
+    """What a gallery's votes depend on: its shards' checksums and the vote's options (None without a gallery)."""
+    if not cfg.gallery:
+        return None
+    shards = EmbeddingStore(cfg.gallery).manifest.shards or []
+    return tuple(shard["footer_sha256"] for shard in shards), cfg.knn_k, cfg.knn_weights
+
+
+def _check_gallery(cfg: ClassifyConfig) -> None:
+    """--gallery labels images by their neighbours' labels: no text labels, no model classifier."""
+    given = [name for name in ("labels", "labels_file", "head") if getattr(cfg, name)]
+    if given:
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise PictagError(f"--gallery labels images by a kNN vote of the gallery's labels and cannot take {flags}")
 
 
 def _check_pretrained(cfg: ClassifyConfig) -> None:

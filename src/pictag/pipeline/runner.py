@@ -246,6 +246,16 @@ def iter_embeddings(
     return stage.batches(plan_units(source), workers, stats if stats is not None else {})
 
 
+class Only:
+    """A `skip` set for the runner: everything except the wanted keys (picklable, for DataLoader workers)."""
+
+    def __init__(self, wanted: frozenset[str]):
+        self.wanted = wanted
+
+    def __contains__(self, key: object) -> bool:
+        return key not in self.wanted
+
+
 @dataclass
 class Embedded:
     """Every embedding of a source, in memory, for jobs that fit on them (few-shot, probes, calibration).
@@ -308,9 +318,20 @@ def stage_encoder(cfg, source: Source | None = None) -> Encoder:
     return encoder
 
 
-def image_features(cfg) -> tuple[Encoder, list[Unit], ImageFeatures]:
-    """(encoder, units, feature stage) of a config naming a source, a model and the runtime options."""
-    source = open_source(cfg.source, index=cfg.index, path_column=cfg.path_column, index_columns=cfg.index_columns)
+def image_features(cfg, label_column: str | None = None) -> tuple[Encoder, list[Unit], ImageFeatures]:
+    """(encoder, units, feature stage) of a config naming a source, a model and the runtime options.
+
+    With a `label_column`, the source is opened labelled (a table's labels from that column, a folder's from its
+    class folders), and each batch carries its labels.
+    """
+    source = open_source(
+        cfg.source,
+        index=cfg.index,
+        path_column=cfg.path_column,
+        index_columns=cfg.index_columns,
+        labelled=bool(label_column),
+        label_column=label_column or "label",
+    )
     encoder = stage_encoder(cfg, source)
     features = ImageFeatures(
         encoder, cfg.batch_size, cfg.max_pixels, max_aspect_ratio=cfg.max_aspect_ratio, decode=cfg.decode

@@ -27,6 +27,7 @@ from pictag.heads.calibration import (
     nll,
     templates_digest,
 )
+from pictag.heads.knn import KnnHead
 from pictag.options import CalibrateConfig
 from pictag.pipeline.classify import classification_head
 from pictag.store.store import EmbeddingStore
@@ -73,7 +74,10 @@ def run(cfg: CalibrateConfig) -> CalibrateResult:
     store = EmbeddingStore(cfg.embeddings)
     encoder = store.encoder(cfg.model, cfg.checkpoint, device=cfg.device)
     # Zero-shot over --labels, or a trained run's own head and classes (the store was embedded with --model RUN).
-    head, labels = classification_head(encoder, encoder.spec, cfg.labels, cfg.labels_file, cfg.templates)
+    if cfg.gallery:
+        head, labels = KnnHead.from_store(EmbeddingStore(cfg.gallery), encoder, cfg.knn_k, cfg.knn_weights)
+    else:
+        head, labels = classification_head(encoder, encoder.spec, cfg.labels, cfg.labels_file, cfg.templates)
     truth_keys, truth_labels = _read_truth(cfg.truth, labels)
     keys, features = store.get(truth_keys)
     if not keys:

@@ -41,6 +41,8 @@ _RESULT_DEFINING = (
     "quantize",
     "calibration_images",
     "decode",
+    "labelled",
+    "label_column",
 )
 
 
@@ -79,7 +81,7 @@ def run(cfg: EmbedConfig) -> EmbedResult:
         if cfg.overwrite:
             for path in [out / MANIFEST, out / "errors.csv", out / "config.yaml", *out.glob("index.*")]:
                 path.unlink(missing_ok=True)
-        encoder, units, features = image_features(cfg)
+        encoder, units, features = image_features(cfg, cfg.label_column if cfg.labelled else None)
         output.check_inputs(cfg, weights_id=encoder.weights_id, units=units)
         manifest = Manifest(
             model=encoder.spec,
@@ -93,6 +95,7 @@ def run(cfg: EmbedConfig) -> EmbedResult:
             path_column=cfg.path_column,
             checkpoint=str(Path(cfg.checkpoint).resolve()) if cfg.checkpoint else None,
             random_weights=cfg.random_weights,
+            labelled=cfg.labelled,
         )
         manifest.write(out)
         config_out = dump_config(cfg, out / "config.yaml")
@@ -120,9 +123,10 @@ def embedding_rows(cfg: EmbedConfig, encoder) -> tuple[Callable[[EmbeddingBatch]
     """The rows stage of `cfg` on `encoder`: each unit's shard rows and their schema (how Ray actors build it)."""
 
     def rows(batch: EmbeddingBatch) -> pa.Table:
-        return embedding_table(batch.keys, batch.features.cpu().numpy(), cfg.dtype)
+        labels = batch.labels if cfg.labelled else None
+        return embedding_table(batch.keys, batch.features.cpu().numpy(), cfg.dtype, labels)
 
-    return rows, shard_schema(encoder.embed_dim, cfg.dtype)
+    return rows, shard_schema(encoder.embed_dim, cfg.dtype, cfg.labelled)
 
 
 def embed(source: str, out: str, **options) -> EmbedResult:

@@ -1,9 +1,10 @@
-"""An embedding store: a folder of Parquet shards (key, embedding) and a manifest saying how they were made.
+"""An embedding store: a folder of Parquet shards (key, embedding[, label]) and a manifest saying how they were made.
 
     emb/
       manifest.json        model spec, weights id, preprocessing fingerprint, dim, dtype, count, source, and its
                            shards: name, rows, bytes and a checksum of each
-      part-*.parquet       (key: string, embedding: fixed_size_list<float16|float32>[dim]): one per unit of work
+      part-*.parquet       (key: string, embedding: fixed_size_list<float16|float32>[dim], and label: string in a
+                           store of a labelled source, `pictag embed --labelled`): one per unit of work
       errors.csv           images that could not be embedded, and why
       index.faiss          optional search index (`pictag index-embeddings`), with index.json
 
@@ -49,16 +50,22 @@ DTYPES = {"float16": pa.float16(), "float32": pa.float32()}
 READ_ROWS = 65536
 
 
-def shard_schema(dim: int, dtype: str = "float16") -> pa.Schema:
-    """The schema of every shard: a string key and a fixed-size list of `dim` floats."""
-    return pa.schema([("key", pa.string()), ("embedding", pa.list_(DTYPES[dtype], dim))])
+def shard_schema(dim: int, dtype: str = "float16", labelled: bool = False) -> pa.Schema:
+    """The schema of every shard: a string key, a fixed-size list of `dim` floats, and a string label if labelled."""
+    fields = [("key", pa.string()), ("embedding", pa.list_(DTYPES[dtype], dim))]
+    return pa.schema(fields + [("label", pa.string())] * labelled)
 
 
-def embedding_table(keys: Sequence[str], embeddings: np.ndarray, dtype: str = "float16") -> pa.Table:
-    """Rows for a shard from keys and an (N, dim) array (cast to the store's dtype)."""
+def embedding_table(
+    keys: Sequence[str], embeddings: np.ndarray, dtype: str = "float16", labels: Sequence[str] | None = None
+) -> pa.Table:
+    """Rows for a shard from keys, an (N, dim) array (cast to the store's dtype) and, in a labelled store, labels."""
     flat = np.ascontiguousarray(embeddings, dtype=np.dtype(dtype)).reshape(-1)
     values = pa.FixedSizeListArray.from_arrays(pa.array(flat, type=DTYPES[dtype]), embeddings.shape[1])
-    return pa.table([pa.array(list(keys), pa.string()), values], schema=shard_schema(embeddings.shape[1], dtype))
+    columns = [pa.array(list(keys), pa.string()), values]
+    if labels is not None:
+        columns.append(pa.array(list(labels), pa.string()))
+    return pa.table(columns, schema=shard_schema(embeddings.shape[1], dtype, labels is not None))
 
 
 # Keys compressed; embeddings stored plain: floats barely compress, and plain pages read at memory speed. Page CRCs
@@ -145,6 +152,7 @@ class Manifest:
     path_column: str = "path"
     checkpoint: str | None = None
     random_weights: bool = False
+    labelled: bool = False
     format_version: int = FORMAT_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
     shards: list[dict[str, Any]] | None = None  # None in stores written before shards were listed
@@ -200,6 +208,7 @@ _FIELDS: dict[str, tuple[Any, bool, Any, str]] = {
     "count": (int, False, _count, "a count (an integer >= 0)"),
     "errors": (int, False, _count, "a count (an integer >= 0)"),
     "complete": (bool, False, None, "true or false"),
+    "labelled": (bool, False, None, "true or false"),
     "shards": (list, False, None, "a list"),
 }
 _SHARD_FIELDS: dict[str, tuple[Any, Any, str]] = {
@@ -396,6 +405,24 @@ class EmbeddingStore:
             chunks = [chunk for column in columns for chunk in column.chunks]
             self._keys = pa.chunked_array(chunks, pa.string()).to_numpy(zero_copy_only=False)
         return self._keys
+
+    def labels(self) -> np.ndarray:
+        """Every image's label, in row order, in a store of a labelled source.
+
+        Raises:
+            PictagError: the store holds no labels.
+        """
+        if not self.manifest.labelled:
+            raise PictagError(
+                f"embedding store {self.folder} holds no labels: embed a labelled source (a folder of <class>/ "
+                "folders, or a table with a label column) with `pictag embed --labelled`"
+            )
+        columns = []
+        for shard in self.shards():
+            with self._reading(shard):
+                table = pq.read_table(shard, columns=["label"], memory_map=True, page_checksum_verification=True)
+            columns += table.column("label").chunks
+        return pa.chunked_array(columns, pa.string()).to_numpy(zero_copy_only=False)
 
     def get(self, keys: Sequence[str]) -> tuple[list[str], np.ndarray]:
         """The embeddings of `keys` (float32, in the order found); keys not in the store are left out."""

@@ -69,6 +69,8 @@ class TrainData:
         val: The validation images, or None (then the best model is the last epoch's).
         skipped: (key, reason) of images that could not be decoded, filled in as they are met.
         resuming: The weights will come from a file (resume, --init-from): heads need not start from prototypes.
+        val_classes: The classes validation labels index, when validation holds classes training lacks (a metric
+            learning task's held-out classes); None when they index `classes`.
     """
 
     classes: list[str]
@@ -76,6 +78,7 @@ class TrainData:
     val: Split | None
     skipped: list[tuple[str, str]] = field(default_factory=list)
     resuming: bool = False
+    val_classes: list[str] | None = None
 
 
 def read_split(
@@ -101,13 +104,19 @@ def read_split(
     return Split(shards, tuple(refs), tuple(keys), tuple(labels), tuple(texts)), classes, metas
 
 
-def load_train_data(cfg) -> TrainData:
-    """Training and validation images of a `TrainConfig`: --val, --val-split, --folds/--fold, or none.
+def load_train_data(cfg, open_set_val: bool = False) -> TrainData:
+    """Training and validation images of a `TrainConfig`: --splits, --val, --val-split, --folds/--fold, or none.
+
+    Args:
+        cfg: The `TrainConfig`.
+        open_set_val: Validation may hold classes that training lacks (`Task.open_set_val`).
 
     Raises:
         PictagError: fewer than two classes, validation classes unknown to training, or a split that cannot be
-            made (a class too small, a fold out of range).
+            made (a class too small, a fold out of range, an empty train split).
     """
+    if cfg.splits:
+        return _from_splits(cfg, open_set_val)
     split, classes, metas = read_split(cfg.data, label_column=cfg.label_column, text_column=cfg.text_column)
     if len(classes) < 2:
         raise PictagError(
@@ -137,6 +146,52 @@ def load_train_data(cfg) -> TrainData:
             raise PictagError("--fold needs --folds K, or a table with a 'fold' column")
         split, val = split.subset(train_pos), split.subset(val_pos)
     return TrainData(classes, split, val)
+
+
+def _from_splits(cfg, open_set_val: bool) -> TrainData:
+    """The train and val rows of a splits CSV (`pictag splits`), whose images lie in the DATA folder."""
+    from pictag.data.splits import read_splits
+
+    given = [o for o, v in (("--val", cfg.val), ("--val-split", cfg.val_split), ("--folds", cfg.folds)) if v]
+    if given or cfg.fold is not None:
+        raise PictagError(f"--splits names the validation images: drop {given[0] if given else '--fold'}")
+    table = read_splits(cfg.splits, root=cfg.data)  # refuses a CSV of another folder, missing columns, empty cells
+    table.select("train")  # refuses an empty train split in one line
+    split, classes, metas = read_split(cfg.splits, label_column="class", text_column=cfg.text_column)
+
+    def side(name: str) -> tuple[Split | None, list[str]]:
+        positions = [i for i, meta in enumerate(metas) if meta.get("split") == name]
+        if not positions:
+            return None, []
+        part = split.subset(positions)
+        names = sorted({classes[label] for label in part.labels})
+        labels = tuple(names.index(classes[label]) for label in part.labels)
+        return Split(part.shards, part.refs, part.keys, labels, part.texts), names
+
+    train, train_classes = side("train")
+    if len(train_classes) < 2:
+        raise PictagError(
+            f"the train split of {cfg.splits} has {len(train_classes)} class ({', '.join(train_classes)}): training "
+            "needs at least two classes"
+        )
+    val, val_classes = side("val")
+    if val is None or set(val_classes) <= set(train_classes):
+        if val is not None:  # relabel into the training classes' indices
+            val = Split(
+                val.shards,
+                val.refs,
+                val.keys,
+                tuple(train_classes.index(val_classes[i]) for i in val.labels),
+                val.texts,
+            )
+        return TrainData(train_classes, train, val)
+    if not open_set_val:
+        unknown = sorted(set(val_classes) - set(train_classes))
+        raise PictagError(
+            f"the val split of {cfg.splits} has classes its train split lacks ({', '.join(unknown[:5])}): a "
+            f"{cfg.task} validates on the training classes (split by ID, not by class), or use --task arcface"
+        )
+    return TrainData(train_classes, train, val, val_classes=val_classes)
 
 
 def read_record(split: Split, position: int):

@@ -25,7 +25,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from pictag.errors import PictagError
@@ -187,7 +186,8 @@ class Engine:
         self.out = Path(cfg.out)
         self.resume = resume
         self.rank, self.world = fabric.global_rank, fabric.world_size
-        self.higher_is_better = cfg.early_stop != "val_loss"
+        self.watch = cfg.early_stop or task.early_stop
+        self.higher_is_better = self.watch != "val_loss"
         self.history: list[dict] = []
         self.early = {"best": None, "best_epoch": None, "bad": 0, "stopped": False}
         self.partial = [0.0, 0]  # (loss sum, images) of the epoch before a mid-epoch checkpoint, all ranks
@@ -210,6 +210,7 @@ class Engine:
         frozen = epoch < self.cfg.freeze_epochs
         for p in self.task.parameters():
             p.requires_grad_(id(p) in (self.head_ids if frozen else self.trainable))
+        self.task.set_epoch(epoch, frozen)
 
     def _train_mode(self) -> None:
         self.model.train()
@@ -223,9 +224,13 @@ class Engine:
         cfg, s = self.cfg, self.settings
         preprocess = self.task.encoder.preprocess
         transform = preprocess.train_transform(**self.task.augment)
-        self.sampler = train_data.EpochSampler(
-            self.data.train.labels, cfg.seed, balance=cfg.balance, rank=self.rank, world=self.world
-        )
+        self.sampler = self.task.train_sampler(self.data.train.labels, cfg.seed, self.rank, self.world)
+        if self.sampler is None:
+            self.sampler = train_data.EpochSampler(
+                self.data.train.labels, cfg.seed, balance=cfg.balance, rank=self.rank, world=self.world
+            )
+        # A task's own sampler (P×K) fixes the batch size; --batch-size is then validation's.
+        self.train_batch = getattr(self.sampler, "batch_size", cfg.batch_size)
         per_rank = len(self.sampler)
         self.train_loader = train_data.loader(
             self.data.train,
@@ -233,10 +238,10 @@ class Engine:
             transform.min_decode_size,
             preprocess.size,
             self.sampler,
-            batch_size=cfg.batch_size,
+            batch_size=self.train_batch,
             workers=s.workers,
             seed=cfg.seed,
-            drop_last=per_rank > cfg.batch_size,
+            drop_last=per_rank > self.train_batch,
             pin_memory=self.fabric.device.type == "cuda",
             max_pixels=cfg.max_pixels,
         )
@@ -259,7 +264,7 @@ class Engine:
             )
 
     def _batches_per_epoch(self) -> int:
-        n, b = len(self.sampler.share()), self.cfg.batch_size
+        n, b = len(self.sampler.share()), self.train_batch
         return n // b if n > b else 1
 
     # ----- the loop
@@ -285,7 +290,14 @@ class Engine:
         batches = self._batches_per_epoch()
         steps_per_epoch = -(-batches // self.settings.accumulate)
         warmup = round(cfg.warmup_epochs * steps_per_epoch)
-        self.schedule = Schedule(cfg.schedule, warmup, cfg.epochs * steps_per_epoch, cfg.patience or 2)
+        self.schedule = Schedule(
+            cfg.schedule,
+            warmup,
+            cfg.epochs * steps_per_epoch,
+            cfg.patience or 2,
+            t0=round(cfg.t0 * steps_per_epoch),
+            t_mult=cfg.t_mult,
+        )
         self.ema = EMA(task, cfg.ema) if cfg.ema else None
         self.starts = {name: (0 if name in task.head_groups else cfg.freeze_epochs * steps_per_epoch) for name in names}
         epoch, batch_pos, step = 0, 0, 0
@@ -307,7 +319,12 @@ class Engine:
             row = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1)}
             metrics, predictions = self._validate()
             row.update(metrics)
-            watched = row.get(cfg.early_stop)
+            if self.val_loader is not None and self.watch not in row:
+                raise PictagError(
+                    f"--early-stop {self.watch}: the {task.name} task reports {', '.join(sorted(metrics))}; "
+                    "watch one of those"
+                )
+            watched = row.get(self.watch)
             improved = self._early_stop(watched, epoch)
             self.schedule.epoch_end(watched, self.higher_is_better)
             seconds = time.perf_counter() - epoch_started
@@ -363,7 +380,7 @@ class Engine:
 
     def _train_epoch(self, epoch: int, batch_pos: int, step: int, batches: int) -> tuple[float, int, int]:
         fabric, cfg, accumulate = self.fabric, self.cfg, self.settings.accumulate
-        self.sampler.set_epoch(epoch, batch_pos * cfg.batch_size)
+        self.sampler.set_epoch(epoch, batch_pos * self.train_batch)
         # A run continued mid-epoch starts from the sums saved with the checkpoint (counted once, on rank 0).
         loss_sum, seen = (self.partial[0], int(self.partial[1])) if self.rank == 0 and batch_pos else (0.0, 0)
         self.partial = [0.0, 0]
@@ -437,38 +454,26 @@ class Engine:
         if self.ema is not None:
             self.ema.swap()
         self.model.eval()
-        logits, labels, index = [], [], []
+        outputs: dict[str, list[torch.Tensor]] = {}
+        empty = None
         for batch in self.val_loader:
             self.skipped.update(key for key, _ in batch["errors"])
             batch = self.fabric.to_device({k: v for k, v in batch.items() if k != "errors"})
-            if len(batch["labels"]):
-                out = self.model(batch, stage="val")
-                logits.append(out["logits"].float())
-                labels.append(out["labels"])
-                index.append(batch["index"])
+            if not len(batch["labels"]):
+                empty = batch
+                continue
+            for key, value in {**self.model(batch, stage="val"), "index": batch["index"]}.items():
+                outputs.setdefault(key, []).append(value)
+        if not outputs and empty is not None:  # every image of this rank unreadable: shapes for the gather below
+            outputs = {k: [v] for k, v in {**self.model(empty, stage="val"), "index": empty["index"]}.items()}
         if self.ema is not None:
             self.ema.swap()
-        classes = len(self.data.classes)
-        logits = _gather_rows(
-            self.fabric, torch.cat(logits) if logits else torch.empty(0, classes, device=self.fabric.device)
-        )
-        labels = _gather_rows(
-            self.fabric, torch.cat(labels) if labels else torch.empty(0, dtype=torch.long, device=self.fabric.device)
-        )
-        index = _gather_rows(
-            self.fabric, torch.cat(index) if index else torch.empty(0, dtype=torch.long, device=self.fabric.device)
-        )
-        # The sampler pads the ranks' shares to equal length with repeated images: count each image once.
-        keep = _first_occurrences(index)
-        logits, labels = logits[keep].cpu(), labels[keep].cpu()
-        from pictag.eval.metrics import top_k_accuracy
-
-        metrics = {
-            "val_loss": F.cross_entropy(logits, labels).item() if len(labels) else None,
-            "val_top1": top_k_accuracy(logits, labels, 1),
-            "val_top5": top_k_accuracy(logits, labels, 5),
-        }
-        return metrics, {"predicted": logits.argmax(dim=-1), "labels": labels}
+        gathered = {key: _gather_rows(self.fabric, torch.cat(values)) for key, values in outputs.items()}
+        if "index" in gathered:
+            # The sampler pads the ranks' shares to equal length with repeated images: count each image once.
+            keep = _first_occurrences(gathered.pop("index"))
+            gathered = {key: value[keep].cpu() for key, value in gathered.items()}
+        return self.task.validation_metrics(gathered)
 
     def _early_stop(self, metric: float | None, epoch: int) -> bool:
         """Whether this epoch is the best so far (always, without validation); counts patience."""
@@ -541,7 +546,7 @@ class Engine:
                 "torch": torch.get_rng_state(),
                 "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
                 "python": _python_state(random.getstate()),
-                "sampler": {"seed": self.cfg.seed, "epoch": epoch, "start": batch_pos * self.cfg.batch_size},
+                "sampler": {"seed": self.cfg.seed, "epoch": epoch, "start": batch_pos * self.train_batch},
             },
         }
 

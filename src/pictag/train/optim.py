@@ -111,15 +111,20 @@ def block_depths(module: torch.nn.Module) -> dict[int, tuple[int, int]]:
 
 
 class Schedule:
-    """Learning-rate multiplier per optimiser step: linear warmup, then cosine or linear decay, or plateau.
+    """Learning-rate multiplier per optimiser step: linear warmup, then cosine or linear decay, cosine with warm
+    restarts, or plateau.
 
     Each group's schedule starts when the group starts training (after --freeze-epochs for the backbone), so a
     backbone unfrozen late still warms up. Plateau cuts the multiplier by 10 after `patience` epochs without
-    improvement of the watched metric. `state_dict` holds what a resume needs (the plateau's progress).
+    improvement of the watched metric. Warm restarts (SGDR, Loshchilov and Hutter 2017, as torch's
+    `CosineAnnealingWarmRestarts` with a minimum of 0) decay along a cosine over `t0` steps, restart at 1, and make
+    each cycle `t_mult` times longer than the one before. `state_dict` holds what a resume needs (the plateau's
+    progress).
     """
 
-    def __init__(self, kind: str, warmup: int, total: int, patience: int = 2):
+    def __init__(self, kind: str, warmup: int, total: int, patience: int = 2, t0: int = 1, t_mult: int = 1):
         self.kind, self.warmup, self.total, self.patience = kind, warmup, total, patience
+        self.t0, self.t_mult = max(t0, 1), t_mult
         self.scale, self.best, self.bad = 1.0, None, 0
 
     def factor(self, step: int, start: int = 0) -> float:
@@ -131,8 +136,18 @@ class Schedule:
             return (step + 1) / (warmup + 1)
         if self.kind == "plateau":
             return self.scale
+        if self.kind == "cosine-restarts":
+            return 0.5 * (1 + math.cos(math.pi * self._cycle_progress(step - warmup)))
         progress = min((step - warmup) / max(total - warmup, 1), 1.0)
         return 0.5 * (1 + math.cos(math.pi * progress)) if self.kind == "cosine" else 1.0 - progress
+
+    def _cycle_progress(self, step: int) -> float:
+        """How far `step` is into its warm-restart cycle, from 0 to 1."""
+        length = self.t0
+        while step >= length:
+            step -= length
+            length *= self.t_mult
+        return step / length
 
     def epoch_end(self, metric: float | None, higher_is_better: bool) -> None:
         """Let plateau see an epoch's metric."""

@@ -58,9 +58,11 @@ def run(cfg: TrainConfig):
         lock.lock()  # a second run on the same folder is refused at once, naming the process
     try:
         # Everything that can refuse the input comes before Lightning is even imported.
-        data = load_train_data(cfg)
+        data = load_train_data(cfg, TASKS[cfg.task].open_set_val)
         data.resuming = resume is not None or cfg.init_from is not None  # weights come from a file: no prototypes
         encoder = create_model(cfg.model, checkpoint=cfg.checkpoint, random_weights=cfg.random_weights, device="cpu")
+        if cfg.image_size:
+            encoder.preprocess = encoder.preprocess.at_size(cfg.image_size)
         if cfg.unfreeze_blocks is not None or cfg.layer_decay:
             from pictag.train.blocks import image_blocks
 

@@ -48,6 +48,8 @@ class Task(torch.nn.Module):
         freeze_norm_stats: Keep every batch-norm layer's running statistics as pretrained (few-shot data is too
             small to estimate them); otherwise only the norms of frozen parameters keep theirs.
         encoder: The backbone; `--unfreeze-blocks` and layer-wise decay look for its image blocks.
+        early_stop: The validation metric that picks best/ and drives early stopping unless --early-stop names one.
+        open_set_val: Validation may hold classes the training images lack (retrieval is measured, not classes).
     """
 
     name: ClassVar[str]
@@ -55,6 +57,8 @@ class Task(torch.nn.Module):
     head_groups: ClassVar[tuple[str, ...]] = ("head",)
     augment: ClassVar[dict] = {}
     freeze_norm_stats: ClassVar[bool] = False
+    early_stop: ClassVar[str] = "val_top1"
+    open_set_val: ClassVar[bool] = False
     encoder: Encoder
 
     @classmethod
@@ -79,6 +83,31 @@ class Task(torch.nn.Module):
     def validation_step(self, batch: dict) -> dict[str, torch.Tensor]:
         """Per-image outputs of one validation batch: {"logits": (N, C), "labels": (N,)} for classifiers."""
         raise NotImplementedError
+
+    def validation_metrics(self, outputs: dict[str, torch.Tensor]) -> tuple[dict, dict | None]:
+        """(metrics, predictions or None) of the whole validation set: `validation_step`'s outputs concatenated, each
+        image once. This default scores a classifier's logits: val_loss, val_top1, val_top5, and the predictions
+        that best/'s confusion matrix is drawn from."""
+        import torch.nn.functional as F
+
+        from pictag.eval.metrics import top_k_accuracy
+
+        logits, labels = outputs["logits"].float(), outputs["labels"]
+        metrics = {
+            "val_loss": F.cross_entropy(logits, labels).item() if len(labels) else None,
+            "val_top1": top_k_accuracy(logits, labels, 1),
+            "val_top5": top_k_accuracy(logits, labels, 5),
+        }
+        return metrics, {"predicted": logits.argmax(dim=-1), "labels": labels}
+
+    def train_sampler(self, labels: list[int], seed: int, rank: int, world: int):
+        """The order of the training images (a `pictag.train.data.EpochSampler` alike), or None for the engine's
+        shuffled one; a sampler with a `batch_size` attribute fixes the training batch size (P×K batches)."""
+        return None
+
+    def set_epoch(self, epoch: int, frozen: bool) -> None:
+        """Called at the start of every epoch, after the engine set `requires_grad` for it; `frozen` is True in the
+        --freeze-epochs (the arcface task's margin is 0 then)."""
 
     def inference_model(self) -> tuple[Encoder, Head | None]:
         """(encoder, head or None) as `RUN/best/` stores them; a clip task has no head (it stays zero-shot)."""
@@ -119,7 +148,7 @@ def _load_tasks() -> None:
     # Importing registers them; a task module that is not there yet (another branch) is simply absent.
     import importlib
 
-    for module in ("classifier", "fewshot", "clip"):
+    for module in ("classifier", "fewshot", "clip", "arcface"):
         try:
             importlib.import_module(f"pictag.train.tasks.{module}")
         except ModuleNotFoundError as exc:

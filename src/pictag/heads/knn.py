@@ -1,0 +1,121 @@
+"""`knn`: a kNN vote against a labelled gallery of embeddings (`pictag classify --gallery STORE`).
+
+An image takes the labels of its K most similar gallery embeddings; each neighbour's vote counts 1 (uniform) or the
+inverse of its L2 distance (distance, as scikit-learn's KNeighborsClassifier weights). The logits are the logs of
+the vote shares, so that the one softmax of `scores_from_logits` turns them back into the shares (a class with no
+vote gets 1e-6), and calibration's temperature and per-class thresholds apply to them as to any head's.
+
+New classes need no training: adding their images to the gallery is enough. The search is exact, in blocks of
+gallery rows, so it never holds a batch × gallery similarity matrix.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+from pictag.errors import PictagError
+from pictag.heads.base import GALLERY, Head, check_support, register_head
+
+BLOCK_ROWS = 65536
+NO_VOTE = 1e-6
+
+
+@register_head("knn")
+class KnnHead(Head):
+    """Votes of the `k` nearest gallery embeddings, fitted on (gallery features, gallery labels).
+
+    Args:
+        k: Neighbours that vote.
+        weights: uniform (one vote each) or distance (1 / L2 distance).
+        num_classes: C, for a head about to load its state.
+        dim: D, likewise.
+        size: Gallery rows, likewise.
+    """
+
+    kind = GALLERY
+
+    def __init__(
+        self,
+        k: int = 10,
+        weights: Literal["uniform", "distance"] = "uniform",
+        num_classes: int = 0,
+        dim: int = 0,
+        size: int = 0,
+    ):
+        super().__init__(num_classes, dim)
+        if k < 1:
+            raise PictagError(f"--knn-k must be at least 1, not {k}")
+        if weights not in ("uniform", "distance"):
+            raise PictagError(f"kNN weights must be uniform or distance, not {weights!r}")
+        self.k, self.weights = k, weights
+        self.register_buffer("gallery", torch.zeros(size, dim))
+        self.register_buffer("gallery_labels", torch.zeros(size, dtype=torch.long))
+
+    def fit(self, features: torch.Tensor, labels: torch.Tensor, text_prototypes: torch.Tensor | None = None) -> Head:
+        """Keep the gallery; every class 0..C-1 must have an image in it.
+
+        Raises:
+            PictagError: an empty gallery, a class without an image, or K above the gallery's size.
+        """
+        features, labels = features.float(), labels.long().to(features.device)
+        self.num_classes, self.dim = check_support(features, labels, None), features.shape[1]
+        if self.k > len(features):
+            raise PictagError(f"--knn-k {self.k} is more than the gallery's {len(features)} image(s): lower it")
+        self.gallery, self.gallery_labels = features, labels
+        self.support_accuracy = None  # each gallery image would find itself: `pictag evaluate` measures leave-one-out
+        return self
+
+    def neighbours(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(similarities, gallery rows) of the k nearest gallery embeddings of each row, best first."""
+        features = features.to(self.gallery.device, torch.float32)
+        best_sims = features.new_empty(len(features), 0)
+        best_rows = torch.empty(len(features), 0, dtype=torch.long, device=features.device)
+        for start in range(0, len(self.gallery), BLOCK_ROWS):
+            sims = features @ self.gallery[start : start + BLOCK_ROWS].T
+            top = sims.topk(min(self.k, sims.shape[1]), dim=1)
+            merged = torch.cat([best_sims, top.values], dim=1)
+            rows = torch.cat([best_rows, top.indices + start], dim=1)
+            best_sims, keep = merged.topk(min(self.k, merged.shape[1]), dim=1)
+            best_rows = rows.gather(1, keep)
+        return best_sims, best_rows
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        sims, rows = self.neighbours(features)
+        if self.weights == "distance":
+            # |a - b| = sqrt(2 - 2 a.b) for unit vectors; an exact duplicate gets a large but finite vote.
+            votes = 1 / ((2 - 2 * sims).clamp(min=0).sqrt() + 1e-6)
+        else:
+            votes = torch.ones_like(sims)
+        totals = sims.new_zeros(len(sims), self.num_classes).scatter_add_(1, self.gallery_labels[rows], votes)
+        shares = totals / totals.sum(dim=1, keepdim=True)
+        return shares.clamp(min=NO_VOTE).log()
+
+    def config(self) -> dict:
+        return {**super().config(), "k": self.k, "weights": self.weights, "size": len(self.gallery)}
+
+    @classmethod
+    def from_store(cls, store, encoder, k: int, weights: str) -> tuple[KnnHead, list[str]]:
+        """The head over a labelled embedding store made by `encoder`'s model, and its classes (sorted).
+
+        Raises:
+            PictagError: a store made by another model, a store without labels, or K above its size.
+        """
+        from pictag.store.store import as_float32_tensor
+
+        store.check_encoder(encoder)
+        labels = store.labels()
+        classes, codes = _codes(labels)
+        chunks = [as_float32_tensor(vectors) for _, vectors in store.iter_arrays()]
+        features = torch.cat(chunks) if chunks else torch.empty(0, store.dim)
+        if not len(features):
+            raise PictagError(f"the gallery {store.folder} is empty: embed labelled images into it")
+        head = cls(k, weights).fit(features.to(encoder.device), torch.as_tensor(codes, device=encoder.device))
+        return head, classes
+
+
+def _codes(labels) -> tuple[list[str], list[int]]:
+    classes = sorted(set(labels.tolist()))
+    index = {name: i for i, name in enumerate(classes)}
+    return classes, [index[label] for label in labels.tolist()]
