@@ -152,7 +152,16 @@ def register_head(name: str) -> Callable[[type[Head]], type[Head]]:
 
 def _load_heads() -> None:
     # Importing registers them.
-    from pictag.heads import auto, linear_probe, pretrained, prototype, tip_adapter, trained, zero_shot  # noqa: F401
+    from pictag.heads import (  # noqa: F401
+        auto,
+        fusion,
+        linear_probe,
+        pretrained,
+        prototype,
+        tip_adapter,
+        trained,
+        zero_shot,
+    )
 
 
 def list_heads(kind: str | None = None) -> list[str]:

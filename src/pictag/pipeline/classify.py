@@ -66,6 +66,14 @@ def run(cfg: ClassifyConfig) -> ClassifyResult:
         PictagError: bad input, or an output that exists (pass `overwrite`) or was interrupted (pass `resume`).
     """
     started = time.perf_counter()
+    if cfg.images:  # a product table, classified by fusion runs
+        from pictag.pipeline.products import run as classify_products
+
+        return classify_products(cfg)
+    if isinstance(cfg.model, list):
+        if len(cfg.model) > 1:
+            raise PictagError("several --model are averaged for product tables only (with --images DIR): give one")
+        cfg = dataclasses.replace(cfg, model=cfg.model[0] if cfg.model else None)
     if not cfg.out:
         raise PictagError("no output named: pass --out results.csv (or .parquet)")
     if cfg.source and cfg.embeddings:

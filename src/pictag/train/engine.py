@@ -239,6 +239,7 @@ class Engine:
             drop_last=per_rank > cfg.batch_size,
             pin_memory=self.fabric.device.type == "cuda",
             max_pixels=cfg.max_pixels,
+            dataset=self.task.dataset(self.data.train, transform, train=True, seed=cfg.seed, max_pixels=cfg.max_pixels),
         )
         self.val_loader = None
         if self.data.val is not None:
@@ -256,6 +257,9 @@ class Engine:
                 seed=cfg.seed,
                 drop_last=False,
                 max_pixels=cfg.max_pixels,
+                dataset=self.task.dataset(
+                    self.data.val, preprocess.crop, train=False, seed=cfg.seed, max_pixels=cfg.max_pixels
+                ),
             )
 
     def _batches_per_epoch(self) -> int:
@@ -285,6 +289,8 @@ class Engine:
         batches = self._batches_per_epoch()
         steps_per_epoch = -(-batches // self.settings.accumulate)
         warmup = round(cfg.warmup_epochs * steps_per_epoch)
+        if getattr(cfg, "warmup_ratio", None) is not None:  # a fraction of all steps, as transformers' schedules
+            warmup = round(cfg.warmup_ratio * cfg.epochs * steps_per_epoch)
         self.schedule = Schedule(cfg.schedule, warmup, cfg.epochs * steps_per_epoch, cfg.patience or 2)
         self.ema = EMA(task, cfg.ema) if cfg.ema else None
         self.starts = {name: (0 if name in task.head_groups else cfg.freeze_epochs * steps_per_epoch) for name in names}
@@ -438,6 +444,7 @@ class Engine:
             self.ema.swap()
         self.model.eval()
         logits, labels, index = [], [], []
+        extra: dict[str, list[torch.Tensor]] = {}  # a task's other heads: "logits_NAME" -> val_NAME_top1, _top3
         for batch in self.val_loader:
             self.skipped.update(key for key, _ in batch["errors"])
             batch = self.fabric.to_device({k: v for k, v in batch.items() if k != "errors"})
@@ -446,6 +453,9 @@ class Engine:
                 logits.append(out["logits"].float())
                 labels.append(out["labels"])
                 index.append(batch["index"])
+                for key, value in out.items():
+                    if key.startswith("logits_"):
+                        extra.setdefault(key.removeprefix("logits_"), []).append(value.float())
         if self.ema is not None:
             self.ema.swap()
         classes = len(self.data.classes)
@@ -460,15 +470,20 @@ class Engine:
         )
         # The sampler pads the ranks' shares to equal length with repeated images: count each image once.
         keep = _first_occurrences(index)
-        logits, labels = logits[keep].cpu(), labels[keep].cpu()
+        logits, labels, index = logits[keep].cpu(), labels[keep].cpu(), index[keep].cpu()
         from pictag.eval.metrics import top_k_accuracy
 
         metrics = {
             "val_loss": F.cross_entropy(logits, labels).item() if len(labels) else None,
             "val_top1": top_k_accuracy(logits, labels, 1),
+            "val_top3": top_k_accuracy(logits, labels, 3),
             "val_top5": top_k_accuracy(logits, labels, 5),
         }
-        return metrics, {"predicted": logits.argmax(dim=-1), "labels": labels}
+        for name, chunks in extra.items():
+            other = _gather_rows(self.fabric, torch.cat(chunks))[keep].cpu()
+            metrics[f"val_{name}_top1"] = top_k_accuracy(other, labels, 1)
+            metrics[f"val_{name}_top3"] = top_k_accuracy(other, labels, 3)
+        return metrics, {"predicted": logits.argmax(dim=-1), "labels": labels, "logits": logits, "index": index}
 
     def _early_stop(self, metric: float | None, epoch: int) -> bool:
         """Whether this epoch is the best so far (always, without validation); counts patience."""
@@ -503,6 +518,7 @@ class Engine:
                     confusion = confusion_matrix(predictions["predicted"], predictions["labels"], len(classes))
                     write_per_class(confusion, classes, self.out / "per_class.csv")
                     plot_confusion(confusion.numpy(), classes, self.out / "confusion.png", f"epoch {row['epoch']}")
+                    self.task.after_best(self.out, predictions)
         finally:
             if self.ema is not None:
                 self.ema.swap()

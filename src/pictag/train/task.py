@@ -48,6 +48,9 @@ class Task(torch.nn.Module):
         freeze_norm_stats: Keep every batch-norm layer's running statistics as pretrained (few-shot data is too
             small to estimate them); otherwise only the norms of frozen parameters keep theirs.
         encoder: The backbone; `--unfreeze-blocks` and layer-wise decay look for its image blocks.
+        defaults: This task's values of options left unset (None), e.g. {"patience": 2}; see `resolve_defaults`.
+        cross_validates: `--folds K` (or a table's fold column) trains every fold into RUN/fold<i>/ and writes the
+            out-of-fold predictions and the CV score (`pictag.train.kfold`); otherwise it trains one fold.
     """
 
     name: ClassVar[str]
@@ -55,7 +58,39 @@ class Task(torch.nn.Module):
     head_groups: ClassVar[tuple[str, ...]] = ("head",)
     augment: ClassVar[dict] = {}
     freeze_norm_stats: ClassVar[bool] = False
+    defaults: ClassVar[dict[str, Any]] = {}
+    cross_validates: ClassVar[bool] = False
     encoder: Encoder
+
+    @classmethod
+    def load_data(cls, cfg: Any) -> Any:
+        """The training and validation data of `cfg` (`pictag.train.data.TrainData`): a labelled source by default.
+
+        Raises:
+            PictagError: data this task cannot train on.
+        """
+        from pictag.train.data import load_train_data
+
+        return load_train_data(cfg)
+
+    @classmethod
+    def create_encoder(cls, cfg: Any) -> Encoder:
+        """The backbone `cfg` names, on the CPU."""
+        from pictag.models.registry import create_model
+
+        return create_model(cfg.model, checkpoint=cfg.checkpoint, random_weights=cfg.random_weights, device="cpu")
+
+    @classmethod
+    def fold_names(cls, cfg: Any) -> list[str] | None:
+        """The folds of a cross-validated run (`cross_validates`), or None when `cfg` asks for no folds."""
+        return [str(i) for i in range(cfg.folds)] if cfg.folds else None
+
+    def dataset(self, split: Any, transform: Any, *, train: bool, seed: int, max_pixels: int) -> Any:
+        """The engine's items of `split` (see `pictag.train.data.SplitImages`), or None to read the source's images."""
+        return None
+
+    def after_best(self, out: Path, predictions: dict) -> None:
+        """A new best epoch was saved (rank 0): its validation `predictions` ("logits", "labels", "index")."""
 
     @classmethod
     def build(cls, encoder: Encoder, data: Any, cfg: Any) -> Task:
@@ -119,7 +154,7 @@ def _load_tasks() -> None:
     # Importing registers them; a task module that is not there yet (another branch) is simply absent.
     import importlib
 
-    for module in ("classifier", "fewshot", "clip"):
+    for module in ("classifier", "fewshot", "clip", "fusion"):
         try:
             importlib.import_module(f"pictag.train.tasks.{module}")
         except ModuleNotFoundError as exc:
