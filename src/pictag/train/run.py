@@ -85,6 +85,8 @@ def train_one(cfg: TrainConfig):
         # Everything that can refuse the input comes before Lightning is even imported.
         data = TASKS[cfg.task].load_data(cfg)
         data.resuming = resume is not None or cfg.init_from is not None  # weights come from a file: no prototypes
+        # Seeded first: random weights (--random-weights) are then the same in a rerun that continues a run.
+        torch.manual_seed(cfg.seed)
         encoder = TASKS[cfg.task].create_encoder(cfg)
         if cfg.unfreeze_blocks is not None or cfg.layer_decay:
             from pictag.train.blocks import image_blocks

@@ -173,6 +173,15 @@ def tower_params(encoder: Encoder) -> tuple[list[torch.nn.Parameter], list[torch
     return image, text
 
 
+def check_towers(encoder: Encoder) -> None:
+    """Refuse an encoder without a text tower, naming the fix."""
+    if not encoder.has_text:
+        raise PictagError(
+            f"{encoder.spec} has no text tower: the fusion task needs a CLIP --model, or --text-model SPEC beside "
+            "an image model"
+        )
+
+
 def embed_products(products: Products, encoder: Encoder, cfg, skipped: list) -> dict[str, torch.Tensor]:
     """{"views", "offsets", "text"}: every image view and every text of the table embedded once, cached on disk.
 
@@ -248,11 +257,7 @@ class FusionTask(Task):
         fold: str | None = None,
     ):
         super().__init__()
-        if not encoder.has_text:
-            raise PictagError(
-                f"{encoder.spec} has no text tower: the fusion task needs a CLIP --model, or --text-model SPEC beside "
-                "an image model"
-            )
+        check_towers(encoder)
         self.encoder = encoder
         self.class_names = list(class_names)
         self.label_smoothing, self.multi_image = label_smoothing, multi_image
@@ -307,6 +312,7 @@ class FusionTask(Task):
 
     @classmethod
     def build(cls, encoder, data: ProductData, cfg) -> FusionTask:
+        check_towers(encoder)
         cache, rows = None, None
         if cfg.freeze_encoders:
             from pictag.train.engine import choose_settings
@@ -319,7 +325,10 @@ class FusionTask(Task):
                 precision, torch.float32
             )
             encoder.eval()
-            cache = embed_products(data.products, encoder, cfg, data.skipped)
+            # A DataLoader draws its seed from the global generator: embedding (or not, on a cache hit) must leave
+            # it as it was, so the head starts the same either way.
+            with torch.random.fork_rng(devices=[]):
+                cache = embed_products(data.products, encoder, cfg, data.skipped)
             rows = {"train": _rows(data.train), "val": _rows(data.val) if data.val is not None else []}
         return cls(
             encoder,
