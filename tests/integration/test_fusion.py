@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -24,10 +23,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from conftest import subprocess_env
-from pictag.cli.main import main
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from product_data import write_products  # noqa: E402
 
-WORDS = ["soft", "new", "classic", "cotton", "summer", "slim", "daily"]
+from conftest import subprocess_env  # noqa: E402
+from pictag.cli.main import main  # noqa: E402
+
 STAGE1 = ["--freeze-encoders", "--batch-size", "8", "--lr", "head=1e-2", "--warmup-epochs", "0", "--patience", "10"]
 
 
@@ -37,32 +38,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def write_products(root: Path, per_class: int = 12, seed: int = 0, fold_column: bool = False) -> Path:
-    """products.csv (id, categories, title, description[, fold]) and images/<id>.png: label c<image bit><text bit>."""
-    rng = random.Random(seed)
-    images = root / "images"
-    images.mkdir(parents=True)
-    rows, n = [], 0
-    for image_bit in (0, 1):
-        for text_bit in (0, 1):
-            for k in range(per_class):
-                n += 1
-                colour = np.array((200, 30, 30) if image_bit == 0 else (30, 30, 200))
-                noise = np.random.default_rng(seed * 1000 + n).normal(0, 25, (48, 48, 3))
-                Image.fromarray(np.clip(colour + noise, 0, 255).astype("uint8")).save(images / f"{n}.png")
-                # Three times the word: a one-layer random text tower pools it more clearly than once.
-                title = ("alpha " if text_bit == 0 else "omega ") * 3 + rng.choice(WORDS)
-                row = {"id": str(n), "categories": f"c{image_bit}{text_bit}", "title": title, "description": ""}
-                if fold_column:
-                    row["fold"] = "AB"[k % 2]
-                rows.append(row)
-    with open(root / "products.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return root
 
 
 def _rows(path: Path) -> list[dict]:
@@ -89,7 +64,7 @@ def _train(products: Path, model: list[str], out: Path, *options: str) -> int:
 @pytest.fixture(scope="module")
 def stage1(products, model, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("runs") / "s1"
-    assert _train(products, model, out, "--folds", "3", "--ablate", "--epochs", "40", *STAGE1) == 0
+    assert _train(products, model, out, "--folds", "3", "--ablate", "--epochs", "20", *STAGE1, "--patience", "4") == 0
     return out
 
 
@@ -247,7 +222,7 @@ def test_kill_9_during_a_fold_then_rerun_equals_an_uninterrupted_run(products, t
 
     table, images = str(products / "products.csv"), str(products / "images")
     options = ["--task", "fusion", "--images", images, "--model", f"hf:{tiny_hf_clip}", "--device", "cpu"]
-    options += ["--workers", "0", "--folds", "2", "--epochs", "30", *STAGE1, "--patience", "100", "--save-every", "1"]
+    options += ["--workers", "0", "--folds", "2", "--epochs", "15", *STAGE1, "--patience", "100", "--save-every", "1"]
     whole = tmp_path / "whole"
     assert main(["train", table, *options, "--out", str(whole)]) == 0
     killed = tmp_path / "killed"
@@ -262,7 +237,7 @@ def test_kill_9_during_a_fold_then_rerun_equals_an_uninterrupted_run(products, t
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     state = torch.load(killed / "fold1" / "last.ckpt", weights_only=True)
-    assert state["epoch"] < 30, "killed before fold 1 was done"
+    assert state["epoch"] < 15, "killed before fold 1 was done"
     rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
     assert "already trained" in rerun.stdout and f"continuing {killed / 'fold1'} from last.ckpt" in rerun.stdout
