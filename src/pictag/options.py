@@ -232,8 +232,8 @@ class ProductOptions:
         label_col: Label column of a product table (categories, else label, when unset).
         text_cols: Text columns of a product table, comma-separated, joined in order (title,description, else
             text, when unset).
-        multi_image: A product with several images: first; random (one drawn per step in training, their mean
-            embedding when embedded once and at inference); or mean_pool (the mean of their embeddings).
+        multi_image: A product with several images: first; random (one view drawn per training step; validation
+            and inference take the mean of their embeddings); or mean_pool (the mean of their embeddings).
         missing_image: A product without an image: placeholder (a black image, counted and reported) or error.
     """
 

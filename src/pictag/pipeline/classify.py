@@ -132,7 +132,10 @@ def classification_head(
         return ZeroShotClassifier(encoder, labels, load_templates(templates)), labels
     if parse_spec(model).scheme == "run":
         run = parse_spec(model).name
-        meta, head = read_meta(run), run_head(run)
+        meta = read_meta(run)
+        if meta.get("task") == "fusion":
+            raise PictagError(f"{model} is a fusion run: it classifies product tables, with --images DIR")
+        head = run_head(run)
         if head is not None:
             return head.to(encoder.device), list(meta["classes"])
         if meta.get("classes"):  # a clip run: zero-shot over the classes it was fine-tuned on
