@@ -289,7 +289,7 @@ class Engine:
         batches = self._batches_per_epoch()
         steps_per_epoch = -(-batches // self.settings.accumulate)
         warmup = round(cfg.warmup_epochs * steps_per_epoch)
-        if getattr(cfg, "warmup_ratio", None) is not None:  # a fraction of all steps, as transformers' schedules
+        if cfg.warmup_ratio is not None:  # a fraction of all steps, as transformers' schedules
             warmup = round(cfg.warmup_ratio * cfg.epochs * steps_per_epoch)
         self.schedule = Schedule(cfg.schedule, warmup, cfg.epochs * steps_per_epoch, cfg.patience or 2)
         self.ema = EMA(task, cfg.ema) if cfg.ema else None
