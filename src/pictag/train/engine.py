@@ -192,6 +192,7 @@ class Engine:
         self.early = {"best": None, "best_epoch": None, "bad": 0, "stopped": False}
         self.partial = [0.0, 0]  # (loss sum, images) of the epoch before a mid-epoch checkpoint, all ranks
         self.skipped: set[str] = {key for key, _ in data.skipped}  # unreadable keys, each counted once
+        self.best_confusion: tuple[torch.Tensor, int] | None = None  # (confusion matrix, epoch) of best/
 
     # ----- set-up
 
@@ -336,6 +337,11 @@ class Engine:
 
             if self.history:
                 plot_training_curves(self.history, self.out / "curves.png")
+            if self.best_confusion is not None:
+                from pictag.eval.plots import plot_confusion
+
+                confusion, best_epoch = self.best_confusion
+                plot_confusion(confusion.numpy(), self.data.classes, self.out / "confusion.png", f"epoch {best_epoch}")
         in_sync = self._check_ranks()
         best = next((r for r in self.history if r["epoch"] == self.early["best_epoch"]), {})
         return TrainResult(
@@ -512,12 +518,12 @@ class Engine:
                 )
                 if predictions is not None:
                     from pictag.eval.metrics import confusion_matrix, write_per_class
-                    from pictag.eval.plots import plot_confusion
 
                     classes = self.data.classes
                     confusion = confusion_matrix(predictions["predicted"], predictions["labels"], len(classes))
                     write_per_class(confusion, classes, self.out / "per_class.csv")
-                    plot_confusion(confusion.numpy(), classes, self.out / "confusion.png", f"epoch {row['epoch']}")
+                    # Plotted once, when training ends: a plot of 30 classes takes longer than a cached epoch.
+                    self.best_confusion = (confusion, row["epoch"])
                     self.task.after_best(self.out, predictions)
         finally:
             if self.ema is not None:
@@ -550,6 +556,7 @@ class Engine:
             "partial": list(self.partial) if batch_pos else [0.0, 0],
             "step": step,
             "early": dict(self.early),
+            "best_confusion": self.best_confusion,
             "history": self.history,
             "skipped": sorted(self.skipped),
             "config": guarded_options(self.cfg),
@@ -578,6 +585,8 @@ class Engine:
         if self.ema is not None and state.get("ema"):
             self.ema.load_state_dict(state["ema"])
         self.early = dict(state["early"])
+        best = state.get("best_confusion")
+        self.best_confusion = (best[0], int(best[1])) if best is not None else None
         self.history = list(state["history"])
         self.skipped = set(state["skipped"])
         self.partial = list(state.get("partial", [0.0, 0]))
