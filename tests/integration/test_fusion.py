@@ -252,3 +252,20 @@ def test_kill_9_during_a_fold_then_rerun_equals_an_uninterrupted_run(products, t
         )
         assert all(torch.equal(expected[k], got[k]) for k in expected)
     assert (killed / "oof.csv").read_text() == (whole / "oof.csv").read_text()
+
+
+def test_a_fold_column_with_several_views_per_product(tmp_path, model, capsys):
+    root = write_products(tmp_path / "p", per_class=4, fold_column=True)
+    for n in (1, 2, 3):  # second views, found as <id>_*.*
+        Image.open(root / "images" / f"{n}.png").transpose(Image.FLIP_LEFT_RIGHT).save(root / "images" / f"{n}_b.png")
+    (root / "images" / "16.png").unlink()  # a product without an image: a black placeholder, counted
+    out = tmp_path / "run"
+    assert _train(root, model, out, "--multi-image", "random", "--epochs", "2", *STAGE1) == 0
+    printed = capsys.readouterr().out
+    assert "1 product(s) have no image in" in printed and "black placeholders" in printed
+    cv = json.loads((out / "cv.json").read_text())
+    assert [f["fold"] for f in cv["folds"]] == ["A", "B"]
+    oof = _rows(out / "oof.csv")
+    assert sorted(int(r["id"]) for r in oof) == list(range(1, 17))
+    folds = {r["id"]: r["fold"] for r in _rows(root / "products.csv")}
+    assert all(r["fold"] == folds[r["id"]] for r in oof), "each row is predicted by the fold its column names"
