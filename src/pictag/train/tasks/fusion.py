@@ -185,15 +185,17 @@ def check_towers(encoder: Encoder) -> None:
 def embed_products(products: Products, encoder: Encoder, cfg, skipped: list) -> dict[str, torch.Tensor]:
     """{"views", "offsets", "text"}: every image view and every text of the table embedded once, cached on disk.
 
-    The cache file is named after what the embeddings depend on (the towers' weights, the preprocessing, every
-    image file's path, size and time, and the texts), so a stale file is never used.
+    The cache file is named after what the embeddings depend on (the towers' weights, the precision, the
+    preprocessing, every image file's path, size and time, and the texts), so a stale file is never used.
     """
     from pictag.config import cache_dir
 
     stats = [[(p, os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in paths] for paths in products.images]
+    # The weights' id names a file's or a tag's weights; random ones ("random:0") differ by seed: digest those
+    # (summing every tensor costs seconds per fold for real towers).
+    weights = weights_digest(encoder) if "random:" in encoder.weights_id else encoder.weights_id
     key = json.dumps(
-        [weights_digest(encoder), str(encoder.autocast_dtype), asdict(encoder.preprocess), stats, products.texts],
-        default=str,
+        [weights, str(encoder.autocast_dtype), asdict(encoder.preprocess), stats, products.texts], default=str
     )
     path = cache_dir() / CACHE_FOLDER / f"{hashlib.sha1(key.encode()).hexdigest()[:20]}.pt"
     if path.is_file():
