@@ -222,6 +222,30 @@ def concurrency_range(value: str | int | None) -> tuple[int, int] | None:
 
 
 @dataclass(kw_only=True)
+class ProductOptions:
+    """products (a table of id, label and text fields, with images by id: --task fusion)
+
+    Attributes:
+        images: Folder of the products' images, found by id: <id>.jpg|.jpeg|.png|.webp, then <id>_*.* (several
+            views of one product).
+        id_col: Id column of a product table (id when unset).
+        label_col: Label column of a product table (categories, else label, when unset).
+        text_cols: Text columns of a product table, comma-separated, joined in order (title,description, else
+            text, when unset).
+        multi_image: A product with several images: first; random (one view drawn per training step; validation
+            and inference take the mean of their embeddings); or mean_pool (the mean of their embeddings).
+        missing_image: A product without an image: placeholder (a black image, counted and reported) or error.
+    """
+
+    images: str | None = None
+    id_col: str | None = None
+    label_col: str | None = None
+    text_cols: str | None = None
+    multi_image: Literal["first", "random", "mean_pool"] = "first"
+    missing_image: Literal["placeholder", "error"] = "placeholder"
+
+
+@dataclass(kw_only=True)
 class LabelOptions:
     """labels
 
@@ -256,6 +280,7 @@ class GalleryOptions(Checked):
 
 @dataclass(kw_only=True)
 class ClassifyConfig(
+    ProductOptions,
     ExecutorOptions,
     ResumableOutput,
     EngineOptions,
@@ -280,16 +305,26 @@ class ClassifyConfig(
         head: zero-shot: score the --labels by their text prompts (CLIP-family models); pretrained: the model's
             own classifier, without labels (timm weights trained on ImageNet: its 1,000 classes, names shipped
             with pictag). Zero-shot when unset.
+        images: Classify SOURCE, a product table, with fusion runs (--model RUN, repeatable): the folder of the
+            products' images, found by id (<id>.jpg|.jpeg|.png|.webp, then <id>_*.*).
+        tta: Test-time augmentation of a fusion run's images: flip averages each image with its mirror image.
+        format: rows: id, label, score and the top-k; submission: id,label only (product tables).
+        probabilities: Also write every class's probability, one column per class (product tables).
     """
 
     _at_least: ClassVar[dict[str, int]] = {"top_k": 1}
+    # Options a command line may give several times; their values become a list.
+    _repeatable: ClassVar[tuple[str, ...]] = ("model",)
 
-    model: str | None = None
+    model: list[str] | str | None = None
     top_k: int = 1
     threshold: float | None = None
     embeddings: str | None = None
     calibration: str | None = None
     head: Literal["zero-shot", "pretrained"] | None = None
+    tta: Literal["none", "flip"] = "none"
+    format: Literal["rows", "submission"] = "rows"
+    probabilities: bool = False
 
 
 @dataclass(kw_only=True)
@@ -567,11 +602,12 @@ class LabelmeCropsConfig(Checked):
 
 
 @dataclass(kw_only=True)
-class TrainConfig(RuntimeOptions, ModelOptions):
+class TrainConfig(ProductOptions, RuntimeOptions, ModelOptions):
     """Everything `pictag train` takes.
 
     Attributes:
-        data: Training images: a folder of <class>/*.jpg (in place or in a tar), or a table of path,label[,text].
+        data: Training images: a folder of <class>/*.jpg (in place or in a tar), or a table of path,label[,text];
+            with --task fusion, a product table (id, label, text fields) and --images.
         out: The run folder: last.ckpt (resume), best/ (the model: --model RUN), metrics.csv, curves.png,
             confusion.png, per_class.csv, tb/ (TensorBoard) and config.yaml.
         task: What is trained: classifier (backbone + head, cross-entropy), clip (contrastive, stays zero-shot),
@@ -579,7 +615,8 @@ class TrainConfig(RuntimeOptions, ModelOptions):
         head: The classifier's head, initialised from the class prototypes: linear, mlp or cosine.
         val: Validation images with the training classes (folder or table); picks best/ and drives early stopping.
         val_split: Hold out this fraction of each training class for validation (stratified, seeded).
-        folds: Stratified K-fold cross-validation: the number of folds (with --fold).
+        folds: Stratified K-fold cross-validation: the number of folds (with --fold). Tasks that cross-validate
+            (fusion) train every fold into OUT/fold<i>/ (or only --fold i) and write OUT/oof.csv and OUT/cv.json.
         fold: Which fold validates: 0..K-1 with --folds, or a value of the table's fold column.
         label_column: Column of labels in a table.
         text_column: Column of texts in a table (default: text, where there is one).
@@ -598,11 +635,12 @@ class TrainConfig(RuntimeOptions, ModelOptions):
             ones, fp32 on CPU, when unset.
         accumulate: Batches per optimiser step (from the GPU's memory when unset: 1 at 80 GB, 2 at 40 GB, 4 below).
         clip_grad: Clip the gradients' global norm to this.
-        label_smoothing: Cross-entropy label smoothing.
-        early_stop: Validation metric watched by early stopping and best/: val_top1, val_top5, val_loss, or
-            val_recall@1 (leave-one-out Recall@1 of the validation embeddings). The task's own when unset: val_top1,
-            val_recall@1 for arcface.
-        patience: Stop after this many epochs without improvement of --early-stop.
+        label_smoothing: Cross-entropy label smoothing (0.1 when unset; 0.0 for --task fusion).
+        early_stop: Validation metric watched by early stopping and best/: val_top1, val_top3, val_top5, val_loss,
+            or val_recall@1 (leave-one-out Recall@1 of the validation embeddings). The task's own when unset:
+            val_top1, val_recall@1 for arcface.
+        patience: Stop after this many epochs without improvement of --early-stop (never when unset; 2 for --task
+            fusion).
         ema: Keep an exponential moving average of the weights with this decay (e.g. 0.999); it is validated
             and saved.
         freeze_epochs: Train the head alone for this many epochs, then the backbone too (arcface: the warm-up,
@@ -633,6 +671,13 @@ class TrainConfig(RuntimeOptions, ModelOptions):
         t_mult: Each cycle of --schedule cosine-restarts is this many times longer than the one before.
         image_size: Train, and store with the run, at this square input size instead of the weights' own (a CNN
             takes any size; 128 trains several times faster than 224 on a CPU).
+        text_model: The fusion task's text tower from another spec (e.g. hf:DIR of a sentence-transformers
+            folder, mean pooling); --model is then any image model (timm included). Both towers from the --model
+            CLIP spec when unset.
+        freeze_encoders: Keep both towers frozen (fusion stage 1): each image view and text is embedded once,
+            cached, and only the head trains, on the cache.
+        ablate: The fusion task also trains image-only and text-only heads in the same run and reports them.
+        warmup_ratio: Linear warmup over this fraction of all optimiser steps (instead of --warmup-epochs).
     """
 
     _positional: ClassVar[tuple[str, ...]] = ("data",)
@@ -669,8 +714,8 @@ class TrainConfig(RuntimeOptions, ModelOptions):
     warmup_epochs: float = 1.0
     accumulate: int | None = None
     clip_grad: float | None = None
-    label_smoothing: float = 0.1
-    early_stop: Literal["val_top1", "val_top5", "val_loss", "val_recall@1"] | None = None
+    label_smoothing: float | None = None
+    early_stop: Literal["val_top1", "val_top3", "val_top5", "val_loss", "val_recall@1"] | None = None
     patience: int | None = None
     ema: float | None = None
     freeze_epochs: int = 0
@@ -682,6 +727,10 @@ class TrainConfig(RuntimeOptions, ModelOptions):
     fresh: bool = False
     templates: str = "simple"
     wise_ft: float | None = None
+    text_model: str | None = None
+    freeze_encoders: bool = False
+    ablate: bool = False
+    warmup_ratio: float | None = None
     # Metric learning (--task arcface).
     splits: str | None = None
     embed_dim: int = 512
@@ -835,6 +884,7 @@ __all__ = [
     "LabelmeCropsConfig",
     "ModelOptions",
     "ModelsConfig",
+    "ProductOptions",
     "ResumableOutput",
     "RuntimeOptions",
     "SearchConfig",

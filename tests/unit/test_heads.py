@@ -68,6 +68,8 @@ def every_head(name: str, logit_bias: float | None = None) -> Head:
         return create_head(name, encoder=TextEncoder(logit_bias), labels=["a", "b", "c", "d"], templates=["{}"])
     if name == "pretrained":
         return create_head(name, encoder=ClassifierEncoder(centres))
+    if name == "fusion":  # 16-d image and 16-d text embeddings; eval: no dropout between two calls
+        return create_head(name, num_classes=4, image_dim=16, text_dim=16).eval()
     if name in list_heads("trained"):
         return create_head(name, prototypes=centres)
     return create_head(name).fit(xs, ys, text_prototypes=centres)
@@ -75,7 +77,7 @@ def every_head(name: str, logit_bias: float | None = None) -> Head:
 
 def test_registry_lists_every_head_by_kind():
     assert sorted(list_heads("few-shot")) == sorted(METHODS)
-    trained = ["arcface", "cosine", "finetuned", "linear", "mlp", "pretrained"]
+    trained = ["arcface", "cosine", "finetuned", "fusion", "linear", "mlp", "pretrained"]
     assert sorted(list_heads("trained")) == trained
     assert list_heads("gallery") == ["knn"]
     assert sorted(list_heads()) == sorted(["zero-shot", *METHODS, *trained, "knn"])
@@ -104,7 +106,7 @@ def test_a_head_is_rebuilt_from_its_config_and_state_dict(name):
     # Shifted prototypes show that the rebuilt head holds the loaded state, not prototypes computed (or cached) anew.
     state = {k: v + 0.01 if k.endswith("prototypes") else v for k, v in head.state_dict().items()}
     head.load_state_dict(state)
-    again = load_head(config, state, **options)
+    again = load_head(config, state, **options).eval()  # as run_head gives it: dropout off
     x = F.normalize(torch.randn(6, 32), dim=-1)
     assert type(again) is type(head)
     torch.testing.assert_close(again(x), head(x), atol=0, rtol=0)

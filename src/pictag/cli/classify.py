@@ -13,6 +13,7 @@ EXAMPLES = """examples:
   pictag classify --embeddings emb/ --labels-file labels.txt --calibration calib.yaml --out results.csv
   pictag classify photos/ --model timm:tf_efficientnet_lite0 --checkpoint w.pth --head pretrained --out imagenet.csv
   pictag classify photos/ --model runs/parts --top-k 3 --out preds.csv        # a trained run's own classes
+  pictag classify test.csv --images images/ --model runs/s2 --model runs/s2-256 --tta flip --out preds.csv
 """
 
 

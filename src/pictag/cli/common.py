@@ -52,6 +52,7 @@ def add_config_args(parser: argparse.ArgumentParser, config: type, only: Iterabl
     helps = field_help(config)
     hints = typing.get_type_hints(config)
     positional = getattr(config, "_positional", ())
+    repeatable = getattr(config, "_repeatable", ())
     groups: dict[str, argparse._ArgumentGroup] = {}
     for f in dataclasses.fields(config):
         if only is not None and f.name not in only:
@@ -67,6 +68,8 @@ def add_config_args(parser: argparse.ArgumentParser, config: type, only: Iterabl
             target.add_argument(f.name, nargs="*" if kwargs.pop("list", False) else "?", **kwargs)
         else:
             kwargs.pop("list", None)
+            if f.name in repeatable:  # --model a --model b
+                kwargs["action"] = "append"
             target.add_argument("--" + f.name.replace("_", "-"), dest=f.name, **kwargs)
     parser.add_argument("--config", metavar="FILE", help="YAML file of options; command-line flags override it")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")

@@ -10,6 +10,9 @@ EXAMPLES = """examples:
   pictag train ClassDataset/ --val-split 0.2 --freeze-epochs 1 --epochs 6 --lr backbone=1e-5,head=3e-4 --out runs/two
   torchrun --nproc-per-node 2 -m pictag train ClassDataset/ --out runs/ddp     # DDP, the same command
   pictag classify photos/ --model runs/parts --out preds.csv                   # the run's own classes
+  pictag train products.csv --task fusion --images images/ --folds 5 --freeze-encoders --epochs 5 --out runs/s1
+  pictag train products.csv --task fusion --images images/ --folds 5 --init-from runs/s1 --out runs/s2 \
+      --lr image=1e-5,text=1e-5,head=3e-4                                      # see docs/multimodal.md
 """
 
 

@@ -157,6 +157,7 @@ def _load_heads() -> None:
     from pictag.heads import (  # noqa: F401
         arcface,
         auto,
+        fusion,
         knn,
         linear_probe,
         pretrained,

@@ -1,4 +1,9 @@
-"""transformers CLIP-family models: `hf:ORG/NAME` from the hub, or `hf:/path` saved with `save_pretrained`."""
+"""transformers models: `hf:ORG/NAME` from the hub, or `hf:/path` saved with `save_pretrained`.
+
+CLIP-family models (both towers), and text-only encoders (BERT-type, e.g. a sentence-transformers folder such as
+all-MiniLM-L6-v2), which embed texts by mean pooling of their last hidden states over the real tokens, as
+sentence-transformers does; they serve as the text tower of another model (`pictag train --text-model`).
+"""
 
 from __future__ import annotations
 
@@ -47,6 +52,35 @@ class HfClipEncoder(Encoder):
         return _pooled(self.module.get_text_features(**tokens))
 
 
+class HfTextEncoder(Encoder):
+    """A transformers text encoder without an image tower: mean-pooled last hidden states."""
+
+    has_text = True
+
+    def __init__(self, spec: str, model, tokenizer, weights_id: str):
+        # No image preprocessing: this encoder has no image tower (forward_image refuses, naming the fix).
+        super().__init__(spec, model, None, embed_dim=model.config.hidden_size, weights_id=weights_id)
+        self.tokenizer = tokenizer
+        limit = min(tokenizer.model_max_length, getattr(model.config, "max_position_embeddings", 512))
+        self.text_kwargs = dict(padding=True, truncation=True, max_length=limit)
+
+    def forward_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        raise PictagError(
+            f"{self.spec} is a text-only encoder: use it as --text-model, with an image --model beside it"
+        )
+
+    def forward_text(self, texts: Sequence[str]) -> torch.Tensor:
+        tokens = self.tokenizer(list(texts), return_tensors="pt", **self.text_kwargs).to(self.device)
+        hidden = self.module(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])[0]
+        mask = tokens["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+
+
+def _text_only(config) -> bool:
+    """A text encoder with no vision part (BERT, RoBERTa, MPNet, ...), as opposed to CLIP-family models."""
+    return not hasattr(config, "vision_config") and not hasattr(config, "text_config")
+
+
 def _pooled(out) -> torch.Tensor:
     # transformers 5 wraps the projected embedding in a model output; 4.x returned the tensor.
     return out if isinstance(out, torch.Tensor) else out.pooler_output
@@ -86,7 +120,7 @@ def _create(spec: ModelSpec, checkpoint=None, random_weights: bool = False) -> E
     try:
         config = AutoConfig.from_pretrained(name)
         tokenizer = AutoTokenizer.from_pretrained(name)
-        processor = AutoImageProcessor.from_pretrained(name)
+        processor = None if _text_only(config) else AutoImageProcessor.from_pretrained(name)
         if random_weights or checkpoint is not None:
             torch.manual_seed(0)
             model = AutoModel.from_config(config)
@@ -96,7 +130,8 @@ def _create(spec: ModelSpec, checkpoint=None, random_weights: bool = False) -> E
         raise
     except Exception as exc:  # hub, cache and file errors come in many types
         raise fetch_failed(f"hf:{name}", exc, fix) from None
-    if not (hasattr(model, "get_image_features") and hasattr(model, "get_text_features")):
+    text_only = processor is None
+    if not text_only and not (hasattr(model, "get_image_features") and hasattr(model, "get_text_features")):
         raise PictagError(f"hf:{name} is a {config.model_type} model, not CLIP-family; use timm:NAME for image-only")
     if checkpoint is not None:
         load_checkpoint(model, checkpoint)
@@ -105,6 +140,8 @@ def _create(spec: ModelSpec, checkpoint=None, random_weights: bool = False) -> E
         weights_id = "random:0"
     else:
         weights_id = _local_weights_id(name) if local else f"hf:{name}@{getattr(config, '_commit_hash', None)}"
+    if text_only:
+        return HfTextEncoder(f"hf:{name}", model, tokenizer, weights_id)
     return HfClipEncoder(f"hf:{name}", model, tokenizer, processor, weights_id)
 
 
@@ -126,4 +163,6 @@ def _names() -> list[str]:
     ]
 
 
-register_backend(Backend("hf", _create, _names, "transformers CLIP/SigLIP by hub id or local directory"))
+register_backend(
+    Backend("hf", _create, _names, "transformers CLIP/SigLIP (or a text encoder) by hub id or local directory")
+)

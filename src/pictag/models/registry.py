@@ -63,7 +63,7 @@ def get_backend(scheme: str) -> Backend:
 
 def _load_backends() -> None:
     # Importing registers them; the heavy libraries inside are imported only when a model is built.
-    from pictag.models import hf_backend, open_clip_backend, run_dir, timm_backend  # noqa: F401
+    from pictag.models import hf_backend, open_clip_backend, pair, run_dir, timm_backend  # noqa: F401
 
 
 def parse_spec(spec: str) -> ModelSpec:

@@ -306,6 +306,11 @@ def _save_backbone_files(encoder: Encoder, folder: Path) -> None:
     # hub: kept in the run so that loading it needs neither the hub nor the folder it was trained from.
     from pictag.models.registry import parse_spec
 
+    own = getattr(encoder, "save_backbone_files", None)
+    if own is not None:  # an encoder of several towers (pair:) keeps each tower's files itself
+        folder.mkdir()
+        own(folder)
+        return
     if parse_spec(backbone_spec(encoder)).scheme != "hf":
         return
     folder.mkdir()
@@ -360,10 +365,17 @@ def _timm_backbone(spec, folder: Path, meta: dict) -> Encoder:
     return get_backend("timm").create(spec, random_weights=True)
 
 
+def _pair_backbone(spec, folder: Path, meta: dict) -> Encoder:
+    from pictag.models.pair import rebuild
+
+    return rebuild(spec, folder, meta)
+
+
 _BUILDERS: dict[str, Callable[..., Encoder]] = {
     "open_clip": _open_clip_backbone,
     "hf": _hf_backbone,
     "timm": _timm_backbone,
+    "pair": _pair_backbone,
 }
 
 

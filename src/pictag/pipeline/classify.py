@@ -70,6 +70,14 @@ def run(cfg: ClassifyConfig) -> ClassifyResult:
         PictagError: bad input, or an output that exists (pass `overwrite`) or was interrupted (pass `resume`).
     """
     started = time.perf_counter()
+    if cfg.images:  # a product table, classified by fusion runs
+        from pictag.pipeline.products import run as classify_products
+
+        return classify_products(cfg)
+    if isinstance(cfg.model, list):
+        if len(cfg.model) > 1:
+            raise PictagError("several --model are averaged for product tables only (with --images DIR): give one")
+        cfg = dataclasses.replace(cfg, model=cfg.model[0] if cfg.model else None)
     if not cfg.out:
         raise PictagError("no output named: pass --out results.csv (or .parquet)")
     if cfg.source and cfg.embeddings:
@@ -132,7 +140,10 @@ def classification_head(
         return ZeroShotClassifier(encoder, labels, load_templates(templates)), labels
     if parse_spec(model).scheme == "run":
         run = parse_spec(model).name
-        meta, head = read_meta(run), run_head(run)
+        meta = read_meta(run)
+        if meta.get("task") == "fusion":
+            raise PictagError(f"{model} is a fusion run: it classifies product tables, with --images DIR")
+        head = run_head(run)
         if head is not None:
             return head.to(encoder.device), list(meta["classes"])
         if meta.get("classes"):  # a clip run: zero-shot over the classes it was fine-tuned on

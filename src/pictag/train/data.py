@@ -321,10 +321,17 @@ def loader(
     drop_last: bool,
     pin_memory: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    dataset: Dataset | None = None,
 ) -> DataLoader:
-    """A DataLoader of `split` in `sampler`'s order, decoding and cropping in `workers` processes."""
+    """A DataLoader of `split` in `sampler`'s order, decoding and cropping in `workers` processes.
+
+    `dataset` replaces the split's images read from its source (a task's own items, see `Task.dataset`); one
+    marked `in_process` is read without worker processes.
+    """
+    if getattr(dataset, "in_process", False):
+        workers = 0
     return DataLoader(
-        SplitImages(split, transform, min_size, seed, max_pixels),
+        dataset if dataset is not None else SplitImages(split, transform, min_size, seed, max_pixels),
         batch_size=batch_size,
         sampler=sampler,
         num_workers=workers,

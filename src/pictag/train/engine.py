@@ -186,12 +186,13 @@ class Engine:
         self.out = Path(cfg.out)
         self.resume = resume
         self.rank, self.world = fabric.global_rank, fabric.world_size
-        self.watch = cfg.early_stop or task.early_stop
+        self.watch = cfg.early_stop  # the task's own metric when not given (`pictag.train.run.resolve_defaults`)
         self.higher_is_better = self.watch != "val_loss"
         self.history: list[dict] = []
         self.early = {"best": None, "best_epoch": None, "bad": 0, "stopped": False}
         self.partial = [0.0, 0]  # (loss sum, images) of the epoch before a mid-epoch checkpoint, all ranks
         self.skipped: set[str] = {key for key, _ in data.skipped}  # unreadable keys, each counted once
+        self.best_confusion: tuple[torch.Tensor, int] | None = None  # (confusion matrix, epoch) of best/
 
     # ----- set-up
 
@@ -244,6 +245,7 @@ class Engine:
             drop_last=per_rank > self.train_batch,
             pin_memory=self.fabric.device.type == "cuda",
             max_pixels=cfg.max_pixels,
+            dataset=self.task.dataset(self.data.train, transform, train=True, seed=cfg.seed, max_pixels=cfg.max_pixels),
         )
         self.val_loader = None
         if self.data.val is not None:
@@ -261,6 +263,9 @@ class Engine:
                 seed=cfg.seed,
                 drop_last=False,
                 max_pixels=cfg.max_pixels,
+                dataset=self.task.dataset(
+                    self.data.val, preprocess.crop, train=False, seed=cfg.seed, max_pixels=cfg.max_pixels
+                ),
             )
 
     def _batches_per_epoch(self) -> int:
@@ -290,6 +295,8 @@ class Engine:
         batches = self._batches_per_epoch()
         steps_per_epoch = -(-batches // self.settings.accumulate)
         warmup = round(cfg.warmup_epochs * steps_per_epoch)
+        if cfg.warmup_ratio is not None:  # a fraction of all steps, as transformers' schedules
+            warmup = round(cfg.warmup_ratio * cfg.epochs * steps_per_epoch)
         self.schedule = Schedule(
             cfg.schedule,
             warmup,
@@ -347,6 +354,11 @@ class Engine:
 
             if self.history:
                 plot_training_curves(self.history, self.out / "curves.png")
+            if self.best_confusion is not None:
+                from pictag.eval.plots import plot_confusion
+
+                confusion, best_epoch = self.best_confusion
+                plot_confusion(confusion.numpy(), self.data.classes, self.out / "confusion.png", f"epoch {best_epoch}")
         in_sync = self._check_ranks()
         best = next((r for r in self.history if r["epoch"] == self.early["best_epoch"]), {})
         return TrainResult(
@@ -471,7 +483,7 @@ class Engine:
         gathered = {key: _gather_rows(self.fabric, torch.cat(values)) for key, values in outputs.items()}
         if "index" in gathered:
             # The sampler pads the ranks' shares to equal length with repeated images: count each image once.
-            keep = _first_occurrences(gathered.pop("index"))
+            keep = _first_occurrences(gathered["index"])
             gathered = {key: value[keep].cpu() for key, value in gathered.items()}
         return self.task.validation_metrics(gathered)
 
@@ -502,12 +514,13 @@ class Engine:
                 )
                 if predictions is not None:
                     from pictag.eval.metrics import confusion_matrix, write_per_class
-                    from pictag.eval.plots import plot_confusion
 
                     classes = self.data.classes
                     confusion = confusion_matrix(predictions["predicted"], predictions["labels"], len(classes))
                     write_per_class(confusion, classes, self.out / "per_class.csv")
-                    plot_confusion(confusion.numpy(), classes, self.out / "confusion.png", f"epoch {row['epoch']}")
+                    # Plotted once, when training ends: a plot of 30 classes takes longer than a cached epoch.
+                    self.best_confusion = (confusion, row["epoch"])
+                    self.task.after_best(self.out, predictions)
         finally:
             if self.ema is not None:
                 self.ema.swap()
@@ -539,6 +552,7 @@ class Engine:
             "partial": list(self.partial) if batch_pos else [0.0, 0],
             "step": step,
             "early": dict(self.early),
+            "best_confusion": self.best_confusion,
             "history": self.history,
             "skipped": sorted(self.skipped),
             "config": guarded_options(self.cfg),
@@ -567,6 +581,8 @@ class Engine:
         if self.ema is not None and state.get("ema"):
             self.ema.load_state_dict(state["ema"])
         self.early = dict(state["early"])
+        best = state.get("best_confusion")
+        self.best_confusion = (best[0], int(best[1])) if best is not None else None
         self.history = list(state["history"])
         self.skipped = set(state["skipped"])
         self.partial = list(state.get("partial", [0.0, 0]))

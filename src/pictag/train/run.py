@@ -7,6 +7,7 @@ Running the same command again continues from `RUN/last.ckpt` and says so first;
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import shutil
@@ -16,30 +17,54 @@ from pictag.config import dump_config, load_config
 from pictag.errors import PictagError
 from pictag.options import TrainConfig
 
+# What options left unset (None) mean when the task has no value of its own (`Task.defaults`).
+DEFAULTS = {"label_smoothing": 0.1, "early_stop": "val_top1"}
+
 
 def run(cfg: TrainConfig):
-    """Train `cfg.task` on `cfg.data` into the run folder `cfg.out`; returns a `TrainResult`.
+    """Train `cfg.task` on `cfg.data` into the run folder `cfg.out`; returns a `TrainResult` (a `CVResult` for
+    a cross-validated task's folds, see `pictag.train.kfold`).
 
     Raises:
         PictagError: bad data or options (one line each), or a last.ckpt made with other options.
     """
+    from pictag.train.task import TASKS, list_tasks
+
+    if cfg.task not in list_tasks():
+        raise PictagError(f"unknown task {cfg.task!r}: use one of {', '.join(list_tasks())}")
+    task = TASKS[cfg.task]
+    cfg = resolve_defaults(cfg, task.defaults)
+    if task.cross_validates:
+        folds = task.fold_names(cfg)
+        if folds is not None:
+            from pictag.train.kfold import run_folds
+
+            return run_folds(cfg, folds, train_one)
+    return train_one(cfg)
+
+
+def resolve_defaults(cfg: TrainConfig, task_defaults: dict) -> TrainConfig:
+    """`cfg` with the options left unset given the task's values, else pictag's (`DEFAULTS`)."""
+    values = {k: v for k, v in {**DEFAULTS, **task_defaults}.items() if getattr(cfg, k) is None}
+    return dataclasses.replace(cfg, **values) if values else cfg
+
+
+def train_one(cfg: TrainConfig):
+    """One training run of `cfg` (defaults resolved) into `cfg.out`; returns a `TrainResult`."""
     import numpy as np
     import torch
 
-    from pictag.models.registry import create_model
     from pictag.pipeline.parts import PartStore
-    from pictag.train.data import check_folder, load_train_data
+    from pictag.train.data import check_folder
     from pictag.train.engine import LAST, Engine, make_fabric, read_last
     from pictag.train.optim import per_group
-    from pictag.train.task import TASKS, create_task, list_tasks
+    from pictag.train.task import TASKS, create_task
 
     def check_groups(names) -> None:
         if names:  # refuse unknown group names before any work
             per_group(cfg.lr, names, "--lr")
             per_group(cfg.weight_decay, names, "--weight-decay")
 
-    if cfg.task not in list_tasks():
-        raise PictagError(f"unknown task {cfg.task!r}: use one of {', '.join(list_tasks())}")
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise PictagError(f"--out {out} is a file: name a folder for the run")
@@ -58,9 +83,11 @@ def run(cfg: TrainConfig):
         lock.lock()  # a second run on the same folder is refused at once, naming the process
     try:
         # Everything that can refuse the input comes before Lightning is even imported.
-        data = load_train_data(cfg, TASKS[cfg.task].open_set_val)
+        data = TASKS[cfg.task].load_data(cfg)
         data.resuming = resume is not None or cfg.init_from is not None  # weights come from a file: no prototypes
-        encoder = create_model(cfg.model, checkpoint=cfg.checkpoint, random_weights=cfg.random_weights, device="cpu")
+        # Seeded first: random weights (--random-weights) are then the same in a rerun that continues a run.
+        torch.manual_seed(cfg.seed)
+        encoder = TASKS[cfg.task].create_encoder(cfg)
         if cfg.image_size:
             encoder.preprocess = encoder.preprocess.at_size(cfg.image_size)
         if cfg.unfreeze_blocks is not None or cfg.layer_decay:
@@ -100,13 +127,14 @@ def init_from(task, run: str) -> None:
     Raises:
         PictagError: not a run folder, or weights of another architecture or other classes.
     """
-    from pictag.models.run_dir import load_run
+    from pictag.models.run_dir import backbone_spec, load_run
 
     loaded = load_run(run, device="cpu")
     encoder, head = task.inference_model()
-    if loaded.meta.get("backbone") != encoder.spec:
+    if loaded.meta.get("backbone") != backbone_spec(encoder):
         raise PictagError(
-            f"--init-from {run} holds a {loaded.meta.get('backbone')} model, not {encoder.spec}: use the same --model"
+            f"--init-from {run} holds a {loaded.meta.get('backbone')} model, not {backbone_spec(encoder)}: use the "
+            "same --model"
         )
     if head is not None and loaded.meta.get("classes") != task.classes():
         raise PictagError(

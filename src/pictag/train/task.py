@@ -48,8 +48,11 @@ class Task(torch.nn.Module):
         freeze_norm_stats: Keep every batch-norm layer's running statistics as pretrained (few-shot data is too
             small to estimate them); otherwise only the norms of frozen parameters keep theirs.
         encoder: The backbone; `--unfreeze-blocks` and layer-wise decay look for its image blocks.
-        early_stop: The validation metric that picks best/ and drives early stopping unless --early-stop names one.
+        defaults: This task's values of options left unset (None), e.g. {"patience": 2} or the validation metric
+            that picks best/ ({"early_stop": "val_recall@1"}); see `pictag.train.run.resolve_defaults`.
         open_set_val: Validation may hold classes the training images lack (retrieval is measured, not classes).
+        cross_validates: `--folds K` (or a table's fold column) trains every fold into RUN/fold<i>/ and writes the
+            out-of-fold predictions and the CV score (`pictag.train.kfold`); otherwise it trains one fold.
     """
 
     name: ClassVar[str]
@@ -57,9 +60,40 @@ class Task(torch.nn.Module):
     head_groups: ClassVar[tuple[str, ...]] = ("head",)
     augment: ClassVar[dict] = {}
     freeze_norm_stats: ClassVar[bool] = False
-    early_stop: ClassVar[str] = "val_top1"
+    defaults: ClassVar[dict[str, Any]] = {}
     open_set_val: ClassVar[bool] = False
+    cross_validates: ClassVar[bool] = False
     encoder: Encoder
+
+    @classmethod
+    def load_data(cls, cfg: Any) -> Any:
+        """The training and validation data of `cfg` (`pictag.train.data.TrainData`): a labelled source by default.
+
+        Raises:
+            PictagError: data this task cannot train on.
+        """
+        from pictag.train.data import load_train_data
+
+        return load_train_data(cfg, cls.open_set_val)
+
+    @classmethod
+    def create_encoder(cls, cfg: Any) -> Encoder:
+        """The backbone `cfg` names, on the CPU."""
+        from pictag.models.registry import create_model
+
+        return create_model(cfg.model, checkpoint=cfg.checkpoint, random_weights=cfg.random_weights, device="cpu")
+
+    @classmethod
+    def fold_names(cls, cfg: Any) -> list[str] | None:
+        """The folds of a cross-validated run (`cross_validates`), or None when `cfg` asks for no folds."""
+        return [str(i) for i in range(cfg.folds)] if cfg.folds else None
+
+    def dataset(self, split: Any, transform: Any, *, train: bool, seed: int, max_pixels: int) -> Any:
+        """The engine's items of `split` (see `pictag.train.data.SplitImages`), or None to read the source's images."""
+        return None
+
+    def after_best(self, out: Path, predictions: dict) -> None:
+        """A new best epoch was saved (rank 0): its validation `predictions` ("logits", "labels", "index")."""
 
     @classmethod
     def build(cls, encoder: Encoder, data: Any, cfg: Any) -> Task:
@@ -86,8 +120,9 @@ class Task(torch.nn.Module):
 
     def validation_metrics(self, outputs: dict[str, torch.Tensor]) -> tuple[dict, dict | None]:
         """(metrics, predictions or None) of the whole validation set: `validation_step`'s outputs concatenated, each
-        image once. This default scores a classifier's logits: val_loss, val_top1, val_top5, and the predictions
-        that best/'s confusion matrix is drawn from."""
+        image once, with the images' "index" in the split. This default scores a classifier's logits (val_loss,
+        val_top1, val_top3, val_top5), and each other head's "logits_NAME" (val_NAME_top1, val_NAME_top3: the
+        fusion task's --ablate heads); the predictions are what best/'s confusion matrix and `after_best` get."""
         import torch.nn.functional as F
 
         from pictag.eval.metrics import top_k_accuracy
@@ -95,10 +130,17 @@ class Task(torch.nn.Module):
         logits, labels = outputs["logits"].float(), outputs["labels"]
         metrics = {
             "val_loss": F.cross_entropy(logits, labels).item() if len(labels) else None,
-            "val_top1": top_k_accuracy(logits, labels, 1),
-            "val_top5": top_k_accuracy(logits, labels, 5),
+            **{f"val_top{k}": top_k_accuracy(logits, labels, k) for k in (1, 3, 5)},
         }
-        return metrics, {"predicted": logits.argmax(dim=-1), "labels": labels}
+        for key, other in outputs.items():
+            if key.startswith("logits_"):
+                name = key.removeprefix("logits_")
+                for k in (1, 3):
+                    metrics[f"val_{name}_top{k}"] = top_k_accuracy(other.float(), labels, k)
+        predictions = {"predicted": logits.argmax(dim=-1), "labels": labels, "logits": logits}
+        if "index" in outputs:
+            predictions["index"] = outputs["index"]
+        return metrics, predictions
 
     def train_sampler(self, labels: list[int], seed: int, rank: int, world: int):
         """The order of the training images (a `pictag.train.data.EpochSampler` alike), or None for the engine's
@@ -148,7 +190,7 @@ def _load_tasks() -> None:
     # Importing registers them; a task module that is not there yet (another branch) is simply absent.
     import importlib
 
-    for module in ("classifier", "fewshot", "clip", "arcface"):
+    for module in ("classifier", "fewshot", "clip", "fusion", "arcface"):
         try:
             importlib.import_module(f"pictag.train.tasks.{module}")
         except ModuleNotFoundError as exc:

@@ -49,7 +49,7 @@ class ArcFaceTask(Task):
     # Crops that keep most of the image: an object's identity must survive the crop (timm's default goes down to 8%
     # of the area, which is for classes that show anywhere in the picture).
     augment = {"scale": (0.5, 1.0), "color_jitter": 0.2}
-    early_stop = "val_recall@1"
+    defaults = {"early_stop": "val_recall@1"}
     open_set_val = True
 
     def __init__(

@@ -1,0 +1,268 @@
+"""Product tables: one row per product with an id, a label and text fields, and the product's images found by id.
+
+    products = read_products("train.csv", images="images/")   # prints the schema it chose
+    products.ids, products.labels, products.texts, products.images   # images: the paths of each product
+
+The schema is inferred from the column names, each part overridable: the id is `id`; the label `categories`, else
+`label`; the text `title` + `description`, else `text`. A product's text is its text fields in order, each
+stripped, empty and NaN values dropped, joined with spaces. Its images are `<id>.jpg|.jpeg|.png|.webp` in the images
+folder, then `<id>_*.*` (several views of one product), in name order.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pictag.errors import PictagError
+
+ID_COLUMNS = ("id",)
+LABEL_COLUMNS = ("categories", "label")
+TEXT_COLUMNS = (("title", "description"), ("text",))
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+FOLD_COLUMN = "fold"
+
+
+@dataclass(frozen=True)
+class Schema:
+    """Which columns a product table's parts come from."""
+
+    id: str
+    label: str | None
+    text: tuple[str, ...]
+
+    def __str__(self) -> str:
+        text = " + ".join(self.text) if self.text else "none (empty texts)"
+        return f"id={self.id}, label={self.label or 'none'}, text={text}"
+
+
+@dataclass(frozen=True)
+class Products:
+    """A product table, read: one entry per row, in table order.
+
+    Attributes:
+        source: The table, for messages.
+        schema: The columns used.
+        ids: Product ids, as text.
+        labels: Labels, as text (None without a label column).
+        texts: Each product's text ("" when it has none).
+        images: Each product's image paths, best first; empty when none was found.
+        folds: The table's fold column, as text, or None.
+    """
+
+    source: str
+    schema: Schema
+    ids: tuple[str, ...]
+    labels: tuple[str, ...] | None
+    texts: tuple[str, ...]
+    images: tuple[tuple[str, ...], ...]
+    folds: tuple[str, ...] | None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def missing(self) -> list[str]:
+        """Ids without any image (they get a black placeholder)."""
+        return [i for i, found in zip(self.ids, self.images, strict=True) if not found]
+
+
+def _present(value: Any) -> str | None:
+    # pandas-written tables spell a missing value as an empty cell or "nan"; both mean "no text here".
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    text = str(value).strip()
+    return None if not text or text.lower() == "nan" else text
+
+
+def build_text(values: Sequence[Any]) -> str:
+    """A product's text from its text fields, in order: stripped, empty and NaN values dropped, joined with spaces."""
+    return " ".join(t for t in map(_present, values) if t is not None)
+
+
+def infer_schema(
+    columns: Sequence[str],
+    *,
+    id_col: str | None = None,
+    label_col: str | None = None,
+    text_cols: str | Sequence[str] | None = None,
+    need_label: bool = True,
+    where: str = "the table",
+) -> Schema:
+    """The columns of the id, the label and the text fields: those named, else the usual names.
+
+    Raises:
+        PictagError: a named column that is not there, or a required one missing (the message lists the columns).
+    """
+    found = ", ".join(columns)
+
+    def named(option: str, name: str) -> str:
+        if name not in columns:
+            raise PictagError(f"{option} {name}: {where} has no such column (its columns: {found})")
+        return name
+
+    def usual(option: str, candidates: Sequence[str], what: str) -> str:
+        for name in candidates:
+            if name in columns:
+                return name
+        raise PictagError(
+            f"{where} has no {what} column ({' or '.join(candidates)}); its columns: {found}: name one with {option}"
+        )
+
+    ident = named("--id-col", id_col) if id_col else usual("--id-col", ID_COLUMNS, "id")
+    label = None
+    if label_col:
+        label = named("--label-col", label_col)
+    elif need_label:
+        label = usual("--label-col", LABEL_COLUMNS, "label")
+    if text_cols:
+        names = [t.strip() for t in text_cols.split(",")] if isinstance(text_cols, str) else list(text_cols)
+        text = tuple(named("--text-cols", name) for name in names if name)
+    else:
+        text = next(
+            (tuple(c for c in group if c in columns) for group in TEXT_COLUMNS if set(group) & set(columns)), ()
+        )
+    return Schema(ident, label, text)
+
+
+def read_table(path: str | os.PathLike) -> tuple[list[str], list[dict[str, Any]]]:
+    """(columns, rows) of a CSV or Parquet table; CSV values stay text, so ids like 007 keep their zeros.
+
+    Raises:
+        PictagError: not there, not a table, or unreadable.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise PictagError(f"{path} does not exist: give a CSV or Parquet table of products")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            table = pq.read_table(path)
+            return list(table.column_names), table.to_pylist()
+        if suffix in (".csv", ".tsv"):
+            import csv
+
+            with open(path, newline="", encoding="utf-8-sig") as f:
+                reader = csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ",")
+                rows = list(reader)
+                return list(reader.fieldnames or []), rows
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise PictagError(f"cannot read {path} ({' '.join(str(exc).split())}): check the file") from None
+    except Exception as exc:  # pyarrow raises its own types for a torn file
+        raise PictagError(f"cannot read {path} ({' '.join(str(exc).split())}): check the file") from None
+    raise PictagError(f"{path} is not a product table: use .csv, .tsv or .parquet")
+
+
+class ImageIndex:
+    """Finds product images by id in one folder, listed once.
+
+    `<id>.jpg|.jpeg|.png|.webp` comes first (in that order of suffixes), then `<id>_*.*` in name order, so an id
+    that is a prefix of another (`12` and `12_3`) never takes the other's file unless it follows the underscore rule.
+    """
+
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = Path(folder)
+        if not self.folder.is_dir():
+            raise PictagError(f"--images {folder} is not a folder: give the folder that holds <id>.jpg files")
+        self.exact: dict[str, list[tuple[int, str]]] = {}
+        self.views: dict[str, list[str]] = {}
+        for name in sorted(os.listdir(self.folder)):
+            stem, dot, suffix = name.rpartition(".")
+            if not dot or not stem:
+                continue
+            rank = IMAGE_SUFFIXES.index(f".{suffix.lower()}") if f".{suffix.lower()}" in IMAGE_SUFFIXES else None
+            if rank is not None:
+                self.exact.setdefault(stem, []).append((rank, name))
+            # Every underscore may end an id: "a_b_1.jpg" is a view of "a" and of "a_b".
+            for i, char in enumerate(stem):
+                if char == "_" and i:
+                    self.views.setdefault(stem[:i], []).append(name)
+
+    def find(self, product_id: str) -> tuple[str, ...]:
+        """Paths of the product's images, best first; empty when it has none."""
+        exact = [name for _, name in sorted(self.exact.get(product_id, []))]
+        names = exact[:1] + [n for n in self.views.get(product_id, []) if n not in exact[:1]]
+        return tuple(str(self.folder / n) for n in names)
+
+
+def read_products(
+    table: str | os.PathLike,
+    *,
+    images: str | os.PathLike | None = None,
+    id_col: str | None = None,
+    label_col: str | None = None,
+    text_cols: str | Sequence[str] | None = None,
+    need_label: bool = True,
+    need_text: bool = False,
+    missing_image: str = "placeholder",
+    quiet: bool = False,
+) -> Products:
+    """Read a product table and find each product's images; prints the schema first unless `quiet`.
+
+    Args:
+        table: CSV or Parquet, one row per product.
+        images: The folder of product images (none looked for when None).
+        id_col, label_col, text_cols: Override the inferred columns.
+        need_label: Refuse a table without a label column (training).
+        need_text: Refuse a table without text columns (a fusion model).
+        missing_image: "placeholder" (a product without an image gets a black one, counted) or "error".
+
+    Raises:
+        PictagError: an empty table, unknown or missing columns, duplicate ids, empty labels, no text columns
+            when they are needed, or (with `missing_image="error"`) a product without an image.
+    """
+    columns, rows = read_table(table)
+    where = str(table)
+    if not rows:
+        raise PictagError(f"{where} is empty (no product rows): give a table with one row per product")
+    schema = infer_schema(
+        columns, id_col=id_col, label_col=label_col, text_cols=text_cols, need_label=need_label, where=where
+    )
+    if need_text and not schema.text:
+        raise PictagError(
+            f"{where} has no text column (title, description or text; its columns: {', '.join(columns)}): a fusion "
+            "model needs text; name the columns with --text-cols a,b"
+        )
+    if not quiet:
+        print(f"{where}: {len(rows):,} products; schema {schema}", flush=True)
+    ids = tuple(str(_present(r.get(schema.id)) or "") for r in rows)
+    empty = [n for n, i in enumerate(ids) if not i]
+    if empty:
+        raise PictagError(f"{where}: row {empty[0] + 2} has an empty {schema.id}: every product needs an id")
+    seen: set[str] = set()
+    dupes = [i for i in ids if i in seen or seen.add(i)]
+    if dupes:
+        raise PictagError(
+            f"{where}: id {dupes[0]} appears more than once ({len(dupes)} duplicates): ids must be unique"
+        )
+    labels = None
+    if schema.label:
+        labels = tuple(_present(r.get(schema.label)) or "" for r in rows)
+        unlabelled = [i for i, label in zip(ids, labels, strict=True) if not label]
+        if unlabelled:
+            raise PictagError(
+                f"{where}: {len(unlabelled)} product(s) have an empty {schema.label} (e.g. id {unlabelled[0]}): "
+                "label them or drop the rows"
+            )
+    texts = tuple(build_text([r.get(c) for c in schema.text]) for r in rows)
+    found: tuple[tuple[str, ...], ...] = tuple(() for _ in ids)
+    if images is not None:
+        index = ImageIndex(images)
+        found = tuple(index.find(i) for i in ids)
+        missing = [i for i, f in zip(ids, found, strict=True) if not f]
+        if missing and missing_image == "error":
+            raise PictagError(
+                f"{len(missing)} product(s) have no image in {images} (e.g. id {missing[0]}: looked for "
+                f"{missing[0]}.jpg|.jpeg|.png|.webp and {missing[0]}_*.*); drop --missing-image error to use black "
+                "placeholders"
+            )
+    folds = None
+    if FOLD_COLUMN in columns:
+        folds = tuple(str(_present(r.get(FOLD_COLUMN)) or "") for r in rows)
+    return Products(where, schema, ids, labels, texts, found, folds)

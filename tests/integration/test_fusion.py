@@ -1,0 +1,274 @@
+"""`pictag train --task fusion` and `pictag classify --images` on synthetic products with tiny random CLIP towers.
+
+The label of a product needs its image and its text together: the image's colour decides one bit, the title's
+word the other, so fusion must beat each modality alone. Stage 1 embeds once and trains heads on the cache; K-fold
+writes oof.csv and cv.json; stage 2 starts each fold from stage 1's; inference averages folds, TTA views and runs
+exactly as computed by hand; a fold killed with -9 resumes exactly; bad input is one line.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from product_data import write_products  # noqa: E402
+
+from conftest import subprocess_env  # noqa: E402
+from pictag.cli.main import main  # noqa: E402
+
+STAGE1 = ["--freeze-encoders", "--batch-size", "8", "--lr", "head=1e-2", "--warmup-epochs", "0", "--patience", "10"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _rows(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def products(tmp_path_factory) -> Path:
+    return write_products(tmp_path_factory.mktemp("products"))
+
+
+@pytest.fixture(scope="module")
+def model(tiny_open_clip) -> list[str]:
+    spec, checkpoint = tiny_open_clip
+    return ["--model", spec, "--checkpoint", str(checkpoint), "--device", "cpu", "--workers", "0"]
+
+
+def _train(products: Path, model: list[str], out: Path, *options: str) -> int:
+    table, images = str(products / "products.csv"), str(products / "images")
+    return main(["train", table, "--task", "fusion", "--images", images, *model, "--out", str(out), *options])
+
+
+@pytest.fixture(scope="module")
+def stage1(products, model, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "s1"
+    assert _train(products, model, out, "--folds", "3", "--ablate", "--epochs", "20", *STAGE1, "--patience", "4") == 0
+    return out
+
+
+def test_fusion_beats_each_modality_alone_with_out_of_fold_predictions(stage1, capsys):
+    cv = json.loads((stage1 / "cv.json").read_text())
+    assert set(cv) >= {"top1_mean", "top1_std", "top3_mean", "top3_std", "folds"} and len(cv["folds"]) == 3
+    # One bit each: a modality alone is at chance between the two classes it cannot tell apart.
+    assert cv["top1_mean"] >= 0.9
+    assert cv["image_top1_mean"] <= 0.7 and cv["text_top1_mean"] <= 0.7
+    assert cv["top1_mean"] - max(cv["image_top1_mean"], cv["text_top1_mean"]) >= 0.25
+    oof = _rows(stage1 / "oof.csv")
+    assert list(oof[0]) == ["id", "label", "prediction", "score", "fold"]
+    # No product is in two folds' validation, and every product is in one.
+    assert sorted(int(r["id"]) for r in oof) == list(range(1, 49))
+    by_fold = {f: {r["id"] for r in oof if r["fold"] == f} for f in ("0", "1", "2")}
+    assert all(len(ids) == 16 for ids in by_fold.values())
+    assert np.mean([r["label"] == r["prediction"] for r in oof]) == pytest.approx(cv["top1_mean"], abs=0.03)
+    for fold in ("0", "1", "2"):
+        assert (stage1 / f"fold{fold}" / "best" / "model.safetensors").is_file()
+        header = _rows(stage1 / f"fold{fold}" / "metrics.csv")[0]
+        assert {"val_top1", "val_top3", "val_image_top1", "val_text_top1"} <= set(header)
+    assert (stage1 / "per_class.csv").is_file() and (stage1 / "confusion.png").is_file()
+
+
+def test_stage1_embeds_each_image_and_text_once(products, model, tmp_path, monkeypatch):
+    from pictag.models.open_clip_backend import OpenClipEncoder
+
+    calls = {"image": 0, "text": 0}
+    image, text = OpenClipEncoder.forward_image, OpenClipEncoder.forward_text
+
+    def count_image(self, pixels):
+        calls["image"] += 1
+        return image(self, pixels)
+
+    def count_text(self, texts):
+        calls["text"] += 1
+        return text(self, texts)
+
+    monkeypatch.setattr(OpenClipEncoder, "forward_image", count_image)
+    monkeypatch.setattr(OpenClipEncoder, "forward_text", count_text)
+    options = ["--fold", "0", "--folds", "2", "--epochs", "4", *STAGE1, "--seed", "5"]
+    assert _train(products, model, tmp_path / "a", *options) == 0
+    # 48 products in batches of 8, and their texts in one batch: before the first step, never after.
+    assert calls == {"image": 6, "text": 1}
+    assert _train(products, model, tmp_path / "b", *options) == 0
+    assert calls == {"image": 6, "text": 1}, "the second run reads the embeddings from the cache"
+
+
+def test_stage2_starts_each_fold_from_stage1_and_trains_the_towers(stage1, products, model, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    out = tmp_path / "s2"
+    device = ["--device", "cpu", "--workers", "0"]
+    table, images = str(products / "products.csv"), str(products / "images")
+    lr = ["--lr", "image=1e-4,text=1e-4,head=3e-4", "--batch-size", "16", "--epochs", "1", "--warmup-ratio", "0.1"]
+    args = ["train", table, "--task", "fusion", "--images", images, "--folds", "3", "--fold", "1", *device, *lr]
+    assert main([*args, "--init-from", str(stage1), "--out", str(out)]) == 0
+    start, tuned = (
+        load_file(stage1 / "fold1" / "best" / "model.safetensors"),
+        load_file(out / "fold1" / "best" / "model.safetensors"),
+    )
+    moved = [k for k in start if not torch.equal(start[k], tuned[k])]
+    assert any(k.startswith("encoder.module.visual.") for k in moved)
+    assert any(k.startswith("encoder.module.transformer.") for k in moved)
+    meta = json.loads((out / "fold1" / "best" / "pictag.json").read_text())
+    assert meta["task"] == "fusion" and meta["backbone"] == model[1]
+    assert not (out / "fold0").exists(), "--fold 1 trains fold 1 alone"
+    assert "comes once every fold of 0, 1, 2 is done" in capsys.readouterr().out
+
+
+def _by_hand(folder: Path, products: Path, ids: list[str]) -> torch.Tensor:
+    """(N, C) probabilities of one fusion model, averaged over the eval crop and its mirror image."""
+    from pictag.models.run_dir import load_run
+
+    run = load_run(folder, device="cpu", precision="fp32")
+    texts = {r["id"]: r["title"] for r in _rows(products / "products.csv")}
+    crops = torch.stack(
+        [
+            torch.from_numpy(run.encoder.preprocess.crop(Image.open(products / "images" / f"{i}.png").convert("RGB")))
+            for i in ids
+        ]
+    )
+    text = F.normalize(run.encoder.forward_text([texts[i] for i in ids]).float(), dim=-1)
+    out = []
+    with torch.no_grad():
+        for view in (crops, crops.flip(2)):
+            image = F.normalize(run.encoder.forward_image(run.encoder.preprocess.normalize(view)).float(), dim=-1)
+            out.append(run.head.eval()(torch.cat([image, text], dim=-1)).softmax(dim=-1))
+    return torch.stack(out).mean(dim=0)
+
+
+def test_classify_averages_folds_flip_and_runs_as_by_hand(stage1, products, model, tmp_path):
+    other = tmp_path / "other"
+    assert _train(products, model, other, "--folds", "3", "--fold", "2", "--epochs", "3", *STAGE1, "--seed", "3") == 0
+    table, images = str(products / "products.csv"), str(products / "images")
+    out = tmp_path / "pred.csv"
+    base = ["classify", table, "--images", images, "--model", str(stage1), "--model", str(other), "--device", "cpu"]
+    assert main([*base, "--workers", "0", "--tta", "flip", "--top-k", "2", "--probabilities", "--out", str(out)]) == 0
+    rows = _rows(out)
+    ids = [r["id"] for r in rows]
+    classes = ["c00", "c01", "c10", "c11"]
+    got = torch.tensor([[float(r[f"p_{c}"]) for c in classes] for r in rows])
+    # Three folds of the first run and the one fold of the other, each over two views: a mean of four models.
+    folders = [stage1 / f"fold{f}" for f in "012"] + [other / "fold2"]
+    expected = torch.stack([_by_hand(f, products, ids) for f in folders]).mean(dim=0)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+    assert [r["label"] for r in rows] == [classes[i] for i in expected.argmax(dim=-1).tolist()]
+    assert list(rows[0])[:5] == ["id", "label", "score", "label_1", "score_1"]
+    submission = tmp_path / "submission.csv"
+    assert main([*base, "--workers", "0", "--format", "submission", "--out", str(submission)]) == 0
+    assert list(_rows(submission)[0]) == ["id", "label"] and len(_rows(submission)) == 48
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("no-text", "has no text column (title, description or text; its columns: id, categories): a fusion model"),
+        ("unknown-column", "--text-cols blurb: "),
+        ("empty", "is empty (no product rows)"),
+        ("missing-image", "1 product(s) have no image in"),
+        ("fold-labels", "fold A: class(es) c00 have no training rows outside this fold (the folds' label sets differ)"),
+        ("image-only-model", "has no text tower: the fusion task needs a CLIP --model, or --text-model SPEC"),
+    ],
+)
+def test_bad_input_is_one_line(case, message, tmp_path, model, capsys):
+    root = write_products(tmp_path / "p", per_class=2, fold_column=case == "fold-labels")
+    table = root / "products.csv"
+    rows = _rows(table)
+    options = ["--epochs", "1", *STAGE1]
+    if case == "no-text":
+        rows = [{"id": r["id"], "categories": r["categories"]} for r in rows]
+    elif case == "unknown-column":
+        options += ["--text-cols", "blurb"]
+    elif case == "empty":
+        rows = []
+    elif case == "missing-image":
+        (root / "images" / "3.png").unlink()
+        options += ["--missing-image", "error"]
+    elif case == "fold-labels":
+        rows = [r for r in rows if not (r["categories"] == "c00" and r["fold"] == "B")]
+        options += ["--fold", "A"]
+    elif case == "image-only-model":
+        model = ["--model", "timm:test_efficientnet_gn", "--random-weights", "--device", "cpu", "--workers", "0"]
+    with open(table, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["id", "categories", "title"])
+        writer.writeheader()
+        writer.writerows(rows)
+    assert _train(root, model, tmp_path / "run", *options) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_kill_9_during_a_fold_then_rerun_equals_an_uninterrupted_run(products, tiny_hf_clip, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    table, images = str(products / "products.csv"), str(products / "images")
+    options = ["--task", "fusion", "--images", images, "--model", f"hf:{tiny_hf_clip}", "--device", "cpu"]
+    options += ["--workers", "0", "--folds", "2", "--epochs", "15", *STAGE1, "--patience", "100", "--save-every", "1"]
+    whole = tmp_path / "whole"
+    assert main(["train", table, *options, "--out", str(whole)]) == 0
+    killed = tmp_path / "killed"
+    command = [sys.executable, "-m", "pictag", "train", table, *options, "--out", str(killed)]
+    env = subprocess_env() | {"OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(command, env=env, start_new_session=True, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (killed / "fold1" / "last.ckpt").exists():
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.time() < deadline
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    state = torch.load(killed / "fold1" / "last.ckpt", weights_only=True)
+    assert state["epoch"] < 15, "killed before fold 1 was done"
+    rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "already trained" in rerun.stdout and f"continuing {killed / 'fold1'} from last.ckpt" in rerun.stdout
+    for fold in ("fold0", "fold1"):
+        for a, b in zip(_rows(whole / fold / "metrics.csv"), _rows(killed / fold / "metrics.csv"), strict=True):
+            # A mid-epoch checkpoint keeps the epoch's loss sum in float32: equal to 1e-6, like the engine's test.
+            for key in ("train_loss", "val_loss", "val_top1", "val_top3"):
+                assert float(a[key]) == pytest.approx(float(b[key]), rel=1e-5), (fold, a["epoch"], key)
+        expected = load_file(whole / fold / "best" / "model.safetensors")
+        got = load_file(killed / fold / "best" / "model.safetensors")
+        for key in expected:
+            torch.testing.assert_close(got[key], expected[key], rtol=1e-5, atol=1e-6, msg=key)
+    for a, b in zip(_rows(whole / "oof.csv"), _rows(killed / "oof.csv"), strict=True):
+        assert [a[k] for k in ("id", "label", "prediction", "fold")] == [
+            b[k] for k in ("id", "label", "prediction", "fold")
+        ]
+        assert float(a["score"]) == pytest.approx(float(b["score"]), abs=1e-5)
+
+
+def test_a_fold_column_with_several_views_per_product(tmp_path, model, capsys):
+    root = write_products(tmp_path / "p", per_class=4, fold_column=True)
+    for n in (1, 2, 3):  # second views, found as <id>_*.*
+        Image.open(root / "images" / f"{n}.png").transpose(Image.FLIP_LEFT_RIGHT).save(root / "images" / f"{n}_b.png")
+    (root / "images" / "16.png").unlink()  # a product without an image: a black placeholder, counted
+    out = tmp_path / "run"
+    assert _train(root, model, out, "--multi-image", "random", "--epochs", "2", *STAGE1) == 0
+    printed = capsys.readouterr().out
+    assert "1 product(s) have no image in" in printed and "black placeholders" in printed
+    cv = json.loads((out / "cv.json").read_text())
+    assert [f["fold"] for f in cv["folds"]] == ["A", "B"]
+    oof = _rows(out / "oof.csv")
+    assert sorted(int(r["id"]) for r in oof) == list(range(1, 17))
+    folds = {r["id"]: r["fold"] for r in _rows(root / "products.csv")}
+    assert all(r["fold"] == folds[r["id"]] for r in oof), "each row is predicted by the fold its column names"
