@@ -40,6 +40,18 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
+@pytest.fixture
+def one_thread():
+    """Training tests run torch on one thread: the CI machine's cores are shared, and more threads than free cores
+    makes a step many times slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _exact_precision():
     # An unset precision means "auto", which is bf16 on CPUs with native bf16: tests compare numbers against

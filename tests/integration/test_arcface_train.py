@@ -28,13 +28,7 @@ FAST = ["--embed-dim", "32", "--arcface-s", "16", "--arcface-m", "0.3", "--class
 FAST += ["--samples-per-class", "4", "--lr", "backbone=1e-3,head=1e-2"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The CI machine's cores are shared: more threads than free cores makes a step ten times slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

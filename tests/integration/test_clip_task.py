@@ -20,13 +20,7 @@ from pictag.train.tasks.clip import interpolate
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220), "yellow": (230, 220, 30)}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The CI machine's cores are shared: more threads than free cores makes a step many times slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _write_colours(root: Path, per_class: int, seed: int, flat: bool = False) -> Path:
