@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import io
 import os
+import signal
+import subprocess
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -114,6 +117,18 @@ def subprocess_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + env.get("PYTHONPATH", "")
     return env
+
+
+def kill_once_written(command: list[str], env: dict[str, str], path: Path, seconds: float = 120) -> None:
+    """Run `command` in a process group of its own and kill -9 the whole group as soon as `path` exists."""
+    proc = subprocess.Popen(command, env=env, start_new_session=True, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + seconds
+    while not path.exists():
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.monotonic() < deadline, f"no {path.name} within {seconds:.0f} s"
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
 
 
 def tar_source(tmp_path, n=30, bad=("broken.jpg",)):

@@ -6,11 +6,8 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +16,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from metric_data import write_objects, write_splits  # noqa: E402
 
-from conftest import subprocess_env  # noqa: E402
+from conftest import kill_once_written, subprocess_env  # noqa: E402
 from pictag.cli.main import main  # noqa: E402
 
 SPEC = "timm:test_efficientnet_gn"
@@ -148,14 +145,7 @@ def test_kill_9_mid_epoch_then_rerun_equals_an_uninterrupted_run(objects, tmp_pa
     killed = tmp_path / "killed"
     env = subprocess_env() | {"OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "pictag", *argv, "--out", str(killed)]
-    proc = subprocess.Popen(command, env=env, start_new_session=True, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while not (killed / "last.ckpt").exists():
-        assert proc.poll() is None, proc.stderr.read()
-        assert time.monotonic() < deadline, "no checkpoint within 120 s"
-        time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
+    kill_once_written(command, env, killed / "last.ckpt")
     state = torch.load(killed / "last.ckpt", weights_only=True)
     assert state["epoch"] == 0 and state["batch"] > 0, "killed mid-epoch"
     rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)

@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +23,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from product_data import write_products  # noqa: E402
 
-from conftest import subprocess_env  # noqa: E402
+from conftest import kill_once_written, subprocess_env  # noqa: E402
 from pictag.cli.main import main  # noqa: E402
 
 STAGE1 = ["--freeze-encoders", "--batch-size", "8", "--lr", "head=1e-2", "--warmup-epochs", "0", "--patience", "10"]
@@ -223,14 +220,7 @@ def test_kill_9_during_a_fold_then_rerun_equals_an_uninterrupted_run(products, t
     killed = tmp_path / "killed"
     command = [sys.executable, "-m", "pictag", "train", table, *options, "--out", str(killed)]
     env = subprocess_env() | {"OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(command, env=env, start_new_session=True, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while not (killed / "fold1" / "last.ckpt").exists():
-        assert proc.poll() is None, proc.stderr.read()
-        assert time.time() < deadline
-        time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_once_written(command, env, killed / "fold1" / "last.ckpt")
     state = torch.load(killed / "fold1" / "last.ckpt", weights_only=True)
     assert state["epoch"] < 15, "killed before fold 1 was done"
     rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)

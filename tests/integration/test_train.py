@@ -18,7 +18,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fewshot_data import write_class_folders  # noqa: E402
 
-from conftest import subprocess_env  # noqa: E402
+from conftest import kill_once_written, subprocess_env  # noqa: E402
 from pictag.cli.main import main  # noqa: E402
 
 # Group norm: a random CNN's batch-norm running statistics would need many steps before eval mode sees them.
@@ -102,16 +102,7 @@ def test_kill_9_mid_epoch_then_rerun_equals_an_uninterrupted_run(colours, tmp_pa
     base = [sys.executable, "-m", "pictag", "train", str(colours), "--val-split", "0.25", "--epochs", "2"]
     base += [*FAST, "--batch-size", "4", "--accumulate", "2", "--clip-grad", "1.0", "--save-every", "1", *TINY]
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(
-        [*base, "--out", str(killed)], env=_env(), start_new_session=True, stderr=subprocess.PIPE, text=True
-    )
-    deadline = time.monotonic() + 120
-    while not (killed / "last.ckpt").exists():
-        assert proc.poll() is None, proc.stderr.read()
-        assert time.monotonic() < deadline, "no checkpoint within 120 s"
-        time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
+    kill_once_written([*base, "--out", str(killed)], _env(), killed / "last.ckpt")
     state = torch.load(killed / "last.ckpt", weights_only=True)
     assert state["epoch"] == 0 and state["batch"] > 0, "killed mid-epoch"
     rerun = subprocess.run([*base, "--out", str(killed)], env=_env(), capture_output=True, text=True, timeout=300)
