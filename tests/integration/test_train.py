@@ -179,6 +179,7 @@ def test_ddp_two_processes_over_gloo_then_resume(colours, tmp_path):
         ("lr", "--lr names group 'neck', but this task's parameter groups are backbone, head"),
         ("blocks", "cannot find the blocks of"),
         ("checkpoint", "is it for another model?"),
+        ("early-stop", "--early-stop val_recall@1: the classifier task reports val_loss, val_top1"),
     ],
 )
 def test_bad_input_is_one_line(case, message, colours, tmp_path, capsys):
@@ -197,6 +198,8 @@ def test_bad_input_is_one_line(case, message, colours, tmp_path, capsys):
         extra = ["--lr", "neck=1e-3"]
     elif case == "blocks":
         extra = ["--unfreeze-blocks", "1", "--model", "timm:inception_v3"]
+    elif case == "early-stop":
+        extra = ["--early-stop", "val_recall@1"]
     elif case == "checkpoint":
         import timm
 
@@ -208,3 +211,5 @@ def test_bad_input_is_one_line(case, message, colours, tmp_path, capsys):
     assert main(args) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    if case == "early-stop":  # refused before any work
+        assert not (tmp_path / "run").exists()

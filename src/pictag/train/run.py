@@ -34,6 +34,10 @@ def run(cfg: TrainConfig):
         raise PictagError(f"unknown task {cfg.task!r}: use one of {', '.join(list_tasks())}")
     task = TASKS[cfg.task]
     cfg = resolve_defaults(cfg, task.defaults)
+    if cfg.early_stop not in task.metrics:
+        raise PictagError(
+            f"--early-stop {cfg.early_stop}: the {cfg.task} task reports {', '.join(task.metrics)}; watch one of those"
+        )
     if task.cross_validates:
         folds = task.fold_names(cfg)
         if folds is not None:

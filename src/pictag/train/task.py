@@ -53,11 +53,14 @@ class Task(torch.nn.Module):
         open_set_val: Validation may hold classes the training images lack (retrieval is measured, not classes).
         cross_validates: `--folds K` (or a table's fold column) trains every fold into RUN/fold<i>/ and writes the
             out-of-fold predictions and the CV score (`pictag.train.kfold`); otherwise it trains one fold.
+        metrics: What `validation_metrics` reports that `--early-stop` can watch, so that a metric the task does
+            not report is refused before any work rather than after the first epoch.
     """
 
     name: ClassVar[str]
     group_names: ClassVar[tuple[str, ...]] = ()
     head_groups: ClassVar[tuple[str, ...]] = ("head",)
+    metrics: ClassVar[tuple[str, ...]] = ("val_loss", "val_top1", "val_top3", "val_top5")
     augment: ClassVar[dict] = {}
     freeze_norm_stats: ClassVar[bool] = False
     defaults: ClassVar[dict[str, Any]] = {}

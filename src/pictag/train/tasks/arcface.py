@@ -50,6 +50,7 @@ class ArcFaceTask(Task):
     # of the area, which is for classes that show anywhere in the picture).
     augment = {"scale": (0.5, 1.0), "color_jitter": 0.2}
     defaults = {"early_stop": "val_recall@1"}
+    metrics = (*(f"val_recall@{k}" for k in RECALL_AT), "val_map@r")
     open_set_val = True
 
     def __init__(
