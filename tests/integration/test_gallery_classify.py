@@ -66,3 +66,22 @@ def test_gallery_errors_are_one_line(gallery, tmp_path, capsys):
     plain = tmp_path / "plain"
     assert main(["embed", str(queries), "--out", str(plain), *MODEL]) == 0
     assert "holds no labels" in error("--gallery", str(plain), *MODEL)
+
+
+def test_a_calibration_applies_only_to_the_knn_vote_it_was_fitted_on(gallery, tmp_path, capsys):
+    store, queries = gallery
+    query_store = tmp_path / "queries"
+    assert main(["embed", str(queries), "--out", str(query_store), *MODEL]) == 0
+    truth = tmp_path / "truth.csv"
+    keys = EmbeddingStore(query_store).keys()
+    truth.write_text("key,label\n" + "".join(f"{key},{key.split('/')[0]}\n" for key in keys))
+    vote = ["--gallery", str(store), "--knn-weights", "distance"]
+    calibration = tmp_path / "calib.yaml"
+    argv = ["calibrate", str(query_store), *vote, "--knn-k", "3", "--truth", str(truth), "--out", str(calibration)]
+    assert main([*argv, "--device", "cpu"]) == 0  # the store names its model
+    classify = ["classify", "--embeddings", str(query_store), *vote, "--calibration", str(calibration), *MODEL]
+    assert main([*classify, "--knn-k", "3", "--out", str(tmp_path / "same.csv")]) == 0
+    capsys.readouterr()
+    assert main([*classify, "--knn-k", "5", "--out", str(tmp_path / "other.csv")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "fitted for a knn head with k 3, not k 5" in err, err

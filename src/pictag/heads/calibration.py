@@ -37,6 +37,8 @@ class Calibration:
             labelled set; `inf` for a class that never reached it (its predictions always become "unknown").
         classes: Per label, how its threshold was found: status (fitted, no_data: the pooled threshold was used,
             unreachable), predictions seen, and the precision reached.
+        head: The options the head's scores depend on besides labels and templates (`head_options`), e.g. a kNN
+            vote's k, weights and gallery size; empty in files written before they were recorded.
     """
 
     model: str
@@ -50,6 +52,7 @@ class Calibration:
     thresholds: dict[str, float]
     classes: dict[str, dict] = field(default_factory=dict)
     summary: dict = field(default_factory=dict)
+    head: dict = field(default_factory=dict)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Calibration:
@@ -69,8 +72,12 @@ class Calibration:
         path.write_text(yaml.safe_dump(asdict(self), sort_keys=False))
         return path
 
-    def check(self, spec: str, weights_id: str, labels: Sequence[str], templates: Sequence[str]) -> None:
-        """Refuse to apply this calibration to another model, label set or template set."""
+    def check(self, spec: str, weights_id: str, labels: Sequence[str], templates: Sequence[str], head: dict) -> None:
+        """Refuse to apply this calibration to another model, label set, template set or head options.
+
+        Args:
+            head: The head's `config()`.
+        """
         if (spec, weights_id) != (self.model, self.weights_id):
             raise PictagError(
                 f"the calibration was fitted for {self.model} (weights {self.weights_id}), not {spec} "
@@ -87,10 +94,25 @@ class Calibration:
                 f"the calibration was fitted with templates {self.templates!r}, not these: pass --templates "
                 f"{self.templates} or run `pictag calibrate` again"
             )
+        options = head_options(head)
+        if self.head and options != self.head:
+            changed = sorted(k for k in self.head.keys() | options.keys() if self.head.get(k) != options.get(k))
+            fitted = ", ".join(f"{k} {self.head.get(k)}" for k in changed)
+            given = ", ".join(f"{k} {options.get(k)}" for k in changed)
+            raise PictagError(
+                f"the calibration was fitted for a {self.head.get('name')} head with {fitted}, not {given}: use the "
+                "same options (e.g. --knn-k) or run `pictag calibrate` again"
+            )
 
     def threshold_vector(self, labels: Sequence[str]) -> list[float]:
         """Thresholds in the order of `labels`."""
         return [self.thresholds[label] for label in labels]
+
+
+def head_options(config: dict) -> dict:
+    """What of a head's `config()` its calibration depends on: all but labels and templates (checked apart, in any
+    order) and its shape."""
+    return {k: v for k, v in config.items() if k not in ("labels", "templates", "num_classes", "dim")}
 
 
 def fit_temperature(logits: torch.Tensor, truth: torch.Tensor, logit_bias: float | None = None) -> float:

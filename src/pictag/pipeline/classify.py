@@ -176,7 +176,7 @@ def _head_rows(cfg: ClassifyConfig, encoder):
     templates = list(getattr(head, "templates", []))
     calibration = Calibration.load(cfg.calibration) if cfg.calibration else None
     if calibration is not None:
-        calibration.check(encoder.spec, encoder.weights_id, labels, templates)
+        calibration.check(encoder.spec, encoder.weights_id, labels, templates, head.config())
     top_k = min(cfg.top_k, len(labels))
     thresholds = _thresholds(cfg.threshold, calibration, labels)
     temperature = calibration.temperature if calibration else 1.0

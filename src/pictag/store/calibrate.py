@@ -24,6 +24,7 @@ from pictag.heads.calibration import (
     coverage_accuracy,
     fit_temperature,
     fit_thresholds,
+    head_options,
     nll,
     templates_digest,
 )
@@ -122,6 +123,7 @@ def run(cfg: CalibrateConfig) -> CalibrateResult:
         thresholds=thresholds,
         classes=classes,
         summary=summary,
+        head=head_options(head.config()),
     )
     out = calibration.save(cfg.out)
     dump_config(cfg, sibling(out, ".config.yaml"))
