@@ -43,7 +43,7 @@ def test_store_round_trip(tmp_path):
     vectors = clustered(2500, 32, 10, seed=0)
     store = make_store(tmp_path / "emb", vectors)
     assert len(store) == 2500 and len(store.shards()) == 3
-    assert pq.read_schema(store.shards()[0]).field("embedding").type == pa.list_(pa.float16(), 32)
+    assert pq.read_schema(store.folder / store.shards()[0]).field("embedding").type == pa.list_(pa.float16(), 32)
     chunks = list(store.iter_arrays(chunk_rows=700))
     assert chunks[0][1].dtype == np.float16 and chunks[0][1].base is not None  # a view on Arrow's buffer
     np.testing.assert_allclose(np.concatenate([c for _, c in chunks]), vectors, atol=1e-3)
@@ -52,7 +52,7 @@ def test_store_round_trip(tmp_path):
     assert keys == ["img002000", "img000007"]
     np.testing.assert_allclose(found, vectors[[2000, 7]], atol=1e-3)
     units = store.units()
-    assert [u.size for u in units] == [1000, 1000, 500] and [u.id for u in units] == [p.name for p in store.shards()]
+    assert [u.size for u in units] == [1000, 1000, 500] and [u.id for u in units] == store.shards()
     last = list(store.iter_arrays(shards=[store.shards()[-1]]))
     assert sum(len(k) for k, _ in last) == 500 and last[0][0][0].as_py() == "img002000"
     exact = make_store(tmp_path / "emb32", vectors, dtype="float32")
