@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 
 import numpy as np
 import pyarrow.csv as pacsv
@@ -129,6 +130,49 @@ def test_search_text_and_image(store, image_dir, capsys):
     assert indexed.column("key").to_pylist() == table.column("key").to_pylist()
     np.testing.assert_allclose(indexed.column("score").to_pylist(), scores, atol=1e-5)
     (store.folder / "index.faiss").unlink()
+
+
+@pytest.fixture(params=["memory", "file"])
+def url(request, tmp_path):
+    """Where a store goes on an fsspec URL: fsspec's in-memory file system (this process only), or a file:// URL."""
+    if request.param == "file":
+        yield f"file://{tmp_path}/emb"
+        return
+    import fsspec
+
+    root = f"pictag-{uuid.uuid4().hex[:8]}"
+    yield f"memory://{root}/emb"
+    fsspec.filesystem("memory").rm(f"/{root}", recursive=True)
+
+
+def test_a_store_on_a_url_works_like_a_local_one(store, url, image_dir, model_args, tmp_path, capsys):
+    assert main(["embed", str(image_dir), "--out", url, "--workers", "0", *model_args]) == 0
+    remote = EmbeddingStore(url)
+    assert remote.folder == (tmp_path / "emb" if url.startswith("file://") else url)
+    assert remote.manifest.shards == store.manifest.shards  # the same bytes, wherever they are
+    assert list(remote.keys()) == list(store.keys())
+    for (keys, vectors), (local_keys, local_vectors) in zip(remote.iter_arrays(), store.iter_arrays(), strict=True):
+        assert keys.equals(local_keys)
+        np.testing.assert_array_equal(vectors, local_vectors)
+
+    common = ["--labels", LABELS, "--top-k", "3"]
+    for name, embeddings in (("local.parquet", str(store.folder)), ("url.parquet", url)):
+        assert main(["classify", "--embeddings", embeddings, "--out", str(tmp_path / name), *common]) == 0
+    assert pq.read_table(tmp_path / "url.parquet").equals(pq.read_table(tmp_path / "local.parquet"))
+
+    exact = remote.search(text=["a rocket", "a cat"], k=5)
+    assert exact.column("key").equals(store.search(text=["a rocket", "a cat"], k=5).column("key"))
+    assert main(["index-embeddings", url]) == 0
+    assert "exact (flat)" in capsys.readouterr().out
+    indexed = remote.search(text=["a rocket", "a cat"], k=5)
+    assert indexed.schema.metadata[b"searched_with"].startswith(b"flat index")
+    assert indexed.column("key").equals(exact.column("key"))
+
+    assert main(["embed", str(image_dir), "--out", url, *model_args]) == 2
+    assert "already exists: pass --overwrite" in capsys.readouterr().err
+    assert main(["embed", str(image_dir), "--out", url, "--workers", "0", "--overwrite", *model_args]) == 0
+    assert not EmbeddingStore(url).files.exists("index.faiss")  # the index of the store it replaced is gone
+    assert EmbeddingStore(url).manifest.shards == store.manifest.shards
 
 
 def test_embed_resumes_exactly_once_after_kill(tmp_path, tiny_hf_clip):
