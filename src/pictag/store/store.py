@@ -81,6 +81,7 @@ SHARD_WRITE_OPTIONS = {
     "write_page_checksum": True,
 }
 _SHARD_NAME = re.compile(r"part-[0-9A-Za-z-]+\.parquet")
+_RECREATE = "re-create the store with `pictag embed --overwrite`"
 
 
 def footer_digest(f: BinaryIO, where: str) -> str:
@@ -93,12 +94,12 @@ def footer_digest(f: BinaryIO, where: str) -> str:
     """
     size = f.seek(0, os.SEEK_END)
     if size < 12:
-        raise PictagError(f"shard {where} is {size} bytes, too short to be Parquet")
+        raise PictagError(f"shard {where} is {size} bytes, too short to be Parquet: {_RECREATE}")
     f.seek(size - 8)
     tail = f.read(8)
     length = int.from_bytes(tail[:4], "little")
     if tail[4:] != b"PAR1" or length > size - 12:
-        raise PictagError(f"shard {where} does not end like a Parquet file (truncated or overwritten)")
+        raise PictagError(f"shard {where} does not end like a Parquet file (truncated or overwritten): {_RECREATE}")
     f.seek(size - 8 - length)
     return hashlib.sha256(f.read(length)).hexdigest()
 
@@ -216,25 +217,24 @@ _SHARD_FIELDS: dict[str, tuple[Any, Any, str]] = {
 
 def _check_fields(values: dict, path: str) -> None:
     """Refuse a manifest with a missing or ill-typed field, in one line naming it."""
-    fix = "re-create the store with `pictag embed --overwrite`"
     for name, (kind, required, check, should) in _FIELDS.items():
         if name not in values or values[name] is None and not required:
             if required:
-                raise PictagError(f"{path} has no {name!r}: {fix}")
+                raise PictagError(f"{path} has no {name!r}: {_RECREATE}")
             continue
         value = values[name]
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)) or (check and not check(value)):
-            raise PictagError(f"{path}: {name!r} is {json.dumps(value)[:60]}, not {should}: {fix}")
+            raise PictagError(f"{path}: {name!r} is {json.dumps(value)[:60]}, not {should}: {_RECREATE}")
     for i, shard in enumerate(values.get("shards") or []):
         if not isinstance(shard, dict):
-            raise PictagError(f"{path}: shard {i} is not an object: {fix}")
+            raise PictagError(f"{path}: shard {i} is not an object: {_RECREATE}")
         for name, (kind, check, should) in _SHARD_FIELDS.items():
             value = shard.get(name)
             if not isinstance(value, kind) or (kind is int and isinstance(value, bool)) or not check(value):
-                raise PictagError(f"{path}: shard {i} {name!r} is {json.dumps(value)[:60]}, not {should}: {fix}")
+                raise PictagError(f"{path}: shard {i} {name!r} is {json.dumps(value)[:60]}, not {should}: {_RECREATE}")
     names = [shard["name"] for shard in values.get("shards") or []]
     if len(set(names)) != len(names):
-        raise PictagError(f"{path} lists a shard twice: {fix}")
+        raise PictagError(f"{path} lists a shard twice: {_RECREATE}")
 
 
 def write_store(
@@ -296,35 +296,36 @@ class EmbeddingStore:
     def _verify(self) -> None:
         """Refuse a store whose shard files are not the ones its manifest lists, whole; see the module docstring."""
         m, where = self.manifest, f"embedding store {self.folder}"
-        fix = "re-create the store with `pictag embed --overwrite`"
         found = set(self.shards())
         if m.shards is None:  # written before shards were listed: the footers' row counts must add up
             rows = sum(self._footer_rows(name) for name in found)
             if rows != m.count:
-                raise PictagError(f"{where} holds {rows:,} rows, its manifest says {m.count:,}: {fix}")
+                raise PictagError(f"{where} holds {rows:,} rows, its manifest says {m.count:,}: {_RECREATE}")
             return
         listed = {shard["name"]: shard for shard in m.shards}
-        missing, extra = sorted(set(listed) - set(found)), sorted(set(found) - set(listed))
+        missing, extra = sorted(set(listed) - found), sorted(found - set(listed))
         if missing:
-            raise PictagError(f"{where} lacks {len(missing)} shard(s) its manifest lists (e.g. {missing[0]}): {fix}")
+            raise PictagError(
+                f"{where} lacks {len(missing)} shard(s) its manifest lists (e.g. {missing[0]}): {_RECREATE}"
+            )
         if extra:
             raise PictagError(
                 f"{where} has {len(extra)} shard(s) its manifest does not list (e.g. {extra[0]}, copied in?): remove "
-                f"them, or {fix}"
+                f"them, or {_RECREATE}"
             )
         rows = sum(shard["rows"] for shard in m.shards)
         if rows != m.count:
-            raise PictagError(f"{where} lists shards of {rows:,} rows, but a count of {m.count:,}: {fix}")
+            raise PictagError(f"{where} lists shards of {rows:,} rows, but a count of {m.count:,}: {_RECREATE}")
         for name, shard in sorted(listed.items()):
             with self._reading(name), self.files.open(name) as f:
                 size = f.seek(0, os.SEEK_END)
                 if size != shard["bytes"]:
                     raise PictagError(
                         f"{where}: shard {name} is {size:,} bytes, its manifest says {shard['bytes']:,} (truncated or "
-                        f"overwritten): {fix}"
+                        f"overwritten): {_RECREATE}"
                     )
                 if footer_digest(f, self.files.url(name)) != shard["footer_sha256"]:
-                    raise PictagError(f"{where}: shard {name} does not match its checksum (overwritten?): {fix}")
+                    raise PictagError(f"{where}: shard {name} does not match its checksum (overwritten?): {_RECREATE}")
 
     def _footer_rows(self, name: str) -> int:
         try:
@@ -333,7 +334,7 @@ class EmbeddingStore:
         except (OSError, pa.ArrowException) as exc:
             raise PictagError(
                 f"embedding store {self.folder}: shard {name} is not readable Parquet "
-                f"({' '.join(str(exc).split())}): re-create the store with `pictag embed --overwrite`"
+                f"({' '.join(str(exc).split())}): {_RECREATE}"
             ) from None
 
     def __bool__(self) -> bool:
@@ -385,7 +386,7 @@ class EmbeddingStore:
         except (OSError, pa.ArrowException) as exc:
             raise PictagError(
                 f"embedding store {self.folder}: shard {shard} cannot be read ({' '.join(str(exc).split())}): "
-                "re-create the store with `pictag embed --overwrite`"
+                f"{_RECREATE}"
             ) from None
 
     def units(self) -> list[Unit]:
