@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 
 import numpy as np
 import pyarrow.csv as pacsv
@@ -135,14 +134,7 @@ def test_search_text_and_image(store, image_dir, capsys):
 @pytest.fixture(params=["memory", "file"])
 def url(request, tmp_path):
     """Where a store goes on an fsspec URL: fsspec's in-memory file system (this process only), or a file:// URL."""
-    if request.param == "file":
-        yield f"file://{tmp_path}/emb"
-        return
-    import fsspec
-
-    root = f"pictag-{uuid.uuid4().hex[:8]}"
-    yield f"memory://{root}/emb"
-    fsspec.filesystem("memory").rm(f"/{root}", recursive=True)
+    return request.getfixturevalue("memory_url") if request.param == "memory" else f"file://{tmp_path}/emb"
 
 
 def test_a_store_on_a_url_works_like_a_local_one(store, url, image_dir, model_args, tmp_path, capsys):
@@ -159,6 +151,10 @@ def test_a_store_on_a_url_works_like_a_local_one(store, url, image_dir, model_ar
     for name, embeddings in (("local.parquet", str(store.folder)), ("url.parquet", url)):
         assert main(["classify", "--embeddings", embeddings, "--out", str(tmp_path / name), *common]) == 0
     assert pq.read_table(tmp_path / "url.parquet").equals(pq.read_table(tmp_path / "local.parquet"))
+    truth = truth_csv(tmp_path)
+    for name, embeddings in (("local.yaml", str(store.folder)), ("url.yaml", url)):
+        assert main(["calibrate", embeddings, "--labels", LABELS, "--truth", truth, "--out", str(tmp_path / name)]) == 0
+    assert (tmp_path / "url.yaml").read_text() == (tmp_path / "local.yaml").read_text()
 
     exact = remote.search(text=["a rocket", "a cat"], k=5)
     assert exact.column("key").equals(store.search(text=["a rocket", "a cat"], k=5).column("key"))
@@ -202,8 +198,8 @@ def test_embed_resumes_exactly_once_after_kill(tmp_path, tiny_hf_clip):
     assert len(store) == len(keys) == len(set(keys)) == 160
 
 
-def test_calibration_applied_by_classify(store, image_dir, tmp_path, capsys):
-    labels = LABELS.split(",")
+def truth_csv(folder) -> str:
+    """The true label of each of the 20 images, as `pictag calibrate --truth` takes it."""
     truth = {
         "chelsea": "cat",
         "astronaut": "astronaut",
@@ -214,7 +210,13 @@ def test_calibration_applied_by_classify(store, image_dir, tmp_path, capsys):
     rows = [
         f"{stem}{suffix}.jpg,{label}" for stem, label in truth.items() for suffix in ("", "-mirror", "-crop", "-dark")
     ]
-    (tmp_path / "truth.csv").write_text("key,label\n" + "\n".join(rows) + "\n")
+    (folder / "truth.csv").write_text("key,label\n" + "\n".join(rows) + "\n")
+    return str(folder / "truth.csv")
+
+
+def test_calibration_applied_by_classify(store, image_dir, tmp_path, capsys):
+    labels = LABELS.split(",")
+    truth_csv(tmp_path)
     calib = tmp_path / "calib.yaml"
     code = main(
         [

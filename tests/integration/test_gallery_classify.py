@@ -50,6 +50,20 @@ def test_classify_gallery_votes_the_class_of_new_objects(gallery, tmp_path, weig
     assert {row["label"] for row in csv.DictReader(open(strict))} == {"unknown"}
 
 
+def test_a_gallery_on_object_storage_votes_as_the_local_one(gallery, tmp_path, memory_url):
+    import fsspec
+
+    store, queries = gallery
+    for path in store.iterdir():  # a store copied file by file to object storage is the same store
+        fsspec.filesystem("memory").pipe_file(f"{memory_url}/{path.name}", path.read_bytes())
+    for name, where in (("local.csv", str(store)), ("url.csv", memory_url)):
+        assert (
+            main(["classify", str(queries), "--gallery", where, "--knn-k", "3", *MODEL, "--out", str(tmp_path / name)])
+            == 0
+        )
+    assert (tmp_path / "url.csv").read_text() == (tmp_path / "local.csv").read_text()
+
+
 def test_gallery_errors_are_one_line(gallery, tmp_path, capsys):
     store, queries = gallery
 
