@@ -113,9 +113,9 @@ class VectorIndex:
             )
         faiss = _faiss()
         try:
-            if files.fs is None:  # a flat index is memory-mapped, not read
+            if files.fs is None:  # Faiss opens local files itself, and memory-maps a flat index instead of reading it
                 index = faiss.read_index(path, faiss.IO_FLAG_MMAP if info.type == "flat" else 0)
-            else:
+            else:  # it cannot open a URL: the bytes are fetched whole, then deserialised
                 index = faiss.deserialize_index(np.frombuffer(files.read_bytes(INDEX_FILE), np.uint8))
         except RuntimeError as exc:  # Faiss reports every unreadable file this way, with a C++ trace in the message
             reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unreadable"

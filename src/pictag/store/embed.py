@@ -61,7 +61,7 @@ def run(cfg: EmbedConfig) -> EmbedResult:
     started = time.perf_counter()
     if cfg.dtype not in DTYPES:
         raise PictagError(f"--dtype must be one of {', '.join(DTYPES)}, not {cfg.dtype!r}")
-    out = cfg.out if is_url(cfg.out) else Path(cfg.out)  # s3://, gs://, memory://: the store is there
+    out = cfg.out if is_url(cfg.out) else Path(cfg.out)  # a URL stays a string: Path would fold its "//"
     # The store's shards are the job's parts: one per unit of work, in plan order. Every file of the store is
     # written and read through them, locally and on object storage alike.
     files = PartStore(out, SHARD_WRITE_OPTIONS)
@@ -97,7 +97,7 @@ def run(cfg: EmbedConfig) -> EmbedResult:
 
         rows, schema = embedding_rows(cfg, encoder)
         workers = default_workers(encoder.device) if cfg.workers is None else cfg.workers
-        job = Job("embed", units, features, rows, schema, output.parts, workers, ROWS_RECIPE, cfg)
+        job = Job("embed", units, features, rows, schema, files, workers, ROWS_RECIPE, cfg)
         stats = run_job(job, executor_for(cfg))
         errors_out, manifest.errors = write_table(files.url("errors.csv"), files.tables(errors=True), ERRORS_SCHEMA)
         manifest.shards = describe_shards(files)
