@@ -113,6 +113,16 @@ def memory_url():
     fsspec.filesystem("memory").rm(f"/{root}", recursive=True)
 
 
+def upload(folder: Path, url: str) -> str:
+    """Copy the files of a local folder to an fsspec URL, one by one (a store copied to object storage)."""
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(url)
+    for path in folder.iterdir():
+        fs.pipe_file(f"{root}/{path.name}", path.read_bytes())
+    return url
+
+
 def write_tar(path: Path, members: dict[str, bytes]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with tarfile.open(path, "w") as tar:

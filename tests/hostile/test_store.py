@@ -14,6 +14,7 @@ import pytest
 from hostile_inputs import interrupt_after_commits, model_args, one_line, thin_png
 from PIL import Image
 
+from conftest import upload
 from pictag.cli.main import main
 from pictag.errors import PictagError
 from pictag.index.faiss_index import VectorIndex, build_index
@@ -45,14 +46,7 @@ def _write(folder, values):
 
 def _located(folder, where: str, request) -> str:
     """The store in `folder`, where the test wants it: there locally, or copied file by file to object storage."""
-    if where == "local":
-        return str(folder)
-    import fsspec
-
-    url = request.getfixturevalue("memory_url")
-    for path in folder.iterdir():
-        fsspec.filesystem("memory").pipe_file(f"{url}/{path.name}", path.read_bytes())
-    return url
+    return str(folder) if where == "local" else upload(folder, request.getfixturevalue("memory_url"))
 
 
 def _truncate(path):

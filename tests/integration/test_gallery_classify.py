@@ -7,6 +7,7 @@ import shutil
 
 import pytest
 
+from conftest import upload
 from pictag.cli.main import main
 from pictag.store.store import EmbeddingStore
 from pictag.testing import save_colour_objects
@@ -51,11 +52,8 @@ def test_classify_gallery_votes_the_class_of_new_objects(gallery, tmp_path, weig
 
 
 def test_a_gallery_on_object_storage_votes_as_the_local_one(gallery, tmp_path, memory_url):
-    import fsspec
-
     store, queries = gallery
-    for path in store.iterdir():  # a store copied file by file to object storage is the same store
-        fsspec.filesystem("memory").pipe_file(f"{memory_url}/{path.name}", path.read_bytes())
+    upload(store, memory_url)  # a store copied file by file to object storage is the same store
     for name, where in (("local.csv", str(store)), ("url.csv", memory_url)):
         assert (
             main(["classify", str(queries), "--gallery", where, "--knn-k", "3", *MODEL, "--out", str(tmp_path / name)])
