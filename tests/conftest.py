@@ -8,6 +8,7 @@ import signal
 import subprocess
 import tarfile
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -100,6 +101,26 @@ def tiny_open_clip(tmp_path_factory) -> tuple[str, Path]:
 def tiny_hf_clip(tmp_path_factory) -> Path:
     """A tiny transformers CLIP saved with save_pretrained (load it as `hf:<dir>`, in any process)."""
     return save_random_hf_clip(tmp_path_factory.mktemp("hf_clip"), seed=2)
+
+
+@pytest.fixture
+def memory_url():
+    """A store's folder on fsspec's in-memory file system (object storage, seen by this process only), removed after."""
+    import fsspec
+
+    root = f"pictag-{uuid.uuid4().hex[:8]}"
+    yield f"memory://{root}/emb"
+    fsspec.filesystem("memory").rm(f"/{root}", recursive=True)
+
+
+def upload(folder: Path, url: str) -> str:
+    """Copy the files of a local folder to an fsspec URL, one by one (a store copied to object storage)."""
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(url)
+    for path in folder.iterdir():
+        fs.pipe_file(f"{root}/{path.name}", path.read_bytes())
+    return url
 
 
 def write_tar(path: Path, members: dict[str, bytes]) -> Path:

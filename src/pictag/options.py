@@ -332,7 +332,7 @@ class EmbedConfig(ExecutorOptions, ResumableOutput, EngineOptions, RuntimeOption
     """Everything `pictag embed` takes.
 
     Attributes:
-        out: The store folder.
+        out: The store folder: a local path or an fsspec URL (s3://bucket/emb).
         dtype: Stored precision.
         labelled: Store each image's label beside its vector (its class folder, or the table's --label-column), so
             that the store can be a gallery: `pictag classify --gallery STORE`.
@@ -366,7 +366,7 @@ class CalibrateConfig(StoreModelOptions, GalleryOptions, LabelOptions):
     """Everything `pictag calibrate` takes.
 
     Attributes:
-        embeddings: Embedding store folder, from `pictag embed`.
+        embeddings: Embedding store (a folder or fsspec URL), from `pictag embed`.
         truth: CSV with columns key,label: the labelled images.
         out: Calibration file, .yaml.
         templates: Prompt templates: simple, imagenet80, or a file (use the same for classify).
@@ -387,7 +387,7 @@ class SearchConfig(Checked, StoreModelOptions):
     """Everything `pictag search` takes.
 
     Attributes:
-        embeddings: Embedding store folder, from `pictag embed`.
+        embeddings: Embedding store (a folder or fsspec URL), from `pictag embed`.
         text: Query text.
         image: Query image file.
         top_k: Results per query.
@@ -414,7 +414,7 @@ class IndexEmbeddingsConfig:
     """Everything `pictag index-embeddings` takes.
 
     Attributes:
-        embeddings: Embedding store folder, from `pictag embed`.
+        embeddings: Embedding store (a folder or fsspec URL), from `pictag embed`.
         index_type: auto: flat below 1M vectors, IVF from 1M.
         nlist: IVF inverted lists (about sqrt(N) when unset).
         m: HNSW neighbours per node.

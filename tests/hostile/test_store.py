@@ -1,5 +1,6 @@
 """Embedding store corruption: every way a store's files can go wrong is one line and exit 2, never rows from a
-partial store or a traceback; and a store of 0 images is still a store."""
+partial store or a traceback, on a local folder and on object storage (fsspec's memory://); a store of 0 images is
+still a store; and an interrupted `pictag embed` to object storage resumes."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ import shutil
 import numpy as np
 import pyarrow.csv as pacsv
 import pytest
-from hostile_inputs import model_args, thin_png
+from hostile_inputs import interrupt_after_commits, model_args, one_line, thin_png
+from PIL import Image
 
+from conftest import upload
 from pictag.cli.main import main
 from pictag.errors import PictagError
 from pictag.index.faiss_index import VectorIndex, build_index
@@ -39,6 +42,11 @@ def _manifest(folder, **changes):
 
 def _write(folder, values):
     (folder / "manifest.json").write_text(json.dumps(values))
+
+
+def _located(folder, where: str, request) -> str:
+    """The store in `folder`, where the test wants it: there locally, or copied file by file to object storage."""
+    return str(folder) if where == "local" else upload(folder, request.getfixturevalue("memory_url"))
 
 
 def _truncate(path):
@@ -83,24 +91,27 @@ CORRUPTIONS = {
 }
 
 
+@pytest.mark.parametrize("where", ["local", "memory"])
 @pytest.mark.parametrize("case", sorted(CORRUPTIONS))
-def test_a_corrupt_store_is_one_line_and_exit_2(tmp_path, case, capsys):
+def test_a_corrupt_store_is_one_line_and_exit_2(tmp_path, case, where, request, capsys):
     store = _store(tmp_path / "emb")
     assert len(EmbeddingStore(store.folder)) == 100
     corrupt, message = CORRUPTIONS[case]
     corrupt(store.folder)
-    code = main(["classify", "--embeddings", str(store.folder), "--labels", "a,b", "--out", str(tmp_path / "o.csv")])
+    location = _located(store.folder, where, request)
+    code = main(["classify", "--embeddings", location, "--labels", "a,b", "--out", str(tmp_path / "o.csv")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
     assert re.search(message, err), err
     assert not (tmp_path / "o.csv").exists()
 
 
-def test_a_damaged_page_behind_a_whole_footer_is_one_line_when_read(tmp_path):
+@pytest.mark.parametrize("where", ["local", "memory"])
+def test_a_damaged_page_behind_a_whole_footer_is_one_line_when_read(tmp_path, where, request):
     store = _store(tmp_path / "emb", rows=(400,), dim=64)
     _flip_page_byte(store.folder / "part-000000.parquet")
     with pytest.raises(PictagError, match="part-000000.parquet cannot be read") as refused:
-        list(EmbeddingStore(store.folder).iter_arrays())
+        list(EmbeddingStore(_located(store.folder, where, request)).iter_arrays())
     assert "\n" not in str(refused.value)
 
 
@@ -115,13 +126,14 @@ def test_a_damaged_page_behind_a_whole_footer_is_one_line_when_read(tmp_path):
         ("index.json", b'{"type": "nope", "count": 100, "dim": 8}'),
     ],
 )
-def test_a_corrupt_search_index_is_one_line(tmp_path, file, content):
+@pytest.mark.parametrize("where", ["local", "memory"])
+def test_a_corrupt_search_index_is_one_line(tmp_path, file, content, where, request):
     store = _store(tmp_path / "emb")
     build_index(store, "flat").save(store.folder)
     info = json.loads((store.folder / "index.json").read_text())
     (store.folder / file).write_bytes(content.replace(b'"count": 100', f'"count": {info["count"]}'.encode()))
     with pytest.raises(PictagError, match="rebuild it with `pictag index-embeddings") as refused:
-        VectorIndex.load(EmbeddingStore(store.folder))
+        VectorIndex.load(EmbeddingStore(_located(store.folder, where, request)))
     assert "\n" not in str(refused.value)
 
 
@@ -144,3 +156,40 @@ def test_a_store_of_zero_images_is_used_with_its_own_model(tmp_path, tiny_open_c
     assert code == 0, capsys.readouterr().err
     assert pacsv.read_csv(out).num_rows == 0
     assert "classified 0 images" in capsys.readouterr().out
+
+
+def test_an_interrupted_embed_to_object_storage_resumes(tmp_path, memory_url, tiny_open_clip, monkeypatch, capsys):
+    import fsspec
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(12):
+        Image.new("RGB", (40, 30), (20 * i, 0, 0)).save(folder / f"{i:02d}.png")
+    embed = [
+        "embed",
+        str(folder),
+        "--out",
+        memory_url,
+        "--unit-size",
+        "4",
+        "--workers",
+        "0",
+        *model_args(tiny_open_clip),
+    ]
+    memory = fsspec.filesystem("memory")
+    memory.pipe_file(f"{memory_url}/notes.txt", b"someone else's")
+    assert main(embed) == 2
+    assert "exists and is not an embedding store" in one_line(capsys.readouterr().err)
+    memory.rm_file(f"{memory_url}/notes.txt")
+
+    with monkeypatch.context() as patch:
+        interrupt_after_commits(patch, 1)
+        assert main(embed) == 130
+    with pytest.raises(PictagError, match="incomplete.*--resume"):
+        EmbeddingStore(memory_url)
+    capsys.readouterr()
+    assert main(embed) == 2
+    assert "has an interrupted run" in one_line(capsys.readouterr().err)
+    assert main([*embed, "--resume"]) == 0  # the interrupted run's lease was given back: no wait
+    keys = list(EmbeddingStore(memory_url).keys())
+    assert len(keys) == len(set(keys)) == 12

@@ -131,6 +131,46 @@ def test_search_text_and_image(store, image_dir, capsys):
     (store.folder / "index.faiss").unlink()
 
 
+@pytest.fixture(params=["memory", "file"])
+def url(request, tmp_path):
+    """Where a store goes on an fsspec URL: fsspec's in-memory file system (this process only), or a file:// URL."""
+    return request.getfixturevalue("memory_url") if request.param == "memory" else f"file://{tmp_path}/emb"
+
+
+def test_a_store_on_a_url_works_like_a_local_one(store, url, image_dir, model_args, tmp_path, capsys):
+    assert main(["embed", str(image_dir), "--out", url, "--workers", "0", *model_args]) == 0
+    remote = EmbeddingStore(url)
+    assert remote.folder == (tmp_path / "emb" if url.startswith("file://") else url)
+    assert remote.manifest.shards == store.manifest.shards  # the same bytes, wherever they are
+    assert list(remote.keys()) == list(store.keys())
+    for (keys, vectors), (local_keys, local_vectors) in zip(remote.iter_arrays(), store.iter_arrays(), strict=True):
+        assert keys.equals(local_keys)
+        np.testing.assert_array_equal(vectors, local_vectors)
+
+    common = ["--labels", LABELS, "--top-k", "3"]
+    for name, embeddings in (("local.parquet", str(store.folder)), ("url.parquet", url)):
+        assert main(["classify", "--embeddings", embeddings, "--out", str(tmp_path / name), *common]) == 0
+    assert pq.read_table(tmp_path / "url.parquet").equals(pq.read_table(tmp_path / "local.parquet"))
+    truth = truth_csv(tmp_path)
+    for name, embeddings in (("local.yaml", str(store.folder)), ("url.yaml", url)):
+        assert main(["calibrate", embeddings, "--labels", LABELS, "--truth", truth, "--out", str(tmp_path / name)]) == 0
+    assert (tmp_path / "url.yaml").read_text() == (tmp_path / "local.yaml").read_text()
+
+    exact = remote.search(text=["a rocket", "a cat"], k=5)
+    assert exact.column("key").equals(store.search(text=["a rocket", "a cat"], k=5).column("key"))
+    assert main(["index-embeddings", url]) == 0
+    assert "exact (flat)" in capsys.readouterr().out
+    indexed = remote.search(text=["a rocket", "a cat"], k=5)
+    assert indexed.schema.metadata[b"searched_with"].startswith(b"flat index")
+    assert indexed.column("key").equals(exact.column("key"))
+
+    assert main(["embed", str(image_dir), "--out", url, *model_args]) == 2
+    assert "already exists: pass --overwrite" in capsys.readouterr().err
+    assert main(["embed", str(image_dir), "--out", url, "--workers", "0", "--overwrite", *model_args]) == 0
+    assert not EmbeddingStore(url).files.exists("index.faiss")  # the index of the store it replaced is gone
+    assert EmbeddingStore(url).manifest.shards == store.manifest.shards
+
+
 def test_embed_resumes_exactly_once_after_kill(tmp_path, tiny_hf_clip):
     model_args = ["--model", f"hf:{tiny_hf_clip}"]  # a saved model: the child process can load it too
     images = tmp_path / "many"
@@ -158,8 +198,8 @@ def test_embed_resumes_exactly_once_after_kill(tmp_path, tiny_hf_clip):
     assert len(store) == len(keys) == len(set(keys)) == 160
 
 
-def test_calibration_applied_by_classify(store, image_dir, tmp_path, capsys):
-    labels = LABELS.split(",")
+def truth_csv(folder) -> str:
+    """The true label of each of the 20 images, as `pictag calibrate --truth` takes it."""
     truth = {
         "chelsea": "cat",
         "astronaut": "astronaut",
@@ -170,7 +210,13 @@ def test_calibration_applied_by_classify(store, image_dir, tmp_path, capsys):
     rows = [
         f"{stem}{suffix}.jpg,{label}" for stem, label in truth.items() for suffix in ("", "-mirror", "-crop", "-dark")
     ]
-    (tmp_path / "truth.csv").write_text("key,label\n" + "\n".join(rows) + "\n")
+    (folder / "truth.csv").write_text("key,label\n" + "\n".join(rows) + "\n")
+    return str(folder / "truth.csv")
+
+
+def test_calibration_applied_by_classify(store, image_dir, tmp_path, capsys):
+    labels = LABELS.split(",")
+    truth_csv(tmp_path)
     calib = tmp_path / "calib.yaml"
     code = main(
         [

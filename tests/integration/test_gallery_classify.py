@@ -7,6 +7,7 @@ import shutil
 
 import pytest
 
+from conftest import upload
 from pictag.cli.main import main
 from pictag.store.store import EmbeddingStore
 from pictag.testing import save_colour_objects
@@ -48,6 +49,17 @@ def test_classify_gallery_votes_the_class_of_new_objects(gallery, tmp_path, weig
     strict = tmp_path / "strict.csv"
     assert main([*argv, *MODEL, "--out", str(strict), "--threshold", "1.01"]) == 0
     assert {row["label"] for row in csv.DictReader(open(strict))} == {"unknown"}
+
+
+def test_a_gallery_on_object_storage_votes_as_the_local_one(gallery, tmp_path, memory_url):
+    store, queries = gallery
+    upload(store, memory_url)  # a store copied file by file to object storage is the same store
+    for name, where in (("local.csv", str(store)), ("url.csv", memory_url)):
+        assert (
+            main(["classify", str(queries), "--gallery", where, "--knn-k", "3", *MODEL, "--out", str(tmp_path / name)])
+            == 0
+        )
+    assert (tmp_path / "url.csv").read_text() == (tmp_path / "local.csv").read_text()
 
 
 def test_gallery_errors_are_one_line(gallery, tmp_path, capsys):

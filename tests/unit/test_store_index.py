@@ -43,7 +43,7 @@ def test_store_round_trip(tmp_path):
     vectors = clustered(2500, 32, 10, seed=0)
     store = make_store(tmp_path / "emb", vectors)
     assert len(store) == 2500 and len(store.shards()) == 3
-    assert pq.read_schema(store.shards()[0]).field("embedding").type == pa.list_(pa.float16(), 32)
+    assert pq.read_schema(store.folder / store.shards()[0]).field("embedding").type == pa.list_(pa.float16(), 32)
     chunks = list(store.iter_arrays(chunk_rows=700))
     assert chunks[0][1].dtype == np.float16 and chunks[0][1].base is not None  # a view on Arrow's buffer
     np.testing.assert_allclose(np.concatenate([c for _, c in chunks]), vectors, atol=1e-3)
@@ -52,11 +52,35 @@ def test_store_round_trip(tmp_path):
     assert keys == ["img002000", "img000007"]
     np.testing.assert_allclose(found, vectors[[2000, 7]], atol=1e-3)
     units = store.units()
-    assert [u.size for u in units] == [1000, 1000, 500] and [u.id for u in units] == [p.name for p in store.shards()]
+    assert [u.size for u in units] == [1000, 1000, 500] and [u.id for u in units] == store.shards()
     last = list(store.iter_arrays(shards=[store.shards()[-1]]))
     assert sum(len(k) for k, _ in last) == 500 and last[0][0][0].as_py() == "img002000"
     exact = make_store(tmp_path / "emb32", vectors, dtype="float32")
     np.testing.assert_array_equal(np.concatenate([c for _, c in exact.iter_arrays()]), vectors)
+
+
+def test_store_and_its_index_on_an_fsspec_url(tmp_path, memory_url):
+    vectors = clustered(2500, 32, 10, seed=0)
+    local, remote = make_store(tmp_path / "emb", vectors), make_store(memory_url, vectors)
+    assert remote.folder == memory_url and remote.manifest.shards == local.manifest.shards
+    assert remote.shards() == local.shards() and [u.size for u in remote.units()] == [1000, 1000, 500]
+    np.testing.assert_array_equal(remote.keys(), local.keys())
+    for (keys, chunk), (local_keys, local_chunk) in zip(remote.iter_arrays(700), local.iter_arrays(700), strict=True):
+        assert keys.equals(local_keys)
+        np.testing.assert_array_equal(chunk, local_chunk)
+    last = list(remote.iter_arrays(shards=[remote.shards()[-1]]))
+    assert sum(len(k) for k, _ in last) == 500 and last[0][0][0].as_py() == "img002000"
+    keys, found = remote.get(["img002000", "missing", "img000007"])
+    assert keys == ["img002000", "img000007"]
+    np.testing.assert_array_equal(found, local.get(keys)[1])
+    with pytest.raises(PictagError, match="already holds an embedding store"):
+        make_store(memory_url, vectors)
+
+    queries = clustered(7, 32, 10, seed=2)
+    assert VectorIndex.load(remote) is None
+    assert build_index(remote, "flat").save(remote.folder) == f"{memory_url}/index.faiss"
+    loaded = VectorIndex.load(EmbeddingStore(memory_url))  # read whole: Faiss cannot memory-map a URL
+    np.testing.assert_array_equal(loaded.search(queries, 10)[1], exact_search(local, queries, 10)[1])
 
 
 def test_incomplete_or_foreign_store_refused(tmp_path):

@@ -9,6 +9,7 @@ EXAMPLES = """examples:
   pictag embed data/zip1.tar --index data/index.parquet --model open_clip:ViT-B-32/openai --out emb/
   pictag embed photos/ --out emb/ --dtype float32
   pictag embed "shards/{000000..000009}.tar" --out emb/ --resume     # finish an interrupted run
+  pictag embed "s3://bucket/shards/{000000..000999}.tar" --out s3://bucket/emb   # a store on object storage
 then:
   pictag classify --embeddings emb/ --labels-file labels.txt --out results.parquet
   pictag search emb/ --text "a red sports car" --top-k 20
@@ -22,7 +23,8 @@ def add_parser(sub) -> None:
         EmbedConfig,
         "pictag.store.embed:run",
         help="embed images once into a store, to re-classify and search without decoding again",
-        description="Embed every image of a source into OUT, a folder of Parquet shards (key, embedding) with a "
+        description="Embed every image of a source into OUT, a folder (local or an fsspec URL such as "
+        "s3://bucket/emb) of Parquet shards (key, embedding) with a "
         "manifest.json naming the model, weights and preprocessing. Unreadable images go to OUT/errors.csv. "
         "A killed run continues with --resume, each image stored exactly once.",
         examples=EXAMPLES,

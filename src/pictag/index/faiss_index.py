@@ -14,7 +14,6 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -74,24 +73,31 @@ class VectorIndex:
         queries = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.info.dim)
         return self.index.search(queries, min(k, self.info.count))
 
-    def save(self, folder: str | os.PathLike) -> Path:
+    def save(self, folder: str | os.PathLike) -> str:
+        """Save beside the store in `folder` (a local folder or fsspec URL); returns where the index went."""
+        from pictag.pipeline.parts import PartStore
+
         faiss = _faiss()
-        folder = Path(folder)
-        tmp = folder / f"{INDEX_FILE}.{os.getpid()}.tmp"
-        faiss.write_index(self.index, str(tmp))
-        os.replace(tmp, folder / INDEX_FILE)
-        (folder / INFO_FILE).write_text(json.dumps(asdict(self.info), indent=2) + "\n")
-        return folder / INDEX_FILE
+        files = PartStore(folder)
+        if files.fs is None:  # Faiss writes the file itself: no copy of a large index in memory
+            tmp = files.url(f"{INDEX_FILE}.{os.getpid()}.tmp")
+            faiss.write_index(self.index, tmp)
+            os.replace(tmp, files.url(INDEX_FILE))
+        else:  # Faiss cannot write to object storage: serialised in memory, then one PUT
+            files.write_bytes(INDEX_FILE, faiss.serialize_index(self.index).tobytes())
+        files.write_bytes(INFO_FILE, (json.dumps(asdict(self.info), indent=2) + "\n").encode())
+        return files.url(INDEX_FILE)
 
     @classmethod
     def load(cls, store: EmbeddingStore) -> VectorIndex | None:
         """The index saved beside a store, or None; refused if the store changed since it was built."""
-        path, info_path = store.folder / INDEX_FILE, store.folder / INFO_FILE
-        if not path.is_file() or not info_path.is_file():
+        files = store.files
+        path, info_path = files.url(INDEX_FILE), files.url(INFO_FILE)
+        if not files.exists(INDEX_FILE) or not files.exists(INFO_FILE):
             return None
         rebuild = f"rebuild it with `pictag index-embeddings {store.folder}`"
         try:
-            values = json.loads(info_path.read_bytes())
+            values = json.loads(files.read_bytes(INFO_FILE))
             info = IndexInfo(**values)
             if not (isinstance(info.count, int) and isinstance(info.dim, int) and info.type in INDEX_TYPES):
                 raise TypeError("bad count, dim or type")
@@ -107,13 +113,16 @@ class VectorIndex:
             )
         faiss = _faiss()
         try:
-            index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP if info.type == "flat" else 0)
+            if files.fs is None:  # Faiss opens local files itself, and memory-maps a flat index instead of reading it
+                index = faiss.read_index(path, faiss.IO_FLAG_MMAP if info.type == "flat" else 0)
+            else:  # it cannot open a URL: the bytes are fetched whole, then deserialised
+                index = faiss.deserialize_index(np.frombuffer(files.read_bytes(INDEX_FILE), np.uint8))
         except RuntimeError as exc:  # Faiss reports every unreadable file this way, with a C++ trace in the message
             reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unreadable"
             raise PictagError(f"{path} is not a readable Faiss index ({reason[:200]}): {rebuild}") from None
         if (index.ntotal, index.d) != (info.count, info.dim):
             raise PictagError(
-                f"{path} holds {index.ntotal:,} vectors of {index.d} dimensions, {info_path.name} says {info.count:,} "
+                f"{path} holds {index.ntotal:,} vectors of {index.d} dimensions, {INFO_FILE} says {info.count:,} "
                 f"of {info.dim}: {rebuild}"
             )
         loaded = cls(index, info)

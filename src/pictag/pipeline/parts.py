@@ -169,16 +169,20 @@ class PartStore:
             self.fs.makedirs(self.root, exist_ok=True)
 
     def _list(self, folder: str) -> list[str]:
-        """File names in `folder` (of this store), sorted; none when it does not exist."""
+        """File names in `folder` (of this store), sorted; none when it does not exist (or is a file)."""
         if self.fs is None:
             try:
                 return sorted(os.listdir(folder))
-            except FileNotFoundError:
+            except (FileNotFoundError, NotADirectoryError):
                 return []
         try:
             return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(folder, detail=False))
         except FileNotFoundError:
             return []
+
+    def names(self) -> list[str]:
+        """Every name in the folder, sorted (none when it does not exist)."""
+        return self._list(self.root)
 
     def part_names(self, errors: bool = False) -> list[str]:
         """Names of the committed parts (or of their error files), in plan order."""
@@ -212,6 +216,15 @@ class PartStore:
             self._write(rows, None, unit.part_name, self.write_options)
         self.renew_lock()
 
+    def write_part(self, name: str, table: pa.Table) -> None:
+        """Write a part whole under a name of the caller's (`write_store`'s shards, made outside a job).
+
+        Raises:
+            PictagError: the output cannot be written (read-only, full, no permission).
+        """
+        with _writing(self.location):
+            self._write(table, None, name, self.write_options)
+
     def _write(self, table: pa.Table, sub: str | None, name: str, options: dict) -> None:
         folder = self._path(sub) if sub else self.root
         if self.fs is not None:
@@ -232,8 +245,13 @@ class PartStore:
             if os.path.lexists(tmp):
                 os.unlink(tmp)
 
+    def open(self, name: str):
+        """A file of the folder, to read: memory-mapped locally; on object storage an fsspec file (ranged reads)."""
+        return self._open(self._path(name))
+
     def _open(self, path: str):
-        return open(path, "rb") if self.fs is None else self.fs.open(path, "rb")
+        # A memory map reads Parquet pages without a copy into Python, as `pq.ParquetFile(path, memory_map=True)`.
+        return pa.memory_map(path) if self.fs is None else self.fs.open(path, "rb")
 
     def tables(self, errors: bool = False) -> Iterator[pa.Table]:
         """The committed parts (or their error rows), one table at a time: memory stays at one part."""

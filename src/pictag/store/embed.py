@@ -14,7 +14,7 @@ from pictag.device import default_workers
 from pictag.errors import PictagError
 from pictag.options import EmbedConfig
 from pictag.pipeline.job import Job, JobResult, Run, executor_for, run_job
-from pictag.pipeline.parts import ERRORS_SCHEMA, PartStore, write_table
+from pictag.pipeline.parts import ERRORS_SCHEMA, LOCK_FILE, PartStore, write_table
 from pictag.pipeline.runner import EmbeddingBatch, image_features
 from pictag.store.store import (
     DTYPES,
@@ -61,26 +61,21 @@ def run(cfg: EmbedConfig) -> EmbedResult:
     started = time.perf_counter()
     if cfg.dtype not in DTYPES:
         raise PictagError(f"--dtype must be one of {', '.join(DTYPES)}, not {cfg.dtype!r}")
-    if is_url(cfg.out):
-        raise PictagError(
-            f"--out {cfg.out}: an embedding store is a folder on a file system (local, or shared by a cluster's "
-            "nodes, e.g. NFS); object storage is not supported for stores yet"
-        )
-    out = Path(cfg.out)
-    manifest_path = out / MANIFEST
+    out = cfg.out if is_url(cfg.out) else Path(cfg.out)  # a URL stays a string: Path would fold its "//"
+    # The store's shards are the job's parts: one per unit of work, in plan order. Every file of the store is
+    # written and read through them, locally and on object storage alike.
+    files = PartStore(out, SHARD_WRITE_OPTIONS)
+    has_manifest = files.exists(MANIFEST)
     # A folder with pictag's lock is a store being written (its manifest comes after the model loads): the lock
     # decides, and names the process that holds it.
-    foreign = out.is_dir() and not (out / ".lock").exists() and any(out.iterdir())
-    if not manifest_path.is_file() and foreign and not cfg.overwrite:
+    foreign = not files.exists(LOCK_FILE) and bool(files.names())
+    if not has_manifest and foreign and not cfg.overwrite:
         raise PictagError(f"{out} exists and is not an embedding store: choose an empty or new folder")
-    # The store's shards are the job's parts: one per unit of work, in plan order.
-    with Run(
-        PartStore(out, SHARD_WRITE_OPTIONS), out, complete=manifest_path.is_file() and Manifest.read(out).complete
-    ) as output:
+    with Run(files, out, complete=has_manifest and Manifest.read(out).complete) as output:
         output.start(cfg, _RESULT_DEFINING, resume=cfg.resume, overwrite=cfg.overwrite)
         if cfg.overwrite:
-            for path in [out / MANIFEST, out / "errors.csv", out / "config.yaml", *out.glob("index.*")]:
-                path.unlink(missing_ok=True)
+            for name in [MANIFEST, "errors.csv", "config.yaml", *(n for n in files.names() if n.startswith("index."))]:
+                files.delete(name)
         encoder, units, features = image_features(cfg, cfg.label_column if cfg.labelled else None)
         output.check_inputs(cfg, weights_id=encoder.weights_id, units=units)
         manifest = Manifest(
@@ -98,14 +93,14 @@ def run(cfg: EmbedConfig) -> EmbedResult:
             labelled=cfg.labelled,
         )
         manifest.write(out)
-        config_out = dump_config(cfg, out / "config.yaml")
+        config_out = dump_config(cfg, files.url("config.yaml"))
 
         rows, schema = embedding_rows(cfg, encoder)
         workers = default_workers(encoder.device) if cfg.workers is None else cfg.workers
-        job = Job("embed", units, features, rows, schema, output.parts, workers, ROWS_RECIPE, cfg)
+        job = Job("embed", units, features, rows, schema, files, workers, ROWS_RECIPE, cfg)
         stats = run_job(job, executor_for(cfg))
-        errors_out, manifest.errors = write_table(out / "errors.csv", output.parts.tables(errors=True), ERRORS_SCHEMA)
-        manifest.shards = describe_shards(output.parts.parts())
+        errors_out, manifest.errors = write_table(files.url("errors.csv"), files.tables(errors=True), ERRORS_SCHEMA)
+        manifest.shards = describe_shards(files)
         manifest.count = sum(shard["rows"] for shard in manifest.shards)
         manifest.complete = True
         manifest.write(out)

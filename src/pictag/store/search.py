@@ -28,7 +28,7 @@ def search(
     """The k store images nearest to each query.
 
     Args:
-        store: An `EmbeddingStore` or its folder.
+        store: An `EmbeddingStore`, or its folder or URL.
         text: One query text or several.
         image: A query image (path or encoded bytes), embedded with the store's model and preprocessing.
         k: Results per query.

@@ -1,5 +1,8 @@
 """An embedding store: a folder of Parquet shards (key, embedding[, label]) and a manifest saying how they were made.
 
+The folder is a local path or an fsspec URL (``s3://``, ``gs://``, ``memory://`` ...), read and written through the
+`PartStore` of the `pictag embed` job that made it: the shards are that job's parts.
+
     emb/
       manifest.json        model spec, weights id, preprocessing fingerprint, dim, dtype, count, source, and its
                            shards: name, rows, bytes and a checksum of each
@@ -9,7 +12,9 @@
       index.faiss          optional search index (`pictag index-embeddings`), with index.json
 
 Shards are read one record batch at a time through a memory map, and the embedding column goes to numpy without a
-copy, so a store of any size is processed in constant memory.
+copy, so a store of any size is processed in constant memory. On object storage there is no memory map: each shard is
+opened through fsspec and read with ranged reads (its footer, then the pages of the columns asked for), still one
+record batch at a time.
 
 Opening a store checks it against its manifest, so that a shard deleted, copied in, truncated or overwritten is
 refused in one line instead of giving fewer rows, more rows, or an Arrow traceback: the shard files must be exactly
@@ -29,8 +34,7 @@ import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 import pyarrow as pa
@@ -38,6 +42,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pictag.errors import PictagError
+from pictag.pipeline.parts import PartStore
 
 if TYPE_CHECKING:
     from pictag.models.base import Encoder
@@ -76,43 +81,37 @@ SHARD_WRITE_OPTIONS = {
     "write_page_checksum": True,
 }
 _SHARD_NAME = re.compile(r"part-[0-9A-Za-z-]+\.parquet")
+_RECREATE = "re-create the store with `pictag embed --overwrite`"
 
 
-def write_shard(table: pa.Table, path: str | os.PathLike) -> None:
-    """Write one shard file with the store's Parquet options."""
-    pq.write_table(table, path, **SHARD_WRITE_OPTIONS)
-
-
-def footer_digest(path: str | os.PathLike) -> str:
+def footer_digest(f: BinaryIO, where: str) -> str:
     """SHA-256 of a Parquet file's footer (its metadata: row count, and every page's offset and size).
+
+    Two small reads at the end of `f` (an open, seekable file), so a shard on object storage costs two ranged GETs.
 
     Raises:
         PictagError: the file is too short to be Parquet or does not end like Parquet.
     """
-    with open(path, "rb") as f:
-        size = f.seek(0, os.SEEK_END)
-        if size < 12:
-            raise PictagError(f"shard {path} is {size} bytes, too short to be Parquet")
-        f.seek(size - 8)
-        tail = f.read(8)
-        length = int.from_bytes(tail[:4], "little")
-        if tail[4:] != b"PAR1" or length > size - 12:
-            raise PictagError(f"shard {path} does not end like a Parquet file (truncated or overwritten)")
-        f.seek(size - 8 - length)
-        return hashlib.sha256(f.read(length)).hexdigest()
+    size = f.seek(0, os.SEEK_END)
+    if size < 12:
+        raise PictagError(f"shard {where} is {size} bytes, too short to be Parquet: {_RECREATE}")
+    f.seek(size - 8)
+    tail = f.read(8)
+    length = int.from_bytes(tail[:4], "little")
+    if tail[4:] != b"PAR1" or length > size - 12:
+        raise PictagError(f"shard {where} does not end like a Parquet file (truncated or overwritten): {_RECREATE}")
+    f.seek(size - 8 - length)
+    return hashlib.sha256(f.read(length)).hexdigest()
 
 
-def describe_shards(paths: Iterable[Path]) -> list[dict[str, Any]]:
-    """What a manifest says of each shard: name, rows, bytes and footer checksum."""
-    return [
-        {
-            "name": path.name,
-            "rows": pq.read_metadata(path).num_rows,
-            "bytes": path.stat().st_size,
-            "footer_sha256": footer_digest(path),
-        }
-        for path in paths
-    ]
+def describe_shards(files: PartStore) -> list[dict[str, Any]]:
+    """What a manifest says of each shard in `files`: name, rows, bytes and footer checksum."""
+    described = []
+    for name in files.part_names():
+        with files.open(name) as f:
+            rows, digest = pq.read_metadata(f).num_rows, footer_digest(f, files.url(name))
+            described.append({"name": name, "rows": rows, "bytes": f.seek(0, os.SEEK_END), "footer_sha256": digest})
+    return described
 
 
 def embedding_array(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
@@ -164,11 +163,12 @@ class Manifest:
         Raises:
             PictagError: no manifest, or one that is not JSON, not an object, or has a missing or ill-typed field.
         """
-        path = Path(folder) / MANIFEST
-        if not path.is_file():
+        files = PartStore(folder)
+        path = files.url(MANIFEST)
+        if not files.exists(MANIFEST):
             raise PictagError(f"{folder} is not an embedding store (no {MANIFEST}): create one with `pictag embed`")
         try:
-            values = json.loads(path.read_bytes())
+            values = json.loads(files.read_bytes(MANIFEST))
         except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
             reason = exc.msg if isinstance(exc, json.JSONDecodeError) else type(exc).__name__
             raise PictagError(f"{path} is not valid JSON ({reason}): re-create the store with `pictag embed`") from None
@@ -185,13 +185,9 @@ class Manifest:
         known = {k: v for k, v in values.items() if k in cls.__dataclass_fields__}
         return cls(**known)
 
-    def write(self, folder: str | os.PathLike) -> Path:
-        """Write atomically, so a reader never sees half a manifest."""
-        path = Path(folder) / MANIFEST
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2) + "\n")
-        os.replace(tmp, path)
-        return path
+    def write(self, folder: str | os.PathLike) -> None:
+        """Write whole, so a reader never sees half a manifest (a rename locally, one PUT on object storage)."""
+        PartStore(folder).write_bytes(MANIFEST, (json.dumps(asdict(self), indent=2) + "\n").encode())
 
 
 # What each manifest field must be: (type, required, check, what it should be).
@@ -219,27 +215,26 @@ _SHARD_FIELDS: dict[str, tuple[Any, Any, str]] = {
 }
 
 
-def _check_fields(values: dict, path: Path) -> None:
+def _check_fields(values: dict, path: str) -> None:
     """Refuse a manifest with a missing or ill-typed field, in one line naming it."""
-    fix = "re-create the store with `pictag embed --overwrite`"
     for name, (kind, required, check, should) in _FIELDS.items():
         if name not in values or values[name] is None and not required:
             if required:
-                raise PictagError(f"{path} has no {name!r}: {fix}")
+                raise PictagError(f"{path} has no {name!r}: {_RECREATE}")
             continue
         value = values[name]
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)) or (check and not check(value)):
-            raise PictagError(f"{path}: {name!r} is {json.dumps(value)[:60]}, not {should}: {fix}")
+            raise PictagError(f"{path}: {name!r} is {json.dumps(value)[:60]}, not {should}: {_RECREATE}")
     for i, shard in enumerate(values.get("shards") or []):
         if not isinstance(shard, dict):
-            raise PictagError(f"{path}: shard {i} is not an object: {fix}")
+            raise PictagError(f"{path}: shard {i} is not an object: {_RECREATE}")
         for name, (kind, check, should) in _SHARD_FIELDS.items():
             value = shard.get(name)
             if not isinstance(value, kind) or (kind is int and isinstance(value, bool)) or not check(value):
-                raise PictagError(f"{path}: shard {i} {name!r} is {json.dumps(value)[:60]}, not {should}: {fix}")
+                raise PictagError(f"{path}: shard {i} {name!r} is {json.dumps(value)[:60]}, not {should}: {_RECREATE}")
     names = [shard["name"] for shard in values.get("shards") or []]
     if len(set(names)) != len(names):
-        raise PictagError(f"{path} lists a shard twice: {fix}")
+        raise PictagError(f"{path} lists a shard twice: {_RECREATE}")
 
 
 def write_store(
@@ -250,18 +245,18 @@ def write_store(
     For embeddings computed outside pictag, and for synthetic stores in tests and benchmarks. `manifest` says
     which encoder made them; its count, dtype and completeness are filled in here.
     """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    if (folder / MANIFEST).exists():
-        raise PictagError(f"{folder} already holds an embedding store: remove it first")
+    files = PartStore(folder, SHARD_WRITE_OPTIONS)
+    files.makedirs()
+    if files.exists(MANIFEST):
+        raise PictagError(f"{files.folder} already holds an embedding store: remove it first")
     count = 0
     for i, (keys, embeddings) in enumerate(chunks):
         if embeddings.shape[1] != manifest.dim:
             raise PictagError(f"chunk {i} has {embeddings.shape[1]}-d vectors, the manifest says {manifest.dim}")
-        write_shard(embedding_table(keys, embeddings, manifest.dtype), folder / f"part-{i:06d}.parquet")
+        files.write_part(f"part-{i:06d}.parquet", embedding_table(keys, embeddings, manifest.dtype))
         count += len(keys)
     manifest.count, manifest.complete = count, True
-    manifest.shards = describe_shards(sorted(folder.glob("part-*.parquet")))
+    manifest.shards = describe_shards(files)
     manifest.write(folder)
     return EmbeddingStore(folder)
 
@@ -270,7 +265,12 @@ class EmbeddingStore:
     """A finished embedding store, read lazily.
 
     Args:
-        folder: The store written by `pictag embed` (or `pictag.store.embed.run`).
+        folder: The store written by `pictag embed` (or `pictag.store.embed.run`): a local folder, a ``file://``
+            URL or an fsspec URL (``s3://bucket/emb``).
+
+    Attributes:
+        folder: The store's folder: a Path locally, the URL on object storage.
+        files: Its files, through the `PartStore` of the job that wrote them (its shards are that job's parts).
 
     Raises:
         PictagError: not a store, or one whose `pictag embed` run was interrupted.
@@ -282,8 +282,9 @@ class EmbeddingStore:
     """
 
     def __init__(self, folder: str | os.PathLike):
-        self.folder = Path(folder)
-        self.manifest = Manifest.read(self.folder)
+        self.files = PartStore(folder)
+        self.folder = self.files.folder
+        self.manifest = Manifest.read(folder)
         if not self.manifest.complete:
             raise PictagError(
                 f"embedding store {self.folder} is incomplete (its `pictag embed` run was interrupted): "
@@ -295,42 +296,45 @@ class EmbeddingStore:
     def _verify(self) -> None:
         """Refuse a store whose shard files are not the ones its manifest lists, whole; see the module docstring."""
         m, where = self.manifest, f"embedding store {self.folder}"
-        fix = "re-create the store with `pictag embed --overwrite`"
-        found = {path.name: path for path in self.folder.glob("part-*.parquet")}
+        found = set(self.shards())
         if m.shards is None:  # written before shards were listed: the footers' row counts must add up
-            rows = sum(self._footer_rows(path) for path in found.values())
+            rows = sum(self._footer_rows(name) for name in found)
             if rows != m.count:
-                raise PictagError(f"{where} holds {rows:,} rows, its manifest says {m.count:,}: {fix}")
+                raise PictagError(f"{where} holds {rows:,} rows, its manifest says {m.count:,}: {_RECREATE}")
             return
         listed = {shard["name"]: shard for shard in m.shards}
-        missing, extra = sorted(set(listed) - set(found)), sorted(set(found) - set(listed))
+        missing, extra = sorted(set(listed) - found), sorted(found - set(listed))
         if missing:
-            raise PictagError(f"{where} lacks {len(missing)} shard(s) its manifest lists (e.g. {missing[0]}): {fix}")
+            raise PictagError(
+                f"{where} lacks {len(missing)} shard(s) its manifest lists (e.g. {missing[0]}): {_RECREATE}"
+            )
         if extra:
             raise PictagError(
                 f"{where} has {len(extra)} shard(s) its manifest does not list (e.g. {extra[0]}, copied in?): remove "
-                f"them, or {fix}"
+                f"them, or {_RECREATE}"
             )
         rows = sum(shard["rows"] for shard in m.shards)
         if rows != m.count:
-            raise PictagError(f"{where} lists shards of {rows:,} rows, but a count of {m.count:,}: {fix}")
+            raise PictagError(f"{where} lists shards of {rows:,} rows, but a count of {m.count:,}: {_RECREATE}")
         for name, shard in sorted(listed.items()):
-            size = found[name].stat().st_size
-            if size != shard["bytes"]:
-                raise PictagError(
-                    f"{where}: shard {name} is {size:,} bytes, its manifest says {shard['bytes']:,} (truncated or "
-                    f"overwritten): {fix}"
-                )
-            if footer_digest(found[name]) != shard["footer_sha256"]:
-                raise PictagError(f"{where}: shard {name} does not match its checksum (overwritten?): {fix}")
+            with self._reading(name), self.files.open(name) as f:
+                size = f.seek(0, os.SEEK_END)
+                if size != shard["bytes"]:
+                    raise PictagError(
+                        f"{where}: shard {name} is {size:,} bytes, its manifest says {shard['bytes']:,} (truncated or "
+                        f"overwritten): {_RECREATE}"
+                    )
+                if footer_digest(f, self.files.url(name)) != shard["footer_sha256"]:
+                    raise PictagError(f"{where}: shard {name} does not match its checksum (overwritten?): {_RECREATE}")
 
-    def _footer_rows(self, path: Path) -> int:
+    def _footer_rows(self, name: str) -> int:
         try:
-            return pq.read_metadata(path).num_rows
+            with self.files.open(name) as f:
+                return pq.read_metadata(f).num_rows
         except (OSError, pa.ArrowException) as exc:
             raise PictagError(
-                f"embedding store {self.folder}: shard {path.name} is not readable Parquet "
-                f"({' '.join(str(exc).split())}): re-create the store with `pictag embed --overwrite`"
+                f"embedding store {self.folder}: shard {name} is not readable Parquet "
+                f"({' '.join(str(exc).split())}): {_RECREATE}"
             ) from None
 
     def __bool__(self) -> bool:
@@ -349,9 +353,9 @@ class EmbeddingStore:
     def dim(self) -> int:
         return self.manifest.dim
 
-    def shards(self) -> list[Path]:
-        """The shard files, in the order their rows are numbered."""
-        return sorted(self.folder.glob("part-*.parquet"))
+    def shards(self) -> list[str]:
+        """The shard file names, in the order their rows are numbered."""
+        return self.files.part_names()
 
     @property
     def nbytes(self) -> int:
@@ -359,30 +363,30 @@ class EmbeddingStore:
         return self.manifest.count * self.manifest.dim * pa.from_numpy_dtype(np.dtype(self.manifest.dtype)).byte_width
 
     def iter_arrays(
-        self, chunk_rows: int = READ_ROWS, shards: Sequence[Path] | None = None
+        self, chunk_rows: int = READ_ROWS, shards: Sequence[str] | None = None
     ) -> Iterator[tuple[pa.StringArray, np.ndarray]]:
         """Yield (keys as an Arrow array, embeddings as an (N, dim) numpy view) chunk by chunk, in row order.
 
         Args:
             chunk_rows: Rows per chunk; memory stays at about one chunk.
-            shards: Only these shard files (default all).
+            shards: Only these shards, by name (default all).
         """
         for shard in self.shards() if shards is None else shards:
-            with self._reading(shard):
-                reader = pq.ParquetFile(shard, memory_map=True, page_checksum_verification=True)
+            with self._reading(shard), self.files.open(shard) as f:
+                reader = pq.ParquetFile(f, page_checksum_verification=True)
                 for batch in reader.iter_batches(batch_size=chunk_rows, columns=["key", "embedding"]):
                     if batch.num_rows:
                         yield batch.column(0), embedding_array(batch.column(1))
 
     @contextmanager
-    def _reading(self, shard: Path) -> Iterator[None]:
+    def _reading(self, shard: str) -> Iterator[None]:
         """Turn a shard that fails to read (a damaged page, a file changed since the store was opened) into one line."""
         try:
             yield
         except (OSError, pa.ArrowException) as exc:
             raise PictagError(
-                f"embedding store {self.folder}: shard {shard.name} cannot be read ({' '.join(str(exc).split())}): "
-                "re-create the store with `pictag embed --overwrite`"
+                f"embedding store {self.folder}: shard {shard} cannot be read ({' '.join(str(exc).split())}): "
+                f"{_RECREATE}"
             ) from None
 
     def units(self) -> list[Unit]:
@@ -390,17 +394,17 @@ class EmbeddingStore:
         from pictag.pipeline.plan import Unit
 
         if self.manifest.shards is None:
-            return [Unit(i, path.name, None, self._footer_rows(path)) for i, path in enumerate(self.shards())]
+            return [Unit(i, name, None, self._footer_rows(name)) for i, name in enumerate(self.shards())]
         rows = {shard["name"]: shard["rows"] for shard in self.manifest.shards}
-        return [Unit(i, path.name, None, rows[path.name]) for i, path in enumerate(self.shards())]
+        return [Unit(i, name, None, rows[name]) for i, name in enumerate(self.shards())]
 
     def keys(self) -> np.ndarray:
         """Every key, in row order (row i of the store, and id i of its search index)."""
         if self._keys is None:
             columns = []
             for shard in self.shards():
-                with self._reading(shard):
-                    table = pq.read_table(shard, columns=["key"], memory_map=True, page_checksum_verification=True)
+                with self._reading(shard), self.files.open(shard) as f:
+                    table = pq.read_table(f, columns=["key"], page_checksum_verification=True)
                 columns.append(table.column("key"))
             chunks = [chunk for column in columns for chunk in column.chunks]
             self._keys = pa.chunked_array(chunks, pa.string()).to_numpy(zero_copy_only=False)
@@ -419,8 +423,8 @@ class EmbeddingStore:
             )
         columns = []
         for shard in self.shards():
-            with self._reading(shard):
-                table = pq.read_table(shard, columns=["label"], memory_map=True, page_checksum_verification=True)
+            with self._reading(shard), self.files.open(shard) as f:
+                table = pq.read_table(f, columns=["label"], page_checksum_verification=True)
             columns += table.column("label").chunks
         return pa.chunked_array(columns, pa.string()).to_numpy(zero_copy_only=False)
 
@@ -430,12 +434,9 @@ class EmbeddingStore:
         found_keys: list[str] = []
         found: list[np.ndarray] = []
         for shard in self.shards():
-            with self._reading(shard):
+            with self._reading(shard), self.files.open(shard) as f:
                 table = pq.read_table(
-                    shard,
-                    memory_map=True,
-                    filters=pc.is_in(pc.field("key"), value_set=wanted),
-                    page_checksum_verification=True,
+                    f, filters=pc.is_in(pc.field("key"), value_set=wanted), page_checksum_verification=True
                 )
             if table.num_rows:
                 found_keys += table.column("key").to_pylist()
@@ -536,7 +537,7 @@ class StoreFeatures:
         from pictag.pipeline.runner import EmbeddingBatch
 
         for unit in units:
-            for keys, embeddings in self.store.iter_arrays(READ_ROWS, [self.store.folder / unit.id]):
+            for keys, embeddings in self.store.iter_arrays(READ_ROWS, [unit.id]):
                 for start in range(0, len(keys), self.batch_rows):
                     piece = keys[start : start + self.batch_rows].to_pylist()
                     features = as_float32_tensor(embeddings[start : start + self.batch_rows])
