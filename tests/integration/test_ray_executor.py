@@ -216,6 +216,26 @@ def test_ray_driver_killed_then_resumed_in_process_computes_only_the_remaining_u
     assert verify_output(out).ok
 
 
+def test_embed_on_ray_into_object_storage_equals_an_in_process_store(cluster, shards, tiny_hf_clip, tmp_path):
+    """`local://` is fsspec's local file system behind a URL: the actors commit each shard as one PUT and the driver
+    holds a lease, as on s3://, while every process can reach the files."""
+    from pictag.store.embed import embed
+    from pictag.store.store import EmbeddingStore
+
+    model = {"model": f"hf:{tiny_hf_clip}", "unit_size": UNIT, "batch_size": 4}
+    local = EmbeddingStore(embed(str(shards), str(tmp_path / "local"), **model, workers=0).out)
+    url = f"local://{tmp_path}/remote"
+    result = embed(str(shards), url, **model, executor="ray", concurrency="2")
+    remote = EmbeddingStore(url)
+    assert result.out == url and (len(remote), remote.manifest.errors) == (96, 1)
+    assert list(remote.keys()) == list(local.keys())
+    for (_, got), (_, want) in zip(remote.iter_arrays(), local.iter_arrays(), strict=True):
+        assert abs(got.astype("float32") - want.astype("float32")).max() < 2e-3  # float16, torch on 1 thread or not
+    manifest = pq.read_table(tmp_path / "remote" / "_manifest.parquet").to_pylist()
+    assert {row["executor"] for row in manifest} == {"ray"} and len({row["node"] for row in manifest}) == 2
+    assert not [p.name for p in (tmp_path / "remote").iterdir() if p.name.endswith(".tmp") or p.name == ".lock"]
+
+
 def _job(shards, tiny_hf_clip, out):
     """A classify job built the way `pictag classify` builds it, for calling the executor directly."""
     from pictag.options import ClassifyConfig

@@ -13,7 +13,7 @@ from pictag.data._io import is_url
 from pictag.device import default_workers
 from pictag.errors import PictagError
 from pictag.options import EmbedConfig
-from pictag.pipeline.job import Job, JobResult, Run, executor_for, run_job
+from pictag.pipeline.job import RUN_FILE, Job, JobResult, Run, executor_for, run_job
 from pictag.pipeline.parts import ERRORS_SCHEMA, LOCK_FILE, PartStore, write_table
 from pictag.pipeline.runner import EmbeddingBatch, image_features
 from pictag.store.store import (
@@ -66,9 +66,9 @@ def run(cfg: EmbedConfig) -> EmbedResult:
     # written and read through them, locally and on object storage alike.
     files = PartStore(out, SHARD_WRITE_OPTIONS)
     has_manifest = files.exists(MANIFEST)
-    # A folder with pictag's lock is a store being written (its manifest comes after the model loads): the lock
-    # decides, and names the process that holds it.
-    foreign = not files.exists(LOCK_FILE) and bool(files.names())
+    # A folder with pictag's lock is a store being written (its manifest comes after the model loads), and one with
+    # a run file is an interrupted one (on object storage the lease goes when the process exits): the run decides.
+    foreign = not (files.exists(LOCK_FILE) or files.exists(RUN_FILE)) and bool(files.names())
     if not has_manifest and foreign and not cfg.overwrite:
         raise PictagError(f"{out} exists and is not an embedding store: choose an empty or new folder")
     with Run(files, out, complete=has_manifest and Manifest.read(out).complete) as output:
