@@ -102,6 +102,16 @@ def timed_run(executor, job) -> dict:
     }
 
 
+def wait_until_idle(ray, limit_s: float = 120.0) -> None:
+    """Wait until the last run's actors have given back their CPUs: a 1-CPU node cannot place a new actor before, and
+    that wait would count as the next run's start-up."""
+    deadline = time.monotonic() + limit_s
+    while ray.available_resources().get("CPU", 0) < ray.cluster_resources().get("CPU", 0):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the cluster's CPUs were still taken after {limit_s:.0f} s")
+        time.sleep(0.1)
+
+
 def ray_rss() -> tuple[float, float]:
     """(control plane, actors) resident memory of Ray's processes, in MiB."""
     system, actors = 0.0, 0.0
@@ -173,10 +183,12 @@ def main() -> None:
     cluster_s = time.perf_counter() - began
     try:
         for size in unit_sizes:
+            wait_until_idle(ray)
             results["ray, 1 node", size] = timed_run(RayExecutor(concurrency=(1, 1)), job(size, "ray1"))
         cluster.add_node(**node)
         cluster.wait_for_nodes()
         for size in unit_sizes:
+            wait_until_idle(ray)
             results["ray, 2 nodes", size] = timed_run(RayExecutor(concurrency=(2, 2)), job(size, "ray2"))
         system_mb, actors_mb = ray_rss()
     finally:
