@@ -59,6 +59,26 @@ def test_store_round_trip(tmp_path):
     np.testing.assert_array_equal(np.concatenate([c for _, c in exact.iter_arrays()]), vectors)
 
 
+def test_opening_a_store_on_object_storage_reads_every_footer_in_one_batch(memory_url, monkeypatch):
+    """Per shard there is no request of its own: one listing gives the sizes and one batch of ranged reads (sent at
+    once by s3fs and gcsfs) the footers, where each shard took an open and two reads one after another."""
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    store = make_store(memory_url, clustered(600, 8, 3, seed=0), rows_per_shard=10)
+    calls: list[str] = []
+    for name in ("ls", "info", "open", "cat_file", "cat_ranges"):
+        method = getattr(MemoryFileSystem, name)
+
+        def counted(self, *args, _method=method, _name=name, **kwargs):
+            calls.append(_name)
+            return _method(self, *args, **kwargs)
+
+        monkeypatch.setattr(MemoryFileSystem, name, counted)
+    opened = EmbeddingStore(memory_url)
+    assert calls.count("cat_ranges") == 1 and calls.count("ls") == 1 and "open" not in calls, calls
+    assert len(opened.shards()) == 60 and opened.manifest == store.manifest
+
+
 def test_store_and_its_index_on_an_fsspec_url(tmp_path, memory_url):
     vectors = clustered(2500, 32, 10, seed=0)
     local, remote = make_store(tmp_path / "emb", vectors), make_store(memory_url, vectors)

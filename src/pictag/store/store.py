@@ -34,7 +34,7 @@ import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -42,7 +42,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pictag.errors import PictagError
-from pictag.pipeline.parts import PartStore
+from pictag.pipeline.parts import PartStore, is_part
 
 if TYPE_CHECKING:
     from pictag.models.base import Encoder
@@ -84,33 +84,44 @@ _SHARD_NAME = re.compile(r"part-[0-9A-Za-z-]+\.parquet")
 _RECREATE = "re-create the store with `pictag embed --overwrite`"
 
 
-def footer_digest(f: BinaryIO, where: str) -> str:
-    """SHA-256 of a Parquet file's footer (its metadata: row count, and every page's offset and size).
+# Bytes read from the end of each shard to find its footer: a shard's footer is a few KB (one row group, two
+# columns); a longer one costs a second read.
+FOOTER_READ = 65536
 
-    Two small reads at the end of `f` (an open, seekable file), so a shard on object storage costs two ranged GETs.
+
+def footer_digests(files: PartStore, sizes: dict[str, int]) -> dict[str, str]:
+    """SHA-256 of each named shard's Parquet footer (its metadata: row count, and every page's offset and size).
+
+    The footers are read together (`PartStore.tails`): one batch of ranged reads on object storage.
 
     Raises:
-        PictagError: the file is too short to be Parquet or does not end like Parquet.
+        PictagError: a shard too short to be Parquet, or one that does not end like Parquet.
     """
-    size = f.seek(0, os.SEEK_END)
-    if size < 12:
-        raise PictagError(f"shard {where} is {size} bytes, too short to be Parquet: {_RECREATE}")
-    f.seek(size - 8)
-    tail = f.read(8)
-    length = int.from_bytes(tail[:4], "little")
-    if tail[4:] != b"PAR1" or length > size - 12:
-        raise PictagError(f"shard {where} does not end like a Parquet file (truncated or overwritten): {_RECREATE}")
-    f.seek(size - 8 - length)
-    return hashlib.sha256(f.read(length)).hexdigest()
+    tails = files.tails(sizes, FOOTER_READ)
+    digests = {}
+    for name, tail in tails.items():
+        where = files.url(name)
+        if sizes[name] < 12:
+            raise PictagError(f"shard {where} is {sizes[name]} bytes, too short to be Parquet: {_RECREATE}")
+        length = int.from_bytes(tail[-8:-4], "little")
+        if tail[-4:] != b"PAR1" or length > sizes[name] - 12:
+            raise PictagError(f"shard {where} does not end like a Parquet file (truncated or overwritten): {_RECREATE}")
+        if length + 8 > len(tail):
+            tail = files.tails({name: sizes[name]}, length + 8)[name]
+        digests[name] = hashlib.sha256(tail[-8 - length : -8]).hexdigest()
+    return digests
 
 
 def describe_shards(files: PartStore) -> list[dict[str, Any]]:
     """What a manifest says of each shard in `files`: name, rows, bytes and footer checksum."""
+    sizes = files.sizes()
+    names = files.part_names()
+    digests = footer_digests(files, {name: sizes[name] for name in names})
     described = []
-    for name in files.part_names():
+    for name in names:
         with files.open(name) as f:
-            rows, digest = pq.read_metadata(f).num_rows, footer_digest(f, files.url(name))
-            described.append({"name": name, "rows": rows, "bytes": f.seek(0, os.SEEK_END), "footer_sha256": digest})
+            rows = pq.read_metadata(f).num_rows
+        described.append({"name": name, "rows": rows, "bytes": sizes[name], "footer_sha256": digests[name]})
     return described
 
 
@@ -296,7 +307,8 @@ class EmbeddingStore:
     def _verify(self) -> None:
         """Refuse a store whose shard files are not the ones its manifest lists, whole; see the module docstring."""
         m, where = self.manifest, f"embedding store {self.folder}"
-        found = set(self.shards())
+        sizes = {name: size for name, size in self.files.sizes().items() if is_part(name)}
+        found = set(sizes)
         if m.shards is None:  # written before shards were listed: the footers' row counts must add up
             rows = sum(self._footer_rows(name) for name in found)
             if rows != m.count:
@@ -317,15 +329,18 @@ class EmbeddingStore:
         if rows != m.count:
             raise PictagError(f"{where} lists shards of {rows:,} rows, but a count of {m.count:,}: {_RECREATE}")
         for name, shard in sorted(listed.items()):
-            with self._reading(name), self.files.open(name) as f:
-                size = f.seek(0, os.SEEK_END)
-                if size != shard["bytes"]:
-                    raise PictagError(
-                        f"{where}: shard {name} is {size:,} bytes, its manifest says {shard['bytes']:,} (truncated or "
-                        f"overwritten): {_RECREATE}"
-                    )
-                if footer_digest(f, self.files.url(name)) != shard["footer_sha256"]:
-                    raise PictagError(f"{where}: shard {name} does not match its checksum (overwritten?): {_RECREATE}")
+            if sizes[name] != shard["bytes"]:
+                raise PictagError(
+                    f"{where}: shard {name} is {sizes[name]:,} bytes, its manifest says {shard['bytes']:,} (truncated "
+                    f"or overwritten): {_RECREATE}"
+                )
+        try:
+            digests = footer_digests(self.files, sizes)
+        except OSError as exc:  # a shard removed or replaced since the listing
+            raise PictagError(f"{where}: its shards cannot be read ({exc}): {_RECREATE}") from None
+        for name, shard in sorted(listed.items()):
+            if digests[name] != shard["footer_sha256"]:
+                raise PictagError(f"{where}: shard {name} does not match its checksum (overwritten?): {_RECREATE}")
 
     def _footer_rows(self, name: str) -> int:
         try:
