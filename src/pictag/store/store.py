@@ -84,9 +84,10 @@ _SHARD_NAME = re.compile(r"part-[0-9A-Za-z-]+\.parquet")
 _RECREATE = "re-create the store with `pictag embed --overwrite`"
 
 
-# Bytes read from the end of each shard to find its footer: a shard's footer is a few KB (one row group, two
-# columns); a longer one costs a second read.
-FOOTER_READ = 65536
+# Bytes read from the end of each shard to find its footer: a shard's footer is under 1 KB (642 bytes for 1,000
+# rows of 512 float16: one row group), and a longer one costs a second read. Opening a local store of 300 such
+# shards measured 5.5 ms with 8 KB tails, 8.8 ms with an open and two reads each, 16.7 ms with 64 KB tails.
+FOOTER_READ = 8192
 
 
 def footer_digests(files: PartStore, sizes: dict[str, int]) -> dict[str, str]:
