@@ -245,8 +245,7 @@ class UnitActor:
         out: dict[str, list] = {key: [] for key in _MANIFEST_KEYS}
         for blob in batch["unit"]:
             unit = pickle.loads(blob)
-            # Counted while the unit runs: a round trip to the head before each unit measured 10 ms, a tenth of a
-            # 50-image unit.
+            # Counted while the unit runs: a round trip to the head actor before it would add to every unit's time.
             counted = self.attempts.start.remote(unit.ordinal)
             started = time.perf_counter()
             stats = InProcessExecutor().run(self.job, [unit], lambda n: None)
