@@ -549,6 +549,7 @@ class FinetuneConfig(RuntimeOptions, ModelOptions):
         label_smoothing: Cross-entropy label smoothing.
         warmup_epochs: Epochs of linear learning-rate warmup before the cosine decay.
         seed: Seed of initialisation, data order and augmentation.
+        fresh: Start over, ignoring OUT/last.ckpt (a rerun otherwise continues from it).
     """
 
     _required: ClassVar[tuple[str, ...]] = ("train_data",)
@@ -565,6 +566,7 @@ class FinetuneConfig(RuntimeOptions, ModelOptions):
     label_smoothing: float = 0.1
     warmup_epochs: float = 1.0
     seed: int = 0
+    fresh: bool = False
 
 
 @dataclass(kw_only=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import subprocess
 import sys
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fewshot_data import write_class_folders, write_task  # noqa: E402
 
+from conftest import kill_once_written, subprocess_env  # noqa: E402
 from pictag.cli.main import main  # noqa: E402
 from pictag.models import create_model  # noqa: E402
 
@@ -156,3 +158,26 @@ def test_block_layouts_of_clip_models(tiny_open_clip, tiny_hf_clip):
         trainable = {id(p) for p in unfreeze_last_blocks(encoder.module, 1)}
         text = [n for n, p in encoder.module.named_parameters() if id(p) in trainable and "text" in n]
         assert not text, f"text tower parameters left trainable: {text[:3]}"
+
+
+def test_fewshot_train_killed_then_rerun_continues_and_equals_an_uninterrupted_run(tmp_path):
+    train = write_class_folders(tmp_path / "train", per_class=4)
+    val = write_class_folders(tmp_path / "val", per_class=2, seed=77)
+    options = ["--train-data", str(train), "--val-data", str(val), "--epochs", "3", "--unfreeze-blocks", "2"]
+    options += ["--batch-size", "6", *TINY]
+    command = [sys.executable, "-m", "pictag", "fewshot-train", *options]
+    env = subprocess_env() | {"OMP_NUM_THREADS": "1"}
+    killed = tmp_path / "killed"
+    kill_once_written([*command, "--out", str(killed)], env, killed / "last.ckpt")  # after the first epoch
+    assert not (killed / "last.pth").exists()
+    rerun = subprocess.run([*command, "--out", str(killed)], env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert rerun.stdout.startswith(f"continuing {killed} from last.ckpt (epoch "), rerun.stdout
+    whole = tmp_path / "whole"
+    done = subprocess.run([*command, "--out", str(whole)], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert [r["epoch"] for r in _rows(killed / "metrics.csv")] == ["1", "2", "3"]
+    expected, got = (torch.load(out / "last.pth", weights_only=True) for out in (whole, killed))
+    for key, value in expected["state_dict"].items():
+        torch.testing.assert_close(got["state_dict"][key], value, rtol=1e-5, atol=1e-6, msg=key)
+    torch.testing.assert_close(got["pictag"]["head_weight"], expected["pictag"]["head_weight"], rtol=1e-5, atol=1e-6)

@@ -23,6 +23,6 @@ def add_parser(sub) -> None:
         "from the class prototypes plus a learned zero-initialised residual, and train with AdamW (separate "
         "backbone and head learning rates), a warmed-up cosine schedule, mixed precision on GPU and standard "
         "augmentations. OUT gets best.pth and last.pth (load with --checkpoint), metrics.csv, curves.png and "
-        "config.yaml.",
+        "config.yaml. A killed run continues from OUT/last.ckpt when run again; --fresh starts over.",
         examples=EXAMPLES,
     )

@@ -9,7 +9,8 @@ Checkpoint format (`best.pth`, `last.pth`)::
      "pictag": {"model": spec, "classes": [...], "head_weight": (C, D) tensor, "head_scale": float,
                 "epoch": int, "val_accuracy": float}}
 
-The run folder also holds what every `pictag train` run does (best/, last.ckpt, tb/, confusion.png, ...).
+The run folder also holds what every `pictag train` run does (best/, last.ckpt, tb/, confusion.png, ...), and a
+rerun continues from its last.ckpt, exactly, as `pictag train` does (`--fresh` starts over).
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def train_config(cfg: FinetuneConfig) -> TrainConfig:
         warmup_epochs=cfg.warmup_epochs,
         unfreeze_blocks=cfg.unfreeze_blocks,
         seed=cfg.seed,
-        fresh=True,  # fewshot-train has always started over
+        fresh=cfg.fresh,
         model=cfg.model,
         checkpoint=cfg.checkpoint,
         random_weights=cfg.random_weights,
