@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import os
 import signal
 import subprocess
@@ -111,6 +112,39 @@ def memory_url():
     root = f"pictag-{uuid.uuid4().hex[:8]}"
     yield f"memory://{root}/emb"
     fsspec.filesystem("memory").rm(f"/{root}", recursive=True)
+
+
+@pytest.fixture(scope="session")
+def s3():
+    """A bucket on an S3 server on localhost (moto's, over HTTP): its URL, "s3://pictag-test".
+
+    The endpoint and credentials go to the environment, where s3fs (through botocore) reads them, as it reads a real
+    cluster's; processes started afterwards (a Ray cluster's actors, `pictag` subprocesses) inherit them.
+    """
+    pytest.importorskip("s3fs")
+    server_module = pytest.importorskip("moto.server")
+    import fsspec
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # a line per request otherwise
+    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {
+        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+        "AWS_ACCESS_KEY_ID": "pictag",
+        "AWS_SECRET_ACCESS_KEY": "pictag",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
+    fsspec.filesystem("s3").mkdir("pictag-test")
+    yield "s3://pictag-test"
+    server.stop()
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 def upload(folder: Path, url: str) -> str:

@@ -131,10 +131,15 @@ def test_search_text_and_image(store, image_dir, capsys):
     (store.folder / "index.faiss").unlink()
 
 
-@pytest.fixture(params=["memory", "file"])
+@pytest.fixture(params=["memory", "file", "s3"])
 def url(request, tmp_path):
-    """Where a store goes on an fsspec URL: fsspec's in-memory file system (this process only), or a file:// URL."""
-    return request.getfixturevalue("memory_url") if request.param == "memory" else f"file://{tmp_path}/emb"
+    """Where a store goes on an fsspec URL: fsspec's in-memory file system (this process only), a file:// URL, or a
+    bucket on an S3 server over HTTP (s3fs: ranged GETs, PUTs, listings)."""
+    if request.param == "memory":
+        return request.getfixturevalue("memory_url")
+    if request.param == "s3":
+        return f"{request.getfixturevalue('s3')}/{tmp_path.name}/emb"
+    return f"file://{tmp_path}/emb"
 
 
 def test_a_store_on_a_url_works_like_a_local_one(store, url, image_dir, model_args, tmp_path, capsys):

@@ -7,6 +7,7 @@ actor builds its model from the spec in its own process: `hf:<folder>` loads any
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import subprocess
@@ -48,9 +49,11 @@ def _deadline():
 
 
 @pytest.fixture(scope="module")
-def cluster():
+def cluster(request):
     # Ray's processes inherit this environment, not the per-test one conftest sets: the actors load the model
-    # offline, as the driver does.
+    # offline, as the driver does, and reach the S3 test server (its endpoint and keys) where there is one.
+    if importlib.util.find_spec("moto") and importlib.util.find_spec("s3fs"):
+        request.getfixturevalue("s3")
     saved = os.environ.get("HF_HUB_OFFLINE")
     os.environ["HF_HUB_OFFLINE"] = "1"
     head = {"num_cpus": 0, "include_dashboard": False, "object_store_memory": 80 * 2**20}
@@ -234,6 +237,24 @@ def test_embed_on_ray_into_object_storage_equals_an_in_process_store(cluster, sh
     manifest = pq.read_table(tmp_path / "remote" / "_manifest.parquet").to_pylist()
     assert {row["executor"] for row in manifest} == {"ray"} and len({row["node"] for row in manifest}) == 2
     assert not [p.name for p in (tmp_path / "remote").iterdir() if p.name.endswith(".tmp") or p.name == ".lock"]
+
+
+def test_classify_on_ray_into_s3_equals_the_in_process_run(cluster, s3, shards, tiny_hf_clip, in_process, tmp_path):
+    """A bucket on an S3 server over HTTP: each actor PUTs its parts, the driver holds the lease and merges."""
+    import fsspec
+
+    out = f"{s3}/{tmp_path.name}/ray.parquet"
+    result = classify(str(shards), out, LABELS, **_options(tiny_hf_clip, concurrency="2"))
+    assert (result.out, result.classified, result.errors) == (out, 96, 1)
+    fs, path = fsspec.core.url_to_fs(out)
+    with fs.open(path, "rb") as f:
+        _assert_same(_keyed(pq.read_table(f).to_pylist()), in_process)
+    with fs.open(path.replace(".parquet", ".manifest.parquet"), "rb") as f:
+        manifest = pq.read_table(f).to_pylist()
+    assert len(manifest) == 17 and len({row["node"] for row in manifest}) == 2
+    assert not fs.exists(f"{path}.parts"), "the parts folder (and its lease) outlived the merge"
+    report = verify_output(out)
+    assert report.ok and (report.rows, report.errors, report.duplicate_count) == (96, 1, 0), report.summary()
 
 
 def _job(shards, tiny_hf_clip, out):

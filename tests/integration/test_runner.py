@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 from PIL import Image
@@ -62,7 +63,11 @@ def test_run_job_commits_one_part_per_unit_and_reruns_nothing(tmp_path, tiny_ope
     assert (rerun.rows, rerun.errors) == (7, 0) and parts.pending(units) == []
 
 
-def test_classify_writes_parts_merge_and_plan_to_an_fsspec_url(photo_dir, tiny_open_clip):
+@pytest.mark.parametrize("where", ["memory", "s3"])
+def test_classify_writes_parts_merge_and_plan_to_an_fsspec_url(
+    where, photo_dir, tiny_open_clip, request, monkeypatch, tmp_path
+):
+    """memory:// is fsspec's in-memory file system; s3:// a bucket on an S3 server over HTTP (s3fs)."""
     import uuid
 
     import fsspec
@@ -71,12 +76,29 @@ def test_classify_writes_parts_merge_and_plan_to_an_fsspec_url(photo_dir, tiny_o
     from pictag.pipeline.classify import classify
 
     spec, checkpoint = tiny_open_clip
-    out = f"memory://pictag-{uuid.uuid4().hex[:8]}/runs/out.parquet"
-    result = classify(str(photo_dir), out, "cat,dog", model=spec, checkpoint=str(checkpoint), unit_size=2, workers=0)
+    options = {"model": spec, "checkpoint": str(checkpoint), "unit_size": 2, "workers": 0}
+    bucket = request.getfixturevalue("s3") if where == "s3" else "memory://pictag-runs"
+    out = f"{bucket}/{uuid.uuid4().hex[:8]}/out.parquet"
+    commit = PartStore.commit
+
+    def interrupted_after_1(self, unit, rows, errors=None):  # Ctrl-C once a part is committed, as a user would
+        if self.part_names():
+            raise KeyboardInterrupt
+        commit(self, unit, rows, errors)
+
+    monkeypatch.setattr(PartStore, "commit", interrupted_after_1)
+    with pytest.raises(KeyboardInterrupt):
+        classify(str(photo_dir), out, "cat,dog", **options)
+    monkeypatch.setattr(PartStore, "commit", commit)
+    result = classify(str(photo_dir), out, "cat,dog", **options, resume=True)
     assert result.out == out and result.classified == 5
-    fs = fsspec.filesystem("memory")
-    folder = out[len("memory://") :].rsplit("/", 1)[0]
-    names = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(folder, detail=False))
+    fs, path = fsspec.core.url_to_fs(out)
+    with fs.open(path.replace(".parquet", ".manifest.parquet"), "rb") as f:
+        assert pq.read_table(f).column("ordinal").to_pylist() == [1, 2]  # the resumed run computed the rest only
+    names = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(path.rsplit("/", 1)[0], detail=False))
     assert names == ["out.config.yaml", "out.errors.csv", "out.manifest.parquet", "out.parquet", "out.plan.parquet"]
     report = verify_output(out)
-    assert report.ok and report.units == 3 and report.rows == 5, report.summary()
+    assert report.ok and report.units == 3 and report.rows == 5 and report.duplicate_count == 0, report.summary()
+    local = classify(str(photo_dir), str(tmp_path / "local.parquet"), "cat,dog", **options)
+    with fs.open(path, "rb") as f:
+        assert pq.read_table(f).sort_by("key").equals(pq.read_table(local.out).sort_by("key"))
