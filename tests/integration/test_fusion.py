@@ -252,7 +252,7 @@ def test_a_fold_column_with_several_views_per_product(tmp_path, model, capsys):
     printed = capsys.readouterr().out
     assert "1 product(s) have no image in" in printed and "black placeholders" in printed
     cv = json.loads((out / "cv.json").read_text())
-    assert [f["fold"] for f in cv["folds"]] == ["A", "B"]
+    assert [f["fold"] for f in cv["folds"]] == ["A", "B"] and cv["missing_images"] == 1
     oof = _rows(out / "oof.csv")
     assert sorted(int(r["id"]) for r in oof) == list(range(1, 17))
     folds = {r["id"]: r["fold"] for r in _rows(root / "products.csv")}

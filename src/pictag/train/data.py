@@ -80,6 +80,10 @@ class TrainData:
     resuming: bool = False
     val_classes: list[str] | None = None
 
+    def facts(self) -> dict:
+        """What the data says of itself that is kept with the best model's metrics (best/pictag.json, cv.json)."""
+        return {}
+
 
 def read_split(
     uri: str, *, label_column: str = "label", text_column: str | None = None

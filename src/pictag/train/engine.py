@@ -509,9 +509,8 @@ class Engine:
             self.ema.swap()
         try:
             if self.rank == 0:
-                save_best(
-                    self.out / "best", self.task, {k: v for k, v in row.items() if k.startswith(("val_", "epoch"))}
-                )
+                metrics = {k: v for k, v in row.items() if k.startswith(("val_", "epoch"))}
+                save_best(self.out / "best", self.task, {**metrics, **self.data.facts()})
                 if predictions is not None:
                     from pictag.eval.metrics import confusion_matrix, write_per_class
 

@@ -2,7 +2,8 @@
 
     RUN/fold<i>/        a whole run per fold: last.ckpt (each fold resumes on its own), best/, metrics.csv, oof.csv
     RUN/oof.csv         out-of-fold predictions of every row: id, label, prediction, score, fold
-    RUN/cv.json         top1_mean, top1_std, top3_mean, top3_std, folds (and the --ablate heads' top-1)
+    RUN/cv.json         top1_mean, top1_std, top3_mean, top3_std, folds (and the --ablate heads' top-1, and the
+                        products without an image: missing_images)
     RUN/per_class.csv   precision and recall of each class over the out-of-fold predictions
     RUN/confusion.png   their confusion matrix
 
@@ -121,6 +122,9 @@ def summarize(out: Path, folds: list[str]) -> dict:
         values = [m[key] for m in per_fold if key in m]
         if len(values) == len(per_fold):
             cv[f"{name}_mean"], cv[f"{name}_std"] = float(np.mean(values)), float(np.std(values))
+    facts = read_meta(fold_folder(out, folds[0])).get("metrics", {})
+    if "missing_images" in facts:  # the same table and images in every fold
+        cv["missing_images"] = facts["missing_images"]
     cv["folds"] = per_fold
     (out / CV).write_text(json.dumps(cv, indent=2) + "\n")
     classes = read_meta(fold_folder(out, folds[0]))["classes"]

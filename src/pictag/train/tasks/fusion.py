@@ -47,6 +47,9 @@ class ProductData(TrainData):
     fold: str | None = None
     missing: list[str] = field(default_factory=list)
 
+    def facts(self) -> dict:
+        return {"missing_images": len(self.missing)}  # products trained on a black placeholder
+
 
 def _rows(split: Split) -> list[int]:
     return [row for _, row in split.refs]
