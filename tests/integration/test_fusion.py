@@ -257,3 +257,37 @@ def test_a_fold_column_with_several_views_per_product(tmp_path, model, capsys):
     assert sorted(int(r["id"]) for r in oof) == list(range(1, 17))
     folds = {r["id"]: r["fold"] for r in _rows(root / "products.csv")}
     assert all(r["fold"] == folds[r["id"]] for r in oof), "each row is predicted by the fold its column names"
+
+
+def _write(path: Path, rows: list[dict]) -> str:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return str(path)
+
+
+def test_a_second_table_validates(products, model, tmp_path, capsys):
+    rows = _rows(products / "products.csv")
+    train = _write(tmp_path / "train.csv", [r for i, r in enumerate(rows) if i % 4])
+    val = _write(tmp_path / "val.csv", [r for i, r in enumerate(rows) if not i % 4])
+    images, out = str(products / "images"), tmp_path / "run"
+    argv = ["train", train, "--task", "fusion", "--images", images, *model, "--val", val, "--epochs", "20", *STAGE1]
+    assert main([*argv, "--out", str(out)]) == 0
+    history = _rows(out / "metrics.csv")
+    assert max(float(r["val_top1"]) for r in history) >= 0.9  # 4 classes, chance 0.25, on products never trained on
+    assert json.loads((out / "best" / "pictag.json").read_text())["metrics"]["missing_images"] == 0
+
+    def refused(train_table: str, val_table: str, *more: str) -> str:
+        args = ["train", train_table, "--task", "fusion", "--images", images, *model, "--val", val_table, *more]
+        assert main([*args, "--epochs", "1", *STAGE1, "--out", str(tmp_path / "bad")]) == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+        return err
+
+    assert "id(s) are in both" in refused(train, _write(tmp_path / "overlap.csv", rows[:3]))
+    other = [{**r, "categories": "c99"} for i, r in enumerate(rows) if not i % 4]
+    assert "has classes" in refused(train, _write(tmp_path / "other.csv", other))
+    assert "drop --folds, --fold and --val-split" in refused(train, val, "--folds", "3")
+    folded = _write(tmp_path / "folded.csv", [{**r, "fold": "AB"[i % 2]} for i, r in enumerate(rows) if i % 4])
+    assert "has a fold column" in refused(folded, val)

@@ -51,34 +51,74 @@ class ProductData(TrainData):
         return {"missing_images": len(self.missing)}  # products trained on a black placeholder
 
 
+def _joined(train: Products, val: Products) -> Products:
+    """The training table's products, then the validation table's, as one table (both tables' images are embedded
+    and cached together).
+
+    Raises:
+        PictagError: an id in both tables (a product validated on would also be trained on).
+    """
+    both = sorted(set(train.ids) & set(val.ids))
+    if both:
+        raise PictagError(
+            f"{len(both)} id(s) are in both {train.source} and {val.source} (e.g. {both[0]}): a validation product "
+            "must not be trained on"
+        )
+    return Products(
+        f"{train.source} + {val.source}",
+        train.schema,
+        train.ids + val.ids,
+        train.labels + val.labels,
+        train.texts + val.texts,
+        train.images + val.images,
+        None,
+    )
+
+
 def _rows(split: Split) -> list[int]:
     return [row for _, row in split.refs]
 
 
 def load_products(cfg) -> ProductData:
-    """The product table of a `TrainConfig`, split by --fold (with --folds K or its fold column) or --val-split.
+    """The product table of a `TrainConfig`, split by --fold (with --folds K or its fold column), --val-split, or
+    validated on a second table (--val), whose images are in the same --images folder.
 
     Raises:
         PictagError: no --images, a bad table (see `read_products`), fewer than two classes, a fold whose training
-            rows lack a class, or --val (a second table is not supported: use --val-split or folds).
+            rows lack a class, or a --val table with folds, with ids of the training table or with other classes.
     """
     if not cfg.images:
         raise PictagError("--task fusion reads a product table with its images: pass --images DIR (<id>.jpg files)")
+    if cfg.val and (cfg.folds or cfg.fold is not None or cfg.val_split):
+        raise PictagError("--val TABLE validates on a second table: drop --folds, --fold and --val-split")
+
+    def read(table: str) -> Products:
+        return read_products(
+            table,
+            images=cfg.images,
+            id_col=cfg.id_col,
+            label_col=cfg.label_col,
+            text_cols=cfg.text_cols,
+            need_text=True,
+            missing_image=cfg.missing_image,
+        )
+
+    products = read(cfg.data)
+    trained = len(products)
     if cfg.val:
-        raise PictagError("--task fusion validates on part of its table: use --folds K, --fold I or --val-split")
-    products = read_products(
-        cfg.data,
-        images=cfg.images,
-        id_col=cfg.id_col,
-        label_col=cfg.label_col,
-        text_cols=cfg.text_cols,
-        need_text=True,
-        missing_image=cfg.missing_image,
-    )
-    classes = sorted(set(products.labels))
+        if products.folds is not None:
+            raise PictagError(f"{cfg.data} has a fold column, which chooses the validation rows: drop --val or it")
+        products = _joined(products, read(cfg.val))
+    classes = sorted(set(products.labels[:trained]))
     if len(classes) < 2:
         raise PictagError(f"{cfg.data} has {len(classes)} class ({', '.join(classes)}): a classifier needs two or more")
     index = {c: i for i, c in enumerate(classes)}
+    unknown = sorted(set(products.labels[trained:]) - set(classes))
+    if unknown:
+        raise PictagError(
+            f"--val {cfg.val} has classes {cfg.data} lacks ({', '.join(unknown[:5])}): a classifier can only be "
+            "validated on classes it trains on"
+        )
     labels = tuple(index[label] for label in products.labels)
     split = Split((), tuple((0, i) for i in range(len(products))), products.ids, labels, products.texts)
     val = None
@@ -102,6 +142,8 @@ def load_products(cfg) -> ProductData:
     elif cfg.val_split:
         train_pos, val_pos = stratified_split(labels, cfg.val_split, cfg.seed)
         split, val = split.subset(train_pos), split.subset(val_pos)
+    elif cfg.val:
+        split, val = split.subset(range(trained)), split.subset(range(trained, len(products)))
     missing = products.missing
     if missing:
         print(
@@ -295,7 +337,7 @@ class FusionTask(Task):
     def fold_names(cls, cfg) -> list[str] | None:
         if cfg.folds:
             return [str(i) for i in range(cfg.folds)]
-        if cfg.images is None:
+        if cfg.images is None or cfg.val:  # a second table validates: one run (`load_products` checks the rest)
             return None
         products = read_products(
             cfg.data, id_col=cfg.id_col, label_col=cfg.label_col, text_cols=cfg.text_cols, quiet=True
