@@ -53,7 +53,7 @@ def test_run_job_commits_one_part_per_unit_and_reruns_nothing(tmp_path, tiny_ope
     )
     stats = run_job(job)
     assert (stats.rows, stats.errors) == (30, 1) and {"data_s", "model_s"} <= set(stats.stages)
-    assert [p.name for p in parts.parts()] == [u.part_name for u in units]
+    assert parts.part_names() == [u.part_name for u in units]
     keys = [k for t in parts.tables() for k in t.column("key").to_pylist()]
     assert sorted(keys) == sorted(set(members) - {"broken.jpg"})
     assert [t.column("key").to_pylist() for t in parts.tables(errors=True)] == [["broken.jpg"]]

@@ -119,8 +119,8 @@ class RayExecutor:
         dataset = ray.data.from_items(items, override_num_blocks=len(items))
         low, high = self._pool(ray, len(units))
         with warnings.catch_warnings():
-            # Ray 2.60 deprecates passing `max_restarts` and `max_task_retries` through `**ray_remote_args` but has no named parameter for
-            # them yet; the pin in pyproject (ray < 2.64) keeps them working until it does.
+            # Ray 2.60 deprecates passing `max_restarts` and `max_task_retries` through `**ray_remote_args` but has
+            # no named parameter for them yet; the pin in pyproject (ray < 2.64) keeps them working until it does.
             warnings.filterwarnings("ignore", message=".*ray_remote_args.* is deprecated")
             results = self._map(ray, dataset, job, attempts, low, high)
         try:

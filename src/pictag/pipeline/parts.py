@@ -224,10 +224,6 @@ class PartStore:
         folder = self._path(ERRORS_FOLDER) if errors else self.root
         return [n for n in self._list(folder) if is_part(n)]
 
-    def parts(self) -> list[Path] | list[str]:
-        """The committed parts, in plan order (paths locally, URLs on object storage)."""
-        return [Path(self._path(n)) if self.fs is None else self.url(n) for n in self.part_names()]
-
     def temporaries(self) -> list[str]:
         """Temporary files of attempts that never finished (a killed process leaves them; nothing reads them)."""
         found = [n for n in self._list(self.root) if n.startswith(".part-") and n.endswith(".tmp")]

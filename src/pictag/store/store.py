@@ -90,17 +90,17 @@ _RECREATE = "re-create the store with `pictag embed --overwrite`"
 FOOTER_READ = 8192
 
 
-def footer_digests(files: PartStore, sizes: dict[str, int]) -> dict[str, str]:
-    """SHA-256 of each named shard's Parquet footer (its metadata: row count, and every page's offset and size).
+def read_footers(files: PartStore, sizes: dict[str, int]) -> dict[str, bytes]:
+    """Each named shard's Parquet footer (its metadata: row count, and every page's offset and size), with the 8
+    bytes after it (its length and the magic), as `pq.read_metadata` reads it.
 
     The footers are read together (`PartStore.tails`): one batch of ranged reads on object storage.
 
     Raises:
         PictagError: a shard too short to be Parquet, or one that does not end like Parquet.
     """
-    tails = files.tails(sizes, FOOTER_READ)
-    digests = {}
-    for name, tail in tails.items():
+    footers = {}
+    for name, tail in files.tails(sizes, FOOTER_READ).items():
         where = files.url(name)
         if sizes[name] < 12:
             raise PictagError(f"shard {where} is {sizes[name]} bytes, too short to be Parquet: {_RECREATE}")
@@ -109,21 +109,28 @@ def footer_digests(files: PartStore, sizes: dict[str, int]) -> dict[str, str]:
             raise PictagError(f"shard {where} does not end like a Parquet file (truncated or overwritten): {_RECREATE}")
         if length + 8 > len(tail):
             tail = files.tails({name: sizes[name]}, length + 8)[name]
-        digests[name] = hashlib.sha256(tail[-8 - length : -8]).hexdigest()
-    return digests
+        footers[name] = tail[-8 - length :]
+    return footers
+
+
+def footer_digest(footer: bytes) -> str:
+    """SHA-256 of a footer from `read_footers`, its 8 trailing bytes left out."""
+    return hashlib.sha256(footer[:-8]).hexdigest()
 
 
 def describe_shards(files: PartStore) -> list[dict[str, Any]]:
     """What a manifest says of each shard in `files`: name, rows, bytes and footer checksum."""
-    sizes = files.sizes()
-    names = files.part_names()
-    digests = footer_digests(files, {name: sizes[name] for name in names})
-    described = []
-    for name in names:
-        with files.open(name) as f:
-            rows = pq.read_metadata(f).num_rows
-        described.append({"name": name, "rows": rows, "bytes": sizes[name], "footer_sha256": digests[name]})
-    return described
+    sizes = {name: size for name, size in files.sizes().items() if is_part(name)}
+    footers = read_footers(files, sizes)
+    return [
+        {
+            "name": name,
+            "rows": pq.read_metadata(pa.BufferReader(footers[name])).num_rows,
+            "bytes": sizes[name],
+            "footer_sha256": footer_digest(footers[name]),
+        }
+        for name in sorted(sizes)
+    ]
 
 
 def embedding_array(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
@@ -336,11 +343,11 @@ class EmbeddingStore:
                     f"or overwritten): {_RECREATE}"
                 )
         try:
-            digests = footer_digests(self.files, sizes)
+            footers = read_footers(self.files, sizes)
         except OSError as exc:  # a shard removed or replaced since the listing
             raise PictagError(f"{where}: its shards cannot be read ({exc}): {_RECREATE}") from None
         for name, shard in sorted(listed.items()):
-            if digests[name] != shard["footer_sha256"]:
+            if footer_digest(footers[name]) != shard["footer_sha256"]:
                 raise PictagError(f"{where}: shard {name} does not match its checksum (overwritten?): {_RECREATE}")
 
     def _footer_rows(self, name: str) -> int:
