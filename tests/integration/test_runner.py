@@ -1,12 +1,15 @@
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
 from PIL import Image
 
-from conftest import jpeg_bytes, tar_source, write_tar
+from conftest import jpeg_bytes, subprocess_env, tar_source, write_tar
 from pictag.data import open_source
 from pictag.models import create_model
 from pictag.pipeline.job import Job, run_job
@@ -102,3 +105,17 @@ def test_classify_writes_parts_merge_and_plan_to_an_fsspec_url(
     local = classify(str(photo_dir), str(tmp_path / "local.parquet"), "cat,dog", **options)
     with fs.open(path, "rb") as f:
         assert pq.read_table(f).sort_by("key").equals(pq.read_table(local.out).sort_by("key"))
+
+
+def test_object_storage_without_credentials_is_one_line(photo_dir, tmp_path):
+    """botocore's own error (not an OSError) for an environment with no AWS credentials at all."""
+    pytest.importorskip("s3fs")
+    env = {k: v for k, v in subprocess_env().items() if not k.startswith("AWS_")}
+    missing = str(tmp_path / "none")
+    env |= {"AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE": missing, "AWS_SHARED_CREDENTIALS_FILE": missing}
+    command = [sys.executable, "-m", "pictag", "embed", str(photo_dir), "--out", "s3://pictag-no-credentials/emb"]
+    command += ["--model", "timm:test_efficientnet", "--random-weights", "--workers", "0"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr.strip().splitlines() == [
+        "pictag embed: error: object storage: Unable to locate credentials (check the credentials and endpoint)"
+    ], done.stderr

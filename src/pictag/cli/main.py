@@ -42,7 +42,7 @@ def build_parser() -> Parser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one pictag command; returns the exit code (2 for bad input, with one line on stderr)."""
-    from pictag.errors import PictagError
+    from pictag.errors import PictagError, storage_error
 
     # A path may hold bytes that are not UTF-8 (Python decodes them to lone surrogates): print them as those bytes,
     # as `ls` does, rather than fail on the summary line of a finished run (stderr already escapes them).
@@ -62,6 +62,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"pictag {args.command}: interrupted (rerun with --resume to continue)", file=sys.stderr)
         return 130
+    except Exception as exc:
+        line = storage_error(exc)
+        if line is None:
+            raise  # a bug: its traceback is what a report needs
+        print(f"pictag {args.command}: error: {line}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
