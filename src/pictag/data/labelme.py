@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import binascii
 import csv
+import io
 import json
 import math
 import os
@@ -322,7 +323,7 @@ def _listed_crops(crops_csv: Path) -> list[str]:
     """The crops an earlier run's crops.csv lists (bounded read; a damaged file is refused, not half-trusted)."""
     try:
         text = read_file(crops_csv, "crops.csv").decode("utf-8")
-        return [row["crop"] for row in csv.DictReader(text.splitlines()) if row.get("crop")]
+        return [row["crop"] for row in csv.DictReader(io.StringIO(text, newline="")) if row.get("crop")]
     except (UnicodeDecodeError, csv.Error) as exc:
         raise PictagError(f"{crops_csv} is damaged ({exc}): choose an empty folder") from None
 
