@@ -30,7 +30,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from pictag.errors import PictagError
-from pictag.pipeline.parts import ERRORS_SCHEMA, PartStore
+from pictag.pipeline.parts import ERRORS_SCHEMA, PartStore, record_beside
 from pictag.pipeline.plan import PLAN_FILE, Unit, plan_digest, plan_table
 from pictag.pipeline.runner import EmbeddingBatch
 
@@ -378,11 +378,3 @@ class Run:
 
 def _fingerprint(identity: dict) -> str:
     return hashlib.sha1(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def record_beside(out: str | os.PathLike, suffix: str) -> tuple[str, str]:
-    """(folder, file name) of a record kept beside a file output: ("runs", "r.plan.parquet") for runs/r.csv."""
-    text = os.fspath(out).rstrip("/")
-    folder, _, name = text.rpartition("/")
-    stem, dot, _ = name.rpartition(".")
-    return folder or ".", (stem if dot else name) + suffix

@@ -60,6 +60,14 @@ def open_location(location: str | os.PathLike) -> tuple[AbstractFileSystem | Non
     return fs, path
 
 
+def record_beside(out: str | os.PathLike, suffix: str) -> tuple[str, str]:
+    """(folder, file name) of a record kept beside a file output: ("runs", "r.plan.parquet") for runs/r.csv."""
+    text = os.fspath(out).rstrip("/")
+    folder, _, name = text.rpartition("/")
+    stem, dot, _ = name.rpartition(".")
+    return folder or ".", (stem if dot else name) + suffix
+
+
 def exists(location: str | os.PathLike) -> bool:
     """Whether a file or folder is at a local path or fsspec URL."""
     fs, path = open_location(location)
