@@ -11,8 +11,8 @@ import os
 import string
 from collections.abc import Iterable, Sequence
 from importlib import resources
-from pathlib import Path
 
+from pictag.data._io import read_file
 from pictag.errors import PictagError
 
 UNKNOWN = "unknown"
@@ -33,14 +33,7 @@ def read_lines(path: str | os.PathLike, what: str) -> list[str]:
     Raises:
         PictagError: the file is missing, unreadable, binary, or not UTF-8.
     """
-    try:
-        data = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise PictagError(f"{what} {path} does not exist") from None
-    except IsADirectoryError:
-        raise PictagError(f"{what} {path} is a directory: name a text file, one entry per line") from None
-    except OSError as exc:
-        raise PictagError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    data = read_file(path, what)  # a FIFO, a device or a file over 256 MiB is one line, not a hang
     if data.startswith((b"\xff\xfe", b"\xfe\xff")):
         raise PictagError(f"{what} {path} is UTF-16: save it as UTF-8")
     if b"\x00" in data:

@@ -125,7 +125,7 @@ def test_a_json_that_is_a_device_a_fifo_or_a_folder_is_skipped_at_once(tmp_path,
     errors = skipped_and_reported(tmp_path, capsys, bad)
     reasons = {e["source"]: e["reason"] for e in errors}
     assert "character device" in reasons["zero.json"] and "FIFO" in reasons["fifo.json"]
-    assert "folder" in reasons["folder.json"]
+    assert "directory" in reasons["folder.json"]
 
 
 def test_an_image_path_naming_a_huge_file_or_a_device_is_not_read(tmp_path, capsys):
