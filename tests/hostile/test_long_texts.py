@@ -101,3 +101,19 @@ def test_the_api_answers_a_1000_character_label(tiny_hf_clip):
                         data={"labels": f"{LONG_LABEL},cat", "top_k": "2"})  # fmt: skip
     assert r.status_code == 200, r.text[:300]
     assert {x["label"] for x in r.json()["labels"]} == {LONG_LABEL, "cat"}
+
+
+def test_fusion_trains_and_classifies_300_word_titles(tiny_hf_clip, tmp_path, capsys):
+    from product_data import write_products
+
+    products = write_products(tmp_path / "products", per_class=3)
+    table = products / "products.csv"
+    rows = table.read_text().splitlines()
+    table.write_text("\n".join(rows[:1] + [row + TITLE for row in rows[1:]]) + "\n")  # the description: 300 words
+    images, run, out = str(products / "images"), tmp_path / "run", tmp_path / "pred.csv"
+    model = ["--model", f"hf:{tiny_hf_clip}", "--device", "cpu", "--workers", "0"]
+    train = ["train", str(table), "--task", "fusion", "--images", images, *model, "--out", str(run), "--epochs", "1",
+             "--batch-size", "4"]  # fmt: skip
+    assert main(train) == 0, capsys.readouterr().err
+    assert main(["classify", str(table), "--images", images, *model[:1], str(run), *model[2:], "--out", str(out)]) == 0
+    assert len(out.read_text().splitlines()) == 1 + 12
