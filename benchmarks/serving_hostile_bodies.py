@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import httpx
+from _shared import memory_mb
 
 from pictag.serve._stack import free_port, wait_until
 from pictag.testing import save_random_hf_clip
@@ -59,20 +60,6 @@ def bodies(size: int) -> dict[str, tuple[str, bytes]]:
     }
 
 
-def peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM")
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=SIZE, help="bytes of each body")
@@ -87,14 +74,14 @@ def main() -> None:
         try:
             url = f"http://127.0.0.1:{port}"
             wait_until(lambda: httpx.get(f"{url}/healthz").status_code == 200, 300, "the server")
-            print(f"server RSS after start-up: {rss_mb(server.pid):,.0f} MB; bodies of {args.size:,} bytes")
+            print(f"server RSS after start-up: {memory_mb(server.pid, 'VmRSS'):,.0f} MB; bodies of {args.size:,} bytes")
             for name, (route, body) in bodies(args.size).items():
                 Path(f"/proc/{server.pid}/clear_refs").write_text("5")  # peak RSS := current RSS
-                before = rss_mb(server.pid)
+                before = memory_mb(server.pid, "VmRSS")
                 started = time.perf_counter()
                 r = httpx.post(f"{url}{route}", content=body, headers={"content-type": "application/json"}, timeout=300)
                 seconds = time.perf_counter() - started
-                peak = peak_rss_mb(server.pid)
+                peak = memory_mb(server.pid)
                 error = r.json().get("error", "") if r.headers.get("content-type") == "application/json" else r.text
                 print(
                     f"  {name:24s} {route:13s} HTTP {r.status_code}  {seconds * 1000:8.1f} ms  "

@@ -4,21 +4,16 @@ has passed, while the server keeps answering everyone else."""
 
 from __future__ import annotations
 
-import os
 import pickle
-import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 
 import httpx
 import pytest
-import yaml
 
 from conftest import subprocess_env
-from pictag.serve._stack import free_port, wait_until
+from pictag.serve._stack import Stack
 from pictag.serve.config import ServeConfig
 from pictag.serve.timeouts import http_protocol
 
@@ -29,28 +24,10 @@ SLACK = 3.0
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    # The API half alone (it loads no model, so it starts in seconds); its queue is the local Redis, and no request
-    # of these tests reaches it.
-    folder = tmp_path_factory.mktemp("slow_clients")
-    port = free_port()
-    config = folder / "serve.yaml"
-    config.write_text(yaml.safe_dump({"redis_url": "redis://127.0.0.1:6379/0", "queue": f"pictag-slow-{port}",
-                                      "port": port, "labels": "cat,dog", "header_timeout_s": HEADER_TIMEOUT}))  # fmt: skip
-    log = open(folder / "serve.log", "ab")
-    # The body's timeout as a flag: the flag and the file are the same option.
-    command = [sys.executable, "-m", "pictag", "serve", "api", "--config", str(config),
-               "--body-timeout-s", str(BODY_TIMEOUT)]  # fmt: skip
-    proc = subprocess.Popen(command, env=subprocess_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        wait_until(lambda: httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200, 60, "serve api")
-        yield port
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
+    # The API half alone, on its own Redis: it loads no model, so it starts in seconds, and no request here is queued.
+    config = {"labels": "cat,dog", "header_timeout_s": HEADER_TIMEOUT, "body_timeout_s": BODY_TIMEOUT}
+    with Stack(tmp_path_factory.mktemp("slow_clients"), config, env=subprocess_env()) as stack:
+        yield stack.start(workers=0).port
 
 
 HEADERS = b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n"
