@@ -117,3 +117,16 @@ def test_fusion_trains_and_classifies_300_word_titles(tiny_hf_clip, tmp_path, ca
     assert main(train) == 0, capsys.readouterr().err
     assert main(["classify", str(table), "--images", images, *model[:1], str(run), *model[2:], "--out", str(out)]) == 0
     assert len(out.read_text().splitlines()) == 1 + 12
+
+
+@pytest.mark.parametrize("backend", ["open_clip", "hf"])
+def test_an_onnx_text_graph_cuts_as_torch_does(backend, tiny_open_clip, tiny_hf_clip, tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime", reason="--engine onnx needs pip install 'pictag[onnx]', which is not installed")
+    from pictag.models.engines import compile_encoder
+
+    monkeypatch.setenv("PICTAG_CACHE", str(tmp_path))
+    spec, checkpoint = tiny_open_clip if backend == "open_clip" else (f"hf:{tiny_hf_clip}", None)
+    encoder = create_model(spec, checkpoint=checkpoint, device="cpu", precision="fp32")
+    texts = [LONG_LABEL, TITLE, "a cat"]
+    torch.testing.assert_close(compile_encoder(encoder, "onnx").encode_text(texts), encoder.encode_text(texts),
+                               atol=1e-5, rtol=0)  # fmt: skip
