@@ -113,7 +113,7 @@ def check_image(data: bytes, max_pixels: int, max_aspect_ratio: float = DEFAULT_
         raise ApiError(415, str(exc)) from None
 
 
-def load_json(body: bytes | str, max_depth: int, max_values: int, what: str = "the JSON body"):
+def load_json(body: bytes | str, max_depth: int, max_values: int, what: str = "the body"):
     """`body` parsed, once a scan has checked its depth and counted its values, before the parser builds anything.
 
     Every value a parser builds costs memory, and every value of the wrong type one validation error: a 20 MB
