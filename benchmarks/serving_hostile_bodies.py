@@ -53,6 +53,7 @@ def bodies(size: int) -> dict[str, tuple[str, bytes]]:
         "labels: objects": classify("labels", "{}"),
         "labels: short strings": classify("labels", '"ab"'),
         "labels: one long string": classify("labels", '"\\ud83d\\ude00' + "a" * (short - 20) + '"'),
+        "labels: 'ab,ab,...'": ("/v1/classify", f'{{"path": "x.jpg", "labels": "{"ab," * (short // 3)}"}}'.encode()),
         "templates: lists": classify("templates", "[]"),
         "job images: numbers": job("1"),
         "job images: bad fields": job('{"path":1}'),

@@ -69,6 +69,12 @@ def test_a_templates_form_field_of_many_values_is_refused_the_same_way(client):
     assert r.json()["error"].startswith("templates holds more than 101 values") and len(r.content) < 300
 
 
+def test_a_string_of_a_million_labels_is_counted_one_label_at_a_time(client):
+    # One value, so past the scan; parse_labels reads one label at a time and stops at max_labels + 1.
+    r = client.post("/v1/classify", json={"path": "x.jpg", "labels": "ab," * 1_000_000})
+    assert r.status_code == 400 and "more than 1000 labels" in r.json()["error"], r.text[:300]
+
+
 @pytest.mark.parametrize("field", ["labels", "templates"])
 def test_items_of_the_wrong_type_within_the_limits_are_one_error_and_a_count(client, field):
     body = {"path": "x.jpg", field: [1] * 900}
