@@ -168,13 +168,13 @@ def parse_labels(
         item = entry.strip()
         if not item:
             continue
+        if len(item) > MAX_LABEL_CHARS:  # before _check_text, which encodes the label whole
+            raise PictagError(f"label {_short(item)} is {len(item):,} characters, above the {MAX_LABEL_CHARS} limit")
         if not item.isascii():
             _check_text(item, "label")
         items.append(item)
         if max_labels is not None and len(items) > max_labels:
             raise PictagError(f"more than {max_labels} labels, above the limit (max_labels)")
-        if len(item) > MAX_LABEL_CHARS:
-            raise PictagError(f"label {_short(item)} is {len(item):,} characters, above the {MAX_LABEL_CHARS} limit")
     if not items:
         raise PictagError("the label list is empty: pass --labels a,b,c or --labels-file FILE")
     seen: set[str] = set()
