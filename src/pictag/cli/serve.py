@@ -68,6 +68,7 @@ def _single(cfg: ServeConfig) -> str:
 
     from pictag.serve.api import create_app
     from pictag.serve.service import create_service
+    from pictag.serve.timeouts import http_protocol
 
     cfg = dataclasses.replace(cfg, redis_url=None)
     # The address and the model first, outside uvicorn's startup: either failing is then one line and exit 2,
@@ -81,7 +82,7 @@ def _single(cfg: ServeConfig) -> str:
         raise
     print(f"pictag serve: http://{cfg.host}:{cfg.port} ({cfg.model}, in-process worker; page at /, API docs at /docs)")
     app = create_app(cfg, service=service)
-    uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
+    uvicorn.Server(uvicorn.Config(app, log_level="warning", http=http_protocol(cfg))).run(sockets=[sock])
     return ""
 
 
@@ -94,13 +95,14 @@ def _api_processes(cfg: ServeConfig) -> str:
 
     from pictag.config import dump_config
     from pictag.serve.api import CONFIG_ENV, create_app
+    from pictag.serve.timeouts import http_protocol
 
     _needs_redis(cfg, "api")
     _listen(cfg).close()  # the address is free and allowed: one line now rather than a log line from each process
     processes = cfg.processes
     print(f"pictag serve api: http://{cfg.host}:{cfg.port}, {processes} process(es), queue {cfg.redis_url}")
     if processes <= 1:
-        uvicorn.run(create_app(cfg), host=cfg.host, port=cfg.port, log_level="warning")
+        uvicorn.run(create_app(cfg), host=cfg.host, port=cfg.port, log_level="warning", http=http_protocol(cfg))
         return ""
     folder = tempfile.mkdtemp(prefix="pictag-serve-")
     try:
@@ -115,6 +117,7 @@ def _api_processes(cfg: ServeConfig) -> str:
             port=cfg.port,
             workers=processes,
             log_level="warning",
+            http=http_protocol(cfg),
         )
     finally:
         shutil.rmtree(folder, ignore_errors=True)

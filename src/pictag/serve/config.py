@@ -37,6 +37,10 @@ class ServeConfig:
         visibility_timeout_s: How long a request may stay unanswered by its worker before another worker claims it.
         max_deliveries: Deliveries after which a request that keeps killing workers goes to the dead-letter stream.
         request_timeout_s: Time a synchronous request may take before the API answers 504.
+        header_timeout_s: Time a client has to send a request's headers, from its first byte (or the
+            connection's start) on; the connection is closed after it (slow clients, slowloris).
+        body_timeout_s: Time a client has to send a request's whole body, once its headers are in; the
+            connection is closed after it.
         job_ttl_s: How long job results stay readable.
         max_job_items: Most images in one job.
         max_upload_bytes: Largest request body.
@@ -78,6 +82,8 @@ class ServeConfig:
     visibility_timeout_s: float = 30.0
     max_deliveries: int = 3
     request_timeout_s: float = 30.0
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 60.0
     job_ttl_s: float = 3600.0
     max_job_items: int = 1000
     max_upload_bytes: int = 20_000_000
@@ -104,6 +110,11 @@ class ServeConfig:
         for name in ("max_wait_ms", "visibility_timeout_s", "request_timeout_s", "url_timeout_s"):
             if getattr(self, name) < 0:
                 raise PictagError(f"serve config: {name} cannot be negative (got {getattr(self, name)})")
+        for name in ("header_timeout_s", "body_timeout_s"):
+            if not 0 < getattr(self, name) < float("inf"):
+                raise PictagError(
+                    f"serve config: {name} must be a positive number of seconds (got {getattr(self, name)})"
+                )
         if isinstance(self.allowed_roots, str):
             self.allowed_roots = [self.allowed_roots]
         if not 1 <= self.port <= 65535:
