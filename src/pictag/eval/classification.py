@@ -155,7 +155,7 @@ class Truth:
             confusion_matrix(truth, predicted, labels=shown),
             shown,
             out / "confusion.png",
-            title=f"top-1 {result.top1:.4f} ({result.images:,} images), rows normalised",
+            title=Path(self.where).name,
         )
         plot_reliability(*calibration_bins(confidence, predicted == truth), out / "reliability.png", ece=result.ece)
         wrong = np.flatnonzero(predicted != truth)

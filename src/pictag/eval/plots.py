@@ -83,13 +83,16 @@ def plot_training_curves(rows: list[dict], out: str | os.PathLike) -> Path:
 
 
 def plot_confusion(confusion, classes: list[str], out: str | os.PathLike, title: str = "confusion") -> Path:
-    """A confusion matrix (rows: true class, columns: predicted), normalised per row, counts written in cells."""
+    """A confusion matrix (rows: true class, columns: predicted), normalised per row, counts written in cells; the
+    title ends with the accuracy (the diagonal's share of all images) and the number of images."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     counts = np.asarray(confusion, dtype=float)
+    total = counts.sum()
+    title = f"{title}: accuracy {np.trace(counts) / max(total, 1):.4f} of {int(total):,} images, rows normalised"
     rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
     side = min(max(4.0, 0.35 * len(classes) + 2), 16.0)
     fig, ax = plt.subplots(figsize=(side, side), dpi=120)
