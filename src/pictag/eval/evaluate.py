@@ -180,11 +180,14 @@ def evaluate_classifier(cfg: EvaluateConfig) -> ClassificationReport:
     """
     from pictag.eval.classification import Truth
     from pictag.pipeline.classify import run as classify
+    from pictag.prompts import parse_labels
 
     out = _report_folder(cfg)
     # Every option classify shares with evaluate, except --gallery: a retrieval gallery here, a kNN vote there.
     shared = {f.name for f in fields(ClassifyConfig)} & {f.name for f in fields(EvaluateConfig)} - {"gallery"}
     options = {name: getattr(cfg, name) for name in shared}
+    if cfg.labels_file:  # read once: the report checks them, then classify uses them (a pipe reads only once)
+        options |= {"labels": parse_labels(cfg.labels, cfg.labels_file), "labels_file": None}
     predictions = ClassifyConfig(**options | {"source": cfg.data, "out": str(out / "predictions.parquet"), "top_k": 5})
     truth = Truth.of(predictions, cfg.label_column)  # unknown classes refused before any model is loaded
     classified = classify(predictions)

@@ -92,7 +92,7 @@ def plot_confusion(confusion, classes: list[str], out: str | os.PathLike, title:
 
     counts = np.asarray(confusion, dtype=float)
     total = counts.sum()
-    title = f"{title}: accuracy {np.trace(counts) / max(total, 1):.4f} of {int(total):,} images, rows normalised"
+    title = f"{title}\naccuracy {np.trace(counts) / max(total, 1):.4f} of {int(total):,} images (rows normalised)"
     rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
     side = min(max(4.0, 0.35 * len(classes) + 2), 16.0)
     fig, ax = plt.subplots(figsize=(side, side), dpi=120)
@@ -100,7 +100,8 @@ def plot_confusion(confusion, classes: list[str], out: str | os.PathLike, title:
     ticks = range(len(classes))
     ax.set_xticks(ticks, classes, rotation=90, fontsize=7)
     ax.set_yticks(ticks, classes, fontsize=7)
-    ax.set(xlabel="predicted", ylabel="true", title=title)
+    ax.set(xlabel="predicted", ylabel="true")
+    ax.set_title(title, fontsize=9)
     if len(classes) <= 30:
         for i in ticks:
             for j in ticks:
