@@ -1,5 +1,6 @@
-"""Retrieval evaluation says what it measures: queries whose classes are not in the gallery are refused in one line
-(open-set splits), a partial overlap is counted in the report and the summary."""
+"""Evaluation never scores a missing class as 0 silently: a classifier's data with classes the model does not know
+is refused in one line before any work; retrieval queries whose classes are not in the gallery are refused in one
+line (open-set splits), and a partial overlap is counted in the report and the summary."""
 
 from __future__ import annotations
 
@@ -42,3 +43,16 @@ def test_a_partial_overlap_is_reported_as_counts(tmp_path, capsys):
         1,
     )
     assert "only 12 of 16 queries have their class in the gallery: 1 query class(es) are not in it (grey: 4)" in printed
+
+
+def test_classes_the_classifier_does_not_know_are_refused_before_any_work(tmp_path, capsys):
+    data = save_colour_objects(tmp_path / "data", objects=1, views=1)
+    labels = ["--labels", "red,green,blue"]  # no grey
+    for argv in (
+        ["evaluate", *TINY, *labels, "--data", str(data), "--out", str(tmp_path / "eval")],
+        ["classify", str(data), "--model", *TINY, *labels, "--report", "--out", str(tmp_path / "p.csv")],
+    ):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "1 class(es) the model does not know: grey (1 images)" in err, err
+    assert not (tmp_path / "eval").exists() and not (tmp_path / "p.csv").exists()
