@@ -132,12 +132,12 @@ class Truth:
         if "score" not in predictions.column_names:
             raise PictagError("a report needs the predictions' scores: drop --format submission")
         keys = predictions.column(key).to_pylist()
+        if not keys:
+            raise PictagError(f"no image of {self.where} could be read: see the errors file")
         truth = np.array([self.labels[k] for k in keys], dtype=object)
         predicted = np.array(predictions.column("label").to_pylist(), dtype=object)
         ranked = [predictions.column(name).to_pylist() for name in LABEL_COLUMNS if name in predictions.column_names]
         confidence = predictions.column("score").to_numpy(zero_copy_only=False).astype(np.float64)
-        if not len(keys):
-            raise PictagError(f"no image of {self.where} could be read: see the errors file")
         named = {*truth, *(label for labels in ranked for label in labels)}
         classes = self.classes if self.classes is not None else sorted(named)
         data_classes = [name for name in classes if name in set(truth)]
@@ -147,8 +147,9 @@ class Truth:
         result = ClassificationReport(**report, unreadable=unreadable, out=str(out))
         (out / SUMMARY_FILE).write_text(json.dumps({**asdict(result), "source": self.where}, indent=2) + "\n")
         per_class.to_csv(out / "per_class.csv", index=False, float_format="%.4f")
-        shown = sorted(set(truth) | set(predicted), key=lambda name: (name not in classes, classes.index(name)
-                       if name in classes else 0, name))  # fmt: skip
+        # The model's classes in its order, then any other label predicted ("unknown" under a threshold).
+        present = {*truth, *predicted}
+        shown = [name for name in classes if name in present] + sorted(present - set(classes))
         from sklearn.metrics import confusion_matrix
 
         plot_confusion(
