@@ -5,12 +5,18 @@ classes the model does not know are a one-line error before any work."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import pandas as pd
 import pytest
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, precision_recall_fscore_support
 
+from conftest import subprocess_env
 from pictag.cli.main import main
 from pictag.eval.classification import expected_calibration_error
 from pictag.testing import save_colour_objects
@@ -117,3 +123,23 @@ def test_unknown_classes_missing_data_and_mixed_modes_are_one_line(data, run, tm
     )
     assert "nothing to evaluate" in _one_line_error(capsys, ["evaluate", str(run)])
     assert "goes with --data" in _one_line_error(capsys, ["evaluate", str(run), "--query", str(data), "--labels", "a"])
+
+
+def test_a_killed_evaluate_resumes_and_reports_as_an_uninterrupted_one(data, run, tmp_path):
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    argv = ["evaluate", str(run), "--data", str(data), "--unit-size", "4", *RUNTIME]
+    assert main([*argv, "--out", str(whole)]) == 0
+    command = [sys.executable, "-m", "pictag", *argv, "--out", str(killed)]
+    proc = subprocess.Popen(command, env=subprocess_env(), start_new_session=True, stderr=subprocess.PIPE)
+    parts = killed / "predictions.parquet.parts"
+    deadline = time.monotonic() + 120
+    while not any(parts.glob("part-*.parquet")):  # kill -9 once the first unit is committed
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-2000:]
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert not (killed / "report.json").exists()
+    assert main([*argv, "--out", str(killed), "--resume"]) == 0
+    expected = json.loads((whole / "report.json").read_text())
+    got = json.loads((killed / "report.json").read_text())
+    assert {k: v for k, v in got.items() if k != "out"} == {k: v for k, v in expected.items() if k != "out"}
