@@ -1,5 +1,5 @@
 """docs/training.md's offline example and its evaluate section run as written: the generated colours, a tiny run,
-`pictag evaluate RUN --data` and `classify --report`; each `ls` line's files exist."""
+`pictag evaluate RUN --data`, `classify --report` and the Python twin; each `ls` line's files exist."""
 
 from __future__ import annotations
 
@@ -28,7 +28,10 @@ def test_offline_example_and_evaluate_section_run(tmp_path, monkeypatch, capsys)
             elif words[0] == "ls":
                 listed = line.partition("#")[2].split()
                 assert listed and all((tmp_path / words[1] / name).exists() for name in listed), line
+    for python in re.findall(r"```python\n(.*?)```", MINE[1], flags=re.S):
+        exec(compile(python, "docs/training.md", "exec"), {})
     printed = capsys.readouterr().out
     report = json.loads((tmp_path / "runs" / "colours" / "eval" / "report.json").read_text())
     assert f"top-1 {report['top1']:.4f}" in printed and report["images"] == 18
     assert json.loads((tmp_path / "preds.report" / "report.json").read_text())["top1"] == report["top1"]
+    assert json.loads((tmp_path / "eval_py" / "report.json").read_text())["top1"] == report["top1"]
