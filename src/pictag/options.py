@@ -310,6 +310,8 @@ class ClassifyConfig(
         tta: Test-time augmentation of a fusion run's images: flip averages each image with its mirror image.
         format: rows: id, label, score and the top-k; submission: id,label only (product tables).
         probabilities: Also write every class's probability, one column per class (product tables).
+        report: Score the predictions against SOURCE's labels (<class>/ folders, a table's label column, a product
+            table's): print top-1 and write the report of `pictag evaluate --data` into OUT's .report/ folder.
     """
 
     _at_least: ClassVar[dict[str, int]] = {"top_k": 1}
@@ -325,6 +327,7 @@ class ClassifyConfig(
     tta: Literal["none", "flip"] = "none"
     format: Literal["rows", "submission"] = "rows"
     probabilities: bool = False
+    report: bool = False
 
 
 @dataclass(kw_only=True)
@@ -835,29 +838,31 @@ class SplitsConfig:
 
 
 @dataclass(kw_only=True)
-class EvaluateConfig(RuntimeOptions, ModelOptions):
+class EvaluateConfig(ResumableOutput, RuntimeOptions, ModelOptions, ProductOptions, LabelOptions):
     """Everything `pictag evaluate` takes.
 
     Attributes:
-        model: The embedding to evaluate: a run directory from `pictag train` (RUN), or any model spec.
+        model: The model to evaluate: a run directory from `pictag train` (RUN), or any model spec (with --labels
+            for a zero-shot classifier).
+        data: Classify these labelled images and score the predictions: a folder of <class>/ folders, a table of
+            path,label, or a product table with --images (fusion runs). Every class must be one the model knows.
         splits: A CSV from `pictag splits`: --query and --gallery then name its splits.
-        query: The query images: split names with --splits (e.g. test), else a labelled folder of <class>/ or a
-            table of path,label.
+        query: Retrieval: the query images: split names with --splits (e.g. test), else a labelled folder of
+            <class>/ or a table of path,label.
         gallery: What the queries search: split names with --splits (e.g. train,val), else a labelled folder or
             table. Unset: each query searches the other queries (leave-one-out).
         recall_at: The K of Recall@K, comma-separated.
-        out: Report folder (RUN/eval when the model is a run directory): report.json, per_class.csv,
-            recall_at_k.png, retrievals.png (queries and their first 5 results, framed green when of the query's
-            class, red when not), errors.csv and config.yaml.
+        out: Report folder (RUN/eval when the model is a run directory): report.json, per_class.csv, plots,
+            errors.csv and config.yaml; with --data also predictions.parquet, classify's output.
         label_column: Column of labels in a table.
         examples: Queries shown in retrievals.png.
         seed: Seed of the choice of the queries shown.
     """
 
     _positional: ClassVar[tuple[str, ...]] = ("model",)
-    _required: ClassVar[tuple[str, ...]] = ("query",)
     _at_least: ClassVar[dict[str, int]] = {"examples": 1}
 
+    data: str | None = None
     splits: str | None = None
     query: str | None = None
     gallery: str | None = None

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
+
+THUMBNAIL = 160
 
 
 def plot_coverage_accuracy(
@@ -80,13 +83,16 @@ def plot_training_curves(rows: list[dict], out: str | os.PathLike) -> Path:
 
 
 def plot_confusion(confusion, classes: list[str], out: str | os.PathLike, title: str = "confusion") -> Path:
-    """A confusion matrix (rows: true class, columns: predicted), normalised per row, counts written in cells."""
+    """A confusion matrix (rows: true class, columns: predicted), normalised per row, counts written in cells; the
+    title ends with the accuracy (the diagonal's share of all images) and the number of images."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     counts = np.asarray(confusion, dtype=float)
+    total = counts.sum()
+    title = f"{title}\naccuracy {np.trace(counts) / max(total, 1):.4f} of {int(total):,} images (rows normalised)"
     rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
     side = min(max(4.0, 0.35 * len(classes) + 2), 16.0)
     fig, ax = plt.subplots(figsize=(side, side), dpi=120)
@@ -94,7 +100,8 @@ def plot_confusion(confusion, classes: list[str], out: str | os.PathLike, title:
     ticks = range(len(classes))
     ax.set_xticks(ticks, classes, rotation=90, fontsize=7)
     ax.set_yticks(ticks, classes, fontsize=7)
-    ax.set(xlabel="predicted", ylabel="true", title=title)
+    ax.set(xlabel="predicted", ylabel="true")
+    ax.set_title(title, fontsize=9)
     if len(classes) <= 30:
         for i in ticks:
             for j in ticks:
@@ -172,3 +179,97 @@ def plot_retrievals(rows: list, images: dict, out: str | os.PathLike) -> Path:
     fig.savefig(out)
     plt.close(fig)
     return out
+
+
+def plot_reliability(
+    count: np.ndarray, accuracy: np.ndarray, confidence: np.ndarray, out: str | os.PathLike, ece: float | None = None
+) -> Path:
+    """Accuracy against mean top-1 confidence per equal-width confidence bin (empty bins are NaN), the diagonal
+    being perfect calibration; the bars below show how many images fall in each bin."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    bins = len(count)
+    filled = count > 0
+    accuracy, mean_confidence = accuracy[filled], confidence[filled]
+    fig, (ax, below) = plt.subplots(2, 1, figsize=(5, 5.5), dpi=120, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfectly calibrated")
+    ax.plot(mean_confidence, accuracy, marker="o", label="this model")
+    ax.set(ylabel="accuracy", xlim=(0, 1), ylim=(0, 1.02))
+    ax.set_title("reliability" + (f": ECE {ece:.4f}" if ece is not None else ""))
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left")
+    edges = np.linspace(0, 1, bins + 1)
+    below.bar(edges[:-1], count, width=1 / bins, align="edge", color="C0", alpha=0.6)
+    below.set(xlabel="top-1 confidence", ylabel="images")
+    fig.tight_layout()
+    out = Path(out)
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def plot_errors(errors: list[tuple[str, str, str, float]], images: dict, out: str | os.PathLike) -> Path:
+    """A grid of misclassified images, most confident first: each titled with its true label and the predicted
+    label with its score.
+
+    Args:
+        errors: (key, true label, predicted label, score) of each image shown.
+        images: PIL images by key (a blank tile when missing).
+        out: The PNG to write.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = max(1, min(4, len(errors)))
+    lines = max(1, -(-len(errors) // columns))
+    fig, axes = plt.subplots(lines, columns, figsize=(2.4 * columns, 2.6 * lines), dpi=100, squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (key, truth, predicted, score) in zip(axes.flat, errors, strict=False):
+        picture = images.get(key)
+        ax.imshow(picture if picture is not None else np.ones((8, 8, 3)))
+        ax.set_title(f"true: {str(truth)[:22]}\npredicted: {str(predicted)[:16]} {score:.2f}", fontsize=7)
+    if not errors:
+        axes[0, 0].text(0.5, 0.5, "no errors", ha="center", va="center")
+    fig.tight_layout()
+    out = Path(out)
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def thumbnail(data: bytes):
+    """A small RGB PIL image of encoded image bytes; None when they cannot be read."""
+    import io
+
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            picture = img.convert("RGB")
+    except (OSError, ValueError):
+        return None
+    picture.thumbnail((THUMBNAIL, THUMBNAIL))
+    return picture
+
+
+def thumbnails(source, keys: Iterable[str]) -> dict:
+    """Thumbnails of the records of `source` (a `pictag.data.sources.Source`) with these keys, reading only them.
+
+    An image that cannot be read is left out (a blank tile): it was unreadable when classified too, or changed since.
+    """
+    from pictag.pipeline.runner import Only
+
+    wanted = Only(frozenset(keys))
+    found = {}
+    for shard in source.shards():
+        for record in shard.read(wanted):
+            picture = thumbnail(record.data or b"")
+            if picture is not None:
+                found[record.key] = picture
+    return found

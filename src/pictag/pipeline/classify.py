@@ -16,6 +16,7 @@ from pictag.config import dump_config, load_config, sibling
 from pictag.data._io import is_url
 from pictag.device import default_workers
 from pictag.errors import PictagError
+from pictag.eval.classification import ClassificationReport, Truth
 from pictag.heads.base import Head
 from pictag.heads.calibration import Calibration
 from pictag.heads.knn import KnnHead
@@ -58,9 +59,15 @@ _RESULT_DEFINING = (
 
 
 class ClassifyResult(JobResult):
+    report: ClassificationReport | None = None
+
     @property
     def classified(self) -> int:
         return self.rows
+
+    def summary(self) -> str:
+        line = super().summary()
+        return f"{line}\n{self.report.summary()}" if self.report else line
 
 
 def run(cfg: ClassifyConfig) -> ClassifyResult:
@@ -70,10 +77,12 @@ def run(cfg: ClassifyConfig) -> ClassifyResult:
         PictagError: bad input, or an output that exists (pass `overwrite`) or was interrupted (pass `resume`).
     """
     started = time.perf_counter()
+    # The labels are read, and classes the model does not know refused, before any work.
+    truth = Truth.of(cfg) if cfg.report else None
     if cfg.images:  # a product table, classified by fusion runs
         from pictag.pipeline.products import run as classify_products
 
-        return classify_products(cfg)
+        return _reported(classify_products(cfg), truth)
     if isinstance(cfg.model, list):
         if len(cfg.model) > 1:
             raise PictagError("several --model are averaged for product tables only (with --images DIR): give one")
@@ -119,7 +128,15 @@ def run(cfg: ClassifyConfig) -> ClassifyResult:
         output.finish()
         output.parts.remove()
         seconds = time.perf_counter() - started
-        return ClassifyResult("classified", out, errors_out, config_out, classified, failed, seconds, stats.timings())
+        result = ClassifyResult("classified", out, errors_out, config_out, classified, failed, seconds, stats.timings())
+        return _reported(result, truth)
+
+
+def _reported(result: ClassifyResult, truth: Truth | None) -> ClassifyResult:
+    """`result`, scored against the source's labels into OUT's .report/ folder when there are labels to score by."""
+    if truth is not None:
+        result.report = truth.report(result.out, result.errors, sibling(result.out, ".report"))
+    return result
 
 
 def classification_head(
