@@ -666,8 +666,8 @@ class TrainConfig(ProductOptions, RuntimeOptions, ModelOptions):
         arcface_m: Margin m (radians for arcface); 0 during --freeze-epochs, the warm-up in which the backbone is
             frozen and the embedding and class centres settle.
         subcenters: Class centres per class (sub-center ArcFace, which tolerates noisy labels, when above 1).
-        classes_per_batch: P of the arcface task's P×K batches (every class when unset); the batch has P×K images
-            and --batch-size is validation's.
+        classes_per_batch: P of the arcface task's P×K batches (when unset, --batch-size / K classes, at most
+            every class, so the batch holds about --batch-size images); the batch has P×K images.
         samples_per_class: K of the P×K batches; a class with fewer images is drawn with replacement (reported).
         t0: Epochs of the first cycle of --schedule cosine-restarts.
         t_mult: Each cycle of --schedule cosine-restarts is this many times longer than the one before.
