@@ -634,8 +634,9 @@ class TrainConfig(ProductOptions, RuntimeOptions, ModelOptions):
             stops improving for --patience epochs, or 2 epochs).
         warmup_epochs: Epochs of linear warmup.
         precision: Training precision: bf16 on Ampere and newer GPUs, fp16 (with a gradient scaler) on older
-            ones, fp32 on CPU, when unset.
-        accumulate: Batches per optimiser step (from the GPU's memory when unset: 1 at 80 GB, 2 at 40 GB, 4 below).
+            ones, fp32 on CPU, when unset ($PICTAG_PRECISION when set); the first line says what trains.
+        accumulate: Batches per optimiser step (1 when unset); a batch too large for the memory free is also split
+            into micro-batches that accumulate, so the optimiser still sees the batch asked for.
         clip_grad: Clip the gradients' global norm to this.
         label_smoothing: Cross-entropy label smoothing (0.1 when unset; 0.0 for --task fusion).
         early_stop: Validation metric watched by early stopping and best/: val_top1, val_top3, val_top5, val_loss,
