@@ -30,7 +30,7 @@ def _nulls(value, path="") -> list[str]:
 
 
 @pytest.mark.parametrize("task", ["classifier", "arcface"])
-def test_the_recorded_config_has_no_null_where_a_value_was_used(task, tmp_path, caplog):
+def test_the_recorded_config_has_no_null_where_a_value_was_used(task, tmp_path, caplog, capsys):
     data = write_objects(tmp_path / "data", classes=6, ids=2, views=4)
     splits = write_splits(data, tmp_path / "splits.csv", val_ids=(0,)) if task == "arcface" else None
     out = tmp_path / "run"
@@ -51,3 +51,6 @@ def test_the_recorded_config_has_no_null_where_a_value_was_used(task, tmp_path, 
     if task == "arcface":  # P from --batch-size and K: 8 // 4 = 2 classes a batch, not all 6
         assert (config["classes_per_batch"], training["samples_per_class"], training["train_batch"]) == (2, 4, 8)
     assert "training in fp32 on cpu ($PICTAG_PRECISION=fp32)" in caplog.text
+    # The recorded config repeats the run: run again, it is the same run, already trained (not "options changed").
+    assert main(["train", "--config", str(out / "config.yaml")]) == 0
+    assert f"already trained {out}" in capsys.readouterr().out

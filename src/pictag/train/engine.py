@@ -177,7 +177,9 @@ def read_last(out: Path, cfg) -> dict | None:
     except Exception as exc:  # a truncated or foreign file: say which and how to go on
         raise PictagError(f"{path} cannot be read ({str(exc).splitlines()[0]}): rerun with --fresh") from None
     saved, now = state.get("config", {}), guarded_options(cfg)
-    changed = [k for k in now if k in saved and saved[k] != now[k]]
+    # RUN/config.yaml names the values the run chose for unset options: `--config RUN/config.yaml` continues too.
+    chosen = state.get("resolved_config", {})
+    changed = [k for k in now if k in saved and now[k] not in (saved[k], chosen.get(k, saved[k]))]
     if changed:
         names = ", ".join(f"--{k.replace('_', '-')} (was {saved[k]!r}, now {now[k]!r})" for k in changed)
         raise PictagError(
@@ -668,6 +670,7 @@ class Engine:
             "history": self.history,
             "skipped": sorted(self.skipped),
             "config": guarded_options(self.cfg),
+            "resolved_config": guarded_options(resolved_config(self.cfg, self.resolved)),
             "batching": {"micro_batch": self.train_batch, "accumulate": self.fit_memory.accumulate},
             "rng": {
                 "torch": torch.get_rng_state(),
