@@ -637,8 +637,9 @@ class TrainConfig(ProductOptions, RuntimeOptions, ModelOptions):
             stops improving for --patience epochs, or 2 epochs).
         warmup_epochs: Epochs of linear warmup.
         precision: Training precision: bf16 on Ampere and newer GPUs, fp16 (with a gradient scaler) on older
-            ones, fp32 on CPU, when unset.
-        accumulate: Batches per optimiser step (from the GPU's memory when unset: 1 at 80 GB, 2 at 40 GB, 4 below).
+            ones, fp32 on CPU, when unset ($PICTAG_PRECISION when set); the first line says what trains.
+        accumulate: Batches per optimiser step (1 when unset); a batch too large for the memory free is also split
+            into micro-batches that accumulate, so the optimiser still sees the batch asked for.
         clip_grad: Clip the gradients' global norm to this.
         label_smoothing: Cross-entropy label smoothing (0.1 when unset; 0.0 for --task fusion).
         early_stop: Validation metric watched by early stopping and best/: val_top1, val_top3, val_top5, val_loss,
@@ -669,8 +670,8 @@ class TrainConfig(ProductOptions, RuntimeOptions, ModelOptions):
         arcface_m: Margin m (radians for arcface); 0 during --freeze-epochs, the warm-up in which the backbone is
             frozen and the embedding and class centres settle.
         subcenters: Class centres per class (sub-center ArcFace, which tolerates noisy labels, when above 1).
-        classes_per_batch: P of the arcface task's P×K batches (every class when unset); the batch has P×K images
-            and --batch-size is validation's.
+        classes_per_batch: P of the arcface task's P×K batches (when unset, --batch-size / K classes, at most
+            every class, so the batch holds about --batch-size images); the batch has P×K images.
         samples_per_class: K of the P×K batches; a class with fewer images is drawn with replacement (reported).
         t0: Epochs of the first cycle of --schedule cosine-restarts.
         t_mult: Each cycle of --schedule cosine-restarts is this many times longer than the one before.

@@ -117,6 +117,7 @@ def save_run_model(
     task: str,
     classes: list[str] | None,
     metrics: dict,
+    training: dict | None = None,
 ) -> Path:
     """Write `out_dir/{model.safetensors, pictag.json}` (and `backbone/` for transformers models) atomically.
 
@@ -130,6 +131,8 @@ def save_run_model(
         task: The task name, e.g. "classifier" or "clip".
         classes: The head's classes in its order, or None.
         metrics: JSON-able metrics of this model (validation top-1, epoch, ...).
+        training: What the training run used where its options left the choice open (device, precision, batch,
+            learning rates, ...; `pictag.train.engine.Engine.record`), or None.
 
     Returns:
         out_dir.
@@ -154,6 +157,8 @@ def save_run_model(
         "architecture": _architecture(encoder),
         "embedding": encoder.embedding_config() if hasattr(encoder, "embedding_config") else None,
     }
+    if training is not None:
+        meta["training"] = training
     try:
         text = json.dumps(meta, indent=2, default=_json_default)
     except (TypeError, ValueError) as exc:

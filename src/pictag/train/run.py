@@ -13,7 +13,7 @@ import random
 import shutil
 from pathlib import Path
 
-from pictag.config import dump_config, load_config
+from pictag.config import load_config
 from pictag.errors import PictagError
 from pictag.options import TrainConfig
 
@@ -58,9 +58,10 @@ def train_one(cfg: TrainConfig):
     import numpy as np
     import torch
 
+    from pictag.device import pick_device
     from pictag.pipeline.parts import PartStore
     from pictag.train.data import check_folder
-    from pictag.train.engine import LAST, Engine, make_fabric, read_last
+    from pictag.train.engine import LAST, Engine, choose_settings, make_fabric, read_last
     from pictag.train.optim import per_group
     from pictag.train.task import TASKS, create_task
 
@@ -91,7 +92,9 @@ def train_one(cfg: TrainConfig):
         data.resuming = resume is not None or cfg.init_from is not None  # weights come from a file: no prototypes
         # Seeded first: random weights (--random-weights) are then the same in a rerun that continues a run.
         torch.manual_seed(cfg.seed)
-        encoder = TASKS[cfg.task].create_encoder(cfg)
+        # In the precision training computes in, so that the heads' prototypes are what the first step sees.
+        precision = choose_settings(cfg, pick_device(cfg.device)).precision
+        encoder = TASKS[cfg.task].create_encoder(dataclasses.replace(cfg, precision=precision))
         if cfg.image_size:
             encoder.preprocess = encoder.preprocess.at_size(cfg.image_size)
         if cfg.unfreeze_blocks is not None or cfg.layer_decay:
@@ -114,8 +117,7 @@ def train_one(cfg: TrainConfig):
             if cfg.fresh:
                 for stale in (out / LAST, out / "best"):
                     shutil.rmtree(stale) if stale.is_dir() else stale.unlink(missing_ok=True)
-            out.mkdir(parents=True, exist_ok=True)
-            dump_config(cfg, out / "config.yaml")
+            out.mkdir(parents=True, exist_ok=True)  # the engine writes config.yaml, with what it chose
         result = Engine(fabric, task, data, cfg, settings, resume).fit()
         if fabric.global_rank == 0:
             task.after_fit(out)

@@ -81,10 +81,16 @@ class Task(torch.nn.Module):
 
     @classmethod
     def create_encoder(cls, cfg: Any) -> Encoder:
-        """The backbone `cfg` names, on the CPU."""
+        """The backbone `cfg` names, on the CPU, computing in `cfg.precision`."""
         from pictag.models.registry import create_model
 
-        return create_model(cfg.model, checkpoint=cfg.checkpoint, random_weights=cfg.random_weights, device="cpu")
+        return create_model(
+            cfg.model,
+            checkpoint=cfg.checkpoint,
+            random_weights=cfg.random_weights,
+            device="cpu",
+            precision=cfg.precision,
+        )
 
     @classmethod
     def fold_names(cls, cfg: Any) -> list[str] | None:

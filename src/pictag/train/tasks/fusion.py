@@ -355,7 +355,9 @@ class FusionTask(Task):
 
             return build_run(cfg.init_from).encoder
         spec = pair_spec(cfg.model, cfg.text_model) if cfg.text_model else cfg.model
-        return create_model(spec, checkpoint=cfg.checkpoint, random_weights=cfg.random_weights, device="cpu")
+        return create_model(
+            spec, checkpoint=cfg.checkpoint, random_weights=cfg.random_weights, device="cpu", precision=cfg.precision
+        )
 
     @classmethod
     def build(cls, encoder, data: ProductData, cfg) -> FusionTask:
@@ -368,9 +370,7 @@ class FusionTask(Task):
                 p.requires_grad_(False)
             # Embed in the precision training would run the towers in, so stage 1 sees what stage 2 starts from.
             precision = choose_settings(cfg, encoder.device).precision
-            encoder.autocast_dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(
-                precision, torch.float32
-            )
+            encoder.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
             encoder.eval()
             # A DataLoader draws its seed from the global generator: embedding (or not, on a cache hit) must leave
             # it as it was, so the head starts the same either way.
