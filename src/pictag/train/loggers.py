@@ -72,7 +72,7 @@ class Loggers:
                 logger.log_hyperparams(params)
 
     def log(self, metrics: dict, step: int) -> None:
-        numbers = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and v is not None}
+        numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         for name, logger in self.loggers.items():
             # MLflow's names allow no "@": val_recall@1 becomes val_recall_at_1, not Lightning's val_recall1.
             logger.log_metrics(
