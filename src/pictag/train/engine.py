@@ -381,7 +381,7 @@ class Engine:
             from pictag.eval.plots import plot_training_curves
 
             if self.history:
-                plot_training_curves(self.history, self.out / "curves.png")
+                plot_training_curves(self.history, self.out / "curves.png", self.watch, self._phase_marks())
             if self.best_confusion is not None:
                 from pictag.eval.plots import plot_confusion
 
@@ -408,6 +408,11 @@ class Engine:
         for g in self.optimizer.param_groups:
             lrs[f"lr_{g['group']}"] = max(lrs.get(f"lr_{g['group']}", 0.0), g["lr"])
         return dict(sorted(lrs.items()))
+
+    def _phase_marks(self) -> list[tuple[float, str]]:
+        """Where the curves change phase: after the --freeze-epochs, between two epochs."""
+        frozen = self.cfg.freeze_epochs
+        return [(frozen + 0.5, self.task.unfreeze_mark)] if 0 < frozen < self.cfg.epochs else []
 
     def _check_ranks(self) -> int | None:
         """Under DDP, check that every rank ends with the same weights; returns the number of ranks checked.
