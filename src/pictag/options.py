@@ -602,6 +602,15 @@ class FinetuneConfig(RuntimeOptions, ModelOptions):
     """
 
     _required: ClassVar[tuple[str, ...]] = ("train_data",)
+    _at_least: ClassVar[dict[str, int]] = {"epochs": 1, "unfreeze_blocks": 0}
+    _within: ClassVar[dict[str, str]] = {
+        "lr_backbone": "(0, inf)",
+        "lr_head": "(0, inf)",
+        "weight_decay": "[0, inf)",
+        "label_smoothing": "[0, 1)",
+        "warmup_epochs": "[0, inf)",
+        "seed": "[0, 4294967295]",
+    }
 
     train_data: str | None = None
     val_data: str | None = None

@@ -51,6 +51,20 @@ def test_a_training_number_out_of_range_is_one_line_and_exit_2(tmp_path, option,
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize(
+    ("option", "value", "says"),
+    [
+        ("--lr-head", "nan", "--lr-head must be a finite number in (0, inf), not nan"),
+        ("--lr-backbone", "-1", "--lr-backbone must be a finite number in (0, inf), not -1.0"),
+        ("--label-smoothing", "1", "--label-smoothing must be a finite number in [0, 1), not 1.0"),
+        ("--epochs", "0", "--epochs must be at least 1, not 0"),
+    ],
+)
+def test_fewshot_train_numbers_are_checked_too(tmp_path, option, value, says, capsys):
+    assert main(["fewshot-train", "--train-data", str(tmp_path / "data"), f"{option}={value}"]) == 2
+    assert says in one_line(capsys.readouterr().err)
+
+
 def test_the_python_api_and_yaml_get_the_same_checks(tmp_path):
     with pytest.raises(PictagError, match=r"--ema must be a finite number in \[0, 1\), not 1.5"):
         TrainConfig(data="d", out="o", ema=1.5)
