@@ -97,27 +97,25 @@ TRAIN_NUMBERS = [
 ]  # fmt: skip
 
 
-def _refusal(argv: list[str]) -> tuple[int, str]:
+def _assert_refused_in_one_line(command: str, out: str, options: list[tuple[str, str]]) -> None:
+    # The data folder does not exist: every option set, valid or not, ends in one line and exit 2 before any work.
+    root = Path(tempfile.gettempdir()) / f"pictag-fuzz-{command}-{next(_unique)}"
+    argv = [command, str(root / "data"), "--out", str(root / out), *(f"--{name}={value}" for name, value in options)]
     err = io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
         try:
             code = main(argv)
         except SystemExit as exit:  # argparse's own refusals (a word where an int goes) exit as the CLI does
             code = exit.code
-    return code, err.getvalue()
+    assert code == 2
+    one_line(err.getvalue())
+    assert not root.exists()
 
 
 @FUZZ
 @given(st.lists(st.tuples(st.sampled_from(TRAIN_NUMBERS), VALUES), min_size=1, max_size=4))
 def test_fuzzed_train_options_are_refused_in_one_line(options):
-    # The data folder does not exist: every option set, valid or not, ends in one line and exit 2 before any work.
-    root = Path(tempfile.gettempdir()) / f"pictag-fuzz-{next(_unique)}"
-    argv = ["train", str(root / "data"), "--out", str(root / "run")]
-    argv += [f"--{name}={value}" for name, value in options]
-    code, err = _refusal(argv)
-    assert code == 2
-    one_line(err)
-    assert not root.exists()
+    _assert_refused_in_one_line("train", "run", options)
 
 
 SPLITS_OPTIONS = ["ratios", "by", "id-pattern", "min-size", "classes", "label-column", "seed"]
@@ -126,10 +124,9 @@ SPLITS_OPTIONS = ["ratios", "by", "id-pattern", "min-size", "classes", "label-co
 @FUZZ
 @given(st.lists(st.tuples(st.sampled_from(SPLITS_OPTIONS), VALUES), min_size=1, max_size=3))
 def test_fuzzed_splits_options_are_refused_in_one_line(options):
-    root = Path(tempfile.gettempdir()) / f"pictag-fuzz-splits-{next(_unique)}"
-    argv = ["splits", str(root / "data"), "--out", str(root / "splits.csv")]
-    argv += [f"--{name}={value}" for name, value in options]
-    code, err = _refusal(argv)
-    assert code == 2
-    one_line(err)
-    assert not root.exists()
+    _assert_refused_in_one_line("splits", "splits.csv", options)
+
+
+def test_a_value_with_line_breaks_is_quoted_on_one_line(tmp_path, capsys):
+    assert main(["train", str(tmp_path), "--out", str(tmp_path / "run"), "--logger", "csv\nx\u2028y"]) == 2
+    assert "--logger csv\\nx\\u2028y: unknown csv\\nx\\u2028y;" in one_line(capsys.readouterr().err)
