@@ -739,8 +739,8 @@ class TrainConfig(ProductOptions, RuntimeOptions, ModelOptions):
         ablate: The fusion task also trains image-only and text-only heads in the same run and reports them.
         warmup_ratio: Linear warmup over this fraction of all optimiser steps (instead of --warmup-epochs).
         logger: Where the numbers also go, comma-separated: tensorboard (RUN/tb), csv (RUN/csv, every step), mlflow
-            ($MLFLOW_TRACKING_URI, else sqlite:///RUN/mlflow.db), wandb ($WANDB_PROJECT; WANDB_MODE=offline for no server), or
-            none. RUN/metrics.csv and curves.png are always written.
+            ($MLFLOW_TRACKING_URI, else sqlite:///RUN/mlflow.db), wandb ($WANDB_PROJECT; WANDB_MODE=offline for no
+            server), or none. RUN/metrics.csv and curves.png are always written.
         log_every: How often a log that is not a terminal gets a progress line within an epoch: seconds (30s) or
             optimiser steps (50).
     """

@@ -339,6 +339,8 @@ class Engine:
         if self.resume is not None:
             epoch, batch_pos, step = self._load(self.resume)
             resumed = f"epoch {epoch + 1}, batch {batch_pos}" if batch_pos else f"epoch {epoch + 1}"
+        if self.rank == 0:
+            self.out.mkdir(parents=True, exist_ok=True)
         self.loggers = Loggers(
             parse_loggers(cfg.logger) if self.rank == 0 else [], self.out, (self.resume or {}).get("loggers")
         )
@@ -470,10 +472,10 @@ class Engine:
             seen += n
             images += n
             position += 1
+            rate = images * self.world / max(time.perf_counter() - tick, 1e-9)
             if last:
                 self._stop_if_diverged(loss_sum, epoch, position)
                 step = self._optimizer_step(step)
-                rate = images * self.world / max(time.perf_counter() - tick, 1e-9)
                 self.loggers.log({"train/loss": loss.item(), **self._rates()}, step)
                 self.progress.step(position, loss_sum / max(seen, 1), rate)
                 if cfg.save_every and step % cfg.save_every == 0 and position < batches:
@@ -482,8 +484,7 @@ class Engine:
                     self.partial = [totals[0].item(), int(totals[1].item())]
                     self._save(epoch, position, step)
             bar.update(1)
-            elapsed = time.perf_counter() - tick
-            bar.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{images * self.world / max(elapsed, 1e-9):.1f}")
+            bar.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{rate:.1f}")
         bar.close()
         # Sum over ranks, so the logged loss is the whole epoch's.
         totals = fabric.all_reduce(torch.tensor([loss_sum, float(seen)], device=fabric.device), reduce_op="sum")

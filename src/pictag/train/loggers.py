@@ -14,7 +14,6 @@ W&B run: their ids are kept in last.ckpt.
 from __future__ import annotations
 
 import os
-import re
 import sys
 import time
 from pathlib import Path
@@ -76,7 +75,7 @@ class Loggers:
         for name, logger in self.loggers.items():
             # MLflow's names allow no "@": val_recall@1 becomes val_recall_at_1, not Lightning's val_recall1.
             logger.log_metrics(
-                {re.sub("@", "_at_", k): v for k, v in numbers.items()} if name == "mlflow" else numbers, step
+                {k.replace("@", "_at_"): v for k, v in numbers.items()} if name == "mlflow" else numbers, step
             )
 
     def finalize(self, status: str) -> None:
@@ -141,7 +140,7 @@ class ProgressLines:
         self.steps_since = 0
 
     def step(self, position: int, loss: float, images_s: float) -> None:
-        """After each optimiser step; `position` is the batches done in the epoch."""
+        """After each optimiser step; `position` is the batches done in the epoch, `loss` their mean loss."""
         self.steps_since += 1
         now = time.perf_counter()
         due = now - self.last >= self.seconds if self.seconds is not None else self.steps_since >= self.steps
@@ -152,7 +151,8 @@ class ProgressLines:
         left = (self.batches - position) / rate if rate else float("nan")
         print(
             f"epoch {self.epoch + 1}/{self.epochs}: batch {position}/{self.batches} "
-            f"({100 * position / self.batches:.0f}%), loss {loss:.4f}, {images_s:.1f} img/s, {left:.0f} s left in the epoch",
+            f"({100 * position / self.batches:.0f}%), mean loss {loss:.4f}, {images_s:.1f} img/s, "
+            f"{left:.0f} s left in the epoch",
             file=sys.stderr,
             flush=True,
         )
