@@ -42,6 +42,9 @@ _unique = itertools.count()
         ("--val-split", "0", "--val-split must be a finite number in (0, 1), not 0.0"),
         ("--seed", "-1", "--seed must be a finite number in [0, 4294967295], not -1"),
         ("--arcface-m", "nan", "--arcface-m must be a finite number in [0, inf), not nan"),
+        ("--log-every", "0", "--log-every 0: give seconds (30s) or optimiser steps (50), above 0"),
+        ("--log-every", "nans", "--log-every nans: give seconds (30s) or optimiser steps (50), above 0"),
+        ("--logger", "comet", "--logger comet: unknown comet; use csv, tensorboard, mlflow, wandb or none"),
     ],
 )
 def test_a_training_number_out_of_range_is_one_line_and_exit_2(tmp_path, option, value, says, capsys):
@@ -93,7 +96,7 @@ TRAIN_NUMBERS = [
     "epochs", "batch-size", "lr", "weight-decay", "layer-decay", "warmup-epochs", "warmup-ratio", "accumulate",
     "clip-grad", "label-smoothing", "patience", "ema", "freeze-epochs", "unfreeze-blocks", "seed", "save-every",
     "val-split", "folds", "fold", "wise-ft", "embed-dim", "subcenters", "classes-per-batch", "samples-per-class",
-    "image-size", "arcface-s", "arcface-m", "t0", "t-mult", "workers", "max-pixels", "max-aspect-ratio",
+    "image-size", "arcface-s", "arcface-m", "t0", "t-mult", "workers", "max-pixels", "max-aspect-ratio", "log-every",
 ]  # fmt: skip
 
 

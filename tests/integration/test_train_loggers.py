@@ -113,11 +113,3 @@ def test_tensorboard_and_csv_hold_steps_and_epochs(run):
         rows = list(csv.DictReader(f))
     assert sum(1 for r in rows if r["train/loss"]) == STEPS
     assert [r["epoch"] for r in rows if r["epoch"]] == ["1", "2"]
-
-
-def test_an_unknown_logger_is_one_line(tmp_path, capsys):
-    assert main(["train", str(tmp_path), "--out", str(tmp_path / "run"), "--logger", "tensorboard,comet"]) == 2
-    assert (
-        "--logger tensorboard,comet: unknown comet; use csv, tensorboard, mlflow, wandb or none"
-        in capsys.readouterr().err
-    )
