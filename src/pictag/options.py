@@ -10,6 +10,7 @@ beside each output. This module imports no model library, so `pictag --help` sta
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
@@ -25,10 +26,13 @@ Precision = Literal["auto", "fp32", "tf32", "fp16", "bf16"]
 class Checked:
     """Checks the numbers of every option group a config is made of, whichever path built it (CLI, YAML, Python).
 
-    A group lists its lower bounds in `_at_least`; they are gathered over all the config's bases.
+    A group lists its lower bounds in `_at_least`, and the interval of each real number in `_within`, written as
+    in mathematics: "[0, 1)" allows 0 but not 1, "(0, inf)" any positive number. A number checked by `_within` must
+    also be finite (nan passes every comparison). Both are gathered over all the config's bases.
     """
 
     _at_least: ClassVar[dict[str, int]] = {}
+    _within: ClassVar[dict[str, str]] = {}
 
     def __post_init__(self) -> None:
         for klass in type(self).__mro__:
@@ -36,6 +40,51 @@ class Checked:
                 value = getattr(self, name)
                 if value is not None and value < least:
                     raise PictagError(f"{option_name(type(self), name)} must be at least {least}, not {value}")
+            for name, interval in vars(klass).get("_within", {}).items():
+                value = getattr(self, name)
+                if value is not None:
+                    check_within(value, interval, option_name(type(self), name))
+
+
+def check_within(value: float, interval: str, option: str) -> float:
+    """`value` when it is a finite number inside `interval` ("[0, 1)", "(0, inf)", ...); see `Checked`.
+
+    Raises:
+        PictagError: anything else, naming the option and the interval.
+    """
+    low, high = (float(bound) for bound in interval[1:-1].split(","))
+    if (
+        not isinstance(value, (int, float))
+        or isinstance(value, bool)
+        or not math.isfinite(value)
+        or (value < low if interval[0] == "[" else value <= low)
+        or (value > high if interval[-1] == "]" else value >= high)
+    ):
+        raise PictagError(f"{option} must be a finite number in {interval}, not {value!r}")
+    return value
+
+
+def group_values(text: str | float | None, option: str, interval: str) -> dict[str | None, float]:
+    """The numbers of a per-group option: "1e-4" gives {None: 1e-4} (every group), "backbone=1e-5,head=3e-4" gives
+    {"backbone": 1e-5, "head": 3e-4}; each a finite number inside `interval` (see `Checked`). The names are the
+    task's to check (`pictag.train.optim.per_group`).
+
+    Raises:
+        PictagError: an item that is not NAME=NUMBER, or a number outside the interval.
+    """
+    if text is None or str(text).strip() == "":
+        return {}
+    items = [(None, str(text))] if "=" not in str(text) else [item.partition("=")[::2] for item in str(text).split(",")]
+    values: dict[str | None, float] = {}
+    for name, number in items:
+        name = name.strip() if name is not None else None
+        try:
+            value = float(number)
+        except ValueError:
+            example = f"{option} 1e-4 or {option} head=1e-3,backbone=1e-5"
+            raise PictagError(f"{option} {text!r}: give NAME=NUMBER pairs or one number, e.g. {example}") from None
+        values[name] = check_within(value, interval, option if name is None else f"{option} {name}")
+    return values
 
 
 @dataclass(kw_only=True)
@@ -556,6 +605,15 @@ class FinetuneConfig(RuntimeOptions, ModelOptions):
     """
 
     _required: ClassVar[tuple[str, ...]] = ("train_data",)
+    _at_least: ClassVar[dict[str, int]] = {"epochs": 1, "unfreeze_blocks": 0}
+    _within: ClassVar[dict[str, str]] = {
+        "lr_backbone": "(0, inf)",
+        "lr_head": "(0, inf)",
+        "weight_decay": "[0, inf)",
+        "label_smoothing": "[0, 1)",
+        "warmup_epochs": "[0, inf)",
+        "seed": "[0, 4294967295]",
+    }
 
     train_data: str | None = None
     val_data: str | None = None
@@ -684,6 +742,11 @@ class TrainConfig(ProductOptions, RuntimeOptions, ModelOptions):
             cached, and only the head trains, on the cache.
         ablate: The fusion task also trains image-only and text-only heads in the same run and reports them.
         warmup_ratio: Linear warmup over this fraction of all optimiser steps (instead of --warmup-epochs).
+        logger: Where the numbers also go, comma-separated: tensorboard (RUN/tb), csv (RUN/csv, every step), mlflow
+            ($MLFLOW_TRACKING_URI, else sqlite:///RUN/mlflow.db), wandb ($WANDB_PROJECT; WANDB_MODE=offline for no
+            server), or none. RUN/metrics.csv and curves.png are always written.
+        log_every: How often a log that is not a terminal gets a progress line within an epoch: seconds (30s) or
+            optimiser steps (50).
     """
 
     _positional: ClassVar[tuple[str, ...]] = ("data",)
@@ -699,6 +762,23 @@ class TrainConfig(ProductOptions, RuntimeOptions, ModelOptions):
         "samples_per_class": 1,
         "image_size": 8,
         "t_mult": 1,
+        "accumulate": 1,
+        "folds": 2,
+        "unfreeze_blocks": 0,
+    }
+    _within: ClassVar[dict[str, str]] = {
+        "val_split": "(0, 1)",
+        "layer_decay": "(0, 1]",
+        "warmup_epochs": "[0, inf)",
+        "warmup_ratio": "[0, 1]",
+        "clip_grad": "(0, inf)",
+        "label_smoothing": "[0, 1)",
+        "ema": "[0, 1)",  # 0: no average
+        "wise_ft": "[0, 1]",
+        "arcface_s": "(0, inf)",
+        "arcface_m": "[0, inf)",
+        "t0": "(0, inf)",
+        "seed": "[0, 4294967295]",  # numpy's seeds are 32-bit
     }
 
     data: str | None = None
@@ -737,6 +817,8 @@ class TrainConfig(ProductOptions, RuntimeOptions, ModelOptions):
     freeze_encoders: bool = False
     ablate: bool = False
     warmup_ratio: float | None = None
+    logger: str = "tensorboard"
+    log_every: str = "30s"
     # Metric learning (--task arcface).
     splits: str | None = None
     embed_dim: int = 512
@@ -750,6 +832,15 @@ class TrainConfig(ProductOptions, RuntimeOptions, ModelOptions):
     image_size: int | None = None
     t0: float = 1.0
     t_mult: int = 1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        group_values(self.lr, "--lr", "(0, inf)")  # a negative rate is gradient ascent
+        group_values(self.weight_decay, "--weight-decay", "[0, inf)")
+        from pictag.train.loggers import parse_every, parse_loggers
+
+        parse_loggers(self.logger)
+        parse_every(self.log_every)
 
 
 @dataclass(kw_only=True)

@@ -34,8 +34,11 @@ from pictag.data._io import is_url, join, read_file, safe_key
 from pictag.errors import PictagError
 
 
-def stratified_split(labels: Sequence, fraction: float, seed: int = 0) -> tuple[list[int], list[int]]:
-    """(train, val) positions with about `fraction` of each class held out for validation.
+def stratified_split(
+    labels: Sequence, fraction: float, seed: int = 0, classes: Sequence[str] | None = None
+) -> tuple[list[int], list[int]]:
+    """(train, val) positions with about `fraction` of each class held out for validation; `classes` names the
+    labels that index them, in messages.
 
     Raises:
         PictagError: a fraction outside (0, 1), or a class too small to appear on both sides.
@@ -44,7 +47,7 @@ def stratified_split(labels: Sequence, fraction: float, seed: int = 0) -> tuple[
 
     if not 0 < fraction < 1:
         raise PictagError(f"--val-split must be between 0 and 1 (exclusive), not {fraction}")
-    _check_counts(labels, 2, "--val-split")
+    _check_counts(labels, 2, "--val-split", classes)
     positions = np.arange(len(labels))
     classes = len(set(labels))
     # Every class needs a place on each side: at least one image per class in val, and one in train.
@@ -53,8 +56,11 @@ def stratified_split(labels: Sequence, fraction: float, seed: int = 0) -> tuple[
     return sorted(train.tolist()), sorted(val.tolist())
 
 
-def kfold_split(labels: Sequence, folds: int, fold: int, seed: int = 0) -> tuple[list[int], list[int]]:
-    """(train, val) positions of fold `fold` (0-based) of a stratified, shuffled K-fold split.
+def kfold_split(
+    labels: Sequence, folds: int, fold: int, seed: int = 0, classes: Sequence[str] | None = None
+) -> tuple[list[int], list[int]]:
+    """(train, val) positions of fold `fold` (0-based) of a stratified, shuffled K-fold split (`classes` as in
+    `stratified_split`).
 
     Raises:
         PictagError: fewer than 2 folds, a fold out of range, or a class with fewer images than folds.
@@ -63,7 +69,7 @@ def kfold_split(labels: Sequence, folds: int, fold: int, seed: int = 0) -> tuple
 
     if folds < 2 or not 0 <= fold < folds:
         raise PictagError(f"--folds {folds} --fold {fold}: need at least 2 folds and 0 <= fold < folds")
-    _check_counts(labels, folds, f"--folds {folds}")
+    _check_counts(labels, folds, f"--folds {folds}", classes)
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     train, val = list(splitter.split(np.zeros(len(labels)), list(labels)))[fold]
     return sorted(train.tolist()), sorted(val.tolist())
@@ -83,10 +89,11 @@ def column_split(values: Sequence, fold) -> tuple[list[int], list[int]]:
     return [i for i in range(len(values)) if i not in chosen], val
 
 
-def _check_counts(labels: Sequence, least: int, option: str) -> None:
-    small = sorted(label for label, n in Counter(labels).items() if n < least)
+def _check_counts(labels: Sequence, least: int, option: str, classes: Sequence[str] | None = None) -> None:
+    small = sorted((n, label) for label, n in Counter(labels).items() if n < least)
     if small:
-        shown = ", ".join(map(str, small[:5])) + (" ..." if len(small) > 5 else "")
+        name = (lambda label: classes[label]) if classes is not None else str
+        shown = ", ".join(f"{name(label)} ({n})" for n, label in small[:5]) + (" ..." if len(small) > 5 else "")
         raise PictagError(
             f"{option} needs at least {least} images per class; {len(small)} class(es) have fewer ({shown}): "
             "add images, or give validation data with --val"

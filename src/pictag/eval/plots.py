@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -54,32 +54,68 @@ def plot_coverage_accuracy(
     return out
 
 
-def plot_training_curves(rows: list[dict], out: str | os.PathLike) -> Path:
-    """Train and validation loss, and validation top-1 when there is one, per epoch (from metrics.csv rows)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
+def plot_training_curves(
+    rows: list[dict],
+    out: str | os.PathLike,
+    metric: str = "val_top1",
+    marks: Sequence[tuple[float, str]] = (),
+) -> Path:
+    """Train and validation loss above, the validation metric that picks best/ below, per epoch (metrics.csv rows);
+    see `training_curves_figure`."""
+    fig = training_curves_figure(rows, metric, marks)
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    epochs = [row["epoch"] for row in rows]
-    ax.plot(epochs, [row["train_loss"] for row in rows], marker="o", label="train loss")
-    if any(row.get("val_loss") is not None for row in rows):
-        ax.plot(epochs, [row.get("val_loss") for row in rows], marker="o", label="val loss")
-    ax.set(xlabel="epoch", ylabel="loss")
-    ax.grid(alpha=0.3)
-    if any(row.get("val_top1") is not None for row in rows):
-        other = ax.twinx()
-        other.plot(
-            epochs, [100 * (row.get("val_top1") or 0) for row in rows], marker="s", color="C2", label="val top-1"
-        )
-        other.set_ylabel("val top-1 (%)")
-    fig.legend(loc="upper center", ncol=3)
-    fig.tight_layout()
     out = Path(out)
     fig.savefig(out)
     plt.close(fig)
     return out
+
+
+def training_curves_figure(rows: list[dict], metric: str = "val_top1", marks: Sequence[tuple[float, str]] = ()):
+    """The figure of `plot_training_curves`.
+
+    Epochs are whole numbers on the x axis. The metric's axis ends at 100 % and spans at least 10 points, so that a
+    0.6-point dip reads as one, not as a cliff (an axis fitted to the data makes the smallest wobble fill it).
+
+    Args:
+        rows: metrics.csv rows: "epoch", "train_loss", and "val_loss" and `metric` where there is validation.
+        metric: The validation metric to plot, a fraction (val_top1, val_recall@1, ...).
+        marks: (x, label) of boundaries between phases, e.g. (2.5, "backbone unfrozen") after 2 frozen epochs.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    epochs = [row["epoch"] for row in rows]
+    scores = [row.get(metric) for row in rows]
+    validated = metric != "val_loss" and any(v is not None for v in scores)
+    fig, axes = plt.subplots(2 if validated else 1, 1, figsize=(6, 6 if validated else 3.5), dpi=120, sharex=True)
+    axes = list(np.atleast_1d(axes))
+    loss = axes[0]
+    loss.plot(epochs, [row["train_loss"] for row in rows], marker="o", label="train loss")
+    if any(row.get("val_loss") is not None for row in rows):
+        loss.plot(epochs, [row.get("val_loss") for row in rows], marker="o", label="val loss")
+    loss.set_ylabel("loss")
+    if validated:
+        percent = [None if v is None else 100 * v for v in scores]
+        axes[1].plot(epochs, percent, marker="s", color="C2", label=metric.replace("_", " "))
+        low = min(v for v in percent if v is not None)
+        axes[1].set_ylim(max(0.0, min(low - 2, 90.0)), 100.5)
+        axes[1].set_ylabel(f"{metric.replace('_', ' ')} (%)")
+    for ax in axes:
+        for x, _ in marks:
+            ax.axvline(x, color="grey", linestyle="--", linewidth=1)
+        ax.grid(alpha=0.3)
+        ax.legend(loc="best", fontsize=8)
+    for x, label in marks:  # named once, at the top
+        loss.annotate(label, (x, 1), xycoords=("data", "axes fraction"), xytext=(3, -3), textcoords="offset points",
+                      va="top", fontsize=7, color="grey")  # fmt: skip
+    axes[-1].xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[-1].set_xlabel("epoch")
+    fig.tight_layout()
+    return fig
 
 
 def plot_confusion(confusion, classes: list[str], out: str | os.PathLike, title: str = "confusion") -> Path:

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 import os
 import random
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +31,7 @@ from tqdm.auto import tqdm
 
 from pictag.errors import PictagError
 from pictag.train import data as train_data
+from pictag.train.loggers import Loggers, ProgressLines, parse_loggers
 from pictag.train.optim import EMA, Schedule, block_depths, optimizer_groups, per_group
 from pictag.train.task import Task
 
@@ -36,7 +39,7 @@ log = logging.getLogger(__name__)
 
 LAST = "last.ckpt"
 # Options that do not change what is computed: a rerun may change them and still continue.
-UNGUARDED = ("out", "workers", "fresh", "save_every", "device", "max_pixels")
+UNGUARDED = ("out", "workers", "fresh", "save_every", "device", "max_pixels", "logger", "log_every")
 
 
 @dataclass(frozen=True)
@@ -188,6 +191,29 @@ def read_last(out: Path, cfg) -> dict | None:
     return state
 
 
+def check_classes(state: dict | None, classes: list[str], out: Path) -> None:
+    """Refuse to continue from `state` (`read_last`) when the data's classes changed since it was saved: the head
+    it holds scores other classes.
+
+    Raises:
+        PictagError: classes were added, removed or reordered (they are named).
+    """
+    saved = None if state is None else state.get("classes")
+    if saved is None or list(saved) == list(classes):
+        return
+    changes = [
+        (what, sorted(names))
+        for what, names in (("new", set(classes) - set(saved)), ("gone", set(saved) - set(classes)))
+    ]
+    change = "; ".join(
+        f"{what}: {', '.join(names[:5])}{' ...' if len(names) > 5 else ''}" for what, names in changes if names
+    )
+    raise PictagError(
+        f"cannot continue {out}: the data's classes changed since {LAST} ({change or 'reordered'}); train on the "
+        "same classes, or use --fresh to start over"
+    )
+
+
 class Engine:
     """Trains a task on its data; see the module docstring.
 
@@ -214,6 +240,7 @@ class Engine:
         self.best_confusion: tuple[torch.Tensor, int] | None = None  # (confusion matrix, epoch) of best/
         # What this run used where an option left the choice open: config.yaml and best/pictag.json get it (`record`).
         self.resolved: dict = {}
+        self.best_written: int | None = None  # the epoch best/ holds
 
     # ----- set-up
 
@@ -429,7 +456,14 @@ class Engine:
             resumed = f"epoch {epoch + 1}, batch {batch_pos}" if batch_pos else f"epoch {epoch + 1}"
         self.record(**self._chosen(param_groups))
         if self.rank == 0:
-            self.writer = _tensorboard(self.out / "tb")
+            self.out.mkdir(parents=True, exist_ok=True)
+        self.loggers = Loggers(
+            parse_loggers(cfg.logger) if self.rank == 0 else [], self.out, (self.resume or {}).get("loggers")
+        )
+        if self.resume is None:
+            self.loggers.log_hyperparams(guarded_options(cfg))
+        # Plain lines where tqdm's bar is off: a log file, a pipe (one process speaks under DDP).
+        self.progress = ProgressLines(cfg.log_every, on=self.rank == 0 and not sys.stderr.isatty())
         stop = self.early["stopped"]
         while epoch < cfg.epochs and not stop:
             epoch_started = time.perf_counter()
@@ -450,10 +484,7 @@ class Engine:
             improved = self._early_stop(watched, epoch)
             self.schedule.epoch_end(watched, self.higher_is_better)
             seconds = time.perf_counter() - epoch_started
-            lrs: dict[str, float] = {}
-            for g in self.optimizer.param_groups:  # with layer decay, a group's rate is its last block's
-                lrs[f"lr_{g['group']}"] = max(lrs.get(f"lr_{g['group']}", 0.0), g["lr"])
-            row.update(dict(sorted(lrs.items())), seconds=round(seconds, 3), img_s=round(seen / trained, 2))
+            row.update(self._rates(), seconds=round(seconds, 3), img_s=round(seen / trained, 2))
             row["skipped"] = len(self.skipped)
             self.history.append(row)
             epoch += 1
@@ -461,14 +492,14 @@ class Engine:
             if improved:
                 self._save_best(row, predictions)
             self._save(epoch, 0, step)
-            self._log_epoch(row)
+            self._log_epoch(row, step)
+        self.loggers.finalize("success")
         if self.rank == 0:
-            self.writer.close()
             _write_metrics(self.history, self.out / "metrics.csv")
             from pictag.eval.plots import plot_training_curves
 
             if self.history:
-                plot_training_curves(self.history, self.out / "curves.png")
+                plot_training_curves(self.history, self.out / "curves.png", self.watch, self._phase_marks())
             if self.best_confusion is not None:
                 from pictag.eval.plots import plot_confusion
 
@@ -488,6 +519,18 @@ class Engine:
             in_sync,
             self.rank,
         )
+
+    def _rates(self) -> dict[str, float]:
+        """The learning rate of each task group, by name (with layer decay, a group's rate is its last block's)."""
+        lrs: dict[str, float] = {}
+        for g in self.optimizer.param_groups:
+            lrs[f"lr_{g['group']}"] = max(lrs.get(f"lr_{g['group']}", 0.0), g["lr"])
+        return dict(sorted(lrs.items()))
+
+    def _phase_marks(self) -> list[tuple[float, str]]:
+        """Where the curves change phase: after the --freeze-epochs, between two epochs."""
+        frozen = self.cfg.freeze_epochs
+        return [(frozen + 0.5, self.task.unfreeze_mark)] if 0 < frozen < self.cfg.epochs else []
 
     def _check_ranks(self) -> int | None:
         """Under DDP, check that every rank ends with the same weights; returns the number of ranks checked.
@@ -522,6 +565,7 @@ class Engine:
         )
         tick, images = time.perf_counter(), 0
         position = batch_pos
+        self.progress.start(epoch, cfg.epochs, batches, batch_pos)
         for batch in self.train_loader:
             if position >= batches:
                 break
@@ -544,22 +588,55 @@ class Engine:
             seen += n
             images += n
             position += 1
+            rate = images * self.world / max(time.perf_counter() - tick, 1e-9)
             if last:
+                self._stop_if_diverged(loss_sum, epoch, position)
                 step = self._optimizer_step(step)
-                if self.rank == 0:
-                    self.writer.add_scalar("train/loss", loss.item(), step)
+                self.loggers.log({"train/loss": loss.item(), **self._rates()}, step)
+                self.progress.step(position, loss_sum / max(seen, 1), rate)
                 if cfg.save_every and step % cfg.save_every == 0 and position < batches:
                     sums = torch.tensor([loss_sum, float(seen)], device=fabric.device)
                     totals = fabric.all_reduce(sums, reduce_op="sum")
                     self.partial = [totals[0].item(), int(totals[1].item())]
                     self._save(epoch, position, step)
             bar.update(1)
-            elapsed = time.perf_counter() - tick
-            bar.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{images * self.world / max(elapsed, 1e-9):.1f}")
+            bar.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{rate:.1f}")
         bar.close()
         # Sum over ranks, so the logged loss is the whole epoch's.
         totals = fabric.all_reduce(torch.tensor([loss_sum, float(seen)], device=fabric.device), reduce_op="sum")
         return totals[0].item(), int(totals[1].item()), step
+
+    def _stop_if_diverged(self, loss_sum: float, epoch: int, position: int) -> None:
+        """The finite-loss guard, before each optimiser step: a nan or infinite loss on any rank (the epoch's sum
+        stays non-finite once one batch was) stops the run before the step applies it, so that neither last.ckpt nor
+        best/ ever holds what it would make.
+
+        Raises:
+            PictagError: the loss is not finite (naming the epoch and batch, and what best/ holds).
+        """
+        bad = not math.isfinite(loss_sum)
+        if self.world > 1:  # every rank stops at the same step, or the others would wait in the next collective
+            flag = torch.tensor(float(bad), device=self.fabric.device)
+            bad = self.fabric.all_reduce(flag, reduce_op="sum").item() > 0
+        if bad:
+            self._diverged(f"the loss became {loss_sum} at epoch {epoch + 1}, batch {position}")
+
+    def _stop_if_weights_diverged(self, epoch: int) -> None:
+        """The guard's second half, before any save: a step that overflowed the weights leaves a finite loss behind.
+
+        Raises:
+            PictagError: a parameter holds nan or inf.
+        """
+        bad = next((name for name, p in self.task.named_parameters() if not torch.isfinite(p).all()), None)
+        if bad is not None:
+            self._diverged(f"the weights became non-finite ({bad}) in epoch {epoch}")
+
+    def _diverged(self, what: str) -> None:
+        held = f"best/ holds epoch {self.best_written}" if self.best_written else "no best/ was written"
+        self.loggers.finalize("failed")
+        raise PictagError(
+            f"training diverged: {what}; stopped without saving it ({held}): lower --lr, or set --clip-grad 1.0"
+        )
 
     def _optimizer_step(self, step: int) -> int:
         for group in self.optimizer.param_groups:
@@ -623,6 +700,7 @@ class Engine:
         if self.ema is not None:
             self.ema.swap()
         try:
+            self._stop_if_weights_diverged(row["epoch"])
             if self.rank == 0:
                 metrics = {k: v for k, v in row.items() if k.startswith(("val_", "epoch"))}
                 save_best(self.out / "best", self.task, {**metrics, **self.data.facts()}, self.resolved)
@@ -635,18 +713,16 @@ class Engine:
                     # Plotted once, when training ends: a plot of 30 classes takes longer than a cached epoch.
                     self.best_confusion = (confusion, row["epoch"])
                     self.task.after_best(self.out, predictions)
+            self.best_written = row["epoch"]
         finally:
             if self.ema is not None:
                 self.ema.swap()
         self.fabric.barrier()
 
-    def _log_epoch(self, row: dict) -> None:
+    def _log_epoch(self, row: dict, step: int) -> None:
+        self.loggers.log(row, step)  # at the step the epoch ended on: steps only grow (W&B drops the others)
         if self.rank != 0:
             return
-        for key, value in row.items():
-            if key != "epoch" and isinstance(value, (int, float)) and value is not None:
-                self.writer.add_scalar(f"epoch/{key}", value, row["epoch"])
-        self.writer.flush()
         _write_metrics(self.history, self.out / "metrics.csv")
         shown = ", ".join(f"{k} {v:.4f}" for k, v in row.items() if k.startswith(("train_", "val_")) and v is not None)
         tqdm.write(f"epoch {row['epoch']}: {shown} ({row['seconds']:.1f} s, {row['img_s']:.1f} img/s)")
@@ -672,6 +748,8 @@ class Engine:
             "config": guarded_options(self.cfg),
             "resolved_config": guarded_options(resolved_config(self.cfg, self.resolved)),
             "batching": {"micro_batch": self.train_batch, "accumulate": self.fit_memory.accumulate},
+            "loggers": self.loggers.ids(),
+            "classes": list(self.data.classes),
             "rng": {
                 "torch": torch.get_rng_state(),
                 "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
@@ -681,6 +759,7 @@ class Engine:
         }
 
     def _save(self, epoch: int, batch_pos: int, step: int) -> None:
+        self._stop_if_weights_diverged(epoch + (batch_pos > 0))
         path = self.out / LAST
         tmp = path.with_name(f".{LAST}.tmp")
         self.fabric.save(tmp, self._state(epoch, batch_pos, step))
@@ -689,7 +768,13 @@ class Engine:
         self.fabric.barrier()
 
     def _load(self, state: dict) -> tuple[int, int, int]:
-        self.task.load_state_dict(state["task"])
+        try:
+            self.task.load_state_dict(state["task"])
+        except RuntimeError as exc:  # a checkpoint older than its class list (`check_classes`), or another model
+            detail = next((line.strip() for line in str(exc).splitlines()[1:] if line.strip()), str(exc))
+            raise PictagError(
+                f"cannot continue {self.out}: its {LAST} does not fit this model ({detail}); use --fresh"
+            ) from None
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
         if state.get("precision"):
@@ -697,6 +782,7 @@ class Engine:
         if self.ema is not None and state.get("ema"):
             self.ema.load_state_dict(state["ema"])
         self.early = dict(state["early"])
+        self.best_written = self.early["best_epoch"]
         best = state.get("best_confusion")
         self.best_confusion = (best[0], int(best[1])) if best is not None else None
         self.history = list(state["history"])
@@ -755,12 +841,6 @@ def _first_occurrences(index: torch.Tensor) -> torch.Tensor:
             seen.add(value)
             keep.append(i)
     return torch.tensor(keep, dtype=torch.long)
-
-
-def _tensorboard(folder: Path):
-    from torch.utils.tensorboard import SummaryWriter
-
-    return SummaryWriter(str(folder))
 
 
 def _write_metrics(history: list[dict], path: Path) -> None:

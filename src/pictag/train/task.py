@@ -55,6 +55,7 @@ class Task(torch.nn.Module):
             out-of-fold predictions and the CV score (`pictag.train.kfold`); otherwise it trains one fold.
         metrics: What `validation_metrics` reports that `--early-stop` can watch, so that a metric the task does
             not report is refused before any work rather than after the first epoch.
+        unfreeze_mark: What curves.png names the end of --freeze-epochs with.
     """
 
     name: ClassVar[str]
@@ -66,6 +67,7 @@ class Task(torch.nn.Module):
     defaults: ClassVar[dict[str, Any]] = {}
     open_set_val: ClassVar[bool] = False
     cross_validates: ClassVar[bool] = False
+    unfreeze_mark: ClassVar[str] = "backbone unfrozen"
     encoder: Encoder
 
     @classmethod

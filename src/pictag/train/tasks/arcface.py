@@ -53,6 +53,7 @@ class ArcFaceTask(Task):
     defaults = {"early_stop": "val_recall@1"}
     metrics = (*(f"val_recall@{k}" for k in RECALL_AT), "val_map@r")
     open_set_val = True
+    unfreeze_mark = "backbone unfrozen, margin on"
 
     def __init__(
         self,
