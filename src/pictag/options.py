@@ -257,7 +257,7 @@ class LabelOptions:
 
     labels: list[str] | str | None = None
     labels_file: str | None = None
-    templates: str = "simple"
+    templates: str | list[str] = "simple"
 
 
 @dataclass(kw_only=True)

@@ -28,7 +28,7 @@ from pictag.options import ClassifyConfig
 from pictag.pipeline.job import Job, JobResult, Run, executor_for, run_job
 from pictag.pipeline.parts import ERRORS_SCHEMA, PartStore, exists, output_format, write_table
 from pictag.pipeline.runner import EmbeddingBatch, image_features
-from pictag.prompts import UNKNOWN, load_templates, parse_labels
+from pictag.prompts import UNKNOWN, load_templates, parse_labels, read_once
 from pictag.store.store import EmbeddingStore, StoreFeatures
 
 # Options that change what a result row says: a resumed run must keep them.
@@ -70,6 +70,8 @@ def run(cfg: ClassifyConfig) -> ClassifyResult:
         PictagError: bad input, or an output that exists (pass `overwrite`) or was interrupted (pass `resume`).
     """
     started = time.perf_counter()
+    labels, labels_file, templates = read_once(cfg.labels, cfg.labels_file, cfg.templates)
+    cfg = dataclasses.replace(cfg, labels=labels, labels_file=labels_file, templates=templates)
     if cfg.images:  # a product table, classified by fusion runs
         from pictag.pipeline.products import run as classify_products
 

@@ -8,7 +8,7 @@ from typing import Literal
 
 from pictag.errors import PictagError
 from pictag.models.registry import default_model
-from pictag.prompts import load_templates
+from pictag.prompts import load_templates, read_once
 
 
 @dataclass
@@ -108,6 +108,7 @@ class ServeConfig:
             self.allowed_roots = [self.allowed_roots]
         if not 1 <= self.port <= 65535:
             raise PictagError(f"serve config: port must be between 1 and 65535 (got {self.port})")
+        self.labels, self.labels_file, self.templates = read_once(self.labels, self.labels_file, self.templates)
         # The one check of templates, as every entry point makes it: a bad default would fail every request later.
         load_templates(self.templates, self.max_templates)
 
