@@ -96,9 +96,13 @@ def run(cfg: ClassifyConfig) -> ClassifyResult:
     if pretrained:
         _check_pretrained(cfg)
     store = EmbeddingStore(cfg.embeddings) if cfg.embeddings else None
-    # The model that made the images' store, or else the gallery's: a gallery is only searched by its own model.
+    # The model that made the images' store, or else the gallery's (with its checkpoint, as search takes it): a
+    # gallery is only searched by its own model.
     made_by = store or (EmbeddingStore(cfg.gallery) if cfg.gallery else None)
-    cfg = dataclasses.replace(cfg, model=cfg.model or (made_by.manifest.model if made_by else default_model()))
+    if made_by is not None:
+        model, checkpoint, random_weights = made_by.model_options(cfg.model, cfg.checkpoint, cfg.random_weights)
+        cfg = dataclasses.replace(cfg, model=model, checkpoint=checkpoint, random_weights=random_weights)
+    cfg = dataclasses.replace(cfg, model=cfg.model or default_model())
     if not pretrained and not cfg.gallery and (cfg.labels or cfg.labels_file or parse_spec(cfg.model).scheme != "run"):
         # Refused before any output is touched or model loaded.
         parse_labels(cfg.labels, cfg.labels_file)
