@@ -12,7 +12,7 @@ import sys
 import httpx
 import pytest
 import yaml
-from run_data import classifier_run
+from run_data import arcface_run, classifier_run
 
 from conftest import jpeg_bytes, photos, subprocess_env
 from pictag.serve._stack import free_port, wait_until
@@ -38,6 +38,17 @@ def colours(tmp_path_factory):
 def run_server(tmp_path_factory, colours):
     run = classifier_run(tmp_path_factory.mktemp("runs") / "colours", colours)
     yield from _serve(tmp_path_factory.mktemp("run-page"), {"model": str(run), "top_k": 2})
+
+
+@pytest.fixture(scope="module")
+def gallery_server(tmp_path_factory, colours):
+    from pictag.cli.main import main
+
+    folder = tmp_path_factory.mktemp("gallery-page")
+    run = arcface_run(folder / "arcface")
+    assert main(["embed", str(colours), "--labelled", "--model", str(run), "--out", str(folder / "gallery"),
+                 "--device", "cpu", "--workers", "0"]) == 0  # fmt: skip
+    yield from _serve(folder, {"model": str(run), "gallery": str(folder / "gallery"), "knn_k": 3, "top_k": 3})
 
 
 def _serve(folder, options: dict):
@@ -152,3 +163,21 @@ def test_a_trained_run_shows_its_classes_instead_of_a_labels_box(run_server, bro
     names = page.locator("#results .row .name").all_inner_texts()
     assert len(names) == 2 and names[0] == "red"
     assert page.inner_text("#status").startswith("Done in") and page.locator("#neighbours figure").count() == 0
+
+
+def test_a_gallery_shows_the_nearest_images_as_thumbnails(gallery_server, browser, colours):
+    page = browser.new_page(viewport={"width": 1000, "height": 720})
+    page.goto(gallery_server)
+    page.wait_for_function("document.getElementById('model').textContent.includes('arcface')", timeout=10_000)
+    assert page.inner_text("#kind") == "Classification by the nearest images of a labelled gallery"
+    assert not page.is_visible("#labels")
+    page.set_input_files("#file", str(colours / "blue" / "blue0_1.png"))
+    page.click("#classify")
+    page.wait_for_selector("#neighbours figure", timeout=30_000)
+    assert page.locator("#results .row .name").all_inner_texts()[0] == "blue"
+    figures = page.locator("#neighbours figure")
+    assert figures.count() == 3 and figures.nth(0).locator("figcaption").inner_text().startswith("blue ·")
+    assert figures.nth(0).locator("img").get_attribute("alt") == "blue/blue0_1.png"
+    # The thumbnails are decoded pictures, not broken images.
+    widths = page.eval_on_selector_all("#neighbours img", "els => els.map(e => e.complete && e.naturalWidth)")
+    assert all(w and 0 < w <= 128 for w in widths), widths
