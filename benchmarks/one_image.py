@@ -83,8 +83,19 @@ def main() -> None:
         run = args.run or str(make_run(Path(work), args.per_class).parent)
         sides = {
             "floor (import torch)": [sys.executable, "-c", "import torch; print('ok', flush=True)"],
-            "pictag classify IMAGE": [sys.executable, "-m", "pictag", "classify", args.image, "--model", run,
-                                      "--top-k", "5", "--device", "cpu"],  # fmt: skip
+            "pictag classify IMAGE": [
+                sys.executable,
+                "-m",
+                "pictag",
+                "classify",
+                args.image,
+                "--model",
+                run,
+                "--top-k",
+                "5",
+                "--device",
+                "cpu",
+            ],  # fmt: skip
         }
         if args.hf:
             sides["transformers pipeline"] = [sys.executable, "-c", HF_SCRIPT, args.hf, args.image]

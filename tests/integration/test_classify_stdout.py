@@ -65,3 +65,5 @@ def test_bad_input_is_one_line(tmp_path, argv, capsys):
     assert err[0].startswith("pictag classify: broken.jpg: ") and "could be read" in err[-1]
     assert main(["classify", str(broken), *argv, "--format", "jsonl", "--out", "x.csv"]) == 2
     assert "--format jsonl prints to stdout" in capsys.readouterr().err
+    assert main(["classify", str(broken), *argv, "--resume"]) == 2
+    assert "--resume finishes an output file: pass --out FILE" in capsys.readouterr().err

@@ -89,6 +89,8 @@ def run(cfg: ClassifyConfig) -> ClassifyResult | Printed:
     if cfg.source and cfg.embeddings:
         raise PictagError("give either a SOURCE of images or --embeddings STORE (from `pictag embed`), not both")
     printed = not cfg.out or cfg.out == STDOUT
+    if printed and cfg.resume:
+        raise PictagError("--resume finishes an output file: pass --out FILE (answers printed to stdout are not kept)")
     if not printed:
         if cfg.format == "jsonl":
             raise PictagError(f"--format jsonl prints to stdout: drop --out {cfg.out} (or pass --out -)")
