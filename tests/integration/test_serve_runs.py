@@ -50,6 +50,8 @@ def test_the_run_picks_the_service(tmp_path, runs, capsys):
     assert (config.service, config.labels) == ("zero-shot", ["a", "b"])
     with pytest.raises(PictagError, match="pass --gallery STORE"):
         ServeConfig(model=str(arcface))
+    with pytest.raises(PictagError, match="serves its own 4 classes and takes no labels"):
+        ServeConfig(model=str(classifier), labels="cat,dog")
     # The same one line from the command line, before any model loads.
     assert main(["serve", "--model", str(arcface)]) == 2
     err = capsys.readouterr().err

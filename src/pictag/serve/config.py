@@ -151,6 +151,11 @@ class ServeConfig:
                 f"classify a product table with `pictag classify TABLE --images DIR --model {self.model}`"
             )
         if meta.get("head"):
+            if self.labels or self.labels_file:
+                raise PictagError(
+                    f"serve config: {self.model} serves its own {len(meta.get('classes') or [])} classes and takes "
+                    "no labels: drop labels and labels_file"
+                )
             return "trained"
         if not (self.labels or self.labels_file) and meta.get("classes"):
             self.labels = list(meta["classes"])  # a clip run: zero-shot over the classes it was tuned on
