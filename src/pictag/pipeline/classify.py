@@ -142,7 +142,8 @@ class Printed:
     are in, or, streamed (`--out -`), as CSV rows (or JSON lines) as each unit of images finishes.
 
     Attributes:
-        table: Every answer, in the columns of a results file.
+        table: Every answer, in the columns of a results file (empty when streamed: memory stays flat).
+        rows: How many answers.
         errors: (key, reason) of each image that could not be read; each is also said on stderr.
     """
 
@@ -151,6 +152,7 @@ class Printed:
         self.format = format
         self.stream = stream
         self.tables: list[pa.Table] = []
+        self.rows = 0
         self.errors: list[tuple[str, str]] = []
 
     @property
@@ -165,13 +167,11 @@ class Printed:
         if not self.stream:
             self.tables.append(rows)
         elif rows.num_rows:
-            sys.stdout.write(self._text(rows, header=not self.tables))
+            sys.stdout.write(self._text(rows, header=not self.rows))
             sys.stdout.flush()
-            self.tables.append(rows)
+        self.rows += rows.num_rows
 
     def summary(self) -> str:
-        if not self.table.num_rows and self.errors:
-            raise PictagError(f"none of the {len(self.errors)} image(s) could be read (reasons above)")
         return "" if self.stream else self._text(self.table, header=True).rstrip("\n")
 
     def _text(self, rows: pa.Table, header: bool) -> str:
@@ -203,6 +203,8 @@ def _print(cfg: ClassifyConfig, store: EmbeddingStore | None) -> Printed:
         workers = 0  # one batch: starting decoding processes would cost more than they save
     job = Job("classify", units, features, rows, schema, printed, workers, ROWS_RECIPE, cfg)
     InProcessExecutor().run(job, units, lambda _records: None)
+    if printed.errors and not printed.rows:
+        raise PictagError(f"none of the {len(printed.errors)} image(s) could be read (reasons above)")
     return printed
 
 
