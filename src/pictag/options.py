@@ -306,7 +306,7 @@ class LabelOptions:
 
     labels: list[str] | str | None = None
     labels_file: str | None = None
-    templates: str = "simple"
+    templates: str | list[str] = "simple"
 
 
 @dataclass(kw_only=True)
@@ -342,7 +342,8 @@ class ClassifyConfig(
     """Everything `pictag classify` takes.
 
     Attributes:
-        out: Results file, .csv or .parquet (any case).
+        out: Results file, .csv or .parquet (any case); - streams the rows to stdout. Without it, the answers are
+            printed as a table once all are in, and nothing is written.
         model: Model spec (default: the store's with --embeddings, else $PICTAG_MODEL or
             open_clip:ViT-B-32/openai), or a run directory from `pictag train`.
         labels: Comma-separated labels, e.g. "cat,dog,car" (or a list in YAML); with --model RUN and no labels,
@@ -357,7 +358,8 @@ class ClassifyConfig(
         images: Classify SOURCE, a product table, with fusion runs (--model RUN, repeatable): the folder of the
             products' images, found by id (<id>.jpg|.jpeg|.png|.webp, then <id>_*.*).
         tta: Test-time augmentation of a fusion run's images: flip averages each image with its mirror image.
-        format: rows: id, label, score and the top-k; submission: id,label only (product tables).
+        format: rows: id, label, score and the top-k; submission: id,label only (product tables); jsonl: one JSON
+            object per image on stdout (without --out, or with --out -).
         probabilities: Also write every class's probability, one column per class (product tables).
         report: Score the predictions against SOURCE's labels (<class>/ folders, a table's label column, a product
             table's): print top-1 and write the report of `pictag evaluate --data` into OUT's .report/ folder.
@@ -374,7 +376,7 @@ class ClassifyConfig(
     calibration: str | None = None
     head: Literal["zero-shot", "pretrained"] | None = None
     tta: Literal["none", "flip"] = "none"
-    format: Literal["rows", "submission"] = "rows"
+    format: Literal["rows", "submission", "jsonl"] = "rows"
     probabilities: bool = False
     report: bool = False
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import string
 from collections.abc import Iterable, Sequence
 from importlib import resources
@@ -34,7 +35,7 @@ def read_lines(path: str | os.PathLike, what: str) -> list[str]:
     Raises:
         PictagError: the file is missing, unreadable, binary, or not UTF-8.
     """
-    data = read_file(path, what)  # a FIFO, a device or a file over 256 MiB is one line, not a hang
+    data = read_file(path, what, pipes=True)  # a device, a named pipe with no writer or a file over 256 MiB: one line
     if data.startswith((b"\xff\xfe", b"\xfe\xff")):
         raise PictagError(f"{what} {path} is UTF-16: save it as UTF-8")
     if b"\x00" in data:
@@ -47,6 +48,34 @@ def read_lines(path: str | os.PathLike, what: str) -> list[str]:
         ) from None
     # Only \n and \r end lines: str.splitlines would also split a label at \x0b, \x1c or \u2028.
     return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+
+
+def read_once(
+    labels: str | Sequence[str] | None, labels_file: str | None, templates: str | Sequence[str]
+) -> tuple[str | Sequence[str] | None, str | None, str | Sequence[str]]:
+    """(labels, labels_file, templates) with a labels or templates file that is not a regular file (a pipe such as
+    `<(printf 'a\\nb\\n')`, /dev/stdin) read now, once, into the labels or templates themselves.
+
+    A pipe gives its content to its first reader only, and its name (/dev/fd/63) means nothing in a resolved config
+    or in another process, so the content takes its place. A regular file keeps its name.
+
+    Raises:
+        PictagError: the file cannot be read, or holds no valid labels or templates.
+    """
+    if labels_file is not None and _is_pipe(labels_file):
+        labels, labels_file = parse_labels(None, labels_file), None
+    if isinstance(templates, str) and templates not in BUILTIN_TEMPLATES and _is_pipe(templates):
+        templates = load_templates(templates)
+    return labels, labels_file, templates
+
+
+def _is_pipe(path: str | os.PathLike) -> bool:
+    """Whether `path` names something readable only once: anything that exists and is neither a file nor a folder."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:  # missing: the readers say so in their own words
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
 
 
 def check_template(template: object) -> str:

@@ -9,6 +9,8 @@ from pictag.serve.config import ServeConfig
 
 EXAMPLES = """examples:
   pictag serve --config serve.yaml                      # one machine: API + in-process worker, no Redis
+  pictag serve --model runs/parts                       # a trained run: its own classes, no labels
+  pictag serve --model runs/arcface --gallery emb/      # a vote of the labelled gallery, with its nearest images
   pictag serve api --config serve.yaml --port 8000 --processes 4
   pictag serve worker --config serve.yaml --device cuda:0 --batch-size 32 --max-wait-ms 10
   curl -F image=@cat.jpg -F labels=cat,dog http://localhost:8000/v1/classify
@@ -25,8 +27,10 @@ def add_parser(sub) -> None:
         "serve",
         ServeConfig,
         "pictag.cli.serve:_single",
-        help="serve zero-shot classification over HTTP",
-        description="Serve /v1/classify, /v1/jobs, a web page at / and /metrics. Without a mode, runs the API and "
+        help="serve a model over HTTP: zero-shot labels, a trained run's classes, or a gallery vote",
+        description="Serve /v1/classify, /v1/jobs, a web page at / and /metrics. The model picks the service unless "
+        "--service names one: a trained run serves its classes, an arcface run votes against --gallery, a CLIP-family "
+        "model (or a clip run) classifies by labels (zero-shot). Without a mode, runs the API and "
         "an in-process worker on one machine (no Redis). In production run `serve api` and any number of "
         "`serve worker`, joined by Redis (redis_url).",
         examples=EXAMPLES,
@@ -80,7 +84,7 @@ def _single(cfg: ServeConfig) -> str:
     except BaseException:
         sock.close()
         raise
-    print(f"pictag serve: http://{cfg.host}:{cfg.port} ({cfg.model}, in-process worker; page at /, API docs at /docs)")
+    print(f"pictag serve: http://{cfg.host}:{cfg.port} ({service}, in-process worker; page at /, API docs at /docs)")
     app = create_app(cfg, service=service)
     uvicorn.Server(uvicorn.Config(app, log_level="warning", http=http_protocol(cfg))).run(sockets=[sock])
     return ""

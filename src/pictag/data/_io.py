@@ -43,11 +43,13 @@ def safe_key(name: str) -> str:
         return name.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def read_file(path: str | os.PathLike, what: str, limit: int = MAX_FILE_BYTES) -> bytes:
+def read_file(path: str | os.PathLike, what: str, limit: int = MAX_FILE_BYTES, pipes: bool = False) -> bytes:
     """The bytes of a local file a user named, read only when it is a regular file of at most `limit` bytes.
 
     Opened without blocking, so a FIFO is refused rather than waited on, and checked on the open descriptor, so a
     symlink is judged by what it points to (a device, a FIFO) and no rename in between can swap the file.
+    With `pipes`, a pipe is read too (a labels file given as `<(printf 'a\\nb\\n')`), to the same limit: it was
+    opened without waiting for a writer, and a pipe with none reads as empty rather than hanging.
 
     Raises:
         PictagError: one line naming `what` and why: missing, not a regular file, too large, unreadable.
@@ -64,7 +66,9 @@ def read_file(path: str | os.PathLike, what: str, limit: int = MAX_FILE_BYTES) -
         raise PictagError(f"cannot read {what} {shown}: {exc}") from None
     try:
         mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
+        if pipes and stat.S_ISFIFO(mode):
+            os.set_blocking(fd, True)  # wait for the writer's data, not EAGAIN on the first read
+        elif not stat.S_ISREG(mode):
             kind = _KINDS.get(stat.S_IFMT(mode), "not a regular file")
             raise PictagError(f"{what} {shown} is {kind}, not a file: name a regular file")
         chunks, size = [], 0

@@ -113,6 +113,8 @@ class App:
         self.service = service
         self.token = cfg.token()
         self.default_labels = parse_labels(cfg.labels, cfg.labels_file) if cfg.labels or cfg.labels_file else None
+        # What the page shows instead of a labels box: the classes of a run's trained head.
+        self.classes = (cfg.run_meta() or {}).get("classes") if cfg.service == "trained" else None
         self.in_process = transport is None and not cfg.redis_url
         self.transport = transport if transport is not None else create_transport(cfg)
         self.metrics = ApiMetrics()
@@ -145,7 +147,7 @@ class App:
         params: dict = {}
         if labels:
             params["labels"] = parse_labels(labels, max_labels=cfg.max_labels)
-        elif not self.default_labels and cfg.service != "trained":  # a trained run brings its own classes
+        elif not self.default_labels and cfg.service == "zero-shot":  # a run or a gallery brings its own classes
             raise ApiError(400, "no labels: send labels (e.g. labels=cat,dog), or set labels in serve.yaml")
         if templates:
             if isinstance(templates, str) and templates.lstrip().startswith("["):
@@ -304,6 +306,9 @@ def create_app(cfg: ServeConfig, transport: Transport | None = None, service: Se
                   "max_json_depth", "max_job_items", "request_timeout_s")  # fmt: skip
         return {
             "model": cfg.model,
+            "service": cfg.service,
+            "classes": state.classes,
+            "gallery": cfg.gallery if cfg.service == "gallery" else None,
             "labels": state.default_labels,
             "templates": cfg.templates,
             "top_k": cfg.top_k,
