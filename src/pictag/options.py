@@ -754,8 +754,10 @@ class ExportConfig:
 
     Attributes:
         run: Run directory from `pictag train` (RUN, RUN/best or RUN/wise-ft-A).
-        format: hf: a save_pretrained folder for transformers' CLIPModel/CLIPProcessor (and --model hf:DIR);
-            open_clip: open_clip_model.safetensors + open_clip_config.json (open_clip "local-dir:DIR").
+        format: hf: a save_pretrained folder (transformers' CLIPModel/CLIPProcessor for a CLIP run, and --model
+            hf:DIR; AutoModelForImageClassification and pipeline("image-classification") for a timm classifier);
+            open_clip: open_clip_model.safetensors + open_clip_config.json (open_clip "local-dir:DIR");
+            onnx, openvino: one graph from uint8 crops to scores and embedding, with pipeline.json.
         out: The folder to write.
         overwrite: Replace an existing output.
     """
@@ -764,7 +766,7 @@ class ExportConfig:
     _required: ClassVar[tuple[str, ...]] = ("run", "format", "out")
 
     run: str | None = None
-    format: Literal["hf", "open_clip"] | None = None
+    format: Literal["hf", "open_clip", "onnx", "openvino"] | None = None
     out: str | None = None
     overwrite: bool = False
 
