@@ -54,6 +54,8 @@ _EXPORTS = {
     "load_run": "pictag.models.run_dir",
     "save_run_model": "pictag.models.run_dir",
     "export_run": "pictag.models.export",
+    "download": "pictag.models.hub",
+    "cached_models": "pictag.models.hub",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -77,6 +79,7 @@ if TYPE_CHECKING:
     from pictag.heads.zero_shot import ZeroShotClassifier
     from pictag.models.base import Encoder
     from pictag.models.export import export_run
+    from pictag.models.hub import cached_models, download
     from pictag.models.preprocess import Preprocess
     from pictag.models.registry import create_model, list_models
     from pictag.models.run_dir import load_run, save_run_model

@@ -470,12 +470,32 @@ class ModelsConfig:
     Attributes:
         scheme: Only this backend.
         grep: Only specs containing this text (case-insensitive).
+        cached: Only models whose weights are in the local Hugging Face cache, with their sizes.
     """
 
     _positional: ClassVar[tuple[str, ...]] = ("scheme",)
 
     scheme: Literal["open_clip", "hf", "timm"] | None = None
     grep: str | None = None
+    cached: bool = False
+
+
+@dataclass(kw_only=True)
+class DownloadConfig:
+    """Everything `pictag download` takes.
+
+    Attributes:
+        spec: The model spec to fetch: open_clip:ARCH/TAG, hf:ORG/NAME or timm:NAME.
+        to: Also write it as a self-contained folder that --model DIR loads with no hub and no cache.
+        overwrite: Replace an existing --to folder.
+    """
+
+    _positional: ClassVar[tuple[str, ...]] = ("spec",)
+    _required: ClassVar[tuple[str, ...]] = ("spec",)
+
+    spec: str | None = None
+    to: str | None = None
+    overwrite: bool = False
 
 
 @dataclass(kw_only=True)
