@@ -37,7 +37,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from pictag.errors import PictagError
+from pictag.errors import PictagError, option
+from pictag.heads.base import scores_from_logits
 from pictag.models.registry import parse_spec
 from pictag.models.run_dir import RunModel, load_run, model_dir
 
@@ -79,7 +80,7 @@ def export_run(run: str | os.PathLike, format: str, out: str | os.PathLike, *, o
         raise PictagError(f"unknown export format {format!r}: use one of {', '.join(FORMATS)}")
     out = Path(out)
     if out.exists() and not overwrite:
-        raise PictagError(f"{out} already exists: pass overwrite=True (--overwrite) to replace it")
+        raise PictagError(f"{out} already exists: pass {option('overwrite', True)} to replace it")
     loaded = load_run(run, device="cpu", precision="fp32")
     writer = _writer(loaded, format, run)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -115,7 +116,7 @@ def _writer(loaded: RunModel, format: str, run) -> Writer:
         raise PictagError(
             f"{run} ({meta.get('task')} run): a {format} CLIP folder would keep the towers but drop {lost} "
             "(transformers' CLIPForImageClassification pools patch tokens without CLIP's projection, and open_clip "
-            "has no classifier): export it with --format onnx or openvino"
+            f"has no classifier): export it with {option('format', 'onnx')} or openvino"
         )
     writer = _CLIP_WRITERS.get((scheme, format))
     if writer is None:
@@ -231,8 +232,6 @@ class _ImageGraph(torch.nn.Module):
         if self.head is None:
             return embedding
         logits = self.head(embedding if self.head.normalized_input else features)
-        from pictag.heads.base import scores_from_logits
-
         return scores_from_logits(logits, bias=self.head.logit_bias), embedding
 
 
@@ -317,13 +316,13 @@ def _hf_from_timm(loaded: RunModel, folder: Path) -> str:
     if meta.get("embedding"):
         raise PictagError(
             f"{meta['backbone']}: a transformers timm folder would drop {_learned_parts(loaded)}: "
-            "export it with --format onnx or openvino"
+            f"export it with {option('format', 'onnx')} or openvino"
         )
     linear = None if head is None else _linear_on_normalised(head)
     if head is not None and linear is None and head.normalized_input:
         raise PictagError(
             f"the run's {head.name} head is not one linear map, which is all a timm classifier holds: "
-            "export it with --format onnx or openvino"
+            f"export it with {option('format', 'onnx')} or openvino"
         )
     if head is not None and not head.normalized_input:  # the backbone's own classifier: timm's format as it is
         linear = head.weight, head.bias
@@ -455,7 +454,7 @@ def _hf_config(model, meta: dict):
     if unsupported or not hasattr(model, "visual") or not hasattr(model.visual, "class_embedding"):
         raise PictagError(
             f"open_clip:{arch} cannot be written as a transformers CLIP ({', '.join(unsupported) or 'not a CLIP'}): "
-            "export it with --format open_clip"
+            f"export it with {option('format', 'open_clip')}"
         )
     act = "quick_gelu" if cfg.get("quick_gelu") else "gelu"
     v_width, t_width = vision["width"], text.get("width", 512)
@@ -548,7 +547,8 @@ def _open_clip_from_hf(encoder, meta: dict, folder: Path) -> None:
     model = encoder.module
     if type(model).__name__ != "CLIPModel":
         raise PictagError(
-            f"{meta['backbone']} is a transformers {type(model).__name__}, not a CLIPModel: export it with --format hf"
+            f"{meta['backbone']} is a transformers {type(model).__name__}, not a CLIPModel: "
+            f"export it with {option('format', 'hf')}"
         )
     v, t = model.config.vision_config, model.config.text_config
     if v.hidden_act != t.hidden_act or v.hidden_act not in ("gelu", "quick_gelu"):

@@ -74,8 +74,8 @@ class Downloaded:
 
     def summary(self) -> str:
         if self.to is not None:
-            return f"{self.spec} -> {self.to} (self-contained: --model {self.to} loads it offline)"
-        return f"{self.spec} is in the cache {self.cache}; offline machines that share it load --model {self.spec}"
+            return f"{self.spec} -> {self.to} (self-contained: {option('model', str(self.to))} loads it offline)"
+        return f"{self.spec} is in the cache {self.cache}; offline machines that share it load {option('model', self.spec)}"
 
 
 def download(spec: str, to: str | os.PathLike | None = None, *, overwrite: bool = False) -> Downloaded:
