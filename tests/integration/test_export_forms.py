@@ -15,9 +15,11 @@ import torch
 from PIL import Image
 
 from pictag.cli.main import main
+from pictag.errors import PictagError
 from pictag.heads.base import create_head
 from pictag.models import create_model
 from pictag.models.embedding import EmbeddingEncoder
+from pictag.models.export import export_run
 from pictag.models.run_dir import load_run, save_run_model
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
@@ -187,3 +189,32 @@ def test_a_corrupt_run_is_one_line(tmp_path, clip_runs, capsys):
         error = capsys.readouterr().err.strip()
         assert error.startswith("pictag export: error:") and "\n" not in error, error
         assert not (tmp_path / "x").exists()
+
+
+def test_a_timm_models_own_classifier_is_transformers_own_class(tmp_path):
+    # A run holding the backbone's own classifier (as `pictag download --to` writes one) needs no code of ours.
+    from transformers import AutoModelForImageClassification
+
+    from pictag.heads.pretrained import PretrainedHead
+
+    encoder = create_model("timm:test_vit", random_weights=True, device="cpu", precision="fp32")
+    head = PretrainedHead(encoder, classes=[f"c{i}" for i in range(encoder.pretrained_classifier[0].shape[0])])
+    save_run_model(tmp_path / "run", encoder, head, task="download", classes=head.classes, metrics={})
+    export_run(tmp_path / "run", "hf", tmp_path / "hf")
+    model = AutoModelForImageClassification.from_pretrained(tmp_path / "hf").eval()
+    assert type(model).__name__ == "TimmWrapperForImageClassification" and model.config.id2label[3] == "c3"
+    pixels = torch.randn(2, 3, *encoder.preprocess.size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ours = head.scores(encoder.encode_image(pixels, normalize=False))
+        assert (model(pixel_values=pixels).logits.softmax(-1) - ours).abs().max() <= TOLERANCE
+
+
+def test_a_head_a_timm_classifier_cannot_hold_is_refused(tmp_path, capsys):
+    encoder = create_model("timm:test_vit", random_weights=True, device="cpu", precision="fp32")
+    head = create_head("mlp", prototypes=torch.randn(3, encoder.embed_dim))
+    save_run_model(tmp_path / "run", encoder, head, task="classifier", classes=list("abc"), metrics={})
+    assert main(["export", str(tmp_path / "run"), "--format", "hf", "--out", str(tmp_path / "hf")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "mlp head is not one linear map" in error and "--format onnx" in error and not (tmp_path / "hf").exists()
+    with pytest.raises(PictagError, match="format=onnx"):  # a Python caller is told the keyword argument
+        export_run(tmp_path / "run", "hf", tmp_path / "hf")

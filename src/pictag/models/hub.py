@@ -71,8 +71,14 @@ class Downloaded:
     spec: str
     to: Path | None
     cache: Path
+    tokenizer: str | None = None  # an open_clip model's transformers tokenizer, which stays in the cache
 
     def summary(self) -> str:
+        if self.to is not None and self.tokenizer:
+            return (
+                f"{self.spec} -> {self.to} ({option('model', str(self.to))} loads it offline with the tokenizer "
+                f"{self.tokenizer} from the cache {self.cache}: copy that too)"
+            )
         if self.to is not None:
             return f"{self.spec} -> {self.to} (self-contained: {option('model', str(self.to))} loads it offline)"
         return f"{self.spec} is in the cache {self.cache}; offline machines that share it load {option('model', self.spec)}"
@@ -114,7 +120,16 @@ def download(spec: str, to: str | os.PathLike | None = None, *, overwrite: bool 
 
         head = PretrainedHead(encoder) if encoder.pretrained_classifier is not None else None
         save_run_model(to, encoder, head, task="download", classes=None if head is None else head.classes, metrics={})
-    return Downloaded(str(parsed), None if to is None else Path(to), hub_cache())
+    return Downloaded(str(parsed), None if to is None else Path(to), hub_cache(), _hf_tokenizer(parsed))
+
+
+def _hf_tokenizer(spec) -> str | None:
+    # A run directory keeps open_clip's architecture but not a transformers tokenizer (SigLIP's, for one).
+    if spec.scheme != "open_clip":
+        return None
+    import open_clip
+
+    return ((open_clip.get_model_config(spec.name) or {}).get("text_cfg") or {}).get("hf_tokenizer_name")
 
 
 def hub_cache() -> Path:
