@@ -3,8 +3,9 @@
 Trains a run on the hymenoptera training split (real ImageNet Lite0 weights, one epoch, fp32), exports it as an hf
 folder, ONNX and OpenVINO, and prints the largest |difference| of every class score (and of the embedding for the
 graphs, of the pooled features for the folder's timm backbone) on 32 real validation photos:
-transformers' `pipeline("image-classification")` against `pictag classify`, onnxruntime and OpenVINO on pictag's
-crops against pictag's encoder and head.
+transformers' `pipeline("image-classification")` against pictag's encoder and head on the same decoded pixels and
+against `pictag classify` end to end (which decodes large JPEGs in draft mode), onnxruntime and OpenVINO on
+pictag's crops against pictag's encoder and head.
 
     python benchmarks/export_equality.py [--run RUN] [--work DIR]
 """

@@ -303,8 +303,6 @@ def _linear_on_normalised(head) -> tuple[torch.Tensor, torch.Tensor] | None:
     if head.name in ("cosine", "finetuned"):
         weight = head.weight if head.name == "finetuned" else F.normalize(head.weight, dim=-1)
         return head.log_scale.exp() * weight, torch.zeros(c)
-    if head.name == "arcface" and head.subcenters == 1:
-        return head.scale * F.normalize(head.weight, dim=-1), torch.zeros(c)
     return None
 
 
