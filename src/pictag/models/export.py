@@ -26,6 +26,7 @@ refused in one line that names what would be lost, before anything is written.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import uuid
@@ -258,7 +259,7 @@ def _write_graph(engine: str, loaded: RunModel, folder: Path) -> str:
         "input": {"name": "images", "dtype": "uint8", "layout": "NHWC", "color": "RGB", "size": [height, width]},
         "crop": {
             "resize": preprocess.resize,
-            "resize_means": "the short side to resize, then a centre crop of size"
+            "how": "the short side to resize, then a centre crop of size"
             if isinstance(preprocess.resize, int)
             else "resize to (height, width), then a centre crop of size",
             "interpolation": preprocess.interpolation,
@@ -378,10 +379,15 @@ def _timm_pretrained_cfg(model, preprocess, num_classes: int) -> dict:
     height, width = preprocess.size
     cfg = dict(model.pretrained_cfg)
     cfg = {k: v for k, v in cfg.items() if k not in ("hf_hub_id", "url", "file", "source", "tag", "hf_hub_filename")}
+    # timm resizes to floor(side / crop_pct): the model's own crop_pct where it gives the run's resize, else one
+    # half a pixel off, which floors to it whatever the float rounding.
     if isinstance(preprocess.resize, int):
-        crop_pct, crop_mode = max(height, width) / preprocess.resize, "center"
+        side, target, crop_mode = max(height, width), preprocess.resize, "center"
     else:
-        crop_pct, crop_mode = 1.0, "squash"
+        side, target, crop_mode = height, preprocess.resize[0], "squash"
+    crop_pct = cfg.get("crop_pct") or 1.0
+    if math.floor(side / crop_pct) != target:
+        crop_pct = side / (target + 0.5)
     return {
         **cfg,
         "input_size": [3, height, width],
