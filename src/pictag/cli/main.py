@@ -43,7 +43,7 @@ def build_parser() -> Parser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one pictag command; returns the exit code (2 for bad input, with one line on stderr)."""
-    from pictag.errors import COMMAND_LINE, PictagError, storage_error
+    from pictag.errors import PictagError, storage_error
 
     # A path may hold bytes that are not UTF-8 (Python decodes them to lone surrogates): print them as those bytes,
     # as `ls` does, rather than fail on the summary line of a finished run (stderr already escapes them).
@@ -55,7 +55,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="pictag: %(message)s")
-    token = COMMAND_LINE.set(True)
     try:
         return args.func(args)
     except PictagError as exc:
@@ -70,8 +69,6 @@ def main(argv: list[str] | None = None) -> int:
             raise  # a bug: its traceback is what a report needs
         print(f"pictag {args.command}: error: {line}", file=sys.stderr)
         return 2
-    finally:
-        COMMAND_LINE.reset(token)
 
 
 if __name__ == "__main__":
