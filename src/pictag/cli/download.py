@@ -26,6 +26,6 @@ def add_parser(sub) -> None:
 
 
 def run(cfg: DownloadConfig):
-    from pictag.models.hub import download
+    from pictag.models.download import download
 
     return download(cfg.spec, cfg.to, overwrite=cfg.overwrite)

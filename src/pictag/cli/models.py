@@ -22,7 +22,7 @@ def add_parser(sub) -> None:
 def run(cfg: ModelsConfig) -> str:
     needle = (cfg.grep or "").lower()
     if cfg.cached:
-        from pictag.models.hub import cached_models, hub_cache, human_size
+        from pictag.models.download import cached_models, hub_cache
 
         rows = [
             (", ".join(c.specs), human_size(c.size), c.repo)
@@ -36,3 +36,12 @@ def run(cfg: ModelsConfig) -> str:
     from pictag.models.registry import list_models
 
     return "\n".join(spec for spec in list_models(cfg.scheme) if needle in spec.lower())
+
+
+def human_size(size: float) -> str:
+    """Bytes as people read them: 812 B, 10.5 MB."""
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    raise AssertionError("unreachable")

@@ -237,7 +237,7 @@ class _ImageGraph(torch.nn.Module):
 
 
 def _write_graph(engine: str, loaded: RunModel, folder: Path) -> str:
-    from pictag.models.engines import runtime
+    from pictag.models.engines.encoder import runtime
     from pictag.models.engines.towers import Tower
 
     encoder, head = loaded.encoder, loaded.head
