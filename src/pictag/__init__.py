@@ -54,6 +54,8 @@ _EXPORTS = {
     "load_run": "pictag.models.run_dir",
     "save_run_model": "pictag.models.run_dir",
     "export_run": "pictag.models.export",
+    "download": "pictag.models.download",
+    "cached_models": "pictag.models.download",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -76,6 +78,7 @@ if TYPE_CHECKING:
     from pictag.heads.base import Head, create_head, list_heads, load_head, scores_from_logits
     from pictag.heads.zero_shot import ZeroShotClassifier
     from pictag.models.base import Encoder
+    from pictag.models.download import cached_models, download
     from pictag.models.export import export_run
     from pictag.models.preprocess import Preprocess
     from pictag.models.registry import create_model, list_models

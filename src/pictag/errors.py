@@ -1,5 +1,7 @@
 """The one exception type users see: the CLI prints its message on one line and exits 2."""
 
+import contextvars
+
 
 class PictagError(Exception):
     """A problem with the user's input or environment, with a message that says how to fix it."""
@@ -19,3 +21,15 @@ def storage_error(exc: BaseException) -> str | None:
     if type(exc).__module__.split(".")[0] not in _STORAGE_CLIENTS:
         return None
     return f"object storage: {' '.join(str(exc).split()) or type(exc).__name__} (check the credentials and endpoint)"
+
+
+# Set by the `pictag` command while it runs one: errors then name options as its flags, else as keyword arguments.
+COMMAND_LINE = contextvars.ContextVar("pictag_command_line", default=False)
+
+
+def option(name: str, value: str | bool = "") -> str:
+    """An option as the caller passes it, for error messages: `--name VALUE` on the command line, else `name=VALUE`
+    (a switch, `value=True`: `--name`, else `name=True`)."""
+    if COMMAND_LINE.get():
+        return f"--{name.replace('_', '-')}" + (f" {value}" if value and value is not True else "")
+    return f"{name}={value or '...'}"

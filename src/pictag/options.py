@@ -524,12 +524,32 @@ class ModelsConfig:
     Attributes:
         scheme: Only this backend.
         grep: Only specs containing this text (case-insensitive).
+        cached: Only models whose weights are in the local Hugging Face cache, with their sizes.
     """
 
     _positional: ClassVar[tuple[str, ...]] = ("scheme",)
 
     scheme: Literal["open_clip", "hf", "timm"] | None = None
     grep: str | None = None
+    cached: bool = False
+
+
+@dataclass(kw_only=True)
+class DownloadConfig:
+    """Everything `pictag download` takes.
+
+    Attributes:
+        spec: The model spec to fetch: open_clip:ARCH/TAG, hf:ORG/NAME or timm:NAME.
+        to: Also write it as a self-contained folder that --model DIR loads with no hub and no cache.
+        overwrite: Replace an existing --to folder.
+    """
+
+    _positional: ClassVar[tuple[str, ...]] = ("spec",)
+    _required: ClassVar[tuple[str, ...]] = ("spec",)
+
+    spec: str | None = None
+    to: str | None = None
+    overwrite: bool = False
 
 
 @dataclass(kw_only=True)
@@ -851,8 +871,10 @@ class ExportConfig:
 
     Attributes:
         run: Run directory from `pictag train` (RUN, RUN/best or RUN/wise-ft-A).
-        format: hf: a save_pretrained folder for transformers' CLIPModel/CLIPProcessor (and --model hf:DIR);
-            open_clip: open_clip_model.safetensors + open_clip_config.json (open_clip "local-dir:DIR").
+        format: hf: a save_pretrained folder (transformers' CLIPModel/CLIPProcessor for a CLIP run, and --model
+            hf:DIR; AutoModelForImageClassification and pipeline("image-classification") for a timm classifier);
+            open_clip: open_clip_model.safetensors + open_clip_config.json (open_clip "local-dir:DIR");
+            onnx, openvino: one graph from uint8 crops to scores and embedding, with pipeline.json.
         out: The folder to write.
         overwrite: Replace an existing output.
     """
@@ -861,7 +883,7 @@ class ExportConfig:
     _required: ClassVar[tuple[str, ...]] = ("run", "format", "out")
 
     run: str | None = None
-    format: Literal["hf", "open_clip"] | None = None
+    format: Literal["hf", "open_clip", "onnx", "openvino"] | None = None
     out: str | None = None
     overwrite: bool = False
 

@@ -32,6 +32,7 @@ def workdir(tmp_path_factory, tiny_hf_clip):
     for name, data in images.items():
         (root / "photos" / name).write_bytes(data)
     (root / "labels.txt").write_text("cat\nastronaut\ncoffee\n")
+    (root / "examples").symlink_to(ROOT / "examples")  # the files the repository ships
     (root / "shards").mkdir()
     for shard in range(10):
         write_tar(

@@ -77,6 +77,16 @@ def add_config_args(parser: argparse.ArgumentParser, config: type, only: Iterabl
 
 def execute(config: type, target: str, args: argparse.Namespace) -> int:
     """Build the config from --config and the flags, then print it or run the command on it."""
+    from pictag.errors import COMMAND_LINE
+
+    token = COMMAND_LINE.set(True)  # errors name flags, not keyword arguments
+    try:
+        return _execute(config, target, args)
+    finally:
+        COMMAND_LINE.reset(token)
+
+
+def _execute(config: type, target: str, args: argparse.Namespace) -> int:
     import yaml
 
     from pictag.config import load_config

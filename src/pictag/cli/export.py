@@ -1,4 +1,4 @@
-"""`pictag export`: a trained run as a transformers save_pretrained folder or an open_clip checkpoint."""
+"""`pictag export`: a trained run as a transformers folder, an open_clip checkpoint, or an ONNX/OpenVINO graph."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from pictag.options import ExportConfig
 EXAMPLES = """examples:
   pictag export runs/clip-ft --format hf --out fine_tuned_clip/      # transformers' CLIPModel.from_pretrained loads it
   pictag export runs/clip-ft/wise-ft-0.5 --format open_clip --out clip-wise/
+  pictag export runs/lite0 --format hf --out lite0-hf/       # AutoModelForImageClassification, trust_remote_code=True
+  pictag export runs/lite0 --format onnx --out lite0-onnx/   # model.onnx: uint8 crops -> scores, embedding
 """
 
 
@@ -17,10 +19,11 @@ def add_parser(sub) -> None:
         "export",
         ExportConfig,
         "pictag.cli.export:run",
-        help="write a trained run as a transformers or open_clip model",
-        description="Write a run directory's encoder in another library's format: a save_pretrained folder "
-        "(config.json, model.safetensors, preprocessor_config.json, tokenizer) or an open_clip checkpoint. "
-        "CLIP backbones only; open_clip and transformers layouts are converted into each other.",
+        help="write a trained run as a transformers, open_clip, ONNX or OpenVINO model, with a model card",
+        description="Write everything a run learned in another library's format, with a README.md model card "
+        "(data, recipe, metrics, labels): a save_pretrained folder (a CLIP run, or a timm classifier with its "
+        "labels), an open_clip checkpoint (a CLIP run), or one ONNX/OpenVINO graph from uint8 crops to scores and "
+        "embedding (any run but fusion). What a format cannot hold is refused, naming it.",
         examples=EXAMPLES,
     )
 

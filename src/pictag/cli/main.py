@@ -26,6 +26,7 @@ COMMANDS = [
     "calibrate",
     "labelme-crops",
     "export",
+    "download",
     "verify",
     "bench-engines",
 ]

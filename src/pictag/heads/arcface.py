@@ -49,7 +49,7 @@ class ArcFaceHead(Head):
     def cosines(self, features: torch.Tensor) -> torch.Tensor:
         """(N, C) cosine of each embedding with each class's nearest centre, in float32."""
         cos = F.normalize(features.float(), dim=-1) @ F.normalize(self.weight.float(), dim=-1).T
-        return cos.view(len(features), self.num_classes, self.subcenters).amax(dim=-1)
+        return cos.unflatten(-1, (self.num_classes, self.subcenters)).amax(dim=-1)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.scale * self.cosines(features)

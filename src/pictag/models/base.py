@@ -9,7 +9,7 @@ from contextlib import nullcontext
 import torch
 import torch.nn.functional as F
 
-from pictag.errors import PictagError
+from pictag.errors import PictagError, option
 from pictag.models.preprocess import Preprocess
 
 log = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ class Encoder(torch.nn.Module):
         raise PictagError(
             f"{self.spec} is an image-only model and cannot encode text: zero-shot labels need a CLIP-family "
             "model (open_clip:ARCH/TAG or hf:ORG/NAME); a timm model classifies into its own classes with "
-            "--head pretrained"
+            f"{option('head', 'pretrained')}"
         )
 
     def log_truncation(self, truncated: bool, context: int) -> None:

@@ -1,37 +1,53 @@
-"""`export`: a run directory written in other ecosystems' formats, loadable without pictag.
+"""`export`: a run directory written in other ecosystems' formats, loadable without pictag, with a model card.
 
-- `hf`: a `save_pretrained` folder (config.json, model.safetensors, preprocessor_config.json, tokenizer files) that
-  transformers' `CLIPModel.from_pretrained` and `CLIPProcessor.from_pretrained` load, and `--model hf:DIR` too.
-  An hf-backed run is saved as it is; an open_clip ViT CLIP is converted to transformers' CLIP layout, as
-  transformers' own `convert_clip_original_pytorch_to_hf.py` maps it (fused q/k/v split into three projections,
-  projections transposed into Linear weights).
+- `hf`: a `save_pretrained` folder.
+  - A CLIP run (open_clip or hf backbone, `clip` task): transformers' `CLIPModel.from_pretrained` and
+    `CLIPProcessor.from_pretrained` load it, and `--model hf:DIR` too. An hf-backed run is saved as it is; an
+    open_clip ViT CLIP is converted to transformers' CLIP layout, as transformers' own
+    `convert_clip_original_pytorch_to_hf.py` maps it (fused q/k/v split into three projections, projections
+    transposed into Linear weights).
+  - A timm classifier run: `AutoModelForImageClassification.from_pretrained(DIR, trust_remote_code=True)` and
+    `pipeline("image-classification", model=DIR, trust_remote_code=True)` load it, with `id2label`. It is
+    transformers' `TimmWrapperForImageClassification` whose classifier takes the L2-normalised features, as pictag
+    trains its heads (`modeling_pictag_timm.py`, copied into the folder): no timm classifier normalises. The
+    backbone alone is also written in timm's own format (`timm/`: config.json with its `pretrained_cfg`, and
+    model.safetensors), which `timm.create_model("local-dir:DIR/timm")` loads.
 - `open_clip`: `open_clip_model.safetensors` and `open_clip_config.json`, as open_clip's hub folders hold them:
   `open_clip.create_model_and_transforms(ARCH, pretrained=DIR/open_clip_model.safetensors)` and
   `create_model_and_transforms("local-dir:DIR")` load it. An hf-backed CLIP is converted the other way.
+- `onnx` / `openvino`: any run as one graph from uint8 crops to its scores and its embedding (`model.onnx` or
+  `model.xml`), and `pipeline.json` with the crop to make, the graph's inputs and outputs, and the labels.
 
-A backbone that has no such form (a timm image model, a CLIP variant the layouts do not share) is refused in one
-line before anything is written.
+Every export has a README.md model card made from pictag.json and the run's config: data, recipe, metrics, labels.
+What a format cannot hold (a CLIP run's classifier head in a CLIP folder, a learned embedding in a timm folder) is
+refused in one line that names what would be lost, before anything is written.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
-from pictag.errors import PictagError
+from pictag.errors import PictagError, option
+from pictag.heads.base import scores_from_logits
 from pictag.models.registry import parse_spec
-from pictag.models.run_dir import load_run
+from pictag.models.run_dir import RunModel, load_run, model_dir
 
-FORMATS = ("hf", "open_clip")
+FORMATS = ("hf", "open_clip", "onnx", "openvino")
 # PIL resample codes, as transformers' image processors store them.
 _RESAMPLE = {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3}
+PIPELINE = "pipeline.json"
+TIMM_MODELING = "modeling_pictag_timm.py"
 
 
 @dataclass
@@ -39,52 +55,349 @@ class ExportResult:
     out: Path
     format: str
     source: str
+    how: str
 
     def summary(self) -> str:
-        how = {
-            "hf": "transformers.CLIPModel.from_pretrained / CLIPProcessor.from_pretrained, or --model hf:DIR",
-            "open_clip": 'open_clip.create_model_and_transforms("local-dir:DIR")',
-        }[self.format]
-        return f"exported {self.source} as {self.format} -> {self.out} (load with {how})"
+        return f"exported {self.source} as {self.format} -> {self.out} (load with {self.how})"
+
+
+Writer = Callable[[RunModel, Path], str]
 
 
 def export_run(run: str | os.PathLike, format: str, out: str | os.PathLike, *, overwrite: bool = False) -> ExportResult:
-    """Write a run directory's encoder as a transformers `save_pretrained` folder or an open_clip checkpoint.
+    """Write a run directory in another ecosystem's format, with a README.md model card.
 
     Args:
         run: The run directory (RUN, RUN/best or RUN/wise-ft-A).
-        format: "hf" or "open_clip".
+        format: "hf", "open_clip", "onnx" or "openvino".
         out: The folder to write; written to a temporary name and renamed, so it is whole or absent.
         overwrite: Replace an existing `out`.
 
     Raises:
-        PictagError: unknown format, an existing output, or a backbone that this format cannot hold.
+        PictagError: unknown format, an existing output, a corrupt run, or a run that this format cannot hold
+            whole (the message names what would be lost).
     """
     if format not in FORMATS:
         raise PictagError(f"unknown export format {format!r}: use one of {', '.join(FORMATS)}")
     out = Path(out)
     if out.exists() and not overwrite:
-        raise PictagError(f"{out} already exists: pass --overwrite to replace it")
+        raise PictagError(f"{out} already exists: pass {option('overwrite', True)} to replace it")
     loaded = load_run(run, device="cpu", precision="fp32")
-    encoder, scheme = loaded.encoder, parse_spec(loaded.meta["backbone"]).scheme
-    writer = _WRITERS.get((scheme, format))
-    if writer is None:
-        raise PictagError(
-            f"{run} has a {loaded.meta['backbone']} backbone, which has no {format} form: only CLIP models "
-            "(open_clip or hf backbones) export to hf and open_clip"
-        )
+    writer = _writer(loaded, format, run)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
-        writer(encoder, loaded.meta, tmp)
+        how = writer(loaded, tmp)
+        (tmp / "README.md").write_text(model_card(run, loaded, format, how))
         if out.exists():
             shutil.rmtree(out)
         os.rename(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return ExportResult(out, format, encoder.spec)
+    return ExportResult(out, format, loaded.encoder.spec, how)
+
+
+def _writer(loaded: RunModel, format: str, run) -> Writer:
+    """The writer of `format` for this run, or a one-line refusal naming what the format would lose."""
+    meta = loaded.meta
+    if format in ("onnx", "openvino"):
+        if meta.get("task") == "fusion":
+            raise PictagError(
+                f"{run} is a fusion run: it scores an image together with its product text, and a graph from the "
+                "image alone would drop the text tower; serve it with pictag instead"
+            )
+        return partial(_write_graph, format)
+    scheme = parse_spec(meta["backbone"]).scheme
+    if scheme == "timm" and format == "hf":
+        return _hf_from_timm
+    lost = _learned_parts(loaded)
+    if scheme in ("open_clip", "hf") and lost:
+        raise PictagError(
+            f"{run} ({meta.get('task')} run): a {format} CLIP folder would keep the towers but drop {lost} "
+            "(transformers' CLIPForImageClassification pools patch tokens without CLIP's projection, and open_clip "
+            f"has no classifier): export it with {option('format', 'onnx')} or openvino"
+        )
+    writer = _CLIP_WRITERS.get((scheme, format))
+    if writer is None:
+        raise PictagError(
+            f"{run} has a {meta['backbone']} backbone, which has no {format} form: open_clip exports CLIP models "
+            "(open_clip or hf backbones), hf exports those and timm classifiers, onnx and openvino export any run"
+        )
+    return writer
+
+
+def _learned_parts(loaded: RunModel) -> str:
+    """What a run learned beyond its backbone, in words ("" for none)."""
+    parts = []
+    embedding = loaded.meta.get("embedding")
+    if embedding:
+        parts.append(f"its learned {embedding['in_dim']}->{embedding['dim']} embedding")
+    if loaded.head is not None:
+        parts.append(f"its {loaded.head.name} head and the names of its {loaded.head.num_classes} classes")
+    return " and ".join(parts)
+
+
+# --- model card -------------------------------------------------------------------------------------------------------
+
+
+# Where a run's config.yaml says what it learned from; runtime options (where it ran, where it wrote) are neither.
+_DATA_KEYS = ("data", "images", "val", "val_split", "folds", "fold", "label_column", "text_column", "id_col")
+_RUNTIME_KEYS = ("out", "device", "workers", "fresh", "max_pixels", "max_aspect_ratio", "decode", "save_every")
+
+
+def model_card(run, loaded: RunModel, format: str, how: str) -> str:
+    """README.md of an export: what the run was trained on and how, its metrics and labels, and how to load it."""
+    import yaml
+
+    meta, folder = loaded.meta, model_dir(run)
+    root = folder.parent if folder.name == "best" else folder
+    config_path = root / "config.yaml"
+    config = (yaml.safe_load(config_path.read_text()) if config_path.is_file() else None) or {}
+    config = {k: v for k, v in config.items() if v not in (None, "", []) and k not in _RUNTIME_KEYS}
+    data = {k: v for k, v in config.items() if k in _DATA_KEYS}
+    recipe = {k: v for k, v in config.items() if k not in _DATA_KEYS}
+    metrics = {**_epoch_metrics(root / "metrics.csv", (meta.get("metrics") or {}).get("epoch")), **meta["metrics"]}
+    classes = meta.get("classes") or []
+    lines = [
+        "---",
+        "library_name: " + {"hf": "transformers", "open_clip": "open_clip"}.get(format, format),
+        "tags: [pictag, image-classification]" if classes else "tags: [pictag, image-feature-extraction]",
+        "---",
+        f"# {root.name}",
+        "",
+        f"A pictag `{meta.get('task')}` run on `{meta['backbone']}`, exported as `{format}`.",
+        "",
+        f"Load it with {how}.",
+        "",
+        "## Data",
+        "",
+        *([f"- {k}: `{v}`" for k, v in data.items()] or ["- not recorded (the run has no config.yaml)"]),
+        f"- classes: {len(classes)}" if classes else "- no classes (an embedding or zero-shot model)",
+        "",
+        "## Recipe",
+        "",
+        *[f"- {k}: `{v}`" for k, v in recipe.items()],
+        f"- head: `{json.dumps(meta.get('head'))}`",
+        f"- preprocessing: `{json.dumps(meta.get('preprocess'))}`",
+        f"- pictag version: {meta.get('pictag_version')}",
+        "",
+        "## Metrics",
+        "",
+        "| metric | value |",
+        "|---|---|",
+        *[f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items()],
+        "",
+    ]
+    if classes:
+        lines += ["## Labels", "", "| id | label |", "|---|---|", *[f"| {i} | {c} |" for i, c in enumerate(classes)]]
+    return "\n".join(lines) + "\n"
+
+
+def _epoch_metrics(path: Path, epoch) -> dict:
+    """The metrics.csv row of the kept epoch (the last row when the epoch is unknown), as numbers where they are."""
+    import csv
+
+    if not path.is_file():
+        return {}
+    rows = list(csv.DictReader(path.open()))
+    row = next((r for r in rows if r.get("epoch") == str(epoch)), rows[-1] if rows else {})
+    out = {}
+    for key, value in row.items():
+        if value in ("", None):
+            continue
+        try:
+            out[key] = int(value) if value.isdigit() else float(value)
+        except ValueError:
+            out[key] = value
+    return out
+
+
+# --- onnx and openvino ------------------------------------------------------------------------------------------------
+
+
+class _ImageGraph(torch.nn.Module):
+    """uint8 (N, H, W, 3) RGB crops -> (scores, embedding), or the embedding alone for a run without a head.
+
+    The embedding is what `pictag embed` stores (L2-normalised); the scores are what `classify` reports.
+    """
+
+    def __init__(self, encoder, head):
+        super().__init__()
+        self.encoder, self.head = encoder, head
+
+    def forward(self, images: torch.Tensor):
+        features = self.encoder.forward_image(self.encoder.preprocess.normalize(images)).float()
+        embedding = F.normalize(features, dim=-1)
+        if self.head is None:
+            return embedding
+        logits = self.head(embedding if self.head.normalized_input else features)
+        return scores_from_logits(logits, bias=self.head.logit_bias), embedding
+
+
+def _write_graph(engine: str, loaded: RunModel, folder: Path) -> str:
+    from pictag.models.engines.encoder import runtime
+    from pictag.models.engines.towers import Tower
+
+    encoder, head = loaded.encoder, loaded.head
+    onnx, target = runtime("onnx"), runtime(engine)
+    onnx.require()
+    target.require()
+    height, width = encoder.preprocess.size
+    outputs = ("embedding",) if head is None else ("scores", "embedding")
+    example = {"images": torch.zeros(2, height, width, 3, dtype=torch.uint8)}
+    tower = Tower("image", _ImageGraph(encoder, head).eval(), example, {"images": {0: "batch"}}, outputs)
+    onnx.export(tower, folder)
+    if engine == "openvino":
+        target.export(tower, folder, onnx=folder / onnx.file)
+        (folder / onnx.file).unlink()
+    _check_graph(target, folder, tower.module, height, width)
+    preprocess = encoder.preprocess
+    pipeline = {
+        "model": target.file,
+        "input": {"name": "images", "dtype": "uint8", "layout": "NHWC", "color": "RGB", "size": [height, width]},
+        "crop": {
+            "resize": preprocess.resize,
+            "how": "the short side to resize, then a centre crop of size"
+            if isinstance(preprocess.resize, int)
+            else "resize to (height, width), then a centre crop of size",
+            "interpolation": preprocess.interpolation,
+        },
+        "normalize_in_graph": {"mean": list(preprocess.mean), "std": list(preprocess.std), "scale": 1 / 255},
+        "outputs": {
+            **({"scores": "softmax over labels" if head.logit_bias is None else "sigmoid per label"} if head else {}),
+            "embedding": f"L2-normalised {encoder.embed_dim}-d embedding",
+        },
+        "labels": loaded.classes,
+        "backbone": loaded.meta["backbone"],
+    }
+    (folder / PIPELINE).write_text(json.dumps(pipeline, indent=2) + "\n")
+    runner = "onnxruntime.InferenceSession" if engine == "onnx" else "openvino.Core().compile_model"
+    return f"{runner}(DIR/{target.file}) on uint8 crops made as DIR/{PIPELINE} says"
+
+
+def _check_graph(target, folder: Path, module: torch.nn.Module, height: int, width: int) -> None:
+    """Run the written graph on a batch of another size than the traced one, against the module: a shape the
+    tracer froze into a constant would otherwise give wrong results, or fail, only in the user's hands."""
+    images = torch.randint(0, 256, (3, height, width, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = module(images)
+    expected = (expected if isinstance(expected, torch.Tensor) else expected[0]).numpy()
+    try:
+        got = target.load(folder, "fp32", threads=1)({"images": images.numpy()})
+    except Exception as exc:  # the runtimes raise their own types
+        raise PictagError(f"the exported {target.name} graph does not run: {str(exc).splitlines()[0][:200]}") from None
+    delta = float(abs(got - expected).max())
+    if delta > 1e-4:
+        raise PictagError(f"the exported {target.name} graph differs from the run by {delta:.2g}: please report it")
+
+
+# --- timm -------------------------------------------------------------------------------------------------------------
+
+
+def _linear_on_normalised(head) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(W, b) with head(f) = W f + b for L2-normalised f, when the head is one linear map; None otherwise."""
+    c = head.num_classes
+    if head.name == "linear":
+        return head.weight, head.bias
+    if head.name in ("cosine", "finetuned"):
+        weight = head.weight if head.name == "finetuned" else F.normalize(head.weight, dim=-1)
+        return head.log_scale.exp() * weight, torch.zeros(c)
+    return None
+
+
+def _hf_from_timm(loaded: RunModel, folder: Path) -> str:
+    import timm
+    from safetensors.torch import save_file
+
+    meta, encoder, head = loaded.meta, loaded.encoder, loaded.head
+    if meta.get("embedding"):
+        raise PictagError(
+            f"{meta['backbone']}: a transformers timm folder would drop {_learned_parts(loaded)}: "
+            f"export it with {option('format', 'onnx')} or openvino"
+        )
+    linear = None if head is None else _linear_on_normalised(head)
+    if head is not None and linear is None and head.normalized_input:
+        raise PictagError(
+            f"the run's {head.name} head is not one linear map, which is all a timm classifier holds: "
+            f"export it with {option('format', 'onnx')} or openvino"
+        )
+    if head is not None and not head.normalized_input:  # the backbone's own classifier: timm's format as it is
+        linear = head.weight, head.bias
+    arch = parse_spec(meta["backbone"]).name.split(".")[0]
+    num_classes = 0 if head is None else head.num_classes
+    model = timm.create_model(arch, pretrained=False, num_classes=num_classes)
+    state = {k: v for k, v in encoder.module.state_dict().items()}
+    if linear is not None:
+        name = next(n for n, m in model.named_modules() if m is model.get_classifier())
+        state.update({f"{name}.weight": linear[0], f"{name}.bias": linear[1]})
+    model.load_state_dict(state)  # strict: the backbone and the classifier are all of it
+    state = {k: v.detach().float().contiguous() for k, v in model.state_dict().items()}
+    pretrained_cfg = _timm_pretrained_cfg(model, encoder.preprocess, num_classes)
+    timm_config = {"architecture": arch, "num_classes": num_classes, "num_features": model.num_features,
+                   "pretrained_cfg": pretrained_cfg}  # fmt: skip
+    # timm's own format holds the backbone alone: its classifiers take unnormalised features.
+    (folder / "timm").mkdir()
+    backbone = {k: v.detach().float().contiguous() for k, v in encoder.module.state_dict().items()}
+    save_file(backbone, folder / "timm" / "model.safetensors", metadata={"format": "pt"})
+    headless = {**timm_config, "num_classes": 0, "pretrained_cfg": {**pretrained_cfg, "num_classes": 0}}
+    (folder / "timm" / "config.json").write_text(json.dumps(headless, indent=2) + "\n")
+    if linear is None:  # no head: the backbone's features, as TimmWrapperModel gives them
+        config = {**timm_config, "model_type": "timm_wrapper", "architectures": ["TimmWrapperModel"]}
+    elif head.normalized_input:
+        config = {
+            **timm_config,
+            "model_type": "pictag_timm",
+            "architectures": ["PictagTimmForImageClassification"],
+            "auto_map": {
+                "AutoConfig": f"{TIMM_MODELING[:-3]}.PictagTimmConfig",
+                "AutoModelForImageClassification": f"{TIMM_MODELING[:-3]}.PictagTimmForImageClassification",
+            },
+        }
+        shutil.copy(Path(__file__).with_name(TIMM_MODELING), folder / TIMM_MODELING)
+    else:
+        config = {**timm_config, "model_type": "timm_wrapper", "architectures": ["TimmWrapperForImageClassification"]}
+    if loaded.classes:
+        config["label_names"] = list(loaded.classes)
+    # transformers' timm image processor reads its pretrained_cfg from config.json, as timm's hub folders hold it.
+    config["image_processor_type"] = "TimmWrapperImageProcessor"
+    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    save_file({f"timm_model.{k}": v for k, v in state.items()}, folder / "model.safetensors", metadata={"format": "pt"})
+    remote = ", trust_remote_code=True" if TIMM_MODELING in os.listdir(folder) else ""
+    load = (
+        f'transformers.AutoModelForImageClassification.from_pretrained(DIR{remote}) or pipeline("image-classification", '
+        f"model=DIR{remote})"
+        if linear is not None
+        else "transformers.AutoModel.from_pretrained(DIR)"
+    )
+    return f'{load}; the backbone alone: timm.create_model("local-dir:DIR/timm", pretrained=True)'
+
+
+def _timm_pretrained_cfg(model, preprocess, num_classes: int) -> dict:
+    """timm's pretrained_cfg of the model, with the run's preprocessing (the crop pictag makes)."""
+    height, width = preprocess.size
+    cfg = dict(model.pretrained_cfg)
+    cfg = {k: v for k, v in cfg.items() if k not in ("hf_hub_id", "url", "file", "source", "tag", "hf_hub_filename")}
+    # timm resizes to floor(side / crop_pct): the model's own crop_pct where it gives the run's resize, else one
+    # half a pixel off, which floors to it whatever the float rounding.
+    if isinstance(preprocess.resize, int):
+        side, target, crop_mode = max(height, width), preprocess.resize, "center"
+    else:
+        side, target, crop_mode = height, preprocess.resize[0], "squash"
+    crop_pct = cfg.get("crop_pct") or 1.0
+    if math.floor(side / crop_pct) != target:
+        crop_pct = side / (target + 0.5)
+    return {
+        **cfg,
+        "input_size": [3, height, width],
+        "interpolation": preprocess.interpolation,
+        "mean": list(preprocess.mean),
+        "std": list(preprocess.std),
+        "crop_pct": crop_pct,
+        "crop_mode": crop_mode,
+        "num_classes": num_classes,
+    }
 
 
 # --- hf ---------------------------------------------------------------------------------------------------------------
@@ -145,7 +458,7 @@ def _hf_config(model, meta: dict):
     if unsupported or not hasattr(model, "visual") or not hasattr(model.visual, "class_embedding"):
         raise PictagError(
             f"open_clip:{arch} cannot be written as a transformers CLIP ({', '.join(unsupported) or 'not a CLIP'}): "
-            "export it with --format open_clip"
+            f"export it with {option('format', 'open_clip')}"
         )
     act = "quick_gelu" if cfg.get("quick_gelu") else "gelu"
     v_width, t_width = vision["width"], text.get("width", 512)
@@ -238,7 +551,8 @@ def _open_clip_from_hf(encoder, meta: dict, folder: Path) -> None:
     model = encoder.module
     if type(model).__name__ != "CLIPModel":
         raise PictagError(
-            f"{meta['backbone']} is a transformers {type(model).__name__}, not a CLIPModel: export it with --format hf"
+            f"{meta['backbone']} is a transformers {type(model).__name__}, not a CLIPModel: "
+            f"export it with {option('format', 'hf')}"
         )
     v, t = model.config.vision_config, model.config.text_config
     if v.hidden_act != t.hidden_act or v.hidden_act not in ("gelu", "quick_gelu"):
@@ -346,9 +660,19 @@ def hf_to_open_clip(state: dict[str, torch.Tensor], vision_layers: int, text_lay
     return {k: v.contiguous() for k, v in out.items()}
 
 
-_WRITERS = {
-    ("hf", "hf"): _hf_from_hf,
-    ("open_clip", "hf"): _hf_from_open_clip,
-    ("open_clip", "open_clip"): _open_clip_from_open_clip,
-    ("hf", "open_clip"): _open_clip_from_hf,
+def _clip(write: Callable, how: str) -> Writer:
+    def writer(loaded: RunModel, folder: Path) -> str:
+        write(loaded.encoder, loaded.meta, folder)
+        return how
+
+    return writer
+
+
+_HF_HOW = "transformers.CLIPModel.from_pretrained / CLIPProcessor.from_pretrained, or --model hf:DIR"
+_OPEN_CLIP_HOW = 'open_clip.create_model_and_transforms("local-dir:DIR")'
+_CLIP_WRITERS = {
+    ("hf", "hf"): _clip(_hf_from_hf, _HF_HOW),
+    ("open_clip", "hf"): _clip(_hf_from_open_clip, _HF_HOW),
+    ("open_clip", "open_clip"): _clip(_open_clip_from_open_clip, _OPEN_CLIP_HOW),
+    ("hf", "open_clip"): _clip(_open_clip_from_hf, _OPEN_CLIP_HOW),
 }

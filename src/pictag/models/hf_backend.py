@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
-from pictag.errors import PictagError
+from pictag.errors import PictagError, option
 from pictag.models.base import Encoder
 from pictag.models.checkpoint import file_digest, load_checkpoint
 from pictag.models.hub import fetch_failed, hub_online
@@ -127,7 +127,7 @@ def _create(spec: ModelSpec, checkpoint=None, random_weights: bool = False) -> E
         raise PictagError(f"hf:{name} is neither a local directory nor a hub id (ORG/NAME)")
     if not local:
         hub_online()
-    fix = f"Save the model with save_pretrained and pass hf:/that/dir, or --checkpoint FILE with hf:{name}"
+    fix = f"Save the model with save_pretrained and pass hf:/that/dir, or {option('checkpoint', 'FILE')} with hf:{name}"
     try:
         config = AutoConfig.from_pretrained(name)
         tokenizer = AutoTokenizer.from_pretrained(name)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import torch
 
-from pictag.errors import PictagError
+from pictag.errors import PictagError, option
 from pictag.models.base import Encoder
 from pictag.models.checkpoint import file_digest, load_checkpoint
 from pictag.models.hub import fetch_failed, hub_online
@@ -117,8 +117,8 @@ def _create(spec: ModelSpec, checkpoint=None, random_weights: bool = False) -> E
     if checkpoint is None and spec.tag is None and not random_weights:
         example = f"open_clip:{spec.name}/{tags[0]}" if tags else f"open_clip:{spec.name}"
         raise PictagError(
-            f"open_clip:{spec.name} names no weights: use {example}, pass --checkpoint FILE, "
-            "or --random-weights for tests"
+            f"open_clip:{spec.name} names no weights: use {example}, pass {option('checkpoint', 'FILE')}, "
+            f"or {option('random_weights', True)} for tests"
         )
     # open_clip logs on the root logger (random init, failed downloads); pictag reports those itself, once.
     root = logging.getLogger()
@@ -140,7 +140,9 @@ def _create(spec: ModelSpec, checkpoint=None, random_weights: bool = False) -> E
                 model = open_clip.create_model(spec.name, pretrained=spec.tag)
             except Exception as exc:  # network, cache and hub errors come in many types
                 raise fetch_failed(
-                    str(spec), exc, f"Pass local weights: --model open_clip:{spec.name} --checkpoint FILE"
+                    str(spec),
+                    exc,
+                    f"Pass local weights: {option('model', f'open_clip:{spec.name}')} {option('checkpoint', 'FILE')}",
                 ) from None
             weights_id = f"tag:{spec.tag}"
         try:

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pictag.errors import PictagError
+from pictag.errors import PictagError, option
 
 if TYPE_CHECKING:
     import torch
@@ -475,7 +475,8 @@ def _replace_dir(new: Path, target: Path) -> None:
 def _create(spec, checkpoint=None, random_weights: bool = False) -> Encoder:
     if checkpoint is not None or random_weights:
         raise PictagError(
-            f"{spec.name} is a run directory: it holds its own weights (drop --checkpoint/--random-weights)"
+            f"{spec.name} is a run directory: it holds its own weights "
+            f"(drop {option('checkpoint', 'FILE')} and {option('random_weights', True)})"
         )
     return build_run(spec.name).encoder
 

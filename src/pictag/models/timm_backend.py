@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from pictag.errors import PictagError
+from pictag.errors import PictagError, option
 from pictag.models.base import Encoder
 from pictag.models.checkpoint import file_digest, load_checkpoint
 from pictag.models.hub import fetch_failed, hub_online
@@ -63,7 +63,9 @@ def _create(spec: ModelSpec, checkpoint=None, random_weights: bool = False) -> E
         try:
             model = timm.create_model(spec.name, pretrained=True)
         except Exception as exc:  # hub and cache errors come in many types
-            raise fetch_failed(f"timm:{spec.name}", exc, "Pass local weights: --checkpoint FILE") from None
+            raise fetch_failed(
+                f"timm:{spec.name}", exc, f"Pass local weights: {option('checkpoint', 'FILE')}"
+            ) from None
         weights_id = f"tag:{spec.name}"
     classifier = _own_classifier(model)
     model.reset_classifier(0)

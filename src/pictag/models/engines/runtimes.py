@@ -105,8 +105,8 @@ class OnnxRuntime(Runtime):
                 tuple(tower.example.values()),
                 str(folder / self.file),
                 input_names=list(tower.example),
-                output_names=["features"],
-                dynamic_axes={**tower.dynamic, "features": {0: "batch"}},
+                output_names=list(tower.outputs),
+                dynamic_axes={**tower.dynamic, **{name: {0: "batch"} for name in tower.outputs}},
                 opset_version=OPSET,
                 dynamo=False,
             )

@@ -25,12 +25,14 @@ class Tower:
         module: forward(*inputs) -> (N, D) features, in eval mode.
         example: Example inputs, by input name, in `module.forward`'s order.
         dynamic: Dynamic axes of each input: always the batch, and the token length where the graph allows it.
+        outputs: Names of the module's outputs, each with a batch axis first.
     """
 
     name: str
     module: torch.nn.Module
     example: dict[str, torch.Tensor]
     dynamic: dict[str, dict[int, str]]
+    outputs: tuple[str, ...] = ("features",)
 
 
 @dataclass
