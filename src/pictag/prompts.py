@@ -96,8 +96,10 @@ def check_template(template: object) -> str:
         ]
     except ValueError as exc:  # an unmatched { or }
         raise PictagError(f"template {_short(template)}: {exc} (write {{{{ and }}}} for literal braces)") from None
-    if fields != [("", "", None)]:
-        found = ", ".join(_field(*f) for f in fields[:3]) if fields else "none"
+    # "{:}" parses as "{}" does: only the literal pair is the label's field, so "{:}" is refused as any other spec.
+    if fields != [("", "", None)] or "{}" not in template.replace("{{", "").replace("}}", ""):
+        found = ", ".join(_field(*f) for f in fields[:3]) if fields != [("", "", None)] else "{:}"
+        found = found or "none"
         raise PictagError(
             f"template {_short(template)} must hold exactly one {{}} for the label and no other field "
             f"(it has: {found}); write {{{{ and }}}} for literal braces"
