@@ -27,7 +27,7 @@ def test_metrics_equal_sklearn_on_seven_classes():
     assert report["macro_f1"] == pytest.approx(f1_score(truth, predicted, labels=data_classes, average="macro"))
     assert report["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(truth, predicted))
     assert (report["images"], report["classes"], report["model_classes"]) == (300, 6, 7)
-    assert per_class["class"].tolist() == data_classes and per_class["support"].sum() == 300
+    assert [row["class"] for row in per_class] == data_classes and sum(row["support"] for row in per_class) == 300
     # With fewer than 5 labels per image, top-5 cannot be told.
     assert classification_metrics(truth, predicted, ranked[:1], confidence, data_classes, 7)[0]["top5"] is None
 

@@ -11,6 +11,8 @@ scikit-learn on those rows; images that could not be read are counted, not score
 
 from __future__ import annotations
 
+import csv
+import importlib.util
 import json
 import os
 import warnings
@@ -29,6 +31,7 @@ from pictag.errors import PictagError
 ECE_BINS = 15
 WORST_ERRORS = 16
 SUMMARY_FILE = "report.json"
+PER_CLASS = ("class", "precision", "recall", "f1", "support")
 LABEL_COLUMNS = tuple(f"label_{rank}" for rank in range(1, 6))
 
 
@@ -96,6 +99,8 @@ class Truth:
         """
         if not cfg.source:
             raise PictagError("a report needs labelled images: give a SOURCE of <class>/ folders or a labelled table")
+        if importlib.util.find_spec("matplotlib") is None:  # checked before any work, not after it
+            raise PictagError("a report draws its plots with matplotlib: pip install 'pictag[train]'")
         truth = _product_truth(cfg) if cfg.images else _source_truth(cfg, label_column)
         truth.classes = model_classes(cfg)
         truth.check()
@@ -146,7 +151,12 @@ class Truth:
         out.mkdir(parents=True, exist_ok=True)
         result = ClassificationReport(**report, unreadable=unreadable, out=str(out))
         (out / SUMMARY_FILE).write_text(json.dumps({**asdict(result), "source": self.where}, indent=2) + "\n")
-        per_class.to_csv(out / "per_class.csv", index=False, float_format="%.4f")
+        with open(out / "per_class.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(PER_CLASS))
+            writer.writeheader()
+            writer.writerows(
+                {k: f"{v:.4f}" if isinstance(v, float) else v for k, v in row.items()} for row in per_class
+            )
         # The model's classes in its order, then any other label predicted ("unknown" under a threshold).
         present = {*truth, *predicted}
         shown = [name for name in classes if name in present] + sorted(present - set(classes))
@@ -167,8 +177,7 @@ class Truth:
 
 
 def classification_metrics(truth, predicted, ranked, confidence, data_classes, model_classes: int):
-    """(report fields, per-class table) of top-1 `predicted` and the first labels `ranked` of each image."""
-    import pandas as pd
+    """(report fields, per-class rows) of top-1 `predicted` and the first labels `ranked` of each image."""
     from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support, recall_score
 
     correct = predicted == truth
@@ -197,9 +206,10 @@ def classification_metrics(truth, predicted, ranked, confidence, data_classes, m
             "classes": len(data_classes),
             "model_classes": model_classes,
         }
-    per_class = pd.DataFrame(
-        {"class": data_classes, "precision": precision, "recall": recall, "f1": f1, "support": support}
-    )
+    per_class = [
+        {"class": name, "precision": p, "recall": r, "f1": f, "support": int(n)}
+        for name, p, r, f, n in zip(data_classes, precision, recall, f1, support, strict=True)
+    ]
     return report, per_class
 
 
