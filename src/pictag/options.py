@@ -267,14 +267,15 @@ class GalleryOptions(Checked):
     Attributes:
         gallery: Label each image by a vote of its nearest images in this labelled embedding store
             (`pictag embed --labelled`, made with the same model), instead of text labels.
-        knn_k: Gallery neighbours that vote.
+        knn_k: Gallery neighbours that vote (when unset, the k of 1, 3, 5, 10, 20, 50 most accurate on the gallery's
+            own inner folds).
         knn_weights: How a neighbour's vote counts: uniform (1) or distance (1 / its L2 distance).
     """
 
     _at_least: ClassVar[dict[str, int]] = {"knn_k": 1}
 
     gallery: str | None = None
-    knn_k: int = 10
+    knn_k: int | None = None
     knn_weights: Literal["uniform", "distance"] = "uniform"
 
 
