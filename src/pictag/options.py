@@ -626,7 +626,8 @@ class TrainConfig(ProductOptions, RuntimeOptions, ModelOptions):
         epochs: Training epochs (including --freeze-epochs).
         batch_size: Images per step on each device (times --accumulate for one optimiser step).
         lr: Learning rate: one number for every group, or per group, e.g. backbone=1e-5,head=3e-4 (a group not
-            named: 1e-3 for head, 1e-4 for the others).
+            named: 1e-4; the head after the head stage: the backbone's rate, or the swept one with frozen towers;
+            otherwise 1e-3).
         weight_decay: AdamW weight decay: one number, or per group like --lr (0.05 when unset; never on norms
             and biases).
         layer_decay: Layer-wise learning-rate decay: each image block back from the last gets this factor more.
@@ -646,8 +647,9 @@ class TrainConfig(ProductOptions, RuntimeOptions, ModelOptions):
             fusion).
         ema: Keep an exponential moving average of the weights with this decay (e.g. 0.999); it is validated
             and saved.
-        freeze_epochs: Train the head alone for this many epochs, then the backbone too (arcface: the warm-up,
-            with margin 0).
+        freeze_epochs: Train the head alone for this many epochs, through the images, then the backbone too
+            (arcface: the warm-up, with margin 0); unset, the head is first fitted on cached frozen features (the
+            head stage, LP-FT) and everything trains from the first epoch.
         unfreeze_blocks: Train only the last N blocks of the image tower (all of it when unset).
         init_from: Start from another run's best weights (stage 2 after stage 1).
         balance: Sample classes evenly.
