@@ -24,6 +24,7 @@ from pathlib import Path
 
 import httpx
 import skimage.data
+from _shared import memory_mb
 from PIL import Image
 
 from pictag.serve._stack import free_port, wait_until
@@ -36,13 +37,6 @@ def encode(img: Image.Image, fmt: str) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format=fmt)
     return buf.getvalue()
-
-
-def peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM")
 
 
 def main() -> None:
@@ -75,13 +69,13 @@ def main() -> None:
             post = lambda data: httpx.post(f"{url}/v1/classify", files={"image": ("x", data)}, timeout=300)  # noqa: E731
             post(cases["photo 451x300 JPEG"])  # warm: the model, the label set's prototypes
             print(f"{'before' if args.before else 'after'} (max_aspect_ratio {'off' if args.before else '50'}), "
-                  f"server peak RSS after start-up and one photo: {peak_rss_mb(server.pid):,.0f} MB")  # fmt: skip
+                  f"server peak RSS after start-up and one photo: {memory_mb(server.pid):,.0f} MB")  # fmt: skip
             for name, data in cases.items():
-                before = peak_rss_mb(server.pid)
+                before = memory_mb(server.pid)
                 started = time.perf_counter()
                 r = post(data)
                 seconds = time.perf_counter() - started
-                after = peak_rss_mb(server.pid)
+                after = memory_mb(server.pid)
                 answer = r.json().get("error", "")[:70] or "classified"
                 print(
                     f"  {name:20s} {len(data):>6,} B  HTTP {r.status_code}  {seconds * 1000:8.1f} ms  "

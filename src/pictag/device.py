@@ -74,13 +74,8 @@ def _announce(device_type: str, precision: str, why: str) -> None:
     log.warning("precision auto: %s on %s (%s); --precision fp32 for exact fp32 results", precision, device_type, why)
 
 
-def resolve_device(device: str | None = None, precision: str | None = None) -> tuple[torch.device, torch.dtype]:
-    """Pick (device, autocast dtype), honouring explicit choices and refusing ones this machine cannot run.
-
-    Args:
-        device: cpu, cuda, cuda:N or mps; the best available when None.
-        precision: One of `PRECISIONS`; None means $PICTAG_PRECISION, else "auto" (see the module docstring).
-    """
+def pick_device(device: str | None = None) -> torch.device:
+    """The device `device` names (cpu, cuda, cuda:N or mps), else the best available; refuses one not here."""
     if device is None:
         if torch.cuda.is_available():
             device = "cuda"
@@ -96,6 +91,17 @@ def resolve_device(device: str | None = None, precision: str | None = None) -> t
         raise PictagError(f"device {device} asked for, but CUDA is not available here: use --device cpu")
     if torch_device.type == "mps" and not torch.backends.mps.is_available():
         raise PictagError(f"device {device} asked for, but MPS is not available here: use --device cpu")
+    return torch_device
+
+
+def resolve_device(device: str | None = None, precision: str | None = None) -> tuple[torch.device, torch.dtype]:
+    """Pick (device, autocast dtype), honouring explicit choices and refusing ones this machine cannot run.
+
+    Args:
+        device: cpu, cuda, cuda:N or mps; the best available when None.
+        precision: One of `PRECISIONS`; None means $PICTAG_PRECISION, else "auto" (see the module docstring).
+    """
+    torch_device = pick_device(device)
     if precision is None:
         precision = os.environ.get("PICTAG_PRECISION") or "auto"
     if precision == "auto":
@@ -107,6 +113,27 @@ def resolve_device(device: str | None = None, precision: str | None = None) -> t
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     return torch_device, _DTYPES[precision]
+
+
+def training_precision(device: torch.device, precision: str | None = None) -> tuple[str, str]:
+    """(precision, why) that training runs in on `device`: `precision` when given (None means $PICTAG_PRECISION,
+    else "auto").
+
+    Auto is inference's choice (`auto_precision`) on GPUs, and fp32 on every CPU: on this project's CPU, with
+    AVX512-BF16 and AMX, bf16 autocast did not train EfficientNet-Lite0 faster than fp32 (its depthwise
+    convolutions' backward pass is slower in bf16; benchmarks/train_precision.py), so `--precision bf16` asks for it.
+
+    Raises:
+        PictagError: an unknown precision.
+    """
+    given = precision or os.environ.get("PICTAG_PRECISION") or "auto"
+    if given == "auto":
+        if device.type == "cpu":
+            return "fp32", "auto on a CPU; bf16 did not train faster there (benchmarks/train_precision.py)"
+        return auto_precision(device)
+    if given not in _DTYPES:
+        raise PictagError(f"unknown precision {given!r}: use one of {', '.join(PRECISIONS)}")
+    return given, f"--precision {given}" if precision else f"$PICTAG_PRECISION={given}"
 
 
 def default_workers(device: torch.device | None = None) -> int:

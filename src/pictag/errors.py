@@ -5,6 +5,10 @@ class PictagError(Exception):
     """A problem with the user's input or environment, with a message that says how to fix it."""
 
 
+class AlreadyComplete(Exception):
+    """A resumed output is already complete, made with the same options: nothing to do (the CLI exits 0)."""
+
+
 # The clients fsspec uses for object storage (s3fs: botocore; gcsfs: google-auth; adlfs: azure) raise their own
 # errors for what is wrong in the environment (no credentials, an unreachable endpoint) rather than an OSError.
 _STORAGE_CLIENTS = ("botocore", "aiobotocore", "google", "azure")

@@ -10,6 +10,7 @@ beside each output. This module imports no model library, so `pictag --help` sta
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
@@ -25,10 +26,13 @@ Precision = Literal["auto", "fp32", "tf32", "fp16", "bf16"]
 class Checked:
     """Checks the numbers of every option group a config is made of, whichever path built it (CLI, YAML, Python).
 
-    A group lists its lower bounds in `_at_least`; they are gathered over all the config's bases.
+    A group lists its lower bounds in `_at_least`, and the interval of each real number in `_within`, written as
+    in mathematics: "[0, 1)" allows 0 but not 1, "(0, inf)" any positive number. A number checked by `_within` must
+    also be finite (nan passes every comparison). Both are gathered over all the config's bases.
     """
 
     _at_least: ClassVar[dict[str, int]] = {}
+    _within: ClassVar[dict[str, str]] = {}
 
     def __post_init__(self) -> None:
         for klass in type(self).__mro__:
@@ -36,6 +40,51 @@ class Checked:
                 value = getattr(self, name)
                 if value is not None and value < least:
                     raise PictagError(f"{option_name(type(self), name)} must be at least {least}, not {value}")
+            for name, interval in vars(klass).get("_within", {}).items():
+                value = getattr(self, name)
+                if value is not None:
+                    check_within(value, interval, option_name(type(self), name))
+
+
+def check_within(value: float, interval: str, option: str) -> float:
+    """`value` when it is a finite number inside `interval` ("[0, 1)", "(0, inf)", ...); see `Checked`.
+
+    Raises:
+        PictagError: anything else, naming the option and the interval.
+    """
+    low, high = (float(bound) for bound in interval[1:-1].split(","))
+    if (
+        not isinstance(value, (int, float))
+        or isinstance(value, bool)
+        or not math.isfinite(value)
+        or (value < low if interval[0] == "[" else value <= low)
+        or (value > high if interval[-1] == "]" else value >= high)
+    ):
+        raise PictagError(f"{option} must be a finite number in {interval}, not {value!r}")
+    return value
+
+
+def group_values(text: str | float | None, option: str, interval: str) -> dict[str | None, float]:
+    """The numbers of a per-group option: "1e-4" gives {None: 1e-4} (every group), "backbone=1e-5,head=3e-4" gives
+    {"backbone": 1e-5, "head": 3e-4}; each a finite number inside `interval` (see `Checked`). The names are the
+    task's to check (`pictag.train.optim.per_group`).
+
+    Raises:
+        PictagError: an item that is not NAME=NUMBER, or a number outside the interval.
+    """
+    if text is None or str(text).strip() == "":
+        return {}
+    items = [(None, str(text))] if "=" not in str(text) else [item.partition("=")[::2] for item in str(text).split(",")]
+    values: dict[str | None, float] = {}
+    for name, number in items:
+        name = name.strip() if name is not None else None
+        try:
+            value = float(number)
+        except ValueError:
+            example = f"{option} 1e-4 or {option} head=1e-3,backbone=1e-5"
+            raise PictagError(f"{option} {text!r}: give NAME=NUMBER pairs or one number, e.g. {example}") from None
+        values[name] = check_within(value, interval, option if name is None else f"{option} {name}")
+    return values
 
 
 @dataclass(kw_only=True)
@@ -257,7 +306,7 @@ class LabelOptions:
 
     labels: list[str] | str | None = None
     labels_file: str | None = None
-    templates: str = "simple"
+    templates: str | list[str] = "simple"
 
 
 @dataclass(kw_only=True)
@@ -294,7 +343,8 @@ class ClassifyConfig(
     """Everything `pictag classify` takes.
 
     Attributes:
-        out: Results file, .csv or .parquet (any case).
+        out: Results file, .csv or .parquet (any case); - streams the rows to stdout. Without it, the answers are
+            printed as a table once all are in, and nothing is written.
         model: Model spec (default: the store's with --embeddings, else $PICTAG_MODEL or
             open_clip:ViT-B-32/openai), or a run directory from `pictag train`.
         labels: Comma-separated labels, e.g. "cat,dog,car" (or a list in YAML); with --model RUN and no labels,
@@ -309,8 +359,11 @@ class ClassifyConfig(
         images: Classify SOURCE, a product table, with fusion runs (--model RUN, repeatable): the folder of the
             products' images, found by id (<id>.jpg|.jpeg|.png|.webp, then <id>_*.*).
         tta: Test-time augmentation of a fusion run's images: flip averages each image with its mirror image.
-        format: rows: id, label, score and the top-k; submission: id,label only (product tables).
+        format: rows: id, label, score and the top-k; submission: id,label only (product tables); jsonl: one JSON
+            object per image on stdout (without --out, or with --out -).
         probabilities: Also write every class's probability, one column per class (product tables).
+        report: Score the predictions against SOURCE's labels (<class>/ folders, a table's label column, a product
+            table's): print top-1 and write the report of `pictag evaluate --data` into OUT's .report/ folder.
     """
 
     _at_least: ClassVar[dict[str, int]] = {"top_k": 1}
@@ -324,8 +377,9 @@ class ClassifyConfig(
     calibration: str | None = None
     head: Literal["zero-shot", "pretrained"] | None = None
     tta: Literal["none", "flip"] = "none"
-    format: Literal["rows", "submission"] = "rows"
+    format: Literal["rows", "submission", "jsonl"] = "rows"
     probabilities: bool = False
+    report: bool = False
 
 
 @dataclass(kw_only=True)
@@ -554,6 +608,15 @@ class FinetuneConfig(RuntimeOptions, ModelOptions):
     """
 
     _required: ClassVar[tuple[str, ...]] = ("train_data",)
+    _at_least: ClassVar[dict[str, int]] = {"epochs": 1, "unfreeze_blocks": 0}
+    _within: ClassVar[dict[str, str]] = {
+        "lr_backbone": "(0, inf)",
+        "lr_head": "(0, inf)",
+        "weight_decay": "[0, inf)",
+        "label_smoothing": "[0, 1)",
+        "warmup_epochs": "[0, inf)",
+        "seed": "[0, 4294967295]",
+    }
 
     train_data: str | None = None
     val_data: str | None = None
@@ -636,8 +699,9 @@ class TrainConfig(ProductOptions, RuntimeOptions, ModelOptions):
             stops improving for --patience epochs, or 2 epochs).
         warmup_epochs: Epochs of linear warmup.
         precision: Training precision: bf16 on Ampere and newer GPUs, fp16 (with a gradient scaler) on older
-            ones, fp32 on CPU, when unset.
-        accumulate: Batches per optimiser step (from the GPU's memory when unset: 1 at 80 GB, 2 at 40 GB, 4 below).
+            ones, fp32 on CPU, when unset ($PICTAG_PRECISION when set); the first line says what trains.
+        accumulate: Batches per optimiser step (1 when unset); a batch too large for the memory free is also split
+            into micro-batches that accumulate, so the optimiser still sees the batch asked for.
         clip_grad: Clip the gradients' global norm to this.
         label_smoothing: Cross-entropy label smoothing (0.1 when unset; 0.0 for --task fusion).
         early_stop: Validation metric watched by early stopping and best/: val_top1, val_top3, val_top5, val_loss,
@@ -669,8 +733,8 @@ class TrainConfig(ProductOptions, RuntimeOptions, ModelOptions):
         arcface_m: Margin m (radians for arcface); 0 during --freeze-epochs, the warm-up in which the backbone is
             frozen and the embedding and class centres settle.
         subcenters: Class centres per class (sub-center ArcFace, which tolerates noisy labels, when above 1).
-        classes_per_batch: P of the arcface task's P×K batches (every class when unset); the batch has P×K images
-            and --batch-size is validation's.
+        classes_per_batch: P of the arcface task's P×K batches (when unset, --batch-size / K classes, at most
+            every class, so the batch holds about --batch-size images); the batch has P×K images.
         samples_per_class: K of the P×K batches; a class with fewer images is drawn with replacement (reported).
         t0: Epochs of the first cycle of --schedule cosine-restarts.
         t_mult: Each cycle of --schedule cosine-restarts is this many times longer than the one before.
@@ -683,6 +747,11 @@ class TrainConfig(ProductOptions, RuntimeOptions, ModelOptions):
             cached, and only the head trains, on the cache.
         ablate: The fusion task also trains image-only and text-only heads in the same run and reports them.
         warmup_ratio: Linear warmup over this fraction of all optimiser steps (instead of --warmup-epochs).
+        logger: Where the numbers also go, comma-separated: tensorboard (RUN/tb), csv (RUN/csv, every step), mlflow
+            ($MLFLOW_TRACKING_URI, else sqlite:///RUN/mlflow.db), wandb ($WANDB_PROJECT; WANDB_MODE=offline for no
+            server), or none. RUN/metrics.csv and curves.png are always written.
+        log_every: How often a log that is not a terminal gets a progress line within an epoch: seconds (30s) or
+            optimiser steps (50).
     """
 
     _positional: ClassVar[tuple[str, ...]] = ("data",)
@@ -698,6 +767,23 @@ class TrainConfig(ProductOptions, RuntimeOptions, ModelOptions):
         "samples_per_class": 1,
         "image_size": 8,
         "t_mult": 1,
+        "accumulate": 1,
+        "folds": 2,
+        "unfreeze_blocks": 0,
+    }
+    _within: ClassVar[dict[str, str]] = {
+        "val_split": "(0, 1)",
+        "layer_decay": "(0, 1]",
+        "warmup_epochs": "[0, inf)",
+        "warmup_ratio": "[0, 1]",
+        "clip_grad": "(0, inf)",
+        "label_smoothing": "[0, 1)",
+        "ema": "[0, 1)",  # 0: no average
+        "wise_ft": "[0, 1]",
+        "arcface_s": "(0, inf)",
+        "arcface_m": "[0, inf)",
+        "t0": "(0, inf)",
+        "seed": "[0, 4294967295]",  # numpy's seeds are 32-bit
     }
 
     data: str | None = None
@@ -736,6 +822,8 @@ class TrainConfig(ProductOptions, RuntimeOptions, ModelOptions):
     freeze_encoders: bool = False
     ablate: bool = False
     warmup_ratio: float | None = None
+    logger: str = "tensorboard"
+    log_every: str = "30s"
     # Metric learning (--task arcface).
     splits: str | None = None
     embed_dim: int = 512
@@ -749,6 +837,15 @@ class TrainConfig(ProductOptions, RuntimeOptions, ModelOptions):
     image_size: int | None = None
     t0: float = 1.0
     t_mult: int = 1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        group_values(self.lr, "--lr", "(0, inf)")  # a negative rate is gradient ascent
+        group_values(self.weight_decay, "--weight-decay", "[0, inf)")
+        from pictag.train.loggers import parse_every, parse_loggers
+
+        parse_loggers(self.logger)
+        parse_every(self.log_every)
 
 
 @dataclass(kw_only=True)
@@ -838,29 +935,31 @@ class SplitsConfig:
 
 
 @dataclass(kw_only=True)
-class EvaluateConfig(RuntimeOptions, ModelOptions):
+class EvaluateConfig(ResumableOutput, RuntimeOptions, ModelOptions, ProductOptions, LabelOptions):
     """Everything `pictag evaluate` takes.
 
     Attributes:
-        model: The embedding to evaluate: a run directory from `pictag train` (RUN), or any model spec.
+        model: The model to evaluate: a run directory from `pictag train` (RUN), or any model spec (with --labels
+            for a zero-shot classifier).
+        data: Classify these labelled images and score the predictions: a folder of <class>/ folders, a table of
+            path,label, or a product table with --images (fusion runs). Every class must be one the model knows.
         splits: A CSV from `pictag splits`: --query and --gallery then name its splits.
-        query: The query images: split names with --splits (e.g. test), else a labelled folder of <class>/ or a
-            table of path,label.
+        query: Retrieval: the query images: split names with --splits (e.g. test), else a labelled folder of
+            <class>/ or a table of path,label.
         gallery: What the queries search: split names with --splits (e.g. train,val), else a labelled folder or
             table. Unset: each query searches the other queries (leave-one-out).
         recall_at: The K of Recall@K, comma-separated.
-        out: Report folder (RUN/eval when the model is a run directory): report.json, per_class.csv,
-            recall_at_k.png, retrievals.png (queries and their first 5 results, framed green when of the query's
-            class, red when not), errors.csv and config.yaml.
+        out: Report folder (RUN/eval when the model is a run directory): report.json, per_class.csv, plots,
+            errors.csv and config.yaml; with --data also predictions.parquet, classify's output.
         label_column: Column of labels in a table.
         examples: Queries shown in retrievals.png.
         seed: Seed of the choice of the queries shown.
     """
 
     _positional: ClassVar[tuple[str, ...]] = ("model",)
-    _required: ClassVar[tuple[str, ...]] = ("query",)
     _at_least: ClassVar[dict[str, int]] = {"examples": 1}
 
+    data: str | None = None
     splits: str | None = None
     query: str | None = None
     gallery: str | None = None

@@ -8,11 +8,13 @@ would fail later in a worker (`"a {x} {}"`, `"{0.__class__}"`) is refused where 
 from __future__ import annotations
 
 import os
+import re
+import stat
 import string
 from collections.abc import Iterable, Sequence
 from importlib import resources
-from pathlib import Path
 
+from pictag.data._io import read_file
 from pictag.errors import PictagError
 
 UNKNOWN = "unknown"
@@ -33,14 +35,7 @@ def read_lines(path: str | os.PathLike, what: str) -> list[str]:
     Raises:
         PictagError: the file is missing, unreadable, binary, or not UTF-8.
     """
-    try:
-        data = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise PictagError(f"{what} {path} does not exist") from None
-    except IsADirectoryError:
-        raise PictagError(f"{what} {path} is a directory: name a text file, one entry per line") from None
-    except OSError as exc:
-        raise PictagError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    data = read_file(path, what, pipes=True)  # a device, a named pipe with no writer or a file over 256 MiB: one line
     if data.startswith((b"\xff\xfe", b"\xfe\xff")):
         raise PictagError(f"{what} {path} is UTF-16: save it as UTF-8")
     if b"\x00" in data:
@@ -53,6 +48,34 @@ def read_lines(path: str | os.PathLike, what: str) -> list[str]:
         ) from None
     # Only \n and \r end lines: str.splitlines would also split a label at \x0b, \x1c or \u2028.
     return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+
+
+def read_once(
+    labels: str | Sequence[str] | None, labels_file: str | None, templates: str | Sequence[str]
+) -> tuple[str | Sequence[str] | None, str | None, str | Sequence[str]]:
+    """(labels, labels_file, templates) with a labels or templates file that is not a regular file (a pipe such as
+    `<(printf 'a\\nb\\n')`, /dev/stdin) read now, once, into the labels or templates themselves.
+
+    A pipe gives its content to its first reader only, and its name (/dev/fd/63) means nothing in a resolved config
+    or in another process, so the content takes its place. A regular file keeps its name.
+
+    Raises:
+        PictagError: the file cannot be read, or holds no valid labels or templates.
+    """
+    if labels_file is not None and _is_pipe(labels_file):
+        labels, labels_file = parse_labels(None, labels_file), None
+    if isinstance(templates, str) and templates not in BUILTIN_TEMPLATES and _is_pipe(templates):
+        templates = load_templates(templates)
+    return labels, labels_file, templates
+
+
+def _is_pipe(path: str | os.PathLike) -> bool:
+    """Whether `path` names something readable only once: anything that exists and is neither a file nor a folder."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:  # missing: the readers say so in their own words
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
 
 
 def check_template(template: object) -> str:
@@ -129,6 +152,10 @@ def request_templates(templates: object, max_templates: int | None = None) -> st
     return load_templates(templates, max_templates)
 
 
+# A comma-separated label: from its first character that is neither a comma nor blank, up to the next comma.
+_LABEL = re.compile(r"[^,\s][^,]*")
+
+
 def parse_labels(
     labels: str | Sequence[str] | None = None,
     labels_file: str | os.PathLike | None = None,
@@ -149,7 +176,9 @@ def parse_labels(
     if labels_file is not None:
         raw: Iterable = (line.split("#", 1)[0] for line in read_lines(labels_file, "labels file"))
     elif isinstance(labels, str):
-        raw = labels.split(",")
+        # One label at a time, the blank ones skipped by the regex engine: a 20 MB "ab,ab,..." split at once was
+        # 6.6 million strings before the count stopped at max_labels.
+        raw = (match.group() for match in _LABEL.finditer(labels))
     elif labels is None or isinstance(labels, Sequence):
         raw = labels or []
     else:
@@ -161,13 +190,13 @@ def parse_labels(
         item = entry.strip()
         if not item:
             continue
+        if len(item) > MAX_LABEL_CHARS:  # before _check_text, which encodes the label whole
+            raise PictagError(f"label {_short(item)} is {len(item):,} characters, above the {MAX_LABEL_CHARS} limit")
         if not item.isascii():
             _check_text(item, "label")
         items.append(item)
         if max_labels is not None and len(items) > max_labels:
             raise PictagError(f"more than {max_labels} labels, above the limit (max_labels)")
-        if len(item) > MAX_LABEL_CHARS:
-            raise PictagError(f"label {_short(item)} is {len(item):,} characters, above the {MAX_LABEL_CHARS} limit")
     if not items:
         raise PictagError("the label list is empty: pass --labels a,b,c or --labels-file FILE")
     seen: set[str] = set()

@@ -12,9 +12,11 @@ import sys
 import httpx
 import pytest
 import yaml
+from run_data import arcface_run, classifier_run
 
 from conftest import jpeg_bytes, photos, subprocess_env
 from pictag.serve._stack import free_port, wait_until
+from pictag.testing import save_colour_objects
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -24,10 +26,36 @@ LABELS = ["cat", "rocket", "coffee", "astronaut"]
 
 @pytest.fixture(scope="module")
 def server(tiny_hf_clip, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("page")
+    yield from _serve(tmp_path_factory.mktemp("page"), {"model": f"hf:{tiny_hf_clip}", "top_k": 3})
+
+
+@pytest.fixture(scope="module")
+def colours(tmp_path_factory):
+    return save_colour_objects(tmp_path_factory.mktemp("colours"), objects=2, views=2)
+
+
+@pytest.fixture(scope="module")
+def run_server(tmp_path_factory, colours):
+    run = classifier_run(tmp_path_factory.mktemp("runs") / "colours", colours)
+    yield from _serve(tmp_path_factory.mktemp("run-page"), {"model": str(run), "top_k": 2})
+
+
+@pytest.fixture(scope="module")
+def gallery_server(tmp_path_factory, colours):
+    from pictag.cli.main import main
+
+    folder = tmp_path_factory.mktemp("gallery-page")
+    run = arcface_run(folder / "arcface")
+    assert main(["embed", str(colours), "--labelled", "--model", str(run), "--out", str(folder / "gallery"),
+                 "--device", "cpu", "--workers", "0"]) == 0  # fmt: skip
+    yield from _serve(folder, {"model": str(run), "gallery": str(folder / "gallery"), "knn_k": 3, "top_k": 3})
+
+
+def _serve(folder, options: dict):
+    """`pictag serve` with these serve.yaml options, as a process of its own; yields its URL."""
     port = free_port()
     config = folder / "serve.yaml"
-    config.write_text(yaml.safe_dump({"model": f"hf:{tiny_hf_clip}", "device": "cpu", "port": port, "top_k": 3}))
+    config.write_text(yaml.safe_dump({**options, "device": "cpu", "port": port}))
     log = open(folder / "serve.log", "ab")
     proc = subprocess.Popen([sys.executable, "-m", "pictag", "serve", "--config", str(config)], env=subprocess_env(),
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
@@ -120,3 +148,36 @@ def test_api_docs_render_offline(server, browser):
     page.wait_for_selector("#swagger-ui .opblock-summary-path", timeout=20_000)
     paths = page.locator("#swagger-ui .opblock-summary-path").all_inner_texts()
     assert "/v1/classify" in [p.strip() for p in paths] and not elsewhere
+
+
+def test_a_trained_run_shows_its_classes_instead_of_a_labels_box(run_server, browser, colours):
+    page = browser.new_page(viewport={"width": 1000, "height": 640})
+    page.goto(run_server)
+    page.wait_for_function("document.getElementById('model').textContent.includes('colours')", timeout=10_000)
+    assert page.inner_text("#kind") == "Classification into the model's own classes"
+    assert not page.is_visible("#labels") and page.is_visible("#classes")
+    assert page.locator("#classes .chip").all_inner_texts() == ["blue", "green", "grey", "red"]
+    page.set_input_files("#file", str(colours / "red" / "red1_0.png"))
+    page.click("#classify")
+    page.wait_for_selector("#results .row", timeout=30_000)
+    names = page.locator("#results .row .name").all_inner_texts()
+    assert len(names) == 2 and names[0] == "red"
+    assert page.inner_text("#status").startswith("Done in") and page.locator("#neighbours figure").count() == 0
+
+
+def test_a_gallery_shows_the_nearest_images_as_thumbnails(gallery_server, browser, colours):
+    page = browser.new_page(viewport={"width": 1000, "height": 720})
+    page.goto(gallery_server)
+    page.wait_for_function("document.getElementById('model').textContent.includes('arcface')", timeout=10_000)
+    assert page.inner_text("#kind") == "Classification by the nearest images of a labelled gallery"
+    assert not page.is_visible("#labels")
+    page.set_input_files("#file", str(colours / "blue" / "blue0_1.png"))
+    page.click("#classify")
+    page.wait_for_selector("#neighbours figure", timeout=30_000)
+    assert page.locator("#results .row .name").all_inner_texts()[0] == "blue"
+    figures = page.locator("#neighbours figure")
+    assert figures.count() == 3 and figures.nth(0).locator("figcaption").inner_text().startswith("blue ·")
+    assert figures.nth(0).locator("img").get_attribute("alt") == "blue/blue0_1.png"
+    # The thumbnails are decoded pictures, not broken images.
+    widths = page.eval_on_selector_all("#neighbours img", "els => els.map(e => e.complete && e.naturalWidth)")
+    assert all(w and 0 < w <= 128 for w in widths), widths

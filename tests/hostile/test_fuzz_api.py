@@ -1,4 +1,5 @@
-"""schemathesis against the app's own OpenAPI description: every route, positive and negative cases, and no 500.
+"""schemathesis against the app's own OpenAPI description: every route, positive and negative cases, and no 500;
+then the JSON bodies again with every field also allowed to be any JSON value (numbers, objects, nested lists).
 
 The app runs in single-machine mode with its worker and a tiny random model, so cases that pass validation are
 classified for real. Bounded: `MAX_EXAMPLES` cases per operation, each answered within `request_timeout_s`.
@@ -7,6 +8,7 @@ classified for real. Bounded: `MAX_EXAMPLES` cases per operation, each answered 
 from __future__ import annotations
 
 import collections
+import copy
 import re
 
 import pytest
@@ -87,3 +89,46 @@ def test_openapi_defines_every_schema_it_references(api_schema):
     defined = set(api_schema.raw_schema["components"]["schemas"])
     referenced = set(re.findall(r"#/components/schemas/(\w+)", text))
     assert referenced and referenced <= defined, f"referenced, not defined: {referenced - defined}"
+
+
+def widened(raw: dict) -> dict:
+    """The schema, where every field of a JSON body may also be any JSON value: numbers, objects, nested lists.
+
+    Only JSON bodies: a form's fields are text whatever the client means (and schemathesis mixes a request body's
+    media types whichever one `as_strategy` is given).
+    """
+    raw = copy.deepcopy(raw)
+    for path in raw["paths"].values():
+        for operation in path.values():
+            content = operation.get("requestBody", {}).get("content", {})
+            content.pop("multipart/form-data", None)
+    schemas = raw["components"]["schemas"]
+    for name in ("ImageInput", "ClassifyJSON", "JobJSON"):
+        properties = schemas[name]["properties"]
+        for key, prop in properties.items():
+            properties[key] = {"anyOf": [prop, {"type": "array", "items": {}}, {}]}
+    return raw
+
+
+def test_items_of_any_type_and_nesting_are_answered_4xx_in_one_line(api_schema):
+    schema = schemathesis.openapi.from_dict(widened(api_schema.raw_schema))
+    schema.app = api_schema.app
+    operations = [op for op in (r.ok() for r in schema.get_all_operations()) if op.method.upper() == "POST"]
+    assert len(operations) == 2, [op.label for op in operations]
+    answers: collections.Counter = collections.Counter()
+    failures: list[str] = []
+    for operation in operations:
+
+        @given(case=operation.as_strategy(generation_mode=GenerationMode.POSITIVE, media_type="application/json"))
+        @settings(max_examples=4 * MAX_EXAMPLES, deadline=None, database=None, phases=[Phase.generate],
+                  suppress_health_check=list(HealthCheck))  # fmt: skip
+        def run(case):
+            response = case.call()
+            answers[response.status_code] += 1
+            error = response.json().get("error", "") if response.status_code >= 400 else ""
+            if response.status_code >= 500 or "\n" in error or len(response.content) > 2000:
+                failures.append(f"{case.operation.label}: {response.status_code} {response.text[:200]}")
+
+        run()
+    print(f"\nschemathesis, fields of any type: {answers.total()} cases, answers by status {dict(answers)}")
+    assert not failures, "\n".join(failures[:10])

@@ -19,7 +19,7 @@ from conftest import jpeg_bytes, photos, subprocess_env, write_tar
 from pictag import classify
 from pictag.cli.main import main
 from pictag.data import build_tar_index
-from pictag.errors import PictagError
+from pictag.errors import AlreadyComplete, PictagError
 
 LABELS = "cat,astronaut,coffee,rocket"
 
@@ -99,7 +99,7 @@ def test_existing_interrupted_and_changed_runs_are_refused(tmp_path, photo_dir, 
     classify(str(photo_dir), str(out), LABELS, **options)
     with pytest.raises(PictagError, match="already exists: pass --overwrite"):
         classify(str(photo_dir), str(out), LABELS, **options)
-    with pytest.raises(PictagError, match="already complete"):
+    with pytest.raises(AlreadyComplete, match="already complete"):
         classify(str(photo_dir), str(out), LABELS, resume=True, **options)
     classify(str(photo_dir), str(out), "cat,dog", overwrite=True, **options)
     assert {r["label"] for r in _read(out)} <= {"cat", "dog"}

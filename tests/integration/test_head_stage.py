@@ -90,13 +90,14 @@ def test_a_run_records_what_the_sweep_chose(colours, tmp_path, capsys):
     assert main([*argv, *TINY]) == 0
     printed = capsys.readouterr().out
     assert "head stage on 20 cached training images: lr " in printed
-    stage = json.loads((out / "best" / "pictag.json").read_text())["metrics"]["head_stage"]
+    recorded = json.loads((out / "best" / "pictag.json").read_text())["training"]
+    stage = recorded["head_stage"]
     assert stage["lr"] in (1e-3, 3e-3, 1e-2) and stage["weight_decay"] in (1e-4, 1e-2) and stage["folds"] == 3
-    assert (
-        f"# head stage (swept, then fitted on the cached features): {{'lr': {stage['lr']}"
-        in (out / "config.yaml").read_text()
-    )
+    # Then the whole model trains, the head at the backbone's rate and the weight decay the sweep chose.
+    config = (out / "config.yaml").read_text()
+    assert "lr: backbone=0.0001,head=0.0001" in config
+    assert f"weight_decay: backbone=0.05,head={stage['weight_decay']:g}" in config
     # --freeze-epochs keeps its meaning: the head trains through the images for those epochs, and no head stage runs
     assert main([*argv, "--freeze-epochs", "1", "--fresh", *TINY]) == 0
     assert "head stage" not in capsys.readouterr().out
-    assert "head_stage" not in json.loads((out / "best" / "pictag.json").read_text())["metrics"]
+    assert "head_stage" not in json.loads((out / "best" / "pictag.json").read_text())["training"]

@@ -53,12 +53,14 @@ def test_uneven_and_short_classes_are_filled_and_reported(caplog):
     assert len(batches) == 5
 
 
-def test_default_p_is_every_class():
-    labels = [c for c in range(5) for _ in range(4)]
-    sampler = PKSampler(labels, None, 4, seed=0)
-    assert sampler.batch_size == 20
-    (batch,) = _batches(sampler, labels)
-    _check_pk(batch, labels, 5, 4)
+def test_default_p_comes_from_the_batch_size_never_every_class():
+    labels = [c for c in range(81) for _ in range(6)]
+    sampler = PKSampler(labels, None, 4, seed=0, batch_size=32)
+    assert (sampler.p, sampler.batch_size) == (8, 32), "81 classes x 4 would be 324 images"
+    _check_pk(_batches(sampler, labels)[0], labels, 8, 4)
+    few = [c for c in range(5) for _ in range(4)]
+    assert PKSampler(few, None, 4, seed=0, batch_size=32).batch_size == 20, "at most every class"
+    assert PKSampler(few, None, 4, seed=0, batch_size=2).batch_size == 4, "at least one class"
 
 
 def test_ranks_draw_disjoint_batches_that_cover_the_epoch():

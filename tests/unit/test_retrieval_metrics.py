@@ -105,3 +105,13 @@ def test_chunked_search_memory_is_bounded_far_below_a_full_matrix(classes, monke
     # arrays (the budget) and per-query arrays, never anything queries x gallery.
     assert peak < 1.5 * budget < full / 10, f"peak {peak / 2**20:.1f} MB"
     assert 0 <= got.recall[1] <= got.recall[10] <= 1 and got.queries == 1000
+
+
+def test_overlap_counts_the_queries_that_have_something_to_find():
+    from pictag.eval.retrieval import overlap
+
+    found = overlap(["a", "a", "b", "c"], ["a", "b", "b"])
+    assert (found.answerable, found.queries, found.missing) == (3, 4, {"c": 1})
+    # Leave-one-out: a class with a single image has nothing else to find.
+    found = overlap(["a", "a", "b"], ["a", "a", "b"], leave_one_out=True)
+    assert (found.answerable, found.missing) == (2, {"b": 1})

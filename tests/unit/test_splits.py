@@ -34,7 +34,7 @@ def test_column_split_takes_the_named_fold():
 @pytest.mark.parametrize(
     "call, message",
     [
-        (lambda: stratified_split(["a", "a", "b"], 0.5), "at least 2 images per class; 1 class(es) have fewer (b)"),
+        (lambda: stratified_split(["a", "a", "b"], 0.5), "at least 2 images per class; 1 class(es) have fewer (b (1))"),
         (lambda: stratified_split(LABELS, 1.5), "between 0 and 1"),
         (lambda: kfold_split(LABELS, 6, 0), "--folds 6 needs at least 6 images per class"),
         (lambda: kfold_split(LABELS, 5, 5), "0 <= fold < folds"),

@@ -13,6 +13,8 @@ EXAMPLES = """examples:
   pictag classify --embeddings emb/ --labels-file labels.txt --calibration calib.yaml --out results.csv
   pictag classify photos/ --model timm:tf_efficientnet_lite0 --checkpoint w.pth --head pretrained --out imagenet.csv
   pictag classify photos/ --model runs/parts --top-k 3 --out preds.csv        # a trained run's own classes
+  pictag classify photo.jpg --model runs/parts --top-k 3                      # printed; no file written
+  pictag classify photos/ --model runs/parts --format jsonl --out - | jq .label
   pictag classify test.csv --images images/ --model runs/s2 --model runs/s2-256 --tta flip --out preds.csv
 """
 
@@ -25,6 +27,7 @@ def add_parser(sub) -> None:
         "pictag.pipeline.classify:run",
         help="classify images against text labels (zero-shot) or a trained run's classes",
         description="Classify every image of a source against text labels with a CLIP-family model. Unreadable "
-        "images go to OUT's .errors.csv; the resolved config goes to OUT's .config.yaml.",
+        "images go to OUT's .errors.csv; the resolved config goes to OUT's .config.yaml. Without --out, the answers "
+        "are printed and nothing is written.",
         examples=EXAMPLES,
     )

@@ -1,4 +1,5 @@
-"""`pictag evaluate`: Recall@K, MAP@R and per-class recall of an embedding, from splits or labelled sources."""
+"""`pictag evaluate`: a classifier's accuracy on labelled images (--data), or the Recall@K and MAP@R of an embedding
+(--query, from splits or labelled sources)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,9 @@ from pictag.cli.common import add_command
 from pictag.options import EvaluateConfig
 
 EXAMPLES = """examples:
+  pictag evaluate runs/parts --data data/val/                                # report in runs/parts/eval/
+  pictag evaluate open_clip:ViT-B-32/openai --labels-file labels.txt --data data/val/ --out eval/   # zero-shot
+  pictag evaluate runs/fusion --data test.csv --images images/ --out eval/   # a product table, fusion runs
   pictag evaluate runs/arc --splits splits.csv --query test --gallery train,val --recall-at 1,5
   pictag evaluate runs/arc --splits splits.csv --query test                 # leave-one-out within test
   pictag evaluate timm:tf_efficientnet_lite0 --query data/test/ --gallery data/train/ --out eval/
@@ -18,9 +22,14 @@ def add_parser(sub) -> None:
         "evaluate",
         EvaluateConfig,
         "pictag.eval.evaluate:run",
-        help="Recall@K and MAP@R of an embedding: queries against a labelled gallery",
-        description="Embed the query and gallery images with MODEL, search each query's nearest gallery images "
+        help="a classifier's accuracy on labelled images, or Recall@K and MAP@R of an embedding",
+        description="With --data: classify the labelled images as `pictag classify` does (OUT/predictions.parquet; "
+        "--resume finishes an interrupted run) and write OUT/report.json (top1, top5, macro_f1, "
+        "balanced_accuracy, ece, images, classes), per_class.csv, confusion.png, reliability.png and errors.png "
+        "(the most confident mistakes). A class the model does not know is an error. "
+        "With --query: embed the query and gallery images with MODEL, search each query's nearest gallery images "
         "(exact Faiss inner product on normalised embeddings, in chunks: memory stays flat on large galleries), "
-        "and write OUT/report.json (recall@K per K, map@r, queries, gallery), per_class.csv and plots.",
+        "and write OUT/report.json (recall@K per K, map@r, queries, gallery), per_class.csv and plots; query "
+        "classes absent from the gallery are an error, or counted when some are.",
         examples=EXAMPLES,
     )

@@ -40,9 +40,14 @@ def build_parser() -> Parser:
     return parser
 
 
+# One line, even where a message quotes a value typed with a line break in it: every character that splits lines
+# (str.splitlines's, \x1c and \u2028 among them) is written as its escape.
+_ONE_LINE = {c: repr(chr(c))[1:-1] for c in (0x0A, 0x0B, 0x0C, 0x0D, 0x1C, 0x1D, 0x1E, 0x85, 0x2028, 0x2029)}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one pictag command; returns the exit code (2 for bad input, with one line on stderr)."""
-    from pictag.errors import PictagError, storage_error
+    from pictag.errors import AlreadyComplete, PictagError, storage_error
 
     # A path may hold bytes that are not UTF-8 (Python decodes them to lone surrogates): print them as those bytes,
     # as `ls` does, rather than fail on the summary line of a finished run (stderr already escapes them).
@@ -56,8 +61,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="pictag: %(message)s")
     try:
         return args.func(args)
+    except AlreadyComplete as exc:  # a scheduled rerun of a finished command succeeds
+        print(f"pictag {args.command}: {exc}")
+        return 0
     except PictagError as exc:
-        print(f"pictag {args.command}: error: {exc}", file=sys.stderr)
+        print(f"pictag {args.command}: error: {str(exc).translate(_ONE_LINE)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"pictag {args.command}: interrupted (rerun with --resume to continue)", file=sys.stderr)

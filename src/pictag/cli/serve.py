@@ -9,6 +9,8 @@ from pictag.serve.config import ServeConfig
 
 EXAMPLES = """examples:
   pictag serve --config serve.yaml                      # one machine: API + in-process worker, no Redis
+  pictag serve --model runs/parts                       # a trained run: its own classes, no labels
+  pictag serve --model runs/arcface --gallery emb/      # a vote of the labelled gallery, with its nearest images
   pictag serve api --config serve.yaml --port 8000 --processes 4
   pictag serve worker --config serve.yaml --device cuda:0 --batch-size 32 --max-wait-ms 10
   curl -F image=@cat.jpg -F labels=cat,dog http://localhost:8000/v1/classify
@@ -25,8 +27,10 @@ def add_parser(sub) -> None:
         "serve",
         ServeConfig,
         "pictag.cli.serve:_single",
-        help="serve zero-shot classification over HTTP",
-        description="Serve /v1/classify, /v1/jobs, a web page at / and /metrics. Without a mode, runs the API and "
+        help="serve a model over HTTP: zero-shot labels, a trained run's classes, or a gallery vote",
+        description="Serve /v1/classify, /v1/jobs, a web page at / and /metrics. The model picks the service unless "
+        "--service names one: a trained run serves its classes, an arcface run votes against --gallery, a CLIP-family "
+        "model (or a clip run) classifies by labels (zero-shot). Without a mode, runs the API and "
         "an in-process worker on one machine (no Redis). In production run `serve api` and any number of "
         "`serve worker`, joined by Redis (redis_url).",
         examples=EXAMPLES,
@@ -68,6 +72,7 @@ def _single(cfg: ServeConfig) -> str:
 
     from pictag.serve.api import create_app
     from pictag.serve.service import create_service
+    from pictag.serve.timeouts import http_protocol
 
     cfg = dataclasses.replace(cfg, redis_url=None)
     # The address and the model first, outside uvicorn's startup: either failing is then one line and exit 2,
@@ -79,9 +84,9 @@ def _single(cfg: ServeConfig) -> str:
     except BaseException:
         sock.close()
         raise
-    print(f"pictag serve: http://{cfg.host}:{cfg.port} ({cfg.model}, in-process worker; page at /, API docs at /docs)")
+    print(f"pictag serve: http://{cfg.host}:{cfg.port} ({service}, in-process worker; page at /, API docs at /docs)")
     app = create_app(cfg, service=service)
-    uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
+    uvicorn.Server(uvicorn.Config(app, log_level="warning", http=http_protocol(cfg))).run(sockets=[sock])
     return ""
 
 
@@ -94,13 +99,14 @@ def _api_processes(cfg: ServeConfig) -> str:
 
     from pictag.config import dump_config
     from pictag.serve.api import CONFIG_ENV, create_app
+    from pictag.serve.timeouts import http_protocol
 
     _needs_redis(cfg, "api")
     _listen(cfg).close()  # the address is free and allowed: one line now rather than a log line from each process
     processes = cfg.processes
     print(f"pictag serve api: http://{cfg.host}:{cfg.port}, {processes} process(es), queue {cfg.redis_url}")
     if processes <= 1:
-        uvicorn.run(create_app(cfg), host=cfg.host, port=cfg.port, log_level="warning")
+        uvicorn.run(create_app(cfg), host=cfg.host, port=cfg.port, log_level="warning", http=http_protocol(cfg))
         return ""
     folder = tempfile.mkdtemp(prefix="pictag-serve-")
     try:
@@ -115,6 +121,7 @@ def _api_processes(cfg: ServeConfig) -> str:
             port=cfg.port,
             workers=processes,
             log_level="warning",
+            http=http_protocol(cfg),
         )
     finally:
         shutil.rmtree(folder, ignore_errors=True)

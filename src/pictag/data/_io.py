@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -13,6 +14,11 @@ if TYPE_CHECKING:
     from fsspec import AbstractFileSystem
 
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+# User-named files read whole (labelme JSON and its images, labels and templates files): a real one is megabytes;
+# a symlink to a 3 GB file or to /dev/zero must not be read into memory.
+MAX_FILE_BYTES = 256 * 2**20
+_KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
+          stat.S_IFSOCK: "a socket", stat.S_IFDIR: "a directory"}  # fmt: skip
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm"})
 
 
@@ -35,6 +41,67 @@ def safe_key(name: str) -> str:
         return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
     except UnicodeEncodeError:  # a surrogate no byte decodes to (from JSON, say): written as \udXXX
         return name.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def read_file(path: str | os.PathLike, what: str, limit: int = MAX_FILE_BYTES, pipes: bool = False) -> bytes:
+    """The bytes of a local file a user named, read only when it is a regular file of at most `limit` bytes.
+
+    Opened without blocking, so a FIFO is refused rather than waited on, and checked on the open descriptor, so a
+    symlink is judged by what it points to (a device, a FIFO) and no rename in between can swap the file.
+    With `pipes`, a pipe is read too (a labels file given as `<(printf 'a\\nb\\n')`), to the same limit: it was
+    opened without waiting for a writer, and a pipe with none reads as empty rather than hanging.
+
+    Raises:
+        PictagError: one line naming `what` and why: missing, not a regular file, too large, unreadable.
+    """
+    shown = safe_key(os.fsdecode(path))
+    shown = shown if len(shown) <= 300 else f"{shown[:300]}..."
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise PictagError(f"{what} {shown} does not exist") from None
+    except OSError as exc:  # too long a name, no permission, a loop of symlinks
+        raise PictagError(f"cannot read {what} {shown}: {exc.strerror or exc}") from None
+    except ValueError as exc:  # a NUL byte, a lone surrogate no file name can hold
+        raise PictagError(f"cannot read {what} {shown}: {exc}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if pipes and stat.S_ISFIFO(mode):
+            os.set_blocking(fd, True)  # wait for the writer's data, not EAGAIN on the first read
+        elif not stat.S_ISREG(mode):
+            kind = _KINDS.get(stat.S_IFMT(mode), "not a regular file")
+            raise PictagError(f"{what} {shown} is {kind}, not a file: name a regular file")
+        chunks, size = [], 0
+        while size <= limit:  # never more than limit + 1 bytes, even from a file that grows while it is read
+            chunk = os.read(fd, min(limit + 1 - size, 2**24))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as exc:
+        raise PictagError(f"cannot read {what} {shown}: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+    if size > limit:
+        raise PictagError(f"{what} {shown} is larger than the {limit:,}-byte limit")
+    return b"".join(chunks)
+
+
+def inside(root: str | os.PathLike, name: str) -> str:
+    """``root/name``, after checking that it lies inside ``root``: every write or delete under an output folder goes
+    through here, so that no name from a file (``../x``, ``/etc/x``, a symlinked folder) reaches outside it.
+
+    Raises:
+        PictagError: the name is absolute, climbs out with "..", or resolves outside ``root`` through a symlink.
+    """
+    if "\x00" in name:
+        raise PictagError(f"{safe_key(name)!r} holds a NUL byte: refused to write or delete it")
+    path = os.path.join(root, name)
+    real_root = os.path.realpath(root)
+    real = os.path.realpath(path)
+    if os.path.isabs(name) or os.path.commonpath([real_root, real]) != real_root:
+        raise PictagError(f"{safe_key(name)} lies outside {os.fsdecode(root)}: refused to write or delete it")
+    return path
 
 
 def is_image(name: str) -> bool:

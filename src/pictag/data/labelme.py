@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import binascii
 import csv
+import io
 import json
 import math
 import os
@@ -32,6 +33,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from pictag.data._io import inside, read_file, safe_key
 from pictag.data.decode import DEFAULT_MAX_PIXELS, DecodeError, decode_image
 from pictag.errors import PictagError
 
@@ -48,6 +50,12 @@ _NO_AREA_SHAPES = frozenset({"point", "points", "line", "linestrip"})
 _MASKED_SHAPES = frozenset({"polygon", "rotation", "circle"})
 # Characters a folder name cannot hold on some system, and "%" itself so that the escaping stays reversible.
 _UNSAFE = frozenset('/\\%:*?"<>|') | {chr(c) for c in range(32)} | {"\x7f"}
+# The longest file or folder name, in bytes, that Linux, macOS and Windows all accept.
+_NAME_MAX = 255
+# Coordinates beyond this many pixels are no image's (the pixel limit keeps sides far below); refusing them keeps the
+# box arithmetic finite, where 1e308 - -1e308 is inf.
+_MAX_COORDINATE = 2.0**31
+_MAX_PAD = 100.0
 
 
 class ShapeError(Exception):
@@ -137,25 +145,33 @@ def crop_labelme(
     files = _annotation_files(root)
     renames = parse_label_map(label_map)
     keep = _parse_list(labels)
-    if pad < 0 or min_size < 1 or not 1 <= quality <= 100:
-        raise PictagError(f"--pad must be >= 0, --min-size >= 1 and --quality 1-100 (got {pad}, {min_size}, {quality})")
+    if not 0 <= pad <= _MAX_PAD or min_size < 1 or not 1 <= quality <= 100:  # a NaN --pad fails 0 <= pad too
+        raise PictagError(
+            f"--pad must be 0 to {_MAX_PAD:g}, --min-size >= 1 and --quality 1-100 (got {pad}, {min_size}, {quality})"
+        )
     out = Path(out)
     _prepare_output(out, overwrite)
     base = root if root.is_dir() else root.parent
     result = LabelmeCrops(out, out / CROPS_CSV, out / ERRORS_CSV, files=len(files))
     per_label: Counter[str] = Counter()
     skipped: Counter[str] = Counter()
-    with open(result.crops_csv, "w", newline="") as crops_file, open(result.errors_csv, "w", newline="") as err_file:
+    with (
+        open(result.crops_csv, "w", newline="", encoding="utf-8") as crops_file,
+        open(result.errors_csv, "w", newline="", encoding="utf-8") as err_file,
+    ):
         crops, errors = csv.writer(crops_file), csv.writer(err_file)
         crops.writerow(CROP_COLUMNS)
         errors.writerow(ERROR_COLUMNS)
         for path in files:
-            source = path.relative_to(base).as_posix()
-            stem = source[: -len(path.suffix)].replace("/", "__")
+            relative = path.relative_to(base).as_posix()
+            source = safe_key(relative)  # a non-UTF-8 file name, as the CSV can hold it
+            stem = folder_name(safe_key(relative[: -len(path.suffix)]))  # sub/a -> sub%2Fa, never sub__a's name
             try:
+                if len(stem.encode()) > _NAME_MAX - len("_999999.jpg"):
+                    raise ShapeError(f"its crops' names would be longer than {_NAME_MAX} bytes: shorten the file name")
                 doc = _read_json(path)
             except ShapeError as exc:
-                errors.writerow((source, "", str(exc)))
+                errors.writerow((source, "", safe_key(str(exc))))
                 result.errors += 1
                 continue
             image = None
@@ -179,16 +195,15 @@ def crop_labelme(
                     if mask and kind in _MASKED_SHAPES:
                         crop = _masked(crop, outline, kind, box)
                     name = f"{folder_name(label)}/{stem}_{index}.jpg"
-                    (out / name).parent.mkdir(exist_ok=True)
-                    crop.save(out / name, quality=quality)
+                    _save(crop, out, name, quality)
                     crops.writerow((name, label, source, index, kind, *box))
                     per_label[label] += 1
                 except ImageError as exc:
-                    errors.writerow((source, "", str(exc)))
+                    errors.writerow((source, "", safe_key(str(exc))))
                     result.errors += 1
                     break
                 except ShapeError as exc:
-                    errors.writerow((source, index, str(exc)))
+                    errors.writerow((source, index, safe_key(str(exc))))
                     result.errors += 1
     result.per_label = dict(sorted(per_label.items()))
     result.skipped = dict(sorted(skipped.items()))
@@ -214,6 +229,24 @@ def run(cfg) -> LabelmeCrops:
     )
     dump_config(cfg, result.out / CONFIG_YAML)
     return result
+
+
+def _save(crop: Image.Image, out: Path, name: str, quality: int) -> None:
+    """Write one crop, never over another: OUT was emptied first, so a file already there is a collision (names
+    that differ only in case, on a file system that ignores case).
+
+    Raises:
+        ShapeError: the name is taken.
+        PictagError: OUT cannot be written (full, read-only): the run stops.
+    """
+    target = Path(inside(out, name))
+    if os.path.lexists(target):
+        raise ShapeError(f"crop {name} would replace another crop of the same name: rename one of the files")
+    try:
+        target.parent.mkdir(exist_ok=True)
+        crop.save(target, quality=quality)
+    except OSError as exc:
+        raise PictagError(f"cannot write {target}: {exc.strerror or exc}") from None
 
 
 def folder_name(label: str) -> str:
@@ -270,30 +303,44 @@ def _prepare_output(out: Path, overwrite: bool) -> None:
             raise PictagError(f"--out {out} is not empty: pass --overwrite to replace an earlier run's crops")
         ours = {out / name for name in (CROPS_CSV, ERRORS_CSV, CONFIG_YAML)}
         if (out / CROPS_CSV).is_file():
-            with open(out / CROPS_CSV, newline="") as f:
-                ours.update(out / row["crop"] for row in csv.DictReader(f) if row.get("crop"))
+            ours.update(Path(inside(out, name)) for name in _listed_crops(out / CROPS_CSV))
         # Checked before anything is removed: a folder holding anything else was not ours to empty.
-        foreign = sorted(p for p in out.rglob("*") if not p.is_dir() and p not in ours)
+        foreign = sorted(p for p in out.rglob("*") if not _real_folder(p) and p not in ours)
         if foreign:
             raise PictagError(
                 f"--out {out} holds {foreign[0].relative_to(out)}, which no earlier labelme-crops run wrote: "
                 "choose an empty folder"
             )
         for path in ours:
-            path.unlink(missing_ok=True)
+            Path(inside(out, path.relative_to(out).as_posix())).unlink(missing_ok=True)
         for folder in out.iterdir():
-            if folder.is_dir() and not any(folder.iterdir()):
+            if _real_folder(folder) and not any(folder.iterdir()):
                 folder.rmdir()
     out.mkdir(parents=True, exist_ok=True)
 
 
+def _listed_crops(crops_csv: Path) -> list[str]:
+    """The crops an earlier run's crops.csv lists (bounded read; a damaged file is refused, not half-trusted)."""
+    try:
+        text = read_file(crops_csv, "crops.csv").decode("utf-8")
+        return [row["crop"] for row in csv.DictReader(io.StringIO(text, newline="")) if row.get("crop")]
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise PictagError(f"{crops_csv} is damaged ({exc}): choose an empty folder") from None
+
+
+def _real_folder(path: Path) -> bool:
+    return path.is_dir() and not path.is_symlink()
+
+
 def _read_json(path: Path) -> dict:
     try:
-        doc = json.loads(path.read_bytes())
-    except json.JSONDecodeError as exc:
-        raise ShapeError(f"not valid JSON: {exc}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ShapeError(f"unreadable: {exc}") from None
+        doc = json.loads(read_file(path, "annotation"))
+    except PictagError as exc:
+        raise ShapeError(str(exc)) from None
+    except RecursionError:
+        raise ShapeError("JSON nested too deeply to be a labelme file") from None
+    except ValueError as exc:  # invalid JSON or UTF-8, an integer of thousands of digits
+        raise ShapeError(f"not valid JSON: {str(exc)[:200]}") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("shapes"), list):
         raise ShapeError("not a labelme file: no list of shapes")
     return doc
@@ -304,18 +351,25 @@ def _read_shape(shape) -> tuple[str, str, list[tuple[float, float]]]:
     if not isinstance(shape, dict):
         raise ShapeError("shape is not an object")
     kind = shape.get("shape_type") or "polygon"  # labelme 3.x wrote no shape_type: everything was a polygon
-    if kind not in _AREA_SHAPES | _NO_AREA_SHAPES:
-        raise ShapeError(f"shape_type {kind!r} is not one pictag crops ({', '.join(sorted(_AREA_SHAPES))})")
+    if not isinstance(kind, str) or kind not in _AREA_SHAPES | _NO_AREA_SHAPES:
+        raise ShapeError(f"shape_type {kind!r:.80} is not one pictag crops ({', '.join(sorted(_AREA_SHAPES))})")
     label = shape.get("label")
     label = label.strip() if isinstance(label, str) else ""
     if not label:
         raise ShapeError("shape has no label")
+    if not label.isascii():
+        try:
+            label.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ShapeError(f"label {safe_key(label)!r:.80} is not valid Unicode (a lone surrogate)") from None
+    if len(folder_name(label).encode()) > _NAME_MAX:
+        raise ShapeError(f"label {label[:40]!r}... is longer than a folder name can be ({_NAME_MAX} bytes)")
     try:
         points = [(float(x), float(y)) for x, y in shape.get("points") or []]
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an integer like 10**400
         raise ShapeError("points are not [x, y] pairs of numbers") from None
-    if not all(math.isfinite(v) for p in points for v in p):
-        raise ShapeError("points hold a non-finite number")
+    if not all(abs(v) <= _MAX_COORDINATE for p in points for v in p):  # NaN fails this too
+        raise ShapeError(f"points hold a number beyond ±{_MAX_COORDINATE:,.0f} pixels or not finite")
     least = {"polygon": 3, "rotation": 3, "rectangle": 2, "circle": 2, "mask": 2}.get(kind, 0)
     if len(points) < least:
         raise ShapeError(f"a {kind} needs at least {least} points, this one has {len(points)}")
@@ -384,13 +438,10 @@ def _load_image(path: Path, doc: dict, max_pixels: int) -> Image.Image:
         relative = image_path.replace("\\", "/")  # labelme on Windows writes ..\\images\\a.jpg
         candidates = list(dict.fromkeys([path.parent / relative, path.parent / relative.rsplit("/", 1)[-1]]))
     for candidate in candidates:
-        if not candidate.is_file():
-            tried.append(f"{candidate} does not exist")
-            continue
         try:
-            return _checked(decode_image(candidate.read_bytes(), None, max_pixels), expected)
-        except (DecodeError, OSError) as exc:
-            tried.append(f"{candidate}: {exc}")
+            return _checked(decode_image(read_file(candidate, "image"), None, max_pixels), expected)
+        except (DecodeError, PictagError) as exc:
+            tried.append(f"{safe_key(str(candidate))[:300]}: {exc}" if isinstance(exc, DecodeError) else str(exc))
     data = doc.get("imageData")
     if isinstance(data, str) and data:
         try:

@@ -21,6 +21,7 @@ split, so that no object leaks from training into evaluation.
 from __future__ import annotations
 
 import csv
+import io
 import os
 import zlib
 from collections import Counter, defaultdict
@@ -29,11 +30,15 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from pictag.data._io import is_url, join, read_file, safe_key
 from pictag.errors import PictagError
 
 
-def stratified_split(labels: Sequence, fraction: float, seed: int = 0) -> tuple[list[int], list[int]]:
-    """(train, val) positions with about `fraction` of each class held out for validation.
+def stratified_split(
+    labels: Sequence, fraction: float, seed: int = 0, classes: Sequence[str] | None = None
+) -> tuple[list[int], list[int]]:
+    """(train, val) positions with about `fraction` of each class held out for validation; `classes` names the
+    labels that index them, in messages.
 
     Raises:
         PictagError: a fraction outside (0, 1), or a class too small to appear on both sides.
@@ -42,7 +47,7 @@ def stratified_split(labels: Sequence, fraction: float, seed: int = 0) -> tuple[
 
     if not 0 < fraction < 1:
         raise PictagError(f"--val-split must be between 0 and 1 (exclusive), not {fraction}")
-    _check_counts(labels, 2, "--val-split")
+    _check_counts(labels, 2, "--val-split", classes)
     positions = np.arange(len(labels))
     classes = len(set(labels))
     # Every class needs a place on each side: at least one image per class in val, and one in train.
@@ -51,8 +56,11 @@ def stratified_split(labels: Sequence, fraction: float, seed: int = 0) -> tuple[
     return sorted(train.tolist()), sorted(val.tolist())
 
 
-def kfold_split(labels: Sequence, folds: int, fold: int, seed: int = 0) -> tuple[list[int], list[int]]:
-    """(train, val) positions of fold `fold` (0-based) of a stratified, shuffled K-fold split.
+def kfold_split(
+    labels: Sequence, folds: int, fold: int, seed: int = 0, classes: Sequence[str] | None = None
+) -> tuple[list[int], list[int]]:
+    """(train, val) positions of fold `fold` (0-based) of a stratified, shuffled K-fold split (`classes` as in
+    `stratified_split`).
 
     Raises:
         PictagError: fewer than 2 folds, a fold out of range, or a class with fewer images than folds.
@@ -61,7 +69,7 @@ def kfold_split(labels: Sequence, folds: int, fold: int, seed: int = 0) -> tuple
 
     if folds < 2 or not 0 <= fold < folds:
         raise PictagError(f"--folds {folds} --fold {fold}: need at least 2 folds and 0 <= fold < folds")
-    _check_counts(labels, folds, f"--folds {folds}")
+    _check_counts(labels, folds, f"--folds {folds}", classes)
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     train, val = list(splitter.split(np.zeros(len(labels)), list(labels)))[fold]
     return sorted(train.tolist()), sorted(val.tolist())
@@ -81,10 +89,11 @@ def column_split(values: Sequence, fold) -> tuple[list[int], list[int]]:
     return [i for i in range(len(values)) if i not in chosen], val
 
 
-def _check_counts(labels: Sequence, least: int, option: str) -> None:
-    small = sorted(label for label, n in Counter(labels).items() if n < least)
+def _check_counts(labels: Sequence, least: int, option: str, classes: Sequence[str] | None = None) -> None:
+    small = sorted((n, label) for label, n in Counter(labels).items() if n < least)
     if small:
-        shown = ", ".join(map(str, small[:5])) + (" ..." if len(small) > 5 else "")
+        name = (lambda label: classes[label]) if classes is not None else str
+        shown = ", ".join(f"{name(label)} ({n})" for n, label in small[:5]) + (" ..." if len(small) > 5 else "")
         raise PictagError(
             f"{option} needs at least {least} images per class; {len(small)} class(es) have fewer ({shown}): "
             "add images, or give validation data with --val"
@@ -105,8 +114,8 @@ def parse_ratios(text: str | Sequence[float]) -> tuple[float, ...]:
         ratios = tuple(float(x) for x in (text.split(",") if isinstance(text, str) else text))
     except ValueError:
         raise PictagError(f"--ratios {text}: give train,val,test fractions such as 0.7,0.15,0.15") from None
-    if not 1 <= len(ratios) <= len(SPLIT_NAMES) or min(ratios) < 0 or ratios[0] <= 0:
-        raise PictagError(f"--ratios {text}: give up to three fractions (train,val,test), train above 0, none below 0")
+    if not 1 <= len(ratios) <= len(SPLIT_NAMES) or not all(0 <= r <= 1 for r in ratios) or ratios[0] <= 0:
+        raise PictagError(f"--ratios {text}: give up to three fractions 0 to 1 (train,val,test), train above 0")
     if abs(sum(ratios) - 1) > 1e-6:
         raise PictagError(f"--ratios {text} sum to {sum(ratios):.4g}, not 1: adjust them, e.g. 0.7,0.15,0.15")
     return ratios
@@ -251,11 +260,12 @@ def read_splits(path: str | os.PathLike, root: str | os.PathLike | None = None) 
             outside `root`.
     """
     where = os.fspath(path)
+    if not os.path.lexists(where):
+        raise PictagError(f"{where} does not exist: write it with pictag splits DATA --out {where}")
     try:
-        with open(where, newline="") as f:
-            lines = list(csv.reader(f))
-    except FileNotFoundError:
-        raise PictagError(f"{where} does not exist: write it with pictag splits DATA --out {where}") from None
+        lines = list(csv.reader(io.StringIO(read_file(where, "splits file").decode("utf-8-sig"), newline="")))
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise PictagError(f"{where} is not a CSV that pictag splits wrote ({exc}): write it again") from None
     header = lines[0] if lines else []
     missing = [c for c in SPLITS_COLUMNS if c not in header]
     if missing:
@@ -322,7 +332,6 @@ def run(cfg) -> SplitsResult:
     import re
 
     from pictag.config import dump_config, sibling
-    from pictag.data._io import is_url, join
     from pictag.data.sources import FileShard, open_source
 
     ratios = parse_ratios(cfg.ratios)
@@ -333,6 +342,10 @@ def run(cfg) -> SplitsResult:
     if "id" not in pattern.groupindex:
         raise PictagError(f"--id-pattern {cfg.id_pattern!r} needs a group named id, e.g. '^(?P<id>[^_]+)_'")
     out = os.path.abspath(cfg.out)
+    if os.path.isdir(out):
+        raise PictagError(
+            f"--out {cfg.out} is a folder: name the CSV to write, e.g. {os.path.join(cfg.out, 'splits.csv')}"
+        )
     if os.path.exists(out) and not cfg.overwrite:
         raise PictagError(f"{cfg.out} exists: pass --overwrite to replace it")
     if is_url(cfg.data):
@@ -345,6 +358,12 @@ def run(cfg) -> SplitsResult:
         paths += [os.path.abspath(join(shard.root, key)) for key in shard.keys]
         labels += [a.label for a in shard.annotations]
     reports: list[str] = []
+    # The CSV is UTF-8 text and names each file by its path: a path that is not UTF-8 cannot be written in it.
+    text = [_is_text(p) for p in paths]
+    if not all(text):
+        shown = safe_key(os.path.relpath(paths[text.index(False)], cfg.data))
+        reports.append(f"{text.count(False)} image(s) whose path is not UTF-8 left out (e.g. {shown}): rename them")
+        paths, labels = _where(text, paths, labels)
     if cfg.classes:
         keep = _chosen_classes(cfg.classes, source.classes)
         paths, labels = _where([label in keep for label in labels], paths, labels)
@@ -387,7 +406,7 @@ def run(cfg) -> SplitsResult:
         reports.append(f"split(s) {', '.join(empty)} got no image: too few IDs (or classes) for the ratios")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     folder = os.path.dirname(out)
-    with open(out, "w", newline="") as f:
+    with open(out, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(SPLITS_COLUMNS)
         for row in zip(paths, labels, ids, splits, strict=True):
@@ -411,6 +430,14 @@ def _chosen_classes(text: str | Sequence[str], known: Sequence[str]) -> set[str]
             hint = f"did you mean {', '.join(close)}?" if close else f"the classes are {', '.join(known[:10])}"
             raise PictagError(f"--classes: no class {name!r} in the data; {hint}")
     return set(wanted)
+
+
+def _is_text(path: str) -> bool:
+    try:
+        path.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 def _where(keep: Sequence[bool], *columns: list) -> tuple[list, ...]:

@@ -1,4 +1,5 @@
-"""`pictag evaluate`: `run(EvaluateConfig) -> EvaluateResult` measures how well an embedding retrieves its own class.
+"""`pictag evaluate`: `run(EvaluateConfig)` scores a classifier on labelled images (`--data`, a report from
+`pictag.eval.classification`), or measures how well an embedding retrieves its own class (`--query`).
 
 Queries and gallery are splits of a `pictag splits` CSV (``--splits splits.csv --query test --gallery train,val``)
 or any two labelled sources (``--query data/test/ --gallery data/train/``); without a gallery each query searches
@@ -14,7 +15,7 @@ import json
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +26,9 @@ from pictag.data.sources import Source, open_source
 from pictag.data.splits import read_splits
 from pictag.device import default_workers
 from pictag.errors import PictagError
-from pictag.eval.retrieval import RetrievalMetrics, retrieval_metrics
-from pictag.options import EvaluateConfig
+from pictag.eval.classification import ClassificationReport
+from pictag.eval.retrieval import Overlap, RetrievalMetrics, overlap, retrieval_metrics
+from pictag.options import ClassifyConfig, EvaluateConfig
 from pictag.pipeline.runner import Embedded, Only, embed_all
 
 SHOWN_RESULTS = 5
@@ -38,15 +40,25 @@ class EvaluateResult:
     out: Path
     unreadable: int
     seconds: float
+    overlap: Overlap
 
     def summary(self) -> str:
         m = self.metrics
         scores = "  ".join([*(f"Recall@{k} {v:.4f}" for k, v in m.recall.items()), f"MAP@R {m.map_at_r:.4f}"])
         unreadable = f", {self.unreadable} unreadable (see errors.csv)" if self.unreadable else ""
-        return (
-            f"{scores}\n{m.queries:,} queries against {m.gallery:,} gallery images{unreadable} in "
-            f"{self.seconds:.1f} s -> {self.out / 'report.json'}"
-        )
+        lines = [
+            scores,
+            f"{m.queries:,} queries against {m.gallery:,} gallery images{unreadable} in {self.seconds:.1f} s -> "
+            f"{self.out / 'report.json'}",
+        ]
+        found = self.overlap
+        if found.missing:
+            lines.append(
+                f"only {found.answerable:,} of {found.queries:,} queries have their class in the gallery: "
+                f"{len(found.missing)} query class(es) are not in it ({_classes(found.missing)}); their "
+                f"{found.queries - found.answerable:,} queries count as misses in Recall@K and are left out of MAP@R"
+            )
+        return "\n".join(lines)
 
 
 @dataclass
@@ -59,19 +71,27 @@ class _Side:
     labels: list[str]
 
 
-def run(cfg: EvaluateConfig) -> EvaluateResult:
-    """Embed the queries and the gallery, measure Recall@K, MAP@R and per-class recall, and write the report.
+def run(cfg: EvaluateConfig) -> EvaluateResult | ClassificationReport:
+    """With `cfg.data`, score a classifier (`evaluate_classifier`); else embed the queries and the gallery,
+    measure Recall@K, MAP@R and per-class recall, and write the report.
 
     Raises:
         PictagError: bad options, an empty or unknown split, a source without labels, or a K above the gallery.
     """
-    from pictag.models.run_dir import is_run_dir
-
     started = time.perf_counter()
+    if cfg.data and (cfg.query or cfg.splits):
+        raise PictagError("--data scores a classifier, --query and --splits measure retrieval: give one or the other")
+    if cfg.data:
+        return evaluate_classifier(cfg)
+    if not cfg.query:
+        raise PictagError(
+            "nothing to evaluate: give --data DIR|TABLE (a classifier's accuracy) or --query (retrieval Recall@K)"
+        )
+    given = [name for name in ("labels", "labels_file", "images") if getattr(cfg, name)]
+    if given:
+        raise PictagError(f"--{given[0].replace('_', '-')} goes with --data (a classifier's accuracy), not --query")
     ks = parse_ks(cfg.recall_at)
-    if cfg.out is None and not is_run_dir(cfg.model):
-        raise PictagError(f"--out is needed: {cfg.model} is not a run directory to write the report inside")
-    out = Path(cfg.out) if cfg.out else Path(os.path.expanduser(cfg.model)) / "eval"
+    out = _report_folder(cfg)
     leave_one_out = cfg.gallery is None
     sides = _open_splits(cfg) if cfg.splits else _open_sources(cfg)  # every input checked before any embedding
     encoder = cfg.create_encoder()
@@ -105,6 +125,9 @@ def run(cfg: EvaluateConfig) -> EvaluateResult:
     for side, name in ((query, "--query"), (gallery, "--gallery")):
         if not side.keys:
             raise PictagError(f"no image of {name} could be read: see the errors above, or check the images")
+    found = overlap(query.labels, gallery.labels, leave_one_out=leave_one_out)
+    if not found.answerable:
+        raise PictagError(_nothing_to_find(found, leave_one_out))
     metrics = retrieval_metrics(
         query.features,
         query.labels,
@@ -122,6 +145,8 @@ def run(cfg: EvaluateConfig) -> EvaluateResult:
         "queries": metrics.queries,
         "gallery": metrics.gallery,
         "leave_one_out": leave_one_out,
+        "queries_with_class_in_gallery": found.answerable,
+        "query_classes_not_in_gallery": len(found.missing),
         "model": cfg.model,
         "unreadable": len(errors),
         "seconds": round(seconds, 3),
@@ -142,12 +167,66 @@ def run(cfg: EvaluateConfig) -> EvaluateResult:
     ]
     plot_retrievals(rows, _thumbnails([query, gallery], rows), out / "retrievals.png")
     dump_config(cfg, out / "config.yaml")
-    return EvaluateResult(metrics, out, len(errors), seconds)
+    return EvaluateResult(metrics, out, len(errors), seconds, found)
 
 
-def evaluate(model: str, **options) -> EvaluateResult:
-    """Python twin of `pictag evaluate`: options are the EvaluateConfig fields (splits=, query=, gallery=, ...)."""
+def evaluate_classifier(cfg: EvaluateConfig) -> ClassificationReport:
+    """Classify `cfg.data` with `classify`'s own job (parts, resume, errors) into OUT/predictions.parquet, with
+    the 5 best labels of each image, then score the predictions against the data's labels and write the report.
+
+    Raises:
+        PictagError: bad options, data without labels or with classes the model does not know, or a finished
+            report folder (pass `overwrite`) or an interrupted one (pass `resume`).
+    """
+    from pictag.eval.classification import Truth
+    from pictag.pipeline.classify import run as classify
+    from pictag.prompts import parse_labels
+
+    out = _report_folder(cfg)
+    # Every option classify shares with evaluate, except --gallery: a retrieval gallery here, a kNN vote there.
+    shared = {f.name for f in fields(ClassifyConfig)} & {f.name for f in fields(EvaluateConfig)} - {"gallery"}
+    options = {name: getattr(cfg, name) for name in shared}
+    if cfg.labels_file:  # read once: the report checks them, then classify uses them (a pipe reads only once)
+        options |= {"labels": parse_labels(cfg.labels, cfg.labels_file), "labels_file": None}
+    predictions = ClassifyConfig(**options | {"source": cfg.data, "out": str(out / "predictions.parquet"), "top_k": 5})
+    truth = Truth.of(predictions, cfg.label_column)  # unknown classes refused before any model is loaded
+    classified = classify(predictions)
+    report = truth.report(classified.out, classified.errors, out)
+    dump_config(cfg, out / "config.yaml")
+    return report
+
+
+def evaluate(model: str, **options) -> EvaluateResult | ClassificationReport:
+    """Python twin of `pictag evaluate`: options are the EvaluateConfig fields (data=, or splits=, query=, ...)."""
     return run(load_config(EvaluateConfig, model=model, **options))
+
+
+def _report_folder(cfg: EvaluateConfig) -> Path:
+    from pictag.models.run_dir import is_run_dir
+
+    if cfg.out is None and not is_run_dir(cfg.model):
+        raise PictagError(f"--out is needed: {cfg.model} is not a run directory to write the report inside")
+    return Path(cfg.out) if cfg.out else Path(os.path.expanduser(cfg.model)) / "eval"
+
+
+def _classes(counts: dict[str, int], shown: int = 3) -> str:
+    listed = ", ".join(f"{name}: {n}" for name, n in sorted(counts.items())[:shown])
+    return listed + (f" and {len(counts) - shown} more" if len(counts) > shown else "")
+
+
+def _nothing_to_find(found: Overlap, leave_one_out: bool) -> str:
+    """Why every query would score 0, and how to get numbers that mean something."""
+    if leave_one_out:
+        return (
+            f"every query class has a single image ({_classes(found.missing)}): leave-one-out has nothing to find; "
+            "give classes several images, or a --gallery with images of the query classes"
+        )
+    return (
+        f"none of the {len(found.missing)} query classes is in the gallery ({_classes(found.missing)}): Recall@K "
+        "would be 0 by construction. For open-set numbers (classes never trained on), leave out --gallery: each "
+        "query searches the other queries (leave-one-out); for closed-set numbers, split by id (pictag splits "
+        "--by id) so that the gallery holds images of the query classes"
+    )
 
 
 def parse_ks(text: str | Sequence[int]) -> list[int]:
@@ -207,24 +286,14 @@ def _pick(source: Source, embedded: Embedded, keys: frozenset[str] | None = None
 
 def _thumbnails(sides: Sequence[_Side], rows: list) -> dict:
     """The images the grid shows, read back from their sources (only those keys), as small RGB thumbnails."""
-    import io
-
-    from PIL import Image
+    from pictag.eval.plots import thumbnails
 
     wanted = {(side, key) for query, results in rows for side, key, _ in [query, *results]}
-    images = {}
-    for number, side in enumerate(sides):
-        keys = frozenset(key for s, key in wanted if s == number)
-        for shard in side.source.shards():
-            for record in shard.read(Only(keys)):
-                try:
-                    with Image.open(io.BytesIO(record.data or b"")) as img:
-                        thumb = img.convert("RGB")
-                except (OSError, ValueError):
-                    continue  # shown as a blank tile; it was unreadable when embedded too, or changed since
-                thumb.thumbnail((160, 160))
-                images[number, record.key] = thumb
-    return images
+    return {
+        (number, key): picture
+        for number, side in enumerate(sides)
+        for key, picture in thumbnails(side.source, (key for s, key in wanted if s == number)).items()
+    }
 
 
 def _write_per_class(metrics: RetrievalMetrics, ks: Sequence[int], path: Path) -> None:

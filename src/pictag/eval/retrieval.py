@@ -165,6 +165,31 @@ def retrieval_metrics(
     )
 
 
+@dataclass
+class Overlap:
+    """How many queries have something to find: a gallery item of their label (besides themselves).
+
+    Attributes:
+        answerable: Queries whose label has at least one gallery item.
+        queries: All queries.
+        missing: Query labels without any gallery item, with their number of queries.
+    """
+
+    answerable: int
+    queries: int
+    missing: dict[str, int]
+
+
+def overlap(query_labels: Sequence, gallery_labels: Sequence, *, leave_one_out: bool = False) -> Overlap:
+    """Which queries can be answered at all; Recall@K counts the others as misses, and MAP@R leaves them out."""
+    names, codes = _label_codes(query_labels, gallery_labels)
+    q_codes, g_codes = codes[: len(query_labels)], codes[len(query_labels) :]
+    relevant = np.bincount(g_codes, minlength=len(names))[q_codes] - leave_one_out
+    counts = np.bincount(q_codes[relevant <= 0], minlength=len(names))
+    missing = {str(names[c]): int(counts[c]) for c in np.flatnonzero(counts)}
+    return Overlap(int((relevant > 0).sum()), len(q_codes), missing)
+
+
 def _label_codes(query_labels: Sequence, gallery_labels: Sequence) -> tuple[np.ndarray, np.ndarray]:
     """(distinct labels, code of each query label then each gallery label); integer labels stay integers, since
     turning a million of them into strings costs more than the search of a small gallery."""

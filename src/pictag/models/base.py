@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from contextlib import nullcontext
 
@@ -10,6 +11,8 @@ import torch.nn.functional as F
 
 from pictag.errors import PictagError
 from pictag.models.preprocess import Preprocess
+
+log = logging.getLogger(__name__)
 
 
 class Encoder(torch.nn.Module):
@@ -64,6 +67,7 @@ class Encoder(torch.nn.Module):
         self.logit_scale = logit_scale
         self.logit_bias = logit_bias
         self.autocast_dtype = torch.float32
+        self._truncation_logged = False
         self.eval()
 
     def __repr__(self) -> str:
@@ -92,6 +96,18 @@ class Encoder(torch.nn.Module):
             "model (open_clip:ARCH/TAG or hf:ORG/NAME); a timm model classifies into its own classes with "
             "--head pretrained"
         )
+
+    def log_truncation(self, truncated: bool, context: int) -> None:
+        """Say, once per encoder, that texts were cut to the text tower's `context` tokens.
+
+        Every text tower truncates to its own context (CLIP's 77 positions, a BERT's 512), as CLIP's own tokenizer
+        does: a long label or product title is encoded from its first tokens instead of failing the batch.
+        """
+        if truncated and not self._truncation_logged:
+            self._truncation_logged = True
+            log.warning(
+                "%s reads at most %d tokens of a text: longer texts are cut there (said once)", self.spec, context
+            )
 
     def autocast(self):
         """The autocast context `encode_*` run in: `autocast_dtype` on `device`, or nothing for float32."""

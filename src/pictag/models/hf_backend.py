@@ -40,16 +40,18 @@ class HfClipEncoder(Encoder):
         )
         self.tokenizer = tokenizer
         self.processor = processor  # saved with runs and exports, beside the tokenizer
-        # SigLIP was trained on fixed-length padded text, CLIP on padding to the longest prompt.
+        # SigLIP was trained on fixed-length padded text, CLIP on padding to the longest prompt. Both have a fixed
+        # number of positions (CLIP 77, SigLIP 64), and a longer text indexes past them: it is cut there.
         siglip = "siglip" in model.config.model_type
-        self.text_kwargs = dict(padding="max_length", max_length=64, truncation=True) if siglip else dict(padding=True)
+        positions = getattr(getattr(model.config, "text_config", None), "max_position_embeddings", None)
+        context = min(tokenizer.model_max_length, positions or tokenizer.model_max_length)
+        self.text_kwargs = dict(padding="max_length" if siglip else True, max_length=context, truncation=True)
 
     def forward_image(self, pixels: torch.Tensor) -> torch.Tensor:
         return _pooled(self.module.get_image_features(pixel_values=pixels))
 
     def forward_text(self, texts: Sequence[str]) -> torch.Tensor:
-        tokens = self.tokenizer(texts, return_tensors="pt", **self.text_kwargs).to(self.device)
-        return _pooled(self.module.get_text_features(**tokens))
+        return _pooled(self.module.get_text_features(**tokenize(self, texts).to(self.device)))
 
 
 class HfTextEncoder(Encoder):
@@ -70,10 +72,19 @@ class HfTextEncoder(Encoder):
         )
 
     def forward_text(self, texts: Sequence[str]) -> torch.Tensor:
-        tokens = self.tokenizer(list(texts), return_tensors="pt", **self.text_kwargs).to(self.device)
+        tokens = tokenize(self, texts).to(self.device)
         hidden = self.module(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])[0]
         mask = tokens["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+
+
+def tokenize(encoder: HfClipEncoder | HfTextEncoder, texts: Sequence[str]):
+    """Tokens of texts, padded and cut to the encoder's context (`text_kwargs`), the cut logged once."""
+    tokens = encoder.tokenizer(list(texts), return_tensors="pt", **encoder.text_kwargs)
+    # A fast tokenizer (every transformers 5 one) keeps what truncation cut; a slow one does not say.
+    truncated = any(encoding.overflowing for encoding in tokens.encodings or ())
+    encoder.log_truncation(truncated, encoder.text_kwargs["max_length"])
+    return tokens
 
 
 def _text_only(config) -> bool:

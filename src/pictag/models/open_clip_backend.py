@@ -42,12 +42,19 @@ class OpenClipEncoder(Encoder):
         )
         self.tokenizer = tokenizer
         self.trims_context = _trims_context(model)
+        self._pad_id = int(tokenizer([""])[0, -1])  # an empty text is all padding after its start and end tokens
 
     def forward_image(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.module.encode_image(pixels)
 
+    def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
+        """Token ids of texts: open_clip's tokenizers cut a text to the context, whose end it then fills."""
+        tokens = self.tokenizer(list(texts))
+        self.log_truncation(bool((tokens[:, -1] != self._pad_id).any()), tokens.shape[1])
+        return tokens
+
     def forward_text(self, texts: Sequence[str]) -> torch.Tensor:
-        tokens = self.tokenizer(texts).to(self.device)
+        tokens = self.tokenize(texts).to(self.device)
         return _encode_trimmed(self.module, tokens) if self.trims_context else self.module.encode_text(tokens)
 
 

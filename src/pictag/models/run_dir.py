@@ -76,6 +76,11 @@ def model_dir(path: str | os.PathLike) -> Path:
         return path / "best"
     if (path / META).is_file():
         return path
+    if any((fold / "best" / META).is_file() for fold in path.glob("fold*")):
+        raise PictagError(
+            f"{path} is a cross-validated run (a model per fold): classify a product table with --images IMAGES, "
+            f"where every fold votes, or name one fold, e.g. --model {path / 'fold0'}"
+        )
     if path.is_dir():
         raise PictagError(
             f"{path} is a folder but not a pictag run (no best/{META}): train one with `pictag train`, "
@@ -117,6 +122,7 @@ def save_run_model(
     task: str,
     classes: list[str] | None,
     metrics: dict,
+    training: dict | None = None,
 ) -> Path:
     """Write `out_dir/{model.safetensors, pictag.json}` (and `backbone/` for transformers models) atomically.
 
@@ -130,6 +136,8 @@ def save_run_model(
         task: The task name, e.g. "classifier" or "clip".
         classes: The head's classes in its order, or None.
         metrics: JSON-able metrics of this model (validation top-1, epoch, ...).
+        training: What the training run used where its options left the choice open (device, precision, batch,
+            learning rates, ...; `pictag.train.engine.Engine.record`), or None.
 
     Returns:
         out_dir.
@@ -154,6 +162,8 @@ def save_run_model(
         "architecture": _architecture(encoder),
         "embedding": encoder.embedding_config() if hasattr(encoder, "embedding_config") else None,
     }
+    if training is not None:
+        meta["training"] = training
     try:
         text = json.dumps(meta, indent=2, default=_json_default)
     except (TypeError, ValueError) as exc:
@@ -218,7 +228,7 @@ def build_run(path: str | os.PathLike) -> RunModel:
         from pictag.models.embedding import EmbeddingEncoder
 
         encoder = EmbeddingEncoder(encoder, **meta["embedding"])
-    _load_strict(encoder, _read_weights(weights, "encoder."), f"{weights} (backbone {meta['backbone']})")
+    load_strict(encoder, _read_weights(weights, "encoder."), f"{weights} (backbone {meta['backbone']})")
     encoder.preprocess = _preprocess(Preprocess, meta.get("preprocess"), encoder.preprocess)
     refresh_logit_scale(encoder)
     encoder.backbone_spec = meta["backbone"]
@@ -385,12 +395,23 @@ def _read_weights(path: Path, prefix: str) -> dict[str, torch.Tensor]:
 
     try:
         with safe_open(path, framework="pt") as f:
-            return {k[len(prefix) :]: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)}
+            tensors = {k[len(prefix) :]: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)}
     except Exception as exc:  # safetensors raises several types for a torn or foreign file
         raise PictagError(f"cannot read {path}: {str(exc).splitlines()[0]}") from None
+    # A diverged training's weights would label every image alike with score nan, and nan is not JSON for serve.
+    bad = next((k for k, t in tensors.items() if t.is_floating_point() and not t.isfinite().all()), None)
+    if bad is not None:
+        raise PictagError(f"{path} holds non-finite weights ({prefix}{bad}): its training diverged; train it again")
+    return tensors
 
 
-def _load_strict(module: torch.nn.Module, state: dict, what: str) -> None:
+def load_strict(module: torch.nn.Module, state: dict, what: str) -> None:
+    """`module.load_state_dict(state)`, refusing in one line what does not fit: the first missing, unexpected or
+    differently shaped tensor is named (torch's own message puts them on later lines).
+
+    Raises:
+        PictagError: `what` (the weights' description) does not fit `module`.
+    """
     target = module.state_dict()
     missing = sorted(target.keys() - state.keys())
     unexpected = sorted(state.keys() - target.keys())

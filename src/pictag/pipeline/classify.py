@@ -5,17 +5,22 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
+import json
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.csv as pacsv
 
 from pictag.config import dump_config, load_config, sibling
 from pictag.data._io import is_url
 from pictag.device import default_workers
 from pictag.errors import PictagError
+from pictag.eval.classification import ClassificationReport, Truth
 from pictag.heads.base import Head
 from pictag.heads.calibration import Calibration
 from pictag.heads.knn import KnnHead
@@ -25,11 +30,13 @@ from pictag.models.base import Encoder
 from pictag.models.registry import default_model, parse_spec
 from pictag.models.run_dir import read_meta, run_head
 from pictag.options import ClassifyConfig
-from pictag.pipeline.job import Job, JobResult, Run, executor_for, run_job
+from pictag.pipeline.job import InProcessExecutor, Job, JobResult, Run, executor_for, run_job
 from pictag.pipeline.parts import ERRORS_SCHEMA, PartStore, exists, output_format, write_table
 from pictag.pipeline.runner import EmbeddingBatch, image_features
-from pictag.prompts import UNKNOWN, load_templates, parse_labels
+from pictag.prompts import UNKNOWN, load_templates, parse_labels, read_once
 from pictag.store.store import EmbeddingStore, StoreFeatures
+
+STDOUT = "-"  # --out -: rows streamed to stdout
 
 # Options that change what a result row says: a resumed run must keep them.
 _RESULT_DEFINING = (
@@ -58,32 +65,48 @@ _RESULT_DEFINING = (
 
 
 class ClassifyResult(JobResult):
+    report: ClassificationReport | None = None
+
     @property
     def classified(self) -> int:
         return self.rows
 
+    def summary(self) -> str:
+        line = super().summary()
+        return f"{line}\n{self.report.summary()}" if self.report else line
 
-def run(cfg: ClassifyConfig) -> ClassifyResult:
+
+def run(cfg: ClassifyConfig) -> ClassifyResult | Printed:
     """Classify every image of `cfg.source` against `cfg.labels` (or a trained run's classes), one part per unit.
 
     Raises:
         PictagError: bad input, or an output that exists (pass `overwrite`) or was interrupted (pass `resume`).
     """
     started = time.perf_counter()
+    labels, labels_file, templates = read_once(cfg.labels, cfg.labels_file, cfg.templates)
+    cfg = dataclasses.replace(cfg, labels=labels, labels_file=labels_file, templates=templates)
+    # The labels are read, and classes the model does not know refused, before any work.
+    truth = Truth.of(cfg) if cfg.report else None
     if cfg.images:  # a product table, classified by fusion runs
         from pictag.pipeline.products import run as classify_products
 
-        return classify_products(cfg)
+        return _reported(classify_products(cfg), truth)
     if isinstance(cfg.model, list):
         if len(cfg.model) > 1:
             raise PictagError("several --model are averaged for product tables only (with --images DIR): give one")
         cfg = dataclasses.replace(cfg, model=cfg.model[0] if cfg.model else None)
-    if not cfg.out:
-        raise PictagError("no output named: pass --out results.csv (or .parquet)")
     if cfg.source and cfg.embeddings:
         raise PictagError("give either a SOURCE of images or --embeddings STORE (from `pictag embed`), not both")
-    out = cfg.out if is_url(cfg.out) else Path(cfg.out)  # s3://, gs://, memory://: parts and merge go there
-    output_format(out)
+    printed = not cfg.out or cfg.out == STDOUT
+    if printed and cfg.resume:
+        raise PictagError("--resume finishes an output file: pass --out FILE (answers printed to stdout are not kept)")
+    if printed and cfg.report:
+        raise PictagError("--report writes its files beside the output: pass --out FILE")
+    if not printed:
+        if cfg.format == "jsonl":
+            raise PictagError(f"--format jsonl prints to stdout: drop --out {cfg.out} (or pass --out -)")
+        output_format(cfg.out)
+    out = cfg.out if printed or is_url(cfg.out) else Path(cfg.out)  # s3://, gs://, memory://: parts go there
     if not cfg.source and not cfg.embeddings:
         raise PictagError(
             "no images given: pass a SOURCE (folder, image, tar, shard pattern, table or URL) or --embeddings STORE"
@@ -94,20 +117,23 @@ def run(cfg: ClassifyConfig) -> ClassifyResult:
     if pretrained:
         _check_pretrained(cfg)
     store = EmbeddingStore(cfg.embeddings) if cfg.embeddings else None
-    # The model that made the images' store, or else the gallery's: a gallery is only searched by its own model.
+    # The model that made the images' store, or else the gallery's (with its checkpoint, as search takes it): a
+    # gallery is only searched by its own model.
     made_by = store or (EmbeddingStore(cfg.gallery) if cfg.gallery else None)
-    cfg = dataclasses.replace(cfg, model=cfg.model or (made_by.manifest.model if made_by else default_model()))
+    if made_by is not None:
+        model, checkpoint, random_weights = made_by.model_options(cfg.model, cfg.checkpoint, cfg.random_weights)
+        cfg = dataclasses.replace(cfg, model=model, checkpoint=checkpoint, random_weights=random_weights)
+    cfg = dataclasses.replace(cfg, model=cfg.model or default_model())
     if not pretrained and not cfg.gallery and (cfg.labels or cfg.labels_file or parse_spec(cfg.model).scheme != "run"):
         # Refused before any output is touched or model loaded.
         parse_labels(cfg.labels, cfg.labels_file)
         load_templates(cfg.templates)
+    if printed:
+        return _print(cfg, store)
     # Named after the whole file name, so that results.csv and results.parquet never share parts.
     with Run(PartStore(f"{out}.parts"), out, complete=exists(out)) as output:
         output.start(cfg, _RESULT_DEFINING, resume=cfg.resume, overwrite=cfg.overwrite)
-        encoder, units, features = _features(cfg, store)
-        rows, schema, head_id, normalized = _head_rows(cfg, encoder)
-        if not normalized:  # a classifier on the backbone's raw features (--head pretrained)
-            features = dataclasses.replace(features, normalize=False)
+        encoder, units, features, rows, schema, head_id = _stages(cfg, store)
         output.check_inputs(cfg, weights_id=encoder.weights_id, units=units, head=head_id)
         config_out = dump_config(cfg, sibling(out, ".config.yaml"))
 
@@ -119,7 +145,86 @@ def run(cfg: ClassifyConfig) -> ClassifyResult:
         output.finish()
         output.parts.remove()
         seconds = time.perf_counter() - started
-        return ClassifyResult("classified", out, errors_out, config_out, classified, failed, seconds, stats.timings())
+        result = ClassifyResult("classified", out, errors_out, config_out, classified, failed, seconds, stats.timings())
+        return _reported(result, truth)
+
+
+def _reported(result: ClassifyResult, truth: Truth | None) -> ClassifyResult:
+    """`result`, scored against the source's labels into OUT's .report/ folder when there are labels to score by."""
+    if truth is not None:
+        result.report = truth.report(result.out, result.errors, sibling(result.out, ".report"))
+    return result
+
+
+class Printed:
+    """The answers of a classify run without an output file, printed to stdout: as a table (or JSON lines) once all
+    are in, or, streamed (`--out -`), as CSV rows (or JSON lines) as each unit of images finishes.
+
+    Attributes:
+        table: Every answer, in the columns of a results file (empty when streamed: memory stays flat).
+        rows: How many answers.
+        errors: (key, reason) of each image that could not be read; each is also said on stderr.
+    """
+
+    def __init__(self, schema: pa.Schema, format: str, stream: bool):
+        self.schema = schema
+        self.format = format
+        self.stream = stream
+        self.tables: list[pa.Table] = []
+        self.rows = 0
+        self.errors: list[tuple[str, str]] = []
+
+    @property
+    def table(self) -> pa.Table:
+        return pa.concat_tables([self.schema.empty_table(), *self.tables])
+
+    def commit(self, _unit, rows: pa.Table, errors: pa.Table | None) -> None:
+        """A finished unit's rows (the executor's sink, as a `PartStore` is for a file output)."""
+        for key, reason in zip(*(errors.to_pydict().values())) if errors is not None else ():
+            print(f"pictag classify: {key}: {reason}", file=sys.stderr)
+            self.errors.append((key, reason))
+        if not self.stream:
+            self.tables.append(rows)
+        elif rows.num_rows:
+            sys.stdout.write(self._text(rows, header=not self.rows))
+            sys.stdout.flush()
+        self.rows += rows.num_rows
+
+    def summary(self) -> str:
+        return "" if self.stream else self._text(self.table, header=True).rstrip("\n")
+
+    def _text(self, rows: pa.Table, header: bool) -> str:
+        if self.format == "jsonl":
+            return "".join(json.dumps({k: _rounded(v) for k, v in row.items()}) + "\n" for row in rows.to_pylist())
+        if self.stream:
+            buffer = io.BytesIO()
+            pacsv.write_csv(rows, buffer, pacsv.WriteOptions(include_header=header))
+            return buffer.getvalue().decode()
+        cells = [rows.column_names] + [[_cell(v) for v in row.values()] for row in rows.to_pylist()]
+        widths = [max(len(line[i]) for line in cells) for i in range(len(cells[0]))]
+        return "".join("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() + "\n" for line in cells)
+
+
+def _rounded(value):
+    return round(value, 6) if isinstance(value, float) else value
+
+
+def _cell(value) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def _print(cfg: ClassifyConfig, store: EmbeddingStore | None) -> Printed:
+    """Classify without an output file: no parts, no resume, nothing written but stdout."""
+    encoder, units, features, rows, schema, _ = _stages(cfg, store)
+    printed = Printed(schema, cfg.format, stream=cfg.out == STDOUT)
+    workers = default_workers(encoder.device) if cfg.workers is None else cfg.workers
+    if cfg.workers is None and sum(unit.size for unit in units) <= cfg.batch_size:
+        workers = 0  # one batch: starting decoding processes would cost more than they save
+    job = Job("classify", units, features, rows, schema, printed, workers, ROWS_RECIPE, cfg)
+    InProcessExecutor().run(job, units, lambda _records: None)
+    if printed.errors and not printed.rows:
+        raise PictagError(f"none of the {len(printed.errors)} image(s) could be read (reasons above)")
+    return printed
 
 
 def classification_head(
@@ -193,12 +298,24 @@ def _head_rows(cfg: ClassifyConfig, encoder):
     return rows, schema, head_id[:16], head.normalized_input
 
 
-def classify(source: str | None, out: str, labels: list[str] | str | None = None, **options) -> ClassifyResult:
+def classify(
+    source: str | None, out: str | None = None, labels: list[str] | str | None = None, **options
+) -> ClassifyResult | Printed:
     """Python twin of `pictag classify`: options are the ClassifyConfig fields (model=, top_k=, resume=, ...).
 
-    With `embeddings="emb/"` (and `source=None`) the rows come from an embedding store; no image is decoded.
+    With `embeddings="emb/"` (and `source=None`) the rows come from an embedding store; no image is decoded. Without
+    `out`, nothing is written: the answers are in the result's `table`.
     """
     return run(load_config(ClassifyConfig, source=source, out=out, labels=labels, **options))
+
+
+def _stages(cfg: ClassifyConfig, store: EmbeddingStore | None):
+    """(encoder, units, feature stage, rows function, schema, head digest) of a classify job."""
+    encoder, units, features = _features(cfg, store)
+    rows, schema, head_id, normalized = _head_rows(cfg, encoder)
+    if not normalized:  # a classifier on the backbone's raw features (--head pretrained)
+        features = dataclasses.replace(features, normalize=False)
+    return encoder, units, features, rows, schema, head_id
 
 
 def _features(cfg: ClassifyConfig, store: EmbeddingStore | None):

@@ -29,8 +29,8 @@ import pyarrow.parquet as pq
 import yaml
 from tqdm.auto import tqdm
 
-from pictag.errors import PictagError
-from pictag.pipeline.parts import ERRORS_SCHEMA, PartStore
+from pictag.errors import AlreadyComplete, PictagError
+from pictag.pipeline.parts import ERRORS_SCHEMA, PartStore, record_beside
 from pictag.pipeline.plan import PLAN_FILE, Unit, plan_digest, plan_table
 from pictag.pipeline.runner import EmbeddingBatch
 
@@ -303,9 +303,15 @@ class Run:
         """
         self._guarded = tuple(guarded)
         if self.complete and not overwrite:
-            if resume:
+            if not resume:
+                raise PictagError(f"{self.out} already exists: pass --overwrite to replace it")
+            # A scheduled rerun of the same command: nothing to do if the options are the same (`check_inputs`
+            # then compares the weights, the head and the plan), refused naming them if not.
+            self._saved = self._finished_record()
+            if self._saved is None:
                 raise PictagError(f"{self.out} is already complete: nothing to resume (pass --overwrite to run again)")
-            raise PictagError(f"{self.out} already exists: pass --overwrite to replace it")
+            self._refuse_changed(json.loads(json.dumps(dataclasses.asdict(cfg), default=str)), guarded)
+            return
         self.parts.lock()  # before looking for an interrupted run, so that one still going is named as such
         interrupted = self.parts.exists(RUN_FILE)
         if interrupted and not (resume or overwrite):
@@ -337,12 +343,16 @@ class Run:
             self._refuse_changed(identity, list(identity))
             if self._saved.get("fingerprint", fingerprint) != fingerprint:
                 raise PictagError(
-                    f"cannot resume {self.out}: what defines its results changed since the interrupted run; "
+                    f"cannot resume {self.out}: what defines its results changed since the {self._earlier}; "
                     "use the same options, or --overwrite to start over"
                 )
+            if self.complete:
+                raise AlreadyComplete(f"{self.out} is already complete, with the same options: nothing to resume")
         record = {**options, **identity, "fingerprint": fingerprint}
         self.parts.write_bytes(RUN_FILE, yaml.safe_dump(record, sort_keys=False).encode())
-        plan = plan_table(units).replace_schema_metadata({"fingerprint": fingerprint, "identity": json.dumps(identity)})
+        guarded = json.dumps({k: options.get(k) for k in self._guarded}, default=str)
+        metadata = {"fingerprint": fingerprint, "identity": json.dumps(identity), "options": guarded}
+        plan = plan_table(units).replace_schema_metadata(metadata)
         buffer = io.BytesIO()
         pq.write_table(plan, buffer)
         self.parts.write_bytes(PLAN_FILE, buffer.getvalue())
@@ -362,6 +372,26 @@ class Run:
                     folder, beside = record_beside(self.out, suffix)
                     PartStore(folder).write_bytes(beside, self.parts.read_bytes(name))
 
+    @property
+    def _earlier(self) -> str:
+        return "run that made it" if self.complete else "interrupted run"
+
+    def _finished_record(self) -> dict | None:
+        """What defined a complete output (its guarded options, identity and fingerprint), from the metadata of the
+        plan kept with it; None for an output that has no such record."""
+        if os.fspath(self.out).rstrip("/") == self.parts.location.rstrip("/"):
+            store, name = self.parts, PLAN_FILE
+        else:
+            folder, name = record_beside(self.out, ".plan.parquet")
+            store = PartStore(folder)
+        if not store.exists(name):
+            return None
+        metadata = pq.read_schema(io.BytesIO(store.read_bytes(name))).metadata or {}
+        if b"options" not in metadata:
+            return None
+        identity = json.loads(metadata[b"identity"])
+        return {**json.loads(metadata[b"options"]), **identity, "fingerprint": metadata[b"fingerprint"].decode()}
+
     def _refuse_changed(self, current: dict, names: Sequence[str]) -> None:
         changed = [name for name in names if name in self._saved and self._saved[name] != current.get(name)]
         if changed:
@@ -372,17 +402,9 @@ class Run:
             }
             raise PictagError(
                 f"cannot resume {self.out}: {', '.join(words.get(c, c) for c in changed)} changed since the "
-                "interrupted run; use the same options, or --overwrite to start over"
+                f"{self._earlier}; use the same options, or --overwrite to start over"
             )
 
 
 def _fingerprint(identity: dict) -> str:
     return hashlib.sha1(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def record_beside(out: str | os.PathLike, suffix: str) -> tuple[str, str]:
-    """(folder, file name) of a record kept beside a file output: ("runs", "r.plan.parquet") for runs/r.csv."""
-    text = os.fspath(out).rstrip("/")
-    folder, _, name = text.rpartition("/")
-    stem, dot, _ = name.rpartition(".")
-    return folder or ".", (stem if dot else name) + suffix

@@ -43,6 +43,8 @@ LOCK_FILE = ".lock"
 # Object storage has no flock: the lock there is a lease that its holder renews while it commits; one older than
 # this is taken to be left by a dead driver. Long enough for a slow model between commits, short enough to resume.
 LEASE_S = 120.0
+# The lock files this process holds (real path: descriptor); see `PartStore.lock`.
+_HELD: dict[str, int] = {}
 
 
 def open_location(location: str | os.PathLike) -> tuple[AbstractFileSystem | None, str]:
@@ -56,6 +58,14 @@ def open_location(location: str | os.PathLike) -> tuple[AbstractFileSystem | Non
 
     fs, path = filesystem(text)
     return fs, path
+
+
+def record_beside(out: str | os.PathLike, suffix: str) -> tuple[str, str]:
+    """(folder, file name) of a record kept beside a file output: ("runs", "r.plan.parquet") for runs/r.csv."""
+    text = os.fspath(out).rstrip("/")
+    folder, _, name = text.rpartition("/")
+    stem, dot, _ = name.rpartition(".")
+    return folder or ".", (stem if dot else name) + suffix
 
 
 def exists(location: str | os.PathLike) -> bool:
@@ -78,7 +88,7 @@ class PartStore:
         # A Path for local folders (what callers join names to); the URL itself on object storage.
         self.folder: Path | str = Path(self.root) if self.fs is None else self.location
         self.write_options = write_options or {}
-        self._lock: int | None = None
+        self._lock: str | None = None
         self._lease: float | None = None
 
     def __reduce__(self):
@@ -101,28 +111,40 @@ class PartStore:
     def lock(self) -> None:
         """Keep other runs off this output until the process ends (a second one is refused at once).
 
-        Locally this is `flock`, released by the kernel however the process ends. On object storage it is a lease
-        file naming its holder, renewed on each commit; a lease older than `LEASE_S` is taken over.
+        Locally this is a POSIX record lock (`lockf`), which belongs to this process alone: unlike `flock`, the
+        DataLoader workers it forks do not inherit it, so a run killed with -9 frees its output at once, even while
+        its orphaned workers live on, and `--resume` right after is accepted. The kernel releases it however the
+        process ends. On object storage it is a lease file naming its holder, renewed on each commit; a lease
+        older than `LEASE_S` is taken over.
 
         Raises:
-            PictagError: another live process holds the output, or the folder cannot be written.
+            PictagError: another live process (or this one, through another `PartStore`) holds the output, or the
+                folder cannot be written.
         """
         with _writing(self.location):
             self.makedirs()
             if self.fs is not None:
                 return self._take_lease()
-            fd = os.open(self._path(LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
+            path = os.path.realpath(self._path(LOCK_FILE))
+            # A process's POSIX locks never conflict with each other, and closing any descriptor of the file drops
+            # them: a second lock in this process is refused here, before the file is opened again.
+            if path in _HELD:
+                raise PictagError(f"{self.folder} is being written by pid {os.getpid()} (this process)")
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
             holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
             os.close(fd)
+            if exc.errno not in (errno.EACCES, errno.EAGAIN):
+                raise
             raise PictagError(
                 f"{self.folder} is being written by {holder}: wait for it, or choose another output"
             ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()}".encode(), 0)
-        self._lock = fd  # released by `unlock`, or by the kernel when this process ends, however it ends
+        _HELD[path] = fd
+        self._lock = path  # released by `unlock`, or by the kernel when this process ends, however it ends
 
     def _take_lease(self) -> None:
         # Not atomic (fsspec has no portable conditional create): two drivers starting in the same second can
@@ -154,7 +176,7 @@ class PartStore:
 
     def unlock(self) -> None:
         if self._lock is not None:
-            os.close(self._lock)
+            os.close(_HELD.pop(self._lock))
             self._lock = None
         if self._lease is not None:
             self._lease = None

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import json
 import logging
 import os
 import threading
@@ -28,6 +27,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from pictag.errors import PictagError
 from pictag.prompts import parse_labels, request_templates
@@ -37,9 +37,9 @@ from pictag.serve.security import (
     ApiError,
     BodyLimit,
     check_image,
-    check_json_depth,
     check_token,
     fetch_url,
+    load_json,
     read_path,
 )
 from pictag.serve.service import Service, create_service
@@ -113,6 +113,8 @@ class App:
         self.service = service
         self.token = cfg.token()
         self.default_labels = parse_labels(cfg.labels, cfg.labels_file) if cfg.labels or cfg.labels_file else None
+        # What the page shows instead of a labels box: the classes of a run's trained head.
+        self.classes = (cfg.run_meta() or {}).get("classes") if cfg.service == "trained" else None
         self.in_process = transport is None and not cfg.redis_url
         self.transport = transport if transport is not None else create_transport(cfg)
         self.metrics = ApiMetrics()
@@ -145,11 +147,11 @@ class App:
         params: dict = {}
         if labels:
             params["labels"] = parse_labels(labels, max_labels=cfg.max_labels)
-        elif not self.default_labels and cfg.service != "trained":  # a trained run brings its own classes
+        elif not self.default_labels and cfg.service == "zero-shot":  # a run or a gallery brings its own classes
             raise ApiError(400, "no labels: send labels (e.g. labels=cat,dog), or set labels in serve.yaml")
         if templates:
             if isinstance(templates, str) and templates.lstrip().startswith("["):
-                templates = _json(templates, "templates")
+                templates = load_json(templates, cfg.max_json_depth, cfg.max_templates + 1, "templates")
             params["templates"] = request_templates(templates, cfg.max_templates)
         if top_k is not None:
             try:
@@ -162,12 +164,11 @@ class App:
         return params
 
     def parse_json(self, body: bytes, many: bool) -> tuple[list[dict], dict]:
-        """The image items and params of a JSON body, its depth checked before it is parsed."""
-        check_json_depth(body, self.cfg.max_json_depth)
-        try:
-            data = json.loads(body)
-        except ValueError:
-            raise ApiError(400, "the body is not valid JSON") from None
+        """The image items and params of a JSON body, bounded in depth and values before it is parsed."""
+        cfg = self.cfg
+        # Labels and templates are one value each; an image is an object of at most three fields (four values).
+        max_values = cfg.max_labels + cfg.max_templates + 4 * (cfg.max_job_items if many else 1) + 16
+        data = load_json(body, cfg.max_json_depth, max_values)
         model = JobJSON if many else ClassifyJSON
         try:
             parsed = model.model_validate(data)
@@ -305,6 +306,9 @@ def create_app(cfg: ServeConfig, transport: Transport | None = None, service: Se
                   "max_json_depth", "max_job_items", "request_timeout_s")  # fmt: skip
         return {
             "model": cfg.model,
+            "service": cfg.service,
+            "classes": state.classes,
+            "gallery": cfg.gallery if cfg.service == "gallery" else None,
             "labels": state.default_labels,
             "templates": cfg.templates,
             "top_k": cfg.top_k,
@@ -422,6 +426,11 @@ def _add_error_handlers(app: FastAPI, state: App) -> None:
     async def invalid(_request, exc: RequestValidationError):
         return error(422, f"invalid request: {_first_error(exc)}", "422")
 
+    @app.exception_handler(ClientDisconnect)
+    async def client_gone(_request, _exc: ClientDisconnect):
+        # The client left, or its header or body deadline closed the connection: nobody is left to read this.
+        return error(400, "the client disconnected before its request was read", "client_disconnect")
+
     @app.exception_handler(Exception)
     async def internal(_request, exc: Exception):
         log.exception("internal error")
@@ -450,17 +459,12 @@ def _one_or_list(values: list[str] | None) -> str | list[str] | None:
     return values[0] if len(values) == 1 else values
 
 
-def _json(text: str, name: str):
-    try:
-        return json.loads(text)
-    except ValueError:
-        raise ApiError(400, f"{name} is not valid JSON") from None
-
-
 def _first_error(exc) -> str:
+    # One error, and how many more: the answer stays one line however many items are wrong.
     errors = exc.errors() if hasattr(exc, "errors") else []
     if not errors:
         return str(exc).splitlines()[0]
     first = errors[0]
     where = ".".join(str(x) for x in first.get("loc", ()) if x != "body")
-    return f"{where}: {first.get('msg')}" if where else str(first.get("msg"))
+    more = f" (and {len(errors) - 1:,} more errors)" if len(errors) > 1 else ""
+    return (f"{where}: {first.get('msg')}" if where else str(first.get("msg"))) + more

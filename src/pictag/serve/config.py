@@ -8,7 +8,7 @@ from typing import Literal
 
 from pictag.errors import PictagError
 from pictag.models.registry import default_model
-from pictag.prompts import load_templates
+from pictag.prompts import load_templates, read_once
 
 
 @dataclass
@@ -16,8 +16,11 @@ class ServeConfig:
     """Options of `pictag serve`, read from serve.yaml and overridden by command-line flags.
 
     Attributes:
-        service: What the workers serve, by registered name (see `pictag.serve.service`): "zero-shot", or
-            "trained" (a run directory's own classes and head; `model: RUN`).
+        service: What the workers serve, by registered name (see `pictag.serve.service`): "zero-shot" (labels per
+            request), "trained" (a run's own classes, by its trained head), or "gallery" (a kNN vote of the labelled
+            `gallery`, with the nearest gallery images). When unset, the model decides: a classifier or few-shot run
+            serves its classes, an arcface run votes against `gallery`, any other model (a clip run: its classes by
+            default) is zero-shot; with `gallery`, the gallery.
         model: Model spec, see `create_model` ($PICTAG_MODEL or open_clip:ViT-B-32/openai when unset).
         checkpoint: Local weights file for `model`.
         random_weights: Random weights (tests and benchmarks only).
@@ -37,6 +40,10 @@ class ServeConfig:
         visibility_timeout_s: How long a request may stay unanswered by its worker before another worker claims it.
         max_deliveries: Deliveries after which a request that keeps killing workers goes to the dead-letter stream.
         request_timeout_s: Time a synchronous request may take before the API answers 504.
+        header_timeout_s: Time a client has to send a request's headers, from its first byte (or the
+            connection's start) on; the connection is closed after it (slow clients, slowloris).
+        body_timeout_s: Time a client has to send a request's whole body, once its headers are in; the
+            connection is closed after it.
         job_ttl_s: How long job results stay readable.
         max_job_items: Most images in one job.
         max_upload_bytes: Largest request body.
@@ -51,6 +58,10 @@ class ServeConfig:
             internal hosts).
         url_timeout_s: Time limit of a URL fetch.
         auth_token: Bearer token required on /v1/*; None disables auth. "env:NAME" reads it from $NAME.
+        gallery: Labelled embedding store (`pictag embed DIR --labelled --model MODEL`) whose nearest images vote
+            for each image's label.
+        knn_k: Gallery neighbours that vote, and the most nearest images an answer shows.
+        knn_weights: How a neighbour's vote counts: uniform (1) or distance (1 / its L2 distance).
         label_cache_size: Label sets whose text prototypes a worker keeps in memory (all stay in the disk cache).
         host: Address the API listens on.
         port: Port the API listens on.
@@ -58,7 +69,7 @@ class ServeConfig:
             workers in every pictag command.
     """
 
-    service: str = "zero-shot"
+    service: str | None = None
     model: str = field(default_factory=default_model)
     checkpoint: str | None = None
     random_weights: bool = False
@@ -78,6 +89,8 @@ class ServeConfig:
     visibility_timeout_s: float = 30.0
     max_deliveries: int = 3
     request_timeout_s: float = 30.0
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 60.0
     job_ttl_s: float = 3600.0
     max_job_items: int = 1000
     max_upload_bytes: int = 20_000_000
@@ -90,13 +103,16 @@ class ServeConfig:
     allow_urls: bool = False
     url_timeout_s: float = 10.0
     auth_token: str | None = None
+    gallery: str | None = None
+    knn_k: int = 10
+    knn_weights: Literal["uniform", "distance"] = "uniform"
     label_cache_size: int = 64
     host: str = "127.0.0.1"
     port: int = 8000
     processes: int = 1
 
     def __post_init__(self):
-        positive = ("batch_size", "max_queue", "max_deliveries", "max_upload_bytes", "max_pixels", "max_labels",
+        positive = ("batch_size", "knn_k", "max_queue", "max_deliveries", "max_upload_bytes", "max_pixels", "max_labels",
                     "max_templates", "max_json_depth", "max_aspect_ratio")  # fmt: skip
         for name in positive:
             if getattr(self, name) < 1:
@@ -104,12 +120,57 @@ class ServeConfig:
         for name in ("max_wait_ms", "visibility_timeout_s", "request_timeout_s", "url_timeout_s"):
             if getattr(self, name) < 0:
                 raise PictagError(f"serve config: {name} cannot be negative (got {getattr(self, name)})")
+        for name in ("header_timeout_s", "body_timeout_s"):
+            if not 0 < getattr(self, name) < float("inf"):
+                raise PictagError(
+                    f"serve config: {name} must be a positive number of seconds (got {getattr(self, name)})"
+                )
         if isinstance(self.allowed_roots, str):
             self.allowed_roots = [self.allowed_roots]
         if not 1 <= self.port <= 65535:
             raise PictagError(f"serve config: port must be between 1 and 65535 (got {self.port})")
+        self.labels, self.labels_file, self.templates = read_once(self.labels, self.labels_file, self.templates)
+        if self.service is None:
+            self.service = self._service_of_model()
         # The one check of templates, as every entry point makes it: a bad default would fail every request later.
         load_templates(self.templates, self.max_templates)
+
+    def run_meta(self) -> dict | None:
+        """The pictag.json of `model` when it is a run directory (read without torch), else None."""
+        if not (self.model.startswith("run:") or os.path.isdir(os.path.expanduser(self.model))):
+            return None
+        from pictag.models.run_dir import read_meta
+
+        return read_meta(self.model.removeprefix("run:"))
+
+    def _service_of_model(self) -> str:
+        """The service a model asks for (`service` unset); a clip run's classes become the default labels."""
+        meta = self.run_meta()
+        if self.gallery:
+            return "gallery"
+        if meta is None:
+            return "zero-shot"
+        task = meta.get("task")
+        if task == "arcface":
+            raise PictagError(
+                f"serve config: {self.model} is an arcface run: it labels an image by its nearest labelled images; "
+                f"pass --gallery STORE (from `pictag embed DIR --labelled --model {self.model}`)"
+            )
+        if task == "fusion":
+            raise PictagError(
+                f"serve config: {self.model} is a fusion run: it classifies products by image and text together; "
+                f"classify a product table with `pictag classify TABLE --images DIR --model {self.model}`"
+            )
+        if meta.get("head"):
+            if self.labels or self.labels_file:
+                raise PictagError(
+                    f"serve config: {self.model} serves its own {len(meta.get('classes') or [])} classes and takes "
+                    "no labels: drop labels and labels_file"
+                )
+            return "trained"
+        if not (self.labels or self.labels_file) and meta.get("classes"):
+            self.labels = list(meta["classes"])  # a clip run: zero-shot over the classes it was tuned on
+        return "zero-shot"
 
     def token(self) -> str | None:
         """The bearer token, read from the environment when written as "env:NAME"."""

@@ -9,6 +9,7 @@ import contextlib
 import errno
 import hmac
 import io
+import json
 import os
 import warnings
 from pathlib import Path
@@ -112,34 +113,53 @@ def check_image(data: bytes, max_pixels: int, max_aspect_ratio: float = DEFAULT_
         raise ApiError(415, str(exc)) from None
 
 
-def check_json_depth(body: bytes, max_depth: int) -> None:
-    """Refuse a JSON body that nests deeper than `max_depth`, before any parser recurses into it.
+def load_json(body: bytes | str, max_depth: int, max_values: int, what: str = "the body"):
+    """`body` parsed, once a scan has checked its depth and counted its values, before the parser builds anything.
 
-    Linear, at C speed (about 0.1 s for 20 MB): escapes are dropped (so every quote left delimits a string), then
-    everything but quotes and brackets; the brackets outside strings (an even number of quotes before them) each
-    step the depth up or down, summed in chunks.
+    Every value a parser builds costs memory, and every value of the wrong type one validation error: a 20 MB
+    list of numbers was 10 million of each (+1.4 GB, 8 s, before its 422). A request needs no more values than its
+    limits allow, so `max_values` bounds both before either starts.
+
+    The scan is linear, at C speed (about 0.1 s for 20 MB): escapes are dropped (so every quote left delimits a
+    string), then everything but quotes, brackets and commas; the brackets and commas outside strings (an even
+    number of quotes before them) step the depth up or down and count the values, summed in chunks. Each value
+    but the first of a container follows a comma, so 1 + commas + opening brackets bounds the values (a container
+    counts as two).
 
     Raises:
-        ApiError: 400, naming the limit.
+        ApiError: 400 naming the limit, or saying the body is not JSON.
     """
+    data = body.encode("utf-8", "surrogatepass") if isinstance(body, str) else body
     # Left to right, as JSON pairs them: an escaped backslash first, then an escaped quote.
-    data = body.replace(b"\\\\", b"").replace(b'\\"', b"").translate(None, _NOT_STRUCTURE)
+    data = data.replace(b"\\\\", b"").replace(b'\\"', b"").translate(None, _NOT_STRUCTURE)
     codes = np.frombuffer(data, dtype=np.uint8)
-    quotes_before, depth = 0, 0
+    quotes_before, depth, values = 0, 0, 1
     for start in range(0, len(codes), _CHUNK):
         chunk = codes[start : start + _CHUNK]
         quotes = np.cumsum(chunk == ord('"'), dtype=np.int32) + quotes_before
-        steps = np.where(quotes & 1, 0, _STEP[chunk])  # inside a string (its opening quote included): 0
-        depths = np.cumsum(steps, dtype=np.int32) + depth
+        outside = (quotes & 1) == 0  # inside a string (its opening quote included): no structure
+        depths = np.cumsum(np.where(outside, _STEP[chunk], 0), dtype=np.int32) + depth
         if depths.max() > max_depth:
-            raise ApiError(400, f"the JSON body nests deeper than {max_depth} levels (max_json_depth)")
+            raise ApiError(400, f"{what} nests deeper than {max_depth} levels (max_json_depth)")
+        values += int(np.count_nonzero(outside & _VALUE[chunk]))
+        if values > max_values:
+            break
         quotes_before, depth = int(quotes[-1]) & 1, int(depths[-1])
+    if values > max_values:
+        raise ApiError(400, f"{what} holds more than {max_values:,} values, the most a request within "
+                            "max_labels, max_templates and max_job_items needs")  # fmt: skip
+    try:
+        return json.loads(body)
+    except ValueError:  # RecursionError cannot happen: the depth is checked
+        raise ApiError(400, f"{what} is not valid JSON") from None
 
 
-_NOT_STRUCTURE = bytes(b for b in range(256) if b not in b'"[]{}')
+_NOT_STRUCTURE = bytes(b for b in range(256) if b not in b'"[]{},')
 _CHUNK = 1 << 20
 _STEP = np.zeros(256, dtype=np.int8)
 _STEP[list(b"[{")], _STEP[list(b"]}")] = 1, -1
+_VALUE = np.zeros(256, dtype=bool)
+_VALUE[list(b"[{,")] = True
 
 
 async def fetch_url(url: str, allow: bool, max_bytes: int, timeout: float) -> bytes:

@@ -78,7 +78,7 @@ def register_service(name: str) -> Callable[[type[Service]], type[Service]]:
 
 def _load_services() -> None:
     # Importing registers them, and imports torch: only processes that run a model get here.
-    from pictag.serve import trained, zero_shot  # noqa: F401
+    from pictag.serve import gallery, trained, zero_shot  # noqa: F401
 
 
 def create_service(cfg: ServeConfig) -> Service[Any, Any]:

@@ -30,16 +30,17 @@ class TrainedService(ZeroShotService):
         run = load_run(cfg.model, device=cfg.device, precision=cfg.precision)
         if run.head is None:
             raise PictagError(
-                f"serve config: {cfg.model} is a {run.meta.get('task')} run without a classifier head: "
-                "serve it with service: zero-shot and labels"
+                f"serve config: {cfg.model} is a {run.meta.get('task')} run without a classifier head: leave "
+                "--service unset and the run picks its service"
             )
         self.encoder, self.trained = run.encoder, run.head
         self.trained.labels = list(run.classes)  # the name the zero-shot service's replies read class names from
 
+    def classes_of(self) -> str:
+        return f"the classes of {self.cfg.model}"
+
     def head(self, params: dict) -> Head:
         """The run's head; a request that names labels is refused, since they would be silently ignored."""
         if params.get("labels") or params.get("templates"):
-            raise PictagError(
-                f"this server classifies into the classes of {self.cfg.model}; send no labels or templates"
-            )
+            raise PictagError(f"this server classifies into {self.classes_of()}; send no labels or templates")
         return self.trained

@@ -33,6 +33,7 @@ class Prediction:
 
     labels: list[str]
     scores: list[float]
+    neighbours: list[dict] | None = None  # the nearest gallery images, where there is a gallery
 
 
 @register_service("zero-shot")
@@ -71,6 +72,11 @@ class ZeroShotService(Service[Query, Prediction]):
             device=cfg.device,
             precision=cfg.precision,
         )
+        if not self.encoder.has_text:
+            raise PictagError(
+                f"serve config: {cfg.model} cannot encode text, so it cannot score labels: serve a run trained on it "
+                "(--model RUN serves its classes), a labelled gallery (--gallery STORE), or a CLIP-family model"
+            )
         if cfg.engine != "torch":
             from pictag.models.engines.choose import engine_for
 
@@ -118,8 +124,15 @@ class ZeroShotService(Service[Query, Prediction]):
 
     def predict(self, batch: list[Query]) -> list[Prediction]:
         """One forward pass over the batch's crops, then each image against its own classifier."""
+        return self.rank(batch, self.features(batch))
+
+    def features(self, batch: list[Query]) -> torch.Tensor:
+        """The image embeddings of the batch's crops, from one forward pass."""
         pixels = torch.from_numpy(np.stack([q.crop for q in batch])).to(self.encoder.device)
-        features = self.encoder.encode_image(self.encoder.preprocess.normalize(pixels))
+        return self.encoder.encode_image(self.encoder.preprocess.normalize(pixels))
+
+    def rank(self, batch: list[Query], features: torch.Tensor) -> list[Prediction]:
+        """The top-k labels of each image by its own request's classifier."""
         rows_by_head: dict[int, list[int]] = collections.defaultdict(list)
         for row, query in enumerate(batch):
             rows_by_head[id(query.head)].append(row)
@@ -134,7 +147,10 @@ class ZeroShotService(Service[Query, Prediction]):
 
     def encode(self, prediction: Prediction) -> dict:
         """The JSON body of a successful answer."""
-        return {
+        body = {
             "model": self.encoder.spec,
             "labels": [{"label": lab, "score": round(s, 6)} for lab, s in zip(prediction.labels, prediction.scores)],
         }
+        if prediction.neighbours is not None:
+            body["neighbours"] = prediction.neighbours
+        return body

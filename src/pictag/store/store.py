@@ -493,6 +493,23 @@ class EmbeddingStore:
                 f"{encoder.preprocess.fingerprint}: use the same model and weights, or re-embed"
             )
 
+    def model_options(
+        self, model: str | None = None, checkpoint: str | None = None, random_weights: bool = False
+    ) -> tuple[str, str | None, bool]:
+        """(model, checkpoint, random_weights) of the encoder that made this store, where the caller gives none.
+
+        Raises:
+            PictagError: the store's checkpoint file is gone.
+        """
+        m = self.manifest
+        model = model or m.model
+        if checkpoint is None and model == m.model and not random_weights:
+            checkpoint = m.checkpoint
+        random_weights = random_weights or (m.random_weights and checkpoint is None)
+        if checkpoint is not None and not os.path.isfile(checkpoint):
+            raise PictagError(f"the store's checkpoint {checkpoint} is gone: pass --checkpoint with the same weights")
+        return model, checkpoint, random_weights
+
     def encoder(
         self,
         model: str | None = None,
@@ -509,13 +526,7 @@ class EmbeddingStore:
         """
         from pictag.models.registry import create_model
 
-        m = self.manifest
-        model = model or m.model
-        if checkpoint is None and model == m.model and not random_weights:
-            checkpoint = m.checkpoint
-        random_weights = random_weights or (m.random_weights and checkpoint is None)
-        if checkpoint is not None and not os.path.isfile(checkpoint):
-            raise PictagError(f"the store's checkpoint {checkpoint} is gone: pass --checkpoint with the same weights")
+        model, checkpoint, random_weights = self.model_options(model, checkpoint, random_weights)
         encoder = create_model(
             model,
             checkpoint=checkpoint,

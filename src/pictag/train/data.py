@@ -139,11 +139,11 @@ def load_train_data(cfg, open_set_val: bool = False) -> TrainData:
         # Relabel into the training classes' indices.
         val = Split(val.shards, val.refs, val.keys, tuple(classes.index(val_classes[i]) for i in val.labels), val.texts)
     elif cfg.val_split:
-        train_pos, val_pos = stratified_split(split.labels, cfg.val_split, cfg.seed)
+        train_pos, val_pos = stratified_split(split.labels, cfg.val_split, cfg.seed, classes)
         split, val = split.subset(train_pos), split.subset(val_pos)
     elif cfg.folds or cfg.fold is not None:
         if cfg.folds:
-            train_pos, val_pos = kfold_split(split.labels, cfg.folds, int(cfg.fold or 0), cfg.seed)
+            train_pos, val_pos = kfold_split(split.labels, cfg.folds, int(cfg.fold or 0), cfg.seed, classes)
         elif metas and "fold" in metas[0]:
             train_pos, val_pos = column_split([m["fold"] for m in metas], cfg.fold)
         else:

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 import os
 import random
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +31,7 @@ from tqdm.auto import tqdm
 
 from pictag.errors import PictagError
 from pictag.train import data as train_data
+from pictag.train.loggers import Loggers, ProgressLines, parse_loggers
 from pictag.train.optim import DEFAULT_BACKBONE_LR, EMA, Schedule, block_depths, optimizer_groups, per_group
 from pictag.train.task import Task
 
@@ -36,16 +39,31 @@ log = logging.getLogger(__name__)
 
 LAST = "last.ckpt"
 # Options that do not change what is computed: a rerun may change them and still continue.
-UNGUARDED = ("out", "workers", "fresh", "save_every", "device", "max_pixels")
+UNGUARDED = ("out", "workers", "fresh", "save_every", "device", "max_pixels", "logger", "log_every")
 
 
 @dataclass(frozen=True)
 class Settings:
-    """What was chosen for this machine (each from an option when given): see `choose_settings`."""
+    """What was chosen for this machine (each from an option when given): see `choose_settings`.
 
-    precision: str  # Fabric's: "32-true", "bf16-mixed", "16-mixed"
+    Attributes:
+        device: Where training runs ("cpu", "cuda:0", ...).
+        precision: What it computes in: fp32, tf32, bf16 or fp16 (autocast, weights in fp32).
+        why: Why that precision, for the banner.
+        workers: DataLoader processes.
+        accumulate: Batches per optimiser step asked for (the memory check may split each batch further).
+    """
+
+    device: str
+    precision: str
+    why: str
     workers: int
     accumulate: int
+
+    @property
+    def fabric_precision(self) -> str:
+        """Lightning Fabric's name of `precision`."""
+        return {"fp32": "32-true", "tf32": "32-true", "fp16": "16-mixed", "bf16": "bf16-mixed"}[self.precision]
 
 
 def torchrun_world() -> tuple[int, int] | None:
@@ -59,26 +77,20 @@ def torchrun_world() -> tuple[int, int] | None:
 def choose_settings(cfg, device: torch.device) -> Settings:
     """Precision, data workers and accumulation for this device, each overridden by its option when given.
 
-    bf16 on Ampere and newer, fp16 with a gradient scaler before, fp32 on CPU; workers and accumulation from the
-    GPU's memory (80 GB: 16 workers, 1 batch per step; 40 GB: 8, 2; less: 4, 4); on CPU half the cores decode.
+    Precision: `pictag.device.training_precision` (bf16 on GPUs that have it, fp16 with a gradient scaler on older
+    ones, fp32 on CPUs). Workers: one per core beside a GPU (at most 16), half the
+    cores on the CPU. One batch per optimiser step: the memory check before the first step (`pictag.train.memory`)
+    splits a batch that does not fit, on a GPU as on the CPU.
     """
-    from pictag.device import default_workers
+    from pictag.device import default_workers, training_precision
 
-    workers, accumulate = default_workers(device), 1
-    if device.type == "cuda":
-        memory = torch.cuda.get_device_properties(device).total_memory / 2**30
-        workers, accumulate = (16, 1) if memory >= 70 else (8, 2) if memory >= 35 else (4, 4)
-        workers = min(workers, len(os.sched_getaffinity(0)))
-        precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    else:
-        precision = "fp16" if device.type == "mps" else "fp32"
-    # auto is the trainer's own choice above (fp32 on CPU: frozen blocks would take bf16's slow path there).
-    precision = precision if cfg.precision in (None, "auto") else cfg.precision
-    fabric_precision = {"fp32": "32-true", "tf32": "32-true", "fp16": "16-mixed", "bf16": "bf16-mixed"}[precision]
+    precision, why = training_precision(device, cfg.precision)
     return Settings(
-        fabric_precision,
-        workers if cfg.workers is None else cfg.workers,
-        accumulate if cfg.accumulate is None else cfg.accumulate,
+        str(device),
+        precision,
+        why,
+        default_workers(device) if cfg.workers is None else cfg.workers,
+        1 if cfg.accumulate is None else cfg.accumulate,
     )
 
 
@@ -87,9 +99,9 @@ def make_fabric(cfg):
     from lightning.fabric import Fabric
     from lightning.fabric.strategies import DDPStrategy
 
-    from pictag.device import resolve_device
+    from pictag.device import pick_device
 
-    device, _ = resolve_device(cfg.device, None)
+    device = pick_device(cfg.device)
     accelerator = {"cuda": "cuda", "mps": "mps"}.get(device.type, "cpu")
     world = torchrun_world()
     kwargs = {"accelerator": accelerator, "devices": [device.index or 0] if device.type == "cuda" else 1}
@@ -101,8 +113,16 @@ def make_fabric(cfg):
     if world is not None and device.type == "cpu":
         # Each process gets its share of the cores: more threads than cores makes every step many times slower.
         torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // world[0]))
-    fabric = Fabric(precision=settings.precision, **kwargs)
+    fabric = Fabric(precision=settings.fabric_precision, **kwargs)
     fabric.launch()
+    if fabric.global_rank == 0:
+        log.warning(
+            "training in %s on %s (%s)%s",
+            settings.precision,
+            fabric.device,
+            settings.why,
+            "; --precision fp32 trains in fp32" if settings.precision != "fp32" else "",
+        )
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -160,13 +180,38 @@ def read_last(out: Path, cfg) -> dict | None:
     except Exception as exc:  # a truncated or foreign file: say which and how to go on
         raise PictagError(f"{path} cannot be read ({str(exc).splitlines()[0]}): rerun with --fresh") from None
     saved, now = state.get("config", {}), guarded_options(cfg)
-    changed = [k for k in now if k in saved and saved[k] != now[k]]
+    # RUN/config.yaml names the values the run chose for unset options: `--config RUN/config.yaml` continues too.
+    chosen = state.get("resolved_config", {})
+    changed = [k for k in now if k in saved and now[k] not in (saved[k], chosen.get(k, saved[k]))]
     if changed:
         names = ", ".join(f"--{k.replace('_', '-')} (was {saved[k]!r}, now {now[k]!r})" for k in changed)
         raise PictagError(
             f"cannot continue {out}: {names} changed since {LAST}; use the same options, or --fresh to start over"
         )
     return state
+
+
+def check_classes(state: dict | None, classes: list[str], out: Path) -> None:
+    """Refuse to continue from `state` (`read_last`) when the data's classes changed since it was saved: the head
+    it holds scores other classes.
+
+    Raises:
+        PictagError: classes were added, removed or reordered (they are named).
+    """
+    saved = None if state is None else state.get("classes")
+    if saved is None or list(saved) == list(classes):
+        return
+    changes = [
+        (what, sorted(names))
+        for what, names in (("new", set(classes) - set(saved)), ("gone", set(saved) - set(classes)))
+    ]
+    change = "; ".join(
+        f"{what}: {', '.join(names[:5])}{' ...' if len(names) > 5 else ''}" for what, names in changes if names
+    )
+    raise PictagError(
+        f"cannot continue {out}: the data's classes changed since {LAST} ({change or 'reordered'}); train on the "
+        "same classes, or use --fresh to start over"
+    )
 
 
 class Engine:
@@ -194,7 +239,10 @@ class Engine:
         self.skipped: set[str] = {key for key, _ in data.skipped}  # unreadable keys, each counted once
         self.best_confusion: tuple[torch.Tensor, int] | None = None  # (confusion matrix, epoch) of best/
         self.head_losses: dict[str, float] = {}  # the epoch's loss of each other head (fusion's --ablate)
-        self.head_stage: dict | None = None  # what the head stage chose (`_fit_head`), kept in best/pictag.json
+        self.head_stage: dict | None = None  # what the head stage chose (`_fit_head`), recorded with the run
+        # What this run used where an option left the choice open: config.yaml and best/pictag.json get it (`record`).
+        self.resolved: dict = {}
+        self.best_written: int | None = None  # the epoch best/ holds
 
     # ----- set-up
 
@@ -225,22 +273,34 @@ class Engine:
                 if frozen or (self.task.freeze_norm_stats and pretrained):
                     m.eval()  # running statistics stay as pretrained
 
-    def _loaders(self):
-        cfg, s = self.cfg, self.settings
+    def _train_data(self):
+        """The training sampler and dataset; the sampler's own batch size (P×K) replaces --batch-size."""
+        cfg = self.cfg
         preprocess = self.task.encoder.preprocess
-        transform = preprocess.train_transform(**self.task.augment)
+        self.transform = preprocess.train_transform(**self.task.augment)
         self.sampler = self.task.train_sampler(self.data.train.labels, cfg.seed, self.rank, self.world)
         if self.sampler is None:
             self.sampler = train_data.EpochSampler(
                 self.data.train.labels, cfg.seed, balance=cfg.balance, rank=self.rank, world=self.world
             )
-        # A task's own sampler (P×K) fixes the batch size; --batch-size is then validation's.
         self.train_batch = getattr(self.sampler, "batch_size", cfg.batch_size)
+        dataset = self.task.dataset(
+            self.data.train, self.transform, train=True, seed=cfg.seed, max_pixels=cfg.max_pixels
+        )
+        if dataset is None:
+            dataset = train_data.SplitImages(
+                self.data.train, self.transform, self.transform.min_decode_size, cfg.seed, cfg.max_pixels
+            )
+        self.train_set = dataset
+
+    def _loaders(self):
+        cfg, s = self.cfg, self.settings
+        preprocess = self.task.encoder.preprocess
         per_rank = len(self.sampler)
         self.train_loader = train_data.loader(
             self.data.train,
-            transform,
-            transform.min_decode_size,
+            self.transform,
+            self.transform.min_decode_size,
             preprocess.size,
             self.sampler,
             batch_size=self.train_batch,
@@ -249,7 +309,7 @@ class Engine:
             drop_last=per_rank > self.train_batch,
             pin_memory=self.fabric.device.type == "cuda",
             max_pixels=cfg.max_pixels,
-            dataset=self.task.dataset(self.data.train, transform, train=True, seed=cfg.seed, max_pixels=cfg.max_pixels),
+            dataset=self.train_set,
         )
         self.val_loader = None
         if self.data.val is not None:
@@ -271,6 +331,84 @@ class Engine:
                     self.data.val, preprocess.crop, train=False, seed=cfg.seed, max_pixels=cfg.max_pixels
                 ),
             )
+
+    def _fit_memory(self, batch: int):
+        """How a training batch of `batch` images runs (`pictag.train.memory.Fit`): measured by probe steps before
+        the first step through the backbone; a continued run keeps its first run's."""
+        from pictag.train.memory import Fit, fit_batch, measurable
+
+        device = self.fabric.device
+        if self.resume is not None:  # checkpoints from before the memory check ran the batch whole
+            return Fit(**self.resume.get("batching", {"micro_batch": batch, "accumulate": 1}))
+        if not self.trainable - self.head_ids or not measurable(device):
+            return Fit(batch, 1)  # only heads train (on cached features, or a frozen backbone): small steps
+        size = self.task.encoder.preprocess.size
+        positions = self.sampler.share()[: min(4, batch)]
+        items = [self.train_set[(i, 0)] for i in positions]
+        trainable = [p for p in self.task.parameters() if id(p) in self.trainable]
+
+        def probe(n: int) -> None:
+            found = train_data.collate(items[:n], size)
+            loss, _ = self.model(self.fabric.to_device({k: v for k, v in found.items() if k != "errors"}))
+            self.fabric.backward(loss)
+            self.optimizer.zero_grad(set_to_none=True)
+
+        buffers = [b.detach().clone() for b in self.task.buffers()]
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            for p in self.task.parameters():
+                p.requires_grad_(id(p) in self.trainable)
+            self._train_mode()
+            # AdamW's two moments per trained weight are allocated by the first optimiser step, not by a probe.
+            state = sum(2 * p.numel() * p.element_size() for p in trainable)
+            local = torchrun_world()[0] if torchrun_world() else 1  # ranks of a node share its RAM
+            available = None
+            if device.type == "cpu" and local > 1:
+                from pictag.train.memory import available_bytes
+
+                available = available_bytes(device) // local
+            fit = fit_batch(probe, batch, device, extra_bytes=state, available=available)
+        with torch.no_grad():
+            for b, saved in zip(self.task.buffers(), buffers, strict=True):
+                b.copy_(saved)  # the probes' batch-norm statistics are not training's
+        if self.world > 1:  # every rank runs the same passes: the smallest micro-batch of any rank
+            smallest = torch.tensor(fit.micro_batch, device=device)
+            micro = int(self.fabric.all_reduce(smallest, reduce_op=torch.distributed.ReduceOp.MIN).item())
+            fit = Fit(micro, batch // micro, fit.step_bytes, fit.available_bytes)
+        return fit
+
+    def _chosen(self, param_groups: list[dict]) -> dict:
+        """The values this run uses where options leave the choice to pictag (see `record`)."""
+        lr: dict[str, float] = {}
+        decay: dict[str, float] = {}
+        for g in param_groups:  # with layer decay, a group's rate is its last block's
+            lr[g["group"]] = max(lr.get(g["group"], 0.0), g["base_lr"])
+            decay[g["group"]] = max(decay.get(g["group"], 0.0), g["weight_decay"])
+        chosen = {
+            "device": str(self.fabric.device),
+            "precision": self.settings.precision,
+            "workers": self.settings.workers,
+            "accumulate": self.settings.accumulate,
+            "train_batch": self.train_batch * self.fit_memory.accumulate,
+            "memory": self.fit_memory.record(),
+            "lr": lr,
+            "weight_decay": decay,
+        }
+        height, width = self.task.encoder.preprocess.size
+        if height == width:
+            chosen["image_size"] = height
+        if hasattr(self.sampler, "p"):  # P×K batches
+            chosen.update(classes_per_batch=self.sampler.p, samples_per_class=self.sampler.k)
+        return chosen
+
+    def record(self, **values) -> None:
+        """Record values this run chose (device, precision, batches, learning rates, swept values, ...): the options
+        among them replace the unset ones in RUN/config.yaml, and all of them go to best/pictag.json's "training"."""
+        self.resolved.update(values)
+        if self.rank == 0:
+            from pictag.config import dump_config
+
+            self.out.mkdir(parents=True, exist_ok=True)
+            dump_config(resolved_config(self.cfg, self.resolved), self.out / "config.yaml")
 
     def _batches_per_epoch(self) -> int:
         n, b = len(self.sampler.share()), self.train_batch
@@ -296,10 +434,6 @@ class Engine:
         record = {**swept.record(), "images": len(labels), "seconds": round(time.perf_counter() - started, 2)}
         if self.rank == 0:
             tqdm.write(f"head stage on {len(labels)} cached training images: {swept.describe()}")
-            config = self.out / "config.yaml"  # `pictag train` wrote it: the choice goes beside the options, as a
-            if config.is_file():  # comment, for it is not an option
-                with open(config, "a") as f:
-                    f.write(f"# head stage (swept, then fitted on the cached features): {record}\n")
         return record
 
     def _after_head_stage(self, lrs: dict, decays: dict) -> None:
@@ -333,10 +467,14 @@ class Engine:
         param_groups = optimizer_groups(groups, lrs, decays, depth=depth, layer_decay=cfg.layer_decay)
         # Every group from the start: trainable later or not, so phases and resume never change the groups.
         optimizer = torch.optim.AdamW(param_groups)
-        self._loaders()
         self.model, self.optimizer = fabric.setup(task, optimizer)
+        self._train_data()
+        self.fit_memory = self._fit_memory(self.train_batch)
+        self.train_batch = self.fit_memory.micro_batch
+        self.accumulate = self.settings.accumulate * self.fit_memory.accumulate
+        self._loaders()
         batches = self._batches_per_epoch()
-        steps_per_epoch = -(-batches // self.settings.accumulate)
+        steps_per_epoch = -(-batches // self.accumulate)
         warmup = round(cfg.warmup_epochs * steps_per_epoch)
         if cfg.warmup_ratio is not None:  # a fraction of all steps, as transformers' schedules
             warmup = round(cfg.warmup_ratio * cfg.epochs * steps_per_epoch)
@@ -355,9 +493,16 @@ class Engine:
         if self.resume is not None:
             epoch, batch_pos, step = self._load(self.resume)
             resumed = f"epoch {epoch + 1}, batch {batch_pos}" if batch_pos else f"epoch {epoch + 1}"
+        self.record(**self._chosen(param_groups), **({"head_stage": self.head_stage} if self.head_stage else {}))
         if self.rank == 0:
             self.out.mkdir(parents=True, exist_ok=True)
-            self.writer = _tensorboard(self.out / "tb")
+        self.loggers = Loggers(
+            parse_loggers(cfg.logger) if self.rank == 0 else [], self.out, (self.resume or {}).get("loggers")
+        )
+        if self.resume is None:
+            self.loggers.log_hyperparams(guarded_options(cfg))
+        # Plain lines where tqdm's bar is off: a log file, a pipe (one process speaks under DDP).
+        self.progress = ProgressLines(cfg.log_every, on=self.rank == 0 and not sys.stderr.isatty())
         stop = self.early["stopped"]
         while epoch < cfg.epochs and not stop:
             epoch_started = time.perf_counter()
@@ -378,10 +523,7 @@ class Engine:
             improved = self._early_stop(watched, epoch)
             self.schedule.epoch_end(watched, self.higher_is_better)
             seconds = time.perf_counter() - epoch_started
-            lrs: dict[str, float] = {}
-            for g in self.optimizer.param_groups:  # with layer decay, a group's rate is its last block's
-                lrs[f"lr_{g['group']}"] = max(lrs.get(f"lr_{g['group']}", 0.0), g["lr"])
-            row.update(dict(sorted(lrs.items())), seconds=round(seconds, 3), img_s=round(seen / trained, 2))
+            row.update(self._rates(), seconds=round(seconds, 3), img_s=round(seen / trained, 2))
             row["skipped"] = len(self.skipped)
             self.history.append(row)
             epoch += 1
@@ -389,14 +531,14 @@ class Engine:
             if improved:
                 self._save_best(row, predictions)
             self._save(epoch, 0, step)
-            self._log_epoch(row)
+            self._log_epoch(row, step)
+        self.loggers.finalize("success")
         if self.rank == 0:
-            self.writer.close()
             _write_metrics(self.history, self.out / "metrics.csv")
             from pictag.eval.plots import plot_training_curves
 
             if self.history:
-                plot_training_curves(self.history, self.out / "curves.png")
+                plot_training_curves(self.history, self.out / "curves.png", self.watch, self._phase_marks())
             if self.best_confusion is not None:
                 from pictag.eval.plots import plot_confusion
 
@@ -417,6 +559,18 @@ class Engine:
             self.rank,
         )
 
+    def _rates(self) -> dict[str, float]:
+        """The learning rate of each task group, by name (with layer decay, a group's rate is its last block's)."""
+        lrs: dict[str, float] = {}
+        for g in self.optimizer.param_groups:
+            lrs[f"lr_{g['group']}"] = max(lrs.get(f"lr_{g['group']}", 0.0), g["lr"])
+        return dict(sorted(lrs.items()))
+
+    def _phase_marks(self) -> list[tuple[float, str]]:
+        """Where the curves change phase: after the --freeze-epochs, between two epochs."""
+        frozen = self.cfg.freeze_epochs
+        return [(frozen + 0.5, self.task.unfreeze_mark)] if 0 < frozen < self.cfg.epochs else []
+
     def _check_ranks(self) -> int | None:
         """Under DDP, check that every rank ends with the same weights; returns the number of ranks checked.
 
@@ -434,7 +588,7 @@ class Engine:
         return self.world
 
     def _train_epoch(self, epoch: int, batch_pos: int, step: int, batches: int) -> tuple[float, int, int]:
-        fabric, cfg, accumulate = self.fabric, self.cfg, self.settings.accumulate
+        fabric, cfg, accumulate = self.fabric, self.cfg, self.accumulate
         self.sampler.set_epoch(epoch, batch_pos * self.train_batch)
         # A run continued mid-epoch starts from the sums saved with the checkpoint (counted once, on rank 0).
         loss_sum, seen = (self.partial[0], int(self.partial[1])) if self.rank == 0 and batch_pos else (0.0, 0)
@@ -451,6 +605,7 @@ class Engine:
         tick, images = time.perf_counter(), 0
         position = batch_pos
         head_sums: dict[str, float] = {}
+        self.progress.start(epoch, cfg.epochs, batches, batch_pos)
         for batch in self.train_loader:
             if position >= batches:
                 break
@@ -478,18 +633,19 @@ class Engine:
             seen += n
             images += n
             position += 1
+            rate = images * self.world / max(time.perf_counter() - tick, 1e-9)
             if last:
+                self._stop_if_diverged(loss_sum, epoch, position)
                 step = self._optimizer_step(step)
-                if self.rank == 0:
-                    self.writer.add_scalar("train/loss", loss.item(), step)
+                self.loggers.log({"train/loss": float(logs.get("loss", loss)), **self._rates()}, step)
+                self.progress.step(position, loss_sum / max(seen, 1), rate)
                 if cfg.save_every and step % cfg.save_every == 0 and position < batches:
                     sums = torch.tensor([loss_sum, float(seen)], device=fabric.device)
                     totals = fabric.all_reduce(sums, reduce_op="sum")
                     self.partial = [totals[0].item(), int(totals[1].item())]
                     self._save(epoch, position, step)
             bar.update(1)
-            elapsed = time.perf_counter() - tick
-            bar.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{images * self.world / max(elapsed, 1e-9):.1f}")
+            bar.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{rate:.1f}")
         bar.close()
         # Sum over ranks, so the logged loss is the whole epoch's.
         totals = fabric.all_reduce(torch.tensor([loss_sum, float(seen)], device=fabric.device), reduce_op="sum")
@@ -498,6 +654,38 @@ class Engine:
             sums = fabric.all_reduce(torch.tensor([head_sums[k] for k in names], device=fabric.device), reduce_op="sum")
             self.head_losses = {f"train_{k}": v / max(totals[1].item(), 1) for k, v in zip(names, sums.tolist())}
         return totals[0].item(), int(totals[1].item()), step
+
+    def _stop_if_diverged(self, loss_sum: float, epoch: int, position: int) -> None:
+        """The finite-loss guard, before each optimiser step: a nan or infinite loss on any rank (the epoch's sum
+        stays non-finite once one batch was) stops the run before the step applies it, so that neither last.ckpt nor
+        best/ ever holds what it would make.
+
+        Raises:
+            PictagError: the loss is not finite (naming the epoch and batch, and what best/ holds).
+        """
+        bad = not math.isfinite(loss_sum)
+        if self.world > 1:  # every rank stops at the same step, or the others would wait in the next collective
+            flag = torch.tensor(float(bad), device=self.fabric.device)
+            bad = self.fabric.all_reduce(flag, reduce_op="sum").item() > 0
+        if bad:
+            self._diverged(f"the loss became {loss_sum} at epoch {epoch + 1}, batch {position}")
+
+    def _stop_if_weights_diverged(self, epoch: int) -> None:
+        """The guard's second half, before any save: a step that overflowed the weights leaves a finite loss behind.
+
+        Raises:
+            PictagError: a parameter holds nan or inf.
+        """
+        bad = next((name for name, p in self.task.named_parameters() if not torch.isfinite(p).all()), None)
+        if bad is not None:
+            self._diverged(f"the weights became non-finite ({bad}) in epoch {epoch}")
+
+    def _diverged(self, what: str) -> None:
+        held = f"best/ holds epoch {self.best_written}" if self.best_written else "no best/ was written"
+        self.loggers.finalize("failed")
+        raise PictagError(
+            f"training diverged: {what}; stopped without saving it ({held}): lower --lr, or set --clip-grad 1.0"
+        )
 
     def _optimizer_step(self, step: int) -> int:
         for group in self.optimizer.param_groups:
@@ -561,10 +749,10 @@ class Engine:
         if self.ema is not None:
             self.ema.swap()
         try:
+            self._stop_if_weights_diverged(row["epoch"])
             if self.rank == 0:
                 metrics = {k: v for k, v in row.items() if k.startswith(("val_", "epoch"))}
-                stage = {"head_stage": self.head_stage} if self.head_stage else {}
-                save_best(self.out / "best", self.task, {**metrics, **stage, **self.data.facts()})
+                save_best(self.out / "best", self.task, {**metrics, **self.data.facts()}, self.resolved)
                 if predictions is not None:
                     from pictag.eval.metrics import confusion_matrix, write_per_class
 
@@ -574,18 +762,16 @@ class Engine:
                     # Plotted once, when training ends: a plot of 30 classes takes longer than a cached epoch.
                     self.best_confusion = (confusion, row["epoch"])
                     self.task.after_best(self.out, predictions)
+            self.best_written = row["epoch"]
         finally:
             if self.ema is not None:
                 self.ema.swap()
         self.fabric.barrier()
 
-    def _log_epoch(self, row: dict) -> None:
+    def _log_epoch(self, row: dict, step: int) -> None:
+        self.loggers.log(row, step)  # at the step the epoch ended on: steps only grow (W&B drops the others)
         if self.rank != 0:
             return
-        for key, value in row.items():
-            if key != "epoch" and isinstance(value, (int, float)) and value is not None:
-                self.writer.add_scalar(f"epoch/{key}", value, row["epoch"])
-        self.writer.flush()
         _write_metrics(self.history, self.out / "metrics.csv")
         shown = ", ".join(f"{k} {v:.4f}" for k, v in row.items() if k.startswith(("train_", "val_")) and v is not None)
         tqdm.write(f"epoch {row['epoch']}: {shown} ({row['seconds']:.1f} s, {row['img_s']:.1f} img/s)")
@@ -610,6 +796,10 @@ class Engine:
             "history": self.history,
             "skipped": sorted(self.skipped),
             "config": guarded_options(self.cfg),
+            "resolved_config": guarded_options(resolved_config(self.cfg, self.resolved)),
+            "batching": {"micro_batch": self.train_batch, "accumulate": self.fit_memory.accumulate},
+            "loggers": self.loggers.ids(),
+            "classes": list(self.data.classes),
             "rng": {
                 "torch": torch.get_rng_state(),
                 "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
@@ -619,6 +809,7 @@ class Engine:
         }
 
     def _save(self, epoch: int, batch_pos: int, step: int) -> None:
+        self._stop_if_weights_diverged(epoch + (batch_pos > 0))
         path = self.out / LAST
         tmp = path.with_name(f".{LAST}.tmp")
         self.fabric.save(tmp, self._state(epoch, batch_pos, step))
@@ -627,7 +818,13 @@ class Engine:
         self.fabric.barrier()
 
     def _load(self, state: dict) -> tuple[int, int, int]:
-        self.task.load_state_dict(state["task"])
+        try:
+            self.task.load_state_dict(state["task"])
+        except RuntimeError as exc:  # a checkpoint older than its class list (`check_classes`), or another model
+            detail = next((line.strip() for line in str(exc).splitlines()[1:] if line.strip()), str(exc))
+            raise PictagError(
+                f"cannot continue {self.out}: its {LAST} does not fit this model ({detail}); use --fresh"
+            ) from None
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
         if state.get("precision"):
@@ -635,6 +832,7 @@ class Engine:
         if self.ema is not None and state.get("ema"):
             self.ema.load_state_dict(state["ema"])
         self.early = dict(state["early"])
+        self.best_written = self.early["best_epoch"]
         best = state.get("best_confusion")
         self.best_confusion = (best[0], int(best[1])) if best is not None else None
         self.history = list(state["history"])
@@ -649,12 +847,27 @@ class Engine:
         return state["epoch"], state["batch"], state["step"]
 
 
-def save_best(folder: Path, task: Task, metrics: dict) -> Path:
+def save_best(folder: Path, task: Task, metrics: dict, training: dict | None = None) -> Path:
     """Write the task's inference model (fp32 safetensors and pictag.json) through the run-directory format."""
     from pictag.models.run_dir import save_run_model
 
     encoder, head = task.inference_model()
-    return save_run_model(folder, encoder, head, task=task.name, classes=task.classes(), metrics=metrics)
+    return save_run_model(
+        folder, encoder, head, task=task.name, classes=task.classes(), metrics=metrics, training=training
+    )
+
+
+def resolved_config(cfg, resolved: dict):
+    """`cfg` with the unset options that `resolved` gives a value replaced by it; learning rates and weight decays
+    per group are written as --lr takes them ("backbone=0.0001,head=0.001")."""
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(cfg)}
+    values = {}
+    for key, value in resolved.items():
+        if key in names and getattr(cfg, key) is None:
+            values[key] = ",".join(f"{k}={v:g}" for k, v in value.items()) if isinstance(value, dict) else value
+    return dataclasses.replace(cfg, **values)
 
 
 def _python_state(state: tuple) -> list:
@@ -679,12 +892,6 @@ def _first_occurrences(index: torch.Tensor) -> torch.Tensor:
             seen.add(value)
             keep.append(i)
     return torch.tensor(keep, dtype=torch.long)
-
-
-def _tensorboard(folder: Path):
-    from torch.utils.tensorboard import SummaryWriter
-
-    return SummaryWriter(str(folder))
 
 
 def _write_metrics(history: list[dict], path: Path) -> None:

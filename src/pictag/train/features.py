@@ -36,7 +36,7 @@ def at_training_precision(encoder, cfg) -> None:
     from pictag.train.engine import choose_settings
 
     precision = choose_settings(cfg, encoder.device).precision
-    encoder.autocast_dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision, torch.float32)
+    encoder.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
 
 
 def file_stats(paths) -> list:

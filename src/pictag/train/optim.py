@@ -25,25 +25,19 @@ def per_group(text: str | float | None, groups: Sequence[str], option: str) -> d
     Raises:
         PictagError: a name that is not one of `groups` (they are listed), or a value that is not a number.
     """
+    from pictag.options import group_values
+
     values: dict[str, float | None] = dict.fromkeys(groups)
-    if text is None or str(text).strip() == "":
-        return values
-    try:
-        return dict.fromkeys(groups, float(text))
-    except ValueError:
-        pass
-    for item in str(text).split(","):
-        name, _, value = item.partition("=")
-        name = name.strip()
+    parsed = group_values(text, option, "(-inf, inf)")  # the option's own range is checked with its group
+    if None in parsed:
+        return dict.fromkeys(groups, parsed[None])
+    for name, value in parsed.items():
         if name not in values:
             raise PictagError(
                 f"{option} names group {name!r}, but this task's parameter groups are {', '.join(groups)}: "
                 f"e.g. {option} {groups[0]}=1e-4"
             )
-        try:
-            values[name] = float(value)
-        except ValueError:
-            raise PictagError(f"{option} {item!r}: give NAME=NUMBER, e.g. {groups[0]}=1e-4") from None
+        values[name] = value
     return values
 
 

@@ -13,7 +13,7 @@ import random
 import shutil
 from pathlib import Path
 
-from pictag.config import dump_config, load_config
+from pictag.config import load_config
 from pictag.errors import PictagError
 from pictag.options import TrainConfig
 
@@ -58,9 +58,10 @@ def train_one(cfg: TrainConfig):
     import numpy as np
     import torch
 
+    from pictag.device import pick_device
     from pictag.pipeline.parts import PartStore
     from pictag.train.data import check_folder
-    from pictag.train.engine import LAST, Engine, make_fabric, read_last
+    from pictag.train.engine import LAST, Engine, check_classes, choose_settings, make_fabric, read_last
     from pictag.train.optim import per_group
     from pictag.train.task import TASKS, create_task
 
@@ -77,21 +78,24 @@ def train_one(cfg: TrainConfig):
     if cfg.val:
         check_folder(cfg.val)
     resume = read_last(out, cfg)
-    if resume is not None and first:
-        where = f"epoch {resume['epoch'] + 1}" + (f", batch {resume['batch']}" if resume["batch"] else "")
-        done = resume["epoch"] >= cfg.epochs or resume["early"]["stopped"]
-        verb = "already trained" if done else "continuing"
-        print(f"{verb} {out} from {LAST} ({where}, step {resume['step']}); --fresh starts over", flush=True)
     lock = PartStore(out)
     if first:
         lock.lock()  # a second run on the same folder is refused at once, naming the process
     try:
         # Everything that can refuse the input comes before Lightning is even imported.
         data = TASKS[cfg.task].load_data(cfg)
+        check_classes(resume, data.classes, out)
+        if resume is not None and first:
+            where = f"epoch {resume['epoch'] + 1}" + (f", batch {resume['batch']}" if resume["batch"] else "")
+            done = resume["epoch"] >= cfg.epochs or resume["early"]["stopped"]
+            verb = "already trained" if done else "continuing"
+            print(f"{verb} {out} from {LAST} ({where}, step {resume['step']}); --fresh starts over", flush=True)
         data.resuming = resume is not None or cfg.init_from is not None  # weights come from a file: no prototypes
         # Seeded first: random weights (--random-weights) are then the same in a rerun that continues a run.
         torch.manual_seed(cfg.seed)
-        encoder = TASKS[cfg.task].create_encoder(cfg)
+        # In the precision training computes in, so that the heads' prototypes are what the first step sees.
+        precision = choose_settings(cfg, pick_device(cfg.device)).precision
+        encoder = TASKS[cfg.task].create_encoder(dataclasses.replace(cfg, precision=precision))
         if cfg.image_size:
             encoder.preprocess = encoder.preprocess.at_size(cfg.image_size)
         if cfg.unfreeze_blocks is not None or cfg.layer_decay:
@@ -114,8 +118,7 @@ def train_one(cfg: TrainConfig):
             if cfg.fresh:
                 for stale in (out / LAST, out / "best"):
                     shutil.rmtree(stale) if stale.is_dir() else stale.unlink(missing_ok=True)
-            out.mkdir(parents=True, exist_ok=True)
-            dump_config(cfg, out / "config.yaml")
+            out.mkdir(parents=True, exist_ok=True)  # the engine writes config.yaml, with what it chose
         result = Engine(fabric, task, data, cfg, settings, resume).fit()
         if fabric.global_rank == 0:
             task.after_fit(out)
@@ -131,7 +134,7 @@ def init_from(task, run: str) -> None:
     Raises:
         PictagError: not a run folder, or weights of another architecture or other classes.
     """
-    from pictag.models.run_dir import backbone_spec, load_run
+    from pictag.models.run_dir import backbone_spec, load_run, load_strict
 
     loaded = load_run(run, device="cpu")
     encoder, head = task.inference_model()
@@ -144,12 +147,9 @@ def init_from(task, run: str) -> None:
         raise PictagError(
             f"--init-from {run} was trained on other classes ({loaded.meta.get('classes')}): use its data"
         )
-    try:
-        encoder.load_state_dict(loaded.encoder.state_dict())
-        if head is not None and loaded.head is not None:
-            head.load_state_dict(loaded.head.state_dict())
-    except RuntimeError as exc:
-        raise PictagError(f"--init-from {run} does not fit this model/head: {str(exc).splitlines()[0]}") from None
+    load_strict(encoder, loaded.encoder.state_dict(), f"--init-from {run}'s backbone")
+    if head is not None and loaded.head is not None:
+        load_strict(head, loaded.head.state_dict(), f"--init-from {run}'s head")
 
 
 def train(data: str, out: str, **options):

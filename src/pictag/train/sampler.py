@@ -31,12 +31,14 @@ class PKSampler(Sampler):
 
     Args:
         labels: Each image's class index.
-        classes_per_batch: P (every class when None).
+        classes_per_batch: P; when None, as many classes as `batch_size` holds groups of K (at least one, at most
+            every class), so the batch stays the size asked for whatever the number of classes.
         samples_per_class: K.
         seed: Seed of the order (mixed with the epoch).
         rank: This process's rank.
         world: The number of ranks.
         names: Class names, for the report of classes with fewer than K images.
+        batch_size: The images a batch should hold when P is not given.
 
     Attributes:
         batch_size: P × K, the DataLoader's batch size.
@@ -56,11 +58,18 @@ class PKSampler(Sampler):
         rank: int = 0,
         world: int = 1,
         names: Sequence[str] | None = None,
+        batch_size: int = 32,
     ):
         self.labels = torch.as_tensor(list(labels), dtype=torch.long)
         present = torch.unique(self.labels).tolist()
         self.members = {c: (self.labels == c).nonzero().flatten() for c in present}
-        p = len(present) if classes_per_batch is None else classes_per_batch
+        # Never every class by default: 81 classes x 4 images of 224 px made a 324-image batch that the kernel's
+        # OOM killer ended at 19 GB of RSS.
+        p = (
+            min(max(batch_size // samples_per_class, 1), len(present))
+            if classes_per_batch is None
+            else classes_per_batch
+        )
         if samples_per_class < 1 or p < 1:
             raise PictagError(
                 f"--classes-per-batch and --samples-per-class must be at least 1, not {p} and {samples_per_class}"

@@ -58,6 +58,7 @@ class Task(torch.nn.Module):
             out-of-fold predictions and the CV score (`pictag.train.kfold`); otherwise it trains one fold.
         metrics: What `validation_metrics` reports that `--early-stop` can watch, so that a metric the task does
             not report is refused before any work rather than after the first epoch.
+        unfreeze_mark: What curves.png names the end of --freeze-epochs with.
     """
 
     name: ClassVar[str]
@@ -69,6 +70,7 @@ class Task(torch.nn.Module):
     defaults: ClassVar[dict[str, Any]] = {}
     open_set_val: ClassVar[bool] = False
     cross_validates: ClassVar[bool] = False
+    unfreeze_mark: ClassVar[str] = "backbone unfrozen"
     encoder: Encoder
 
     @classmethod
@@ -84,10 +86,16 @@ class Task(torch.nn.Module):
 
     @classmethod
     def create_encoder(cls, cfg: Any) -> Encoder:
-        """The backbone `cfg` names, on the CPU."""
+        """The backbone `cfg` names, on the CPU, computing in `cfg.precision`."""
         from pictag.models.registry import create_model
 
-        return create_model(cfg.model, checkpoint=cfg.checkpoint, random_weights=cfg.random_weights, device="cpu")
+        return create_model(
+            cfg.model,
+            checkpoint=cfg.checkpoint,
+            random_weights=cfg.random_weights,
+            device="cpu",
+            precision=cfg.precision,
+        )
 
     @classmethod
     def fold_names(cls, cfg: Any) -> list[str] | None:

@@ -102,7 +102,7 @@ def _open_clip_text(encoder: Encoder) -> TextTower | None:
     lengths = [n for n in _LENGTHS if n < context] + [context] if trims else [context]
 
     def prepare(texts: Sequence[str]) -> dict[str, np.ndarray]:
-        tokens = encoder.tokenizer(texts)
+        tokens = encoder.tokenize(texts)
         if trims:
             needed = trim_tokens(model, tokens).shape[1]
             tokens = tokens[:, : next(n for n in lengths if n >= needed)]
@@ -127,13 +127,13 @@ class _HfText(torch.nn.Module):
 
 
 def _hf_text(encoder: Encoder) -> TextTower | None:
-    from pictag.models.hf_backend import HfClipEncoder
+    from pictag.models.hf_backend import HfClipEncoder, tokenize
 
     if not isinstance(encoder, HfClipEncoder):
         return None
 
     def tokens(texts: Sequence[str]) -> dict[str, torch.Tensor]:
-        out = encoder.tokenizer(list(texts), return_tensors="pt", **encoder.text_kwargs)
+        out = tokenize(encoder, texts)
         ids = out["input_ids"]
         # SigLIP's tokenizer gives no mask: it was trained on padded text, so every position is attended to.
         return {"input_ids": ids, "attention_mask": out.get("attention_mask", torch.ones_like(ids))}

@@ -41,8 +41,9 @@ class ArcFaceTask(Task):
         head: The class centres.
         loss: The margin loss; its margin is 0 in frozen epochs.
         class_names: The training classes, in the head's order.
-        classes_per_batch: P of the P×K batches (every class when None).
+        classes_per_batch: P of the P×K batches (from `batch_size` when None, see `PKSampler`).
         samples_per_class: K.
+        batch_size: Images per P×K batch when P is not given.
     """
 
     group_names = ("backbone", "head")
@@ -52,6 +53,7 @@ class ArcFaceTask(Task):
     defaults = {"early_stop": "val_recall@1"}
     metrics = (*(f"val_recall@{k}" for k in RECALL_AT), "val_map@r")
     open_set_val = True
+    unfreeze_mark = "backbone unfrozen, margin on"
 
     def __init__(
         self,
@@ -61,12 +63,14 @@ class ArcFaceTask(Task):
         class_names: list[str],
         classes_per_batch: int | None = None,
         samples_per_class: int = 4,
+        batch_size: int = 32,
     ):
         super().__init__()
         self.encoder, self.head, self.loss = encoder, head, loss
         self.class_names = list(class_names)
         self.margin = loss.margin
         self.classes_per_batch, self.samples_per_class = classes_per_batch, samples_per_class
+        self.batch_size = batch_size
 
     @classmethod
     def build(cls, encoder, data, cfg) -> ArcFaceTask:
@@ -77,7 +81,15 @@ class ArcFaceTask(Task):
             centres = torch.zeros(len(data.classes), cfg.embed_dim)
         head = create_head("arcface", prototypes=centres, scale=cfg.arcface_s, subcenters=cfg.subcenters)
         loss = MarginLoss(cfg.margin_loss, cfg.arcface_s, cfg.arcface_m)
-        return cls(embedder, head.to(encoder.device), loss, data.classes, cfg.classes_per_batch, cfg.samples_per_class)
+        return cls(
+            embedder,
+            head.to(encoder.device),
+            loss,
+            data.classes,
+            cfg.classes_per_batch,
+            cfg.samples_per_class,
+            cfg.batch_size,
+        )
 
     def param_groups(self) -> dict[str, list[torch.nn.Parameter]]:
         head = [*self.encoder.neck.parameters(), *self.head.parameters()]
@@ -87,7 +99,14 @@ class ArcFaceTask(Task):
         from pictag.train.sampler import PKSampler
 
         return PKSampler(
-            labels, self.classes_per_batch, self.samples_per_class, seed, rank=rank, world=world, names=self.class_names
+            labels,
+            self.classes_per_batch,
+            self.samples_per_class,
+            seed,
+            rank=rank,
+            world=world,
+            names=self.class_names,
+            batch_size=self.batch_size,
         )
 
     def set_epoch(self, epoch: int, frozen: bool) -> None:

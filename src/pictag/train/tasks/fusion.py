@@ -122,7 +122,7 @@ def load_products(cfg) -> ProductData:
         if cfg.folds:
             if not str(cfg.fold).isdigit():
                 raise PictagError(f"--fold {cfg.fold}: with --folds {cfg.folds} give a number 0..{cfg.folds - 1}")
-            train_pos, val_pos = kfold_split(labels, cfg.folds, int(cfg.fold), cfg.seed)
+            train_pos, val_pos = kfold_split(labels, cfg.folds, int(cfg.fold), cfg.seed, classes)
         elif products.folds is not None:
             train_pos, val_pos = column_split(products.folds, cfg.fold)
         else:
@@ -136,7 +136,7 @@ def load_products(cfg) -> ProductData:
             )
         split, val = split.subset(train_pos), split.subset(val_pos)
     elif cfg.val_split:
-        train_pos, val_pos = stratified_split(labels, cfg.val_split, cfg.seed)
+        train_pos, val_pos = stratified_split(labels, cfg.val_split, cfg.seed, classes)
         split, val = split.subset(train_pos), split.subset(val_pos)
     elif cfg.val:
         split, val = split.subset(range(trained)), split.subset(range(trained, len(products)))
@@ -344,7 +344,9 @@ class FusionTask(Task):
 
             return build_run(cfg.init_from).encoder
         spec = pair_spec(cfg.model, cfg.text_model) if cfg.text_model else cfg.model
-        return create_model(spec, checkpoint=cfg.checkpoint, random_weights=cfg.random_weights, device="cpu")
+        return create_model(
+            spec, checkpoint=cfg.checkpoint, random_weights=cfg.random_weights, device="cpu", precision=cfg.precision
+        )
 
     @classmethod
     def build(cls, encoder, data: ProductData, cfg) -> FusionTask:
