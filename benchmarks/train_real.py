@@ -176,10 +176,12 @@ def shock(args) -> None:
     from pictag.train.tasks.classifier import ClassifierTask
 
     mild = {"scale": (0.5, 1.0), "color_jitter": 0.2}
+    # --lr must be positive: at 1e-12 no step moves a weight by more than about 1e-12 ("lr 0" below).
+    still = "1e-12"
     train_stats = {"freeze_norm_stats": False}  # BatchNorm statistics updated in train mode (before the fix)
     variants = {
-        "before (head stage; lr 0, BN stats frozen)": ({"lr": "0"}, {}),
-        "lr 0, BN stats updated in train mode": ({"lr": "0"}, train_stats),
+        "before (head stage; lr 0, BN stats frozen)": ({"lr": still}, {}),
+        "lr 0, BN stats updated in train mode": ({"lr": still}, train_stats),
         "BN train, warmup 1 epoch, wd 0.05, timm aug": ({}, train_stats),
         "BN train, no backbone warmup": ({"warmup_epochs": 0.0}, train_stats),
         "BN train, weight decay 0": ({"weight_decay": "0"}, train_stats),

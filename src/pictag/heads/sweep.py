@@ -52,7 +52,8 @@ class Sweep:
 
     def record(self) -> dict:
         """What a run keeps of the sweep (best/pictag.json, the resolved config)."""
-        return {**self.best, "score": self.score, "metric": self.metric, "folds": self.folds}
+        scored = {"score": self.score, "metric": self.metric} if self.folds else {}  # the default needs no score
+        return {**self.best, **scored, "folds": self.folds}
 
 
 def inner_folds(labels: Sequence[int], folds: int = 3, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
