@@ -6,10 +6,10 @@ head (`pictag.heads.fusion`). Both towers come from one CLIP spec (--model), or 
 "head".
 
 Stage 1 (`--freeze-encoders`) never runs the towers while training: every view of every product image and every
-text is embedded once before the first step (`embed_products`), cached on disk under the weights' digest (so the
-folds of a K-fold run, and a resumed run, embed nothing again), and the head trains on the cached rows. Stage 2
-(`--init-from RUN_S1`) trains the towers too, through the images' training crops, from stage 1's best of the
-same fold. `--ablate` trains an image-only and a text-only head beside the fusion head, on the same (detached)
+text is embedded once before the first step (`embed_products`), in the frozen-feature cache (`pictag.train.features`:
+the folds of a K-fold run, and a resumed run, embed nothing again), and the head trains on the cached rows, from the
+head stage's swept and fitted head. Stage 2 (`--init-from RUN_S1`) trains the towers too, through the images'
+training crops, from stage 1's best of the same fold; without `--init-from`, from the head stage's head. `--ablate` trains an image-only and a text-only head beside the fusion head, on the same (detached)
 features, so the run reports what each modality is worth.
 """
 
