@@ -316,14 +316,15 @@ class GalleryOptions(Checked):
     Attributes:
         gallery: Label each image by a vote of its nearest images in this labelled embedding store
             (`pictag embed --labelled`, made with the same model), instead of text labels.
-        knn_k: Gallery neighbours that vote.
+        knn_k: Gallery neighbours that vote (when unset, the k of 1, 3, 5, 10, 20, 50 most accurate on the gallery's
+            own inner folds).
         knn_weights: How a neighbour's vote counts: uniform (1) or distance (1 / its L2 distance).
     """
 
     _at_least: ClassVar[dict[str, int]] = {"knn_k": 1}
 
     gallery: str | None = None
-    knn_k: int = 10
+    knn_k: int | None = None
     knn_weights: Literal["uniform", "distance"] = "uniform"
 
 
@@ -708,7 +709,8 @@ class TrainConfig(ProductOptions, RuntimeOptions, ModelOptions):
         epochs: Training epochs (including --freeze-epochs).
         batch_size: Images per step on each device (times --accumulate for one optimiser step).
         lr: Learning rate: one number for every group, or per group, e.g. backbone=1e-5,head=3e-4 (a group not
-            named: 1e-3 for head, 1e-4 for the others).
+            named: 1e-4; the head after the head stage: the backbone's rate, or the swept one with frozen towers;
+            otherwise 1e-3).
         weight_decay: AdamW weight decay: one number, or per group like --lr (0.05 when unset; never on norms
             and biases).
         layer_decay: Layer-wise learning-rate decay: each image block back from the last gets this factor more.
@@ -729,8 +731,9 @@ class TrainConfig(ProductOptions, RuntimeOptions, ModelOptions):
             fusion).
         ema: Keep an exponential moving average of the weights with this decay (e.g. 0.999); it is validated
             and saved.
-        freeze_epochs: Train the head alone for this many epochs, then the backbone too (arcface: the warm-up,
-            with margin 0).
+        freeze_epochs: Train the head alone for this many epochs, through the images, then the backbone too
+            (arcface: the warm-up, with margin 0); unset, the head is first fitted on cached frozen features (the
+            head stage, LP-FT) and everything trains from the first epoch.
         unfreeze_blocks: Train only the last N blocks of the image tower (all of it when unset).
         init_from: Start from another run's best weights (stage 2 after stage 1).
         balance: Sample classes evenly.

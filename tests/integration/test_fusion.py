@@ -78,6 +78,10 @@ def test_fusion_beats_each_modality_alone_with_out_of_fold_predictions(stage1, c
         assert (stage1 / f"fold{fold}" / "best" / "model.safetensors").is_file()
         header = _rows(stage1 / f"fold{fold}" / "metrics.csv")[0]
         assert {"val_top1", "val_top3", "val_image_top1", "val_text_top1"} <= set(header)
+        # Each head's own training loss: train_loss is the fusion head's, not the sum of the three.
+        rows = _rows(stage1 / f"fold{fold}" / "metrics.csv")
+        assert {"train_image_loss", "train_text_loss"} <= set(header)
+        assert all(float(r["train_loss"]) < float(r["train_image_loss"]) + float(r["train_text_loss"]) for r in rows)
     assert (stage1 / "per_class.csv").is_file() and (stage1 / "confusion.png").is_file()
 
 

@@ -43,10 +43,12 @@ def test_the_recorded_config_has_no_null_where_a_value_was_used(task, tmp_path, 
     used = (*USED, "classes_per_batch") if task == "arcface" else USED
     assert [name for name in used if config[name] is None] == []
     assert config["precision"] == "fp32" and config["device"] == "cpu" and config["workers"] == 0
-    assert config["lr"] == "backbone=0.0001,head=0.001"
+    # After the head stage (LP-FT) the head fine-tunes at the backbone's rate, with the weight decay the sweep chose.
+    assert config["lr"] == "backbone=0.0001,head=0.0001"
     training = json.loads((out / "best" / "pictag.json").read_text())["training"]
     assert _nulls(training) == []
-    assert training["precision"] == "fp32" and training["lr"] == {"backbone": 1e-4, "head": 1e-3}
+    assert training["precision"] == "fp32" and training["lr"] == {"backbone": 1e-4, "head": 1e-4}
+    assert training["weight_decay"]["head"] == training["head_stage"]["weight_decay"]
     assert training["memory"]["micro_batch"] * training["memory"]["accumulate"] == training["train_batch"]
     if task == "arcface":  # P from --batch-size and K: 8 // 4 = 2 classes a batch, not all 6
         assert (config["classes_per_batch"], training["samples_per_class"], training["train_batch"]) == (2, 4, 8)

@@ -103,6 +103,9 @@ def run(cfg: FewshotConfig) -> FewshotResult:
             results.write(_predictions(task, head, queries, features))
             predicted += len(queries)
         method = getattr(head, "chosen_name", head.name)
+        swept = getattr(getattr(head, "chosen", head), "sweep", None)  # the linear probe's C, a kNN vote's k
+        if swept is not None:
+            log.info("%s: %s with %s", task.name, method, swept.describe())
         method = f"auto:{method}" if cfg.method == "auto" else method
         support_count = sum(key in features for key, _ in task.support)
         summaries.write(

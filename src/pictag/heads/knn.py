@@ -6,7 +6,8 @@ the vote shares, so that the one softmax of `scores_from_logits` turns them back
 vote gets 1e-6), and calibration's temperature and per-class thresholds apply to them as to any head's.
 
 New classes need no training: adding their images to the gallery is enough. The search is exact, in blocks of
-gallery rows, so it never holds a batch × gallery similarity matrix.
+gallery rows, so it never holds a batch × gallery similarity matrix. Without a k, `fit` picks it from `K_GRID` by
+the held-out accuracy of the gallery's own inner folds (`pictag.heads.sweep`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,10 @@ from pictag.heads.base import GALLERY, Head, check_support, register_head
 
 BLOCK_ROWS = 65536
 NO_VOTE = 1e-6
+K_GRID = (1, 3, 5, 10, 20, 50)
+DEFAULT_K = 10
+# The k sweep searches a sample of a larger gallery: its folds then cost seconds, not a gallery x gallery search.
+SWEEP_ROWS = 20000
 
 
 @register_head("knn")
@@ -27,7 +32,7 @@ class KnnHead(Head):
     """Votes of the `k` nearest gallery embeddings, fitted on (gallery features, gallery labels).
 
     Args:
-        k: Neighbours that vote.
+        k: Neighbours that vote (None: chosen by `fit`, see `K_GRID`).
         weights: uniform (one vote each) or distance (1 / L2 distance).
         num_classes: C, for a head about to load its state.
         dim: D, likewise.
@@ -38,14 +43,14 @@ class KnnHead(Head):
 
     def __init__(
         self,
-        k: int = 10,
+        k: int | None = None,
         weights: Literal["uniform", "distance"] = "uniform",
         num_classes: int = 0,
         dim: int = 0,
         size: int = 0,
     ):
         super().__init__(num_classes, dim)
-        if k < 1:
+        if k is not None and k < 1:
             raise PictagError(f"--knn-k must be at least 1, not {k}")
         if weights not in ("uniform", "distance"):
             raise PictagError(f"kNN weights must be uniform or distance, not {weights!r}")
@@ -61,11 +66,37 @@ class KnnHead(Head):
         """
         features, labels = features.float(), labels.long().to(features.device)
         self.num_classes, self.dim = check_support(features, labels, None), features.shape[1]
+        if self.k is None:
+            self.sweep = self._choose_k(features, labels)
+            self.k = self.sweep.best["k"]
         if self.k > len(features):
             raise PictagError(f"--knn-k {self.k} is more than the gallery's {len(features)} image(s): lower it")
         self.gallery, self.gallery_labels = features, labels
         self.support_accuracy = None  # each gallery image would find itself: `pictag evaluate` measures leave-one-out
         return self
+
+    def _choose_k(self, features: torch.Tensor, labels: torch.Tensor):
+        """The k of `K_GRID` whose vote is most accurate on inner folds of the gallery (one search per fold)."""
+        from pictag.heads.sweep import sweep
+
+        if len(labels) > SWEEP_ROWS:
+            sample = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))[:SWEEP_ROWS]
+            features, labels = features[sample.to(features.device)], labels[sample.to(labels.device)]
+        smallest_fold = len(labels) - len(labels) // 2  # with 2 folds, the least a fold's gallery holds
+        candidates = [{"k": k} for k in K_GRID if k <= smallest_fold] or [{"k": 1}]
+
+        def evaluate(train, test) -> list[float]:
+            train, test = torch.as_tensor(train), torch.as_tensor(test)
+            head = KnnHead(candidates[-1]["k"], self.weights)
+            head.num_classes, head.gallery, head.gallery_labels = self.num_classes, features[train], labels[train]
+            sims, rows = head.neighbours(features[test])
+            return [
+                float((head.vote(sims[:, : c["k"]], rows[:, : c["k"]]).argmax(1) == labels[test]).float().mean())
+                for c in candidates
+            ]
+
+        default = next((i for i, c in enumerate(candidates) if c["k"] == DEFAULT_K), len(candidates) - 1)
+        return sweep(candidates, labels.tolist(), evaluate, default=default, prefer=lambda c: abs(c["k"] - DEFAULT_K))
 
     def neighbours(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(similarities, gallery rows) of the k nearest gallery embeddings of each row, best first."""
@@ -82,7 +113,10 @@ class KnnHead(Head):
         return best_sims, best_rows
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        sims, rows = self.neighbours(features)
+        return self.vote(*self.neighbours(features))
+
+    def vote(self, sims: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Log vote shares of each row's neighbours (`neighbours`' similarities and gallery rows)."""
         if self.weights == "distance":
             # |a - b| = sqrt(2 - 2 a.b) for unit vectors; an exact duplicate gets a large but finite vote.
             votes = 1 / ((2 - 2 * sims).clamp(min=0).sqrt() + 1e-6)
@@ -96,7 +130,7 @@ class KnnHead(Head):
         return {**super().config(), "k": self.k, "weights": self.weights, "size": len(self.gallery)}
 
     @classmethod
-    def from_store(cls, store, encoder, k: int, weights: str) -> tuple[KnnHead, list[str]]:
+    def from_store(cls, store, encoder, k: int | None, weights: str) -> tuple[KnnHead, list[str]]:
         """The head over a labelled embedding store made by `encoder`'s model, and its classes (sorted).
 
         Raises:

@@ -10,6 +10,7 @@ CPU; the fitted probe is then plain tensors, logits = f·Wᵀ + b with the basis
 from __future__ import annotations
 
 import warnings
+from functools import partial
 
 import numpy as np
 import torch
@@ -31,8 +32,8 @@ def span_basis(features: torch.Tensor) -> torch.Tensor:
 class LinearProbeHead(Head):
     """Logistic regression (scikit-learn, L-BFGS) with C picked by stratified k-fold cross-validation.
 
-    k is the smallest class count, at most 5; `support_accuracy` is the cross-validated accuracy of the chosen C
-    (ties go to the C closest to the default). Text prototypes are not used: this is the CLIP paper's linear probe.
+    C is swept by `pictag.heads.sweep` over k stratified folds, k the smallest class count, at most 5;
+    `support_accuracy` is the cross-validated accuracy of the chosen C (ties go to the C closest to the default). Text prototypes are not used: this is the CLIP paper's linear probe.
 
     Attributes:
         C: The inverse regularisation strength chosen by `fit`.
@@ -48,16 +49,23 @@ class LinearProbeHead(Head):
     def _fit(self, features: torch.Tensor, labels: torch.Tensor, text_prototypes: torch.Tensor | None) -> None:
         from threadpoolctl import threadpool_limits
 
+        from pictag.heads.sweep import sweep
+
         basis = span_basis(features)
         z, y = (features @ basis.T).cpu().numpy(), labels.cpu().numpy()
-        folds = int(min(MAX_FOLDS, np.bincount(y).min()))
-        self.C = DEFAULT_C
         with threadpool_limits(1), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # convergence warnings at large C change no prediction we make
-            if folds >= 2:
-                scores = _cross_val_accuracy(z, y, folds)
-                self.C = max(C_GRID, key=lambda c: (scores[c], -abs(np.log(c / DEFAULT_C))))
-                self.support_accuracy = scores[self.C]
+            found = sweep(
+                [{"C": c} for c in C_GRID],
+                y,
+                partial(_held_out_accuracy, z, y),
+                folds=MAX_FOLDS,
+                default=C_GRID.index(DEFAULT_C),
+                prefer=lambda c: abs(np.log(c["C"] / DEFAULT_C)),
+            )
+            self.C, self.sweep = found.best["C"], found
+            if found.folds:
+                self.support_accuracy = found.score
             model = _logistic(self.C).fit(z, y)
         coef, intercept = torch.from_numpy(model.coef_), torch.from_numpy(model.intercept_)
         if len(coef) == 1:  # two classes: scikit-learn keeps one row; ±half of it gives the softmax of predict_proba
@@ -75,14 +83,11 @@ def _logistic(c: float, warm_start: bool = False):
     return LogisticRegression(C=c, max_iter=300, warm_start=warm_start)
 
 
-def _cross_val_accuracy(z: np.ndarray, y: np.ndarray, folds: int) -> dict[float, float]:
-    """Held-out accuracy of every C; each fold walks the grid upwards, warm-started from the previous C."""
-    from sklearn.model_selection import StratifiedKFold
-
-    correct = dict.fromkeys(C_GRID, 0)
-    for train, test in StratifiedKFold(folds, shuffle=True, random_state=0).split(z, y):
-        model = _logistic(C_GRID[0], warm_start=True)
-        for c in C_GRID:
-            model.set_params(C=c).fit(z[train], y[train])
-            correct[c] += int((model.predict(z[test]) == y[test]).sum())
-    return {c: n / len(y) for c, n in correct.items()}
+def _held_out_accuracy(z: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray) -> list[float]:
+    """Held-out accuracy of every C on one fold, walking the grid upwards, each fit warm-started from the last."""
+    model = _logistic(C_GRID[0], warm_start=True)
+    scores = []
+    for c in C_GRID:
+        model.set_params(C=c).fit(z[train], y[train])
+        scores.append(float((model.predict(z[test]) == y[test]).mean()))
+    return scores

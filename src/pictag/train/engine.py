@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from pictag.errors import PictagError
 from pictag.train import data as train_data
 from pictag.train.loggers import Loggers, ProgressLines, parse_loggers
-from pictag.train.optim import EMA, Schedule, block_depths, optimizer_groups, per_group
+from pictag.train.optim import DEFAULT_BACKBONE_LR, EMA, Schedule, block_depths, optimizer_groups, per_group
 from pictag.train.task import Task
 
 log = logging.getLogger(__name__)
@@ -238,6 +238,8 @@ class Engine:
         self.partial = [0.0, 0]  # (loss sum, images) of the epoch before a mid-epoch checkpoint, all ranks
         self.skipped: set[str] = {key for key, _ in data.skipped}  # unreadable keys, each counted once
         self.best_confusion: tuple[torch.Tensor, int] | None = None  # (confusion matrix, epoch) of best/
+        self.head_losses: dict[str, float] = {}  # the epoch's loss of each other head (fusion's --ablate)
+        self.head_stage: dict | None = None  # what the head stage chose (`_fit_head`), recorded with the run
         # What this run used where an option left the choice open: config.yaml and best/pictag.json get it (`record`).
         self.resolved: dict = {}
         self.best_written: int | None = None  # the epoch best/ holds
@@ -265,8 +267,10 @@ class Engine:
         self.model.train()
         for m in self.task.modules():
             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                frozen = not any(p.requires_grad for p in m.parameters(recurse=False))
-                if self.task.freeze_norm_stats or frozen:
+                own = [p for p in m.parameters(recurse=False)]
+                frozen = not any(p.requires_grad for p in own)
+                pretrained = not any(id(p) in self.head_ids for p in own)  # a head's norm (arcface's neck) learns
+                if frozen or (self.task.freeze_norm_stats and pretrained):
                     m.eval()  # running statistics stay as pretrained
 
     def _train_data(self):
@@ -410,6 +414,40 @@ class Engine:
         n, b = len(self.sampler.share()), self.train_batch
         return n // b if n > b else 1
 
+    # ----- the head stage (LP-FT)
+
+    def _fit_head(self) -> dict | None:
+        """Train the head on cached frozen features before any other step (`pictag.train.head_stage`); returns
+        what its sweep chose, or None for a task without a head stage."""
+        from pictag.train.head_stage import fit_head
+
+        started = time.perf_counter()
+        found = self.task.head_features(self.data, self.cfg)
+        if found is None:
+            return None
+        features, labels = found
+        device = self.fabric.device
+        self.task.to(device)
+        # Its own random draws: the steps that follow start from the same random state as without it.
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            swept = fit_head(self.task, features.to(device), labels.to(device), self.cfg)
+        record = {**swept.record(), "images": len(labels), "seconds": round(time.perf_counter() - started, 2)}
+        if self.rank == 0:
+            tqdm.write(f"head stage on {len(labels)} cached training images: {swept.describe()}")
+        return record
+
+    def _after_head_stage(self, lrs: dict, decays: dict) -> None:
+        """The head's rates after the head stage, where --lr / --weight-decay leave them unset: with the backbone
+        (LP-FT) the whole model fine-tunes at the backbone's rate; with frozen towers the head goes on with what the
+        sweep chose."""
+        frozen = not (self.trainable - self.head_ids)
+        others = [v for name, v in lrs.items() if name not in self.task.head_groups and v is not None]
+        for name in self.task.head_groups:
+            if lrs.get(name, 0) is None:
+                lrs[name] = self.head_stage["lr"] if frozen else (others[0] if others else DEFAULT_BACKBONE_LR)
+            if decays.get(name, 0) is None:
+                decays[name] = self.head_stage["weight_decay"]
+
     # ----- the loop
 
     def fit(self) -> TrainResult:
@@ -419,13 +457,14 @@ class Engine:
         groups = task.param_groups()
         depth = block_depths(task.encoder.module) if cfg.layer_decay else None
         names = list(groups)
-        param_groups = optimizer_groups(
-            groups,
-            per_group(cfg.lr, names, "--lr"),
-            per_group(cfg.weight_decay, names, "--weight-decay"),
-            depth=depth,
-            layer_decay=cfg.layer_decay,
-        )
+        lrs, decays = per_group(cfg.lr, names, "--lr"), per_group(cfg.weight_decay, names, "--weight-decay")
+        if self.resume is not None:
+            self.head_stage = self.resume.get("head_stage")
+        elif cfg.freeze_epochs == 0 and not cfg.init_from:
+            self.head_stage = self._fit_head()
+        if self.head_stage is not None:
+            self._after_head_stage(lrs, decays)
+        param_groups = optimizer_groups(groups, lrs, decays, depth=depth, layer_decay=cfg.layer_decay)
         # Every group from the start: trainable later or not, so phases and resume never change the groups.
         optimizer = torch.optim.AdamW(param_groups)
         self.model, self.optimizer = fabric.setup(task, optimizer)
@@ -454,7 +493,7 @@ class Engine:
         if self.resume is not None:
             epoch, batch_pos, step = self._load(self.resume)
             resumed = f"epoch {epoch + 1}, batch {batch_pos}" if batch_pos else f"epoch {epoch + 1}"
-        self.record(**self._chosen(param_groups))
+        self.record(**self._chosen(param_groups), **({"head_stage": self.head_stage} if self.head_stage else {}))
         if self.rank == 0:
             self.out.mkdir(parents=True, exist_ok=True)
         self.loggers = Loggers(
@@ -472,7 +511,7 @@ class Engine:
             loss_sum, seen, step = self._train_epoch(epoch, batch_pos, step, batches)
             trained = time.perf_counter() - epoch_started  # img/s is training's; seconds include validation
             batch_pos = 0
-            row = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1)}
+            row = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), **self.head_losses}
             metrics, predictions = self._validate()
             row.update(metrics)
             if self.val_loader is not None and self.watch not in row:
@@ -515,7 +554,7 @@ class Engine:
             time.perf_counter() - started,
             len(self.skipped),
             resumed,
-            self.early["stopped"],
+            self.early["stopped"] and epoch < cfg.epochs,  # patience running out on the last epoch stops nothing
             in_sync,
             self.rank,
         )
@@ -565,6 +604,7 @@ class Engine:
         )
         tick, images = time.perf_counter(), 0
         position = batch_pos
+        head_sums: dict[str, float] = {}
         self.progress.start(epoch, cfg.epochs, batches, batch_pos)
         for batch in self.train_loader:
             if position >= batches:
@@ -578,13 +618,18 @@ class Engine:
             last = (position + 1) % accumulate == 0 or position + 1 == batches
             batch = fabric.to_device({k: v for k, v in batch.items() if k != "errors"})
             with fabric.no_backward_sync(self.model, enabled=not last):
+                logs = {}
                 if len(batch["labels"]):
-                    loss, _ = self.model(batch)
+                    loss, logs = self.model(batch)
                 else:  # every image unreadable: a zero loss still takes DDP's collective steps with the others
                     loss = sum(p.sum() for p in self.task.parameters() if p.requires_grad) * 0.0
                 fabric.backward(loss / accumulate)
             n = len(batch["labels"])
-            loss_sum += loss.item() * n
+            # train_loss is the task's own "loss"; other heads' losses (fusion's --ablate) are logged on their own.
+            loss_sum += float(logs.get("loss", loss)) * n
+            for name, value in logs.items():
+                if name.endswith("_loss"):
+                    head_sums[name] = head_sums.get(name, 0.0) + float(value) * n
             seen += n
             images += n
             position += 1
@@ -592,7 +637,7 @@ class Engine:
             if last:
                 self._stop_if_diverged(loss_sum, epoch, position)
                 step = self._optimizer_step(step)
-                self.loggers.log({"train/loss": loss.item(), **self._rates()}, step)
+                self.loggers.log({"train/loss": float(logs.get("loss", loss)), **self._rates()}, step)
                 self.progress.step(position, loss_sum / max(seen, 1), rate)
                 if cfg.save_every and step % cfg.save_every == 0 and position < batches:
                     sums = torch.tensor([loss_sum, float(seen)], device=fabric.device)
@@ -604,6 +649,10 @@ class Engine:
         bar.close()
         # Sum over ranks, so the logged loss is the whole epoch's.
         totals = fabric.all_reduce(torch.tensor([loss_sum, float(seen)], device=fabric.device), reduce_op="sum")
+        names = sorted(head_sums)
+        if names:
+            sums = fabric.all_reduce(torch.tensor([head_sums[k] for k in names], device=fabric.device), reduce_op="sum")
+            self.head_losses = {f"train_{k}": v / max(totals[1].item(), 1) for k, v in zip(names, sums.tolist())}
         return totals[0].item(), int(totals[1].item()), step
 
     def _stop_if_diverged(self, loss_sum: float, epoch: int, position: int) -> None:
@@ -743,6 +792,7 @@ class Engine:
             "step": step,
             "early": dict(self.early),
             "best_confusion": self.best_confusion,
+            "head_stage": self.head_stage,
             "history": self.history,
             "skipped": sorted(self.skipped),
             "config": guarded_options(self.cfg),
@@ -786,6 +836,7 @@ class Engine:
         best = state.get("best_confusion")
         self.best_confusion = (best[0], int(best[1])) if best is not None else None
         self.history = list(state["history"])
+        self.head_stage = state.get("head_stage")
         self.skipped = set(state["skipped"])
         self.partial = list(state.get("partial", [0.0, 0]))
         rng = state["rng"]

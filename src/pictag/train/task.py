@@ -45,8 +45,11 @@ class Task(torch.nn.Module):
             `--weight-decay` are checked before any work (empty: checked once the task is built).
         head_groups: Parameter groups trained during `--freeze-epochs` (the others wait).
         augment: Options of the encoder's `preprocess.train_transform` (timm's defaults when empty).
-        freeze_norm_stats: Keep every batch-norm layer's running statistics as pretrained (few-shot data is too
-            small to estimate them); otherwise only the norms of frozen parameters keep theirs.
+        freeze_norm_stats: The backbone's batch-norm layers keep their pretrained running statistics while their
+            weights train (a head's own norms, such as arcface's neck, always learn theirs). Statistics updated in
+            train mode from small batches of augmented crops were the unfreeze shock: on hymenoptera with
+            EfficientNet-Lite0, they alone (learning rate 0) took validation loss from 0.165 to 0.236 in one epoch
+            (see docs/training.md).
         encoder: The backbone; `--unfreeze-blocks` and layer-wise decay look for its image blocks.
         defaults: This task's values of options left unset (None), e.g. {"patience": 2} or the validation metric
             that picks best/ ({"early_stop": "val_recall@1"}); see `pictag.train.run.resolve_defaults`.
@@ -63,7 +66,7 @@ class Task(torch.nn.Module):
     head_groups: ClassVar[tuple[str, ...]] = ("head",)
     metrics: ClassVar[tuple[str, ...]] = ("val_loss", "val_top1", "val_top3", "val_top5")
     augment: ClassVar[dict] = {}
-    freeze_norm_stats: ClassVar[bool] = False
+    freeze_norm_stats: ClassVar[bool] = True
     defaults: ClassVar[dict[str, Any]] = {}
     open_set_val: ClassVar[bool] = False
     cross_validates: ClassVar[bool] = False
@@ -152,6 +155,20 @@ class Task(torch.nn.Module):
         if "index" in outputs:
             predictions["index"] = outputs["index"]
         return metrics, predictions
+
+    def head_features(self, data: Any, cfg: Any) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(features (N, F), labels (N,)) of the training images from the frozen-feature cache
+        (`pictag.train.features`): what `head_step` takes and the head stage trains on; None when the task has no
+        head stage (its head is not trained on frozen features first)."""
+        return None
+
+    def head_step(self, features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
+        """(loss, logs) of the head on a batch of the frozen part's features (`head_features`' kind of rows)."""
+        raise NotImplementedError
+
+    def head_outputs(self, features: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """`validation_step`'s outputs computed from the frozen part's features, for `validation_metrics`."""
+        raise NotImplementedError
 
     def train_sampler(self, labels: list[int], seed: int, rank: int, world: int):
         """The order of the training images (a `pictag.train.data.EpochSampler` alike), or None for the engine's

@@ -27,7 +27,7 @@ from pictag.models.base import Encoder
 from pictag.models.embedding import EmbeddingEncoder
 from pictag.train.losses import MarginLoss
 from pictag.train.task import Task, register_task
-from pictag.train.tasks.classifier import prototypes
+from pictag.train.tasks.classifier import prototypes, train_features
 
 RECALL_AT = (1, 5)
 
@@ -75,9 +75,11 @@ class ArcFaceTask(Task):
     @classmethod
     def build(cls, encoder, data, cfg) -> ArcFaceTask:
         embedder = EmbeddingEncoder(encoder, cfg.embed_dim, cfg.embed_norm == "batchnorm").to(encoder.device)
-        head = create_head(
-            "arcface", prototypes=prototypes(embedder, data, cfg), scale=cfg.arcface_s, subcenters=cfg.subcenters
-        )
+        # The centres start at the class means of the new (random) embedding of the cached backbone features.
+        centres = prototypes(encoder, data, cfg, project=embedder.neck.eval())
+        if data.resuming:
+            centres = torch.zeros(len(data.classes), cfg.embed_dim)
+        head = create_head("arcface", prototypes=centres, scale=cfg.arcface_s, subcenters=cfg.subcenters)
         loss = MarginLoss(cfg.margin_loss, cfg.arcface_s, cfg.arcface_m)
         return cls(
             embedder,
@@ -110,18 +112,30 @@ class ArcFaceTask(Task):
     def set_epoch(self, epoch: int, frozen: bool) -> None:
         self.loss.margin = 0.0 if frozen else self.margin
 
-    def embed(self, images: torch.Tensor) -> torch.Tensor:
-        pixels = self.encoder.preprocess.normalize(images)
-        return F.normalize(self.encoder.forward_image(pixels).float(), dim=-1)
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """The backbone's features of uint8 crops, before the embedding: what the head stage caches."""
+        return self.encoder.backbone.forward_image(self.encoder.preprocess.normalize(images))
 
-    def training_step(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
-        embeddings = self.embed(batch["images"])
+    def embed(self, features: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.encoder.neck(features).float(), dim=-1)
+
+    def head_features(self, data, cfg) -> tuple[torch.Tensor, torch.Tensor]:
+        return train_features(self.encoder.backbone, data, cfg)
+
+    def head_step(self, features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        embeddings = self.embed(features)
         with torch.autocast(embeddings.device.type, enabled=False):
-            loss = self.loss(self.head.cosines(embeddings.float()), batch["labels"])
+            loss = self.loss(self.head.cosines(embeddings.float()), labels)
         return loss, {"loss": loss.detach(), "margin": self.loss.margin}
 
+    def head_outputs(self, features: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"embeddings": self.embed(features), "labels": labels}
+
+    def training_step(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        return self.head_step(self.features(batch["images"]), batch["labels"])
+
     def validation_step(self, batch: dict) -> dict[str, torch.Tensor]:
-        return {"embeddings": self.embed(batch["images"]), "labels": batch["labels"]}
+        return self.head_outputs(self.features(batch["images"]), batch["labels"])
 
     def validation_metrics(self, outputs: dict[str, torch.Tensor]) -> tuple[dict, None]:
         """Leave-one-out Recall@1 and @5 (those below the number of images) and MAP@R of the validation set."""

@@ -43,17 +43,26 @@ class ClassifierTask(Task):
     def param_groups(self) -> dict[str, list[torch.nn.Parameter]]:
         return {"backbone": list(self.encoder.parameters()), "head": list(self.head.parameters())}
 
-    def logits(self, images: torch.Tensor) -> torch.Tensor:
-        pixels = self.encoder.preprocess.normalize(images)
-        return self.head(F.normalize(self.encoder.forward_image(pixels).float(), dim=-1))
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """The backbone's unnormalised features of uint8 crops: what the head stage caches."""
+        return self.encoder.forward_image(self.encoder.preprocess.normalize(images))
 
-    def training_step(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
-        logits = self.logits(batch["images"])
-        loss = F.cross_entropy(logits, batch["labels"], label_smoothing=self.label_smoothing)
+    def head_features(self, data, cfg) -> tuple[torch.Tensor, torch.Tensor]:
+        return train_features(self.encoder, data, cfg)
+
+    def head_step(self, features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        logits = self.head(F.normalize(features.float(), dim=-1))
+        loss = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
         return loss, {"loss": loss.detach()}
 
+    def head_outputs(self, features: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"logits": self.head(F.normalize(features.float(), dim=-1)).float(), "labels": labels}
+
+    def training_step(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        return self.head_step(self.features(batch["images"]), batch["labels"])
+
     def validation_step(self, batch: dict) -> dict[str, torch.Tensor]:
-        return {"logits": self.logits(batch["images"]).float(), "labels": batch["labels"]}
+        return self.head_outputs(self.features(batch["images"]), batch["labels"])
 
     def inference_model(self) -> tuple[Encoder, Head]:
         return self.encoder, self.head
@@ -62,26 +71,32 @@ class ClassifierTask(Task):
         return self.class_names
 
 
-def prototypes(encoder: Encoder, data, cfg) -> torch.Tensor:
-    """(C, D) normalised class means of the training images' eval-crop embeddings.
+def train_features(encoder: Encoder, data, cfg, skipped: list | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(unnormalised features (N, D), labels (N,)) of the readable training images' eval crops, from the
+    frozen-feature cache (`pictag.train.features`): the prototypes and the head stage embed each image once."""
+    from pictag.train.features import split_features
+
+    found = split_features(data.train, encoder, cfg, skipped)
+    return found["features"], torch.tensor(data.train.labels, dtype=torch.long)[found["index"]]
+
+
+def prototypes(encoder: Encoder, data, cfg, project=None) -> torch.Tensor:
+    """(C, D) normalised class means of the training images' normalised eval-crop features (`project`ed first:
+    the arcface task's embedding).
 
     Raises:
         PictagError: a class none of whose images could be decoded.
     """
     from pictag.errors import PictagError
-    from pictag.train.data import embed_split
 
     if data.resuming:
         return torch.zeros(len(data.classes), encoder.embed_dim)
 
-    features, labels = embed_split(
-        data.train,
-        encoder,
-        workers=cfg.workers or 0,
-        batch_size=cfg.batch_size,
-        skipped=data.skipped,
-        max_pixels=cfg.max_pixels,
-    )
+    features, labels = train_features(encoder, data, cfg, data.skipped)
+    if project is not None:
+        with torch.no_grad():
+            features = project(features.to(encoder.device)).cpu()
+    features = F.normalize(features.float(), dim=-1)
     counts = torch.bincount(labels, minlength=len(data.classes))
     if (counts == 0).any():
         empty = [data.classes[i] for i in (counts == 0).nonzero().flatten().tolist()]

@@ -6,18 +6,15 @@ head (`pictag.heads.fusion`). Both towers come from one CLIP spec (--model), or 
 "head".
 
 Stage 1 (`--freeze-encoders`) never runs the towers while training: every view of every product image and every
-text is embedded once before the first step (`embed_products`), cached on disk under the weights' digest (so the
-folds of a K-fold run, and a resumed run, embed nothing again), and the head trains on the cached rows. Stage 2
-(`--init-from RUN_S1`) trains the towers too, through the images' training crops, from stage 1's best of the
-same fold. `--ablate` trains an image-only and a text-only head beside the fusion head, on the same (detached)
+text is embedded once before the first step (`embed_products`), in the frozen-feature cache (`pictag.train.features`:
+the folds of a K-fold run, and a resumed run, embed nothing again), and the head trains on the cached rows, from the
+head stage's swept and fitted head. Stage 2 (`--init-from RUN_S1`) trains the towers too, through the images'
+training crops, from stage 1's best of the same fold; without `--init-from`, from the head stage's head. `--ablate` trains an image-only and a text-only head beside the fusion head, on the same (detached)
 features, so the run reports what each modality is worth.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -26,17 +23,16 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from pictag.data.decode import DecodeError, decode_image
-from pictag.data.product_images import embed_views, offsets_of, pool_views, weights_digest
+from pictag.data.product_images import embed_views, offsets_of, pool_views
 from pictag.data.products import Products, read_products
 from pictag.data.splits import column_split, kfold_split, stratified_split
 from pictag.errors import PictagError
 from pictag.heads.fusion import FusionHead
 from pictag.models.base import Encoder
 from pictag.train.data import Split, TrainData, item_seed
+from pictag.train.features import at_training_precision
 from pictag.train.task import Task, register_task
 from pictag.train.tasks.clip import _IMAGE
-
-CACHE_FOLDER = "fusion-embeddings"
 
 
 @dataclass
@@ -228,25 +224,24 @@ def check_towers(encoder: Encoder) -> None:
 
 
 def embed_products(products: Products, encoder: Encoder, cfg, skipped: list) -> dict[str, torch.Tensor]:
-    """{"views", "offsets", "text"}: every image view and every text of the table embedded once, cached on disk.
+    """{"views", "offsets", "text"}: every image view and every text of the table embedded once, in the frozen-feature
+    cache (`pictag.train.features`)."""
+    from pictag.train.features import cached, file_stats, weights_key
 
-    The cache file is named after what the embeddings depend on (the towers' weights, the precision, the
-    preprocessing, every image file's path, size and time, and the texts), so a stale file is never used.
-    """
-    from pictag.config import cache_dir
+    key = [
+        "products",
+        weights_key(encoder),
+        str(encoder.autocast_dtype),
+        asdict(encoder.preprocess),
+        [file_stats(paths) for paths in products.images],
+        products.texts,
+    ]
+    result = cached(key, lambda: _embed_products(products, encoder, cfg))
+    skipped += [tuple(s) for s in result["skipped"]]
+    return result
 
-    stats = [[(p, os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in paths] for paths in products.images]
-    # The weights' id names a file's or a tag's weights; random ones ("random:0") differ by seed: digest those
-    # (summing every tensor costs seconds per fold for real towers).
-    weights = weights_digest(encoder) if "random:" in encoder.weights_id else encoder.weights_id
-    key = json.dumps(
-        [weights, str(encoder.autocast_dtype), asdict(encoder.preprocess), stats, products.texts], default=str
-    )
-    path = cache_dir() / CACHE_FOLDER / f"{hashlib.sha1(key.encode()).hexdigest()[:20]}.pt"
-    if path.is_file():
-        cached = torch.load(path, map_location="cpu", weights_only=True)
-        skipped += [tuple(s) for s in cached["skipped"]]
-        return cached
+
+def _embed_products(products: Products, encoder: Encoder, cfg) -> dict:
     unreadable: list[tuple[str, str]] = []
     (views,) = embed_views(
         products.images,
@@ -258,13 +253,7 @@ def embed_products(products: Products, encoder: Encoder, cfg, skipped: list) -> 
         desc="embedding product images once",
     )
     text = encoder.encode_text(list(products.texts), batch_size=max(cfg.batch_size, 64)).cpu()
-    cached = {"views": views, "offsets": offsets_of(products.images), "text": text, "skipped": unreadable}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(cached, tmp)
-    os.replace(tmp, path)
-    skipped += unreadable
-    return cached
+    return {"views": views, "offsets": offsets_of(products.images), "text": text, "skipped": unreadable}
 
 
 @register_task("fusion")
@@ -364,18 +353,11 @@ class FusionTask(Task):
         check_towers(encoder)
         cache, rows = None, None
         if cfg.freeze_encoders:
-            from pictag.train.engine import choose_settings
-
             for p in encoder.parameters():
                 p.requires_grad_(False)
-            # Embed in the precision training would run the towers in, so stage 1 sees what stage 2 starts from.
-            precision = choose_settings(cfg, encoder.device).precision
-            encoder.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+            at_training_precision(encoder, cfg)
             encoder.eval()
-            # A DataLoader draws its seed from the global generator: embedding (or not, on a cache hit) must leave
-            # it as it was, so the head starts the same either way.
-            with torch.random.fork_rng(devices=[]):
-                cache = embed_products(data.products, encoder, cfg, data.skipped)
+            cache = embed_products(data.products, encoder, cfg, data.skipped)
             rows = {"train": _rows(data.train), "val": _rows(data.val) if data.val is not None else []}
         return cls(
             encoder,
@@ -437,24 +419,44 @@ class FusionTask(Task):
         text = F.normalize(self.encoder.forward_text(list(batch["texts"])).float(), dim=-1)
         return torch.cat([image, text], dim=-1)
 
-    def training_step(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
-        features = self.features(batch, "train")
-        loss = F.cross_entropy(self.head(features), batch["labels"], label_smoothing=self.label_smoothing)
+    def head_features(self, data: ProductData, cfg) -> tuple[torch.Tensor, torch.Tensor]:
+        """[image | text] embeddings of the training products (a product's views pooled), from the cache."""
+        if self.cached:
+            pooled, texts, rows = self.pooled, self.texts, self.rows_train
+        else:  # the towers will train: their frozen features first, in the cache stage 1 uses
+            with torch.no_grad():
+                training = self.encoder.training
+                at_training_precision(self.encoder, cfg)
+                cache = embed_products(data.products, self.encoder.eval(), cfg, [])
+                self.encoder.train(training)
+            pooled = pool_views(cache["views"].float(), cache["offsets"], self.multi_image)
+            texts, rows = cache["text"].float(), torch.tensor(_rows(data.train), dtype=torch.long)
+        features = torch.cat([pooled[rows], texts[rows]], dim=-1)
+        return features, torch.tensor(data.train.labels, dtype=torch.long)
+
+    def head_step(self, features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        loss = F.cross_entropy(self.head(features), labels, label_smoothing=self.label_smoothing)
         logs = {"loss": loss.detach()}
         if self.ablation is not None:
-            # Detached: the towers learn from the fusion head alone; the one-modality heads only measure.
+            # Detached: the towers learn from the fusion head alone; the one-modality heads only measure. Each head's
+            # loss is logged on its own: "loss" is the fusion head's, not the sum that is backpropagated.
             for name, head in self.ablation.items():
-                alone = F.cross_entropy(head(features.detach()), batch["labels"], label_smoothing=self.label_smoothing)
+                alone = F.cross_entropy(head(features.detach()), labels, label_smoothing=self.label_smoothing)
                 logs[f"{name}_loss"] = alone.detach()
                 loss = loss + alone
         return loss, logs
 
-    def validation_step(self, batch: dict) -> dict[str, torch.Tensor]:
-        features = self.features(batch, "val")
-        out = {"logits": self.head(features).float(), "labels": batch["labels"]}
+    def head_outputs(self, features: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = {"logits": self.head(features).float(), "labels": labels}
         if self.ablation is not None:
             out.update({f"logits_{name}": head(features).float() for name, head in self.ablation.items()})
         return out
+
+    def training_step(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        return self.head_step(self.features(batch, "train"), batch["labels"])
+
+    def validation_step(self, batch: dict) -> dict[str, torch.Tensor]:
+        return self.head_outputs(self.features(batch, "val"), batch["labels"])
 
     def inference_model(self) -> tuple[Encoder, FusionHead]:
         return self.encoder, self.head
