@@ -101,3 +101,20 @@ def test_a_run_records_what_the_sweep_chose(colours, tmp_path, capsys):
     assert main([*argv, "--freeze-epochs", "1", "--fresh", *TINY]) == 0
     assert "head stage" not in capsys.readouterr().out
     assert "head_stage" not in json.loads((out / "best" / "pictag.json").read_text())["training"]
+
+
+def test_the_head_stages_model_is_validated_as_epoch_0_and_kept_unless_beaten(colours, tmp_path, capsys):
+    import csv
+
+    out = tmp_path / "run"
+    argv = ["train", str(colours), "--out", str(out), "--val-split", "0.25", "--epochs", "2", "--batch-size", "8"]
+    assert main([*argv, *TINY]) == 0
+    assert "epoch 0 (the head stage's model): train_loss " in capsys.readouterr().out
+    with open(out / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
+    scores = [float(r["val_top1"]) for r in rows]
+    best = json.loads((out / "best" / "pictag.json").read_text())["metrics"]
+    # best/ is the first epoch with the highest score: the head stage's model unless an epoch beat it
+    assert best["epoch"] == scores.index(max(scores))
+    assert float(rows[0]["train_loss"]) > 0

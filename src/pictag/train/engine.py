@@ -431,7 +431,15 @@ class Engine:
         # Its own random draws: the steps that follow start from the same random state as without it.
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             swept = fit_head(self.task, features.to(device), labels.to(device), self.cfg)
-        record = {**swept.record(), "images": len(labels), "seconds": round(time.perf_counter() - started, 2)}
+        with torch.no_grad():
+            self.task.eval()
+            _, logs = self.task.head_step(features.to(device), labels.to(device))
+        record = {
+            **swept.record(),
+            "images": len(labels),
+            "train_loss": round(float(logs["loss"]), 6),
+            "seconds": round(time.perf_counter() - started, 2),
+        }
         if self.rank == 0:
             tqdm.write(f"head stage on {len(labels)} cached training images: {swept.describe()}")
         return record
@@ -447,6 +455,22 @@ class Engine:
                 lrs[name] = self.head_stage["lr"] if frozen else (others[0] if others else DEFAULT_BACKBONE_LR)
             if decays.get(name, 0) is None:
                 decays[name] = self.head_stage["weight_decay"]
+
+    def _validate_head_stage(self, step: int) -> None:
+        """Validate the head stage's model as epoch 0, before any backbone step: best/ starts from the linear
+        probe's model, so a fine-tuning that only loses on validation never replaces it, and the curves show
+        what fine-tuning adds to the probe."""
+        if self.val_loader is None:
+            return
+        started = time.perf_counter()
+        metrics, predictions = self._validate()
+        row = {"epoch": 0, "train_loss": self.head_stage["train_loss"], **metrics}
+        improved = self._early_stop(row.get(self.watch), -1)
+        row.update(seconds=round(time.perf_counter() - started, 3), skipped=len(self.skipped))
+        self.history.append(row)
+        if improved:
+            self._save_best(row, predictions)
+        self._log_epoch(row, step)
 
     # ----- the loop
 
@@ -503,6 +527,8 @@ class Engine:
             self.loggers.log_hyperparams(guarded_options(cfg))
         # Plain lines where tqdm's bar is off: a log file, a pipe (one process speaks under DDP).
         self.progress = ProgressLines(cfg.log_every, on=self.rank == 0 and not sys.stderr.isatty())
+        if self.head_stage is not None and self.resume is None:
+            self._validate_head_stage(step)
         stop = self.early["stopped"]
         while epoch < cfg.epochs and not stop:
             epoch_started = time.perf_counter()
@@ -569,6 +595,8 @@ class Engine:
     def _phase_marks(self) -> list[tuple[float, str]]:
         """Where the curves change phase: after the --freeze-epochs, between two epochs."""
         frozen = self.cfg.freeze_epochs
+        if self.history and self.history[0]["epoch"] == 0:
+            return [(0.5, "after the head stage")]
         return [(frozen + 0.5, self.task.unfreeze_mark)] if 0 < frozen < self.cfg.epochs else []
 
     def _check_ranks(self) -> int | None:
@@ -774,7 +802,10 @@ class Engine:
             return
         _write_metrics(self.history, self.out / "metrics.csv")
         shown = ", ".join(f"{k} {v:.4f}" for k, v in row.items() if k.startswith(("train_", "val_")) and v is not None)
-        tqdm.write(f"epoch {row['epoch']}: {shown} ({row['seconds']:.1f} s, {row['img_s']:.1f} img/s)")
+        if row["epoch"] == 0:
+            tqdm.write(f"epoch 0 (the head stage's model): {shown} ({row['seconds']:.1f} s)")
+        else:
+            tqdm.write(f"epoch {row['epoch']}: {shown} ({row['seconds']:.1f} s, {row['img_s']:.1f} img/s)")
 
     # ----- checkpoints
 
