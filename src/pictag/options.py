@@ -709,8 +709,8 @@ class TrainConfig(ProductOptions, RuntimeOptions, ModelOptions):
         epochs: Training epochs (including --freeze-epochs).
         batch_size: Images per step on each device (times --accumulate for one optimiser step).
         lr: Learning rate: one number for every group, or per group, e.g. backbone=1e-5,head=3e-4 (a group not
-            named: 1e-4; the head after the head stage: the backbone's rate, or the swept one with frozen towers;
-            otherwise 1e-3).
+            named: 1e-4; the head after the head stage: the backbone's rate, or a tenth of the swept one with
+            frozen towers; otherwise 1e-3).
         weight_decay: AdamW weight decay: one number, or per group like --lr (0.05 when unset; never on norms
             and biases).
         layer_decay: Layer-wise learning-rate decay: each image block back from the last gets this factor more.

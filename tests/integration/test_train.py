@@ -63,14 +63,14 @@ def test_train_learns_and_writes_the_run_folder(colours, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "trained 3 epoch(s)" in printed and "1 unreadable image(s) skipped" in printed
     rows = _rows(out / "metrics.csv")
-    assert [r["epoch"] for r in rows] == ["1", "2", "3"]
+    assert [r["epoch"] for r in rows] == ["0", "1", "2", "3"], "epoch 0: the head stage's model, validated"
     for column in ("train_loss", "val_loss", "val_top1", "val_top5", "lr_backbone", "lr_head", "seconds", "img_s"):
-        assert rows[0][column], column
+        assert rows[1][column], column
     assert float(rows[-1]["val_top1"]) >= 0.8, "3 colours: well above the 1/3 of chance"
     # The head starts fitted on the eval crops' cached features (the head stage), so the first epoch's loss on
     # augmented crops is the highest: both losses fall from there.
-    assert float(rows[-1]["val_loss"]) < float(rows[0]["val_loss"])
-    assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
+    assert float(rows[-1]["val_loss"]) < float(rows[1]["val_loss"])
+    assert float(rows[-1]["train_loss"]) < float(rows[1]["train_loss"])
     for name in ("last.ckpt", "config.yaml", "curves.png", "confusion.png", "per_class.csv"):
         assert (out / name).is_file(), name
     assert list((out / "tb").glob("events.out.tfevents.*"))
@@ -170,7 +170,7 @@ def test_ddp_two_processes_over_gloo_then_resume(colours, tmp_path):
     assert lines[0].startswith(f"continuing {out} from last.ckpt"), lines
     assert sum("trained 2 epoch(s) on 2 DDP processes (parameters identical on every rank)" in x for x in lines) == 1
     assert sorted(p.name for p in out.iterdir() if "ckpt" in p.name) == ["last.ckpt"]
-    assert len(_rows(out / "metrics.csv")) == 2
+    assert [r["epoch"] for r in _rows(out / "metrics.csv")] == ["0", "1", "2"]
 
 
 @pytest.mark.parametrize(

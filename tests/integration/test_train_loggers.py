@@ -60,8 +60,9 @@ def test_mlflow_file_store_holds_every_step_and_epoch(run):
     assert found.info.run_name == "run" and found.info.status == "FINISHED"
     assert len(client.get_metric_history(found.info.run_id, "train/loss")) == STEPS
     top1 = client.get_metric_history(found.info.run_id, "val_top1")
-    assert [m.step for m in top1] == [3, 6], "each epoch at the step it ended on"
-    assert [m.value for m in client.get_metric_history(found.info.run_id, "epoch")] == [1.0, 2.0]
+    # epoch 0, the head stage's model, at step 0; each epoch at the step it ended on
+    assert [m.step for m in top1] == [0, 3, 6]
+    assert [m.value for m in client.get_metric_history(found.info.run_id, "epoch")] == [0.0, 1.0, 2.0]
     assert found.data.params["epochs"] == "2" and found.data.params["model"] == "timm:test_efficientnet_gn"
 
 
@@ -72,8 +73,8 @@ def test_wandb_offline_run_holds_every_step_and_epoch(run):
     history = _wandb_history(records)
     assert sum(1 for row in history if "train/loss" in row) == STEPS
     epochs = [row for row in history if "epoch" in row]
-    assert [(row["epoch"], row["trainer/global_step"]) for row in epochs] == [(1, 3), (2, 6)]
-    assert all("val_top1" in row and "lr_head" in row for row in epochs)
+    assert [(row["epoch"], row["trainer/global_step"]) for row in epochs] == [(0, 0), (1, 3), (2, 6)]
+    assert all("val_top1" in row for row in epochs) and all("lr_head" in row for row in epochs[1:])
 
 
 def _wandb_history(path: Path) -> list[dict]:
@@ -108,8 +109,8 @@ def test_tensorboard_and_csv_hold_steps_and_epochs(run):
     events = EventAccumulator(str(out / "tb"))
     events.Reload()
     assert len(events.Scalars("train/loss")) == STEPS
-    assert [e.step for e in events.Scalars("val_top1")] == [3, 6]
+    assert [e.step for e in events.Scalars("val_top1")] == [0, 3, 6]
     with open(out / "csv" / "version_0" / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert sum(1 for r in rows if r["train/loss"]) == STEPS
-    assert [r["epoch"] for r in rows if r["epoch"]] == ["1", "2"]
+    assert [r["epoch"] for r in rows if r["epoch"]] == ["0", "1", "2"]

@@ -446,13 +446,17 @@ class Engine:
 
     def _after_head_stage(self, lrs: dict, decays: dict) -> None:
         """The head's rates after the head stage, where --lr / --weight-decay leave them unset: with the backbone
-        (LP-FT) the whole model fine-tunes at the backbone's rate; with frozen towers the head goes on with what the
-        sweep chose."""
+        (LP-FT) the whole model fine-tunes at the backbone's rate; with frozen towers the head goes on at a tenth
+        of the rate the sweep chose, with its weight decay.
+
+        The head stage's cosine ends at rate 0 on a fitted head: starting over at its peak rate undoes the fit
+        (a fusion head on fashion-products fell from 0.950 to 0.903 validation top-1 in the first epoch at the swept
+        1e-2), where a tenth of it goes on improving it (0.967 after one epoch, 0.972 after three)."""
         frozen = not (self.trainable - self.head_ids)
         others = [v for name, v in lrs.items() if name not in self.task.head_groups and v is not None]
         for name in self.task.head_groups:
             if lrs.get(name, 0) is None:
-                lrs[name] = self.head_stage["lr"] if frozen else (others[0] if others else DEFAULT_BACKBONE_LR)
+                lrs[name] = self.head_stage["lr"] / 10 if frozen else (others[0] if others else DEFAULT_BACKBONE_LR)
             if decays.get(name, 0) is None:
                 decays[name] = self.head_stage["weight_decay"]
 
