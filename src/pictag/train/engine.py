@@ -437,7 +437,8 @@ class Engine:
         record = {
             **swept.record(),
             "images": len(labels),
-            "train_loss": round(float(logs["loss"]), 6),
+            # the loss of each head on the cached training features: fusion's --ablate heads have their own
+            **{f"train_{k}": round(float(v), 6) for k, v in logs.items()},
             "seconds": round(time.perf_counter() - started, 2),
         }
         if self.rank == 0:
@@ -468,7 +469,7 @@ class Engine:
             return
         started = time.perf_counter()
         metrics, predictions = self._validate()
-        row = {"epoch": 0, "train_loss": self.head_stage["train_loss"], **metrics}
+        row = {"epoch": 0, **{k: v for k, v in self.head_stage.items() if k.startswith("train_")}, **metrics}
         improved = self._early_stop(row.get(self.watch), -1)
         row.update(seconds=round(time.perf_counter() - started, 3), skipped=len(self.skipped))
         self.history.append(row)
