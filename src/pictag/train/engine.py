@@ -250,7 +250,7 @@ class Engine:
         """(ids of parameters trained after the frozen epochs, ids of the head groups' parameters)."""
         task, cfg = self.task, self.cfg
         groups = task.param_groups()
-        if cfg.unfreeze_blocks is not None:
+        if cfg.unfreeze_blocks is not None and not task.cached:  # a cached backbone never trains
             from pictag.train.blocks import unfreeze_last_blocks
 
             unfreeze_last_blocks(task.encoder.module, cfg.unfreeze_blocks)
@@ -460,7 +460,7 @@ class Engine:
         lrs, decays = per_group(cfg.lr, names, "--lr"), per_group(cfg.weight_decay, names, "--weight-decay")
         if self.resume is not None:
             self.head_stage = self.resume.get("head_stage")
-        elif cfg.freeze_epochs == 0 and not cfg.init_from:
+        elif (cfg.freeze_epochs == 0 or task.cached) and not cfg.init_from:
             self.head_stage = self._fit_head()
         if self.head_stage is not None:
             self._after_head_stage(lrs, decays)

@@ -1,6 +1,7 @@
 """The frozen-feature cache: each image embedded once per view, on disk, for every head trained on frozen features.
 
     features = split_features(data.train, encoder, cfg, data.skipped)    # a classifier's or arcface's backbone
+    backbone_frozen(cfg)                                                  # the classifier's epochs read it too
     cache = cached(key, compute)                                          # fusion's product views and texts
 
 A cache file lives under `$PICTAG_CACHE/features/` and is named after everything its rows depend on (the weights,
@@ -71,6 +72,20 @@ def cached(key: list, compute: Callable[[], dict]) -> dict:
     torch.save(result, tmp)
     os.replace(tmp, path)
     return result
+
+
+def backbone_frozen(cfg) -> bool:
+    """Whether the backbone never trains in a run of `cfg`, so that its epochs can read the cache instead of the
+    images: --freeze-epochs covers every epoch, and the weights are the model's own (--init-from loads other ones
+    after the task is built; a resumed run had the same options, so it never unfroze either)."""
+    return cfg.freeze_epochs >= cfg.epochs and not cfg.init_from
+
+
+def unreadable(split, found: dict) -> dict[int, tuple[str, str]]:
+    """{position: (key, why)} of the images of `split` that `split_features` found no row for."""
+    why = {key: reason for key, reason in found["skipped"]}
+    rows = set(found["index"].tolist())
+    return {p: (key, why.get(key, "unreadable")) for p, key in enumerate(split.keys) if p not in rows}
 
 
 def _split_files(split) -> list:
