@@ -1,7 +1,6 @@
 """The frozen-feature cache: each image embedded once per view, on disk, for every head trained on frozen features.
 
     features = split_features(data.train, encoder, cfg, data.skipped)    # a classifier's or arcface's backbone
-    backbone_frozen(cfg)                                                  # the classifier's epochs read it too
     cache = cached(key, compute)                                          # fusion's product views and texts
 
 A cache file lives under `$PICTAG_CACHE/features/` and is named after everything its rows depend on (the weights,
@@ -74,13 +73,6 @@ def cached(key: list, compute: Callable[[], dict]) -> dict:
     return result
 
 
-def backbone_frozen(cfg) -> bool:
-    """Whether the backbone never trains in a run of `cfg`, so that its epochs can read the cache instead of the
-    images: --freeze-epochs covers every epoch, and the weights are the model's own (--init-from loads other ones
-    after the task is built; a resumed run had the same options, so it never unfroze either)."""
-    return cfg.freeze_epochs >= cfg.epochs and not cfg.init_from
-
-
 def unreadable(split, found: dict) -> dict[int, tuple[str, str]]:
     """{position: (key, why)} of the images of `split` that `split_features` found no row for."""
     why = {key: reason for key, reason in found["skipped"]}
@@ -124,12 +116,14 @@ def _embed_split(split, encoder, cfg) -> dict:
     from torch.utils.data import DataLoader
 
     from pictag.train.data import SplitImages, collate
+    from pictag.train.engine import choose_settings
 
     preprocess = encoder.preprocess
     images = DataLoader(
         SplitImages(split, preprocess.crop, preprocess.min_decode_size, 0, cfg.max_pixels),
         batch_size=cfg.batch_size,
-        num_workers=cfg.workers or 0,
+        # Training's data workers: decoding in the main process would wait for the forward passes, and they for it.
+        num_workers=choose_settings(cfg, encoder.device).workers,
         collate_fn=partial(collate, size=preprocess.size),
     )
     was_training = encoder.training

@@ -5,7 +5,7 @@ first step already predicts as well as the prototype classifier and the backbone
 gradients of a randomly initialised head.
 
 When the backbone never trains in the run (`--freeze-epochs` >= `--epochs`, see
-`pictag.train.features.backbone_frozen`), it never runs while training either: the training and validation images
+`pictag.train.engine.backbone_frozen`), it never runs while training either: the training and validation images
 are embedded once (their eval crops, in the frozen-feature cache), the head stage fits the head on them, and the
 epochs go on training the head on the cached rows, as fusion's `--freeze-encoders` does.
 """
@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from pictag.heads.base import Head, create_head
 from pictag.models.base import Encoder
 from pictag.train.data import CachedRows
-from pictag.train.features import backbone_frozen
+from pictag.train.engine import backbone_frozen
 from pictag.train.task import Task, register_task
 
 
