@@ -39,6 +39,7 @@ def test_the_backbone_runs_once_per_image_not_per_epoch(colours, tmp_path):
     cfg = TrainConfig(
         data=str(colours), out=str(tmp_path / "run"), model=SPEC, random_weights=True, workers=0, device="cpu",
         val_split=0.25, epochs=3, freeze_epochs=3, batch_size=8, early_stop="val_top1", label_smoothing=0.1,
+        unfreeze_blocks=1,  # which blocks would train after the frozen epochs: none here
     )  # fmt: skip
     data = load_train_data(cfg)
     torch.manual_seed(0)
