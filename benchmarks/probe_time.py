@@ -1,7 +1,8 @@
-"""A linear probe two ways on the same data: `pictag train --freeze-epochs N --epochs N` (the backbone frozen, run on
-augmented crops every epoch) against `pictag fewshot --method linear-probe` (each image embedded once, then
-scikit-learn's LogisticRegression with C by cross-validation): wall seconds of each command, their ratio, and the
-validation accuracy of each.
+"""A linear probe two ways on the same data: `pictag train --freeze-epochs N --epochs N` (the backbone never trains:
+each training and validation image embedded once, then the head stage's sweep and N epochs of the head on the cached
+features) against `pictag fewshot --method linear-probe` (each image embedded once, then scikit-learn's
+LogisticRegression with C by cross-validation): wall seconds of each command, their ratio, and the validation
+accuracy of each. Both embed in inference's precision (bf16 on a CPU that has it).
 
     PYTHONPATH=src flock /tmp/pictag-bench.lock nice .venv/bin/python benchmarks/probe_time.py --epochs 5
 

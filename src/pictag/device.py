@@ -115,7 +115,7 @@ def resolve_device(device: str | None = None, precision: str | None = None) -> t
     return torch_device, _DTYPES[precision]
 
 
-def training_precision(device: torch.device, precision: str | None = None) -> tuple[str, str]:
+def training_precision(device: torch.device, precision: str | None = None, backward: bool = True) -> tuple[str, str]:
     """(precision, why) that training runs in on `device`: `precision` when given (None means $PICTAG_PRECISION,
     else "auto").
 
@@ -123,16 +123,18 @@ def training_precision(device: torch.device, precision: str | None = None) -> tu
     AMX, bf16 autocast trained EfficientNet-Lite0 at 224 px at 0.92x fp32's images/s (6.10 against 6.65, batch 16,
     one thread; its depthwise convolutions' backward pass is slower in bf16), to the same accuracy (hymenoptera,
     three seeds: -0.004, inside fp32's spread of 0.052; benchmarks/train_precision.py). `--precision bf16` asks
-    for it.
+    for it. Without the backbone's `backward` pass (a backbone that never trains only embeds), auto is inference's
+    choice on CPUs too: Lite0's forward pass ran about 1.5x faster in bf16 there.
 
     Raises:
         PictagError: an unknown precision.
     """
     given = precision or os.environ.get("PICTAG_PRECISION") or "auto"
     if given == "auto":
-        if device.type == "cpu":
+        if device.type == "cpu" and backward:
             return "fp32", "auto on a CPU; bf16 did not train faster there (benchmarks/train_precision.py)"
-        return auto_precision(device)
+        precision, why = auto_precision(device)
+        return precision, why if backward else f"{why}; the frozen backbone only embeds"
     if given not in _DTYPES:
         raise PictagError(f"unknown precision {given!r}: use one of {', '.join(PRECISIONS)}")
     return given, f"--precision {given}" if precision else f"$PICTAG_PRECISION={given}"

@@ -733,7 +733,10 @@ class TrainConfig(ProductOptions, RuntimeOptions, ModelOptions):
             and saved.
         freeze_epochs: Train the head alone for this many epochs, through the images, then the backbone too
             (arcface: the warm-up, with margin 0); unset, the head is first fitted on cached frozen features (the
-            head stage, LP-FT) and everything trains from the first epoch.
+            head stage, LP-FT) and everything trains from the first epoch. When it covers every --epochs without
+            --init-from (a linear probe), a classifier never runs the backbone while training: each training and
+            validation image is embedded once (its eval crop, cached, in inference's precision), the head stage
+            runs, and the epochs train the head on the cache at the rate it chose, in seconds.
         unfreeze_blocks: Train only the last N blocks of the image tower (all of it when unset).
         init_from: Start from another run's best weights (stage 2 after stage 1).
         balance: Sample classes evenly.

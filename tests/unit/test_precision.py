@@ -54,3 +54,13 @@ def test_bf16_embeddings_are_close_to_fp32_and_plain_tensors(bf16_encoder, tiny_
     ours = bf16_encoder.encode_image(pixels)
     assert ours.dtype == torch.float32 and not ours.is_inference(), "usable in a later autograd graph (probes)"
     assert F.cosine_similarity(ours, fp32.encode_image(pixels)).min() > 0.99
+
+
+def test_a_frozen_backbone_trains_in_inferences_precision(monkeypatch):
+    from pictag.device import auto_precision, training_precision
+
+    monkeypatch.delenv("PICTAG_PRECISION", raising=False)
+    cpu = torch.device("cpu")
+    assert training_precision(cpu)[0] == "fp32", "its backward pass is not faster in bf16"
+    assert training_precision(cpu, backward=False)[0] == auto_precision(cpu)[0], "it only embeds"
+    assert training_precision(cpu, "fp32", backward=False)[0] == "fp32", "an asked precision stays"

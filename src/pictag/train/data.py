@@ -264,6 +264,33 @@ def collate(items: list[dict], size: tuple[int, int]) -> dict:
     }
 
 
+class CachedRows(Dataset):
+    """The engine's items of a split whose features are cached (`pictag.train.features`): positions and labels only,
+    for a task that reads its features by position; an item is (position, epoch) from `EpochSampler`.
+
+    Args:
+        split: The split.
+        unreadable: {position: (key, why)} of the images the cache has no row of: reported as `SplitImages` reports
+            an image it cannot decode.
+    """
+
+    # Items cost nothing to make: worker processes would cost more than them (see `loader`).
+    in_process = True
+
+    def __init__(self, split: Split, unreadable: dict[int, tuple[str, str]] | None = None):
+        self.split, self.unreadable = split, unreadable or {}
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, item: tuple[int, int] | int) -> dict:
+        position = item[0] if isinstance(item, tuple) else item
+        out = {"index": position, "label": self.split.labels[position], "text": self.split.texts[position]}
+        if position in self.unreadable:
+            return {**out, "crop": None, "error": self.unreadable[position]}
+        return {**out, "crop": torch.empty(0, 0, 3, dtype=torch.uint8), "error": None}
+
+
 class EpochSampler(Sampler):
     """Seeded order of one rank's share of a split, a function of (seed, epoch) only; yields (position, epoch).
 

@@ -74,17 +74,24 @@ def torchrun_world() -> tuple[int, int] | None:
     return local, max(int(os.environ["WORLD_SIZE"]) // local, 1)
 
 
+def backbone_frozen(cfg) -> bool:
+    """Whether the backbone never trains in a run of `cfg`, so that its epochs can read the cache instead of the
+    images: --freeze-epochs covers every epoch, and the weights are the model's own (--init-from loads other ones
+    after the task is built; a resumed run had the same options, so it never unfroze either)."""
+    return cfg.freeze_epochs >= cfg.epochs and not cfg.init_from
+
+
 def choose_settings(cfg, device: torch.device) -> Settings:
     """Precision, data workers and accumulation for this device, each overridden by its option when given.
 
     Precision: `pictag.device.training_precision` (bf16 on GPUs that have it, fp16 with a gradient scaler on older
-    ones, fp32 on CPUs). Workers: one per core beside a GPU (at most 16), half the
-    cores on the CPU. One batch per optimiser step: the memory check before the first step (`pictag.train.memory`)
-    splits a batch that does not fit, on a GPU as on the CPU.
+    ones, fp32 on CPUs unless the backbone never trains: then inference's choice). Workers: one per core beside a
+    GPU (at most 16), half the cores on the CPU. One batch per optimiser step: the memory check before the first
+    step (`pictag.train.memory`) splits a batch that does not fit, on a GPU as on the CPU.
     """
     from pictag.device import default_workers, training_precision
 
-    precision, why = training_precision(device, cfg.precision)
+    precision, why = training_precision(device, cfg.precision, backward=not backbone_frozen(cfg))
     return Settings(
         str(device),
         precision,
@@ -250,7 +257,7 @@ class Engine:
         """(ids of parameters trained after the frozen epochs, ids of the head groups' parameters)."""
         task, cfg = self.task, self.cfg
         groups = task.param_groups()
-        if cfg.unfreeze_blocks is not None:
+        if cfg.unfreeze_blocks is not None and not task.cached:  # a cached backbone never trains
             from pictag.train.blocks import unfreeze_last_blocks
 
             unfreeze_last_blocks(task.encoder.module, cfg.unfreeze_blocks)
@@ -489,7 +496,7 @@ class Engine:
         lrs, decays = per_group(cfg.lr, names, "--lr"), per_group(cfg.weight_decay, names, "--weight-decay")
         if self.resume is not None:
             self.head_stage = self.resume.get("head_stage")
-        elif cfg.freeze_epochs == 0 and not cfg.init_from:
+        elif (cfg.freeze_epochs == 0 or task.cached) and not cfg.init_from:
             self.head_stage = self._fit_head()
         if self.head_stage is not None:
             self._after_head_stage(lrs, decays)
@@ -709,7 +716,9 @@ class Engine:
         Raises:
             PictagError: a parameter holds nan or inf.
         """
-        bad = next((name for name, p in self.task.named_parameters() if not torch.isfinite(p).all()), None)
+        # Only what an optimiser step can change: a frozen backbone's check cost a second per save on a busy CPU.
+        trained = ((name, p) for name, p in self.task.named_parameters() if id(p) in self.trainable)
+        bad = next((name for name, p in trained if not torch.isfinite(p).all()), None)
         if bad is not None:
             self._diverged(f"the weights became non-finite ({bad}) in epoch {epoch}")
 

@@ -73,6 +73,13 @@ def cached(key: list, compute: Callable[[], dict]) -> dict:
     return result
 
 
+def unreadable(split, found: dict) -> dict[int, tuple[str, str]]:
+    """{position: (key, why)} of the images of `split` that `split_features` found no row for."""
+    why = {key: reason for key, reason in found["skipped"]}
+    rows = set(found["index"].tolist())
+    return {p: (key, why.get(key, "unreadable")) for p, key in enumerate(split.keys) if p not in rows}
+
+
 def _split_files(split) -> list:
     """What identifies each image of a split on disk: its file (in a folder or a table) or its tar."""
     files = []
@@ -109,12 +116,14 @@ def _embed_split(split, encoder, cfg) -> dict:
     from torch.utils.data import DataLoader
 
     from pictag.train.data import SplitImages, collate
+    from pictag.train.engine import choose_settings
 
     preprocess = encoder.preprocess
     images = DataLoader(
         SplitImages(split, preprocess.crop, preprocess.min_decode_size, 0, cfg.max_pixels),
         batch_size=cfg.batch_size,
-        num_workers=cfg.workers or 0,
+        # Training's data workers: decoding in the main process would wait for the forward passes, and they for it.
+        num_workers=choose_settings(cfg, encoder.device).workers,
         collate_fn=partial(collate, size=preprocess.size),
     )
     was_training = encoder.training

@@ -7,7 +7,7 @@ eval crop, `pictag.train.features`), and the head trains on the cache: on CPU a 
 backbone forward passes per head epoch through the images.
 
     found = fit_head(task, features, labels, cfg)    # swept lr x weight decay on inner folds, then fitted on all
-    found.best                                       # {"lr": 0.003, "weight_decay": 0.0001}
+    found.best                                       # {"lr": 0.01, "weight_decay": 0.0001}
 
 The learning rate and weight decay are swept (`pictag.heads.sweep`) on stratified inner folds of the training
 features, scored by the task's own validation metric (`Task.validation_metrics` of `Task.head_outputs`), and the
@@ -26,13 +26,18 @@ from pictag.train.optim import optimizer_groups
 
 log = logging.getLogger(__name__)
 
-LRS = (1e-3, 3e-3, 1e-2)
+# A linear head over L2-normalised features needs large weights to be as confident as a logistic regression: with
+# 60 steps and rates up to 1e-2 the sweep always chose the grid's top rate, and the head stage's model fell short of
+# scikit-learn's LogisticRegression on the same features (fashion-products' images, 30 classes: 0.867 against
+# 0.883 validation top-1). With 200 steps and rates up to 1e-1 it matched it (0.883), and a fusion head gained two
+# points (0.950 to 0.969 on fashion-products' first fold).
+LRS = (3e-3, 1e-2, 3e-2, 1e-1)
 WEIGHT_DECAYS = (1e-4, 1e-2)
-DEFAULT = {"lr": 3e-3, "weight_decay": 1e-4}
-# Steps of each fit, of up to BATCH rows: the sweep makes 19 fits (6 candidates x 3 folds, then the chosen one on
-# every row), each step costs about a millisecond of Python and autograd for a linear head, so the stage stays at
-# seconds; the sweep's lr grid makes up for a short budget.
-STEPS = 60
+DEFAULT = {"lr": 1e-2, "weight_decay": 1e-4}
+# Steps of each fit, of up to BATCH rows: the sweep makes 25 fits (8 candidates x 3 folds, then the chosen one on
+# every row); a step costs about a millisecond for a linear head, so the stage stays at seconds for a classifier
+# (a fusion MLP over 1,440 products: about 45 s).
+STEPS = 200
 BATCH = 256
 
 

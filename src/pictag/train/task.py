@@ -59,6 +59,8 @@ class Task(torch.nn.Module):
         metrics: What `validation_metrics` reports that `--early-stop` can watch, so that a metric the task does
             not report is refused before any work rather than after the first epoch.
         unfreeze_mark: What curves.png names the end of --freeze-epochs with.
+        cached: The frozen part never runs while training: the epochs read its features from the frozen-feature
+            cache (`dataset` gives positions only), after the head stage; set by a task built so.
     """
 
     name: ClassVar[str]
@@ -71,6 +73,7 @@ class Task(torch.nn.Module):
     open_set_val: ClassVar[bool] = False
     cross_validates: ClassVar[bool] = False
     unfreeze_mark: ClassVar[str] = "backbone unfrozen"
+    cached: bool = False
     encoder: Encoder
 
     @classmethod

@@ -29,7 +29,7 @@ from pictag.data.splits import column_split, kfold_split, stratified_split
 from pictag.errors import PictagError
 from pictag.heads.fusion import FusionHead
 from pictag.models.base import Encoder
-from pictag.train.data import Split, TrainData, item_seed
+from pictag.train.data import CachedRows, Split, TrainData, item_seed
 from pictag.train.features import at_training_precision
 from pictag.train.task import Task, register_task
 from pictag.train.tasks.clip import _IMAGE
@@ -184,24 +184,6 @@ class ProductImages(Dataset):
             torch.manual_seed(seed)
             crop = self.transform(image)
         return {**out, "crop": torch.from_numpy(crop), "error": None}
-
-
-class CachedRows(Dataset):
-    """The engine's items of a product split in stage 1: positions and labels only; the features are cached."""
-
-    # Items cost nothing to make: worker processes would cost more than them (see `pictag.train.data.loader`).
-    in_process = True
-
-    def __init__(self, split: Split):
-        self.split = split
-
-    def __len__(self) -> int:
-        return len(self.split)
-
-    def __getitem__(self, item) -> dict:
-        position = item[0] if isinstance(item, tuple) else item
-        empty = torch.empty(0, 0, 3, dtype=torch.uint8)
-        return {"index": position, "label": self.split.labels[position], "text": None, "crop": empty, "error": None}
 
 
 def tower_params(encoder: Encoder) -> tuple[list[torch.nn.Parameter], list[torch.nn.Parameter]]:
