@@ -23,6 +23,8 @@ the image tower `timm:tf_efficientnet_lite0` with the real ImageNet weights of t
    only `--freeze-encoders --folds 5`, every other option at its default, and scikit-learn's LogisticRegression on
    the same frozen embeddings (the cached image and text embeddings, each L2-normalised, concatenated) over the same
    5 folds (`kfold_split`, seed 0): C 1 (sklearn's default) and C by 3-fold inner CV on each fold's training rows.
+4. Stage 2 against stage 1 (`--parts stage2`, on the subset): stage 1 with its defaults and `--freeze-encoders`, then
+   stage 2 `--init-from` it (`--lr image=1e-5,text=1e-5,head=3e-4`, `--stage2-epochs`), both 5 folds.
 """
 
 from __future__ import annotations
@@ -95,8 +97,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument(
-        "--parts", default="whole,subset", help="comma-separated: whole (1.), subset (2.), defaults (3.)"
+        "--parts", default="whole,subset", help="comma-separated: whole (1.), subset (2.), defaults (3.), stage2 (4.)"
     )
+    parser.add_argument("--cache", type=Path, help="the embedding cache of parts 3 and 4 (a new one when unset)")
     args = parser.parse_args()
     parts = args.parts.split(",")
     # Imported before any timing, so that the first run timed does not pay the libraries' import (about 10 s here).
@@ -117,6 +120,8 @@ def main() -> None:
         whole_set(work, args, stage1)
     if "subset" in parts:
         subset(work, args, common, stage1)
+    if "stage2" in parts:
+        stage2(work, args, common)
     if "defaults" in parts:
         defaults(work, args)
 
@@ -157,6 +162,22 @@ def subset(work: Path, args, common: dict, stage1: dict) -> None:
     print(f"  two-stage - stage 1: {two['top1_mean'] - cached['top1_mean']:+.4f}")
 
 
+def stage2(work: Path, args, common: dict) -> None:
+    """Stage 1 with its defaults (`--freeze-encoders`), then stage 2 from it, on the subset, 5 folds each."""
+    table = subset_table(work, args.subset_per_class)
+    cache = args.cache or work / "cache-stage2"
+    one, one_s = train(table, work / "st-s1", cache, freeze_encoders=True, **common)
+    options = {**common, "epochs": args.stage2_epochs, "lr": "image=1e-5,text=1e-5,head=3e-4"}
+    two, two_s = train(table, work / "st-s2", cache, init_from=str(work / "st-s1"), **options)
+    print(f"\nsubset: {30 * args.subset_per_class} products ({args.subset_per_class} per class), 5-fold CV:")
+    print(f"  stage 1, defaults       top-1 {one['top1_mean']:.4f} ± {one['top1_std']:.4f}  {one_s:8.1f} s")
+    print(
+        f"  stage 2 (--init-from)   top-1 {two['top1_mean']:.4f} ± {two['top1_std']:.4f}  {two_s:8.1f} s  "
+        f"({args.stage2_epochs} epoch(s), --lr {options['lr']})"
+    )
+    print(f"  stage 2 - stage 1: {two['top1_mean'] - one['top1_mean']:+.4f}")
+
+
 def defaults(work: Path, args) -> None:
     """Stage 1 with defaults against LogisticRegression on the same cached embeddings and the same folds."""
     import numpy as np
@@ -171,7 +192,7 @@ def defaults(work: Path, args) -> None:
     from pictag.data.splits import kfold_split
 
     table = subset_table(work, args.subset_per_class)
-    cache = work / "cache-defaults"
+    cache = args.cache or work / "cache-defaults"
     cv, seconds = train(table, work / "s1-defaults", cache, freeze_encoders=True, workers=args.workers)
     files = [torch.load(path, weights_only=True) for path in sorted((cache / "features").glob("*.pt"))]
     (rows,) = [f for f in files if "views" in f]  # the one products cache of this run
