@@ -233,8 +233,10 @@ def test_kill_9_during_a_fold_then_rerun_equals_an_uninterrupted_run(products, t
     for fold in ("fold0", "fold1"):
         for a, b in zip(_rows(whole / fold / "metrics.csv"), _rows(killed / fold / "metrics.csv"), strict=True):
             # A mid-epoch checkpoint keeps the epoch's loss sum in float32: equal to 1e-6, like the engine's test.
+            # The head stage (epoch 0) fits these few products to a loss near 1e-6, where float32 sums in another
+            # thread count differ by about that much: an absolute bound too.
             for key in ("train_loss", "val_loss", "val_top1", "val_top3"):
-                assert float(a[key]) == pytest.approx(float(b[key]), rel=1e-5), (fold, a["epoch"], key)
+                assert float(a[key]) == pytest.approx(float(b[key]), rel=1e-5, abs=1e-6), (fold, a["epoch"], key)
         expected = load_file(whole / fold / "best" / "model.safetensors")
         got = load_file(killed / fold / "best" / "model.safetensors")
         for key in expected:

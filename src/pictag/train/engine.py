@@ -445,7 +445,7 @@ class Engine:
             **swept.record(),
             "images": len(labels),
             # the loss of each head on the cached training features: fusion's --ablate heads have their own
-            **{f"train_{k}": round(float(v), 6) for k, v in logs.items()},
+            **{f"train_{k}": float(v) for k, v in logs.items()},
             "seconds": round(time.perf_counter() - started, 2),
         }
         if self.rank == 0:
