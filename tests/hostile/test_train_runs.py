@@ -55,8 +55,13 @@ def test_a_diverging_run_stops_with_exit_2_and_saves_nothing_from_it(colours, tm
     assert main(argv) == 2
     error = one_line(capsys.readouterr().err)
     assert error.startswith("pictag train: error: training diverged: the loss became nan at epoch 1, batch ")
-    assert "no best/ was written" in error and "lower --lr" in error
-    assert not (out / "best").exists()
+    # The head stage sweeps its own rates: its model, validated as epoch 0 before the first step, is what best/ holds.
+    assert "best/ holds epoch 0, the head stage's model" in error and "lower --lr" in error
+    assert json.loads((out / "best" / "pictag.json").read_text())["metrics"]["epoch"] == 0
+    from safetensors.torch import load_file
+
+    weights = load_file(out / "best" / "model.safetensors")
+    assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
     if (out / "last.ckpt").exists():  # a checkpoint, if any, is from before the divergence
         state = torch.load(out / "last.ckpt", weights_only=True)
         assert all(torch.isfinite(v).all() for v in state["task"].values() if v.is_floating_point())

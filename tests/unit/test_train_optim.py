@@ -88,8 +88,9 @@ def test_epoch_sampler_order_depends_on_seed_and_epoch_only_and_shares_ranks():
 def test_precision_workers_and_accumulation_per_device():
     from pictag.train.engine import choose_settings
 
-    cfg = types.SimpleNamespace(precision=None, workers=None, accumulate=None)
+    run = {"epochs": 2, "freeze_epochs": 0, "init_from": None}  # a backbone that trains
+    cfg = types.SimpleNamespace(precision=None, workers=None, accumulate=None, **run)
     cpu = choose_settings(cfg, torch.device("cpu"))
     assert cpu.fabric_precision == "32-true" and cpu.accumulate == 1 and cpu.workers >= 1
-    given = choose_settings(types.SimpleNamespace(precision="bf16", workers=0, accumulate=3), torch.device("cpu"))
+    given = choose_settings(types.SimpleNamespace(precision="bf16", workers=0, accumulate=3, **run), torch.device("cpu"))
     assert (given.fabric_precision, given.workers, given.accumulate) == ("bf16-mixed", 0, 3)

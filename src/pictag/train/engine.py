@@ -723,7 +723,12 @@ class Engine:
             self._diverged(f"the weights became non-finite ({bad}) in epoch {epoch}")
 
     def _diverged(self, what: str) -> None:
-        held = f"best/ holds epoch {self.best_written}" if self.best_written else "no best/ was written"
+        if self.best_written is None:
+            held = "no best/ was written"
+        elif self.best_written == 0:
+            held = "best/ holds epoch 0, the head stage's model"
+        else:
+            held = f"best/ holds epoch {self.best_written}"
         self.loggers.finalize("failed")
         raise PictagError(
             f"training diverged: {what}; stopped without saving it ({held}): lower --lr, or set --clip-grad 1.0"
