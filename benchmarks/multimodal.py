@@ -194,8 +194,9 @@ def defaults(work: Path, args) -> None:
     table = subset_table(work, args.subset_per_class)
     cache = args.cache or work / "cache-defaults"
     cv, seconds = train(table, work / "s1-defaults", cache, freeze_encoders=True, workers=args.workers)
-    files = [torch.load(path, weights_only=True) for path in sorted((cache / "features").glob("*.pt"))]
-    (rows,) = [f for f in files if "views" in f]  # the one products cache of this run
+    # This run's products cache: the newest one (a --cache folder may hold other tables' too).
+    paths = sorted((cache / "features").glob("*.pt"), key=lambda path: path.stat().st_mtime, reverse=True)
+    rows = next(f for f in (torch.load(path, weights_only=True) for path in paths) if "views" in f)
     image = F.normalize(pool_views(rows["views"].float(), rows["offsets"], "first"), dim=-1)
     features = torch.cat([image, F.normalize(rows["text"].float(), dim=-1)], dim=-1).numpy()
     products = read_products(table, images=DATASETS / "fashion-products" / "images", need_text=True, quiet=True)
