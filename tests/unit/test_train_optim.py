@@ -92,5 +92,7 @@ def test_precision_workers_and_accumulation_per_device():
     cfg = types.SimpleNamespace(precision=None, workers=None, accumulate=None, **run)
     cpu = choose_settings(cfg, torch.device("cpu"))
     assert cpu.fabric_precision == "32-true" and cpu.accumulate == 1 and cpu.workers >= 1
-    given = choose_settings(types.SimpleNamespace(precision="bf16", workers=0, accumulate=3, **run), torch.device("cpu"))
+    given = choose_settings(
+        types.SimpleNamespace(precision="bf16", workers=0, accumulate=3, **run), torch.device("cpu")
+    )
     assert (given.fabric_precision, given.workers, given.accumulate) == ("bf16-mixed", 0, 3)
