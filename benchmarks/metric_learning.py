@@ -162,10 +162,11 @@ def main() -> None:
         epoch = int(row["epoch"])
         gain = float(row["val_recall@1"]) > val_before[1]
         first_gain = first_gain or (epoch if gain else None)
-        phase = "warm-up" if epoch <= args.freeze_epochs else "margin"
+        phase = "head" if epoch == 0 else "warm-up" if epoch <= args.freeze_epochs else "margin"
+        rate = f"{float(row['img_s']):11.2f}" if row.get("img_s") else f"{'-':>11s}"  # epoch 0 trains on the cache
         print(
             f"{epoch:5d}  {phase:7s}  {float(row['val_recall@1']):12.4f}  {float(row['train_loss']):10.4f}  "
-            f"{float(row['seconds']):7.1f}  {float(row['img_s']):11.2f}"
+            f"{float(row['seconds']):7.1f}  {rate}"
         )
     print(f"first epoch above the pretrained validation Recall@1: {first_gain or 'none'}")
     for title, (b, a, z) in {
@@ -174,11 +175,11 @@ def main() -> None:
     }.items():
         print(f"\ntest objects (held out of training), {title}:")
         print(f"  pretrained                Recall@1 {b[1]:.4f}  Recall@5 {b[5]:.4f}")
-        for name, found in ((f"arcface best/ (epoch {best_epoch})", a), (f"arcface epoch {len(rows)}", z)):
+        for name, found in ((f"arcface best/ (epoch {best_epoch})", a), (f"arcface epoch {rows[-1]['epoch']}", z)):
             gain = f"x{found[1] / max(b[1], 1e-9):.3f}, {found[1] - b[1]:+.4f}"
             print(f"  {name:24s}  Recall@1 {found[1]:.4f}  Recall@5 {found[5]:.4f}  (Recall@1 {gain})")
     print(f"embedding the {len(test)} test images: {embed_seconds:.1f} s")
-    per_epoch = [float(r["seconds"]) for r in rows]
+    per_epoch = [float(r["seconds"]) for r in rows if r["epoch"] != "0"]  # epoch 0: the head stage's validation
     print(
         f"training: {train_seconds:.1f} s in all, {sum(per_epoch) / len(per_epoch):.1f} s per epoch on CPU "
         f"(first epoch {per_epoch[0]:.1f} s, with validation)"
