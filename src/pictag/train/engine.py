@@ -274,7 +274,7 @@ class Engine:
         self.model.train()
         for m in self.task.modules():
             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                own = [p for p in m.parameters(recurse=False)]
+                own = list(m.parameters(recurse=False))
                 frozen = not any(p.requires_grad for p in own)
                 pretrained = not any(id(p) in self.head_ids for p in own)  # a head's norm (arcface's neck) learns
                 if frozen or (self.task.freeze_norm_stats and pretrained):
@@ -432,15 +432,15 @@ class Engine:
         found = self.task.head_features(self.data, self.cfg)
         if found is None:
             return None
-        features, labels = found
         device = self.fabric.device
+        features, labels = (tensor.to(device) for tensor in found)
         self.task.to(device)
         # Its own random draws: the steps that follow start from the same random state as without it.
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            swept = fit_head(self.task, features.to(device), labels.to(device), self.cfg)
+            swept = fit_head(self.task, features, labels, self.cfg)
         with torch.no_grad():
             self.task.eval()
-            _, logs = self.task.head_step(features.to(device), labels.to(device))
+            _, logs = self.task.head_step(features, labels)
         record = {
             **swept.record(),
             "images": len(labels),

@@ -83,6 +83,10 @@ class ClassifierTask(Task):
         return self.encoder.forward_image(self.encoder.preprocess.normalize(batch["images"]))
 
     def head_features(self, data, cfg) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.cached:  # the rows this task already holds, in the order `train_features` gives them
+            readable = self.rows_train >= 0
+            labels = torch.tensor(data.train.labels, dtype=torch.long)[readable.cpu()]
+            return self.features_train[self.rows_train[readable]], labels
         return train_features(self.encoder, data, cfg)
 
     def head_step(self, features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
