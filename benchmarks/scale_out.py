@@ -56,7 +56,7 @@ def build_job(cfg, out: Path):
     from pictag.pipeline.job import Job
     from pictag.pipeline.plan import plan_units
     from pictag.pipeline.runner import ImageFeatures
-    from pictag.storage import PartStore
+    from pictag.storage.parts import PartStore
 
     encoder = cfg.create_encoder()
     rows, schema = head_rows(cfg, encoder)

@@ -16,7 +16,8 @@ from pictag.cli.main import main
 from pictag.options import ClassifyConfig
 from pictag.pipeline.job import Run
 from pictag.pipeline.plan import plan_units, unit_keys
-from pictag.storage import PartStore, write_table
+from pictag.storage.parts import PartStore
+from pictag.storage.tables import write_table
 
 SCHEMA = pa.schema([("key", pa.string())])
 

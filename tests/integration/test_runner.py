@@ -15,7 +15,7 @@ from pictag.models import create_model
 from pictag.pipeline.job import Job, run_job
 from pictag.pipeline.plan import plan_units
 from pictag.pipeline.runner import ImageFeatures, iter_embeddings
-from pictag.storage import PartStore
+from pictag.storage.parts import PartStore
 
 
 @pytest.mark.parametrize("workers", [0, 2])

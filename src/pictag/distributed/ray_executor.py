@@ -223,7 +223,7 @@ class UnitActor:
 
         from pictag.data.sources import open_source
         from pictag.pipeline.runner import ImageFeatures, stage_encoder
-        from pictag.storage import PartStore
+        from pictag.storage.parts import PartStore
 
         # int8 calibrates on the source's first images, as the driver did (the same images, so the same model).
         source = None

@@ -23,7 +23,8 @@ import pyarrow.parquet as pq
 
 from pictag.errors import PictagError
 from pictag.pipeline.plan import PLAN_FILE, keys_hash
-from pictag.storage import ERRORS_FOLDER, PartStore, open_location, record_beside
+from pictag.storage.files import open_location, record_beside
+from pictag.storage.parts import ERRORS_FOLDER, PartStore
 
 _SHOWN = 5  # duplicate keys named in the report
 

@@ -22,7 +22,7 @@ from pictag.heads.zero_shot import ZeroShotClassifier
 from pictag.models.base import Encoder
 from pictag.options import FewshotConfig
 from pictag.pipeline.runner import Only, embed_all
-from pictag.storage import TableWriter, output_format
+from pictag.storage.tables import TableWriter, output_format
 
 log = logging.getLogger(__name__)
 

@@ -75,7 +75,7 @@ class VectorIndex:
 
     def save(self, folder: str | os.PathLike) -> str:
         """Save beside the store in `folder` (a local folder or fsspec URL); returns where the index went."""
-        from pictag.storage import PartStore
+        from pictag.storage.parts import PartStore
 
         faiss = _faiss()
         files = PartStore(folder)

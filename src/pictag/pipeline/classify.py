@@ -34,7 +34,9 @@ from pictag.pipeline.job import InProcessExecutor, Job, JobResult, Run, executor
 from pictag.pipeline.runner import EmbeddingBatch, image_features
 from pictag.pipeline.store_features import StoreFeatures, store_units
 from pictag.prompts import UNKNOWN, load_templates, parse_labels, read_once
-from pictag.storage import ERRORS_SCHEMA, PartStore, exists, output_format, write_table
+from pictag.storage.files import exists
+from pictag.storage.parts import ERRORS_SCHEMA, PartStore
+from pictag.storage.tables import output_format, write_table
 from pictag.store.store import EmbeddingStore
 
 STDOUT = "-"  # --out -: rows streamed to stdout

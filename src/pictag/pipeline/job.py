@@ -32,7 +32,8 @@ from tqdm.auto import tqdm
 from pictag.errors import AlreadyComplete, PictagError
 from pictag.pipeline.plan import PLAN_FILE, Unit, plan_digest, plan_table
 from pictag.pipeline.runner import EmbeddingBatch
-from pictag.storage import ERRORS_SCHEMA, PartStore, record_beside
+from pictag.storage.files import record_beside
+from pictag.storage.parts import ERRORS_SCHEMA, PartStore
 
 RUN_FILE = "run.yaml"
 MANIFEST_FILE = "_manifest.parquet"

@@ -8,17 +8,34 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, BinaryIO
 
-from pictag.data._io import is_url
 from pictag.errors import PictagError
 
 if TYPE_CHECKING:
     from fsspec import AbstractFileSystem
+
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def is_url(location: str) -> bool:
+    """Whether ``location`` names a protocol (``s3://``, ``memory://``) rather than a local path."""
+    return bool(_URL.match(location))
+
+
+def filesystem(location: str) -> tuple[AbstractFileSystem, str]:
+    """The fsspec filesystem serving ``location`` and the path within it (fsspec is imported here, not at start-up)."""
+    import fsspec.core
+
+    try:
+        return fsspec.core.url_to_fs(location)
+    except (ImportError, ValueError) as e:
+        raise PictagError(f"cannot open {location}: {e} (install the fsspec backend for this protocol)") from e
 
 
 def open_location(location: str | os.PathLike) -> tuple[AbstractFileSystem | None, str]:
@@ -28,10 +45,7 @@ def open_location(location: str | os.PathLike) -> tuple[AbstractFileSystem | Non
         return None, text
     if text.startswith("file://"):
         return None, text[len("file://") :]
-    from pictag.data._io import filesystem
-
-    fs, path = filesystem(text)
-    return fs, path
+    return filesystem(text)
 
 
 def record_beside(out: str | os.PathLike, suffix: str) -> tuple[str, str]:

@@ -42,7 +42,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pictag.errors import PictagError
-from pictag.storage import PartStore, is_part
+from pictag.storage.parts import PartStore, is_part
 
 if TYPE_CHECKING:
     import torch
