@@ -19,6 +19,8 @@ from pictag.errors import PictagError
 from pictag.storage.files import is_url
 
 C = TypeVar("C")
+
+
 def cache_dir() -> Path:
     """Where pictag caches derived data (text prototypes, tar indexes): $PICTAG_CACHE, else ~/.cache/pictag."""
     return Path(

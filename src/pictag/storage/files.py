@@ -87,23 +87,33 @@ def rmtree(fs: AbstractFileSystem | None, path: str) -> None:
 
 
 @contextmanager
-def atomic_file(folder: str, name: str) -> Iterator[BinaryIO]:
-    """A local file to write, which appears under `name` whole, or not at all.
+def atomic_path(folder: str, name: str) -> Iterator[str]:
+    """A local path to write, whose file appears under `name` whole, or not at all (for writers that open by path).
 
-    It is written under a temporary name unique to this attempt (``.NAME.PID-RANDOM.tmp``), synced, then renamed
-    over `name`: attempts that overlap (a retried unit, a zombie worker) each rename a whole file, the last one wins,
-    and a process killed at any instant leaves at most its temporary file, which nothing reads.
+    The path is a temporary name unique to this attempt (``.NAME.PID-RANDOM.tmp``); once the writer is done, the file
+    is synced, then renamed over `name`. Attempts that overlap (a retried unit, a zombie worker) each rename a whole
+    file, the last one wins, and a process killed at any instant leaves at most its temporary file, which nothing
+    reads.
     """
     tmp = f"{folder}/.{name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
     try:
-        with open(tmp, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, f"{folder}/{name}")
     finally:
         if os.path.lexists(tmp):
             os.unlink(tmp)
+
+
+@contextmanager
+def atomic_file(folder: str, name: str) -> Iterator[BinaryIO]:
+    """A local file to write, which appears under `name` whole, or not at all; see `atomic_path`."""
+    with atomic_path(folder, name) as tmp, open(tmp, "wb") as f:
+        yield f
 
 
 @contextmanager
