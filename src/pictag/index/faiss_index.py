@@ -81,7 +81,7 @@ class VectorIndex:
         faiss = _faiss()
         files = PartStore(folder)
         if files.fs is None:  # Faiss writes the file itself: no copy of a large index in memory
-            with writing(files.location), atomic_path(files.root, INDEX_FILE) as tmp:
+            with writing(files.location), atomic_path(files.url(INDEX_FILE)) as tmp:
                 faiss.write_index(self.index, tmp)
         else:  # Faiss cannot write to object storage: serialised in memory, then one PUT
             files.write_bytes(INDEX_FILE, faiss.serialize_index(self.index).tobytes())

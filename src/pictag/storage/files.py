@@ -13,7 +13,7 @@ import shutil
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, BinaryIO
+from typing import IO, TYPE_CHECKING
 
 from pictag.errors import PictagError
 
@@ -87,15 +87,16 @@ def rmtree(fs: AbstractFileSystem | None, path: str) -> None:
 
 
 @contextmanager
-def atomic_path(folder: str, name: str) -> Iterator[str]:
-    """A local path to write, whose file appears under `name` whole, or not at all (for writers that open by path).
+def atomic_path(path: str | os.PathLike) -> Iterator[str]:
+    """A local path to write, whose file appears at `path` whole, or not at all (for writers that open by path).
 
-    The path is a temporary name unique to this attempt (``.NAME.PID-RANDOM.tmp``); once the writer is done, the file
-    is synced, then renamed over `name`. Attempts that overlap (a retried unit, a zombie worker) each rename a whole
-    file, the last one wins, and a process killed at any instant leaves at most its temporary file, which nothing
-    reads.
+    The path is a temporary name beside `path`, unique to this attempt (``.NAME.PID-RANDOM.tmp``); once the writer
+    is done, the file is synced, then renamed over `path`. Attempts that overlap (a retried unit, a zombie worker)
+    each rename a whole file, the last one wins, and a process killed at any instant leaves at most its temporary
+    file, which nothing reads.
     """
-    tmp = f"{folder}/.{name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
+    folder, name = os.path.split(os.fspath(path))
+    tmp = os.path.join(folder, f".{name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
     try:
         yield tmp
         fd = os.open(tmp, os.O_RDONLY | os.O_CLOEXEC)
@@ -103,16 +104,16 @@ def atomic_path(folder: str, name: str) -> Iterator[str]:
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.replace(tmp, f"{folder}/{name}")
+        os.replace(tmp, path)
     finally:
         if os.path.lexists(tmp):
             os.unlink(tmp)
 
 
 @contextmanager
-def atomic_file(folder: str, name: str) -> Iterator[BinaryIO]:
-    """A local file to write, which appears under `name` whole, or not at all; see `atomic_path`."""
-    with atomic_path(folder, name) as tmp, open(tmp, "wb") as f:
+def atomic_file(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
+    """A local file to write (opened with `mode`), which appears at `path` whole, or not at all; see `atomic_path`."""
+    with atomic_path(path) as tmp, open(tmp, mode, newline="" if "b" not in mode else None) as f:
         yield f
 
 

@@ -192,7 +192,7 @@ class PartStore:
             self.fs.pipe_file(f"{folder}/{name}", buffer.getvalue())  # one PUT: the object appears whole
             return
         os.makedirs(folder, exist_ok=True)
-        with atomic_file(folder, name) as f:
+        with atomic_file(f"{folder}/{name}") as f:
             pq.write_table(table, f, **options)
 
     def open(self, name: str):
@@ -243,7 +243,7 @@ class PartStore:
             if self.fs is not None:
                 self.fs.pipe_file(self._path(name), data)
                 return
-            with atomic_file(self.root, name) as f:
+            with atomic_file(self._path(name)) as f:
                 f.write(data)
 
     def delete(self, name: str) -> None:
