@@ -21,8 +21,8 @@ from pictag.heads.trained import FINETUNED, finetuned_head, read_trained_head
 from pictag.heads.zero_shot import ZeroShotClassifier
 from pictag.models.base import Encoder
 from pictag.options import FewshotConfig
-from pictag.pipeline.parts import TableWriter, output_format
 from pictag.pipeline.runner import Only, embed_all
+from pictag.storage.tables import TableWriter, output_format
 
 log = logging.getLogger(__name__)
 

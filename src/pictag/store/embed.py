@@ -14,8 +14,10 @@ from pictag.device import default_workers
 from pictag.errors import PictagError
 from pictag.options import EmbedConfig
 from pictag.pipeline.job import RUN_FILE, Job, JobResult, Run, executor_for, run_job
-from pictag.pipeline.parts import ERRORS_SCHEMA, LOCK_FILE, PartStore, write_table
 from pictag.pipeline.runner import EmbeddingBatch, image_features
+from pictag.storage.lock import LOCK_FILE
+from pictag.storage.parts import ERRORS_SCHEMA, PartStore
+from pictag.storage.tables import write_table
 from pictag.store.store import (
     DTYPES,
     MANIFEST,

@@ -30,6 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pictag.errors import PictagError
+from pictag.storage.files import atomic_file
 from pictag.train import data as train_data
 from pictag.train.loggers import Loggers, ProgressLines, parse_loggers
 from pictag.train.optim import DEFAULT_BACKBONE_LR, EMA, Schedule, block_depths, optimizer_groups, per_group
@@ -952,9 +953,7 @@ def _write_metrics(history: list[dict], path: Path) -> None:
     if not history:
         return
     names = list(dict.fromkeys(k for row in history for k in row))
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_file(path, "w") as f:
         writer = csv.DictWriter(f, fieldnames=names)
         writer.writeheader()
         writer.writerows(history)
-    os.replace(tmp, path)

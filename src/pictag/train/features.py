@@ -19,6 +19,8 @@ from functools import partial
 
 import torch
 
+from pictag.storage.files import atomic_path
+
 CACHE_FOLDER = "features"
 
 
@@ -67,9 +69,8 @@ def cached(key: list, compute: Callable[[], dict]) -> dict:
     with torch.random.fork_rng(devices=[]):
         result = compute()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(result, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(result, tmp)
     return result
 
 
