@@ -12,42 +12,23 @@ import hashlib
 from collections.abc import Sequence
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from pictag.data.decode import DEFAULT_MAX_PIXELS, DecodeError, decode_image
+from pictag.data.crops import DecodedImages, Decoder
+from pictag.data.decode import DEFAULT_MAX_PIXELS
+from pictag.data.sources import FileShard
 
 
-def _read(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
-
-
-class ProductViews(Dataset):
-    """(product, view) pairs as eval crops: item i is {"crop": (H, W, 3) uint8 or None, "error": (key, why) or None}.
-
-    Args:
-        images: Each product's image paths (empty: one black placeholder view).
-        preprocess: The encoder's preprocessing (its eval crop).
-        max_pixels: Larger images are refused as decompression bombs (and replaced by the placeholder).
-    """
-
-    def __init__(self, images: Sequence[Sequence[str]], preprocess, max_pixels: int = DEFAULT_MAX_PIXELS):
-        self.preprocess, self.max_pixels = preprocess, max_pixels
-        self.items = [(row, path) for row, paths in enumerate(images) for path in (paths or [None])]
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int) -> dict:
-        row, path = self.items[i]
-        if path is None:
-            return {"row": row, "crop": None, "error": None}
-        try:
-            image = decode_image(_read(path), self.preprocess.min_decode_size, self.max_pixels)
-        except (DecodeError, OSError) as exc:
-            return {"row": row, "crop": None, "error": (path, str(exc))}
-        return {"row": row, "crop": torch.from_numpy(self.preprocess.crop(image)), "error": None}
+def view_shard(images: Sequence[Sequence[str]]) -> tuple[FileShard, list[tuple[tuple[int, int], ...]]]:
+    """One shard of every product's image files (local paths or fsspec URLs, read as any source's), and each
+    product's views in it as (shard, position) for `DecodedImages`."""
+    paths: list[str] = []
+    views = []
+    for product in images:
+        views.append(tuple((0, len(paths) + i) for i in range(len(product))))
+        paths.extend(product)
+    return FileShard("product images", ".", tuple(paths)), views
 
 
 def offsets_of(images: Sequence[Sequence[str]]) -> torch.Tensor:
@@ -79,9 +60,13 @@ def embed_views(
     """
     preprocess = encoder.preprocess
     black = torch.zeros(*preprocess.size, 3, dtype=torch.uint8)
-    loader = DataLoader(
-        ProductViews(images, preprocess, max_pixels), batch_size=batch_size, num_workers=workers, collate_fn=_collate
-    )
+    shard, views = view_shard(images)
+    # One item per view; a product without an image is one item without a view: the placeholder.
+    items: list[tuple] = []
+    for refs in views:
+        items += [(ref,) for ref in refs] or [()]
+    dataset = DecodedImages((shard,), items, Decoder(preprocess, max_pixels=max_pixels))
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=_collate)
     outputs: list[list[torch.Tensor]] = [[] for _ in range(2 if flip else 1)]
     with tqdm(total=len(loader.dataset), desc=desc, unit="img", dynamic_ncols=True, disable=None, leave=False) as bar:
         for items in loader:

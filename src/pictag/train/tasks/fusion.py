@@ -20,16 +20,15 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
 
-from pictag.data.decode import DecodeError, decode_image
-from pictag.data.product_images import embed_views, offsets_of, pool_views
+from pictag.data.crops import DecodedImages, Decoder
+from pictag.data.product_images import embed_views, offsets_of, pool_views, view_shard
 from pictag.data.products import Products, read_products
 from pictag.data.splits import column_split, kfold_split, stratified_split
 from pictag.errors import PictagError
 from pictag.heads.fusion import FusionHead
 from pictag.models.base import Encoder
-from pictag.train.data import CachedRows, Split, TrainData, item_seed
+from pictag.train.data import CachedRows, Split, TrainData
 from pictag.train.features import at_training_precision
 from pictag.train.task import Task, register_task
 from pictag.train.tasks.clip import _IMAGE
@@ -148,42 +147,6 @@ def load_products(cfg) -> ProductData:
             flush=True,
         )
     return ProductData(classes, split, val, products=products, fold=cfg.fold, missing=missing)
-
-
-class ProductImages(Dataset):
-    """The engine's items of a product split when the towers run: one view per product, cropped for training or
-    validation; a product without an image gets a black crop, an unreadable one is skipped and reported.
-
-    The view of a product with several: the first, or with `random` in training one drawn from (seed, epoch,
-    position), so a resumed run draws the same.
-    """
-
-    def __init__(self, split: Split, images, transform, preprocess, *, random_view: bool, seed: int, max_pixels: int):
-        self.split, self.images, self.transform, self.size = split, images, transform, preprocess.size
-        # A train transform knows the decode size it needs; the eval crop is the preprocessing's own.
-        self.min_size = getattr(transform, "min_decode_size", preprocess.min_decode_size)
-        self.random_view, self.seed, self.max_pixels = random_view, seed, max_pixels
-
-    def __len__(self) -> int:
-        return len(self.split)
-
-    def __getitem__(self, item) -> dict:
-        position, epoch = item if isinstance(item, tuple) else (item, 0)
-        out = {"index": position, "label": self.split.labels[position], "text": self.split.texts[position]}
-        paths = self.images[self.split.refs[position][1]]
-        if not paths:
-            return {**out, "crop": torch.zeros(*self.size, 3, dtype=torch.uint8), "error": None}
-        seed = item_seed(self.seed, epoch, position)
-        path = paths[seed % len(paths)] if self.random_view else paths[0]
-        try:
-            with open(path, "rb") as f:
-                image = decode_image(f.read(), self.min_size, self.max_pixels)
-        except (DecodeError, OSError) as exc:
-            return {**out, "crop": None, "error": (path, str(exc))}
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            crop = self.transform(image)
-        return {**out, "crop": torch.from_numpy(crop), "error": None}
 
 
 def tower_params(encoder: Encoder) -> tuple[list[torch.nn.Parameter], list[torch.nn.Parameter]]:
@@ -374,15 +337,15 @@ class FusionTask(Task):
     def dataset(self, split, transform, *, train: bool, seed: int, max_pixels: int):
         if self.cached:
             return CachedRows(split)
-        random_view = train and self.multi_image != "first"
-        return ProductImages(
-            split,
-            self.images,
-            transform,
-            self.encoder.preprocess,
-            random_view=random_view,
+        # One view per product, cropped for training or validation: the first, or in training one drawn per item.
+        shard, views = view_shard(self.images)
+        return DecodedImages(
+            (shard,),
+            [views[row] for _, row in split.refs],
+            Decoder(self.encoder.preprocess, transform, max_pixels),
             seed=seed,
-            max_pixels=max_pixels,
+            random_view=train and self.multi_image != "first",
+            fields={"label": split.labels, "text": split.texts},
         )
 
     def features(self, batch: dict, stage: str) -> torch.Tensor:
