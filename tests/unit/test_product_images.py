@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from PIL import Image
 
-from pictag.data.product_images import embed_views, offsets_of, pool_views
+from pictag.data.products import embed_views, offsets_of, pool_views
 from pictag.models.registry import create_model
 
 

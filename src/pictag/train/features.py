@@ -24,7 +24,7 @@ CACHE_FOLDER = "features"
 
 def weights_key(encoder) -> str:
     """What names an encoder's weights: its weights id, or a digest of random ones ("random:0" differs by seed)."""
-    from pictag.data.product_images import weights_digest
+    from pictag.models.base import weights_digest
 
     # Summing every tensor costs seconds per fold for real towers: only random weights need it.
     return weights_digest(encoder) if "random:" in encoder.weights_id else encoder.weights_id

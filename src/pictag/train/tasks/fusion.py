@@ -22,8 +22,15 @@ import torch
 import torch.nn.functional as F
 
 from pictag.data.crops import DecodedImages, Decoder
-from pictag.data.product_images import embed_views, offsets_of, pool_views, view_shard
-from pictag.data.products import Products, read_products
+from pictag.data.products import (
+    Products,
+    embed_views,
+    join_products,
+    offsets_of,
+    pool_views,
+    read_products,
+    view_shard,
+)
 from pictag.data.splits import column_split, kfold_split, stratified_split
 from pictag.errors import PictagError
 from pictag.heads.fusion import FusionHead
@@ -44,30 +51,6 @@ class ProductData(TrainData):
 
     def facts(self) -> dict:
         return {"missing_images": len(self.missing)}  # products trained on a black placeholder
-
-
-def _joined(train: Products, val: Products) -> Products:
-    """The training table's products, then the validation table's, as one table (both tables' images are embedded
-    and cached together).
-
-    Raises:
-        PictagError: an id in both tables (a product validated on would also be trained on).
-    """
-    both = sorted(set(train.ids) & set(val.ids))
-    if both:
-        raise PictagError(
-            f"{len(both)} id(s) are in both {train.source} and {val.source} (e.g. {both[0]}): a validation product "
-            "must not be trained on"
-        )
-    return Products(
-        f"{train.source} + {val.source}",
-        train.schema,
-        train.ids + val.ids,
-        train.labels + val.labels,
-        train.texts + val.texts,
-        train.images + val.images,
-        None,
-    )
 
 
 def _rows(split: Split) -> list[int]:
@@ -103,7 +86,7 @@ def load_products(cfg) -> ProductData:
     if cfg.val:
         if products.folds is not None:
             raise PictagError(f"{cfg.data} has a fold column, which chooses the validation rows: drop --val or it")
-        products = _joined(products, read(cfg.val))
+        products = join_products(products, read(cfg.val))
     classes = sorted(set(products.labels[:trained]))
     if len(classes) < 2:
         raise PictagError(f"{cfg.data} has {len(classes)} class ({', '.join(classes)}): a classifier needs two or more")
