@@ -1,9 +1,9 @@
 """Training data: labelled images split into train and validation, read and augmented in DataLoader workers.
 
 Images are read through the source's shards (`pictag.data.open_source(uri, labelled=True)`: a folder of classes,
-in place or in a tar, or a table of path, label and text), decoded with `pictag.data.decode` and cropped by the
-encoder's own transforms, like the runner's `CropDataset`; here access is by position, because training visits
-the images in a shuffled order.
+in place or in a tar, or a table of path, label and text), decoded and cropped by the encoder's own transforms
+through `pictag.data.crops`, the decode rule the runner's `CropDataset` follows too; here access is by position
+(`DecodedImages`), because training visits the images in a shuffled order.
 
 Exact resume needs the data of step k to be a function of the seed and k alone, whatever the workers and however
 often the run was interrupted: the sampler's order depends only on (seed, epoch), and each image's augmentation
