@@ -208,9 +208,9 @@ def shock(args) -> None:
 
 def overhead(train: str, args) -> tuple[float, float]:
     """img/s of `--overhead-steps` steps: the engine, and a bare loop with the same model, data and batch."""
-    from pictag.options import TrainConfig
     from pictag.train.data import EpochSampler, load_train_data, loader
     from pictag.train.engine import Engine, make_fabric
+    from pictag.train.options import TrainConfig
     from pictag.train.task import create_task
 
     steps, batch = args.overhead_steps, args.batch_size

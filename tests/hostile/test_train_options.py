@@ -1,5 +1,5 @@
 """Training numbers out of range, and fuzzing of the train and splits option groups: every refusal is one line and
-exit 2, before any work; the options that take a value are checked where they are declared (`pictag.options`)."""
+exit 2, before any work; the options that take a value are checked where they are declared (`pictag.train.options`)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pictag.cli.main import main
+from pictag.config import check_within, group_values
 from pictag.errors import PictagError
-from pictag.options import TrainConfig, check_within, group_values
+from pictag.train.options import TrainConfig
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 _unique = itertools.count()

@@ -56,8 +56,8 @@ def _baseline_recall(data: Path, splits: Path, weights: Path) -> float:
     """Leave-one-out Recall@1 of the validation images with the starting backbone's own features."""
     from pictag.eval.retrieval import recall_at_k
     from pictag.models.registry import create_model
-    from pictag.options import TrainConfig
     from pictag.train.data import embed_split, load_train_data
+    from pictag.train.options import TrainConfig
 
     val = load_train_data(TrainConfig(data=str(data), out="unused", splits=str(splits), task="arcface"), True).val
     features, labels = embed_split(val, create_model(SPEC, checkpoint=str(weights), device="cpu"))

@@ -16,9 +16,9 @@ from fewshot_data import write_class_folders  # noqa: E402
 
 from pictag.cli.main import main  # noqa: E402
 from pictag.models.registry import create_model  # noqa: E402
-from pictag.options import TrainConfig  # noqa: E402
 from pictag.train.data import load_train_data  # noqa: E402
 from pictag.train.head_stage import fit_head  # noqa: E402
+from pictag.train.options import TrainConfig  # noqa: E402
 from pictag.train.task import create_task  # noqa: E402
 
 SPEC = "timm:test_efficientnet_gn"

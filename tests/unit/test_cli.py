@@ -10,8 +10,9 @@ import yaml
 
 from pictag.cli.main import COMMANDS, build_parser, main
 from pictag.config import field_help, load_config
-from pictag.options import ClassifyConfig, EmbedConfig, SearchConfig
+from pictag.pipeline.options import ClassifyConfig
 from pictag.serve.config import ServeConfig
+from pictag.store.options import EmbedConfig, SearchConfig
 
 
 def _configs() -> dict[str, type]:

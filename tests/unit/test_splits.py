@@ -54,8 +54,8 @@ def test_training_data_takes_each_kind_of_validation(tmp_path):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from fewshot_data import write_class_folders
 
-    from pictag.options import TrainConfig
     from pictag.train.data import load_train_data
+    from pictag.train.options import TrainConfig
 
     data = write_class_folders(tmp_path / "data", per_class=5)
     val = write_class_folders(tmp_path / "val", per_class=1, classes=("red", "blue"))

@@ -1,4 +1,5 @@
-"""The command line, generated from the config dataclasses: each option is declared once, in `pictag.options`.
+"""The command line, generated from the config dataclasses: each option is declared once, by the component
+that owns it (`pictag.models.options`, `pictag.train.options`, ...).
 
 A field becomes `--field-name` (or a positional argument, when its class lists it in `_positional`), with its help
 from the class docstring, its choices from a `Literal` type, and its group from the base class that declares it.
@@ -13,7 +14,7 @@ import importlib
 import sys
 import types
 import typing
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from functools import partial
 from typing import Any, Literal
 
@@ -26,10 +27,49 @@ class Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+class CommandParser(Parser):
+    """A command's parser. Its options are added when it first parses (or by `add_options`), so that `pictag --help`
+    imports no config module: only the command that runs pays for building its config class and its options.
+
+    Attributes:
+        config: The command's config class, as "module:Class".
+        target: What runs on the resolved config, as "module:function".
+        config_for: Instead of `config`, a "module:function" that picks the config class from the command's
+            arguments (`pictag train --task fusion` takes fusion's options).
+    """
+
+    config: str | None = None
+    target: str | None = None
+    config_for: str | None = None
+    _has_options: bool = False
+
+    def add_options(self, args: Sequence[str] = ()) -> None:
+        """Add the config's options, once; `args` are the command's arguments, for `config_for`."""
+        if self._has_options or self.config is None:
+            return
+        self._has_options = True
+        config = _resolve(self.config_for)(list(args)) if self.config_for else _resolve(self.config)
+        add_config_args(self, config)
+        self.set_defaults(func=partial(execute, config, self.target))
+
+    def parse_known_args(self, args=None, namespace=None):
+        self.add_options(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(args, namespace)
+
+
 def add_command(
-    sub, name: str, config: type, target: str, *, help: str, description: str, examples: str = ""
-) -> argparse.ArgumentParser:
-    """A subcommand whose options are `config`'s fields; it runs `target` ("module:function") on the config.
+    sub,
+    name: str,
+    config: str,
+    target: str,
+    *,
+    help: str,
+    description: str,
+    examples: str = "",
+    config_for: str | None = None,
+) -> CommandParser:
+    """A subcommand whose options are the fields of `config` ("module:Class"); it runs `target` ("module:function")
+    on the config. `sub` is a subparsers action whose parser class is `CommandParser`.
 
     The target gets the resolved config and returns a result with `summary()`, or the text to print.
     """
@@ -40,9 +80,23 @@ def add_command(
         epilog=examples,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_config_args(parser, config)
-    parser.set_defaults(func=partial(execute, config, target))
+    parser.config, parser.target, parser.config_for = config, target, config_for
     return parser
+
+
+def add_all_options(parser: argparse.ArgumentParser) -> None:
+    """Add the options of every command below `parser` now, as if each had parsed no arguments."""
+    if isinstance(parser, CommandParser):
+        parser.add_options()
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                add_all_options(child)
+
+
+def _resolve(reference: str) -> Any:
+    module, attr = reference.split(":")
+    return getattr(importlib.import_module(module), attr)
 
 
 def add_config_args(parser: argparse.ArgumentParser, config: type, only: Iterable[str] | None = None) -> None:
@@ -95,8 +149,7 @@ def _execute(config: type, target: str, args: argparse.Namespace) -> int:
     if args.print_config:
         print(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False), end="")
         return 0
-    module, function = target.split(":")
-    result = getattr(importlib.import_module(module), function)(cfg)
+    result = _resolve(target)(cfg)
     text = result if isinstance(result, str) else result.summary()
     if text:
         print(text)

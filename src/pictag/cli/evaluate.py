@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 from pictag.cli.common import add_command
-from pictag.options import EvaluateConfig
 
 EXAMPLES = """examples:
   pictag evaluate runs/parts --data data/val/                                # report in runs/parts/eval/
@@ -20,7 +19,7 @@ def add_parser(sub) -> None:
     add_command(
         sub,
         "evaluate",
-        EvaluateConfig,
+        "pictag.eval.options:EvaluateConfig",
         "pictag.eval.evaluate:run",
         help="a classifier's accuracy on labelled images, or Recall@K and MAP@R of an embedding",
         description="With --data: classify the labelled images as `pictag classify` does (OUT/predictions.parquet; "

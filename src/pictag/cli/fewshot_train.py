@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pictag.cli.common import add_command
-from pictag.options import FinetuneConfig
 
 EXAMPLES = """examples:
   pictag fewshot-train --train-data train/ --val-data val/ --unfreeze-blocks 6 --epochs 30 --out ckpt/ \\
@@ -16,7 +15,7 @@ def add_parser(sub) -> None:
     add_command(
         sub,
         "fewshot-train",
-        FinetuneConfig,
+        "pictag.train.options:FinetuneConfig",
         "pictag.train.finetune:run",
         help="fine-tune the last N blocks of an encoder on TRAIN/<class>/*.jpg",
         description="Freeze all but the last N blocks of the image encoder, add a cosine classifier initialised "

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pictag.cli.common import add_command
-from pictag.options import TrainConfig
 
 EXAMPLES = """examples:
   pictag train ClassDataset/ --model timm:tf_efficientnet_lite0 --checkpoint w.pth --val-split 0.2 --out runs/parts
@@ -20,7 +19,7 @@ def add_parser(sub) -> None:
     add_command(
         sub,
         "train",
-        TrainConfig,
+        "pictag.train.options:TrainConfig",
         "pictag.train.run:run",
         help="train a classifier (or another --task) on DATA/<class>/*.jpg or a table",
         description="Fine-tune a backbone and a head initialised from the class prototypes with AdamW over named "

@@ -27,8 +27,9 @@ from pictag.data.splits import read_splits
 from pictag.device import default_workers
 from pictag.errors import PictagError
 from pictag.eval.classification import ClassificationReport
+from pictag.eval.options import EvaluateConfig
 from pictag.eval.retrieval import Overlap, RetrievalMetrics, overlap, retrieval_metrics
-from pictag.options import ClassifyConfig, EvaluateConfig
+from pictag.pipeline.options import ClassifyConfig
 from pictag.pipeline.runner import Embedded, Only, embed_all
 
 SHOWN_RESULTS = 5

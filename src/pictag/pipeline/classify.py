@@ -29,8 +29,8 @@ from pictag.heads.zero_shot import ZeroShotClassifier
 from pictag.models.base import Encoder
 from pictag.models.registry import default_model, parse_spec
 from pictag.models.run_dir import read_meta, run_head
-from pictag.options import ClassifyConfig
 from pictag.pipeline.job import InProcessExecutor, Job, JobResult, Run, executor_for, run_job
+from pictag.pipeline.options import ClassifyConfig
 from pictag.pipeline.parts import ERRORS_SCHEMA, PartStore, exists, output_format, write_table
 from pictag.pipeline.runner import EmbeddingBatch, image_features
 from pictag.prompts import UNKNOWN, load_templates, parse_labels, read_once

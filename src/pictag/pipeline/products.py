@@ -22,8 +22,8 @@ from pictag.config import dump_config, sibling
 from pictag.data.product_images import embed_views, offsets_of, pool_views, weights_digest
 from pictag.data.products import Products, read_products
 from pictag.errors import PictagError
-from pictag.options import ClassifyConfig
 from pictag.pipeline.job import Job, Run, run_job
+from pictag.pipeline.options import ClassifyConfig
 from pictag.pipeline.parts import ERRORS_SCHEMA, PartStore, exists, output_format, write_table
 from pictag.pipeline.plan import Unit
 from pictag.pipeline.runner import EmbeddingBatch

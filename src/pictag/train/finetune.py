@@ -24,7 +24,7 @@ import torch
 
 from pictag.config import dump_config, load_config
 from pictag.errors import PictagError
-from pictag.options import FinetuneConfig, TrainConfig
+from pictag.train.options import FinetuneConfig, TrainConfig
 
 
 @dataclass

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pictag.config import load_config
 from pictag.errors import PictagError
-from pictag.options import TrainConfig
+from pictag.train.options import TrainConfig
 
 # What options left unset (None) mean when the task has no value of its own (`Task.defaults`).
 DEFAULTS = {"label_smoothing": 0.1, "early_stop": "val_top1"}

@@ -1,0 +1,241 @@
+"""The configs of `pictag train` and `pictag fewshot-train`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+from pictag.config import group_values
+from pictag.data.options import ProductOptions
+from pictag.models.options import ModelOptions
+from pictag.pipeline.options import RuntimeOptions
+
+
+@dataclass(kw_only=True)
+class TrainConfig(ProductOptions, RuntimeOptions, ModelOptions):
+    """Everything `pictag train` takes.
+
+    Attributes:
+        data: Training images: a folder of <class>/*.jpg (in place or in a tar), or a table of path,label[,text];
+            with --task fusion, a product table (id, label, text fields) and --images.
+        out: The run folder: last.ckpt (resume), best/ (the model: --model RUN), metrics.csv, curves.png,
+            confusion.png, per_class.csv, tb/ (TensorBoard) and config.yaml.
+        task: What is trained: classifier (backbone + head, cross-entropy), clip (contrastive, stays zero-shot),
+            arcface (an embedding for retrieval and kNN galleries, with P×K batches), or another registered task.
+        head: The classifier's head, initialised from the class prototypes: linear, mlp or cosine.
+        val: Validation images with the training classes (folder or table); picks best/ and drives early stopping.
+        val_split: Hold out this fraction of each training class for validation (stratified, seeded).
+        folds: Stratified K-fold cross-validation: the number of folds (with --fold). Tasks that cross-validate
+            (fusion) train every fold into OUT/fold<i>/ (or only --fold i) and write OUT/oof.csv and OUT/cv.json.
+        fold: Which fold validates: 0..K-1 with --folds, or a value of the table's fold column.
+        label_column: Column of labels in a table.
+        text_column: Column of texts in a table (default: text, where there is one).
+        epochs: Training epochs (including --freeze-epochs).
+        batch_size: Images per step on each device (times --accumulate for one optimiser step).
+        lr: Learning rate: one number for every group, or per group, e.g. backbone=1e-5,head=3e-4 (a group not
+            named: 1e-4; the head after the head stage: the backbone's rate, or a tenth of the swept one with
+            frozen towers; otherwise 1e-3).
+        weight_decay: AdamW weight decay: one number, or per group like --lr (0.05 when unset; never on norms
+            and biases).
+        layer_decay: Layer-wise learning-rate decay: each image block back from the last gets this factor more.
+        schedule: After warmup: cosine or linear decay to 0 per step, cosine-restarts (cosine to 0 over --t0
+            epochs, then again over --t-mult times as many, ...), or plateau (x0.1 when the early-stopping metric
+            stops improving for --patience epochs, or 2 epochs).
+        warmup_epochs: Epochs of linear warmup.
+        precision: Training precision: bf16 on Ampere and newer GPUs, fp16 (with a gradient scaler) on older
+            ones, fp32 on CPU, when unset ($PICTAG_PRECISION when set); the first line says what trains.
+        accumulate: Batches per optimiser step (1 when unset); a batch too large for the memory free is also split
+            into micro-batches that accumulate, so the optimiser still sees the batch asked for.
+        clip_grad: Clip the gradients' global norm to this.
+        label_smoothing: Cross-entropy label smoothing (0.1 when unset; 0.0 for --task fusion).
+        early_stop: Validation metric watched by early stopping and best/: val_top1, val_top3, val_top5, val_loss,
+            or val_recall@1 (leave-one-out Recall@1 of the validation embeddings). The task's own when unset:
+            val_top1, val_recall@1 for arcface.
+        patience: Stop after this many epochs without improvement of --early-stop (never when unset; 2 for --task
+            fusion).
+        ema: Keep an exponential moving average of the weights with this decay (e.g. 0.999); it is validated
+            and saved.
+        freeze_epochs: Train the head alone for this many epochs, through the images, then the backbone too
+            (arcface: the warm-up, with margin 0); unset, the head is first fitted on cached frozen features (the
+            head stage, LP-FT) and everything trains from the first epoch. When it covers every --epochs without
+            --init-from (a linear probe), a classifier never runs the backbone while training: each training and
+            validation image is embedded once (its eval crop, cached, in inference's precision), the head stage
+            runs, and the epochs train the head on the cache at the rate it chose, in seconds.
+        unfreeze_blocks: Train only the last N blocks of the image tower (all of it when unset).
+        init_from: Start from another run's best weights (stage 2 after stage 1).
+        balance: Sample classes evenly.
+        seed: Seed of initialisation, splits, data order and augmentation.
+        save_every: Also save last.ckpt every N optimiser steps (always at the end of each epoch).
+        fresh: Start over, ignoring last.ckpt (a rerun otherwise continues from it).
+        templates: Prompt templates of the clip task's label texts and zero-shot validation: simple, imagenet80,
+            or a file with one {} template a line.
+        wise_ft: The clip task also writes RUN/wise-ft-A/: the WiSE-FT weights (1 - A) * original + A * fine-tuned.
+        splits: A splits CSV from `pictag splits` (path,class,id,split) of the DATA folder: train on its train rows,
+            validate on its val rows (with --task arcface, validation classes may be new ones).
+        embed_dim: The arcface task's embedding length (Linear from the backbone's features).
+        embed_norm: batchnorm after the arcface embedding's Linear, or none.
+        margin_loss: The arcface task's loss: arcface (angular margin), or cosface (cosine margin; try
+            --arcface-m 0.35).
+        arcface_s: Scale s of the margin loss (below 10 classes, s=48 with m=0.3 suits better).
+        arcface_m: Margin m (radians for arcface); 0 during --freeze-epochs, the warm-up in which the backbone is
+            frozen and the embedding and class centres settle.
+        subcenters: Class centres per class (sub-center ArcFace, which tolerates noisy labels, when above 1).
+        classes_per_batch: P of the arcface task's P×K batches (when unset, --batch-size / K classes, at most
+            every class, so the batch holds about --batch-size images); the batch has P×K images.
+        samples_per_class: K of the P×K batches; a class with fewer images is drawn with replacement (reported).
+        t0: Epochs of the first cycle of --schedule cosine-restarts.
+        t_mult: Each cycle of --schedule cosine-restarts is this many times longer than the one before.
+        image_size: Train, and store with the run, at this square input size instead of the weights' own (a CNN
+            takes any size; 128 trains several times faster than 224 on a CPU).
+        text_model: The fusion task's text tower from another spec (e.g. hf:DIR of a sentence-transformers
+            folder, mean pooling); --model is then any image model (timm included). Both towers from the --model
+            CLIP spec when unset.
+        freeze_encoders: Keep both towers frozen (fusion stage 1): each image view and text is embedded once,
+            cached, and only the head trains, on the cache.
+        ablate: The fusion task also trains image-only and text-only heads in the same run and reports them.
+        warmup_ratio: Linear warmup over this fraction of all optimiser steps (instead of --warmup-epochs).
+        logger: Where the numbers also go, comma-separated: tensorboard (RUN/tb), csv (RUN/csv, every step), mlflow
+            ($MLFLOW_TRACKING_URI, else sqlite:///RUN/mlflow.db), wandb ($WANDB_PROJECT; WANDB_MODE=offline for no
+            server), or none. RUN/metrics.csv and curves.png are always written.
+        log_every: How often a log that is not a terminal gets a progress line within an epoch: seconds (30s) or
+            optimiser steps (50).
+    """
+
+    _positional: ClassVar[tuple[str, ...]] = ("data",)
+    _required: ClassVar[tuple[str, ...]] = ("data", "out")
+    _at_least: ClassVar[dict[str, int]] = {
+        "epochs": 1,
+        "freeze_epochs": 0,
+        "patience": 1,
+        "save_every": 1,
+        "embed_dim": 1,
+        "subcenters": 1,
+        "classes_per_batch": 1,
+        "samples_per_class": 1,
+        "image_size": 8,
+        "t_mult": 1,
+        "accumulate": 1,
+        "folds": 2,
+        "unfreeze_blocks": 0,
+    }
+    _within: ClassVar[dict[str, str]] = {
+        "val_split": "(0, 1)",
+        "layer_decay": "(0, 1]",
+        "warmup_epochs": "[0, inf)",
+        "warmup_ratio": "[0, 1]",
+        "clip_grad": "(0, inf)",
+        "label_smoothing": "[0, 1)",
+        "ema": "[0, 1)",  # 0: no average
+        "wise_ft": "[0, 1]",
+        "arcface_s": "(0, inf)",
+        "arcface_m": "[0, inf)",
+        "t0": "(0, inf)",
+        "seed": "[0, 4294967295]",  # numpy's seeds are 32-bit
+    }
+
+    data: str | None = None
+    out: str | None = None
+    task: str = "classifier"
+    head: Literal["linear", "mlp", "cosine"] = "linear"
+    val: str | None = None
+    val_split: float | None = None
+    folds: int | None = None
+    fold: str | None = None
+    label_column: str = "label"
+    text_column: str | None = None
+    epochs: int = 10
+    batch_size: int = 32
+    lr: str | None = None
+    weight_decay: str | None = None
+    layer_decay: float | None = None
+    schedule: Literal["cosine", "linear", "plateau", "cosine-restarts"] = "cosine"
+    warmup_epochs: float = 1.0
+    accumulate: int | None = None
+    clip_grad: float | None = None
+    label_smoothing: float | None = None
+    early_stop: Literal["val_top1", "val_top3", "val_top5", "val_loss", "val_recall@1"] | None = None
+    patience: int | None = None
+    ema: float | None = None
+    freeze_epochs: int = 0
+    unfreeze_blocks: int | None = None
+    init_from: str | None = None
+    balance: bool = False
+    seed: int = 0
+    save_every: int | None = None
+    fresh: bool = False
+    templates: str = "simple"
+    wise_ft: float | None = None
+    text_model: str | None = None
+    freeze_encoders: bool = False
+    ablate: bool = False
+    warmup_ratio: float | None = None
+    logger: str = "tensorboard"
+    log_every: str = "30s"
+    # Metric learning (--task arcface).
+    splits: str | None = None
+    embed_dim: int = 512
+    embed_norm: Literal["batchnorm", "none"] = "batchnorm"
+    margin_loss: Literal["arcface", "cosface"] = "arcface"
+    arcface_s: float = 64.0
+    arcface_m: float = 0.5
+    subcenters: int = 1
+    classes_per_batch: int | None = None
+    samples_per_class: int = 4
+    image_size: int | None = None
+    t0: float = 1.0
+    t_mult: int = 1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        group_values(self.lr, "--lr", "(0, inf)")  # a negative rate is gradient ascent
+        group_values(self.weight_decay, "--weight-decay", "[0, inf)")
+        from pictag.train.loggers import parse_every, parse_loggers
+
+        parse_loggers(self.logger)
+        parse_every(self.log_every)
+
+
+@dataclass(kw_only=True)
+class FinetuneConfig(RuntimeOptions, ModelOptions):
+    """Everything `pictag fewshot-train` takes.
+
+    Attributes:
+        train_data: Folder of <class>/*.jpg.
+        val_data: Folder of <class>/*.jpg with the same classes; picks best.pth.
+        out: Checkpoint folder.
+        unfreeze_blocks: Blocks trained, counted from the last.
+        epochs: Training epochs.
+        batch_size: Images per training step.
+        lr_backbone: Learning rate of the unfrozen blocks.
+        lr_head: Learning rate of the head.
+        weight_decay: AdamW weight decay.
+        label_smoothing: Cross-entropy label smoothing.
+        warmup_epochs: Epochs of linear learning-rate warmup before the cosine decay.
+        seed: Seed of initialisation, data order and augmentation.
+        fresh: Start over, ignoring OUT/last.ckpt (a rerun otherwise continues from it).
+    """
+
+    _required: ClassVar[tuple[str, ...]] = ("train_data",)
+    _at_least: ClassVar[dict[str, int]] = {"epochs": 1, "unfreeze_blocks": 0}
+    _within: ClassVar[dict[str, str]] = {
+        "lr_backbone": "(0, inf)",
+        "lr_head": "(0, inf)",
+        "weight_decay": "[0, inf)",
+        "label_smoothing": "[0, 1)",
+        "warmup_epochs": "[0, inf)",
+        "seed": "[0, 4294967295]",
+    }
+
+    train_data: str | None = None
+    val_data: str | None = None
+    out: str = "ckpt"
+    unfreeze_blocks: int = 6
+    epochs: int = 30
+    batch_size: int = 32
+    lr_backbone: float = 1e-5
+    lr_head: float = 5e-4
+    weight_decay: float = 0.05
+    label_smoothing: float = 0.1
+    warmup_epochs: float = 1.0
+    seed: int = 0
+    fresh: bool = False
