@@ -51,6 +51,9 @@ def load_config(cls: type[C], path: str | os.PathLike | None = None, **overrides
             raise PictagError(f"config file {path} must hold a mapping of option: value")
         values = {k.replace("-", "_"): v for k, v in values.items()}
     values.update({k: v for k, v in overrides.items() if v is not None})
+    for name, default in getattr(cls, "_unused_defaults", {}).items():  # see `pictag.train.options`
+        if name in values and values[name] == default:
+            del values[name]
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(values.keys() - names)
     if unknown:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import re
 
 import pytest
 import yaml
@@ -62,3 +63,48 @@ def test_names_mean_the_same_in_every_command():
     assert all("k" not in names for names in fields.values())  # --top-k, not --k
     assert "top_k" in fields[SearchConfig] and "out" in fields[EmbedConfig]
     assert "processes" in fields[ServeConfig]  # uvicorn processes; --workers is data loading everywhere
+
+
+@pytest.mark.parametrize(
+    ("task", "own", "others"),
+    [
+        ("classifier", "--head", ("--text-model", "--arcface-m", "--wise-ft")),
+        ("clip", "--wise-ft", ("--head", "--text-model", "--arcface-m")),
+        ("fusion", "--text-model", ("--head", "--arcface-m", "--wise-ft")),
+        ("arcface", "--arcface-m", ("--head", "--text-model", "--images")),
+    ],
+)
+def test_train_help_lists_the_shared_options_and_the_task_s_own(task, own, others, capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--task", task, "--help"])
+    out = capsys.readouterr().out
+    assert "--epochs" in out and "--lr" in out and f"{task} task:" in out and own in out
+    assert not [option for option in others if re.search(rf"^ +{option}\b", out, flags=re.M)]
+
+
+def test_train_help_without_a_task_says_how_to_see_a_task_s_options(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    assert "--head" in out and "--arcface-m" not in out and "--task fusion --help" in " ".join(out.split())
+
+
+def test_a_yaml_task_takes_its_own_options_and_refuses_another_task_s(tmp_path, capsys):
+    config = tmp_path / "fusion.yaml"
+    config.write_text("task: fusion\nimages: imgs/\ntext_model: hf:x\n")
+    assert main(["train", "data/", "--out", "run", "--config", str(config), "--print-config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["text_model"] == "hf:x" and printed["images"] == "imgs/" and "arcface_m" not in printed
+    config.write_text("task: fusion\narcface_m: 0.2\n")
+    assert main(["train", "data/", "--out", "run", "--config", str(config)]) == 2
+    assert "unknown option(s) arcface_m" in capsys.readouterr().err
+
+
+def test_a_config_written_before_tasks_had_their_own_options_still_loads(tmp_path):
+    from pictag.train.options import TASK_OPTIONS, ArcfaceConfig, train_config
+
+    every_task = {f.name: f.default for options in TASK_OPTIONS.values() for f in dataclasses.fields(options)}
+    old = tmp_path / "config.yaml"
+    old.write_text(yaml.safe_dump({**every_task, "data": "d", "out": "o", "task": "arcface", "embed_dim": 64}))
+    cfg = load_config(train_config("arcface"), old)
+    assert isinstance(cfg, ArcfaceConfig) and cfg.embed_dim == 64 and not hasattr(cfg, "text_model")

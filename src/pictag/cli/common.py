@@ -18,12 +18,16 @@ from collections.abc import Iterable, Sequence
 from functools import partial
 from typing import Any, Literal
 
+# One line, even where a message quotes a value typed with a line break in it: every character that splits lines
+# (str.splitlines's, \x1c and \u2028 among them) is written as its escape.
+ONE_LINE = {c: repr(chr(c))[1:-1] for c in (0x0A, 0x0B, 0x0C, 0x0D, 0x1C, 0x1D, 0x1E, 0x85, 0x2028, 0x2029)}
+
 
 class Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line on stderr (and exit 2) instead of the whole usage block."""
 
     def error(self, message: str):
-        sys.stderr.write(f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        sys.stderr.write(f"{self.prog}: error: {message.translate(ONE_LINE)} (see {self.prog} --help)\n")
         sys.exit(2)
 
 

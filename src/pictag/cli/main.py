@@ -7,7 +7,7 @@ import io
 import logging
 import sys
 
-from pictag.cli.common import CommandParser, Parser, add_all_options
+from pictag.cli.common import ONE_LINE, CommandParser, Parser, add_all_options
 
 COMMANDS = [
     "classify",
@@ -45,11 +45,6 @@ def build_parser(options: bool = True) -> Parser:
     return parser
 
 
-# One line, even where a message quotes a value typed with a line break in it: every character that splits lines
-# (str.splitlines's, \x1c and \u2028 among them) is written as its escape.
-_ONE_LINE = {c: repr(chr(c))[1:-1] for c in (0x0A, 0x0B, 0x0C, 0x0D, 0x1C, 0x1D, 0x1E, 0x85, 0x2028, 0x2029)}
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run one pictag command; returns the exit code (2 for bad input, with one line on stderr)."""
     from pictag.errors import AlreadyComplete, PictagError, storage_error
@@ -70,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pictag {args.command}: {exc}")
         return 0
     except PictagError as exc:
-        print(f"pictag {args.command}: error: {str(exc).translate(_ONE_LINE)}", file=sys.stderr)
+        print(f"pictag {args.command}: error: {str(exc).translate(ONE_LINE)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"pictag {args.command}: interrupted (rerun with --resume to continue)", file=sys.stderr)

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar, Literal
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar, Literal
 
-from pictag.config import group_values
+from pictag.config import Checked, group_values
 from pictag.data.options import ProductOptions
+from pictag.errors import PictagError
 from pictag.models.options import ModelOptions
 from pictag.pipeline.options import RuntimeOptions
 
 
 @dataclass(kw_only=True)
-class TrainConfig(ProductOptions, RuntimeOptions, ModelOptions):
-    """Everything `pictag train` takes.
+class TrainConfig(RuntimeOptions, ModelOptions):
+    """training
+
+    Everything `pictag train` takes, whatever the task. Each task adds its own options: `train_config(task)` is the
+    class of a task's config (`TASK_OPTIONS` lists them), and `pictag train --task NAME --help` shows them.
 
     Attributes:
         data: Training images: a folder of <class>/*.jpg (in place or in a tar), or a table of path,label[,text];
@@ -22,7 +26,6 @@ class TrainConfig(ProductOptions, RuntimeOptions, ModelOptions):
             confusion.png, per_class.csv, tb/ (TensorBoard) and config.yaml.
         task: What is trained: classifier (backbone + head, cross-entropy), clip (contrastive, stays zero-shot),
             arcface (an embedding for retrieval and kNN galleries, with P×K batches), or another registered task.
-        head: The classifier's head, initialised from the class prototypes: linear, mlp or cosine.
         val: Validation images with the training classes (folder or table); picks best/ and drives early stopping.
         val_split: Hold out this fraction of each training class for validation (stratified, seeded).
         folds: Stratified K-fold cross-validation: the number of folds (with --fold). Tasks that cross-validate
@@ -67,32 +70,12 @@ class TrainConfig(ProductOptions, RuntimeOptions, ModelOptions):
         seed: Seed of initialisation, splits, data order and augmentation.
         save_every: Also save last.ckpt every N optimiser steps (always at the end of each epoch).
         fresh: Start over, ignoring last.ckpt (a rerun otherwise continues from it).
-        templates: Prompt templates of the clip task's label texts and zero-shot validation: simple, imagenet80,
-            or a file with one {} template a line.
-        wise_ft: The clip task also writes RUN/wise-ft-A/: the WiSE-FT weights (1 - A) * original + A * fine-tuned.
         splits: A splits CSV from `pictag splits` (path,class,id,split) of the DATA folder: train on its train rows,
             validate on its val rows (with --task arcface, validation classes may be new ones).
-        embed_dim: The arcface task's embedding length (Linear from the backbone's features).
-        embed_norm: batchnorm after the arcface embedding's Linear, or none.
-        margin_loss: The arcface task's loss: arcface (angular margin), or cosface (cosine margin; try
-            --arcface-m 0.35).
-        arcface_s: Scale s of the margin loss (below 10 classes, s=48 with m=0.3 suits better).
-        arcface_m: Margin m (radians for arcface); 0 during --freeze-epochs, the warm-up in which the backbone is
-            frozen and the embedding and class centres settle.
-        subcenters: Class centres per class (sub-center ArcFace, which tolerates noisy labels, when above 1).
-        classes_per_batch: P of the arcface task's P×K batches (when unset, --batch-size / K classes, at most
-            every class, so the batch holds about --batch-size images); the batch has P×K images.
-        samples_per_class: K of the P×K batches; a class with fewer images is drawn with replacement (reported).
         t0: Epochs of the first cycle of --schedule cosine-restarts.
         t_mult: Each cycle of --schedule cosine-restarts is this many times longer than the one before.
         image_size: Train, and store with the run, at this square input size instead of the weights' own (a CNN
             takes any size; 128 trains several times faster than 224 on a CPU).
-        text_model: The fusion task's text tower from another spec (e.g. hf:DIR of a sentence-transformers
-            folder, mean pooling); --model is then any image model (timm included). Both towers from the --model
-            CLIP spec when unset.
-        freeze_encoders: Keep both towers frozen (fusion stage 1): each image view and text is embedded once,
-            cached, and only the head trains, on the cache.
-        ablate: The fusion task also trains image-only and text-only heads in the same run and reports them.
         warmup_ratio: Linear warmup over this fraction of all optimiser steps (instead of --warmup-epochs).
         logger: Where the numbers also go, comma-separated: tensorboard (RUN/tb), csv (RUN/csv, every step), mlflow
             ($MLFLOW_TRACKING_URI, else sqlite:///RUN/mlflow.db), wandb ($WANDB_PROJECT; WANDB_MODE=offline for no
@@ -103,15 +86,12 @@ class TrainConfig(ProductOptions, RuntimeOptions, ModelOptions):
 
     _positional: ClassVar[tuple[str, ...]] = ("data",)
     _required: ClassVar[tuple[str, ...]] = ("data", "out")
+    _unused_defaults: ClassVar[dict[str, Any]] = {}  # set below
     _at_least: ClassVar[dict[str, int]] = {
         "epochs": 1,
         "freeze_epochs": 0,
         "patience": 1,
         "save_every": 1,
-        "embed_dim": 1,
-        "subcenters": 1,
-        "classes_per_batch": 1,
-        "samples_per_class": 1,
         "image_size": 8,
         "t_mult": 1,
         "accumulate": 1,
@@ -126,9 +106,6 @@ class TrainConfig(ProductOptions, RuntimeOptions, ModelOptions):
         "clip_grad": "(0, inf)",
         "label_smoothing": "[0, 1)",
         "ema": "[0, 1)",  # 0: no average
-        "wise_ft": "[0, 1]",
-        "arcface_s": "(0, inf)",
-        "arcface_m": "[0, inf)",
         "t0": "(0, inf)",
         "seed": "[0, 4294967295]",  # numpy's seeds are 32-bit
     }
@@ -136,7 +113,6 @@ class TrainConfig(ProductOptions, RuntimeOptions, ModelOptions):
     data: str | None = None
     out: str | None = None
     task: str = "classifier"
-    head: Literal["linear", "mlp", "cosine"] = "linear"
     val: str | None = None
     val_split: float | None = None
     folds: int | None = None
@@ -163,16 +139,103 @@ class TrainConfig(ProductOptions, RuntimeOptions, ModelOptions):
     seed: int = 0
     save_every: int | None = None
     fresh: bool = False
-    templates: str = "simple"
-    wise_ft: float | None = None
-    text_model: str | None = None
-    freeze_encoders: bool = False
-    ablate: bool = False
     warmup_ratio: float | None = None
     logger: str = "tensorboard"
     log_every: str = "30s"
-    # Metric learning (--task arcface).
     splits: str | None = None
+    image_size: int | None = None
+    t0: float = 1.0
+    t_mult: int = 1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        config = train_config(self.task)
+        if not isinstance(self, config):  # a task reads its own options, which another task's config lacks
+            raise PictagError(f"the {self.task} task's options are a {config.__name__}, not a {type(self).__name__}")
+        group_values(self.lr, "--lr", "(0, inf)")  # a negative rate is gradient ascent
+        group_values(self.weight_decay, "--weight-decay", "[0, inf)")
+        from pictag.train.loggers import parse_every, parse_loggers
+
+        parse_loggers(self.logger)
+        parse_every(self.log_every)
+
+
+@dataclass(kw_only=True)
+class ClassifierOptions:
+    """classifier task
+
+    Attributes:
+        head: The classifier's head, initialised from the class prototypes: linear, mlp or cosine.
+    """
+
+    head: Literal["linear", "mlp", "cosine"] = "linear"
+
+
+@dataclass(kw_only=True)
+class ClipOptions(Checked):
+    """clip task
+
+    Attributes:
+        templates: Prompt templates of the clip task's label texts and zero-shot validation: simple, imagenet80,
+            or a file with one {} template a line.
+        wise_ft: The clip task also writes RUN/wise-ft-A/: the WiSE-FT weights (1 - A) * original + A * fine-tuned.
+    """
+
+    _within: ClassVar[dict[str, str]] = {
+        "wise_ft": "[0, 1]",
+    }
+
+    templates: str = "simple"
+    wise_ft: float | None = None
+
+
+@dataclass(kw_only=True)
+class FusionOptions(ProductOptions):
+    """fusion task
+
+    Attributes:
+        text_model: The fusion task's text tower from another spec (e.g. hf:DIR of a sentence-transformers
+            folder, mean pooling); --model is then any image model (timm included). Both towers from the --model
+            CLIP spec when unset.
+        freeze_encoders: Keep both towers frozen (fusion stage 1): each image view and text is embedded once,
+            cached, and only the head trains, on the cache.
+        ablate: The fusion task also trains image-only and text-only heads in the same run and reports them.
+    """
+
+    text_model: str | None = None
+    freeze_encoders: bool = False
+    ablate: bool = False
+
+
+@dataclass(kw_only=True)
+class ArcfaceOptions(Checked):
+    """arcface task
+
+    Attributes:
+        embed_dim: The arcface task's embedding length (Linear from the backbone's features).
+        embed_norm: batchnorm after the arcface embedding's Linear, or none.
+        margin_loss: The arcface task's loss: arcface (angular margin), or cosface (cosine margin; try
+            --arcface-m 0.35).
+        arcface_s: Scale s of the margin loss (below 10 classes, s=48 with m=0.3 suits better).
+        arcface_m: Margin m (radians for arcface); 0 during --freeze-epochs, the warm-up in which the backbone is
+            frozen and the embedding and class centres settle.
+        subcenters: Class centres per class (sub-center ArcFace, which tolerates noisy labels, when above 1).
+        classes_per_batch: P of the arcface task's P×K batches (when unset, --batch-size / K classes, at most
+            every class, so the batch holds about --batch-size images); the batch has P×K images.
+        samples_per_class: K of the P×K batches; a class with fewer images is drawn with replacement (reported).
+    """
+
+    _at_least: ClassVar[dict[str, int]] = {
+        "embed_dim": 1,
+        "subcenters": 1,
+        "classes_per_batch": 1,
+        "samples_per_class": 1,
+    }
+    _within: ClassVar[dict[str, str]] = {
+        "arcface_s": "(0, inf)",
+        "arcface_m": "[0, inf)",
+    }
+
     embed_dim: int = 512
     embed_norm: Literal["batchnorm", "none"] = "batchnorm"
     margin_loss: Literal["arcface", "cosface"] = "arcface"
@@ -181,18 +244,55 @@ class TrainConfig(ProductOptions, RuntimeOptions, ModelOptions):
     subcenters: int = 1
     classes_per_batch: int | None = None
     samples_per_class: int = 4
-    image_size: int | None = None
-    t0: float = 1.0
-    t_mult: int = 1
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        group_values(self.lr, "--lr", "(0, inf)")  # a negative rate is gradient ascent
-        group_values(self.weight_decay, "--weight-decay", "[0, inf)")
-        from pictag.train.loggers import parse_every, parse_loggers
 
-        parse_loggers(self.logger)
-        parse_every(self.log_every)
+@dataclass(kw_only=True)
+class ClassifierConfig(ClassifierOptions, TrainConfig):
+    """Everything `pictag train --task classifier` takes."""
+
+
+@dataclass(kw_only=True)
+class ClipConfig(ClipOptions, TrainConfig):
+    """Everything `pictag train --task clip` takes."""
+
+
+@dataclass(kw_only=True)
+class FusionConfig(FusionOptions, TrainConfig):
+    """Everything `pictag train --task fusion` takes."""
+
+
+@dataclass(kw_only=True)
+class ArcfaceConfig(ArcfaceOptions, TrainConfig):
+    """Everything `pictag train --task arcface` takes."""
+
+
+# Each task's own options; a task not listed here (fewshot, or one registered elsewhere) takes `TrainConfig` alone.
+TASK_OPTIONS: dict[str, type] = {
+    "classifier": ClassifierOptions,
+    "clip": ClipOptions,
+    "fusion": FusionOptions,
+    "arcface": ArcfaceOptions,
+}
+_TASK_CONFIGS: dict[str, type[TrainConfig]] = {
+    "classifier": ClassifierConfig,
+    "clip": ClipConfig,
+    "fusion": FusionConfig,
+    "arcface": ArcfaceConfig,
+}
+
+
+def train_config(task: str | None) -> type[TrainConfig]:
+    """The config class of `pictag train --task TASK`: the shared options and the task's own (classifier's when
+    `task` is None)."""
+    return _TASK_CONFIGS.get(task or TrainConfig.task, TrainConfig)
+
+
+# A run's config.yaml from before the tasks had their own options lists every task's: `load_config` drops those of
+# other tasks that hold their default, which no one chose, rather than refuse the file.
+_TASK_DEFAULTS = {f.name: f.default for options in TASK_OPTIONS.values() for f in fields(options)}
+for _config in (TrainConfig, *_TASK_CONFIGS.values()):
+    _own = {f.name for f in fields(_config)}
+    _config._unused_defaults = {name: value for name, value in _TASK_DEFAULTS.items() if name not in _own}
 
 
 @dataclass(kw_only=True)
