@@ -11,6 +11,7 @@ import inspect
 import math
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -51,6 +52,7 @@ def load_config(cls: type[C], path: str | os.PathLike | None = None, **overrides
             raise PictagError(f"config file {path} must hold a mapping of option: value")
         values = {k.replace("-", "_"): v for k, v in values.items()}
     values.update({k: v for k, v in overrides.items() if v is not None})
+    _take_renamed(cls, values)
     for name, default in getattr(cls, "_unused_defaults", {}).items():  # see `pictag.train.options`
         if name in values and values[name] == default:
             del values[name]
@@ -65,6 +67,44 @@ def load_config(cls: type[C], path: str | os.PathLike | None = None, **overrides
         return cls(**values)
     except TypeError as exc:
         raise PictagError(f"incomplete config: {exc}") from None
+
+
+def renamed_options(cls: type) -> dict[str, str | tuple[str, str]]:
+    """The former spellings a config still takes, for one release, from the `_renamed` of its bases: old name ->
+    field, or -> (field, group) for a number that became one group of a per-group option (lr_head: --lr head=).
+    An upper-case old name was a positional argument (MODEL: --model)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    found: dict[str, str | tuple[str, str]] = {}
+    for klass in reversed(cls.__mro__):
+        found.update(vars(klass).get("_renamed", {}))
+    return {old: new for old, new in found.items() if (new if isinstance(new, str) else new[0]) in names}
+
+
+_warned: set[str] = set()
+
+
+def _take_renamed(cls: type, values: dict[str, Any]) -> None:
+    """Move the values given by a former spelling to their field, warning once per spelling on stderr."""
+    from pictag.errors import COMMAND_LINE
+
+    for old, new in renamed_options(cls).items():
+        if old not in values:
+            continue
+        value = values.pop(old)
+        field, group = (new, None) if isinstance(new, str) else new
+        if COMMAND_LINE.get():
+            was = f"the positional {old}" if old.isupper() else "--" + old.replace("_", "-")
+            now = option_name(cls, field)
+        else:
+            was, now = old, field
+        message = f"{was} is deprecated: use {now}" + (f" {group}=" if group else "")
+        if message not in _warned:
+            _warned.add(message)
+            print(f"pictag: {message}", file=sys.stderr)
+        if group is None:
+            values.setdefault(field, value)  # the new spelling wins when both are given
+        else:
+            values[field] = ",".join(str(v) for v in (values.get(field), f"{group}={value}") if v is not None)
 
 
 def option_name(cls: type, name: str) -> str:

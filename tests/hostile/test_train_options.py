@@ -59,14 +59,14 @@ def test_a_training_number_out_of_range_is_one_line_and_exit_2(tmp_path, option,
 @pytest.mark.parametrize(
     ("option", "value", "says"),
     [
-        ("--lr-head", "nan", "--lr-head must be a finite number in (0, inf), not nan"),
-        ("--lr-backbone", "-1", "--lr-backbone must be a finite number in (0, inf), not -1.0"),
+        ("--lr", "head=nan", "--lr head must be a finite number in (0, inf), not nan"),
+        ("--lr", "backbone=-1", "--lr backbone must be a finite number in (0, inf), not -1.0"),
         ("--label-smoothing", "1", "--label-smoothing must be a finite number in [0, 1), not 1.0"),
         ("--epochs", "0", "--epochs must be at least 1, not 0"),
     ],
 )
 def test_fewshot_train_numbers_are_checked_too(tmp_path, option, value, says, capsys):
-    assert main(["fewshot-train", "--train-data", str(tmp_path / "data"), f"{option}={value}"]) == 2
+    assert main(["fewshot-train", str(tmp_path / "data"), f"{option}={value}"]) == 2
     assert says in one_line(capsys.readouterr().err)
 
 

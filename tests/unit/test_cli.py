@@ -14,6 +14,7 @@ from pictag.config import field_help, load_config
 from pictag.pipeline.options import ClassifyConfig
 from pictag.serve.config import ServeConfig
 from pictag.store.options import EmbedConfig, SearchConfig
+from pictag.train.options import train_config
 
 
 def _configs() -> dict[str, type]:
@@ -108,3 +109,49 @@ def test_a_config_written_before_tasks_had_their_own_options_still_loads(tmp_pat
     old.write_text(yaml.safe_dump({**every_task, "data": "d", "out": "o", "task": "arcface", "embed_dim": 64}))
     cfg = load_config(train_config("arcface"), old)
     assert isinstance(cfg, ArcfaceConfig) and cfg.embed_dim == 64 and not hasattr(cfg, "text_model")
+
+
+@pytest.mark.parametrize(
+    ("argv", "resolved", "warning"),
+    [
+        (["train", "d/", "--out", "r", "--text-column", "caption"], {"text_columns": "caption"}, "--text-column is"),
+        (
+            ["train", "d/", "--out", "r", "--task", "fusion", "--label-col", "cls"],
+            {"label_column": "cls"},
+            "--label-col is",
+        ),
+        (["classify", "t.csv", "--id-col", "sku"], {"id_column": "sku"}, "--id-col is deprecated: use --id-column"),
+        (["fewshot-train", "--train-data", "d/", "--val-data", "v/"], {"data": "d/", "val": "v/"}, "--val-data is"),
+        (["fewshot-train", "d/", "--lr-head", "1e-3"], {"lr": "head=1e-3"}, "--lr-head is deprecated: use --lr head="),
+        (
+            ["evaluate", "runs/a", "--data", "v/"],
+            {"model": "runs/a"},
+            "the positional MODEL is deprecated: use --model",
+        ),
+    ],
+)
+def test_a_former_spelling_still_works_warns_once_and_is_not_in_help(argv, resolved, warning, capsys, monkeypatch):
+    import pictag.config
+
+    monkeypatch.setattr(pictag.config, "_warned", set())
+    for _ in range(2):
+        assert main([*argv, "--print-config"]) == 0
+    captured = capsys.readouterr()
+    printed = yaml.safe_load(captured.out[: len(captured.out) // 2])  # the same config, printed twice
+    assert {k: printed[k] for k in resolved} == resolved
+    lines = captured.err.strip().splitlines()
+    assert captured.err.count(warning) == 1 and len(set(lines)) == len(lines)  # each spelling warns once
+    with pytest.raises(SystemExit):
+        main([argv[0], "--help"])
+    flag = warning.split()[0] if warning.startswith("--") else None
+    assert flag is None or not re.search(rf"^ +{flag}\b", capsys.readouterr().out, flags=re.M)
+
+
+def test_a_former_yaml_key_still_works_and_warns(tmp_path, capsys, monkeypatch):
+    import pictag.config
+
+    monkeypatch.setattr(pictag.config, "_warned", set())
+    (tmp_path / "old.yaml").write_text("data: d\nout: o\ntask: fusion\ntext_cols: title,description\n")
+    cfg = load_config(train_config("fusion"), tmp_path / "old.yaml")
+    assert cfg.text_columns == "title,description"
+    assert "text_cols is deprecated: use text_columns" in capsys.readouterr().err

@@ -105,7 +105,7 @@ def _resolve(reference: str) -> Any:
 
 def add_config_args(parser: argparse.ArgumentParser, config: type, only: Iterable[str] | None = None) -> None:
     """Add one argument per field of `config` (or the fields in `only`), then --config and --print-config."""
-    from pictag.config import field_group, field_help
+    from pictag.config import field_group, field_help, renamed_options
 
     helps = field_help(config)
     hints = typing.get_type_hints(config)
@@ -129,6 +129,11 @@ def add_config_args(parser: argparse.ArgumentParser, config: type, only: Iterabl
             if f.name in repeatable:  # --model a --model b
                 kwargs["action"] = "append"
             target.add_argument("--" + f.name.replace("_", "-"), dest=f.name, **kwargs)
+    for name in renamed_options(config):  # former spellings: they still work, warn, and are left out of --help
+        if name.isupper():
+            parser.add_argument(name, nargs="?", help=argparse.SUPPRESS)
+        else:
+            parser.add_argument("--" + name.replace("_", "-"), dest=name, help=argparse.SUPPRESS)
     parser.add_argument("--config", metavar="FILE", help="YAML file of options; command-line flags override it")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
 

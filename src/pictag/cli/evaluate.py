@@ -6,12 +6,12 @@ from __future__ import annotations
 from pictag.cli.common import add_command
 
 EXAMPLES = """examples:
-  pictag evaluate runs/parts --data data/val/                                # report in runs/parts/eval/
-  pictag evaluate open_clip:ViT-B-32/openai --labels-file labels.txt --data data/val/ --out eval/   # zero-shot
-  pictag evaluate runs/fusion --data test.csv --images images/ --out eval/   # a product table, fusion runs
-  pictag evaluate runs/arc --splits splits.csv --query test --gallery train,val --recall-at 1,5
-  pictag evaluate runs/arc --splits splits.csv --query test                 # leave-one-out within test
-  pictag evaluate timm:tf_efficientnet_lite0 --query data/test/ --gallery data/train/ --out eval/
+  pictag evaluate --model runs/parts --data data/val/                                # report in runs/parts/eval/
+  pictag evaluate --model open_clip:ViT-B-32/openai --labels-file labels.txt --data data/val/ --out eval/   # zero-shot
+  pictag evaluate --model runs/fusion --data test.csv --images images/ --out eval/   # a product table, fusion runs
+  pictag evaluate --model runs/arc --splits splits.csv --query test --gallery train,val --recall-at 1,5
+  pictag evaluate --model runs/arc --splits splits.csv --query test                 # leave-one-out within test
+  pictag evaluate --model timm:tf_efficientnet_lite0 --query data/test/ --gallery data/train/ --out eval/
 """
 
 

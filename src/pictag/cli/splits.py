@@ -10,7 +10,7 @@ EXAMPLES = """examples:
   pictag splits coil100/ --out splits.csv --by class          # open set: test objects are never trained on
 then:
   pictag train data/ --splits splits.csv ...
-  pictag evaluate RUN --splits splits.csv --query test --gallery train,val --recall-at 1,5
+  pictag evaluate --model RUN --splits splits.csv --query test --gallery train,val --recall-at 1,5
 """
 
 

@@ -40,19 +40,25 @@ class ProductOptions:
     Attributes:
         images: Folder of the products' images, found by id: <id>.jpg|.jpeg|.png|.webp, then <id>_*.* (several
             views of one product).
-        id_col: Id column of a product table (id when unset).
-        label_col: Label column of a product table (categories, else label, when unset).
-        text_cols: Text columns of a product table, comma-separated, joined in order (title,description, else
+        id_column: Id column of a product table (id when unset).
+        label_column: Label column of a product table (categories, else label, when unset).
+        text_columns: Text columns of a product table, comma-separated, joined in order (title,description, else
             text, when unset).
         multi_image: A product with several images: first; random (one view drawn per training step; validation
             and inference take the mean of their embeddings); or mean_pool (the mean of their embeddings).
         missing_image: A product without an image: placeholder (a black image, counted and reported) or error.
     """
 
+    _renamed: ClassVar[dict[str, str]] = {
+        "id_col": "id_column",
+        "label_col": "label_column",
+        "text_cols": "text_columns",
+    }
+
     images: str | None = None
-    id_col: str | None = None
-    label_col: str | None = None
-    text_cols: str | None = None
+    id_column: str | None = None
+    label_column: str | None = None
+    text_columns: str | None = None
     multi_image: Literal["first", "random", "mean_pool"] = "first"
     missing_image: Literal["placeholder", "error"] = "placeholder"
 

@@ -190,7 +190,7 @@ def evaluate_classifier(cfg: EvaluateConfig) -> ClassificationReport:
     if cfg.labels_file:  # read once: the report checks them, then classify uses them (a pipe reads only once)
         options |= {"labels": parse_labels(cfg.labels, cfg.labels_file), "labels_file": None}
     predictions = ClassifyConfig(**options | {"source": cfg.data, "out": str(out / "predictions.parquet"), "top_k": 5})
-    truth = Truth.of(predictions, cfg.label_column)  # unknown classes refused before any model is loaded
+    truth = Truth.of(predictions, cfg.label_column or "label")  # unknown classes refused before any model is loaded
     classified = classify(predictions)
     report = truth.report(classified.out, classified.errors, out)
     dump_config(cfg, out / "config.yaml")
@@ -275,7 +275,9 @@ def _open_sources(cfg: EvaluateConfig) -> tuple[Source, Source | None]:
     for uri in (cfg.query, cfg.gallery):
         if uri is not None and not is_url(uri) and not os.path.exists(uri):
             raise PictagError(f"{uri} does not exist: give a labelled folder or table, or split names with --splits")
-        opened.append(None if uri is None else open_source(uri, labelled=True, label_column=cfg.label_column))
+        opened.append(
+            None if uri is None else open_source(uri, labelled=True, label_column=cfg.label_column or "label")
+        )
     return opened[0], opened[1]
 
 

@@ -27,12 +27,12 @@ class EvaluateConfig(ResumableOutput, RuntimeOptions, ModelOptions, ProductOptio
         recall_at: The K of Recall@K, comma-separated.
         out: Report folder (RUN/eval when the model is a run directory): report.json, per_class.csv, plots,
             errors.csv and config.yaml; with --data also predictions.parquet, classify's output.
-        label_column: Column of labels in a table.
+        label_column: Column of labels in a table (label when unset; a product table's: categories, else label).
         examples: Queries shown in retrievals.png.
         seed: Seed of the choice of the queries shown.
     """
 
-    _positional: ClassVar[tuple[str, ...]] = ("model",)
+    _renamed: ClassVar[dict[str, str]] = {"MODEL": "model"}  # evaluate took its model positionally
     _at_least: ClassVar[dict[str, int]] = {"examples": 1}
 
     data: str | None = None
@@ -41,6 +41,5 @@ class EvaluateConfig(ResumableOutput, RuntimeOptions, ModelOptions, ProductOptio
     gallery: str | None = None
     recall_at: str = "1,5"
     out: str | None = None
-    label_column: str = "label"
     examples: int = 8
     seed: int = 0

@@ -86,7 +86,7 @@ def run(cfg: ClassifyConfig) -> ClassifyResult | Printed:
     labels, labels_file, templates = read_once(cfg.labels, cfg.labels_file, cfg.templates)
     cfg = dataclasses.replace(cfg, labels=labels, labels_file=labels_file, templates=templates)
     # The labels are read, and classes the model does not know refused, before any work.
-    truth = Truth.of(cfg) if cfg.report else None
+    truth = Truth.of(cfg, cfg.label_column or "label") if cfg.report else None
     if cfg.images:  # a product table, classified by fusion runs
         from pictag.pipeline.products import run as classify_products
 

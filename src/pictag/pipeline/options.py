@@ -92,6 +92,8 @@ class ClassifyConfig(
         head: zero-shot: score the --labels by their text prompts (CLIP-family models); pretrained: the model's
             own classifier, without labels (timm weights trained on ImageNet: its 1,000 classes, names shipped
             with pictag). Zero-shot when unset.
+        label_column: Column of labels: a product table's (categories, else label, when unset), or a labelled
+            table's scored by --report (label when unset).
         images: Classify SOURCE, a product table, with fusion runs (--model RUN, repeatable): the folder of the
             products' images, found by id (<id>.jpg|.jpeg|.png|.webp, then <id>_*.*).
         tta: Test-time augmentation of a fusion run's images: flip averages each image with its mirror image.

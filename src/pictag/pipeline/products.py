@@ -219,9 +219,9 @@ def run(cfg: ClassifyConfig):
     products = read_products(
         cfg.source,
         images=cfg.images,
-        id_col=cfg.id_col,
-        label_col=cfg.label_col,
-        text_cols=cfg.text_cols,
+        id_col=cfg.id_column,
+        label_col=cfg.label_column,
+        text_cols=cfg.text_columns,
         need_label=False,
         need_text=True,
         missing_image=cfg.missing_image,

@@ -32,7 +32,8 @@ class TrainConfig(RuntimeOptions, ModelOptions):
             (fusion) train every fold into OUT/fold<i>/ (or only --fold i) and write OUT/oof.csv and OUT/cv.json.
         fold: Which fold validates: 0..K-1 with --folds, or a value of the table's fold column.
         label_column: Column of labels in a table.
-        text_column: Column of texts in a table (default: text, where there is one).
+        text_columns: Column of texts in a table (text, where there is one, when unset); the fusion task joins
+            several, comma-separated.
         epochs: Training epochs (including --freeze-epochs).
         batch_size: Images per step on each device (times --accumulate for one optimiser step).
         lr: Learning rate: one number for every group, or per group, e.g. backbone=1e-5,head=3e-4 (a group not
@@ -87,6 +88,11 @@ class TrainConfig(RuntimeOptions, ModelOptions):
     _positional: ClassVar[tuple[str, ...]] = ("data",)
     _required: ClassVar[tuple[str, ...]] = ("data", "out")
     _unused_defaults: ClassVar[dict[str, Any]] = {}  # set below
+    _renamed: ClassVar[dict[str, str]] = {
+        "label_col": "label_column",
+        "text_column": "text_columns",
+        "text_cols": "text_columns",
+    }
     _at_least: ClassVar[dict[str, int]] = {
         "epochs": 1,
         "freeze_epochs": 0,
@@ -118,7 +124,7 @@ class TrainConfig(RuntimeOptions, ModelOptions):
     folds: int | None = None
     fold: str | None = None
     label_column: str = "label"
-    text_column: str | None = None
+    text_columns: str | None = None
     epochs: int = 10
     batch_size: int = 32
     lr: str | None = None
@@ -300,14 +306,14 @@ class FinetuneConfig(RuntimeOptions, ModelOptions):
     """Everything `pictag fewshot-train` takes.
 
     Attributes:
-        train_data: Folder of <class>/*.jpg.
-        val_data: Folder of <class>/*.jpg with the same classes; picks best.pth.
+        data: Folder of <class>/*.jpg.
+        val: Folder of <class>/*.jpg with the same classes; picks best.pth.
         out: Checkpoint folder.
         unfreeze_blocks: Blocks trained, counted from the last.
         epochs: Training epochs.
         batch_size: Images per training step.
-        lr_backbone: Learning rate of the unfrozen blocks.
-        lr_head: Learning rate of the head.
+        lr: Learning rates of the unfrozen blocks and the head: one number for both, or per group, e.g.
+            backbone=1e-5,head=5e-4 (a group not named: these).
         weight_decay: AdamW weight decay.
         label_smoothing: Cross-entropy label smoothing.
         warmup_epochs: Epochs of linear learning-rate warmup before the cosine decay.
@@ -315,27 +321,35 @@ class FinetuneConfig(RuntimeOptions, ModelOptions):
         fresh: Start over, ignoring OUT/last.ckpt (a rerun otherwise continues from it).
     """
 
-    _required: ClassVar[tuple[str, ...]] = ("train_data",)
+    _positional: ClassVar[tuple[str, ...]] = ("data",)
+    _required: ClassVar[tuple[str, ...]] = ("data",)
+    _renamed: ClassVar[dict[str, str | tuple[str, str]]] = {
+        "train_data": "data",
+        "val_data": "val",
+        "lr_backbone": ("lr", "backbone"),
+        "lr_head": ("lr", "head"),
+    }
     _at_least: ClassVar[dict[str, int]] = {"epochs": 1, "unfreeze_blocks": 0}
     _within: ClassVar[dict[str, str]] = {
-        "lr_backbone": "(0, inf)",
-        "lr_head": "(0, inf)",
         "weight_decay": "[0, inf)",
         "label_smoothing": "[0, 1)",
         "warmup_epochs": "[0, inf)",
         "seed": "[0, 4294967295]",
     }
 
-    train_data: str | None = None
-    val_data: str | None = None
+    data: str | None = None
+    val: str | None = None
     out: str = "ckpt"
     unfreeze_blocks: int = 6
     epochs: int = 30
     batch_size: int = 32
-    lr_backbone: float = 1e-5
-    lr_head: float = 5e-4
+    lr: str = "backbone=1e-5,head=5e-4"
     weight_decay: float = 0.05
     label_smoothing: float = 0.1
     warmup_epochs: float = 1.0
     seed: int = 0
     fresh: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        group_values(self.lr, "--lr", "(0, inf)")
