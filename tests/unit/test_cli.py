@@ -30,6 +30,8 @@ def test_every_command_is_generated_from_a_config_whose_every_field_has_help():
         helps = field_help(config)
         missing = [f.name for f in dataclasses.fields(config) if not helps.get(f.name)]
         assert not missing, f"pictag {name}: no help for {missing}"
+        if "out" in helps:
+            assert getattr(config, "_out", None) in ("file", "folder", "file or folder"), f"pictag {name}: _out"
 
 
 def test_print_config_is_the_resolved_yaml_and_loads_back(tmp_path, capsys):
@@ -155,3 +157,10 @@ def test_a_former_yaml_key_still_works_and_warns(tmp_path, capsys, monkeypatch):
     cfg = load_config(train_config("fusion"), tmp_path / "old.yaml")
     assert cfg.text_columns == "title,description"
     assert "text_cols is deprecated: use text_columns" in capsys.readouterr().err
+
+
+def test_docs_cli_md_is_generated_from_the_configs_and_current():
+    from pictag.cli.docs import REGENERATE
+    from pictag.cli.docs import main as docs
+
+    assert docs(["--check"]) == 0, f"docs/cli.md is not current: regenerate it with `{REGENERATE}`"

@@ -4,6 +4,10 @@ that owns it (`pictag.models.options`, `pictag.train.options`, ...).
 A field becomes `--field-name` (or a positional argument, when its class lists it in `_positional`), with its help
 from the class docstring, its choices from a `Literal` type, and its group from the base class that declares it.
 Every command also takes `--config FILE` (YAML; flags override it) and `--print-config`.
+
+A config class may also say, as class attributes: `_positional` and `_required` fields, `_repeatable` options
+(--model a --model b), `_out` ("file" or "folder": what its --out names), and `_renamed` (former spellings, still
+taken for one release; see `pictag.config.renamed_options`).
 """
 
 from __future__ import annotations
@@ -105,9 +109,11 @@ def _resolve(reference: str) -> Any:
 
 def add_config_args(parser: argparse.ArgumentParser, config: type, only: Iterable[str] | None = None) -> None:
     """Add one argument per field of `config` (or the fields in `only`), then --config and --print-config."""
-    from pictag.config import field_group, field_help, renamed_options
+    from pictag.config import field_group, field_help, option_name, renamed_options
 
     helps = field_help(config)
+    if "out" in helps and hasattr(config, "_out"):  # every command says whether its output is a file or a folder
+        helps["out"] = f"{helps['out']} ({option_name(config, 'out')} is a {config._out})"
     hints = typing.get_type_hints(config)
     positional = getattr(config, "_positional", ())
     repeatable = getattr(config, "_repeatable", ())

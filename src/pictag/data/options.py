@@ -118,6 +118,7 @@ class SplitsConfig:
         overwrite: Replace an existing CSV.
     """
 
+    _out: ClassVar[str] = "file"
     _positional: ClassVar[tuple[str, ...]] = ("data",)
     _required: ClassVar[tuple[str, ...]] = ("data", "out")
 
@@ -151,6 +152,7 @@ class LabelmeCropsConfig(Checked):
         max_pixels: Larger images are refused as decompression bombs.
     """
 
+    _out: ClassVar[str] = "folder"
     _positional: ClassVar[tuple[str, ...]] = ("annotations",)
     _required: ClassVar[tuple[str, ...]] = ("annotations", "out")
     _at_least: ClassVar[dict[str, int]] = {"min_size": 1, "quality": 1, "max_pixels": 1}
@@ -176,6 +178,7 @@ class IndexConfig:
         out: Index path (default: beside the tar, NAME.index.parquet).
     """
 
+    _out: ClassVar[str] = "file"
     _positional: ClassVar[tuple[str, ...]] = ("tar",)
     _required: ClassVar[tuple[str, ...]] = ("tar",)
 

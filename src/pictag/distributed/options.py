@@ -69,6 +69,7 @@ class VerifyConfig:
         out: The output to check: a classify results file, an embedding store, or a run's parts folder.
     """
 
+    _out: ClassVar[str] = "file or folder"
     _positional: ClassVar[tuple[str, ...]] = ("out",)
     _required: ClassVar[tuple[str, ...]] = ("out",)
 

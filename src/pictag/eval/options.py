@@ -32,6 +32,7 @@ class EvaluateConfig(ResumableOutput, RuntimeOptions, ModelOptions, ProductOptio
         seed: Seed of the choice of the queries shown.
     """
 
+    _out: ClassVar[str] = "folder"
     _renamed: ClassVar[dict[str, str]] = {"MODEL": "model"}  # evaluate took its model positionally
     _at_least: ClassVar[dict[str, int]] = {"examples": 1}
 

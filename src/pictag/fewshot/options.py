@@ -22,6 +22,7 @@ class FewshotConfig(RuntimeOptions, ModelOptions):
         overwrite: Replace an existing output.
     """
 
+    _out: ClassVar[str] = "file"
     _positional: ClassVar[tuple[str, ...]] = ("test_dir",)
     _required: ClassVar[tuple[str, ...]] = ("test_dir", "out")
 
@@ -49,6 +50,7 @@ class FewshotEvalConfig(RuntimeOptions, ModelOptions):
         templates: Prompt templates for CLIP text prototypes (Tip-Adapter).
     """
 
+    _out: ClassVar[str] = "folder"
     _positional: ClassVar[tuple[str, ...]] = ("data",)
     _required: ClassVar[tuple[str, ...]] = ("data",)
 

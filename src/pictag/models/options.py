@@ -115,6 +115,7 @@ class ExportConfig:
         overwrite: Replace an existing output.
     """
 
+    _out: ClassVar[str] = "folder"
     _positional: ClassVar[tuple[str, ...]] = ("run",)
     _required: ClassVar[tuple[str, ...]] = ("run", "format", "out")
 

@@ -89,9 +89,9 @@ class ClassifyConfig(
         threshold: Top-1 score below which the label is "unknown".
         embeddings: Classify an embedding store (`pictag embed`) instead of SOURCE: nothing is decoded.
         calibration: Temperature and per-class thresholds from `pictag calibrate` (YAML).
-        head: zero-shot: score the --labels by their text prompts (CLIP-family models); pretrained: the model's
-            own classifier, without labels (timm weights trained on ImageNet: its 1,000 classes, names shipped
-            with pictag). Zero-shot when unset.
+        head: The head, by its registered name (as in every command): zero-shot, which scores the --labels by
+            their text prompts (CLIP-family models), or pretrained, the model's own classifier, without labels (timm
+            weights trained on ImageNet: its 1,000 classes, names shipped with pictag). Zero-shot when unset.
         label_column: Column of labels: a product table's (categories, else label, when unset), or a labelled
             table's scored by --report (label when unset).
         images: Classify SOURCE, a product table, with fusion runs (--model RUN, repeatable): the folder of the
@@ -104,6 +104,7 @@ class ClassifyConfig(
             table's): print top-1 and write the report of `pictag evaluate --data` into OUT's .report/ folder.
     """
 
+    _out: ClassVar[str] = "file"
     _at_least: ClassVar[dict[str, int]] = {"top_k": 1}
     # Options a command line may give several times; their values become a list.
     _repeatable: ClassVar[tuple[str, ...]] = ("model",)

@@ -24,6 +24,7 @@ class EmbedConfig(ExecutorOptions, ResumableOutput, EngineOptions, RuntimeOption
         label_column: Column of labels in a table, with --labelled.
     """
 
+    _out: ClassVar[str] = "folder"
     _required: ClassVar[tuple[str, ...]] = ("source", "out")
 
     dtype: Literal["float16", "float32"] = "float16"
@@ -43,6 +44,7 @@ class CalibrateConfig(StoreModelOptions, GalleryOptions, LabelOptions):
         target_precision: Precision each class threshold must reach.
     """
 
+    _out: ClassVar[str] = "file"
     _positional: ClassVar[tuple[str, ...]] = ("embeddings",)
     _required: ClassVar[tuple[str, ...]] = ("embeddings", "truth", "out")
 
@@ -66,6 +68,7 @@ class SearchConfig(Checked, StoreModelOptions):
         out: Also write the results to this .csv or .parquet.
     """
 
+    _out: ClassVar[str] = "file"
     _positional: ClassVar[tuple[str, ...]] = ("embeddings",)
     _required: ClassVar[tuple[str, ...]] = ("embeddings",)
     _at_least: ClassVar[dict[str, int]] = {"top_k": 1}

@@ -85,6 +85,7 @@ class TrainConfig(RuntimeOptions, ModelOptions):
             optimiser steps (50).
     """
 
+    _out: ClassVar[str] = "folder"
     _positional: ClassVar[tuple[str, ...]] = ("data",)
     _required: ClassVar[tuple[str, ...]] = ("data", "out")
     _unused_defaults: ClassVar[dict[str, Any]] = {}  # set below
@@ -171,7 +172,8 @@ class ClassifierOptions:
     """classifier task
 
     Attributes:
-        head: The classifier's head, initialised from the class prototypes: linear, mlp or cosine.
+        head: The classifier's head, by its registered name (as in every command), initialised from the class
+            prototypes: linear, mlp or cosine.
     """
 
     head: Literal["linear", "mlp", "cosine"] = "linear"
@@ -321,6 +323,7 @@ class FinetuneConfig(RuntimeOptions, ModelOptions):
         fresh: Start over, ignoring OUT/last.ckpt (a rerun otherwise continues from it).
     """
 
+    _out: ClassVar[str] = "folder"
     _positional: ClassVar[tuple[str, ...]] = ("data",)
     _required: ClassVar[tuple[str, ...]] = ("data",)
     _renamed: ClassVar[dict[str, str | tuple[str, str]]] = {
