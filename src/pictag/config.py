@@ -17,7 +17,7 @@ from typing import Any, ClassVar, TypeVar
 
 import yaml
 
-from pictag.errors import PictagError
+from pictag.errors import COMMAND_LINE, PictagError
 
 C = TypeVar("C")
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")  # as pictag.data._io.is_url, which imports this module
@@ -85,8 +85,6 @@ _warned: set[str] = set()
 
 def _take_renamed(cls: type, values: dict[str, Any]) -> None:
     """Move the values given by a former spelling to their field, warning once per spelling on stderr."""
-    from pictag.errors import COMMAND_LINE
-
     for old, new in renamed_options(cls).items():
         if old not in values:
             continue

@@ -34,7 +34,7 @@ COMMANDS = [
 
 def build_parser(options: bool = True) -> Parser:
     """The `pictag` parser. With `options` False, each command's options are added when that command parses, so
-    that `pictag --help` (about 60 ms) imports none of the config modules."""
+    that `pictag --help` imports none of the config modules (60 ms on an idle machine, from 450)."""
     parser = Parser(prog="pictag", description="Image classification with CLIP-family and pretrained vision models.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log details (checkpoint mapping, timings)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=CommandParser)
