@@ -89,6 +89,8 @@ def _take_renamed(cls: type, values: dict[str, Any]) -> None:
         if old not in values:
             continue
         value = values.pop(old)
+        if value is None:  # an older resolved config lists every option, the unset ones as null
+            continue
         field, group = (new, None) if isinstance(new, str) else new
         if COMMAND_LINE.get():
             was = f"the positional {old}" if old.isupper() else "--" + old.replace("_", "-")
@@ -99,8 +101,8 @@ def _take_renamed(cls: type, values: dict[str, Any]) -> None:
         if message not in _warned:
             _warned.add(message)
             print(f"pictag: {message}", file=sys.stderr)
-        if group is None:
-            values.setdefault(field, value)  # the new spelling wins when both are given
+        if group is None:  # in a config written before the rename, the former spelling is the one that was read
+            values[field] = value
         else:
             values[field] = ",".join(str(v) for v in (values.get(field), f"{group}={value}") if v is not None)
 

@@ -108,7 +108,10 @@ def test_a_config_written_before_tasks_had_their_own_options_still_loads(tmp_pat
 
     every_task = {f.name: f.default for options in TASK_OPTIONS.values() for f in dataclasses.fields(options)}
     old = tmp_path / "config.yaml"
-    old.write_text(yaml.safe_dump({**every_task, "data": "d", "out": "o", "task": "arcface", "embed_dim": 64}))
+    former = dict.fromkeys(["id_col", "label_col", "text_cols", "text_column"])  # unset, as a resolved config has them
+    old.write_text(
+        yaml.safe_dump({**every_task, **former, "data": "d", "out": "o", "task": "arcface", "embed_dim": 64})
+    )
     cfg = load_config(train_config("arcface"), old)
     assert isinstance(cfg, ArcfaceConfig) and cfg.embed_dim == 64 and not hasattr(cfg, "text_model")
 

@@ -1,4 +1,8 @@
-"""The configs of `pictag train` and `pictag fewshot-train`."""
+"""The configs of `pictag train` and `pictag fewshot-train`.
+
+`TrainConfig` holds the options every task takes; each task's own options are one dataclass (`TASK_OPTIONS`), and
+`train_config(task)` is the config of `pictag train --task TASK`, the two composed.
+"""
 
 from __future__ import annotations
 
@@ -89,11 +93,7 @@ class TrainConfig(RuntimeOptions, ModelOptions):
     _positional: ClassVar[tuple[str, ...]] = ("data",)
     _required: ClassVar[tuple[str, ...]] = ("data", "out")
     _unused_defaults: ClassVar[dict[str, Any]] = {}  # set below
-    _renamed: ClassVar[dict[str, str]] = {
-        "label_col": "label_column",
-        "text_column": "text_columns",
-        "text_cols": "text_columns",
-    }
+    _renamed: ClassVar[dict[str, str]] = {"text_column": "text_columns"}
     _at_least: ClassVar[dict[str, int]] = {
         "epochs": 1,
         "freeze_epochs": 0,
@@ -298,6 +298,7 @@ def train_config(task: str | None) -> type[TrainConfig]:
 # A run's config.yaml from before the tasks had their own options lists every task's: `load_config` drops those of
 # other tasks that hold their default, which no one chose, rather than refuse the file.
 _TASK_DEFAULTS = {f.name: f.default for options in TASK_OPTIONS.values() for f in fields(options)}
+_TASK_DEFAULTS |= dict.fromkeys(ProductOptions._renamed)  # and the product columns' former names, unset
 for _config in (TrainConfig, *_TASK_CONFIGS.values()):
     _own = {f.name for f in fields(_config)}
     _config._unused_defaults = {name: value for name, value in _TASK_DEFAULTS.items() if name not in _own}
