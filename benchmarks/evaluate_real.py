@@ -35,7 +35,7 @@ def measure(epochs: int, work: Path) -> bool:
     run_dir, predictions = work / "run", work / "preds.csv"
     model = ["--model", LITE0, "--checkpoint", lite0_weights()]
     trained = run(["train", str(data / "train"), *model, "--epochs", str(epochs), "--out", str(run_dir)])
-    evaluated = run(["evaluate", str(run_dir), "--data", val])
+    evaluated = run(["evaluate", "--model", str(run_dir), "--data", val])
     classified = run(["classify", val, "--model", str(run_dir), "--out", str(predictions)])
     report = json.loads((run_dir / "eval" / "report.json").read_text())
     rows = pd.read_csv(predictions)

@@ -131,7 +131,7 @@ def ray_rss() -> tuple[float, float]:
 
 
 def main() -> None:
-    from pictag.options import DEFAULT_UNIT_SIZE
+    from pictag.pipeline.options import DEFAULT_UNIT_SIZE
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=24000)
@@ -147,8 +147,8 @@ def main() -> None:
     from ray.cluster_utils import Cluster
 
     from pictag.distributed.ray_executor import RayExecutor
-    from pictag.options import ClassifyConfig
     from pictag.pipeline.job import InProcessExecutor
+    from pictag.pipeline.options import ClassifyConfig
 
     tmp = Path(tempfile.mkdtemp(prefix="pictag-scale-out-"))
     os.environ["PICTAG_CACHE"] = str(tmp / "cache")

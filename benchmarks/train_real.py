@@ -208,13 +208,13 @@ def shock(args) -> None:
 
 def overhead(train: str, args) -> tuple[float, float]:
     """img/s of `--overhead-steps` steps: the engine, and a bare loop with the same model, data and batch."""
-    from pictag.options import TrainConfig
     from pictag.train.data import EpochSampler, load_train_data, loader
     from pictag.train.engine import Engine, make_fabric
+    from pictag.train.options import ClassifierConfig
     from pictag.train.task import create_task
 
     steps, batch = args.overhead_steps, args.batch_size
-    cfg = TrainConfig(
+    cfg = ClassifierConfig(
         data=train, out=tempfile.mkdtemp(prefix="overhead-"), model=MODEL, checkpoint=weights(), device="cpu",
         random_weights=weights() is None,
         epochs=1, batch_size=batch, workers=args.workers, warmup_epochs=0, label_smoothing=0.1,

@@ -28,7 +28,7 @@ _EXPORTS = {
     "run_job": "pictag.pipeline.job",
     "load_head": "pictag.heads.base",
     "scores_from_logits": "pictag.heads.base",
-    "ClassifyConfig": "pictag.options",
+    "ClassifyConfig": "pictag.pipeline.options",
     "classify": "pictag.pipeline.classify",
     "EmbeddingStore": "pictag.store.store",
     "embed": "pictag.store.embed",
@@ -37,19 +37,19 @@ _EXPORTS = {
     "Head": "pictag.heads.base",
     "create_head": "pictag.heads.base",
     "list_heads": "pictag.heads.base",
-    "FewshotConfig": "pictag.options",
+    "FewshotConfig": "pictag.fewshot.options",
     "fewshot": "pictag.fewshot.run",
-    "FewshotEvalConfig": "pictag.options",
+    "FewshotEvalConfig": "pictag.fewshot.options",
     "evaluate_episodes": "pictag.fewshot.evaluate",
     "sample_episodes": "pictag.fewshot.tasks",
     "find_tasks": "pictag.fewshot.tasks",
-    "FinetuneConfig": "pictag.options",
+    "FinetuneConfig": "pictag.train.options",
     "finetune": "pictag.train.finetune",
     "ServeConfig": "pictag.serve.config",
-    "EmbedConfig": "pictag.options",
-    "CalibrateConfig": "pictag.options",
+    "EmbedConfig": "pictag.store.options",
+    "CalibrateConfig": "pictag.store.options",
     "create_app": "pictag.serve.api",
-    "LabelmeCropsConfig": "pictag.options",
+    "LabelmeCropsConfig": "pictag.data.options",
     "crop_labelme": "pictag.data.labelme",
     "load_run": "pictag.models.run_dir",
     "save_run_model": "pictag.models.run_dir",
@@ -71,8 +71,10 @@ if TYPE_CHECKING:
     from pictag.data import build_tar_index, open_source
     from pictag.data.decode import decode_image
     from pictag.data.labelme import crop_labelme
+    from pictag.data.options import LabelmeCropsConfig
     from pictag.errors import PictagError
     from pictag.fewshot.evaluate import evaluate_episodes
+    from pictag.fewshot.options import FewshotConfig, FewshotEvalConfig
     from pictag.fewshot.run import fewshot
     from pictag.fewshot.tasks import find_tasks, sample_episodes
     from pictag.heads.base import Head, create_head, list_heads, load_head, scores_from_logits
@@ -83,17 +85,9 @@ if TYPE_CHECKING:
     from pictag.models.preprocess import Preprocess
     from pictag.models.registry import create_model, list_models
     from pictag.models.run_dir import load_run, save_run_model
-    from pictag.options import (
-        CalibrateConfig,
-        ClassifyConfig,
-        EmbedConfig,
-        FewshotConfig,
-        FewshotEvalConfig,
-        FinetuneConfig,
-        LabelmeCropsConfig,
-    )
     from pictag.pipeline.classify import classify
     from pictag.pipeline.job import Job, run_job
+    from pictag.pipeline.options import ClassifyConfig
     from pictag.pipeline.plan import plan_units
     from pictag.pipeline.runner import embed_all, iter_embeddings
     from pictag.prompts import load_templates
@@ -101,6 +95,8 @@ if TYPE_CHECKING:
     from pictag.serve.config import ServeConfig
     from pictag.store.calibrate import calibrate
     from pictag.store.embed import embed
+    from pictag.store.options import CalibrateConfig, EmbedConfig
     from pictag.store.search import search
     from pictag.store.store import EmbeddingStore
     from pictag.train.finetune import finetune
+    from pictag.train.options import FinetuneConfig

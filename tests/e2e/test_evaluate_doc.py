@@ -1,5 +1,5 @@
 """docs/training.md's offline example and its evaluate section run as written: the generated colours, a tiny run,
-`pictag evaluate RUN --data`, `classify --report` and the Python twin; each `ls` line's files exist."""
+`pictag evaluate --model RUN --data`, `classify --report` and the Python twin; each `ls` line's files exist."""
 
 from __future__ import annotations
 

@@ -10,7 +10,17 @@ import shutil
 from pictag.cli.main import main
 from pictag.testing import save_colour_objects
 
-TINY = ["timm:test_efficientnet_gn", "--random-weights", "--workers", "0", "--device", "cpu", "--batch-size", "16"]
+TINY = [
+    "--model",
+    "timm:test_efficientnet_gn",
+    "--random-weights",
+    "--workers",
+    "0",
+    "--device",
+    "cpu",
+    "--batch-size",
+    "16",
+]
 
 
 def test_open_set_splits_are_refused_and_leave_one_out_is_offered(tmp_path, capsys):
@@ -50,7 +60,7 @@ def test_classes_the_classifier_does_not_know_are_refused_before_any_work(tmp_pa
     labels = ["--labels", "red,green,blue"]  # no grey
     for argv in (
         ["evaluate", *TINY, *labels, "--data", str(data), "--out", str(tmp_path / "eval")],
-        ["classify", str(data), "--model", *TINY, *labels, "--report", "--out", str(tmp_path / "p.csv")],
+        ["classify", str(data), *TINY, *labels, "--report", "--out", str(tmp_path / "p.csv")],
     ):
         assert main(argv) == 2
         err = capsys.readouterr().err

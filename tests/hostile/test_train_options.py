@@ -1,5 +1,5 @@
 """Training numbers out of range, and fuzzing of the train and splits option groups: every refusal is one line and
-exit 2, before any work; the options that take a value are checked where they are declared (`pictag.options`)."""
+exit 2, before any work; the options that take a value are checked where they are declared (`pictag.train.options`)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pictag.cli.main import main
+from pictag.config import check_within, group_values
 from pictag.errors import PictagError
-from pictag.options import TrainConfig, check_within, group_values
+from pictag.train.options import TrainConfig
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 _unique = itertools.count()
@@ -49,7 +50,8 @@ _unique = itertools.count()
 )
 def test_a_training_number_out_of_range_is_one_line_and_exit_2(tmp_path, option, value, says, capsys):
     data = tmp_path / "data"  # the options are refused before the data is even looked at
-    assert main(["train", str(data), "--out", str(tmp_path / "run"), f"{option}={value}"]) == 2
+    task = ["--task", "arcface"] if option.startswith("--arcface") else []  # a task's own options come with it
+    assert main(["train", str(data), "--out", str(tmp_path / "run"), *task, f"{option}={value}"]) == 2
     assert says in one_line(capsys.readouterr().err)
     assert not (tmp_path / "run").exists()
 
@@ -57,14 +59,14 @@ def test_a_training_number_out_of_range_is_one_line_and_exit_2(tmp_path, option,
 @pytest.mark.parametrize(
     ("option", "value", "says"),
     [
-        ("--lr-head", "nan", "--lr-head must be a finite number in (0, inf), not nan"),
-        ("--lr-backbone", "-1", "--lr-backbone must be a finite number in (0, inf), not -1.0"),
+        ("--lr", "head=nan", "--lr head must be a finite number in (0, inf), not nan"),
+        ("--lr", "backbone=-1", "--lr backbone must be a finite number in (0, inf), not -1.0"),
         ("--label-smoothing", "1", "--label-smoothing must be a finite number in [0, 1), not 1.0"),
         ("--epochs", "0", "--epochs must be at least 1, not 0"),
     ],
 )
 def test_fewshot_train_numbers_are_checked_too(tmp_path, option, value, says, capsys):
-    assert main(["fewshot-train", "--train-data", str(tmp_path / "data"), f"{option}={value}"]) == 2
+    assert main(["fewshot-train", str(tmp_path / "data"), f"{option}={value}"]) == 2
     assert says in one_line(capsys.readouterr().err)
 
 
@@ -116,9 +118,12 @@ def _assert_refused_in_one_line(command: str, out: str, options: list[tuple[str,
 
 
 @FUZZ
-@given(st.lists(st.tuples(st.sampled_from(TRAIN_NUMBERS), VALUES), min_size=1, max_size=4))
-def test_fuzzed_train_options_are_refused_in_one_line(options):
-    _assert_refused_in_one_line("train", "run", options)
+@given(
+    st.sampled_from(["classifier", "clip", "fusion", "arcface"]),
+    st.lists(st.tuples(st.sampled_from(TRAIN_NUMBERS), VALUES), min_size=1, max_size=4),
+)
+def test_fuzzed_train_options_are_refused_in_one_line(task, options):
+    _assert_refused_in_one_line("train", "run", [("task", task), *options])
 
 
 SPLITS_OPTIONS = ["ratios", "by", "id-pattern", "min-size", "classes", "label-column", "seed"]

@@ -13,8 +13,8 @@ from hostile_inputs import one_line
 
 from conftest import tar_source
 from pictag.cli.main import main
-from pictag.options import ClassifyConfig
 from pictag.pipeline.job import Run
+from pictag.pipeline.options import ClassifyConfig
 from pictag.pipeline.plan import plan_units, unit_keys
 from pictag.storage.parts import PartStore
 from pictag.storage.tables import write_table

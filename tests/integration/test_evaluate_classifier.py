@@ -1,4 +1,4 @@
-"""`pictag evaluate RUN --data DIR` and `classify --report` on a run trained here on a tiny random timm model: the
+"""`pictag evaluate --model RUN --data DIR` and `classify --report` on a run trained here on a tiny random timm model: the
 report equals scikit-learn on the same predictions, goes through classify's job (resume guard, errors), and
 classes the model does not know are a one-line error before any work."""
 
@@ -51,7 +51,7 @@ def _one_line_error(capsys, argv) -> str:
 
 
 def test_evaluate_writes_the_report_sklearn_computes_from_the_predictions(data, run, capsys):
-    assert main(["evaluate", str(run), "--data", str(data), *RUNTIME]) == 0
+    assert main(["evaluate", "--model", str(run), "--data", str(data), *RUNTIME]) == 0
     out = run / "eval"
     assert "top-1" in capsys.readouterr().out
     for name in REPORT_FILES:
@@ -76,8 +76,8 @@ def test_evaluate_writes_the_report_sklearn_computes_from_the_predictions(data, 
     assert "broken.png" in (out / "predictions.errors.csv").read_text()
 
     # The report folder is classify's output: a second evaluate is refused, --overwrite redoes it.
-    assert "--overwrite" in _one_line_error(capsys, ["evaluate", str(run), "--data", str(data), *RUNTIME])
-    assert main(["evaluate", str(run), "--data", str(data), "--overwrite", *RUNTIME]) == 0
+    assert "--overwrite" in _one_line_error(capsys, ["evaluate", "--model", str(run), "--data", str(data), *RUNTIME])
+    assert main(["evaluate", "--model", str(run), "--data", str(data), "--overwrite", *RUNTIME]) == 0
     assert json.loads((out / "report.json").read_text())["top1"] == report["top1"]
 
 
@@ -97,7 +97,16 @@ def test_classify_report_prints_top1_and_writes_the_same_report(data, run, tmp_p
 
 def test_zero_shot_evaluate_with_labels(data, tiny_open_clip, tmp_path):
     spec, checkpoint = tiny_open_clip
-    argv = ["evaluate", spec, "--checkpoint", str(checkpoint), "--labels", "red,green,blue,grey,white", *RUNTIME]
+    argv = [
+        "evaluate",
+        "--model",
+        spec,
+        "--checkpoint",
+        str(checkpoint),
+        "--labels",
+        "red,green,blue,grey,white",
+        *RUNTIME,
+    ]
     assert main([*argv, "--data", str(data), "--out", str(tmp_path / "zs")]) == 0
     report = json.loads((tmp_path / "zs" / "report.json").read_text())
     assert (report["images"], report["classes"], report["model_classes"]) == (16, 4, 5)
@@ -110,24 +119,26 @@ def test_unknown_classes_missing_data_and_mixed_modes_are_one_line(data, run, tm
     shutil.copytree(tmp_path / "other" / "red", more / "purple")
     shutil.copytree(tmp_path / "other" / "red", more / "pink")
     out = tmp_path / "eval"
-    err = _one_line_error(capsys, ["evaluate", str(run), "--data", str(more), "--out", str(out), *RUNTIME])
+    err = _one_line_error(capsys, ["evaluate", "--model", str(run), "--data", str(more), "--out", str(out), *RUNTIME])
     assert "2 class(es) the model does not know: pink (1 images), purple (1 images)" in err
     assert not out.exists()  # refused before any work
     preds = tmp_path / "p.csv"
     argv = ["classify", str(more), "--model", str(run), "--out", str(preds), "--report", *RUNTIME]
     assert "does not know: pink" in _one_line_error(capsys, argv)
     assert not preds.exists()
-    assert "zero" not in _one_line_error(capsys, ["evaluate", str(run), "--data", str(tmp_path / "nowhere")])
+    assert "zero" not in _one_line_error(capsys, ["evaluate", "--model", str(run), "--data", str(tmp_path / "nowhere")])
     assert "give one or the other" in _one_line_error(
-        capsys, ["evaluate", str(run), "--data", str(data), "--query", str(data)]
+        capsys, ["evaluate", "--model", str(run), "--data", str(data), "--query", str(data)]
     )
-    assert "nothing to evaluate" in _one_line_error(capsys, ["evaluate", str(run)])
-    assert "goes with --data" in _one_line_error(capsys, ["evaluate", str(run), "--query", str(data), "--labels", "a"])
+    assert "nothing to evaluate" in _one_line_error(capsys, ["evaluate", "--model", str(run)])
+    assert "goes with --data" in _one_line_error(
+        capsys, ["evaluate", "--model", str(run), "--query", str(data), "--labels", "a"]
+    )
 
 
 def test_a_killed_evaluate_resumes_and_reports_as_an_uninterrupted_one(data, run, tmp_path):
     whole, killed = tmp_path / "whole", tmp_path / "killed"
-    argv = ["evaluate", str(run), "--data", str(data), "--unit-size", "4", *RUNTIME]
+    argv = ["evaluate", "--model", str(run), "--data", str(data), "--unit-size", "4", *RUNTIME]
     assert main([*argv, "--out", str(whole)]) == 0
     command = [sys.executable, "-m", "pictag", *argv, "--out", str(killed)]
     proc = subprocess.Popen(command, env=subprocess_env(), start_new_session=True, stderr=subprocess.PIPE)

@@ -15,7 +15,17 @@ from pictag.models import create_model
 from pictag.pipeline.runner import embed_all
 from pictag.testing import save_colour_objects
 
-TINY = ["timm:test_efficientnet_gn", "--random-weights", "--workers", "0", "--device", "cpu", "--batch-size", "16"]
+TINY = [
+    "--model",
+    "timm:test_efficientnet_gn",
+    "--random-weights",
+    "--workers",
+    "0",
+    "--device",
+    "cpu",
+    "--batch-size",
+    "16",
+]
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +95,7 @@ def test_a_run_directory_is_evaluated_into_its_eval_folder_and_can_be_a_gallery(
     run = tmp_path / "run"
     save_run_model(run / "best", encoder, None, task="embedding", classes=None, metrics={})
     options = ["--workers", "0", "--device", "cpu"]
-    assert main(["evaluate", str(run), "--query", str(data), *options]) == 0
+    assert main(["evaluate", "--model", str(run), "--query", str(data), *options]) == 0
     assert json.loads((run / "eval" / "report.json").read_text())["queries"] == 48
     gallery = tmp_path / "gallery"
     assert main(["embed", str(data), "--model", str(run), "--labelled", "--out", str(gallery), *options]) == 0

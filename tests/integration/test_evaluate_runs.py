@@ -24,7 +24,7 @@ def test_a_fusion_run_on_a_product_table(tmp_path, tiny_open_clip):
     run = tmp_path / "fusion"
     assert main(["train", table, "--task", "fusion", "--images", images, *model, "--out", str(run), *options]) == 0
     out = tmp_path / "eval"
-    argv = ["evaluate", str(run), "--data", table, "--images", images, "--out", str(out), "--device", "cpu"]
+    argv = ["evaluate", "--model", str(run), "--data", table, "--images", images, "--out", str(out), "--device", "cpu"]
     assert main([*argv, "--workers", "0"]) == 0
     report = json.loads((out / "report.json").read_text())
     predictions = pd.read_parquet(out / "predictions.parquet")
@@ -39,8 +39,8 @@ def test_a_fewshot_train_run(tmp_path):
     val = write_class_folders(tmp_path / "val", per_class=2, seed=77)
     run = tmp_path / "ckpt"
     tiny = ["--model", "timm:test_efficientnet", "--random-weights", "--workers", "0", "--device", "cpu"]
-    argv = ["fewshot-train", "--train-data", str(train), "--out", str(run), "--epochs", "1", "--batch-size", "6"]
+    argv = ["fewshot-train", str(train), "--out", str(run), "--epochs", "1", "--batch-size", "6"]
     assert main([*argv, "--unfreeze-blocks", "1", *tiny]) == 0
-    assert main(["evaluate", str(run), "--data", str(val), "--workers", "0", "--device", "cpu"]) == 0
+    assert main(["evaluate", "--model", str(run), "--data", str(val), "--workers", "0", "--device", "cpu"]) == 0
     report = json.loads((run / "eval" / "report.json").read_text())
     assert (report["images"], report["classes"], report["model_classes"]) == (6, 3, 3)

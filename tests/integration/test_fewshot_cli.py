@@ -102,7 +102,7 @@ def test_fewshot_train_checkpoint_loads_back_for_fewshot(tasks, tmp_path):
     train = write_class_folders(tmp_path / "train", per_class=4)
     val = write_class_folders(tmp_path / "val", per_class=2, seed=77)
     out = tmp_path / "ckpt"
-    argv = ["fewshot-train", "--train-data", str(train), "--val-data", str(val), "--out", str(out)]
+    argv = ["fewshot-train", str(train), "--val", str(val), "--out", str(out)]
     assert main([*argv, "--epochs", "2", "--unfreeze-blocks", "2", "--batch-size", "6", *TINY]) == 0
     for name in ("best.pth", "last.pth", "metrics.csv", "curves.png", "config.yaml"):
         assert (out / name).is_file(), name
@@ -163,7 +163,7 @@ def test_block_layouts_of_clip_models(tiny_open_clip, tiny_hf_clip):
 def test_fewshot_train_killed_then_rerun_continues_and_equals_an_uninterrupted_run(tmp_path):
     train = write_class_folders(tmp_path / "train", per_class=4)
     val = write_class_folders(tmp_path / "val", per_class=2, seed=77)
-    options = ["--train-data", str(train), "--val-data", str(val), "--epochs", "3", "--unfreeze-blocks", "2"]
+    options = [str(train), "--val", str(val), "--epochs", "3", "--unfreeze-blocks", "2"]
     options += ["--batch-size", "6", *TINY]
     command = [sys.executable, "-m", "pictag", "fewshot-train", *options]
     env = subprocess_env() | {"OMP_NUM_THREADS": "1"}

@@ -178,7 +178,7 @@ def test_classify_averages_folds_flip_and_runs_as_by_hand(stage1, products, mode
     ("case", "message"),
     [
         ("no-text", "has no text column (title, description or text; its columns: id, categories): a fusion model"),
-        ("unknown-column", "--text-cols blurb: "),
+        ("unknown-column", "--text-columns blurb: "),
         ("empty", "is empty (no product rows)"),
         ("missing-image", "1 product(s) have no image in"),
         ("fold-labels", "fold A: class(es) c00 have no training rows outside this fold (the folds' label sets differ)"),
@@ -193,7 +193,7 @@ def test_bad_input_is_one_line(case, message, tmp_path, model, capsys):
     if case == "no-text":
         rows = [{"id": r["id"], "categories": r["categories"]} for r in rows]
     elif case == "unknown-column":
-        options += ["--text-cols", "blurb"]
+        options += ["--text-columns", "blurb"]
     elif case == "empty":
         rows = []
     elif case == "missing-image":

@@ -16,9 +16,9 @@ from fewshot_data import write_class_folders  # noqa: E402
 
 from pictag.cli.main import main  # noqa: E402
 from pictag.models.registry import create_model  # noqa: E402
-from pictag.options import TrainConfig  # noqa: E402
 from pictag.train.data import load_train_data  # noqa: E402
 from pictag.train.head_stage import fit_head  # noqa: E402
+from pictag.train.options import ClassifierConfig  # noqa: E402
 from pictag.train.task import create_task  # noqa: E402
 
 SPEC = "timm:test_efficientnet_gn"
@@ -33,7 +33,7 @@ def colours(tmp_path_factory) -> Path:
 
 
 def _task(colours: Path, tmp_path: Path, **options):
-    cfg = TrainConfig(
+    cfg = ClassifierConfig(
         data=str(colours), out=str(tmp_path / "run"), model=SPEC, random_weights=True, workers=0, device="cpu",
         val_split=0.25, epochs=1, batch_size=8, early_stop="val_top1", label_smoothing=0.1, **options,
     )  # fmt: skip

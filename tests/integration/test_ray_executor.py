@@ -259,9 +259,9 @@ def test_classify_on_ray_into_s3_equals_the_in_process_run(cluster, s3, shards, 
 
 def _job(shards, tiny_hf_clip, out):
     """A classify job built the way `pictag classify` builds it, for calling the executor directly."""
-    from pictag.options import ClassifyConfig
     from pictag.pipeline.classify import ROWS_RECIPE, head_rows
     from pictag.pipeline.job import Job
+    from pictag.pipeline.options import ClassifyConfig
     from pictag.pipeline.runner import ImageFeatures
     from pictag.storage.parts import PartStore
 

@@ -15,9 +15,9 @@ from pictag.errors import PictagError
 from pictag.heads.base import create_head
 from pictag.models import create_model
 from pictag.models.run_dir import save_run_model
-from pictag.options import ClassifyConfig
 from pictag.pipeline.classify import _RESULT_DEFINING
 from pictag.pipeline.job import Run
+from pictag.pipeline.options import ClassifyConfig
 from pictag.pipeline.plan import plan_units
 from pictag.pipeline.runner import embed_all
 from pictag.storage.parts import PartStore

@@ -19,7 +19,7 @@ from pictag.errors import PictagError
 from pictag.models.engines.agreement import Agreement, measure_agreement
 from pictag.models.engines.cache import cached, entry_folder
 from pictag.models.engines.choose import check_agreement, split_held_out
-from pictag.options import ClassifyConfig
+from pictag.pipeline.options import ClassifyConfig
 
 KEY = {"spec": "test", "weights_id": "random:0", "engine": "fake"}
 

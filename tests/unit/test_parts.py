@@ -64,8 +64,8 @@ def test_output_format_follows_the_extension_in_any_case(tmp_path, name):
 
 
 def test_a_run_in_progress_is_named_as_such_and_an_interrupted_one_needs_resume(tmp_path):
-    from pictag.options import ClassifyConfig
     from pictag.pipeline.job import Run
+    from pictag.pipeline.options import ClassifyConfig
 
     cfg = ClassifyConfig(source="imgs/", out=str(tmp_path / "r.csv"), labels="a,b")
     units = plan_units(tar_source(tmp_path)[0])
@@ -92,8 +92,8 @@ def test_a_run_in_progress_is_named_as_such_and_an_interrupted_one_needs_resume(
 def test_parts_lock_merge_and_resume_on_an_fsspec_url():
     import uuid
 
-    from pictag.options import ClassifyConfig
     from pictag.pipeline.job import RUN_FILE, Run
+    from pictag.pipeline.options import ClassifyConfig
     from pictag.pipeline.plan import PLAN_FILE, Unit
 
     root = f"memory://pictag-test-{uuid.uuid4().hex[:8]}"

@@ -44,13 +44,13 @@ def test_schema_inference_and_overrides(columns, options, expected):
 @pytest.mark.parametrize(
     ("columns", "options", "message"),
     [
-        (["sku", "label"], {}, "has no id column (id); its columns: sku, label: name one with --id-col"),
+        (["sku", "label"], {}, "has no id column (id); its columns: sku, label: name one with --id-column"),
         (["id", "title"], {}, "has no label column (categories or label); its columns: id, title"),
-        (["id", "label"], {"text_cols": "title"}, "--text-cols title: the table has no such column"),
+        (["id", "label"], {"text_cols": "title"}, "--text-columns title: the table has no such column"),
         (
             ["id", "label"],
             {"label_col": "cat"},
-            "--label-col cat: the table has no such column (its columns: id, label)",
+            "--label-column cat: the table has no such column (its columns: id, label)",
         ),
     ],
 )

@@ -6,8 +6,10 @@ import sys
 
 import pytest
 
+from pictag.distributed.options import concurrency_range
 from pictag.errors import PictagError
-from pictag.options import ClassifyConfig, EmbedConfig, concurrency_range
+from pictag.pipeline.options import ClassifyConfig
+from pictag.store.options import EmbedConfig
 
 
 def test_concurrency_is_n_or_min_max():

@@ -54,8 +54,8 @@ def test_training_data_takes_each_kind_of_validation(tmp_path):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from fewshot_data import write_class_folders
 
-    from pictag.options import TrainConfig
     from pictag.train.data import load_train_data
+    from pictag.train.options import ClassifierConfig
 
     data = write_class_folders(tmp_path / "data", per_class=5)
     val = write_class_folders(tmp_path / "val", per_class=1, classes=("red", "blue"))
@@ -66,7 +66,7 @@ def test_training_data_takes_each_kind_of_validation(tmp_path):
         "folds": {"folds": 5, "fold": "1"},
         "none": {},
     }.items():
-        by[name] = load_train_data(TrainConfig(data=str(data), out="x", **options))
+        by[name] = load_train_data(ClassifierConfig(data=str(data), out="x", **options))
     assert by["val"].classes == ["blue", "green", "red"] and sorted(by["val"].val.labels) == [0, 2]
     assert len(by["split"].train) == 12 and len(by["split"].val) == 3
     assert len(by["folds"].val) == 3 and not set(by["folds"].val.keys) & set(by["folds"].train.keys)
@@ -74,5 +74,5 @@ def test_training_data_takes_each_kind_of_validation(tmp_path):
     table = tmp_path / "table.csv"
     rows = [f"{data / c / f'{i}.jpg'},{c},{'A' if i == 0 else 'B'}" for c in ("red", "blue") for i in range(3)]
     table.write_text("path,label,fold\n" + "\n".join(rows) + "\n")
-    folded = load_train_data(TrainConfig(data=str(table), out="x", fold="A"))
+    folded = load_train_data(ClassifierConfig(data=str(table), out="x", fold="A"))
     assert len(folded.val) == 2 and len(folded.train) == 4 and folded.classes == ["blue", "red"]

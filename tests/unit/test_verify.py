@@ -11,8 +11,8 @@ from conftest import tar_source
 from pictag.cli.main import main
 from pictag.distributed.verify import verify_output
 from pictag.errors import PictagError
-from pictag.options import ClassifyConfig
 from pictag.pipeline.job import Run
+from pictag.pipeline.options import ClassifyConfig
 from pictag.pipeline.plan import plan_units, unit_keys
 from pictag.storage.parts import ERRORS_SCHEMA, PartStore
 from pictag.storage.tables import write_table

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pictag.cli.common import add_command
-from pictag.options import BenchEnginesConfig
 
 EXAMPLES = """examples:
   pictag bench-engines photos/ --model open_clip:ViT-B-32/openai
@@ -18,7 +17,7 @@ def add_parser(sub) -> None:
     add_command(
         sub,
         "bench-engines",
-        BenchEnginesConfig,
+        "pictag.models.options:BenchEnginesConfig",
         "pictag.models.engines.bench:run",
         help="time every installed engine and precision on your model and images, with agreement",
         description="Time torch, ONNX Runtime and OpenVINO at fp32, bf16 and int8 on IMAGES, taking turns in one "

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pictag.cli.common import add_command
-from pictag.options import CalibrateConfig
 
 EXAMPLES = """examples:
   pictag calibrate emb/ --labels-file labels.txt --truth labelled.csv --out calib.yaml
@@ -17,7 +16,7 @@ def add_parser(sub) -> None:
     add_command(
         sub,
         "calibrate",
-        CalibrateConfig,
+        "pictag.store.options:CalibrateConfig",
         "pictag.store.calibrate:run",
         help="fit a temperature and per-class thresholds on a small labelled set",
         description="Fit, on the store images listed in a CSV (key,label), the temperature minimising the "

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pictag.cli.common import add_command
-from pictag.options import ClassifyConfig
 
 EXAMPLES = """examples:
   pictag classify data/zip1.tar --index data/zip1.index.parquet --labels "cat,dog,car" --out results.csv
@@ -23,7 +22,7 @@ def add_parser(sub) -> None:
     add_command(
         sub,
         "classify",
-        ClassifyConfig,
+        "pictag.pipeline.options:ClassifyConfig",
         "pictag.pipeline.classify:run",
         help="classify images against text labels (zero-shot) or a trained run's classes",
         description="Classify every image of a source against text labels with a CLIP-family model. Unreadable "

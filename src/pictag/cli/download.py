@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from pictag.cli.common import add_command
-from pictag.options import DownloadConfig
+
+if TYPE_CHECKING:
+    from pictag.models.options import DownloadConfig
 
 EXAMPLES = """examples:
   pictag download open_clip:ViT-B-32/openai                 # into the Hugging Face cache ($HF_HOME)
@@ -16,7 +20,7 @@ def add_parser(sub) -> None:
     add_command(
         sub,
         "download",
-        DownloadConfig,
+        "pictag.models.options:DownloadConfig",
         "pictag.cli.download:run",
         help="fetch a model's weights for offline use",
         description="Fetch what --model SPEC needs (open_clip tags, hf ids, timm names) into the Hugging Face "

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pictag.cli.common import add_command
-from pictag.options import EmbedConfig
 
 EXAMPLES = """examples:
   pictag embed data/zip1.tar --index data/index.parquet --model open_clip:ViT-B-32/openai --out emb/
@@ -20,7 +19,7 @@ def add_parser(sub) -> None:
     add_command(
         sub,
         "embed",
-        EmbedConfig,
+        "pictag.store.options:EmbedConfig",
         "pictag.store.embed:run",
         help="embed images once into a store, to re-classify and search without decoding again",
         description="Embed every image of a source into OUT, a folder (local or an fsspec URL such as "

@@ -4,15 +4,14 @@
 from __future__ import annotations
 
 from pictag.cli.common import add_command
-from pictag.options import EvaluateConfig
 
 EXAMPLES = """examples:
-  pictag evaluate runs/parts --data data/val/                                # report in runs/parts/eval/
-  pictag evaluate open_clip:ViT-B-32/openai --labels-file labels.txt --data data/val/ --out eval/   # zero-shot
-  pictag evaluate runs/fusion --data test.csv --images images/ --out eval/   # a product table, fusion runs
-  pictag evaluate runs/arc --splits splits.csv --query test --gallery train,val --recall-at 1,5
-  pictag evaluate runs/arc --splits splits.csv --query test                 # leave-one-out within test
-  pictag evaluate timm:tf_efficientnet_lite0 --query data/test/ --gallery data/train/ --out eval/
+  pictag evaluate --model runs/parts --data data/val/                                # report in runs/parts/eval/
+  pictag evaluate --model open_clip:ViT-B-32/openai --labels-file labels.txt --data data/val/ --out eval/   # zero-shot
+  pictag evaluate --model runs/fusion --data test.csv --images images/ --out eval/   # a product table, fusion runs
+  pictag evaluate --model runs/arc --splits splits.csv --query test --gallery train,val --recall-at 1,5
+  pictag evaluate --model runs/arc --splits splits.csv --query test                 # leave-one-out within test
+  pictag evaluate --model timm:tf_efficientnet_lite0 --query data/test/ --gallery data/train/ --out eval/
 """
 
 
@@ -20,7 +19,7 @@ def add_parser(sub) -> None:
     add_command(
         sub,
         "evaluate",
-        EvaluateConfig,
+        "pictag.eval.options:EvaluateConfig",
         "pictag.eval.evaluate:run",
         help="a classifier's accuracy on labelled images, or Recall@K and MAP@R of an embedding",
         description="With --data: classify the labelled images as `pictag classify` does (OUT/predictions.parquet; "

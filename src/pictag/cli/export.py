@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from pictag.cli.common import add_command
-from pictag.options import ExportConfig
+
+if TYPE_CHECKING:
+    from pictag.models.options import ExportConfig
 
 EXAMPLES = """examples:
   pictag export runs/clip-ft --format hf --out fine_tuned_clip/      # transformers' CLIPModel.from_pretrained loads it
@@ -17,7 +21,7 @@ def add_parser(sub) -> None:
     add_command(
         sub,
         "export",
-        ExportConfig,
+        "pictag.models.options:ExportConfig",
         "pictag.cli.export:run",
         help="write a trained run as a transformers, open_clip, ONNX or OpenVINO model, with a model card",
         description="Write everything a run learned in another library's format, with a README.md model card "

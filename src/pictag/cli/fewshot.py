@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pictag.cli.common import add_command
-from pictag.options import FewshotConfig
 
 EXAMPLES = """task layout:
   TEST_DIR/<set>/<task>/support/<class>/*.jpg   labelled examples; class names are the folder names
@@ -20,7 +19,7 @@ def add_parser(sub) -> None:
     add_command(
         sub,
         "fewshot",
-        FewshotConfig,
+        "pictag.fewshot.options:FewshotConfig",
         "pictag.fewshot.run:run",
         help="label query images of few-shot tasks from their support images",
         description="Fit a few-shot head on each task's support images and label its query images. OUT gets "

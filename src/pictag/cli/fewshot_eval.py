@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pictag.cli.common import add_command
-from pictag.options import FewshotEvalConfig
 
 EXAMPLES = """examples:
   pictag fewshot-eval data/ --ways 5 --shots 1,5,16 --episodes 200 --method all --model timm:tf_efficientnet_lite0 --checkpoint W.pth
@@ -15,7 +14,7 @@ def add_parser(sub) -> None:
     add_command(
         sub,
         "fewshot-eval",
-        FewshotEvalConfig,
+        "pictag.fewshot.options:FewshotEvalConfig",
         "pictag.fewshot.evaluate:run_eval",
         help="evaluate few-shot methods on episodes sampled from labelled images (DATA/<class>/*.jpg)",
         description="Embed every image once, then sample episodes (seeded: every method sees the same ones) and "

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from pictag.cli.common import add_command
-from pictag.options import IndexConfig
+
+if TYPE_CHECKING:
+    from pictag.data.options import IndexConfig
 
 
 def add_parser(sub) -> None:
     add_command(
         sub,
         "index",
-        IndexConfig,
+        "pictag.data.options:IndexConfig",
         "pictag.cli.index:run",
         help="index a TAR archive so images are read in place",
         description="Write a Parquet index (key, offset, size) of the images in a TAR by reading its headers only.",

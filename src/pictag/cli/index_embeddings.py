@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from pictag.cli.common import add_command
-from pictag.options import IndexEmbeddingsConfig
+
+if TYPE_CHECKING:
+    from pictag.store.options import IndexEmbeddingsConfig
 
 EXAMPLES = """examples:
   pictag index-embeddings emb/                          # flat below 1M vectors, IVF from 1M (printed)
@@ -16,7 +20,7 @@ def add_parser(sub) -> None:
     add_command(
         sub,
         "index-embeddings",
-        IndexEmbeddingsConfig,
+        "pictag.store.options:IndexEmbeddingsConfig",
         "pictag.cli.index_embeddings:run",
         help="build the search index of an embedding store",
         description="Build a Faiss inner-product index of every vector of an embedding store and save it as "

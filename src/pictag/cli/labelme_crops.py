@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pictag.cli.common import add_command
-from pictag.options import LabelmeCropsConfig
 
 EXAMPLES = """examples:
   pictag labelme-crops annotations/ --out ClassDataset/
@@ -17,7 +16,7 @@ def add_parser(sub) -> None:
     add_command(
         sub,
         "labelme-crops",
-        LabelmeCropsConfig,
+        "pictag.data.options:LabelmeCropsConfig",
         "pictag.data.labelme:run",
         help="cut labelme boxes, polygons and circles into a folder of classes",
         description="Crop every rectangle, polygon, circle (and X-AnyLabeling rotated box) of labelme JSON files "

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from pictag.cli.common import add_command
-from pictag.options import ModelsConfig
+
+if TYPE_CHECKING:
+    from pictag.models.options import ModelsConfig
 
 
 def add_parser(sub) -> None:
     add_command(
         sub,
         "models",
-        ModelsConfig,
+        "pictag.models.options:ModelsConfig",
         "pictag.cli.models:run",
         help="list model specs and weight tags, or with --cached what the cache holds",
         description="List model specs usable with --model. open_clip specs end in /TAG (the weights); "

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from pictag.cli.common import add_command
-from pictag.options import SearchConfig
+
+if TYPE_CHECKING:
+    from pictag.store.options import SearchConfig
 
 EXAMPLES = """examples:
   pictag search emb/ --text "a red sports car" --top-k 20
@@ -16,7 +20,7 @@ def add_parser(sub) -> None:
     add_command(
         sub,
         "search",
-        SearchConfig,
+        "pictag.store.options:SearchConfig",
         "pictag.cli.search:run",
         help="find the images of an embedding store nearest to a text or an image",
         description="Search an embedding store with its saved index (`pictag index-embeddings`), or exactly by "

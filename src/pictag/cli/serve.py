@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from functools import partial
+from typing import TYPE_CHECKING
 
-from pictag.cli.common import add_command, add_config_args, execute
-from pictag.serve.config import ServeConfig
+from pictag.cli.common import CommandParser, add_command
+
+if TYPE_CHECKING:
+    from pictag.serve.config import ServeConfig
 
 EXAMPLES = """examples:
   pictag serve --config serve.yaml                      # one machine: API + in-process worker, no Redis
@@ -25,7 +27,7 @@ def add_parser(sub) -> None:
     p = add_command(
         sub,
         "serve",
-        ServeConfig,
+        "pictag.serve.config:ServeConfig",
         "pictag.cli.serve:_single",
         help="serve a model over HTTP: zero-shot labels, a trained run's classes, or a gallery vote",
         description="Serve /v1/classify, /v1/jobs, a web page at / and /metrics. The model picks the service unless "
@@ -35,11 +37,10 @@ def add_parser(sub) -> None:
         "`serve worker`, joined by Redis (redis_url).",
         examples=EXAMPLES,
     )
-    modes = p.add_subparsers(dest="mode", metavar="MODE", parser_class=type(p))
+    modes = p.add_subparsers(dest="mode", metavar="MODE", parser_class=CommandParser)
     for mode, (text, target) in MODES.items():
         parser = modes.add_parser(mode, help=text, description=text[0].upper() + text[1:] + ".")
-        add_config_args(parser, ServeConfig)
-        parser.set_defaults(func=partial(execute, ServeConfig, f"pictag.cli.serve:{target}"))
+        parser.config, parser.target = "pictag.serve.config:ServeConfig", f"pictag.cli.serve:{target}"
 
 
 def _needs_redis(cfg: ServeConfig, mode: str) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pictag.cli.common import add_command
-from pictag.options import SplitsConfig
 
 EXAMPLES = """examples:
   pictag splits data/ --out splits.csv --ratios 0.7,0.15,0.15 --min-size 224
@@ -11,7 +10,7 @@ EXAMPLES = """examples:
   pictag splits coil100/ --out splits.csv --by class          # open set: test objects are never trained on
 then:
   pictag train data/ --splits splits.csv ...
-  pictag evaluate RUN --splits splits.csv --query test --gallery train,val --recall-at 1,5
+  pictag evaluate --model RUN --splits splits.csv --query test --gallery train,val --recall-at 1,5
 """
 
 
@@ -19,7 +18,7 @@ def add_parser(sub) -> None:
     add_command(
         sub,
         "splits",
-        SplitsConfig,
+        "pictag.data.options:SplitsConfig",
         "pictag.data.splits:run",
         help="split a labelled set into train/val/test, each object (ID) in one split",
         description="Group the images of each class by the ID in their file names ({ID}_{seq}.jpg), deal whole "

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from pictag.cli.common import add_command
-from pictag.options import TrainConfig
 
 EXAMPLES = """examples:
   pictag train ClassDataset/ --model timm:tf_efficientnet_lite0 --checkpoint w.pth --val-split 0.2 --out runs/parts
@@ -20,12 +22,44 @@ def add_parser(sub) -> None:
     add_command(
         sub,
         "train",
-        TrainConfig,
+        "pictag.train.options:TrainConfig",
         "pictag.train.run:run",
+        config_for="pictag.cli.train:config_for",
         help="train a classifier (or another --task) on DATA/<class>/*.jpg or a table",
         description="Fine-tune a backbone and a head initialised from the class prototypes with AdamW over named "
         "parameter groups, warmup and a cosine/linear/plateau schedule, mixed precision chosen for the device, "
         "and DDP under torchrun. OUT gets last.ckpt (a rerun continues from it; --fresh starts over), best/ "
-        "(the model: --model OUT), metrics.csv, curves.png, confusion.png, per_class.csv, tb/ and config.yaml.",
+        "(the model: --model OUT), metrics.csv, curves.png, confusion.png, per_class.csv, tb/ and config.yaml. "
+        "Each task has its own options besides the shared ones: `pictag train --task fusion --help` lists fusion's "
+        "(classifier's are listed when no --task is given).",
         examples=EXAMPLES,
     )
+
+
+def config_for(args: list[str]) -> type:
+    """The config class of the task that `args` name, by --task or in the --config file (classifier's when neither
+    does), so that each task's options are parsed, and listed by --help, only with it."""
+    from pictag.train.options import train_config
+
+    task = _flag(args, "--task")
+    config = _flag(args, "--config")
+    if task is None and config is not None and os.path.isfile(config):
+        import yaml
+
+        try:  # a broken file is reported, naming it, when the config is loaded
+            values = yaml.safe_load(Path(config).read_text())
+        except yaml.YAMLError:
+            values = None
+        task = values.get("task") if isinstance(values, dict) else None
+    return train_config(task if isinstance(task, str) else None)
+
+
+def _flag(args: list[str], name: str) -> str | None:
+    """The value of the last `name VALUE` or `name=VALUE` in `args`, as argparse reads it."""
+    value = None
+    for i, arg in enumerate(args):
+        if arg == name and i + 1 < len(args):
+            value = args[i + 1]
+        elif arg.startswith(name + "="):
+            value = arg[len(name) + 1 :]
+    return value

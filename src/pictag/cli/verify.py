@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pictag.cli.common import add_command
-from pictag.options import VerifyConfig
 
 EXAMPLES = """examples:
   pictag verify results.parquet          # a classify output (its plan is kept in results.plan.parquet)
@@ -16,7 +15,7 @@ def add_parser(sub) -> None:
     add_command(
         sub,
         "verify",
-        VerifyConfig,
+        "pictag.distributed.options:VerifyConfig",
         "pictag.distributed.verify:run",
         help="check that an output holds every planned image exactly once",
         description="Compare OUT with the plan its run saved: every planned key once (results and errors "

@@ -128,15 +128,15 @@ def infer_schema(
             f"{where} has no {what} column ({' or '.join(candidates)}); its columns: {found}: name one with {option}"
         )
 
-    ident = named("--id-col", id_col) if id_col else usual("--id-col", ID_COLUMNS, "id")
+    ident = named("--id-column", id_col) if id_col else usual("--id-column", ID_COLUMNS, "id")
     label = None
     if label_col:
-        label = named("--label-col", label_col)
+        label = named("--label-column", label_col)
     elif need_label:
-        label = usual("--label-col", LABEL_COLUMNS, "label")
+        label = usual("--label-column", LABEL_COLUMNS, "label")
     if text_cols:
         names = [t.strip() for t in text_cols.split(",")] if isinstance(text_cols, str) else list(text_cols)
-        text = tuple(named("--text-cols", name) for name in names if name)
+        text = tuple(named("--text-columns", name) for name in names if name)
     else:
         text = next(
             (tuple(c for c in group if c in columns) for group in TEXT_COLUMNS if set(group) & set(columns)), ()

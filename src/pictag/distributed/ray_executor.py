@@ -76,7 +76,7 @@ class RayExecutor:
     @classmethod
     def from_options(cls, cfg: Any) -> RayExecutor:
         """The executor a config's `ExecutorOptions` describe."""
-        from pictag.options import concurrency_range
+        from pictag.distributed.options import concurrency_range
 
         return cls(
             address=cfg.ray_address,

@@ -291,7 +291,7 @@ def _product_truth(cfg) -> Truth:
     from pictag.eval.plots import thumbnail
 
     products = read_products(
-        cfg.source, images=cfg.images, id_col=cfg.id_col, label_col=cfg.label_col, text_cols=cfg.text_cols,
+        cfg.source, images=cfg.images, id_col=cfg.id_column, label_col=cfg.label_column, text_cols=cfg.text_columns,
         need_label=True, quiet=True,
     )  # fmt: skip
     first_image = {i: paths[0] for i, paths in zip(products.ids, products.images, strict=True) if paths}

@@ -27,8 +27,9 @@ from pictag.data.splits import read_splits
 from pictag.device import default_workers
 from pictag.errors import PictagError
 from pictag.eval.classification import ClassificationReport
+from pictag.eval.options import EvaluateConfig
 from pictag.eval.retrieval import Overlap, RetrievalMetrics, overlap, retrieval_metrics
-from pictag.options import ClassifyConfig, EvaluateConfig
+from pictag.pipeline.options import ClassifyConfig
 from pictag.pipeline.runner import Embedded, Only, embed_all
 
 SHOWN_RESULTS = 5
@@ -189,7 +190,7 @@ def evaluate_classifier(cfg: EvaluateConfig) -> ClassificationReport:
     if cfg.labels_file:  # read once: the report checks them, then classify uses them (a pipe reads only once)
         options |= {"labels": parse_labels(cfg.labels, cfg.labels_file), "labels_file": None}
     predictions = ClassifyConfig(**options | {"source": cfg.data, "out": str(out / "predictions.parquet"), "top_k": 5})
-    truth = Truth.of(predictions, cfg.label_column)  # unknown classes refused before any model is loaded
+    truth = Truth.of(predictions, cfg.label_column or "label")  # unknown classes refused before any model is loaded
     classified = classify(predictions)
     report = truth.report(classified.out, classified.errors, out)
     dump_config(cfg, out / "config.yaml")
@@ -274,7 +275,9 @@ def _open_sources(cfg: EvaluateConfig) -> tuple[Source, Source | None]:
     for uri in (cfg.query, cfg.gallery):
         if uri is not None and not is_url(uri) and not os.path.exists(uri):
             raise PictagError(f"{uri} does not exist: give a labelled folder or table, or split names with --splits")
-        opened.append(None if uri is None else open_source(uri, labelled=True, label_column=cfg.label_column))
+        opened.append(
+            None if uri is None else open_source(uri, labelled=True, label_column=cfg.label_column or "label")
+        )
     return opened[0], opened[1]
 
 

@@ -17,12 +17,12 @@ from pictag.config import dump_config
 from pictag.data.sources import open_source
 from pictag.device import default_workers
 from pictag.errors import PictagError
+from pictag.fewshot.options import FewshotEvalConfig
 from pictag.fewshot.tasks import sample_episodes
 from pictag.heads.auto import CANDIDATES, AutoHead
 from pictag.heads.base import FEW_SHOT, check_head, create_head, list_heads
 from pictag.heads.zero_shot import ZeroShotClassifier
 from pictag.models.base import Encoder
-from pictag.options import FewshotEvalConfig
 from pictag.pipeline.runner import embed_all
 
 

@@ -15,12 +15,12 @@ from pictag.config import dump_config, load_config, sibling
 from pictag.data.sources import open_source
 from pictag.device import default_workers
 from pictag.errors import PictagError
+from pictag.fewshot.options import FewshotConfig
 from pictag.fewshot.tasks import Task, find_tasks
 from pictag.heads.base import FEW_SHOT, Head, check_head, create_head
 from pictag.heads.trained import FINETUNED, finetuned_head, read_trained_head
 from pictag.heads.zero_shot import ZeroShotClassifier
 from pictag.models.base import Encoder
-from pictag.options import FewshotConfig
 from pictag.pipeline.runner import Only, embed_all
 from pictag.storage.tables import TableWriter, output_format
 

@@ -29,8 +29,8 @@ from pictag.heads.zero_shot import ZeroShotClassifier
 from pictag.models.base import Encoder
 from pictag.models.registry import default_model, parse_spec
 from pictag.models.run_dir import read_meta, run_head
-from pictag.options import ClassifyConfig
 from pictag.pipeline.job import InProcessExecutor, Job, JobResult, Run, executor_for, run_job
+from pictag.pipeline.options import ClassifyConfig
 from pictag.pipeline.runner import EmbeddingBatch, image_features
 from pictag.pipeline.store_features import StoreFeatures, store_units
 from pictag.prompts import UNKNOWN, load_templates, parse_labels, read_once
@@ -89,7 +89,7 @@ def run(cfg: ClassifyConfig) -> ClassifyResult | Printed:
     labels, labels_file, templates = read_once(cfg.labels, cfg.labels_file, cfg.templates)
     cfg = dataclasses.replace(cfg, labels=labels, labels_file=labels_file, templates=templates)
     # The labels are read, and classes the model does not know refused, before any work.
-    truth = Truth.of(cfg) if cfg.report else None
+    truth = Truth.of(cfg, cfg.label_column or "label") if cfg.report else None
     if cfg.images:  # a product table, classified by fusion runs
         from pictag.pipeline.products import run as classify_products
 

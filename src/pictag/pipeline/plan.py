@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from pictag.data.sources import Shard, Source
 from pictag.errors import PictagError
-from pictag.options import DEFAULT_UNIT_SIZE
+from pictag.pipeline.options import DEFAULT_UNIT_SIZE
 
 PLAN_FILE = "_plan.parquet"
 PLAN_SCHEMA = pa.schema(

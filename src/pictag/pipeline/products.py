@@ -22,8 +22,8 @@ from pictag.config import dump_config, sibling
 from pictag.data.products import Products, embed_views, offsets_of, pool_views, read_products
 from pictag.errors import PictagError
 from pictag.models.base import weights_digest
-from pictag.options import ClassifyConfig
 from pictag.pipeline.job import Job, Run, run_job
+from pictag.pipeline.options import ClassifyConfig
 from pictag.pipeline.plan import Unit
 from pictag.pipeline.runner import EmbeddingBatch
 from pictag.storage.files import exists
@@ -33,8 +33,8 @@ from pictag.storage.tables import output_format, write_table
 _RESULT_DEFINING = (
     "source",
     "images",
-    "id_col",
-    "text_cols",
+    "id_column",
+    "text_columns",
     "multi_image",
     "missing_image",
     "model",
@@ -221,9 +221,9 @@ def run(cfg: ClassifyConfig):
     products = read_products(
         cfg.source,
         images=cfg.images,
-        id_col=cfg.id_col,
-        label_col=cfg.label_col,
-        text_cols=cfg.text_cols,
+        id_col=cfg.id_column,
+        label_col=cfg.label_column,
+        text_cols=cfg.text_columns,
         need_label=False,
         need_text=True,
         missing_image=cfg.missing_image,

@@ -23,8 +23,8 @@ from pictag.data.fast_decode import Decode
 from pictag.data.sources import Source, open_source
 from pictag.errors import PictagError
 from pictag.models.base import Encoder
+from pictag.models.options import EngineOptions
 from pictag.models.preprocess import Preprocess
-from pictag.options import EngineOptions
 from pictag.pipeline.plan import Unit, plan_units
 
 

@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Literal
 
+from pictag.data.limits import DEFAULT_MAX_ASPECT_RATIO
 from pictag.errors import PictagError
 from pictag.models.registry import default_model
 from pictag.prompts import load_templates, read_once
@@ -95,7 +96,7 @@ class ServeConfig:
     max_job_items: int = 1000
     max_upload_bytes: int = 20_000_000
     max_pixels: int = 40_000_000
-    max_aspect_ratio: float = 50.0  # decode.DEFAULT_MAX_ASPECT_RATIO, not imported: `pictag --help` loads this
+    max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO
     max_labels: int = 1000
     max_templates: int = 100
     max_json_depth: int = 32

@@ -29,8 +29,8 @@ from pictag.heads.calibration import (
     templates_digest,
 )
 from pictag.heads.knn import KnnHead
-from pictag.options import CalibrateConfig
 from pictag.pipeline.classify import classification_head
+from pictag.store.options import CalibrateConfig
 from pictag.store.store import EmbeddingStore
 
 COVERAGE_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)

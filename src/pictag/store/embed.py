@@ -12,12 +12,12 @@ from pictag.config import dump_config, load_config
 from pictag.data._io import is_url
 from pictag.device import default_workers
 from pictag.errors import PictagError
-from pictag.options import EmbedConfig
 from pictag.pipeline.job import RUN_FILE, Job, JobResult, Run, executor_for, run_job
 from pictag.pipeline.runner import EmbeddingBatch, image_features
 from pictag.storage.lock import LOCK_FILE
 from pictag.storage.parts import ERRORS_SCHEMA, PartStore
 from pictag.storage.tables import write_table
+from pictag.store.options import EmbedConfig
 from pictag.store.store import (
     DTYPES,
     MANIFEST,

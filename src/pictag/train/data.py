@@ -122,7 +122,7 @@ def load_train_data(cfg, open_set_val: bool = False) -> TrainData:
     """
     if cfg.splits:
         return _from_splits(cfg, open_set_val)
-    split, classes, metas = read_split(cfg.data, label_column=cfg.label_column, text_column=cfg.text_column)
+    split, classes, metas = read_split(cfg.data, label_column=cfg.label_column, text_column=cfg.text_columns)
     if len(classes) < 2:
         raise PictagError(
             f"{cfg.data} has {len(classes)} class ({', '.join(classes) or 'none'}): training a classifier needs at "
@@ -130,7 +130,7 @@ def load_train_data(cfg, open_set_val: bool = False) -> TrainData:
         )
     val = None
     if cfg.val:
-        val, val_classes, _ = read_split(cfg.val, label_column=cfg.label_column, text_column=cfg.text_column)
+        val, val_classes, _ = read_split(cfg.val, label_column=cfg.label_column, text_column=cfg.text_columns)
         unknown = sorted(set(val_classes) - set(classes))
         if unknown:
             raise PictagError(
@@ -162,7 +162,7 @@ def _from_splits(cfg, open_set_val: bool) -> TrainData:
         raise PictagError(f"--splits names the validation images: drop {given[0] if given else '--fold'}")
     table = read_splits(cfg.splits, root=cfg.data)  # refuses a CSV of another folder, missing columns, empty cells
     table.select("train")  # refuses an empty train split in one line
-    split, classes, metas = read_split(cfg.splits, label_column="class", text_column=cfg.text_column)
+    split, classes, metas = read_split(cfg.splits, label_column="class", text_column=cfg.text_columns)
 
     def side(name: str) -> tuple[Split | None, list[str]]:
         positions = [i for i, meta in enumerate(metas) if meta.get("split") == name]

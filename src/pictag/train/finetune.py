@@ -21,10 +21,10 @@ from pathlib import Path
 
 import torch
 
-from pictag.config import dump_config, load_config
+from pictag.config import dump_config, group_values, load_config
 from pictag.errors import PictagError
-from pictag.options import FinetuneConfig, TrainConfig
 from pictag.storage.files import atomic_path
+from pictag.train.options import FinetuneConfig, TrainConfig
 
 
 @dataclass
@@ -37,7 +37,7 @@ class FinetuneResult:
     seconds: float
 
     def summary(self) -> str:
-        val = "n/a (no --val-data)" if self.best_val_accuracy is None else f"{self.best_val_accuracy * 100:.2f} %"
+        val = "n/a (no --val)" if self.best_val_accuracy is None else f"{self.best_val_accuracy * 100:.2f} %"
         return (
             f"trained {self.epochs} epoch(s) in {self.seconds:.1f} s; best val accuracy {val} -> {self.best} "
             f"(load with --checkpoint); metrics -> {self.metrics}"
@@ -46,16 +46,20 @@ class FinetuneResult:
 
 def train_config(cfg: FinetuneConfig) -> TrainConfig:
     """The `pictag train` options that do what `cfg` asks."""
-    if not Path(cfg.train_data).is_dir():
-        raise PictagError(f"{cfg.train_data} is not a folder: give a folder of <class>/*.jpg")
+    if not Path(cfg.data).is_dir():
+        raise PictagError(f"{cfg.data} is not a folder: give a folder of <class>/*.jpg")
+    given = group_values(cfg.lr, "--lr", "(0, inf)")
+    rates = {"backbone": 1e-5, "head": 5e-4} | (
+        {"backbone": given[None], "head": given[None]} if None in given else given
+    )
     return TrainConfig(
-        data=cfg.train_data,
-        val=cfg.val_data,
+        data=cfg.data,
+        val=cfg.val,
         out=cfg.out,
         task="fewshot",
         epochs=cfg.epochs,
         batch_size=cfg.batch_size,
-        lr=f"backbone={cfg.lr_backbone},head={cfg.lr_head}",
+        lr=",".join(f"{group}={rate}" for group, rate in rates.items()),
         weight_decay=str(cfg.weight_decay),
         label_smoothing=cfg.label_smoothing,
         warmup_epochs=cfg.warmup_epochs,
@@ -93,9 +97,9 @@ def run(cfg: FinetuneConfig) -> FinetuneResult:
     )
 
 
-def finetune(train_data: str, out: str, **options) -> FinetuneResult:
+def finetune(data: str | None = None, out: str | None = None, **options) -> FinetuneResult:
     """Python twin of `pictag fewshot-train`: options are the FinetuneConfig fields."""
-    return run(load_config(FinetuneConfig, train_data=train_data, out=out, **options))
+    return run(load_config(FinetuneConfig, data=data, out=out, **options))
 
 
 def _history(out: Path) -> list[dict]:

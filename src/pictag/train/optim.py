@@ -25,7 +25,7 @@ def per_group(text: str | float | None, groups: Sequence[str], option: str) -> d
     Raises:
         PictagError: a name that is not one of `groups` (they are listed), or a value that is not a number.
     """
-    from pictag.options import group_values
+    from pictag.config import group_values
 
     values: dict[str, float | None] = dict.fromkeys(groups)
     parsed = group_values(text, option, "(-inf, inf)")  # the option's own range is checked with its group

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pictag.config import load_config
 from pictag.errors import PictagError
-from pictag.options import TrainConfig
+from pictag.train.options import TrainConfig, train_config
 
 # What options left unset (None) mean when the task has no value of its own (`Task.defaults`).
 DEFAULTS = {"label_smoothing": 0.1, "early_stop": "val_top1"}
@@ -153,5 +153,5 @@ def init_from(task, run: str) -> None:
 
 
 def train(data: str, out: str, **options):
-    """Python twin of `pictag train`: options are the TrainConfig fields."""
-    return run(load_config(TrainConfig, data=data, out=out, **options))
+    """Python twin of `pictag train`: options are the fields of the task's config (`train_config(task)`)."""
+    return run(load_config(train_config(options.get("task")), data=data, out=out, **options))

@@ -74,9 +74,9 @@ def load_products(cfg) -> ProductData:
         return read_products(
             table,
             images=cfg.images,
-            id_col=cfg.id_col,
-            label_col=cfg.label_col,
-            text_cols=cfg.text_cols,
+            id_col=cfg.id_column,
+            label_col=cfg.label_column,
+            text_cols=cfg.text_columns,
             need_text=True,
             missing_image=cfg.missing_image,
         )
@@ -257,7 +257,7 @@ class FusionTask(Task):
         if cfg.images is None or cfg.val:  # a second table validates: one run (`load_products` checks the rest)
             return None
         products = read_products(
-            cfg.data, id_col=cfg.id_col, label_col=cfg.label_col, text_cols=cfg.text_cols, quiet=True
+            cfg.data, id_col=cfg.id_column, label_col=cfg.label_column, text_cols=cfg.text_columns, quiet=True
         )
         return sorted(set(products.folds), key=lambda f: (len(f), f)) if products.folds is not None else None
 
