@@ -15,7 +15,7 @@ from pictag.errors import PictagError
 from pictag.heads.zero_shot import ZeroShotClassifier
 from pictag.prompts import parse_labels, request_templates
 from pictag.serve.config import ServeConfig
-from pictag.serve.service import Service, register_service
+from pictag.serve.service import Service
 
 
 @dataclass
@@ -36,7 +36,6 @@ class Prediction:
     neighbours: list[dict] | None = None  # the nearest gallery images, where there is a gallery
 
 
-@register_service("zero-shot")
 class ZeroShotService(Service[Query, Prediction]):
     """Zero-shot classification with per-request labels and templates.
 
@@ -46,6 +45,8 @@ class ZeroShotService(Service[Query, Prediction]):
     Args:
         cfg: The serving config (model, default labels and templates, limits).
     """
+
+    name = "zero-shot"
 
     def __init__(self, cfg: ServeConfig):
         super().__init__(cfg)
