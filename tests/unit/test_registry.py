@@ -58,3 +58,19 @@ def test_a_plugin_registers_a_target_or_the_object_itself():
     assert "mine" in registry and "other" not in registry
     assert registry.get("mine") is marker
     assert registry.get("text") is json.loads
+
+
+def test_a_training_task_whose_module_fails_to_import_is_an_error_naming_it(tmp_path, monkeypatch):
+    from pictag.train import task
+
+    (tmp_path / "broken_task.py").write_text("import no_such_dependency_of_pictag\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    tasks = Registry("training task", {**dict.fromkeys(task.TASKS.names(), "json:dumps"), "broken": "broken_task:Task"})
+    monkeypatch.setattr(task, "TASKS", tasks)
+    assert "broken" in task.list_tasks()
+    with pytest.raises(PictagError, match="training task 'broken' cannot be loaded: importing broken_task failed"):
+        task.get_task("broken")
+    with pytest.raises(
+        PictagError, match="unknown task 'clasifier': use one of .*classifier.*; did you mean 'classifier'"
+    ):
+        task.get_task("clasifier")
