@@ -12,8 +12,9 @@ from pictag.config import dump_config, load_config
 from pictag.data._io import is_url
 from pictag.device import default_workers
 from pictag.errors import PictagError
+from pictag.executors import executor_for
 from pictag.options import EmbedConfig
-from pictag.pipeline.job import RUN_FILE, Job, JobResult, Run, executor_for, run_job
+from pictag.pipeline.job import RUN_FILE, Job, JobResult, Run, run_job
 from pictag.pipeline.parts import ERRORS_SCHEMA, LOCK_FILE, PartStore, write_table
 from pictag.pipeline.runner import EmbeddingBatch, image_features
 from pictag.store.store import (
