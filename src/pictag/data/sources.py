@@ -92,6 +92,16 @@ class Shard(ABC):
         """Records ``start:stop`` of this shard, as a shard of their own, named ``<name>:<start>-<stop>``."""
 
 
+class Only:
+    """A `skip` set for `Shard.read`: everything except the wanted keys (picklable, for DataLoader workers)."""
+
+    def __init__(self, wanted: frozenset[str]):
+        self.wanted = wanted
+
+    def __contains__(self, key: object) -> bool:
+        return key not in self.wanted
+
+
 class Source(ABC):
     """A collection of images, split into shards.
 

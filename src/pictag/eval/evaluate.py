@@ -22,14 +22,14 @@ import numpy as np
 
 from pictag.config import dump_config, load_config
 from pictag.data._io import is_url
-from pictag.data.sources import Source, open_source
+from pictag.data.sources import Only, Source, open_source
 from pictag.data.splits import read_splits
 from pictag.device import default_workers
 from pictag.errors import PictagError
 from pictag.eval.classification import ClassificationReport
 from pictag.eval.retrieval import Overlap, RetrievalMetrics, overlap, retrieval_metrics
 from pictag.options import ClassifyConfig, EvaluateConfig
-from pictag.pipeline.runner import Embedded, Only, embed_all
+from pictag.pipeline.runner import Embedded, embed_all
 
 SHOWN_RESULTS = 5
 

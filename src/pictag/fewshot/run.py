@@ -12,7 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pictag.config import dump_config, load_config, sibling
-from pictag.data.sources import open_source
+from pictag.data.sources import Only, open_source
 from pictag.device import default_workers
 from pictag.errors import PictagError
 from pictag.fewshot.tasks import Task, find_tasks
@@ -22,7 +22,7 @@ from pictag.heads.zero_shot import ZeroShotClassifier
 from pictag.models.base import Encoder
 from pictag.options import FewshotConfig
 from pictag.pipeline.parts import TableWriter, output_format
-from pictag.pipeline.runner import Only, embed_all
+from pictag.pipeline.runner import embed_all
 
 log = logging.getLogger(__name__)
 

@@ -246,16 +246,6 @@ def iter_embeddings(
     return stage.batches(plan_units(source), workers, stats if stats is not None else {})
 
 
-class Only:
-    """A `skip` set for the runner: everything except the wanted keys (picklable, for DataLoader workers)."""
-
-    def __init__(self, wanted: frozenset[str]):
-        self.wanted = wanted
-
-    def __contains__(self, key: object) -> bool:
-        return key not in self.wanted
-
-
 @dataclass
 class Embedded:
     """Every embedding of a source, in memory, for jobs that fit on them (few-shot, probes, calibration).
