@@ -56,9 +56,9 @@ def build_job(cfg, out: Path):
     from pictag.pipeline.job import Job
     from pictag.pipeline.parts import PartStore
     from pictag.pipeline.plan import plan_units
-    from pictag.pipeline.runner import ImageFeatures
+    from pictag.pipeline.runner import ImageFeatures, stage_encoder
 
-    encoder = cfg.create_encoder()
+    encoder = stage_encoder(cfg)
     rows, schema = head_rows(cfg, encoder)
     units = plan_units(open_source(cfg.source), cfg.unit_size)
     features = ImageFeatures(encoder, cfg.batch_size, cfg.max_pixels)

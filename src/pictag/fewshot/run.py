@@ -20,6 +20,7 @@ from pictag.heads.base import FEW_SHOT, Head, check_head, create_head
 from pictag.heads.trained import FINETUNED, finetuned_head, read_trained_head
 from pictag.heads.zero_shot import ZeroShotClassifier
 from pictag.models.base import Encoder
+from pictag.models.build import build_encoder
 from pictag.options import FewshotConfig
 from pictag.pipeline.parts import TableWriter, output_format
 from pictag.pipeline.runner import embed_all
@@ -78,7 +79,13 @@ def run(cfg: FewshotConfig) -> FewshotResult:
         raise PictagError(f"{out} already exists: pass --overwrite to replace it")
     trained = _trained_head(cfg)
     tasks = find_tasks(cfg.test_dir)
-    encoder = cfg.create_encoder()
+    encoder = build_encoder(
+        cfg.model,
+        checkpoint=cfg.checkpoint,
+        random_weights=cfg.random_weights,
+        device=cfg.device,
+        precision=cfg.precision,
+    )
     config_out = dump_config(cfg, sibling(out, ".config.yaml"))
     features, unreadable = _embed(cfg, tasks, encoder)
     for task in tasks:
