@@ -55,8 +55,11 @@ class Registry(Generic[T]):
         module_name, _, attr = target.partition(":")
         try:
             module = importlib.import_module(module_name)
-        except ImportError as exc:
-            raise PictagError(f"{self.kind} {name!r} cannot be loaded: importing {module_name} failed: {exc}") from exc
+        except Exception as exc:  # a missing dependency, or any error the module raises as it loads
+            cause = str(exc) if isinstance(exc, ImportError) else f"{type(exc).__name__}: {exc}"
+            raise PictagError(
+                f"{self.kind} {name!r} cannot be loaded: importing {module_name} failed: {cause}"
+            ) from exc
         try:
             value = getattr(module, attr)
         except AttributeError as exc:

@@ -74,3 +74,14 @@ def test_a_training_task_whose_module_fails_to_import_is_an_error_naming_it(tmp_
         PictagError, match="unknown task 'clasifier': use one of .*classifier.*; did you mean 'classifier'"
     ):
         task.get_task("clasifier")
+
+
+def test_an_entry_whose_module_raises_as_it_loads_names_the_error(tmp_path, monkeypatch):
+    (tmp_path / "raising_plugin.py").write_text("raise RuntimeError('no GPU driver')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    registry = Registry("head", {"raising": "raising_plugin:Head"})
+    with pytest.raises(
+        PictagError,
+        match="head 'raising' cannot be loaded: importing raising_plugin failed: RuntimeError: no GPU driver",
+    ):
+        registry.get("raising")
