@@ -187,8 +187,7 @@ def defaults(work: Path, args) -> None:
     from sklearn.model_selection import GridSearchCV
     from threadpoolctl import threadpool_limits
 
-    from pictag.data.product_images import pool_views
-    from pictag.data.products import read_products
+    from pictag.data.products import pool_views, read_products
     from pictag.data.splits import kfold_split
 
     table = subset_table(work, args.subset_per_class)

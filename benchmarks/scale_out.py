@@ -54,9 +54,9 @@ def build_job(cfg, out: Path):
     from pictag.data import open_source
     from pictag.pipeline.classify import ROWS_RECIPE, head_rows
     from pictag.pipeline.job import Job
-    from pictag.pipeline.parts import PartStore
     from pictag.pipeline.plan import plan_units
     from pictag.pipeline.runner import ImageFeatures, stage_encoder
+    from pictag.storage.parts import PartStore
 
     encoder = stage_encoder(cfg)
     rows, schema = head_rows(cfg, encoder)

@@ -1,6 +1,6 @@
 """Draws docs/img/data-path.png, the picture of a batch job's data path in docs/architecture.md.
 
-    python docs/img/data_path.py
+python docs/img/data_path.py
 """
 
 from pathlib import Path
@@ -16,7 +16,7 @@ STAGES = [
     ("decode", "Records → crops\nDataLoader workers,\nuint8 H×W×3", "pictag.pipeline.runner"),
     ("encoder", "Encoder\nnormalise on device,\nencode_image", "pictag.models"),
     ("head", "Head\nfeatures → logits\n→ scores / rows", "pictag.heads"),
-    ("parts", "Parts\none per unit, tmp →\nfsync → rename", "pictag.pipeline.parts"),
+    ("parts", "Parts\none per unit, tmp →\nfsync → rename", "pictag.storage"),
     ("merge", "Output\nmerge to CSV/Parquet,\nerrors, config", "the task"),
 ]
 

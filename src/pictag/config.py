@@ -16,13 +16,9 @@ from typing import Any, TypeVar
 import yaml
 
 from pictag.errors import PictagError
+from pictag.storage.files import is_url
 
 C = TypeVar("C")
-_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")  # as pictag.data._io.is_url, which imports this module
-
-
-def _is_url(location: str) -> bool:
-    return bool(_URL.match(location))
 
 
 def cache_dir() -> Path:
@@ -107,7 +103,7 @@ def _attributes(doc: str) -> dict[str, str]:
 
 def dump_config(cfg: Any, path: str | os.PathLike) -> Path | str:
     """Write the resolved config as YAML, so a run can be repeated with `--config` (a path or an fsspec URL)."""
-    if _is_url(os.fspath(path)):
+    if is_url(os.fspath(path)):
         import fsspec
 
         with fsspec.open(os.fspath(path), "w") as f:
@@ -124,7 +120,7 @@ def sibling(out: str | os.PathLike, suffix: str) -> Path | str:
 
     For an fsspec URL it is the URL of that file (a string; `Path` would fold its "//").
     """
-    if _is_url(os.fspath(out)):
+    if is_url(os.fspath(out)):
         folder, _, name = os.fspath(out).rpartition("/")
         stem, dot, _ = name.rpartition(".")
         return f"{folder}/{stem if dot else name}{suffix}"

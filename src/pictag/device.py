@@ -4,7 +4,8 @@
 precision a device runs natively: bf16 (or fp16) on GPUs, fp16 on MPS, bf16 on CPUs with AVX512-BF16 or AMX-BF16
 instructions, fp32 on every other CPU (there bf16 is emulated and slower than fp32). On this project's CPU bf16 ran
 the ViT-B/32 image tower 2.2x faster than fp32, with the accuracy cost measured in docs/cpu-inference.md.
-`precision="fp32"` stays exact: the golden tests pin it.
+`precision="fp32"` stays exact: the golden tests pin it. `choose_precision` is the one rule, for inference,
+training and the compiled engines.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+from collections.abc import Collection
 from pathlib import Path
 
 import torch
@@ -95,49 +97,80 @@ def pick_device(device: str | None = None) -> torch.device:
 
 
 def resolve_device(device: str | None = None, precision: str | None = None) -> tuple[torch.device, torch.dtype]:
-    """Pick (device, autocast dtype), honouring explicit choices and refusing ones this machine cannot run.
+    """Pick (device, autocast dtype) for inference, honouring explicit choices and refusing ones this machine cannot
+    run.
 
     Args:
         device: cpu, cuda, cuda:N or mps; the best available when None.
-        precision: One of `PRECISIONS`; None means $PICTAG_PRECISION, else "auto" (see the module docstring).
+        precision: One of `PRECISIONS`; None means $PICTAG_PRECISION, else "auto" (see `choose_precision`).
     """
     torch_device = pick_device(device)
-    if precision is None:
-        precision = os.environ.get("PICTAG_PRECISION") or "auto"
-    if precision == "auto":
-        precision, why = auto_precision(torch_device)
-        _announce(torch_device.type, precision, why)
-    if precision not in _DTYPES:
-        raise PictagError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
-    if precision == "tf32":
+    asked = precision or os.environ.get("PICTAG_PRECISION") or "auto"
+    chosen, why = choose_precision(torch_device, asked)
+    if asked == "auto":
+        _announce(torch_device.type, chosen, why)
+    if chosen == "tf32":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    return torch_device, _DTYPES[precision]
+    return torch_device, _DTYPES[chosen]
 
 
-def training_precision(device: torch.device, precision: str | None = None, backward: bool = True) -> tuple[str, str]:
-    """(precision, why) that training runs in on `device`: `precision` when given (None means $PICTAG_PRECISION,
-    else "auto").
+def choose_precision(
+    device: torch.device | None,
+    precision: str | None = None,
+    *,
+    training: bool = False,
+    backward: bool = True,
+    engine: str = "torch",
+    engine_precisions: Collection[str] | None = None,
+    chosen: str | None = None,
+) -> tuple[str, str]:
+    """(precision, why): the one rule for what `precision` ("auto", a name, or None) means, for inference, training
+    and the compiled engines alike.
 
-    Auto is inference's choice (`auto_precision`) on GPUs, and fp32 on every CPU: on a CPU with AVX512-BF16 and
-    AMX, bf16 autocast trained EfficientNet-Lite0 at 224 px at 0.92x fp32's images/s (6.10 against 6.65, batch 16,
-    one thread; its depthwise convolutions' backward pass is slower in bf16), to the same accuracy (hymenoptera,
-    three seeds: -0.004, inside fp32's spread of 0.052; benchmarks/train_precision.py). `--precision bf16` asks
-    for it. Without the backbone's `backward` pass (a backbone that never trains only embeds), auto is inference's
-    choice on CPUs too: Lite0's forward pass ran about 1.5x faster in bf16 there.
+    A named precision is kept (None means $PICTAG_PRECISION when set); "auto" is the fastest precision `device`
+    runs natively (`auto_precision`), except in two cases:
+
+    - Training whose `backward` pass runs through the backbone trains fp32 on every CPU: on a CPU with AVX512-BF16
+      and AMX, bf16 autocast trained EfficientNet-Lite0 at 224 px at 0.92x fp32's images/s (6.10 against 6.65,
+      batch 16, one thread; its depthwise convolutions' backward pass is slower in bf16), to the same accuracy
+      (hymenoptera, three seeds: -0.004, inside fp32's spread of 0.052; benchmarks/train_precision.py).
+      `--precision bf16` asks for it. A backbone that never trains only embeds: there auto is inference's choice,
+      as Lite0's forward pass ran about 1.5x faster in bf16.
+    - A compiled `engine` (onnx, openvino) without kernels for auto's choice (`engine_precisions`, what it runs)
+      runs fp32. A named precision it cannot run is kept, for the engine to refuse with the way out.
+
+    Args:
+        device: Where it runs; unused when `chosen` is given.
+        precision: One of `PRECISIONS`, or None ($PICTAG_PRECISION, else "auto").
+        training: Training, rather than inference.
+        backward: In training, whether the backbone's backward pass runs.
+        engine: The engine that runs the model: "torch" or a compiled engine's name.
+        engine_precisions: The precisions `engine` has kernels for (None: any).
+        chosen: What auto already chose on the torch path (an encoder's own precision), instead of choosing again.
 
     Raises:
         PictagError: an unknown precision.
     """
     given = precision or os.environ.get("PICTAG_PRECISION") or "auto"
-    if given == "auto":
-        if device.type == "cpu" and backward:
-            return "fp32", "auto on a CPU; bf16 did not train faster there (benchmarks/train_precision.py)"
-        precision, why = auto_precision(device)
-        return precision, why if backward else f"{why}; the frozen backbone only embeds"
-    if given not in _DTYPES:
-        raise PictagError(f"unknown precision {given!r}: use one of {', '.join(PRECISIONS)}")
-    return given, f"--precision {given}" if precision else f"$PICTAG_PRECISION={given}"
+    if given != "auto":
+        if given not in _DTYPES:
+            raise PictagError(f"unknown precision {given!r}: use one of {', '.join(PRECISIONS)}")
+        return given, f"--precision {given}" if precision else f"$PICTAG_PRECISION={given}"
+    if training and backward and device is not None and device.type == "cpu":
+        return "fp32", "auto on a CPU; bf16 did not train faster there (benchmarks/train_precision.py)"
+    if chosen is None:
+        chosen, why = auto_precision(device)
+    else:
+        why = "auto's choice on the torch path"
+    if engine_precisions is not None and chosen not in engine_precisions:
+        return "fp32", f"--engine {engine} runs fp32: it has no {chosen} kernels on the CPU (auto chose {chosen})"
+    return chosen, f"{why}; the frozen backbone only embeds" if training and not backward else why
+
+
+def training_precision(device: torch.device, precision: str | None = None, backward: bool = True) -> tuple[str, str]:
+    """(precision, why) that training runs in on `device`: `choose_precision` for training."""
+    return choose_precision(device, precision, training=True, backward=backward)
 
 
 def default_workers(device: torch.device | None = None) -> int:

@@ -130,7 +130,7 @@ def model_args(tiny_open_clip: tuple[str, Path]) -> list[str]:
 
 def interrupt_after_commits(monkeypatch, commits: int = 1) -> None:
     """Make the next run stop like a Ctrl-C once `commits` units are committed (an interrupted run, in-process)."""
-    from pictag.pipeline.parts import PartStore
+    from pictag.storage.parts import PartStore
 
     commit, done = PartStore.commit, []
 

@@ -17,7 +17,7 @@ from pictag.testing import save_random_open_clip
 
 HOLD_LOCK = """
 import sys
-from pictag.pipeline.parts import PartStore
+from pictag.storage.parts import PartStore
 PartStore(sys.argv[1]).lock()
 print("locked", flush=True)
 sys.stdin.read()  # hold it until the test closes our stdin

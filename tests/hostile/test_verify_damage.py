@@ -15,8 +15,9 @@ from conftest import tar_source
 from pictag.cli.main import main
 from pictag.options import ClassifyConfig
 from pictag.pipeline.job import Run
-from pictag.pipeline.parts import PartStore, write_table
 from pictag.pipeline.plan import plan_units, unit_keys
+from pictag.storage.parts import PartStore
+from pictag.storage.tables import write_table
 
 SCHEMA = pa.schema([("key", pa.string())])
 

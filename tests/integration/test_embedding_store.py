@@ -19,6 +19,7 @@ from conftest import photos, subprocess_env
 from pictag.cli.main import main
 from pictag.data.decode import decode_image
 from pictag.models import create_model
+from pictag.store.search import search
 from pictag.store.store import EmbeddingStore
 
 LABELS = "cat,astronaut,cup of coffee,rocket,camera man"
@@ -118,14 +119,14 @@ def test_search_text_and_image(store, image_dir, capsys):
     assert lines[0] == "searched with: exact scan of 20 vectors (no saved index: `pictag index-embeddings` builds one)"
     rank, score, key, path = lines[1].split()
     assert (rank, key, path) == ("1", "rocket.jpg", str(image_dir / "rocket.jpg")) and float(score) > 0.999
-    table = store.search(text=["a rocket", "a cat"], k=5)
+    table = search(store, text=["a rocket", "a cat"], k=5)
     assert table.column_names == ["query", "rank", "key", "score"] and table.num_rows == 10
     scores = table.column("score").to_pylist()
     assert scores[:5] == sorted(scores[:5], reverse=True)
     # With a saved (flat) index the answers are the same.
     assert main(["index-embeddings", str(store.folder)]) == 0
     assert "exact (flat)" in capsys.readouterr().out
-    indexed = store.search(text=["a rocket", "a cat"], k=5)
+    indexed = search(store, text=["a rocket", "a cat"], k=5)
     assert indexed.column("key").to_pylist() == table.column("key").to_pylist()
     np.testing.assert_allclose(indexed.column("score").to_pylist(), scores, atol=1e-5)
     (store.folder / "index.faiss").unlink()
@@ -161,11 +162,11 @@ def test_a_store_on_a_url_works_like_a_local_one(store, url, image_dir, model_ar
         assert main(["calibrate", embeddings, "--labels", LABELS, "--truth", truth, "--out", str(tmp_path / name)]) == 0
     assert (tmp_path / "url.yaml").read_text() == (tmp_path / "local.yaml").read_text()
 
-    exact = remote.search(text=["a rocket", "a cat"], k=5)
-    assert exact.column("key").equals(store.search(text=["a rocket", "a cat"], k=5).column("key"))
+    exact = search(remote, text=["a rocket", "a cat"], k=5)
+    assert exact.column("key").equals(search(store, text=["a rocket", "a cat"], k=5).column("key"))
     assert main(["index-embeddings", url]) == 0
     assert "exact (flat)" in capsys.readouterr().out
-    indexed = remote.search(text=["a rocket", "a cat"], k=5)
+    indexed = search(remote, text=["a rocket", "a cat"], k=5)
     assert indexed.schema.metadata[b"searched_with"].startswith(b"flat index")
     assert indexed.column("key").equals(exact.column("key"))
 
@@ -258,7 +259,7 @@ def test_python_api(store, tmp_path):
     import pictag
 
     assert pictag.EmbeddingStore is EmbeddingStore
-    result = pictag.EmbeddingStore(store.folder).classify(str(tmp_path / "api.csv"), labels=LABELS, top_k=2)
+    result = pictag.classify(None, str(tmp_path / "api.csv"), labels=LABELS, embeddings=str(store.folder), top_k=2)
     assert result.classified == 20
     hits = pictag.search(store.folder, text="a rocket", k=3)
     assert hits.num_rows == 3

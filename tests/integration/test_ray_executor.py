@@ -129,7 +129,7 @@ def _wait_for_parts(folder: Path, n: int, alive=lambda: True, limit_s: float = 1
 def test_a_run_begun_in_process_finishes_on_ray_equal_spread_over_both_nodes_with_a_corrupt_image_an_error_row(
     cluster, shards, tiny_hf_clip, in_process, tmp_path, monkeypatch
 ):
-    from pictag.pipeline.parts import PartStore
+    from pictag.storage.parts import PartStore
 
     out = tmp_path / "ray.parquet"
     commit = PartStore.commit
@@ -159,7 +159,7 @@ def test_a_run_begun_in_process_finishes_on_ray_equal_spread_over_both_nodes_wit
 def test_a_node_lost_mid_run_with_a_unit_given_twice_at_once_leaves_every_key_once(
     cluster, shards, tiny_hf_clip, in_process, tmp_path
 ):
-    from pictag.pipeline.parts import PartStore
+    from pictag.storage.parts import PartStore
 
     out = tmp_path / "lost"
     job = _job(shards, tiny_hf_clip, out)
@@ -262,8 +262,8 @@ def _job(shards, tiny_hf_clip, out):
     from pictag.options import ClassifyConfig
     from pictag.pipeline.classify import ROWS_RECIPE, head_rows
     from pictag.pipeline.job import Job
-    from pictag.pipeline.parts import PartStore
     from pictag.pipeline.runner import ImageFeatures, stage_encoder
+    from pictag.storage.parts import PartStore
 
     cfg = ClassifyConfig(
         source=str(shards), out=str(out), labels=LABELS, model=f"hf:{tiny_hf_clip}", unit_size=UNIT, batch_size=4

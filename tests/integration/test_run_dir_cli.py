@@ -18,9 +18,9 @@ from pictag.models.run_dir import save_run_model
 from pictag.options import ClassifyConfig
 from pictag.pipeline.classify import _RESULT_DEFINING
 from pictag.pipeline.job import Run
-from pictag.pipeline.parts import PartStore
 from pictag.pipeline.plan import plan_units
 from pictag.pipeline.runner import embed_all
+from pictag.storage.parts import PartStore
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
 

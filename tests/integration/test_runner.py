@@ -13,9 +13,9 @@ from conftest import jpeg_bytes, subprocess_env, tar_source, write_tar
 from pictag.data import open_source
 from pictag.models import create_model
 from pictag.pipeline.job import Job, run_job
-from pictag.pipeline.parts import PartStore
 from pictag.pipeline.plan import plan_units
 from pictag.pipeline.runner import ImageFeatures, iter_embeddings
+from pictag.storage.parts import PartStore
 
 
 @pytest.mark.parametrize("workers", [0, 2])

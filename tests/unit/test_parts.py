@@ -12,8 +12,9 @@ import pytest
 from conftest import tar_source
 from pictag.data import open_source
 from pictag.errors import PictagError
-from pictag.pipeline.parts import PartStore, output_format, write_table
 from pictag.pipeline.plan import plan_digest, plan_units
+from pictag.storage.parts import PartStore
+from pictag.storage.tables import output_format, write_table
 
 
 def test_plan_is_stable_and_splits_shards_into_units(tmp_path):
@@ -153,7 +154,8 @@ def _unshare_available() -> bool:
 _WRITER = """
 import os, sys, pyarrow as pa
 from pictag.errors import PictagError
-from pictag.pipeline.parts import PartStore, write_table
+from pictag.storage.parts import PartStore
+from pictag.storage.tables import write_table
 from pictag.pipeline.plan import Unit
 folder, mode = sys.argv[1], sys.argv[2]
 parts = PartStore(folder + "/out.parts")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from PIL import Image
 
-from pictag.data.product_images import embed_views, offsets_of, pool_views
+from pictag.data.products import embed_views, offsets_of, pool_views
 from pictag.models.registry import create_model
 
 
@@ -40,3 +40,23 @@ def test_placeholders_unreadable_files_and_the_mirror_view(tmp_path):
     torch.testing.assert_close(views[2], views[3])
     torch.testing.assert_close(flipped[0], views[1], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(flipped[1], views[0], atol=1e-5, rtol=1e-5)
+
+
+def test_product_images_are_read_through_fsspec_like_any_source(tmp_path):
+    import fsspec
+
+    torch.manual_seed(0)
+    encoder = create_model("timm:test_efficientnet_gn", random_weights=True, device="cpu", precision="fp32")
+    image = Image.new("RGB", (64, 64), (200, 40, 40))
+    image.save(tmp_path / "1.png")
+    root = f"pictag-products-{tmp_path.name}"
+    memory = fsspec.filesystem("memory")
+    memory.pipe(f"/{root}/1.png", (tmp_path / "1.png").read_bytes())
+    try:
+        skipped: list = []
+        (remote,) = embed_views([(f"memory://{root}/1.png",), (f"memory://{root}/gone.png",)], encoder, skipped=skipped)
+        (local,) = embed_views([(str(tmp_path / "1.png"),), (str(tmp_path / "gone.png"),)], encoder)
+    finally:
+        memory.rm(f"/{root}", recursive=True)
+    torch.testing.assert_close(remote, local)
+    assert [key for key, _ in skipped] == [f"memory://{root}/gone.png"], "a missing object is reported, not raised"

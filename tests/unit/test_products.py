@@ -96,6 +96,25 @@ def test_read_products_counts_missing_images_and_refuses_them_on_request(tmp_pat
         read_products(table, images=images, missing_image="error", quiet=True)
 
 
+def test_a_table_and_its_images_in_object_storage(tmp_path):
+    import fsspec
+
+    root = f"pictag-products-{tmp_path.name}"
+    memory = fsspec.filesystem("memory")
+    memory.pipe(f"/{root}/p.csv", b"id,label,title\n1,shoe,Red\n2,bag,Blue\n")
+    memory.pipe(f"/{root}/images/1.jpg", b"x")
+    memory.pipe(f"/{root}/images/1_b.png", b"x")
+    memory.pipe(f"/{root}/images/sub/2.jpg", b"x")  # a folder's subfolders are not looked in
+    try:
+        products = read_products(f"memory://{root}/p.csv", images=f"memory://{root}/images", quiet=True)
+        with pytest.raises(PictagError, match="is not a folder"):
+            read_products(f"memory://{root}/p.csv", images=f"memory://{root}/nothing", quiet=True)
+    finally:
+        memory.rm(f"/{root}", recursive=True)
+    assert products.labels == ("shoe", "bag") and products.texts == ("Red", "Blue")
+    assert products.images == ((f"memory://{root}/images/1.jpg", f"memory://{root}/images/1_b.png"), ())
+
+
 def test_parquet_with_nulls_and_a_fold_column(tmp_path):
     path = tmp_path / "p.parquet"
     pq.write_table(pa.table({"id": [1, 2], "label": ["a", "b"], "text": [None, "x"], "fold": [0, 1]}), path)

@@ -14,6 +14,7 @@ import torch
 from pictag.errors import PictagError
 from pictag.heads.calibration import fit_temperature, fit_thresholds, lowest_threshold
 from pictag.index.faiss_index import VectorIndex, build_index, exact_search, recall_at_k
+from pictag.pipeline.store_features import store_units
 from pictag.store.store import EmbeddingStore, Manifest, write_store
 
 
@@ -51,7 +52,7 @@ def test_store_round_trip(tmp_path):
     keys, found = store.get(["img002000", "missing", "img000007"])
     assert keys == ["img002000", "img000007"]
     np.testing.assert_allclose(found, vectors[[2000, 7]], atol=1e-3)
-    units = store.units()
+    units = store_units(store)
     assert [u.size for u in units] == [1000, 1000, 500] and [u.id for u in units] == store.shards()
     last = list(store.iter_arrays(shards=[store.shards()[-1]]))
     assert sum(len(k) for k, _ in last) == 500 and last[0][0][0].as_py() == "img002000"
@@ -83,7 +84,7 @@ def test_store_and_its_index_on_an_fsspec_url(tmp_path, memory_url):
     vectors = clustered(2500, 32, 10, seed=0)
     local, remote = make_store(tmp_path / "emb", vectors), make_store(memory_url, vectors)
     assert remote.folder == memory_url and remote.manifest.shards == local.manifest.shards
-    assert remote.shards() == local.shards() and [u.size for u in remote.units()] == [1000, 1000, 500]
+    assert remote.shards() == local.shards() and [u.size for u in store_units(remote)] == [1000, 1000, 500]
     np.testing.assert_array_equal(remote.keys(), local.keys())
     for (keys, chunk), (local_keys, local_chunk) in zip(remote.iter_arrays(700), local.iter_arrays(700), strict=True):
         assert keys.equals(local_keys)

@@ -13,8 +13,9 @@ from pictag.distributed.verify import verify_output
 from pictag.errors import PictagError
 from pictag.options import ClassifyConfig
 from pictag.pipeline.job import Run
-from pictag.pipeline.parts import ERRORS_SCHEMA, PartStore, write_table
 from pictag.pipeline.plan import plan_units, unit_keys
+from pictag.storage.parts import ERRORS_SCHEMA, PartStore
+from pictag.storage.tables import write_table
 
 SCHEMA = pa.schema([("key", pa.string())])
 

@@ -27,7 +27,7 @@ def add_parser(sub) -> None:
 
 def run(cfg: SearchConfig) -> str:
     from pictag.config import dump_config, sibling
-    from pictag.pipeline.parts import write_table
+    from pictag.storage.tables import write_table
     from pictag.store.search import search
 
     table = search(

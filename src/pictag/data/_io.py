@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import os
-import re
 import stat
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from pictag.errors import PictagError
+from pictag.storage.files import filesystem, is_url
 
 if TYPE_CHECKING:
     from fsspec import AbstractFileSystem
 
-_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 # User-named files read whole (labelme JSON and its images, labels and templates files): a real one is megabytes;
 # a symlink to a 3 GB file or to /dev/zero must not be read into memory.
 MAX_FILE_BYTES = 256 * 2**20
@@ -107,21 +106,6 @@ def inside(root: str | os.PathLike, name: str) -> str:
 def is_image(name: str) -> bool:
     """Whether ``name`` has an image extension (any case)."""
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
-
-
-def is_url(location: str) -> bool:
-    """Whether ``location`` names a protocol (``s3://``, ``memory://``) rather than a local path."""
-    return bool(_URL.match(location))
-
-
-def filesystem(location: str) -> tuple[AbstractFileSystem, str]:
-    """The fsspec filesystem serving ``location`` and the path within it (fsspec is imported here, not at start-up)."""
-    import fsspec.core
-
-    try:
-        return fsspec.core.url_to_fs(location)
-    except (ImportError, ValueError) as e:
-        raise PictagError(f"cannot open {location}: {e} (install the fsspec backend for this protocol)") from e
 
 
 def location_of(fs: AbstractFileSystem, path: str) -> str:

@@ -7,10 +7,17 @@ The schema is inferred from the column names, each part overridable: the id is `
 `label`; the text `title` + `description`, else `text`. A product's text is its text fields in order, each
 stripped, empty and NaN values dropped, joined with spaces. Its images are `<id>.jpg|.jpeg|.png|.webp` in the images
 folder, then `<id>_*.*` (several views of one product), in name order.
+
+Product images as model inputs are shared by the fusion task's stage-1 embedding cache and by classification of
+product tables, so that training and inference see a product's images the same way: every view is decoded by the
+one decode dataset (`pictag.data.crops.DecodedImages`, local files or fsspec URLs), a product without an image is one
+black view (the placeholder), an unreadable file is replaced by the placeholder and reported, and `pool_views` turns
+a product's views into one embedding (the first view, or their mean).
 """
 
 from __future__ import annotations
 
+import io
 import math
 import os
 from collections.abc import Sequence
@@ -18,6 +25,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from pictag.data._io import display_name, filesystem, is_url, join
+from pictag.data.crops import DecodedImages, Decoder
+from pictag.data.decode import DEFAULT_MAX_PIXELS
+from pictag.data.sources import FileShard
 from pictag.errors import PictagError
 
 ID_COLUMNS = ("id",)
@@ -130,33 +145,42 @@ def infer_schema(
 
 
 def read_table(path: str | os.PathLike) -> tuple[list[str], list[dict[str, Any]]]:
-    """(columns, rows) of a CSV or Parquet table; CSV values stay text, so ids like 007 keep their zeros.
+    """(columns, rows) of a CSV or Parquet table, a local file or an fsspec URL; CSV values stay text, so ids like
+    007 keep their zeros.
 
     Raises:
         PictagError: not there, not a table, or unreadable.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise PictagError(f"{path} does not exist: give a CSV or Parquet table of products")
-    suffix = path.suffix.lower()
+    remote = is_url(str(path))
+    if remote:
+        where = str(path)
+        fs, inner = filesystem(where)
+        there = fs.isfile(inner)
+    else:
+        path = Path(path)
+        where, there = str(path), path.is_file()
+    if not there:
+        raise PictagError(f"{where} does not exist: give a CSV or Parquet table of products")
+    suffix = Path(where).suffix.lower()
     try:
-        if suffix == ".parquet":
-            import pyarrow.parquet as pq
+        with fs.open(inner, "rb") if remote else open(path, "rb") as f:
+            if suffix == ".parquet":
+                import pyarrow.parquet as pq
 
-            table = pq.read_table(path)
-            return list(table.column_names), table.to_pylist()
-        if suffix in (".csv", ".tsv"):
-            import csv
+                table = pq.read_table(f)
+                return list(table.column_names), table.to_pylist()
+            if suffix in (".csv", ".tsv"):
+                import csv
 
-            with open(path, newline="", encoding="utf-8-sig") as f:
-                reader = csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ",")
+                text = io.TextIOWrapper(f, encoding="utf-8-sig", newline="")
+                reader = csv.DictReader(text, delimiter="\t" if suffix == ".tsv" else ",")
                 rows = list(reader)
                 return list(reader.fieldnames or []), rows
     except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise PictagError(f"cannot read {path} ({' '.join(str(exc).split())}): check the file") from None
+        raise PictagError(f"cannot read {where} ({' '.join(str(exc).split())}): check the file") from None
     except Exception as exc:  # pyarrow raises its own types for a torn file
-        raise PictagError(f"cannot read {path} ({' '.join(str(exc).split())}): check the file") from None
-    raise PictagError(f"{path} is not a product table: use .csv, .tsv or .parquet")
+        raise PictagError(f"cannot read {where} ({' '.join(str(exc).split())}): check the file") from None
+    raise PictagError(f"{where} is not a product table: use .csv, .tsv or .parquet")
 
 
 class ImageIndex:
@@ -167,12 +191,10 @@ class ImageIndex:
     """
 
     def __init__(self, folder: str | os.PathLike):
-        self.folder = Path(folder)
-        if not self.folder.is_dir():
-            raise PictagError(f"--images {folder} is not a folder: give the folder that holds <id>.jpg files")
+        self.folder = str(folder)
         self.exact: dict[str, list[tuple[int, str]]] = {}
         self.views: dict[str, list[str]] = {}
-        for name in sorted(os.listdir(self.folder)):
+        for name in sorted(self._names(self.folder)):
             stem, dot, suffix = name.rpartition(".")
             if not dot or not stem:
                 continue
@@ -184,11 +206,25 @@ class ImageIndex:
                 if char == "_" and i:
                     self.views.setdefault(stem[:i], []).append(name)
 
+    @staticmethod
+    def _names(folder: str) -> list[str]:
+        """The names in `folder`, a local folder or an fsspec URL (its files only)."""
+        if is_url(folder):
+            fs, inner = filesystem(folder)
+            if not fs.isdir(inner):
+                raise PictagError(f"--images {folder} is not a folder: give the folder that holds <id>.jpg files")
+            return [display_name(e["name"]) for e in fs.ls(inner, detail=True) if e["type"] == "file"]
+        if not Path(folder).is_dir():
+            raise PictagError(f"--images {folder} is not a folder: give the folder that holds <id>.jpg files")
+        return os.listdir(folder)
+
     def find(self, product_id: str) -> tuple[str, ...]:
         """Paths of the product's images, best first; empty when it has none."""
         exact = [name for _, name in sorted(self.exact.get(product_id, []))]
         names = exact[:1] + [n for n in self.views.get(product_id, []) if n not in exact[:1]]
-        return tuple(str(self.folder / n) for n in names)
+        if is_url(self.folder):
+            return tuple(join(self.folder, n) for n in names)
+        return tuple(str(Path(self.folder) / n) for n in names)
 
 
 def read_products(
@@ -266,3 +302,99 @@ def read_products(
     if FOLD_COLUMN in columns:
         folds = tuple(str(_present(r.get(FOLD_COLUMN)) or "") for r in rows)
     return Products(where, schema, ids, labels, texts, found, folds)
+
+
+def join_products(train: Products, val: Products) -> Products:
+    """The training table's products, then the validation table's, as one table (both tables' images are embedded
+    and cached together).
+
+    Raises:
+        PictagError: an id in both tables (a product validated on would also be trained on).
+    """
+    both = sorted(set(train.ids) & set(val.ids))
+    if both:
+        raise PictagError(
+            f"{len(both)} id(s) are in both {train.source} and {val.source} (e.g. {both[0]}): a validation product "
+            "must not be trained on"
+        )
+    return Products(
+        f"{train.source} + {val.source}",
+        train.schema,
+        train.ids + val.ids,
+        train.labels + val.labels,
+        train.texts + val.texts,
+        train.images + val.images,
+        None,
+    )
+
+
+def view_shard(images: Sequence[Sequence[str]]) -> tuple[FileShard, list[tuple[tuple[int, int], ...]]]:
+    """One shard of every product's image files (local paths or fsspec URLs, read as any source's), and each
+    product's views in it as (shard, position) for `DecodedImages`."""
+    paths: list[str] = []
+    views = []
+    for product in images:
+        views.append(tuple((0, len(paths) + i) for i in range(len(product))))
+        paths.extend(product)
+    return FileShard("product images", ".", tuple(paths)), views
+
+
+def offsets_of(images: Sequence[Sequence[str]]) -> torch.Tensor:
+    """(N + 1,) start of each product's views in the flat list of views (a product without an image has one)."""
+    counts = torch.tensor([max(len(paths), 1) for paths in images], dtype=torch.long)
+    return torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])
+
+
+def _collate(items: list[dict]) -> list[dict]:
+    return items
+
+
+@torch.no_grad()
+def embed_views(
+    images: Sequence[Sequence[str]],
+    encoder,
+    *,
+    flip: bool = False,
+    workers: int = 0,
+    batch_size: int = 64,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    skipped: list | None = None,
+    desc: str = "embedding images",
+) -> list[torch.Tensor]:
+    """Normalised embeddings (M, D) on the CPU of every view of every product, in the order of `offsets_of`.
+
+    Returns one tensor, or two with `flip` (the views, then their mirror images: the flip TTA). Placeholders and
+    unreadable images get the embedding of the black image; unreadable ones are added to `skipped` as (path, why).
+    """
+    preprocess = encoder.preprocess
+    black = torch.zeros(*preprocess.size, 3, dtype=torch.uint8)
+    shard, views = view_shard(images)
+    # One item per view; a product without an image is one item without a view: the placeholder.
+    items: list[tuple] = []
+    for refs in views:
+        items += [(ref,) for ref in refs] or [()]
+    dataset = DecodedImages((shard,), items, Decoder(preprocess, max_pixels=max_pixels))
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=_collate)
+    outputs: list[list[torch.Tensor]] = [[] for _ in range(2 if flip else 1)]
+    with tqdm(total=len(loader.dataset), desc=desc, unit="img", dynamic_ncols=True, disable=None, leave=False) as bar:
+        for items in loader:
+            for item in items:
+                if item["error"] is not None and skipped is not None:
+                    skipped.append(item["error"])
+            crops = torch.stack([black if item["crop"] is None else item["crop"] for item in items])
+            pixels = preprocess.normalize(crops.to(encoder.device))
+            outputs[0].append(encoder.encode_image(pixels).cpu())
+            if flip:  # crops are (N, H, W, 3): the width is dimension 2
+                outputs[1].append(encoder.encode_image(preprocess.normalize(crops.flip(2).to(encoder.device))).cpu())
+            bar.update(len(items))
+    return [torch.cat(chunks) if chunks else torch.empty(0, encoder.embed_dim) for chunks in outputs]
+
+
+def pool_views(views: torch.Tensor, offsets: torch.Tensor, mode: str) -> torch.Tensor:
+    """(N, D) one embedding per product: its first view ("first"), else the mean of its views' embeddings."""
+    if mode == "first":
+        return views[offsets[:-1]]
+    counts = offsets[1:] - offsets[:-1]
+    owner = torch.repeat_interleave(torch.arange(len(counts), device=views.device), counts.to(views.device))
+    sums = torch.zeros(len(counts), views.shape[1], dtype=views.dtype, device=views.device).index_add_(0, owner, views)
+    return sums / counts.to(views.device, views.dtype)[:, None]

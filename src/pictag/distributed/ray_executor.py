@@ -222,8 +222,8 @@ class UnitActor:
         import ray
 
         from pictag.data.sources import open_source
-        from pictag.pipeline.parts import PartStore
         from pictag.pipeline.runner import ImageFeatures, stage_encoder
+        from pictag.storage.parts import PartStore
 
         # int8 calibrates on the source's first images, as the driver did (the same images, so the same model).
         source = None

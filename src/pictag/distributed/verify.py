@@ -22,8 +22,9 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from pictag.errors import PictagError
-from pictag.pipeline.parts import ERRORS_FOLDER, PartStore, open_location, record_beside
 from pictag.pipeline.plan import PLAN_FILE, keys_hash
+from pictag.storage.files import open_location, record_beside
+from pictag.storage.parts import ERRORS_FOLDER, PartStore
 
 _SHOWN = 5  # duplicate keys named in the report
 

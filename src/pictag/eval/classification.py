@@ -255,7 +255,8 @@ def _read_predictions(path: str | os.PathLike) -> pa.Table:
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
-    from pictag.pipeline.parts import open_location, output_format
+    from pictag.storage.files import open_location
+    from pictag.storage.tables import output_format
 
     fs, where = open_location(path)
     with fs.open(where, "rb") if fs else open(where, "rb") as f:

@@ -22,8 +22,8 @@ from pictag.heads.zero_shot import ZeroShotClassifier
 from pictag.models.base import Encoder
 from pictag.models.build import build_encoder
 from pictag.options import FewshotConfig
-from pictag.pipeline.parts import TableWriter, output_format
 from pictag.pipeline.runner import embed_all
+from pictag.storage.tables import TableWriter, output_format
 
 log = logging.getLogger(__name__)
 

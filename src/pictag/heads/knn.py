@@ -12,6 +12,7 @@ the held-out accuracy of the gallery's own inner folds (`pictag.heads.sweep`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -130,26 +131,15 @@ class KnnHead(Head):
         return {**super().config(), "k": self.k, "weights": self.weights, "size": len(self.gallery)}
 
     @classmethod
-    def from_store(cls, store, encoder, k: int | None, weights: str) -> tuple[KnnHead, list[str]]:
-        """The head over a labelled embedding store made by `encoder`'s model, and its classes (sorted).
+    def from_labels(
+        cls, features: torch.Tensor, labels: Sequence[str], k: int | None, weights: str
+    ) -> tuple[KnnHead, list[str]]:
+        """The head fitted on a gallery's (N, D) `features` and their N labels, and its classes (sorted).
 
         Raises:
-            PictagError: a store made by another model, a store without labels, or K above its size.
+            PictagError: K above the gallery's size.
         """
-        from pictag.store.store import as_float32_tensor
-
-        store.check_encoder(encoder)
-        labels = store.labels()
-        classes, codes = _codes(labels)
-        chunks = [as_float32_tensor(vectors) for _, vectors in store.iter_arrays()]
-        features = torch.cat(chunks) if chunks else torch.empty(0, store.dim)
-        if not len(features):
-            raise PictagError(f"the gallery {store.folder} is empty: embed labelled images into it")
-        head = cls(k, weights).fit(features.to(encoder.device), torch.as_tensor(codes, device=encoder.device))
-        return head, classes
-
-
-def _codes(labels) -> tuple[list[str], list[int]]:
-    classes = sorted(set(labels.tolist()))
-    index = {name: i for i, name in enumerate(classes)}
-    return classes, [index[label] for label in labels.tolist()]
+        classes = sorted(set(labels))
+        index = {name: i for i, name in enumerate(classes)}
+        codes = torch.as_tensor([index[label] for label in labels], device=features.device)
+        return cls(k, weights).fit(features, codes), classes

@@ -75,14 +75,14 @@ class VectorIndex:
 
     def save(self, folder: str | os.PathLike) -> str:
         """Save beside the store in `folder` (a local folder or fsspec URL); returns where the index went."""
-        from pictag.pipeline.parts import PartStore
+        from pictag.storage.files import atomic_path, writing
+        from pictag.storage.parts import PartStore
 
         faiss = _faiss()
         files = PartStore(folder)
         if files.fs is None:  # Faiss writes the file itself: no copy of a large index in memory
-            tmp = files.url(f"{INDEX_FILE}.{os.getpid()}.tmp")
-            faiss.write_index(self.index, tmp)
-            os.replace(tmp, files.url(INDEX_FILE))
+            with writing(files.location), atomic_path(files.url(INDEX_FILE)) as tmp:
+                faiss.write_index(self.index, tmp)
         else:  # Faiss cannot write to object storage: serialised in memory, then one PUT
             files.write_bytes(INDEX_FILE, faiss.serialize_index(self.index).tobytes())
         files.write_bytes(INFO_FILE, (json.dumps(asdict(self.info), indent=2) + "\n").encode())

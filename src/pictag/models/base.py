@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Sequence
 from contextlib import nullcontext
@@ -140,3 +141,13 @@ class Encoder(torch.nn.Module):
         features = torch.empty_like(embedded)
         features[order] = embedded
         return F.normalize(features, dim=-1)
+
+
+def weights_digest(module: torch.nn.Module) -> str:
+    """A digest of a module's weights: towers with the same digest embed alike (one embedding pass serves them)."""
+    with torch.no_grad():
+        sums = torch.stack([p.detach().double().sum() for p in module.state_dict().values() if p.is_floating_point()])
+        squares = torch.stack(
+            [p.detach().double().square().sum() for p in module.state_dict().values() if p.is_floating_point()]
+        )
+    return hashlib.sha1(sums.cpu().numpy().tobytes() + squares.cpu().numpy().tobytes()).hexdigest()[:16]

@@ -32,10 +32,13 @@ from pictag.models.registry import default_model, parse_spec
 from pictag.models.run_dir import read_meta, run_head
 from pictag.options import ClassifyConfig
 from pictag.pipeline.job import InProcessExecutor, Job, JobResult, Run, run_job
-from pictag.pipeline.parts import ERRORS_SCHEMA, PartStore, exists, output_format, write_table
 from pictag.pipeline.runner import EmbeddingBatch, image_features
+from pictag.pipeline.store_features import StoreFeatures, store_units
 from pictag.prompts import UNKNOWN, load_templates, parse_labels, read_once
-from pictag.store.store import EmbeddingStore, StoreFeatures
+from pictag.storage.files import exists
+from pictag.storage.parts import ERRORS_SCHEMA, PartStore
+from pictag.storage.tables import output_format, write_table
+from pictag.store.store import EmbeddingStore
 
 STDOUT = "-"  # --out -: rows streamed to stdout
 
@@ -276,7 +279,8 @@ def _head_rows(cfg: ClassifyConfig, encoder):
         head = PretrainedHead(encoder)
         labels = list(head.classes)
     elif cfg.gallery:
-        head, labels = KnnHead.from_store(EmbeddingStore(cfg.gallery), encoder, cfg.knn_k, cfg.knn_weights)
+        features, gallery_labels = EmbeddingStore(cfg.gallery).gallery(encoder)
+        head, labels = KnnHead.from_labels(features, gallery_labels, cfg.knn_k, cfg.knn_weights)
     else:
         head, labels = classification_head(encoder, cfg.model, cfg.labels, cfg.labels_file, cfg.templates)
     templates = list(getattr(head, "templates", []))
@@ -325,7 +329,7 @@ def _features(cfg: ClassifyConfig, store: EmbeddingStore | None):
         encoder = store.encoder(
             cfg.model, cfg.checkpoint, device=cfg.device, precision=cfg.precision, random_weights=cfg.random_weights
         )
-        return encoder, store.units(), StoreFeatures(store)
+        return encoder, store_units(store), StoreFeatures(store)
     return image_features(cfg)
 
 

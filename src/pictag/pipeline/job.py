@@ -6,7 +6,7 @@
 
 Tasks (classify, embed, ...) only say what differs: where features come from (decoded images or an embedding
 store), what a row says (the head), and what happens to the parts at the end. Everything else is here or in
-`pictag.pipeline.parts`: the resume guard, the lock, the errors, the resolved config, progress and timings.
+`pictag.storage`: the resume guard, the lock, the errors, the resolved config, progress and timings.
 """
 
 from __future__ import annotations
@@ -30,9 +30,10 @@ import yaml
 from tqdm.auto import tqdm
 
 from pictag.errors import AlreadyComplete, PictagError
-from pictag.pipeline.parts import ERRORS_SCHEMA, PartStore, record_beside
 from pictag.pipeline.plan import PLAN_FILE, Unit, plan_digest, plan_table
 from pictag.pipeline.runner import EmbeddingBatch
+from pictag.storage.files import record_beside
+from pictag.storage.parts import ERRORS_SCHEMA, PartStore
 
 RUN_FILE = "run.yaml"
 MANIFEST_FILE = "_manifest.parquet"

@@ -19,14 +19,16 @@ import pyarrow as pa
 import torch
 
 from pictag.config import dump_config, sibling
-from pictag.data.product_images import embed_views, offsets_of, pool_views, weights_digest
-from pictag.data.products import Products, read_products
+from pictag.data.products import Products, embed_views, offsets_of, pool_views, read_products
 from pictag.errors import PictagError
+from pictag.models.base import weights_digest
 from pictag.options import ClassifyConfig
 from pictag.pipeline.job import Job, Run, run_job
-from pictag.pipeline.parts import ERRORS_SCHEMA, PartStore, exists, output_format, write_table
 from pictag.pipeline.plan import Unit
 from pictag.pipeline.runner import EmbeddingBatch
+from pictag.storage.files import exists
+from pictag.storage.parts import ERRORS_SCHEMA, PartStore
+from pictag.storage.tables import output_format, write_table
 
 _RESULT_DEFINING = (
     "source",

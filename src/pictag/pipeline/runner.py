@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from pictag.data.crops import Decoder
 from pictag.data.decode import DEFAULT_MAX_ASPECT_RATIO, DEFAULT_MAX_PIXELS, DecodeError
-from pictag.data.fast_decode import Decode, decode_crop
+from pictag.data.fast_decode import Decode
 from pictag.data.sources import Source, open_source
 from pictag.errors import PictagError
 from pictag.models.base import Encoder
@@ -79,7 +80,8 @@ class EmbeddingBatch:
 class CropDataset(IterableDataset):
     """Reads units of a source, each DataLoader worker its own share, and yields batches of uint8 crops.
 
-    `decode="fast"` crops JPEGs with `pictag.data.fast_decode` instead of reproducing the reference transform.
+    Each record is cropped by `pictag.data.crops.Decoder`, the decode rule every image path shares; `decode="fast"`
+    crops JPEGs with `pictag.data.fast_decode` instead of reproducing the reference transform.
     """
 
     def __init__(
@@ -93,12 +95,9 @@ class CropDataset(IterableDataset):
         decode: Decode = "exact",
     ):
         self.units = list(units)
-        self.preprocess = preprocess
+        self.decoder = Decoder(preprocess, None, max_pixels, max_aspect_ratio, decode)
         self.batch_size = batch_size
         self.skip = skip
-        self.max_pixels = max_pixels
-        self.max_aspect_ratio = max_aspect_ratio
-        self.decode = decode
 
     def __iter__(self) -> Iterator[CropBatch]:
         try:
@@ -115,12 +114,7 @@ class CropDataset(IterableDataset):
         for unit in units:
             for record in unit.shard.read(self.skip):
                 try:
-                    if record.data is None:
-                        raise DecodeError(record.error or "unreadable record")
-                    crop = decode_crop(
-                        record.data, self.preprocess, self.max_pixels, self.max_aspect_ratio, self.decode
-                    )
-                    batch.crops.append(torch.from_numpy(crop))
+                    batch.crops.append(torch.from_numpy(self.decoder(record)))
                     batch.keys.append(record.key)
                     batch.labels.append(record.label)
                     batch.texts.append(record.text)
@@ -136,7 +130,7 @@ class CropDataset(IterableDataset):
             yield self._stacked(batch)
 
     def _stacked(self, batch: CropBatch) -> CropBatch:
-        height, width = self.preprocess.size
+        height, width = self.decoder.preprocess.size
         empty = torch.empty(0, height, width, 3, dtype=torch.uint8)
         return dataclasses.replace(batch, crops=torch.stack(batch.crops) if batch.crops else empty)
 

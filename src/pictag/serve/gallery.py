@@ -42,7 +42,8 @@ class GalleryService(TrainedService):
         store = EmbeddingStore(cfg.gallery)
         self.encoder = store.encoder(cfg.model, cfg.checkpoint, device=cfg.device, precision=cfg.precision,
                                      images=True, random_weights=cfg.random_weights)  # fmt: skip
-        self.trained, classes = KnnHead.from_store(store, self.encoder, cfg.knn_k, cfg.knn_weights)
+        features, labels = store.gallery(self.encoder)
+        self.trained, classes = KnnHead.from_labels(features, labels, cfg.knn_k, cfg.knn_weights)
         self.trained.labels = classes
         self.keys, self.key_labels = store.keys().tolist(), store.labels().tolist()
         try:

@@ -76,7 +76,8 @@ def run(cfg: CalibrateConfig) -> CalibrateResult:
     encoder = store.encoder(cfg.model, cfg.checkpoint, device=cfg.device)
     # Zero-shot over --labels, or a trained run's own head and classes (the store was embedded with --model RUN).
     if cfg.gallery:
-        head, labels = KnnHead.from_store(EmbeddingStore(cfg.gallery), encoder, cfg.knn_k, cfg.knn_weights)
+        features, gallery_labels = EmbeddingStore(cfg.gallery).gallery(encoder)
+        head, labels = KnnHead.from_labels(features, gallery_labels, cfg.knn_k, cfg.knn_weights)
     else:
         head, labels = classification_head(encoder, encoder.spec, cfg.labels, cfg.labels_file, cfg.templates)
     truth_keys, truth_labels = _read_truth(cfg.truth, labels)

@@ -15,8 +15,10 @@ from pictag.errors import PictagError
 from pictag.executors import executor_for
 from pictag.options import EmbedConfig
 from pictag.pipeline.job import RUN_FILE, Job, JobResult, Run, run_job
-from pictag.pipeline.parts import ERRORS_SCHEMA, LOCK_FILE, PartStore, write_table
 from pictag.pipeline.runner import EmbeddingBatch, image_features
+from pictag.storage.lock import LOCK_FILE
+from pictag.storage.parts import ERRORS_SCHEMA, PartStore
+from pictag.storage.tables import write_table
 from pictag.store.store import (
     DTYPES,
     MANIFEST,

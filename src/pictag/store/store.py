@@ -42,12 +42,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pictag.errors import PictagError
-from pictag.pipeline.parts import PartStore, is_part
+from pictag.storage.parts import PartStore, is_part
 
 if TYPE_CHECKING:
+    import torch
+
     from pictag.models.base import Encoder
-    from pictag.pipeline.plan import Unit
-    from pictag.pipeline.runner import EmbeddingBatch
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -296,8 +296,8 @@ class EmbeddingStore:
 
     Example:
         >>> store = pictag.EmbeddingStore("emb/")
-        >>> store.classify(labels="cat,dog", out="results.parquet")
-        >>> store.search(text="a red sports car", k=20)
+        >>> pictag.classify(None, "results.parquet", labels="cat,dog", embeddings="emb/")
+        >>> pictag.search(store, text="a red sports car", k=20)
     """
 
     def __init__(self, folder: str | os.PathLike):
@@ -412,14 +412,12 @@ class EmbeddingStore:
                 f"{_RECREATE}"
             ) from None
 
-    def units(self) -> list[Unit]:
-        """The store's shards as units of work, so a job over the store commits and resumes like one over images."""
-        from pictag.pipeline.plan import Unit
-
+    def shard_rows(self) -> dict[str, int]:
+        """The rows of each shard, by name, in row order (from the manifest, or the footers of an older store)."""
         if self.manifest.shards is None:
-            return [Unit(i, name, None, self._footer_rows(name)) for i, name in enumerate(self.shards())]
+            return {name: self._footer_rows(name) for name in self.shards()}
         rows = {shard["name"]: shard["rows"] for shard in self.manifest.shards}
-        return [Unit(i, name, None, rows[name]) for i, name in enumerate(self.shards())]
+        return {name: rows[name] for name in self.shards()}
 
     def keys(self) -> np.ndarray:
         """Every key, in row order (row i of the store, and id i of its search index)."""
@@ -468,6 +466,23 @@ class EmbeddingStore:
         rows = [order[k] for k in keys if k in order]
         matrix = np.concatenate(found) if found else np.empty((0, self.dim), np.float32)
         return [found_keys[i] for i in rows], matrix[rows]
+
+    def gallery(self, encoder: Encoder) -> tuple[torch.Tensor, np.ndarray]:
+        """The vectors (a float32 tensor on `encoder`'s device) and labels of a labelled store made by its model, in
+        row order: what a kNN head (`pictag.heads.knn.KnnHead.from_labels`) votes with.
+
+        Raises:
+            PictagError: a store made by another model, one without labels, or an empty one.
+        """
+        import torch
+
+        self.check_encoder(encoder)
+        labels = self.labels()
+        chunks = [as_float32_tensor(vectors) for _, vectors in self.iter_arrays()]
+        features = torch.cat(chunks) if chunks else torch.empty(0, self.dim)
+        if not len(features):
+            raise PictagError(f"the gallery {self.folder} is empty: embed labelled images into it")
+        return features.to(encoder.device), labels
 
     def check_encoder(self, encoder: Encoder, images: bool = False) -> None:
         """Refuse an encoder other than the one that made the store (its text would live in another space).
@@ -536,47 +551,6 @@ class EmbeddingStore:
         )
         self.check_encoder(encoder, images=images)
         return encoder
-
-    def classify(self, out: str, labels: list[str] | str | None = None, **options):
-        """Re-classify the store's embeddings; like `pictag.classify` (same options and output), decoding nothing."""
-        from pictag.pipeline.classify import classify
-
-        return classify(None, out, labels, embeddings=str(self.folder), **options)
-
-    def search(
-        self, text: str | Sequence[str] | None = None, image: str | os.PathLike | None = None, k: int = 10, **options
-    ):
-        """Nearest images to a text or an image query; see `pictag.store.search.search` for the options."""
-        from pictag.store.search import search
-
-        return search(self, text=text, image=image, k=k, **options)
-
-
-class StoreFeatures:
-    """The feature stage of a job over a store: its vectors, read shard by shard, with nothing decoded.
-
-    Batches of 8192 rows: 1,000 labels' logits (32 MB) about fit a server's L3 cache for the top-k and softmax
-    passes, while batches are few enough that per-batch thread synchronisation stays small (smaller batches measured
-    up to 2x slower on a busy 2-core machine). Reads stay at 64k rows.
-    """
-
-    batch_rows = 8192
-
-    def __init__(self, store: EmbeddingStore):
-        self.store = store
-
-    def batches(self, units: Sequence[Unit], workers: int, stats: dict[str, float]) -> Iterator[EmbeddingBatch]:
-        import torch
-
-        from pictag.pipeline.runner import EmbeddingBatch
-
-        for unit in units:
-            for keys, embeddings in self.store.iter_arrays(READ_ROWS, [unit.id]):
-                for start in range(0, len(keys), self.batch_rows):
-                    piece = keys[start : start + self.batch_rows].to_pylist()
-                    features = as_float32_tensor(embeddings[start : start + self.batch_rows])
-                    yield EmbeddingBatch(piece, features, [], units=[unit.ordinal] * len(piece))
-            yield EmbeddingBatch([], torch.empty(0, self.store.dim), [], finished=[unit.ordinal])
 
 
 def _checkpoint_hint(m: Manifest) -> str:

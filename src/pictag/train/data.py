@@ -1,9 +1,9 @@
 """Training data: labelled images split into train and validation, read and augmented in DataLoader workers.
 
 Images are read through the source's shards (`pictag.data.open_source(uri, labelled=True)`: a folder of classes,
-in place or in a tar, or a table of path, label and text), decoded with `pictag.data.decode` and cropped by the
-encoder's own transforms, like the runner's `CropDataset`; here access is by position, because training visits
-the images in a shuffled order.
+in place or in a tar, or a table of path, label and text), decoded and cropped by the encoder's own transforms
+through `pictag.data.crops`, the decode rule the runner's `CropDataset` follows too; here access is by position
+(`DecodedImages`), because training visits the images in a shuffled order.
 
 Exact resume needs the data of step k to be a function of the seed and k alone, whatever the workers and however
 often the run was interrupted: the sampler's order depends only on (seed, epoch), and each image's augmentation
@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from pictag.data.decode import DEFAULT_MAX_PIXELS, DecodeError, decode_image
+from pictag.data.crops import DecodedImages, Decoder
+from pictag.data.decode import DEFAULT_MAX_PIXELS
 from pictag.data.sources import Shard, open_source
 from pictag.data.splits import column_split, kfold_split, stratified_split
 from pictag.errors import PictagError
@@ -198,57 +199,25 @@ def _from_splits(cfg, open_set_val: bool) -> TrainData:
     return TrainData(train_classes, train, val, val_classes=val_classes)
 
 
-def read_record(split: Split, position: int):
-    """The `Record` of the image at `position`, read on its own (training reads images out of order)."""
-    shard, offset = split.refs[position]
-    return next(iter(split.shards[shard].slice(offset, offset + 1).read()))
-
-
-def item_seed(seed: int, epoch: int, position: int) -> int:
-    """The augmentation seed of one image in one epoch: the same in every worker, run and resume."""
-    return ((seed * 1_000_003 + epoch) * 1_000_000_007 + position) & 0x7FFF_FFFF_FFFF_FFFF
-
-
-class SplitImages(Dataset):
-    """Images of a split as uint8 crops; an item is (position, epoch) from `EpochSampler`.
+def split_images(split: Split, transform, preprocess, seed: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImages:
+    """Images of a split as uint8 crops, with their labels and texts; an item is (position, epoch) from
+    `EpochSampler`.
 
     Args:
         split: The images.
         transform: A decoded RGB image to a (H, W, 3) uint8 array: the encoder's train transform, or its eval
             crop (`Preprocess.crop`).
-        min_size: Smallest (width, height) the decoder may shrink a JPEG to (the transform's `min_decode_size`).
+        preprocess: The encoder's preprocessing (the placeholder's size, the eval crop's decode size).
         seed: Mixed into every image's augmentation seed.
         max_pixels: Larger images are refused as decompression bombs.
     """
-
-    def __init__(self, split: Split, transform, min_size: tuple[int, int], seed: int, max_pixels=DEFAULT_MAX_PIXELS):
-        self.split, self.transform, self.min_size, self.seed, self.max_pixels = (
-            split,
-            transform,
-            min_size,
-            seed,
-            max_pixels,
-        )
-
-    def __len__(self) -> int:
-        return len(self.split)
-
-    def __getitem__(self, item: tuple[int, int] | int) -> dict:
-        position, epoch = item if isinstance(item, tuple) else (item, 0)
-        out = {"index": position, "label": self.split.labels[position], "text": self.split.texts[position]}
-        record = read_record(self.split, position)
-        try:
-            if record.data is None:
-                raise DecodeError(record.error or "unreadable record")
-            image = decode_image(record.data, self.min_size, self.max_pixels)
-        except DecodeError as exc:
-            return {**out, "crop": None, "error": (record.key, str(exc))}
-        # torchvision's random transforms draw from torch's global generator: fork it, so this process's own
-        # random state (dropout in the main process when workers=0) is left as it was.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(item_seed(self.seed, epoch, position))
-            crop = self.transform(image)
-        return {**out, "crop": torch.from_numpy(crop), "error": None}
+    return DecodedImages(
+        split.shards,
+        [(ref,) for ref in split.refs],
+        Decoder(preprocess, transform, max_pixels),
+        seed=seed,
+        fields={"label": split.labels, "text": split.texts},
+    )
 
 
 def collate(items: list[dict], size: tuple[int, int]) -> dict:
@@ -270,7 +239,7 @@ class CachedRows(Dataset):
 
     Args:
         split: The split.
-        unreadable: {position: (key, why)} of the images the cache has no row of: reported as `SplitImages` reports
+        unreadable: {position: (key, why)} of the images the cache has no row of: reported as `split_images` reports
             an image it cannot decode.
     """
 
@@ -342,8 +311,7 @@ class EpochSampler(Sampler):
 def loader(
     split: Split,
     transform,
-    min_size: tuple[int, int],
-    size: tuple[int, int],
+    preprocess,
     sampler: EpochSampler,
     *,
     batch_size: int,
@@ -362,11 +330,11 @@ def loader(
     if getattr(dataset, "in_process", False):
         workers = 0
     return DataLoader(
-        dataset if dataset is not None else SplitImages(split, transform, min_size, seed, max_pixels),
+        dataset if dataset is not None else split_images(split, transform, preprocess, seed, max_pixels),
         batch_size=batch_size,
         sampler=sampler,
         num_workers=workers,
-        collate_fn=partial(collate, size=size),
+        collate_fn=partial(collate, size=preprocess.size),
         drop_last=drop_last,
         pin_memory=pin_memory,
         persistent_workers=False,
@@ -393,7 +361,7 @@ def embed_split(
     """(features (N, D) on the CPU, labels (N,)) of a split's eval crops; unreadable images go to `skipped`."""
     preprocess = encoder.preprocess
     images = DataLoader(
-        SplitImages(split, preprocess.crop, preprocess.min_decode_size, 0, max_pixels),
+        split_images(split, preprocess.crop, preprocess, 0, max_pixels),
         batch_size=batch_size,
         num_workers=workers,
         collate_fn=partial(collate, size=preprocess.size),

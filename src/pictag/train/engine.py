@@ -29,7 +29,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from pictag.data.crops import item_seed
 from pictag.errors import PictagError
+from pictag.storage.files import atomic_file
 from pictag.train import data as train_data
 from pictag.train.loggers import Loggers, ProgressLines, parse_loggers
 from pictag.train.optim import DEFAULT_BACKBONE_LR, EMA, Schedule, block_depths, optimizer_groups, per_group
@@ -295,9 +297,7 @@ class Engine:
             self.data.train, self.transform, train=True, seed=cfg.seed, max_pixels=cfg.max_pixels
         )
         if dataset is None:
-            dataset = train_data.SplitImages(
-                self.data.train, self.transform, self.transform.min_decode_size, cfg.seed, cfg.max_pixels
-            )
+            dataset = train_data.split_images(self.data.train, self.transform, preprocess, cfg.seed, cfg.max_pixels)
         self.train_set = dataset
 
     def _loaders(self):
@@ -307,8 +307,7 @@ class Engine:
         self.train_loader = train_data.loader(
             self.data.train,
             self.transform,
-            self.transform.min_decode_size,
-            preprocess.size,
+            preprocess,
             self.sampler,
             batch_size=self.train_batch,
             workers=s.workers,
@@ -326,8 +325,7 @@ class Engine:
             self.val_loader = train_data.loader(
                 self.data.val,
                 preprocess.crop,
-                preprocess.min_decode_size,
-                preprocess.size,
+                preprocess,
                 self.val_sampler,
                 batch_size=cfg.batch_size,
                 workers=s.workers,
@@ -654,7 +652,7 @@ class Engine:
                     log.warning("%s skipped: %s", key, reason)
                     self.skipped.add(key)
             # Dropout and other random layers draw from the global generator: make it a function of the batch.
-            torch.manual_seed(train_data.item_seed(cfg.seed + 7 * self.rank, epoch, position))
+            torch.manual_seed(item_seed(cfg.seed + 7 * self.rank, epoch, position))
             last = (position + 1) % accumulate == 0 or position + 1 == batches
             batch = fabric.to_device({k: v for k, v in batch.items() if k != "errors"})
             with fabric.no_backward_sync(self.model, enabled=not last):
@@ -952,9 +950,7 @@ def _write_metrics(history: list[dict], path: Path) -> None:
     if not history:
         return
     names = list(dict.fromkeys(k for row in history for k in row))
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_file(path, "w") as f:
         writer = csv.DictWriter(f, fieldnames=names)
         writer.writeheader()
         writer.writerows(history)
-    os.replace(tmp, path)

@@ -19,12 +19,14 @@ from functools import partial
 
 import torch
 
+from pictag.storage.files import atomic_path
+
 CACHE_FOLDER = "features"
 
 
 def weights_key(encoder) -> str:
     """What names an encoder's weights: its weights id, or a digest of random ones ("random:0" differs by seed)."""
-    from pictag.data.product_images import weights_digest
+    from pictag.models.base import weights_digest
 
     # Summing every tensor costs seconds per fold for real towers: only random weights need it.
     return weights_digest(encoder) if "random:" in encoder.weights_id else encoder.weights_id
@@ -67,9 +69,8 @@ def cached(key: list, compute: Callable[[], dict]) -> dict:
     with torch.random.fork_rng(devices=[]):
         result = compute()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(result, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(result, tmp)
     return result
 
 
@@ -115,12 +116,12 @@ def split_features(split, encoder, cfg, skipped: list | None = None) -> dict[str
 def _embed_split(split, encoder, cfg) -> dict:
     from torch.utils.data import DataLoader
 
-    from pictag.train.data import SplitImages, collate
+    from pictag.train.data import collate, split_images
     from pictag.train.engine import choose_settings
 
     preprocess = encoder.preprocess
     images = DataLoader(
-        SplitImages(split, preprocess.crop, preprocess.min_decode_size, 0, cfg.max_pixels),
+        split_images(split, preprocess.crop, preprocess, 0, cfg.max_pixels),
         batch_size=cfg.batch_size,
         # Training's data workers: decoding in the main process would wait for the forward passes, and they for it.
         num_workers=choose_settings(cfg, encoder.device).workers,

@@ -15,7 +15,6 @@ rerun continues from its last.ckpt, exactly, as `pictag train` does (`--fresh` s
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ import torch
 from pictag.config import dump_config, load_config
 from pictag.errors import PictagError
 from pictag.options import FinetuneConfig, TrainConfig
+from pictag.storage.files import atomic_path
 
 
 @dataclass
@@ -124,9 +124,8 @@ def _save(path: Path, weights: Path, spec: str, row: dict) -> Path:
         "state_dict": encoder,
         "pictag": {**meta, "head_weight": head.weight.detach(), "head_scale": head.log_scale.exp().item()},
     }
-    tmp = path.with_suffix(".tmp")
-    torch.save(checkpoint, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(checkpoint, tmp)
     read_state_dict(path)  # fail now, not at load time, if the file would not load back
     return path
 

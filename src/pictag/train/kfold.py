@@ -24,6 +24,7 @@ from pathlib import Path
 
 from pictag.config import dump_config
 from pictag.errors import PictagError
+from pictag.storage.files import atomic_file
 
 OOF = "oof.csv"
 CV = "cv.json"
@@ -138,12 +139,10 @@ def summarize(out: Path, folds: list[str]) -> dict:
 
 
 def _write_csv(path: Path, rows: list[dict], columns) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_file(path, "w") as f:
         writer = csv.DictWriter(f, fieldnames=list(columns))
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, path)
 
 
 def write_oof(path: Path, ids, labels, predictions, scores, fold: str) -> None:

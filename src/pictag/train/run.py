@@ -57,7 +57,7 @@ def train_one(cfg: TrainConfig):
     import torch
 
     from pictag.device import pick_device
-    from pictag.pipeline.parts import PartStore
+    from pictag.storage.parts import PartStore
     from pictag.train.data import check_folder
     from pictag.train.engine import LAST, Engine, check_classes, choose_settings, make_fabric, read_last
     from pictag.train.optim import per_group

@@ -106,7 +106,7 @@ class Task(torch.nn.Module):
         return [str(i) for i in range(cfg.folds)] if cfg.folds else None
 
     def dataset(self, split: Any, transform: Any, *, train: bool, seed: int, max_pixels: int) -> Any:
-        """The engine's items of `split` (see `pictag.train.data.SplitImages`), or None to read the source's images."""
+        """The engine's items of `split` (see `pictag.train.data.split_images`), or None to read the source's images."""
         return None
 
     def after_best(self, out: Path, predictions: dict) -> None:

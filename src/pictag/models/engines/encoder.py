@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pictag.device import choose_precision
 from pictag.errors import PictagError
 from pictag.models.base import Encoder
 from pictag.models.engines.cache import Cached, cached
@@ -121,12 +122,14 @@ def precision_of(encoder: Encoder) -> str:
 
 def engine_precision(encoder: Encoder, engine: str, requested: str | None) -> tuple[str, str | None]:
     """(precision, note) an engine runs `encoder` in: its torch precision, or fp32 where `--precision` was left to
-    auto (or unset) and the engine has no kernels for what auto chose; the note says so. An explicit precision the
-    engine cannot run is kept, for `compile_encoder` to refuse with the way out."""
+    auto (or unset) and the engine has no kernels for what auto chose (`pictag.device.choose_precision`); the note
+    says so. An explicit precision the engine cannot run is kept, for `compile_encoder` to refuse with the way out."""
     precision = precision_of(encoder)
-    if engine not in RUNTIMES or requested not in (None, "auto") or precision in RUNTIMES[engine].precisions:
+    if engine not in RUNTIMES or requested not in (None, "auto"):
         return precision, None
-    return "fp32", f"--engine {engine} runs fp32: it has no {precision} kernels on the CPU (auto chose {precision})"
+    runs = RUNTIMES[engine].precisions
+    chosen, why = choose_precision(None, "auto", engine=engine, engine_precisions=runs, chosen=precision)
+    return chosen, why if chosen != precision else None
 
 
 def compile_encoder(

@@ -20,16 +20,22 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
 
-from pictag.data.decode import DecodeError, decode_image
-from pictag.data.product_images import embed_views, offsets_of, pool_views
-from pictag.data.products import Products, read_products
+from pictag.data.crops import DecodedImages, Decoder
+from pictag.data.products import (
+    Products,
+    embed_views,
+    join_products,
+    offsets_of,
+    pool_views,
+    read_products,
+    view_shard,
+)
 from pictag.data.splits import column_split, kfold_split, stratified_split
 from pictag.errors import PictagError
 from pictag.heads.fusion import FusionHead
 from pictag.models.base import Encoder
-from pictag.train.data import CachedRows, Split, TrainData, item_seed
+from pictag.train.data import CachedRows, Split, TrainData
 from pictag.train.features import at_training_precision
 from pictag.train.task import Task
 from pictag.train.tasks.clip import _IMAGE
@@ -45,30 +51,6 @@ class ProductData(TrainData):
 
     def facts(self) -> dict:
         return {"missing_images": len(self.missing)}  # products trained on a black placeholder
-
-
-def _joined(train: Products, val: Products) -> Products:
-    """The training table's products, then the validation table's, as one table (both tables' images are embedded
-    and cached together).
-
-    Raises:
-        PictagError: an id in both tables (a product validated on would also be trained on).
-    """
-    both = sorted(set(train.ids) & set(val.ids))
-    if both:
-        raise PictagError(
-            f"{len(both)} id(s) are in both {train.source} and {val.source} (e.g. {both[0]}): a validation product "
-            "must not be trained on"
-        )
-    return Products(
-        f"{train.source} + {val.source}",
-        train.schema,
-        train.ids + val.ids,
-        train.labels + val.labels,
-        train.texts + val.texts,
-        train.images + val.images,
-        None,
-    )
 
 
 def _rows(split: Split) -> list[int]:
@@ -104,7 +86,7 @@ def load_products(cfg) -> ProductData:
     if cfg.val:
         if products.folds is not None:
             raise PictagError(f"{cfg.data} has a fold column, which chooses the validation rows: drop --val or it")
-        products = _joined(products, read(cfg.val))
+        products = join_products(products, read(cfg.val))
     classes = sorted(set(products.labels[:trained]))
     if len(classes) < 2:
         raise PictagError(f"{cfg.data} has {len(classes)} class ({', '.join(classes)}): a classifier needs two or more")
@@ -148,42 +130,6 @@ def load_products(cfg) -> ProductData:
             flush=True,
         )
     return ProductData(classes, split, val, products=products, fold=cfg.fold, missing=missing)
-
-
-class ProductImages(Dataset):
-    """The engine's items of a product split when the towers run: one view per product, cropped for training or
-    validation; a product without an image gets a black crop, an unreadable one is skipped and reported.
-
-    The view of a product with several: the first, or with `random` in training one drawn from (seed, epoch,
-    position), so a resumed run draws the same.
-    """
-
-    def __init__(self, split: Split, images, transform, preprocess, *, random_view: bool, seed: int, max_pixels: int):
-        self.split, self.images, self.transform, self.size = split, images, transform, preprocess.size
-        # A train transform knows the decode size it needs; the eval crop is the preprocessing's own.
-        self.min_size = getattr(transform, "min_decode_size", preprocess.min_decode_size)
-        self.random_view, self.seed, self.max_pixels = random_view, seed, max_pixels
-
-    def __len__(self) -> int:
-        return len(self.split)
-
-    def __getitem__(self, item) -> dict:
-        position, epoch = item if isinstance(item, tuple) else (item, 0)
-        out = {"index": position, "label": self.split.labels[position], "text": self.split.texts[position]}
-        paths = self.images[self.split.refs[position][1]]
-        if not paths:
-            return {**out, "crop": torch.zeros(*self.size, 3, dtype=torch.uint8), "error": None}
-        seed = item_seed(self.seed, epoch, position)
-        path = paths[seed % len(paths)] if self.random_view else paths[0]
-        try:
-            with open(path, "rb") as f:
-                image = decode_image(f.read(), self.min_size, self.max_pixels)
-        except (DecodeError, OSError) as exc:
-            return {**out, "crop": None, "error": (path, str(exc))}
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            crop = self.transform(image)
-        return {**out, "crop": torch.from_numpy(crop), "error": None}
 
 
 def tower_params(encoder: Encoder) -> tuple[list[torch.nn.Parameter], list[torch.nn.Parameter]]:
@@ -374,15 +320,15 @@ class FusionTask(Task):
     def dataset(self, split, transform, *, train: bool, seed: int, max_pixels: int):
         if self.cached:
             return CachedRows(split)
-        random_view = train and self.multi_image != "first"
-        return ProductImages(
-            split,
-            self.images,
-            transform,
-            self.encoder.preprocess,
-            random_view=random_view,
+        # One view per product, cropped for training or validation: the first, or in training one drawn per item.
+        shard, views = view_shard(self.images)
+        return DecodedImages(
+            (shard,),
+            [views[row] for _, row in split.refs],
+            Decoder(self.encoder.preprocess, transform, max_pixels),
             seed=seed,
-            max_pixels=max_pixels,
+            random_view=train and self.multi_image != "first",
+            fields={"label": split.labels, "text": split.texts},
         )
 
     def features(self, batch: dict, stage: str) -> torch.Tensor:
