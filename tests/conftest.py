@@ -45,10 +45,11 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True, scope="session")
 def one_thread():
-    """Training tests run torch on one thread: the CI machine's cores are shared, and more threads than free cores
-    makes a step many times slower."""
+    """The test process runs torch on one thread: its models and batches are tiny, so a second thread only adds
+    synchronisation, and more threads than free cores makes a step many times slower. Processes that tests start
+    keep their own defaults."""
     import torch
 
     threads = torch.get_num_threads()
