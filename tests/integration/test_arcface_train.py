@@ -25,9 +25,6 @@ FAST = ["--embed-dim", "32", "--arcface-s", "16", "--arcface-m", "0.3", "--class
 FAST += ["--samples-per-class", "4", "--lr", "backbone=1e-3,head=1e-2"]
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
 @pytest.fixture(scope="module")
 def objects(tmp_path_factory) -> tuple[Path, Path, Path]:
     """(data folder, splits CSV, random starting weights): 6 classes × 4 objects × 4 views; object 0 validates."""

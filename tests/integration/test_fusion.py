@@ -29,9 +29,6 @@ from pictag.cli.main import main  # noqa: E402
 STAGE1 = ["--freeze-encoders", "--batch-size", "8", "--lr", "head=1e-2", "--warmup-epochs", "0", "--patience", "10"]
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
 def _rows(path: Path) -> list[dict]:
     with open(path, newline="") as f:
         return list(csv.DictReader(f))

@@ -26,9 +26,6 @@ TINY = ["--model", "timm:test_efficientnet_gn", "--random-weights", "--workers",
 FAST = ["--batch-size", "8", "--lr", "backbone=1e-3,head=1e-2", "--warmup-epochs", "0"]
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
 @pytest.fixture(scope="module")
 def colours(tmp_path_factory) -> Path:
     return write_class_folders(tmp_path_factory.mktemp("colours") / "data", per_class=12)
