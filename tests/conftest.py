@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import re
 import signal
 import subprocess
 import tarfile
@@ -13,6 +14,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from _pytest.mark.expression import Expression
 from PIL import Image
 
 from pictag.testing import save_random_hf_clip, save_random_open_clip
@@ -26,6 +28,19 @@ TINY_OPEN_CLIP = {
     "vision_cfg": {"image_size": 224, "layers": 1, "width": 32, "head_width": 16, "patch_size": 32},
     "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
 }
+
+
+def pytest_ignore_collect(collection_path, config):
+    # `-m unit` (any -m of the folder markers alone) does not import the other folders' modules: their imports (Ray,
+    # Playwright, moto, schemathesis ...) cost more than many of the unit tests. Other expressions collect everything.
+    expression = config.getoption("markexpr")
+    if not expression or collection_path.parent != ROOT / "tests" or collection_path.name not in KINDS:
+        return None
+    names = set(re.findall(r"[^\s()]+", expression)) - {"and", "or", "not"}
+    kind = collection_path.name
+    if names <= set(KINDS) and not Expression.compile(expression).evaluate(lambda name, **_: name == kind):
+        return True
+    return None
 
 
 def pytest_collection_modifyitems(config, items):
