@@ -184,9 +184,14 @@ def write_tar(path: Path, members: dict[str, bytes]) -> Path:
 
 
 def subprocess_env() -> dict[str, str]:
-    """Environment for running `python -m pictag` from this checkout in a child process."""
+    """Environment for running `python -m pictag` from this checkout in a child process.
+
+    The child runs torch on one thread, as the test process does: a run killed in a child and resumed equals one run
+    here to the last bit, and a child does not fight the test process and its own workers for the cores.
+    """
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + env.get("PYTHONPATH", "")
+    env["OMP_NUM_THREADS"] = "1"
     return env
 
 

@@ -140,7 +140,7 @@ def test_kill_9_mid_epoch_then_rerun_equals_an_uninterrupted_run(objects, tmp_pa
     ]
     argv += [*RUN, *FAST]
     killed = tmp_path / "killed"
-    env = subprocess_env() | {"OMP_NUM_THREADS": "1"}
+    env = subprocess_env()
     command = [sys.executable, "-m", "pictag", *argv, "--out", str(killed)]
     kill_once_written(command, env, killed / "last.ckpt")
     state = torch.load(killed / "last.ckpt", weights_only=True)
