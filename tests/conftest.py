@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import os
@@ -84,7 +85,13 @@ def _exact_precision():
 
 
 def photos() -> dict[str, Image.Image]:
-    """scikit-image's bundled real photos, as RGB PIL images."""
+    """scikit-image's bundled real photos, as RGB PIL images (copies: a caller may change its own)."""
+    return {name: img.copy() for name, img in _decoded_photos().items()}
+
+
+@functools.cache
+def _decoded_photos() -> dict[str, Image.Image]:
+    # Decoding the PNGs takes 20 times longer than copying the pixels, and many tests ask for them.
     import skimage.data
 
     names = ["astronaut", "chelsea", "coffee", "rocket", "camera"]
