@@ -26,10 +26,13 @@ from pathlib import Path
 import httpx
 from _shared import memory_mb
 
-from pictag.serve._stack import free_port, wait_until
 from pictag.testing import save_random_hf_clip
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))  # the serving stack of real processes that the tests start
+
+from serving_stack import free_port, wait_until  # noqa: E402
+
 # Under the default max_upload_bytes (20,000,000), so that the size limit does not answer first.
 SIZE = 19_900_000
 

@@ -38,11 +38,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "tests"))  # the serving stack of real processes that the tests start
 
 import httpx  # noqa: E402
 import torch  # noqa: E402
+from serving_stack import Stack  # noqa: E402
 
-from pictag.serve._stack import Stack  # noqa: E402
 from pictag.serve.config import ServeConfig  # noqa: E402
 from pictag.serve.zero_shot import ZeroShotService  # noqa: E402
 

@@ -27,10 +27,12 @@ import skimage.data
 from _shared import memory_mb
 from PIL import Image
 
-from pictag.serve._stack import free_port, wait_until
 from pictag.testing import save_random_hf_clip
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))  # the serving stack of real processes that the tests start
+
+from serving_stack import free_port, wait_until  # noqa: E402
 
 
 def encode(img: Image.Image, fmt: str) -> bytes:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import os
+import re
 import signal
 import subprocess
 import tarfile
@@ -13,6 +15,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from _pytest.mark.expression import Expression
 from PIL import Image
 
 from pictag.testing import save_random_hf_clip, save_random_open_clip
@@ -26,6 +29,19 @@ TINY_OPEN_CLIP = {
     "vision_cfg": {"image_size": 224, "layers": 1, "width": 32, "head_width": 16, "patch_size": 32},
     "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
 }
+
+
+def pytest_ignore_collect(collection_path, config):
+    # `-m unit` (any -m of the folder markers alone) does not import the other folders' modules: their imports (Ray,
+    # Playwright, moto, schemathesis ...) cost more than many of the unit tests. Other expressions collect everything.
+    expression = config.getoption("markexpr")
+    if not expression or collection_path.parent != ROOT / "tests" or collection_path.name not in KINDS:
+        return None
+    names = set(re.findall(r"[^\s()]+", expression)) - {"and", "or", "not"}
+    kind = collection_path.name
+    if names <= set(KINDS) and not Expression.compile(expression).evaluate(lambda name, **_: name == kind):
+        return True
+    return None
 
 
 def pytest_collection_modifyitems(config, items):
@@ -45,10 +61,11 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True, scope="session")
 def one_thread():
-    """Training tests run torch on one thread: the CI machine's cores are shared, and more threads than free cores
-    makes a step many times slower."""
+    """The test process runs torch on one thread: its models and batches are tiny, so a second thread only adds
+    synchronisation, and more threads than free cores makes a step many times slower. Processes that tests start
+    keep their own defaults."""
     import torch
 
     threads = torch.get_num_threads()
@@ -68,7 +85,13 @@ def _exact_precision():
 
 
 def photos() -> dict[str, Image.Image]:
-    """scikit-image's bundled real photos, as RGB PIL images."""
+    """scikit-image's bundled real photos, as RGB PIL images (copies: a caller may change its own)."""
+    return {name: img.copy() for name, img in _decoded_photos().items()}
+
+
+@functools.cache
+def _decoded_photos() -> dict[str, Image.Image]:
+    # Decoding the PNGs takes 20 times longer than copying the pixels, and many tests ask for them.
     import skimage.data
 
     names = ["astronaut", "chelsea", "coffee", "rocket", "camera"]
@@ -168,9 +191,14 @@ def write_tar(path: Path, members: dict[str, bytes]) -> Path:
 
 
 def subprocess_env() -> dict[str, str]:
-    """Environment for running `python -m pictag` from this checkout in a child process."""
+    """Environment for running `python -m pictag` from this checkout in a child process.
+
+    The child runs torch on one thread, as the test process does: a run killed in a child and resumed equals one run
+    here to the last bit, and a child does not fight the test process and its own workers for the cores.
+    """
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + env.get("PYTHONPATH", "")
+    env["OMP_NUM_THREADS"] = "1"
     return env
 
 

@@ -8,8 +8,6 @@ import json
 import re
 import shlex
 
-import torch
-
 from conftest import ROOT
 from pictag.cli.main import main
 
@@ -23,15 +21,10 @@ COMMANDS = [line for lang, body in BLOCKS if lang == "bash" for line in body.spl
 
 def test_the_offline_example_runs(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # shared CI cores
-    try:
-        assert len(PYTHON) == 1 and len(COMMANDS) == 6
-        exec(compile(PYTHON[0], "docs/metric-learning.md", "exec"), {})
-        for command in COMMANDS:
-            assert main(shlex.split(command)[1:]) == 0, command
-    finally:
-        torch.set_num_threads(threads)
+    assert len(PYTHON) == 1 and len(COMMANDS) == 6
+    exec(compile(PYTHON[0], "docs/metric-learning.md", "exec"), {})
+    for command in COMMANDS:
+        assert main(shlex.split(command)[1:]) == 0, command
     with open(tmp_path / "runs/objects/metrics.csv", newline="") as f:
         assert [row["epoch"] for row in csv.DictReader(f)] == ["1", "2", "3"]
     report = json.loads((tmp_path / "runs/objects/eval/report.json").read_text())

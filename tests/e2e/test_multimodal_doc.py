@@ -9,7 +9,6 @@ import shlex
 import sys
 
 import pytest
-import torch
 
 from conftest import ROOT
 from pictag.cli.main import main
@@ -34,10 +33,7 @@ def workdir(tmp_path, tiny_hf_clip, monkeypatch):
         writer.writerows({"id": r["id"], "title": r["title"]} for r in rows[::3])
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("PICTAG_MODEL", f"hf:{tiny_hf_clip}")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield tmp_path
-    torch.set_num_threads(threads)
+    return tmp_path
 
 
 def test_the_commands_of_the_doc_run_as_written(workdir):

@@ -13,9 +13,9 @@ import httpx
 import pytest
 import yaml
 from run_data import arcface_run, classifier_run
+from serving_stack import free_port, wait_until
 
 from conftest import jpeg_bytes, photos, subprocess_env
-from pictag.serve._stack import free_port, wait_until
 from pictag.testing import save_colour_objects
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

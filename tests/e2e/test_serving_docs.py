@@ -12,9 +12,9 @@ import sys
 
 import httpx
 import pytest
+from serving_stack import free_port, wait_until
 
 from conftest import ROOT, jpeg_bytes, photos, subprocess_env
-from pictag.serve._stack import free_port, wait_until
 
 DOC = (ROOT / "docs" / "serving.md").read_text()
 QUICK_START = DOC.split("## Quick start", 1)[1].split("\n## ", 1)[0]

@@ -14,9 +14,9 @@ import threading
 import pytest
 import redis
 from PIL import Image
+from serving_stack import RedisServer
 
 from conftest import jpeg_bytes, photos
-from pictag.serve._stack import RedisServer
 from pictag.serve.config import ServeConfig
 from pictag.serve.transport.base import Message, ReplyTo
 from pictag.serve.transport.memory import InProcessTransport

@@ -11,9 +11,9 @@ import time
 
 import httpx
 import pytest
+from serving_stack import Stack
 
 from conftest import subprocess_env
-from pictag.serve._stack import Stack
 from pictag.serve.config import ServeConfig
 from pictag.serve.timeouts import http_protocol
 

@@ -21,8 +21,6 @@ from pictag.cli.main import main  # noqa: E402
 TINY = ["--model", "timm:test_efficientnet_gn", "--random-weights", "--workers", "0", "--device", "cpu"]
 FAST = [*TINY, "--image-size", "32", "--batch-size", "4", "--warmup-epochs", "0", "--epochs", "1"]
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 @pytest.fixture(scope="module")
 def colours(tmp_path_factory) -> Path:

@@ -25,9 +25,6 @@ FAST = ["--embed-dim", "32", "--arcface-s", "16", "--arcface-m", "0.3", "--class
 FAST += ["--samples-per-class", "4", "--lr", "backbone=1e-3,head=1e-2"]
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
 @pytest.fixture(scope="module")
 def objects(tmp_path_factory) -> tuple[Path, Path, Path]:
     """(data folder, splits CSV, random starting weights): 6 classes × 4 objects × 4 views; object 0 validates."""
@@ -143,7 +140,7 @@ def test_kill_9_mid_epoch_then_rerun_equals_an_uninterrupted_run(objects, tmp_pa
     ]
     argv += [*RUN, *FAST]
     killed = tmp_path / "killed"
-    env = subprocess_env() | {"OMP_NUM_THREADS": "1"}
+    env = subprocess_env()
     command = [sys.executable, "-m", "pictag", *argv, "--out", str(killed)]
     kill_once_written(command, env, killed / "last.ckpt")
     state = torch.load(killed / "last.ckpt", weights_only=True)

@@ -7,7 +7,6 @@ import csv
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
@@ -18,9 +17,6 @@ from pictag.models.run_dir import read_meta
 from pictag.train.tasks.clip import interpolate
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220), "yellow": (230, 220, 30)}
-
-
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _write_colours(root: Path, per_class: int, seed: int, flat: bool = False) -> Path:

@@ -166,7 +166,7 @@ def test_fewshot_train_killed_then_rerun_continues_and_equals_an_uninterrupted_r
     options = [str(train), "--val", str(val), "--epochs", "3", "--unfreeze-blocks", "2"]
     options += ["--batch-size", "6", *TINY]
     command = [sys.executable, "-m", "pictag", "fewshot-train", *options]
-    env = subprocess_env() | {"OMP_NUM_THREADS": "1"}
+    env = subprocess_env()
     killed = tmp_path / "killed"
     kill_once_written([*command, "--out", str(killed)], env, killed / "last.ckpt")  # after the first epoch
     assert not (killed / "last.pth").exists()

@@ -25,8 +25,6 @@ from pictag.train.task import create_task  # noqa: E402
 SPEC = "timm:test_efficientnet_gn"
 TINY = ["--model", SPEC, "--random-weights", "--workers", "0", "--device", "cpu"]
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 @pytest.fixture(scope="module")
 def colours(tmp_path_factory) -> Path:

@@ -29,9 +29,6 @@ from pictag.cli.main import main  # noqa: E402
 STAGE1 = ["--freeze-encoders", "--batch-size", "8", "--lr", "head=1e-2", "--warmup-epochs", "0", "--patience", "10"]
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
 def _rows(path: Path) -> list[dict]:
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
@@ -223,7 +220,7 @@ def test_kill_9_during_a_fold_then_rerun_equals_an_uninterrupted_run(products, t
     assert main(["train", table, *options, "--out", str(whole)]) == 0
     killed = tmp_path / "killed"
     command = [sys.executable, "-m", "pictag", "train", table, *options, "--out", str(killed)]
-    env = subprocess_env() | {"OMP_NUM_THREADS": "1"}
+    env = subprocess_env()
     kill_once_written(command, env, killed / "fold1" / "last.ckpt")
     state = torch.load(killed / "fold1" / "last.ckpt", weights_only=True)
     assert state["epoch"] < 15, "killed before fold 1 was done"

@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 import redis
 from PIL import Image
+from serving_stack import Stack, wait_until
 
 from conftest import jpeg_bytes, photos, subprocess_env
-from pictag.serve._stack import Stack, wait_until
 from pictag.serve.transport.base import TransportUnavailable
 from pictag.serve.transport.redis import RedisStreamsTransport
 
@@ -182,7 +182,7 @@ def test_full_queue_answers_503_with_retry_after(bare_api, cat):
 
 
 def test_async_transport_maps_outage_to_unavailable():
-    from pictag.serve._stack import free_port
+    from serving_stack import free_port
 
     transport = RedisStreamsTransport(f"redis://127.0.0.1:{free_port()}/0")
     with pytest.raises(TransportUnavailable):

@@ -11,12 +11,12 @@ import httpx
 import pytest
 from PIL import Image
 from run_data import BACKBONE, arcface_run, classifier_run
+from serving_stack import Stack
 
 from conftest import subprocess_env
 from pictag.cli.main import main
 from pictag.errors import PictagError
 from pictag.models.run_dir import save_run_model
-from pictag.serve._stack import Stack
 from pictag.serve.config import ServeConfig
 from pictag.testing import save_colour_objects
 

@@ -26,16 +26,9 @@ TINY = ["--model", "timm:test_efficientnet_gn", "--random-weights", "--workers",
 FAST = ["--batch-size", "8", "--lr", "backbone=1e-3,head=1e-2", "--warmup-epochs", "0"]
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
 @pytest.fixture(scope="module")
 def colours(tmp_path_factory) -> Path:
     return write_class_folders(tmp_path_factory.mktemp("colours") / "data", per_class=12)
-
-
-def _env() -> dict:
-    return subprocess_env() | {"OMP_NUM_THREADS": "1"}
 
 
 def _rows(path: Path) -> list[dict]:
@@ -105,10 +98,12 @@ def test_kill_9_mid_epoch_then_rerun_equals_an_uninterrupted_run(colours, tmp_pa
     base = [sys.executable, "-m", "pictag", "train", str(colours), "--val-split", "0.25", "--epochs", "2"]
     base += [*FAST, "--batch-size", "4", "--accumulate", "2", "--clip-grad", "1.0", "--save-every", "1", *TINY]
     killed = tmp_path / "killed"
-    kill_once_written([*base, "--out", str(killed)], _env(), killed / "last.ckpt")
+    kill_once_written([*base, "--out", str(killed)], subprocess_env(), killed / "last.ckpt")
     state = torch.load(killed / "last.ckpt", weights_only=True)
     assert state["epoch"] == 0 and state["batch"] > 0, "killed mid-epoch"
-    rerun = subprocess.run([*base, "--out", str(killed)], env=_env(), capture_output=True, text=True, timeout=300)
+    rerun = subprocess.run(
+        [*base, "--out", str(killed)], env=subprocess_env(), capture_output=True, text=True, timeout=300
+    )
     assert rerun.returncode == 0, rerun.stderr
     assert rerun.stdout.splitlines()[0].startswith(f"continuing {killed} from last.ckpt (epoch 1, batch")
     # The uninterrupted run, in this process.
@@ -153,7 +148,7 @@ def test_ddp_two_processes_over_gloo_then_resume(colours, tmp_path):
     command += ["--master-port", str(_free_port())]
     command += ["-m", "pictag", "train", str(colours), "--out", str(out), "--val-split", "0.25", "--epochs", "2"]
     command += [*FAST, "--batch-size", "4", "--save-every", "1", *TINY]
-    proc = subprocess.Popen(command, env=_env(), start_new_session=True, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(command, env=subprocess_env(), start_new_session=True, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 240
         while not (out / "last.ckpt").exists():
@@ -164,7 +159,7 @@ def test_ddp_two_processes_over_gloo_then_resume(colours, tmp_path):
         for pid in [*_children(proc.pid), proc.pid]:
             os.kill(pid, signal.SIGKILL)
         proc.wait(timeout=30)
-    rerun = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=400)
+    rerun = subprocess.run(command, env=subprocess_env(), capture_output=True, text=True, timeout=400)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     lines = rerun.stdout.splitlines()
     assert lines[0].startswith(f"continuing {out} from last.ckpt"), lines

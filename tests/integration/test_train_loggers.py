@@ -22,8 +22,6 @@ TINY = ["--model", "timm:test_efficientnet_gn", "--random-weights", "--workers",
 FAST = [*TINY, "--image-size", "32", "--batch-size", "2", "--warmup-epochs", "0", "--epochs", "2"]
 STEPS = 2 * 3  # 6 training images of batch 2, two epochs
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):

@@ -16,7 +16,6 @@ from metric_data import write_objects, write_splits  # noqa: E402
 
 from pictag.cli.main import main  # noqa: E402
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 # Options that every run of these tasks uses, whether given or not.
 USED = ("precision", "device", "workers", "accumulate", "batch_size", "lr", "weight_decay", "image_size", "epochs")
 

@@ -83,7 +83,7 @@ def test_batch_closes_when_full(service, image):
 
 def test_batch_waits_for_late_requests_up_to_max_wait(service, image):
     transport = InProcessTransport()
-    worker = Worker(service, transport, batch_size=8, max_wait_ms=2000)
+    worker = Worker(service, transport, batch_size=8, max_wait_ms=600)
     asyncio.run(transport.submit([message(0, image)]))  # fresh: its window is still open
     late = threading.Timer(0.05, lambda: asyncio.run(transport.submit([message(1, image)])))
     late.start()
