@@ -231,13 +231,13 @@ def overhead(train: str, args) -> tuple[float, float]:
         task = create_task("classifier", ClassifierTask.create_encoder(cfg), data, cfg)
         transform = task.encoder.preprocess.train_transform()
         sampler = EpochSampler(data.train.labels, 0)
-        images = loader(data.train, transform, transform.min_decode_size, task.encoder.preprocess.size, sampler,
+        images = loader(data.train, transform, task.encoder.preprocess, sampler,
                         batch_size=batch, workers=args.workers, seed=0, drop_last=True)  # fmt: skip
         optimizer = torch.optim.AdamW(task.parameters(), lr=1e-4)
         task.train()
         times = []
         for b in images:
-            logits = task.head_outputs(task.features(b["images"]), b["labels"])["logits"]
+            logits = task.head_outputs(task.features(b, "train"), b["labels"])["logits"]
             loss = F.cross_entropy(logits, b["labels"], label_smoothing=0.1)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
