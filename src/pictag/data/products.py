@@ -17,9 +17,9 @@ folder, then `<id>_*.*` (several views of one product), in name order.
 Product images as model inputs are shared by the fusion task's stage-1 embedding cache and by classification of
 product tables, so that training and inference see a product's images the same way: every view is decoded by the
 one decode dataset (`pictag.data.crops.DecodedImages` over the source's shards and views, local files or fsspec
-URLs), a product without an image is one
-black view (the placeholder), an unreadable file is replaced by the placeholder and reported, and `pool_views` turns
-a product's views into one embedding (the first view, or their mean).
+URLs), a product without an image is one black view (the placeholder), an unreadable file is replaced by the
+placeholder and reported, and `pool_views` turns a product's views into one embedding (the first view, or their
+mean).
 """
 
 from __future__ import annotations
@@ -365,11 +365,8 @@ def view_shards(
         paths.extend(product)
         if annotations is not None:
             notes += [annotations[n]] * len(product)
-    shards = tuple(
-        FileShard(f"{name}[{a}:{a + _SHARD_VIEWS}]", ".", tuple(paths[a : a + _SHARD_VIEWS]),
-                  tuple(notes[a : a + _SHARD_VIEWS]))
-        for a in range(0, len(paths), _SHARD_VIEWS)
-    )  # fmt: skip
+    bounds = [(a, min(a + _SHARD_VIEWS, len(paths))) for a in range(0, len(paths), _SHARD_VIEWS)]
+    shards = tuple(FileShard(f"{name}[{a}:{b}]", ".", tuple(paths[a:b]), tuple(notes[a:b])) for a, b in bounds)
     return shards, tuple(views)
 
 
