@@ -2,6 +2,12 @@
 
     products = read_products("train.csv", images="images/")   # prints the schema it chose
     products.ids, products.labels, products.texts, products.images   # images: the paths of each product
+    source = open_products("train.csv", images="images/")    # the same table as a `Source` of its images
+    source.products, source.shards(), source.views           # the table read; its records; each product's records
+
+A product table is a source like any other (`open_source("train.csv", images="images/")` opens it): its records
+are every image view of every product, in table order, each keyed by its path and carrying its product's label,
+text and id, read from the source's shards by the one decode path.
 
 The schema is inferred from the column names, each part overridable: the id is `id`; the label `categories`, else
 `label`; the text `title` + `description`, else `text`. A product's text is its text fields in order, each
@@ -10,9 +16,10 @@ folder, then `<id>_*.*` (several views of one product), in name order.
 
 Product images as model inputs are shared by the fusion task's stage-1 embedding cache and by classification of
 product tables, so that training and inference see a product's images the same way: every view is decoded by the
-one decode dataset (`pictag.data.crops.DecodedImages`, local files or fsspec URLs), a product without an image is one
-black view (the placeholder), an unreadable file is replaced by the placeholder and reported, and `pool_views` turns
-a product's views into one embedding (the first view, or their mean).
+one decode dataset (`pictag.data.crops.DecodedImages` over the source's shards and views, local files or fsspec
+URLs), a product without an image is one black view (the placeholder), an unreadable file is replaced by the
+placeholder and reported, and `pool_views` turns a product's views into one embedding (the first view, or their
+mean).
 """
 
 from __future__ import annotations
@@ -32,7 +39,8 @@ from tqdm.auto import tqdm
 from pictag.data._io import display_name, filesystem, is_url, join
 from pictag.data.crops import DecodedImages, Decoder
 from pictag.data.decode import DEFAULT_MAX_PIXELS
-from pictag.data.sources import FileShard
+from pictag.data.labelled import Annotation
+from pictag.data.sources import FileShard, Shard, Source
 from pictag.errors import PictagError
 
 ID_COLUMNS = ("id",)
@@ -40,6 +48,8 @@ LABEL_COLUMNS = ("categories", "label")
 TEXT_COLUMNS = (("title", "description"), ("text",))
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 FOLD_COLUMN = "fold"
+# Image views per shard: the size `open_source` gives its largest shards.
+_SHARD_VIEWS = 1000
 
 
 @dataclass(frozen=True)
@@ -84,6 +94,17 @@ class Products:
     def missing(self) -> list[str]:
         """Ids without any image (they get a black placeholder)."""
         return [i for i, found in zip(self.ids, self.images, strict=True) if not found]
+
+    def take(self, rows: Sequence[int]) -> Products:
+        """The products of `rows`, in that order."""
+
+        def pick(values: tuple | None) -> tuple | None:
+            return None if values is None else tuple(values[r] for r in rows)
+
+        return Products(
+            self.source, self.schema, pick(self.ids), pick(self.labels), pick(self.texts), pick(self.images),
+            pick(self.folds),
+        )  # fmt: skip
 
 
 def _present(value: Any) -> str | None:
@@ -328,15 +349,74 @@ def join_products(train: Products, val: Products) -> Products:
     )
 
 
-def view_shard(images: Sequence[Sequence[str]]) -> tuple[FileShard, list[tuple[tuple[int, int], ...]]]:
-    """One shard of every product's image files (local paths or fsspec URLs, read as any source's), and each
-    product's views in it as (shard, position) for `DecodedImages`."""
+def view_shards(
+    images: Sequence[Sequence[str]],
+    annotations: Sequence[Annotation] | None = None,
+    name: str = "product images",
+) -> tuple[tuple[FileShard, ...], tuple[tuple[tuple[int, int], ...], ...]]:
+    """Shards of every product's image files (local paths or fsspec URLs, read as any source's), and each product's
+    views in them as (shard, position) for `DecodedImages`; with `annotations` (one per product), each view's record
+    carries its product's."""
     paths: list[str] = []
+    notes: list[Annotation] = []
     views = []
-    for product in images:
-        views.append(tuple((0, len(paths) + i) for i in range(len(product))))
+    for n, product in enumerate(images):
+        views.append(tuple(divmod(len(paths) + i, _SHARD_VIEWS) for i in range(len(product))))
         paths.extend(product)
-    return FileShard("product images", ".", tuple(paths)), views
+        if annotations is not None:
+            notes += [annotations[n]] * len(product)
+    bounds = [(a, min(a + _SHARD_VIEWS, len(paths))) for a in range(0, len(paths), _SHARD_VIEWS)]
+    shards = tuple(FileShard(f"{name}[{a}:{b}]", ".", tuple(paths[a:b]), tuple(notes[a:b])) for a, b in bounds)
+    return shards, tuple(views)
+
+
+@dataclass(frozen=True)
+class ProductSource(Source):
+    """A product table as a `Source`: its records are every image view of every product, in table order, each keyed
+    by its path and carrying its product's label, text, and meta {"id": the product's id}. A product without an
+    image has no record: it is decoded as the black placeholder.
+
+    Attributes:
+        uri: The table.
+        products: The table, read.
+        parts: The shards of the image views.
+        views: Each product's records as (shard, position), best first: the views `DecodedImages` reads.
+        classes: The labels of a labelled table, sorted.
+    """
+
+    uri: str
+    products: Products
+    parts: tuple[Shard, ...]
+    views: tuple[tuple[tuple[int, int], ...], ...]
+    classes: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, products: Products) -> ProductSource:
+        """The source of a table read by `read_products` (or joined by `join_products`)."""
+        labels = products.labels or (None,) * len(products)
+        annotations = [
+            Annotation(label, text, {"id": ident})
+            for ident, label, text in zip(products.ids, labels, products.texts, strict=True)
+        ]
+        parts, views = view_shards(products.images, annotations, f"{display_name(products.source)} images")
+        return cls(products.source, products, parts, views, tuple(sorted(set(products.labels or ()))))
+
+    def shards(self) -> list[Shard]:
+        return list(self.parts)
+
+    def select(self, rows: Sequence[int]) -> ProductSource:
+        """The products of `rows` (table positions), in that order, as a source of their own."""
+        return ProductSource.of(self.products.take(rows))
+
+
+def open_products(table: str | os.PathLike, **options: Any) -> ProductSource:
+    """Read a product table and find its images (as `read_products`, with the same options), as a `Source`."""
+    return ProductSource.of(read_products(table, **options))
+
+
+def product_shards(target) -> list[Shard]:
+    """The shards of `open_source(table, images=DIR, **product_options)`: the source kind "products"."""
+    return open_products(target.uri, images=target.images, **target.product_options).shards()
 
 
 def offsets_of(images: Sequence[Sequence[str]]) -> torch.Tensor:
@@ -351,7 +431,7 @@ def _collate(items: list[dict]) -> list[dict]:
 
 @torch.no_grad()
 def embed_views(
-    images: Sequence[Sequence[str]],
+    images: ProductSource | Sequence[Sequence[str]],
     encoder,
     *,
     flip: bool = False,
@@ -361,19 +441,20 @@ def embed_views(
     skipped: list | None = None,
     desc: str = "embedding images",
 ) -> list[torch.Tensor]:
-    """Normalised embeddings (M, D) on the CPU of every view of every product, in the order of `offsets_of`.
+    """Normalised embeddings (M, D) on the CPU of every view of every product (of a `ProductSource`, or given as
+    each product's image paths), in the order of `offsets_of`.
 
     Returns one tensor, or two with `flip` (the views, then their mirror images: the flip TTA). Placeholders and
     unreadable images get the embedding of the black image; unreadable ones are added to `skipped` as (path, why).
     """
     preprocess = encoder.preprocess
     black = torch.zeros(*preprocess.size, 3, dtype=torch.uint8)
-    shard, views = view_shard(images)
+    shards, views = (images.parts, images.views) if isinstance(images, ProductSource) else view_shards(images)
     # One item per view; a product without an image is one item without a view: the placeholder.
     items: list[tuple] = []
     for refs in views:
         items += [(ref,) for ref in refs] or [()]
-    dataset = DecodedImages((shard,), items, Decoder(preprocess, max_pixels=max_pixels))
+    dataset = DecodedImages(shards, items, Decoder(preprocess, max_pixels=max_pixels))
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=_collate)
     outputs: list[list[torch.Tensor]] = [[] for _ in range(2 if flip else 1)]
     with tqdm(total=len(loader.dataset), desc=desc, unit="img", dynamic_ncols=True, disable=None, leave=False) as bar:

@@ -283,6 +283,8 @@ class _Target:
     label_column: str
     text_column: str | None
     index_columns: str | None = None
+    images: str | None = None
+    product_options: Mapping[str, Any] = field(default_factory=dict)
 
     def location(self, path: str | None = None) -> str:
         return location_of(self.fs, self.path if path is None else path)
@@ -315,6 +317,7 @@ SOURCE_KINDS: Registry[Callable[[_Target], list[Shard]]] = Registry(
         "tar": "pictag.data.sources:_open_tar",
         "pattern": "pictag.data.sources:_open_pattern",
         "table": "pictag.data.sources:_open_table",
+        "products": "pictag.data.products:product_shards",
     },
 )
 _KIND_BY_SUFFIX = {".tar": "tar"} | dict.fromkeys(_TABLE_READERS, "table") | dict.fromkeys(IMAGE_EXTENSIONS, "image")
@@ -337,6 +340,8 @@ def _kind(target: _Target) -> str:
     if target.fs.isdir(target.path):
         return "folder"
     kind = _KIND_BY_SUFFIX.get(_suffix(target.path))
+    if kind == "table" and target.images is not None:  # a table of products, whose images are found by id
+        return "products"
     if kind is None:
         raise PictagError(
             f"cannot open {target.uri}: give a folder, an image, a .tar, a shard pattern such as "
@@ -354,6 +359,8 @@ def open_source(
     labelled: bool = False,
     label_column: str = "label",
     text_column: str | None = None,
+    images: str | os.PathLike | None = None,
+    **product_options: Any,
 ) -> Source:
     """Open a collection of images for reading.
 
@@ -372,6 +379,10 @@ def open_source(
             (``<class>/x.jpg``). The source's ``classes`` lists the labels.
         label_column: The column of a labelled table that holds labels.
         text_column: The column of a labelled table that holds texts; by default ``text`` where there is one.
+        images: The folder of a product table's images: the table is then one row per product, and its records
+            are each product's image views, with its label, text and id (see ``pictag.data.products``).
+        **product_options: How a product table is read (``id_col``, ``label_col``, ``text_cols``, ``need_label``,
+            ``missing_image``...: those of ``pictag.data.products.read_products``).
 
     Returns:
         The source. Keys are paths relative to a folder, the file name of a single image, member names of a
@@ -386,21 +397,27 @@ def open_source(
     text = os.fspath(uri)
     fs, path = filesystem(text if is_url(text) else os.path.expanduser(text))
     index_location = None if index is None else location_of(*filesystem(os.fspath(index)))
-    target = _Target(text, fs, path, index_location, path_column, labelled, label_column, text_column, index_columns)
+    images = None if images is None else os.fspath(images)
+    target = _Target(
+        text, fs, path, index_location, path_column, labelled, label_column, text_column, index_columns, images,
+        product_options,
+    )  # fmt: skip
     try:
         kind = _kind(target)
         if index is not None and kind not in _INDEXED_KINDS:
             raise PictagError(f"an index is for a tar, but {text} is a {kind}: drop the index")
         if index_columns is not None and kind not in _INDEXED_KINDS:
             raise PictagError(f"index columns are for a tar's index, but {text} is a {kind}: drop --index-columns")
+        if (images is not None or product_options) and kind != "products":
+            raise PictagError(f"images and product options read a product table (.csv, .parquet), not a {kind}")
         shards = SOURCE_KINDS.get(kind)(target)
-        if labelled and kind != "table":  # a table is labelled by its columns as it is read
+        if labelled and kind not in ("table", "products"):  # a table is labelled by its columns as it is read
             shards = _by_class_folder(target, kind, shards)
     except OSError as e:
         raise PictagError(f"cannot open {text}: {e}") from e
     if not shards:
         raise PictagError(f"{text} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))}): check the path")
-    classes = sorted({annotation.label for shard in shards for annotation in shard.annotations})
+    classes = sorted({a.label for shard in shards for a in shard.annotations if a.label is not None})
     return _ShardedSource(text, tuple(shards), tuple(classes))
 
 

@@ -287,17 +287,20 @@ def _source_truth(cfg, label_column: str) -> Truth:
 
 
 def _product_truth(cfg) -> Truth:
-    from pictag.data.products import read_products
+    from pictag.data.crops import read_record
+    from pictag.data.products import open_products
     from pictag.eval.plots import thumbnail
 
-    products = read_products(
+    source = open_products(
         cfg.source, images=cfg.images, id_col=cfg.id_column, label_col=cfg.label_column, text_cols=cfg.text_columns,
         need_label=True, quiet=True,
     )  # fmt: skip
-    first_image = {i: paths[0] for i, paths in zip(products.ids, products.images, strict=True) if paths}
+    products = source.products
+    first_view = {i: refs[0] for i, refs in zip(products.ids, source.views, strict=True) if refs}
 
     def thumbnails(keys: list[str]) -> dict:
-        found = {key: thumbnail(Path(first_image[key]).read_bytes()) for key in keys if key in first_image}
+        data = {key: read_record(source.parts, first_view[key]).data for key in keys if key in first_view}
+        found = {key: thumbnail(image) for key, image in data.items() if image is not None}
         return {key: image for key, image in found.items() if image is not None}
 
     return Truth(dict(zip(products.ids, products.labels, strict=True)), str(cfg.source), thumbnails)

@@ -19,7 +19,7 @@ import pyarrow as pa
 import torch
 
 from pictag.config import dump_config, sibling
-from pictag.data.products import Products, embed_views, offsets_of, pool_views, read_products
+from pictag.data.products import ProductSource, embed_views, offsets_of, open_products, pool_views
 from pictag.errors import PictagError
 from pictag.models.base import weights_digest
 from pictag.pipeline.job import Job, Run, run_job
@@ -95,7 +95,7 @@ def load_models(runs: Sequence[str], device: str | None, precision: str | None) 
 
 @torch.no_grad()
 def product_probabilities(
-    products: Products,
+    source: ProductSource,
     rows: Sequence[int],
     towers: Sequence[Tower],
     *,
@@ -106,16 +106,16 @@ def product_probabilities(
     max_pixels: int | None = None,
     unreadable: list | None = None,
 ) -> torch.Tensor:
-    """(len(rows), C) class probabilities, averaged over every head and TTA view."""
-    images = [products.images[r] for r in rows]
-    texts = [products.texts[r] for r in rows]
-    offsets = offsets_of(images)
+    """(len(rows), C) class probabilities of the products at `rows`, averaged over every head and TTA view."""
+    part = source.select(rows)
+    texts = list(part.products.texts)
+    offsets = offsets_of(part.products.images)
     total, count = None, 0
     options = {"max_pixels": max_pixels} if max_pixels else {}
     for tower in towers:
         encoder = tower.encoder
         views = embed_views(
-            images, encoder, flip=tta == "flip", workers=workers, batch_size=batch_size, skipped=unreadable, **options
+            part, encoder, flip=tta == "flip", workers=workers, batch_size=batch_size, skipped=unreadable, **options
         )
         # A random view in training stands for any of them: at inference their mean does.
         text = encoder.encode_text(texts).to(encoder.device)
@@ -132,8 +132,8 @@ def product_probabilities(
 class ProductFeatures:
     """The runner's feature stage for product tables: each unit's averaged class probabilities as its features."""
 
-    def __init__(self, products: Products, towers: list[Tower], cfg: ClassifyConfig):
-        self.products, self.towers, self.cfg = products, towers, cfg
+    def __init__(self, source: ProductSource, towers: list[Tower], cfg: ClassifyConfig):
+        self.source, self.towers, self.cfg = source, towers, cfg
         self.unreadable: list[tuple[str, str]] = []
 
     def batches(self, units: Sequence[Unit], workers: int, stats: dict[str, float]) -> Iterator[EmbeddingBatch]:
@@ -142,7 +142,7 @@ class ProductFeatures:
             start, stop = (int(x) for x in unit.id.rpartition(":")[2].split("-"))
             rows = range(start, stop)
             probabilities = product_probabilities(
-                self.products,
+                self.source,
                 rows,
                 self.towers,
                 tta=self.cfg.tta,
@@ -153,12 +153,13 @@ class ProductFeatures:
                 unreadable=self.unreadable,
             )
             stats["model_s"] = stats.get("model_s", 0.0) + time.perf_counter() - started
-            ids = [self.products.ids[r] for r in rows]
+            ids = [self.source.products.ids[r] for r in rows]
             yield EmbeddingBatch(ids, probabilities, [], units=[unit.ordinal] * len(ids), finished=[unit.ordinal])
 
 
-def product_units(products: Products, unit_size: int) -> list[Unit]:
+def product_units(source: ProductSource, unit_size: int) -> list[Unit]:
     """Units of consecutive table rows; a unit's id names its rows."""
+    products = source.products
     return [
         Unit(i, f"{products.source}:{start}-{min(start + unit_size, len(products))}", None,
              min(start + unit_size, len(products)) - start)
@@ -218,7 +219,7 @@ def run(cfg: ClassifyConfig):
         raise PictagError("--images classifies with the fusion runs' own classes: drop --labels/--embeddings/--head")
     out = Path(cfg.out)
     output_format(out)
-    products = read_products(
+    source = open_products(
         cfg.source,
         images=cfg.images,
         id_col=cfg.id_column,
@@ -233,7 +234,8 @@ def run(cfg: ClassifyConfig):
         output.start(cfg, _RESULT_DEFINING, resume=cfg.resume, overwrite=cfg.overwrite)
         towers, classes = load_models(runs, cfg.device, cfg.precision)
         top_k = min(cfg.top_k, len(classes))
-        units = product_units(products, cfg.unit_size)
+        units = product_units(source, cfg.unit_size)
+        products = source.products
         content = repr((products.ids, products.texts, products.images, classes, [len(t.heads) for t in towers]))
         weights = "+".join(
             weights_digest(t.encoder) + "/" + weights_digest(torch.nn.ModuleList(t.heads)) for t in towers
@@ -241,7 +243,7 @@ def run(cfg: ClassifyConfig):
         output.check_inputs(cfg, weights_id=weights, units=units, head=hashlib.sha1(content.encode()).hexdigest()[:16])
         config_out = dump_config(cfg, sibling(out, ".config.yaml"))
         schema = schema_of(cfg, classes, top_k)
-        features = ProductFeatures(products, towers, cfg)
+        features = ProductFeatures(source, towers, cfg)
         job = Job("classify", units, features, rows_function(cfg, classes, top_k, schema), schema, output.parts,
                   cfg.workers or 0, None, cfg)  # fmt: skip
         stats = run_job(job)
@@ -250,7 +252,7 @@ def run(cfg: ClassifyConfig):
         output.finish()
         output.parts.remove()
     models = sum(len(t.heads) for t in towers)
-    placeholders = len(products.missing) + len({path for path, _ in features.unreadable})
+    placeholders = len(source.products.missing) + len({path for path, _ in features.unreadable})
     print(
         f"averaged {models} model(s) of {len(runs)} run(s) x {2 if cfg.tta == 'flip' else 1} view(s); "
         f"{placeholders} product image(s) missing or unreadable: black placeholders",

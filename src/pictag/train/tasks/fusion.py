@@ -24,12 +24,12 @@ import torch.nn.functional as F
 from pictag.data.crops import DecodedImages, Decoder
 from pictag.data.products import (
     Products,
+    ProductSource,
     embed_views,
     join_products,
     offsets_of,
     pool_views,
     read_products,
-    view_shard,
 )
 from pictag.data.splits import column_split, kfold_split, stratified_split
 from pictag.errors import PictagError
@@ -43,9 +43,9 @@ from pictag.train.tasks.clip import _IMAGE
 
 @dataclass
 class ProductData(TrainData):
-    """Training data of a product table: a split's `refs` are (0, row of the product in `products`)."""
+    """Training data of a product table: a split's `refs` are (0, row of the product in `source`)."""
 
-    products: Products | None = None
+    source: ProductSource | None = None
     fold: str | None = None
     missing: list[str] = field(default_factory=list)
 
@@ -129,7 +129,7 @@ def load_products(cfg) -> ProductData:
             "--missing-image error refuses them",
             flush=True,
         )
-    return ProductData(classes, split, val, products=products, fold=cfg.fold, missing=missing)
+    return ProductData(classes, split, val, source=ProductSource.of(products), fold=cfg.fold, missing=missing)
 
 
 def tower_params(encoder: Encoder) -> tuple[list[torch.nn.Parameter], list[torch.nn.Parameter]]:
@@ -151,11 +151,12 @@ def check_towers(encoder: Encoder) -> None:
         )
 
 
-def embed_products(products: Products, encoder: Encoder, cfg, skipped: list) -> dict[str, torch.Tensor]:
+def embed_products(source: ProductSource, encoder: Encoder, cfg, skipped: list) -> dict[str, torch.Tensor]:
     """{"views", "offsets", "text"}: every image view and every text of the table embedded once, in the frozen-feature
     cache (`pictag.train.features`)."""
     from pictag.train.features import cached, file_stats, weights_key
 
+    products = source.products
     key = [
         "products",
         weights_key(encoder),
@@ -164,15 +165,15 @@ def embed_products(products: Products, encoder: Encoder, cfg, skipped: list) -> 
         [file_stats(paths) for paths in products.images],
         products.texts,
     ]
-    result = cached(key, lambda: _embed_products(products, encoder, cfg))
+    result = cached(key, lambda: _embed_products(source, encoder, cfg))
     skipped += [tuple(s) for s in result["skipped"]]
     return result
 
 
-def _embed_products(products: Products, encoder: Encoder, cfg) -> dict:
+def _embed_products(source: ProductSource, encoder: Encoder, cfg) -> dict:
     unreadable: list[tuple[str, str]] = []
     (views,) = embed_views(
-        products.images,
+        source,
         encoder,
         workers=cfg.workers or 0,
         batch_size=cfg.batch_size,
@@ -180,6 +181,7 @@ def _embed_products(products: Products, encoder: Encoder, cfg) -> dict:
         skipped=unreadable,
         desc="embedding product images once",
     )
+    products = source.products
     text = encoder.encode_text(list(products.texts), batch_size=max(cfg.batch_size, 64)).cpu()
     return {"views": views, "offsets": offsets_of(products.images), "text": text, "skipped": unreadable}
 
@@ -195,7 +197,7 @@ class FusionTask(Task):
         multi_image: How a product's several images are used (see `ProductOptions`).
         cache: Stage 1's embeddings (`embed_products`), or None when the towers run.
         rows: The product row of each position of the "train" and "val" splits (with `cache`).
-        images: Each product row's image paths (read when the towers run).
+        source: The product table's images (read when the towers run).
         val_keys: The validation rows' ids and `fold`: written to oof.csv at each new best epoch.
     """
 
@@ -216,7 +218,7 @@ class FusionTask(Task):
         multi_image: str = "first",
         cache: dict | None = None,
         rows: dict[str, list[int]] | None = None,
-        images: tuple[tuple[str, ...], ...] = (),
+        source: ProductSource | None = None,
         val_keys: tuple[str, ...] = (),
         fold: str | None = None,
     ):
@@ -234,7 +236,7 @@ class FusionTask(Task):
             if ablate
             else None
         )
-        self.val_keys, self.fold, self.images = val_keys, fold, images
+        self.val_keys, self.fold, self.source = val_keys, fold, source
         self.cached = cache is not None
         if cache is not None:
             # Buffers follow the task to its device, and stay out of checkpoints (they are rebuilt from the cache).
@@ -285,7 +287,7 @@ class FusionTask(Task):
                 p.requires_grad_(False)
             at_training_precision(encoder, cfg)
             encoder.eval()
-            cache = embed_products(data.products, encoder, cfg, data.skipped)
+            cache = embed_products(data.source, encoder, cfg, data.skipped)
             rows = {"train": _rows(data.train), "val": _rows(data.val) if data.val is not None else []}
         return cls(
             encoder,
@@ -295,7 +297,7 @@ class FusionTask(Task):
             multi_image=cfg.multi_image,
             cache=cache,
             rows=rows,
-            images=data.products.images,
+            source=data.source,
             val_keys=data.val.keys if data.val is not None else (),
             fold=data.fold,
         )
@@ -321,10 +323,9 @@ class FusionTask(Task):
         if self.cached:
             return CachedRows(split)
         # One view per product, cropped for training or validation: the first, or in training one drawn per item.
-        shard, views = view_shard(self.images)
         return DecodedImages(
-            (shard,),
-            [views[row] for _, row in split.refs],
+            self.source.parts,
+            [self.source.views[row] for _, row in split.refs],
             Decoder(self.encoder.preprocess, transform, max_pixels),
             seed=seed,
             random_view=train and self.multi_image != "first",
@@ -355,7 +356,7 @@ class FusionTask(Task):
             with torch.no_grad():
                 training = self.encoder.training
                 at_training_precision(self.encoder, cfg)
-                cache = embed_products(data.products, self.encoder.eval(), cfg, [])
+                cache = embed_products(data.source, self.encoder.eval(), cfg, [])
                 self.encoder.train(training)
             pooled = pool_views(cache["views"].float(), cache["offsets"], self.multi_image)
             texts, rows = cache["text"].float(), torch.tensor(_rows(data.train), dtype=torch.long)
