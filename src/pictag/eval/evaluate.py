@@ -31,6 +31,7 @@ from pictag.eval.options import EvaluateConfig
 from pictag.eval.retrieval import Overlap, RetrievalMetrics, overlap, retrieval_metrics
 from pictag.pipeline.options import ClassifyConfig
 from pictag.pipeline.runner import Embedded, Only, embed_all
+from pictag.storage.files import atomic_file
 
 SHOWN_RESULTS = 5
 
@@ -300,7 +301,7 @@ def _thumbnails(sides: Sequence[_Side], rows: list) -> dict:
 
 
 def _write_per_class(metrics: RetrievalMetrics, ks: Sequence[int], path: Path) -> None:
-    with open(path, "w", newline="") as f:
+    with atomic_file(path, "w") as f:
         writer = csv.writer(f)
         writer.writerow(["class", "queries", *(f"recall@{k}" for k in ks)])
         for label, row in sorted(metrics.per_class.items()):

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pictag.errors import PictagError, option
-from pictag.storage.files import atomic_folder
+from pictag.storage.files import atomic_folder, write_file
 
 if TYPE_CHECKING:
     import torch
@@ -342,7 +342,7 @@ def _open_clip_backbone(spec, folder: Path, meta: dict) -> Encoder:
         configs = cache_dir() / "open_clip_configs"
         configs.mkdir(parents=True, exist_ok=True)
         path = configs / f"{spec.name}.json"
-        path.write_text(json.dumps(arch["config"]))
+        write_file(path, json.dumps(arch["config"]).encode())  # whole, for a worker loading the same run meanwhile
         open_clip.add_model_config(path)
     # The tag only named where the starting weights came from; they are replaced by the run's.
     return get_backend("open_clip").create(ModelSpec("open_clip", spec.name), random_weights=True)

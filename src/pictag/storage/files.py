@@ -166,7 +166,7 @@ def atomic_folder(path: str | os.PathLike, *, replace: bool = True) -> Iterator[
                 raise
         _fsync(target.parent)
         if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+            _remove(old)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -175,10 +175,14 @@ def discard(path: str | os.PathLike) -> None:
     """Remove a local file or folder, renamed away first so that no reader opens half of a folder being deleted."""
     trash = _beside(path, ".tmp")
     os.rename(path, trash)
-    if os.path.isdir(trash) and not os.path.islink(trash):
-        shutil.rmtree(trash, ignore_errors=True)
+    _remove(trash)
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
     else:
-        os.unlink(trash)
+        os.unlink(path)
 
 
 @contextmanager

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
 import sys
 import time
@@ -23,6 +22,7 @@ from pictag.models.base import Encoder
 from pictag.models.engines.agreement import HELD_OUT, Agreement, Calibration, first_records, measure_agreement
 from pictag.models.engines.encoder import compile_encoder, engine_precision, library_versions, precision_of
 from pictag.models.engines.runtimes import RUNTIMES
+from pictag.storage.files import atomic_file
 
 
 def say(text: str) -> None:
@@ -86,9 +86,8 @@ def _cached_agreement(encoder: Encoder, compiled, held: Calibration, options, he
         pass
     agreement = int8_agreement(encoder, compiled, held.pixels(), _head(encoder, options), held_out=held_out)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(asdict(agreement)))
-    os.replace(tmp, path)
+    with atomic_file(path, "w") as f:
+        f.write(json.dumps(asdict(agreement)))
     return agreement
 
 
@@ -201,9 +200,8 @@ def choose_engine(
     best = max(rates, key=rates.get)
     saved = {"engine": best, "rates": rates, "precision": quantize or precision, "batch": batch, "skipped": skipped}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(saved))
-    os.replace(tmp, path)
+    with atomic_file(path, "w") as f:
+        f.write(json.dumps(saved))
     say(f"--engine auto: {best}, the fastest here: {_rates(saved)}")
     return best
 
