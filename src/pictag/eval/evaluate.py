@@ -22,15 +22,16 @@ import numpy as np
 
 from pictag.config import dump_config, load_config
 from pictag.data._io import is_url
-from pictag.data.sources import Source, open_source
+from pictag.data.sources import Only, Source, open_source
 from pictag.data.splits import read_splits
 from pictag.device import default_workers
 from pictag.errors import PictagError
 from pictag.eval.classification import ClassificationReport
 from pictag.eval.options import EvaluateConfig
 from pictag.eval.retrieval import Overlap, RetrievalMetrics, overlap, retrieval_metrics
+from pictag.models.build import build_encoder
 from pictag.pipeline.options import ClassifyConfig
-from pictag.pipeline.runner import Embedded, Only, embed_all
+from pictag.pipeline.runner import Embedded, embed_all
 from pictag.storage.files import atomic_file
 
 SHOWN_RESULTS = 5
@@ -96,7 +97,13 @@ def run(cfg: EvaluateConfig) -> EvaluateResult | ClassificationReport:
     out = _report_folder(cfg)
     leave_one_out = cfg.gallery is None
     sides = _open_splits(cfg) if cfg.splits else _open_sources(cfg)  # every input checked before any embedding
-    encoder = cfg.create_encoder()
+    encoder = build_encoder(
+        cfg.model,
+        checkpoint=cfg.checkpoint,
+        random_weights=cfg.random_weights,
+        device=cfg.device,
+        precision=cfg.precision,
+    )
     workers = default_workers(encoder.device) if cfg.workers is None else cfg.workers
     errors: list[tuple[str, str]] = []
 

@@ -301,7 +301,7 @@ def thumbnails(source, keys: Iterable[str]) -> dict:
 
     An image that cannot be read is left out (a blank tile): it was unreadable when classified too, or changed since.
     """
-    from pictag.pipeline.runner import Only
+    from pictag.data.sources import Only
 
     wanted = Only(frozenset(keys))
     found = {}

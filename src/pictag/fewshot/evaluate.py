@@ -24,6 +24,7 @@ from pictag.heads.auto import CANDIDATES, AutoHead
 from pictag.heads.base import FEW_SHOT, check_head, create_head, list_heads
 from pictag.heads.zero_shot import ZeroShotClassifier
 from pictag.models.base import Encoder
+from pictag.models.build import build_encoder
 from pictag.pipeline.runner import embed_all
 from pictag.storage.files import atomic_file
 
@@ -235,7 +236,13 @@ def run_eval(cfg: FewshotEvalConfig) -> EvalResult:
     sources = [cfg.data] if isinstance(cfg.data, str) else list(cfg.data)
     shots = parse_shots(cfg.shots)
     resolve_methods(cfg.method)
-    encoder = cfg.create_encoder()
+    encoder = build_encoder(
+        cfg.model,
+        checkpoint=cfg.checkpoint,
+        random_weights=cfg.random_weights,
+        device=cfg.device,
+        precision=cfg.precision,
+    )
     collection = embed_collection(
         [s.rstrip("/") for s in sources], encoder, batch_size=cfg.batch_size, workers=cfg.workers
     )

@@ -12,7 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pictag.config import dump_config, load_config, sibling
-from pictag.data.sources import open_source
+from pictag.data.sources import Only, open_source
 from pictag.device import default_workers
 from pictag.errors import PictagError
 from pictag.fewshot.options import FewshotConfig
@@ -21,7 +21,8 @@ from pictag.heads.base import FEW_SHOT, Head, check_head, create_head
 from pictag.heads.trained import FINETUNED, finetuned_head, read_trained_head
 from pictag.heads.zero_shot import ZeroShotClassifier
 from pictag.models.base import Encoder
-from pictag.pipeline.runner import Only, embed_all
+from pictag.models.build import build_encoder
+from pictag.pipeline.runner import embed_all
 from pictag.storage.tables import TableWriter, output_format
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,13 @@ def run(cfg: FewshotConfig) -> FewshotResult:
         raise PictagError(f"{out} already exists: pass --overwrite to replace it")
     trained = _trained_head(cfg)
     tasks = find_tasks(cfg.test_dir)
-    encoder = cfg.create_encoder()
+    encoder = build_encoder(
+        cfg.model,
+        checkpoint=cfg.checkpoint,
+        random_weights=cfg.random_weights,
+        device=cfg.device,
+        precision=cfg.precision,
+    )
     config_out = dump_config(cfg, sibling(out, ".config.yaml"))
     features, unreadable = _embed(cfg, tasks, encoder)
     for task in tasks:

@@ -10,10 +10,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from pictag.heads.base import TRAINED, Head, register_head
+from pictag.heads.base import TRAINED, Head
 
 
-@register_head("arcface")
 class ArcFaceHead(Head):
     """Normalised class centres (sub-center ArcFace when `subcenters` > 1) over L2-normalised embeddings.
 
@@ -26,6 +25,7 @@ class ArcFaceHead(Head):
         dim: D, when no prototypes are given.
     """
 
+    name = "arcface"
     kind = TRAINED
 
     def __init__(

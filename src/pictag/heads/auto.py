@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import torch
 
-from pictag.heads.base import FEW_SHOT, Head, create_head, register_head
+from pictag.heads.base import FEW_SHOT, Head, create_head
 
 # Simplest first: on equal support accuracy, the method with fewer choices made on the same few examples wins.
 CANDIDATES = ("prototype", "tip-adapter", "linear-probe")
 
 
-@register_head("auto")
 class AutoHead(Head):
     """Picks among prototype, Tip-Adapter and linear probe by leave-one-out (cross-validated) support accuracy.
 
@@ -26,6 +25,7 @@ class AutoHead(Head):
         candidates: Every fitted candidate, by name.
     """
 
+    name = "auto"
     kind = FEW_SHOT
 
     def __init__(self, chosen: dict | None = None):

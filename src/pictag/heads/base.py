@@ -17,12 +17,13 @@ Logits become scores in one place, `scores_from_logits`; every head's `scores` a
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import ClassVar
 
 import torch
 
 from pictag.errors import PictagError
+from pictag.registry import Registry
 
 ZERO_SHOT, FEW_SHOT, TRAINED, GALLERY = "zero-shot", "few-shot", "trained", "gallery"
 
@@ -138,40 +139,33 @@ def _require_classes(head: Head, args: tuple) -> None:
         raise PictagError(f"the {head.name} head is not fitted: call fit(support_features, labels) first")
 
 
-HEADS: dict[str, type[Head]] = {}
-
-
-def register_head(name: str) -> Callable[[type[Head]], type[Head]]:
-    """Class decorator that makes a head available as `create_head(name, **options)`."""
-
-    def register(cls: type[Head]) -> type[Head]:
-        cls.name = name
-        HEADS[name] = cls
-        return cls
-
-    return register
-
-
-def _load_heads() -> None:
-    # Importing registers them.
-    from pictag.heads import (  # noqa: F401
-        arcface,
-        auto,
-        fusion,
-        knn,
-        linear_probe,
-        pretrained,
-        prototype,
-        tip_adapter,
-        trained,
-        zero_shot,
-    )
+# Every head, by name, resolved on first use: this module never imports its implementations. A plug-in adds its
+# own with `HEADS.register(name, "module:Class")`.
+HEADS: Registry[type[Head]] = Registry(
+    "head",
+    {
+        "arcface": "pictag.heads.arcface:ArcFaceHead",
+        "auto": "pictag.heads.auto:AutoHead",
+        "fusion": "pictag.heads.fusion:FusionHead",
+        "knn": "pictag.heads.knn:KnnHead",
+        "linear-probe": "pictag.heads.linear_probe:LinearProbeHead",
+        "pretrained": "pictag.heads.pretrained:PretrainedHead",
+        "prototype": "pictag.heads.prototype:PrototypeHead",
+        "tip-adapter": "pictag.heads.tip_adapter:TipAdapterHead",
+        "finetuned": "pictag.heads.trained:ResidualCosineHead",
+        "linear": "pictag.heads.trained:LinearHead",
+        "cosine": "pictag.heads.trained:CosineHead",
+        "mlp": "pictag.heads.trained:MLPHead",
+        "zero-shot": "pictag.heads.zero_shot:ZeroShotClassifier",
+    },
+)
 
 
 def list_heads(kind: str | None = None) -> list[str]:
     """Names of the registered heads, or of one kind ("zero-shot", "few-shot", "trained")."""
-    _load_heads()
-    return [name for name, cls in HEADS.items() if kind in (None, cls.kind)]
+    if kind is None:  # names only: nothing is imported
+        return HEADS.names()
+    return [name for name in HEADS.names() if HEADS.get(name).kind == kind]
 
 
 def check_head(name: str, kind: str | None = None) -> None:
@@ -182,8 +176,7 @@ def check_head(name: str, kind: str | None = None) -> None:
     """
     names = list_heads(kind)
     if name not in names:
-        what = f"{kind} head" if kind else "head"
-        raise PictagError(f"unknown {what} {name!r}: use one of {', '.join(names)}")
+        raise PictagError(HEADS.unknown(name, names, f"{kind} head" if kind else None))
 
 
 def create_head(name: str, **options) -> Head:
@@ -197,8 +190,7 @@ def create_head(name: str, **options) -> Head:
     Raises:
         PictagError: unknown name; the message lists the known ones.
     """
-    check_head(name)
-    return HEADS[name](**options)
+    return HEADS.get(name)(**options)
 
 
 def load_head(config: Mapping, state_dict: Mapping[str, torch.Tensor], **options) -> Head:

@@ -12,12 +12,11 @@ from typing import Literal
 import torch
 
 from pictag.errors import PictagError
-from pictag.heads.base import TRAINED, Head, register_head
+from pictag.heads.base import TRAINED, Head
 
 Modality = Literal["both", "image", "text"]
 
 
-@register_head("fusion")
 class FusionHead(Head):
     """MLP over [image | text] embeddings (or one of them).
 
@@ -30,6 +29,7 @@ class FusionHead(Head):
         modality: Which part of the input the head reads: both, image or text.
     """
 
+    name = "fusion"
     kind = TRAINED
 
     def __init__(

@@ -18,7 +18,7 @@ from typing import Literal
 import torch
 
 from pictag.errors import PictagError
-from pictag.heads.base import GALLERY, Head, check_support, register_head
+from pictag.heads.base import GALLERY, Head, check_support
 
 BLOCK_ROWS = 65536
 NO_VOTE = 1e-6
@@ -28,7 +28,6 @@ DEFAULT_K = 10
 SWEEP_ROWS = 20000
 
 
-@register_head("knn")
 class KnnHead(Head):
     """Votes of the `k` nearest gallery embeddings, fitted on (gallery features, gallery labels).
 
@@ -40,6 +39,7 @@ class KnnHead(Head):
         size: Gallery rows, likewise.
     """
 
+    name = "knn"
     kind = GALLERY
 
     def __init__(

@@ -15,7 +15,7 @@ from functools import partial
 import numpy as np
 import torch
 
-from pictag.heads.base import FEW_SHOT, Head, register_head
+from pictag.heads.base import FEW_SHOT, Head
 
 C_GRID = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
 DEFAULT_C = 10.0  # used when some class has a single example and nothing can be held out
@@ -28,7 +28,6 @@ def span_basis(features: torch.Tensor) -> torch.Tensor:
     return vh[s > s[0] * 1e-6].float()
 
 
-@register_head("linear-probe")
 class LinearProbeHead(Head):
     """Logistic regression (scikit-learn, L-BFGS) with C picked by stratified k-fold cross-validation.
 
@@ -39,6 +38,7 @@ class LinearProbeHead(Head):
         C: The inverse regularisation strength chosen by `fit`.
     """
 
+    name = "linear-probe"
     kind = FEW_SHOT
 
     def __init__(self, num_classes: int = 0, dim: int = 0):

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from pictag.errors import PictagError
-from pictag.heads.base import TRAINED, Head, register_head
+from pictag.heads.base import TRAINED, Head
 from pictag.models.base import Encoder
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,6 @@ def default_classes(num_classes: int) -> list[str]:
     return [f"class_{i}" for i in range(num_classes)]
 
 
-@register_head("pretrained")
 class PretrainedHead(Head):
     """The classifier a backbone was trained with: logits = f·Wᵀ + b on its unnormalised pooled features f.
 
@@ -63,6 +62,7 @@ class PretrainedHead(Head):
         PictagError: the encoder has no classifier of its own, or `classes` does not fit it.
     """
 
+    name = "pretrained"
     kind = TRAINED
     normalized_input = False
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from pictag.heads.base import FEW_SHOT, Head, accuracy, best_scale, can_leave_one_out, register_head
+from pictag.heads.base import FEW_SHOT, Head, accuracy, best_scale, can_leave_one_out
 
 DEFAULT_SCALE = 10.0
 
@@ -16,7 +16,6 @@ def class_prototypes(features: torch.Tensor, labels: torch.Tensor, num_classes: 
     return F.normalize(sums, dim=-1)
 
 
-@register_head("prototype")
 class PrototypeHead(Head):
     """Nearest class mean by cosine similarity (Snell et al. 2017, with cosine as in most CLIP few-shot work).
 
@@ -24,6 +23,7 @@ class PrototypeHead(Head):
     own class mean recomputed without it. The same held-out similarities set the softmax temperature `scale`.
     """
 
+    name = "prototype"
     kind = FEW_SHOT
 
     def __init__(self, num_classes: int = 0, dim: int = 0):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from pictag.heads.base import FEW_SHOT, Head, accuracy, can_leave_one_out, register_head
+from pictag.heads.base import FEW_SHOT, Head, accuracy, can_leave_one_out
 
 TEXT_SCALE = 100.0  # CLIP's logit scale, as in the Tip-Adapter reference code
 BETAS = (0.5, 1.0, 2.0, 3.0, 4.0, 5.5, 7.0, 9.0, 12.0, 16.0)
@@ -23,7 +23,6 @@ ALPHAS_CACHE_ONLY = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0)
 DEFAULT_ALPHA_BETA = {True: (1.0, 5.5), False: (10.0, 5.5)}
 
 
-@register_head("tip-adapter")
 class TipAdapterHead(Head):
     """Training-free cache model, blended with zero-shot text prototypes when the encoder has text.
 
@@ -34,6 +33,7 @@ class TipAdapterHead(Head):
         text: Whether text prototypes are blended in.
     """
 
+    name = "tip-adapter"
     kind = FEW_SHOT
 
     def __init__(self, num_classes: int = 0, dim: int = 0, support: int = 0, text: bool = False):

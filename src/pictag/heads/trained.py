@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from pictag.errors import PictagError
-from pictag.heads.base import TRAINED, Head, register_head
+from pictag.heads.base import TRAINED, Head
 
 FINETUNED = "finetuned"
 
@@ -25,7 +25,6 @@ def _starting_prototypes(prototypes: torch.Tensor | None, num_classes: int, dim:
     return F.normalize(prototypes, dim=-1)
 
 
-@register_head(FINETUNED)
 class ResidualCosineHead(Head):
     """Cosine classifier: logits = s · cos(f, W₀ + ΔW), as `pictag fewshot-train` trains it.
 
@@ -38,6 +37,7 @@ class ResidualCosineHead(Head):
         dim: D, when no prototypes are given.
     """
 
+    name = FINETUNED
     kind = TRAINED
 
     def __init__(
@@ -58,7 +58,6 @@ class ResidualCosineHead(Head):
         return self.log_scale.exp() * F.normalize(features.float(), dim=-1) @ self.weight.T
 
 
-@register_head("linear")
 class LinearHead(Head):
     """Linear classifier: logits = f·Wᵀ + b, starting from W = scale · prototypes and b = 0.
 
@@ -69,6 +68,7 @@ class LinearHead(Head):
         dim: D, when no prototypes are given.
     """
 
+    name = "linear"
     kind = TRAINED
 
     def __init__(
@@ -83,7 +83,6 @@ class LinearHead(Head):
         return F.linear(features, self.weight, self.bias)
 
 
-@register_head("cosine")
 class CosineHead(Head):
     """Cosine classifier: logits = s · cos(f, W), W learned from the normalised prototypes, s a learned temperature.
 
@@ -94,6 +93,7 @@ class CosineHead(Head):
         dim: D, when no prototypes are given.
     """
 
+    name = "cosine"
     kind = TRAINED
 
     def __init__(
@@ -108,7 +108,6 @@ class CosineHead(Head):
         return self.log_scale.exp() * F.normalize(features.float(), dim=-1) @ F.normalize(self.weight, dim=-1).T
 
 
-@register_head("mlp")
 class MLPHead(LinearHead):
     """The linear prototype classifier plus a residual MLP: logits = f·Wᵀ + b + MLP(f).
 
@@ -122,6 +121,8 @@ class MLPHead(LinearHead):
         num_classes: C, when no prototypes are given.
         dim: D, when no prototypes are given.
     """
+
+    name = "mlp"
 
     def __init__(
         self,

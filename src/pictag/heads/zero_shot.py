@@ -9,13 +9,12 @@ from collections.abc import Sequence
 import torch
 
 from pictag.config import cache_dir
-from pictag.heads.base import ZERO_SHOT, Head, register_head
+from pictag.heads.base import ZERO_SHOT, Head
 from pictag.models.base import Encoder
 from pictag.prompts import load_templates
 from pictag.storage.files import atomic_path
 
 
-@register_head("zero-shot")
 class ZeroShotClassifier(Head):
     """Scores image embeddings against text prototypes built from labels × templates: logits = scale · f·Pᵀ.
 
@@ -30,6 +29,7 @@ class ZeroShotClassifier(Head):
         use_cache: Read and write the on-disk prototype cache.
     """
 
+    name = "zero-shot"
     kind = ZERO_SHOT
 
     def __init__(

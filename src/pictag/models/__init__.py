@@ -5,11 +5,21 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
+from pictag.models.build import build_encoder
 from pictag.models.registry import DEFAULT_MODEL, create_model, default_model, list_models, parse_spec
 
 _LAZY = {"Encoder": "pictag.models.base", "Preprocess": "pictag.models.preprocess"}
 
-__all__ = ["DEFAULT_MODEL", "Encoder", "Preprocess", "create_model", "default_model", "list_models", "parse_spec"]
+__all__ = [
+    "DEFAULT_MODEL",
+    "Encoder",
+    "Preprocess",
+    "build_encoder",
+    "create_model",
+    "default_model",
+    "list_models",
+    "parse_spec",
+]
 
 
 def __getattr__(name: str):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
@@ -17,7 +18,7 @@ from pictag.models.base import Encoder
 from pictag.models.checkpoint import file_digest, load_checkpoint
 from pictag.models.hub import fetch_failed, hub_online
 from pictag.models.preprocess import Preprocess
-from pictag.models.registry import Backend, ModelSpec, register_backend
+from pictag.models.registry import Backend, ModelSpec
 
 _RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic"}
 
@@ -174,6 +175,17 @@ def _names() -> list[str]:
     ]
 
 
-register_backend(
-    Backend("hf", _create, _names, "transformers CLIP/SigLIP (or a text encoder) by hub id or local directory")
+def _rebuild(spec: ModelSpec, files: Path, meta: dict) -> Encoder:
+    # A transformers architecture is the config, tokenizer and processor files the run keeps beside its weights.
+    if not (files / "config.json").is_file():
+        raise PictagError(f"run {files.parent} has no {files.name}/config.json to rebuild {spec}")
+    return _create(ModelSpec("hf", str(files)), random_weights=True)
+
+
+BACKEND = Backend(
+    "hf",
+    _create,
+    _names,
+    "transformers CLIP/SigLIP (or a text encoder) by hub id or local directory",
+    rebuild=_rebuild,
 )

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
@@ -12,7 +14,8 @@ from pictag.models.base import Encoder
 from pictag.models.checkpoint import file_digest, load_checkpoint
 from pictag.models.hub import fetch_failed, hub_online
 from pictag.models.preprocess import Preprocess
-from pictag.models.registry import Backend, ModelSpec, register_backend, unknown_name
+from pictag.models.registry import Backend, ModelSpec, unknown_name
+from pictag.storage.files import write_file
 
 
 class OpenClipEncoder(Encoder):
@@ -162,4 +165,21 @@ def _names() -> list[str]:
     return tagged + untagged
 
 
-register_backend(Backend("open_clip", _create, _names, "open_clip architectures with pretrained tags", has_tags=True))
+def _rebuild(spec: ModelSpec, files: Path, meta: dict) -> Encoder:
+    import open_clip
+
+    from pictag.config import cache_dir
+
+    arch = (meta.get("architecture") or {}).get("open_clip")
+    if arch and spec.name not in open_clip.list_models():
+        # Register the stored config under its name through open_clip's own mechanism (a JSON file it scans).
+        path = cache_dir() / "open_clip_configs" / f"{spec.name}.json"
+        write_file(path, json.dumps(arch["config"]).encode())  # whole, for a worker loading the same run meanwhile
+        open_clip.add_model_config(path)
+    # The tag only named where the starting weights came from; they are replaced by the run's.
+    return _create(ModelSpec("open_clip", spec.name), random_weights=True)
+
+
+BACKEND = Backend(
+    "open_clip", _create, _names, "open_clip architectures with pretrained tags", has_tags=True, rebuild=_rebuild
+)

@@ -37,18 +37,6 @@ class ModelOptions:
     device: str | None = None
     precision: Precision | None = None
 
-    def create_encoder(self):
-        """The encoder these options name; see `pictag.create_model`."""
-        from pictag.models.registry import create_model
-
-        return create_model(
-            self.model,
-            checkpoint=self.checkpoint,
-            random_weights=self.random_weights,
-            device=self.device,
-            precision=self.precision,
-        )
-
 
 @dataclass(kw_only=True)
 class EngineOptions(Checked):
@@ -78,12 +66,6 @@ class EngineOptions(Checked):
         super().__post_init__()
         if not 0 <= self.min_agreement <= 1:
             raise PictagError(f"--min-agreement is a fraction between 0 and 1, not {self.min_agreement}")
-
-    def apply_engine(self, encoder, source=None):
-        """`encoder` on the engine these options name, int8 calibrated on `source`; see `pictag.models.engines`."""
-        from pictag.models.engines.choose import engine_for
-
-        return engine_for(encoder, self, source)
 
 
 @dataclass(kw_only=True)

@@ -15,7 +15,7 @@ import torch
 
 from pictag.errors import PictagError
 from pictag.models.base import Encoder
-from pictag.models.registry import Backend, ModelSpec, get_backend, parse_spec, register_backend
+from pictag.models.registry import Backend, ModelSpec, get_backend, parse_spec
 
 SCHEME = "pair"
 
@@ -99,21 +99,16 @@ def _create(spec: ModelSpec, checkpoint=None, random_weights: bool = False) -> E
     )
 
 
-def rebuild(spec: ModelSpec, folder: Path, meta: dict) -> Encoder:
-    """The pair's architecture with random weights, for a run directory to load its own weights into."""
-    from pictag.models.run_dir import _BUILDERS, BACKBONE_DIR
-
+def _rebuild(spec: ModelSpec, files: Path, meta: dict) -> Encoder:
+    # Each tower is rebuilt by its own backend, from the files the run keeps for it under files/image, files/text.
     towers = []
     for part, tower_spec in zip(("image", "text"), split_pair(spec.name), strict=True):
         parsed = parse_spec(tower_spec)
-        files = folder / BACKBONE_DIR / part
-        if parsed.scheme == "hf":
-            if not (files / "config.json").is_file():
-                raise PictagError(f"run {folder} has no {BACKBONE_DIR}/{part}/config.json to rebuild {tower_spec}")
-            towers.append(get_backend("hf").create(ModelSpec("hf", str(files)), random_weights=True))
-        else:
-            towers.append(_BUILDERS[parsed.scheme](parsed, folder, meta))
+        rebuild = get_backend(parsed.scheme).rebuild
+        if rebuild is None:
+            raise PictagError(f"a {SCHEME}: tower {tower_spec} cannot be rebuilt (scheme {parsed.scheme})")
+        towers.append(rebuild(parsed, files / part, meta))
     return PairEncoder(*towers)
 
 
-register_backend(Backend(SCHEME, _create, list, "an image model and a text model as one: pair:IMAGE+TEXT"))
+BACKEND = Backend(SCHEME, _create, list, "an image model and a text model as one: pair:IMAGE+TEXT", rebuild=_rebuild)

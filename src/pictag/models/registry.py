@@ -7,9 +7,11 @@ import logging
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pictag.errors import PictagError
+from pictag.registry import Registry
 
 if TYPE_CHECKING:
     from pictag.models.base import Encoder
@@ -38,32 +40,50 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class Backend:
-    """How to build encoders of one scheme (`create(spec, checkpoint=, random_weights=)`) and which names it knows."""
+    """How to build encoders of one scheme and which names it knows.
+
+    Attributes:
+        scheme: The spec's prefix ("open_clip", "hf", ...).
+        create: `create(spec, checkpoint=, random_weights=)`, the encoder of a parsed spec.
+        list_models: The names it knows (offline).
+        help: One line for `pictag models`.
+        has_tags: Whether a name carries a weight tag after "/".
+        rebuild: `rebuild(spec, files, meta)`, the architecture with random weights for a run directory to load its
+            own weights into; `files` is the run's folder of this backbone's files (config, tokenizer), `meta` its
+            pictag.json. None: a run cannot be trained on this scheme.
+        check: Refuses, with the fix, a folder given without a scheme that this scheme would otherwise claim.
+    """
 
     scheme: str
     create: Callable[..., Encoder]
     list_models: Callable[[], Iterable[str]]
     help: str
     has_tags: bool = False
+    rebuild: Callable[[ModelSpec, Path, dict], Encoder] | None = None
+    check: Callable[[str], object] | None = None
 
 
-_BACKENDS: dict[str, Backend] = {}
-
-
-def register_backend(backend: Backend) -> None:
-    """Make a scheme available to `create_model` and `list_models`."""
-    _BACKENDS[backend.scheme] = backend
+# Each backend module exposes its `BACKEND`, imported the first time its scheme is used; the heavy libraries inside
+# are imported only when a model is built. A plug-in adds a scheme with `BACKENDS.register(scheme, backend)`.
+BACKENDS: Registry[Backend] = Registry(
+    "model scheme",
+    {
+        "hf": "pictag.models.hf_backend:BACKEND",
+        "open_clip": "pictag.models.open_clip_backend:BACKEND",
+        "pair": "pictag.models.pair:BACKEND",
+        "run": "pictag.models.run_dir:BACKEND",
+        "timm": "pictag.models.timm_backend:BACKEND",
+    },
+)
 
 
 def get_backend(scheme: str) -> Backend:
-    """The registered backend of a scheme (run directories rebuild their architecture through it)."""
-    _load_backends()
-    return _BACKENDS[scheme]
+    """The registered backend of a scheme (run directories rebuild their architecture through it).
 
-
-def _load_backends() -> None:
-    # Importing registers them; the heavy libraries inside are imported only when a model is built.
-    from pictag.models import hf_backend, open_clip_backend, pair, run_dir, timm_backend  # noqa: F401
+    Raises:
+        PictagError: an unknown scheme, or a backend whose module fails to import.
+    """
+    return BACKENDS.get(scheme)
 
 
 def parse_spec(spec: str) -> ModelSpec:
@@ -71,19 +91,16 @@ def parse_spec(spec: str) -> ModelSpec:
 
     A path without a scheme is a pictag run directory ("runs/x", i.e. "run:runs/x").
     """
-    _load_backends()
     scheme, sep, rest = spec.partition(":")
-    if (not sep or scheme not in _BACKENDS) and os.path.isdir(os.path.expanduser(spec)):
-        from pictag.models.run_dir import model_dir
-
-        model_dir(spec)  # a folder that is not a run is refused here, with what to use instead
+    if (not sep or scheme not in BACKENDS) and os.path.isdir(os.path.expanduser(spec)):
+        get_backend("run").check(spec)  # a folder that is not a run is refused here, with what to use instead
         return ModelSpec("run", spec)
-    if not sep or scheme not in _BACKENDS or not rest:
-        schemes = ", ".join(f"{s}:" for s in _BACKENDS)
+    if not sep or scheme not in BACKENDS or not rest:
+        schemes = ", ".join(f"{s}:" for s in BACKENDS.names())
         raise PictagError(
             f"model spec {spec!r} must start with one of {schemes} e.g. {DEFAULT_MODEL}, or be a run directory"
         )
-    if _BACKENDS[scheme].has_tags and "/" in rest:
+    if get_backend(scheme).has_tags and "/" in rest:
         name, tag = rest.split("/", 1)
         return ModelSpec(scheme, name, tag or None)
     return ModelSpec(scheme, rest)
@@ -118,15 +135,14 @@ def create_model(
         raise PictagError(f"checkpoint {checkpoint} does not exist")
     if random_weights:
         log.warning("building %s with RANDOM weights: its predictions are meaningless", parsed)
-    encoder = _BACKENDS[parsed.scheme].create(parsed, checkpoint=checkpoint, random_weights=random_weights)
+    encoder = get_backend(parsed.scheme).create(parsed, checkpoint=checkpoint, random_weights=random_weights)
     torch_device, encoder.autocast_dtype = resolve_device(device, precision)
     return encoder.to(torch_device)
 
 
 def list_models(scheme: str | None = None) -> list[str]:
     """Known model specs, with weight tags where the backend has them (offline: what the installed libraries know)."""
-    _load_backends()
-    backends = [_BACKENDS[scheme]] if scheme else _BACKENDS.values()
+    backends = [get_backend(name) for name in ([scheme] if scheme else BACKENDS.names())]
     return [f"{b.scheme}:{name}" for b in backends for name in b.list_models()]
 
 

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pictag.errors import PictagError, option
-from pictag.storage.files import atomic_folder, write_file
+from pictag.models.registry import Backend
+from pictag.storage.files import atomic_folder
 
 if TYPE_CHECKING:
     import torch
@@ -321,60 +321,13 @@ def _save_backbone_files(encoder: Encoder, folder: Path) -> None:
 
 
 def _random_backbone(folder: Path, meta: dict) -> Encoder:
-    from pictag.models.registry import parse_spec
+    from pictag.models.registry import get_backend, parse_spec
 
     spec = parse_spec(meta["backbone"])
-    build = _BUILDERS.get(spec.scheme)
-    if build is None:
+    rebuild = get_backend(spec.scheme).rebuild
+    if rebuild is None:
         raise PictagError(f"run {folder}: backbone {meta['backbone']} cannot be rebuilt (scheme {spec.scheme})")
-    return build(spec, folder, meta)
-
-
-def _open_clip_backbone(spec, folder: Path, meta: dict) -> Encoder:
-    import open_clip
-
-    from pictag.config import cache_dir
-    from pictag.models.registry import ModelSpec, get_backend
-
-    arch = (meta.get("architecture") or {}).get("open_clip")
-    if arch and spec.name not in open_clip.list_models():
-        # Register the stored config under its name through open_clip's own mechanism (a JSON file it scans).
-        configs = cache_dir() / "open_clip_configs"
-        configs.mkdir(parents=True, exist_ok=True)
-        path = configs / f"{spec.name}.json"
-        write_file(path, json.dumps(arch["config"]).encode())  # whole, for a worker loading the same run meanwhile
-        open_clip.add_model_config(path)
-    # The tag only named where the starting weights came from; they are replaced by the run's.
-    return get_backend("open_clip").create(ModelSpec("open_clip", spec.name), random_weights=True)
-
-
-def _hf_backbone(spec, folder: Path, meta: dict) -> Encoder:
-    from pictag.models.registry import ModelSpec, get_backend
-
-    files = folder / BACKBONE_DIR
-    if not (files / "config.json").is_file():
-        raise PictagError(f"run {folder} has no {BACKBONE_DIR}/config.json to rebuild {meta['backbone']}")
-    return get_backend("hf").create(ModelSpec("hf", str(files)), random_weights=True)
-
-
-def _timm_backbone(spec, folder: Path, meta: dict) -> Encoder:
-    from pictag.models.registry import get_backend
-
-    return get_backend("timm").create(spec, random_weights=True)
-
-
-def _pair_backbone(spec, folder: Path, meta: dict) -> Encoder:
-    from pictag.models.pair import rebuild
-
-    return rebuild(spec, folder, meta)
-
-
-_BUILDERS: dict[str, Callable[..., Encoder]] = {
-    "open_clip": _open_clip_backbone,
-    "hf": _hf_backbone,
-    "timm": _timm_backbone,
-    "pair": _pair_backbone,
-}
+    return rebuild(spec, folder / BACKBONE_DIR, meta)
 
 
 def _read_weights(path: Path, prefix: str) -> dict[str, torch.Tensor]:
@@ -449,10 +402,6 @@ def _create(spec, checkpoint=None, random_weights: bool = False) -> Encoder:
     return build_run(spec.name).encoder
 
 
-def _register() -> None:
-    from pictag.models.registry import Backend, register_backend
-
-    register_backend(Backend(SCHEME, _create, list, "pictag run directories: RUN (or run:RUN) from `pictag train`"))
-
-
-_register()
+BACKEND = Backend(
+    SCHEME, _create, list, "pictag run directories: RUN (or run:RUN) from `pictag train`", check=model_dir
+)

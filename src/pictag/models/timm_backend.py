@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 
@@ -11,7 +12,7 @@ from pictag.models.base import Encoder
 from pictag.models.checkpoint import file_digest, load_checkpoint
 from pictag.models.hub import fetch_failed, hub_online
 from pictag.models.preprocess import Preprocess
-from pictag.models.registry import Backend, ModelSpec, register_backend, unknown_name
+from pictag.models.registry import Backend, ModelSpec, unknown_name
 
 
 class TimmEncoder(Encoder):
@@ -96,4 +97,8 @@ def _names() -> list[str]:
     return timm.list_pretrained()
 
 
-register_backend(Backend("timm", _create, _names, "timm image-only backbones (no zero-shot)"))
+def _rebuild(spec: ModelSpec, files: Path, meta: dict) -> Encoder:
+    return _create(spec, random_weights=True)  # timm rebuilds an architecture from its name alone
+
+
+BACKEND = Backend("timm", _create, _names, "timm image-only backbones (no zero-shot)", rebuild=_rebuild)

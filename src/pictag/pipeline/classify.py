@@ -21,6 +21,7 @@ from pictag.data._io import is_url
 from pictag.device import default_workers
 from pictag.errors import PictagError
 from pictag.eval.classification import ClassificationReport, Truth
+from pictag.executors import executor_for
 from pictag.heads.base import Head
 from pictag.heads.calibration import Calibration
 from pictag.heads.knn import KnnHead
@@ -29,7 +30,7 @@ from pictag.heads.zero_shot import ZeroShotClassifier
 from pictag.models.base import Encoder
 from pictag.models.registry import default_model, parse_spec
 from pictag.models.run_dir import read_meta, run_head
-from pictag.pipeline.job import InProcessExecutor, Job, JobResult, Run, executor_for, run_job
+from pictag.pipeline.job import InProcessExecutor, Job, JobResult, Run, run_job
 from pictag.pipeline.options import ClassifyConfig
 from pictag.pipeline.runner import EmbeddingBatch, image_features
 from pictag.pipeline.store_features import StoreFeatures, store_units

@@ -254,15 +254,6 @@ def read_parquet(parts: PartStore, name: str) -> pa.Table:
     return pq.read_table(io.BytesIO(parts.read_bytes(name)))
 
 
-def executor_for(cfg: Any) -> Executor:
-    """The executor a config's `ExecutorOptions` name (in-process when it has none)."""
-    if getattr(cfg, "executor", "inprocess") == "inprocess":
-        return InProcessExecutor()
-    from pictag.distributed import ray_executor
-
-    return ray_executor.RayExecutor.from_options(cfg)
-
-
 class Run:
     """An output being written: its lock, its parts and the resume guard. A context manager: leaving it unlocks.
 

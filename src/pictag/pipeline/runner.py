@@ -10,6 +10,7 @@ part is committed as soon as its last row is in.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Container, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -23,7 +24,8 @@ from pictag.data.fast_decode import Decode
 from pictag.data.sources import Source, open_source
 from pictag.errors import PictagError
 from pictag.models.base import Encoder
-from pictag.models.options import EngineOptions
+from pictag.models.build import build_encoder
+from pictag.models.engines.agreement import HELD_OUT
 from pictag.models.preprocess import Preprocess
 from pictag.pipeline.plan import Unit, plan_units
 
@@ -240,16 +242,6 @@ def iter_embeddings(
     return stage.batches(plan_units(source), workers, stats if stats is not None else {})
 
 
-class Only:
-    """A `skip` set for the runner: everything except the wanted keys (picklable, for DataLoader workers)."""
-
-    def __init__(self, wanted: frozenset[str]):
-        self.wanted = wanted
-
-    def __contains__(self, key: object) -> bool:
-        return key not in self.wanted
-
-
 @dataclass
 class Embedded:
     """Every embedding of a source, in memory, for jobs that fit on them (few-shot, probes, calibration).
@@ -305,11 +297,73 @@ def embed_all(
 
 
 def stage_encoder(cfg, source: Source | None = None) -> Encoder:
-    """The encoder a config's model options name, on its --engine when it has one (int8 calibrated on `source`)."""
-    encoder = cfg.create_encoder()
-    if isinstance(cfg, EngineOptions):  # the same encoder contract, its towers compiled
-        encoder = cfg.apply_engine(encoder, source)
-    return encoder
+    """The encoder of a job's config (its model and engine options), built by `pictag.models.build_encoder`.
+
+    For --quantize int8 the job hands the model its calibration images, the first of `source`, and the head
+    agreement is measured over: a zero-shot head of the config's labels, where it has some.
+    """
+    calibration = []
+    if cfg.quantize:
+        if source is None:
+            raise PictagError("--quantize int8 calibrates on the job's own images: it needs a SOURCE")
+        calibration = first_records(source, cfg.calibration_images + HELD_OUT)
+        if not calibration:
+            raise PictagError("--quantize int8: the source has no readable image to calibrate on")
+    return build_encoder(
+        cfg.model,
+        checkpoint=cfg.checkpoint,
+        random_weights=cfg.random_weights,
+        device=cfg.device,
+        precision=cfg.precision,
+        engine=cfg.engine,
+        quantize=cfg.quantize,
+        calibration=calibration,
+        calibration_images=cfg.calibration_images,
+        head=functools.partial(
+            labels_head, *(getattr(cfg, name, None) for name in ("labels", "labels_file", "templates"))
+        ),
+        min_agreement=cfg.min_agreement,
+        strict=cfg.strict,
+        batch_size=cfg.batch_size,
+    )
+
+
+def labels_head(labels: str | None, labels_file: str | None, templates: str | None, encoder: Encoder):
+    """The zero-shot head of a job's labels, to measure int8's agreement over; None for jobs without labels."""
+    if not (labels or labels_file) or not encoder.has_text:
+        return None
+    from pictag.heads.zero_shot import ZeroShotClassifier
+    from pictag.prompts import parse_labels
+
+    # Built from the torch encoder: the prototypes land in the disk cache the job's own head then reads.
+    return ZeroShotClassifier(encoder, parse_labels(labels, labels_file), templates)
+
+
+def first_records(source: Source, count: int) -> list[tuple[str, bytes]]:
+    """(key, bytes) of the first `count` readable records of a source, in plan order; nothing is decoded."""
+    found = []
+    for unit in plan_units(source):
+        for record in unit.shard.read():
+            if record.data:
+                found.append((record.key, record.data))
+                if len(found) == count:
+                    return found
+    return found
+
+
+def sample_pixels(source: Source, encoder: Encoder, count: int, batch_size: int = 64) -> torch.Tensor:
+    """The first `count` decodable images of a source (in plan order), preprocessed: (N, 3, H, W) float32."""
+    crops, total = [], 0
+    for batch in CropDataset(plan_units(source), encoder.preprocess, batch_size):
+        if batch.keys:
+            crops.append(batch.crops[: count - total])
+            total += len(crops[-1])
+        if total >= count:
+            break
+    height, width = encoder.preprocess.size
+    if not crops:
+        return torch.empty(0, 3, height, width)
+    return encoder.preprocess.normalize(torch.cat(crops))
 
 
 def image_features(cfg, label_column: str | None = None) -> tuple[Encoder, list[Unit], ImageFeatures]:

@@ -17,7 +17,6 @@ import torch
 from pictag.data._io import Blob
 from pictag.errors import PictagError
 from pictag.heads.knn import KnnHead
-from pictag.serve.service import register_service
 from pictag.serve.trained import TrainedService
 from pictag.serve.zero_shot import Prediction, Query
 
@@ -26,9 +25,10 @@ THUMBNAIL_PX = 128
 THUMBNAILS_CACHED = 4096
 
 
-@register_service("gallery")
 class GalleryService(TrainedService):
     """Classification by a vote of the nearest images of a labelled embedding store, which the answer shows."""
+
+    name = "gallery"
 
     def setup(self) -> None:
         """Load the model that made the gallery and the gallery's vectors, once."""

@@ -1,17 +1,17 @@
 """The serving contract: what a model must offer to be served (`Service`), and the registry that picks one by
 the `service` name in serve.yaml.
 
-Free of torch: the worker and the API import this module, the model's own module is imported by `create_service`
-only, in the processes that run a model.
+Free of torch: the worker and the API import this module; the registry names each service's module without importing
+it, and `create_service` imports it, only in the processes that run a model.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 from pictag.errors import PictagError
+from pictag.registry import Registry
 from pictag.serve.config import ServeConfig
 
 Item = TypeVar("Item")
@@ -26,7 +26,7 @@ class Service(ABC, Generic[Item, Output]):
     422) and never reaches `predict`. When `predict` fails on a batch, the worker runs its items one at a time, so
     only the item that fails alone gets an error (500).
 
-    Register an implementation with `@register_service(name)` and import its module in `_load_services`.
+    An implementation sets its `name` and is listed as "module:Class" in `SERVICES`.
 
     Args:
         cfg: The serving config.
@@ -62,23 +62,16 @@ class Service(ABC, Generic[Item, Output]):
         """The JSON body of a successful answer."""
 
 
-SERVICES: dict[str, type[Service]] = {}
-
-
-def register_service(name: str) -> Callable[[type[Service]], type[Service]]:
-    """Class decorator that makes a service available as `service: <name>` in serve.yaml."""
-
-    def register(cls: type[Service]) -> type[Service]:
-        cls.name = name
-        SERVICES[name] = cls
-        return cls
-
-    return register
-
-
-def _load_services() -> None:
-    # Importing registers them, and imports torch: only processes that run a model get here.
-    from pictag.serve import gallery, trained, zero_shot  # noqa: F401
+# The `service:` names of serve.yaml. Resolving one imports its module, and torch: only processes that run a model
+# get there. A plug-in adds its own with `SERVICES.register(name, "module:Class")`.
+SERVICES: Registry[type[Service]] = Registry(
+    "service",
+    {
+        "zero-shot": "pictag.serve.zero_shot:ZeroShotService",
+        "trained": "pictag.serve.trained:TrainedService",
+        "gallery": "pictag.serve.gallery:GalleryService",
+    },
+)
 
 
 def create_service(cfg: ServeConfig) -> Service[Any, Any]:
@@ -87,7 +80,6 @@ def create_service(cfg: ServeConfig) -> Service[Any, Any]:
     Raises:
         PictagError: unknown service; the message lists the known ones.
     """
-    _load_services()
     if cfg.service not in SERVICES:
-        raise PictagError(f"serve config: unknown service {cfg.service!r}: use one of {', '.join(SERVICES)}")
-    return SERVICES[cfg.service](cfg)
+        raise PictagError(f"serve config: {SERVICES.unknown(cfg.service)}")
+    return SERVICES.get(cfg.service)(cfg)

@@ -10,13 +10,13 @@ import torch
 
 from pictag.errors import PictagError
 from pictag.heads.base import Head
-from pictag.serve.service import register_service
 from pictag.serve.zero_shot import ZeroShotService
 
 
-@register_service("trained")
 class TrainedService(ZeroShotService):
     """Classification into a run directory's classes with its trained head (`pictag train`)."""
+
+    name = "trained"
 
     def setup(self) -> None:
         """Load the run's encoder and head, once."""

@@ -15,7 +15,7 @@ from pictag.errors import PictagError
 from pictag.heads.zero_shot import ZeroShotClassifier
 from pictag.prompts import parse_labels, request_templates
 from pictag.serve.config import ServeConfig
-from pictag.serve.service import Service, register_service
+from pictag.serve.service import Service
 
 
 @dataclass
@@ -36,7 +36,6 @@ class Prediction:
     neighbours: list[dict] | None = None  # the nearest gallery images, where there is a gallery
 
 
-@register_service("zero-shot")
 class ZeroShotService(Service[Query, Prediction]):
     """Zero-shot classification with per-request labels and templates.
 
@@ -46,6 +45,8 @@ class ZeroShotService(Service[Query, Prediction]):
     Args:
         cfg: The serving config (model, default labels and templates, limits).
     """
+
+    name = "zero-shot"
 
     def __init__(self, cfg: ServeConfig):
         super().__init__(cfg)
@@ -60,27 +61,26 @@ class ZeroShotService(Service[Query, Prediction]):
 
     def setup(self) -> None:
         """Load the model and the default label set's prototypes (so the first request pays neither)."""
-        from pictag.models.registry import create_model
+        from pictag.models.build import build_encoder
 
         cfg = self.cfg
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        self.encoder = create_model(
+        # No int8 here: a worker has no images of its own to calibrate on.
+        self.encoder = build_encoder(
             cfg.model,
             checkpoint=cfg.checkpoint,
             random_weights=cfg.random_weights,
             device=cfg.device,
             precision=cfg.precision,
+            engine=cfg.engine,
+            batch_size=cfg.batch_size,
         )
         if not self.encoder.has_text:
             raise PictagError(
                 f"serve config: {cfg.model} cannot encode text, so it cannot score labels: serve a run trained on it "
                 "(--model RUN serves its classes), a labelled gallery (--gallery STORE), or a CLIP-family model"
             )
-        if cfg.engine != "torch":
-            from pictag.models.engines.choose import engine_for
-
-            self.encoder = engine_for(self.encoder, cfg)
         if cfg.labels or cfg.labels_file:
             self.default_labels = parse_labels(cfg.labels, cfg.labels_file)
             self.head({})

@@ -12,7 +12,8 @@ from pictag.config import dump_config, load_config
 from pictag.data._io import is_url
 from pictag.device import default_workers
 from pictag.errors import PictagError
-from pictag.pipeline.job import RUN_FILE, Job, JobResult, Run, executor_for, run_job
+from pictag.executors import executor_for
+from pictag.pipeline.job import RUN_FILE, Job, JobResult, Run, run_job
 from pictag.pipeline.runner import EmbeddingBatch, image_features
 from pictag.storage.lock import LOCK_FILE
 from pictag.storage.parts import ERRORS_SCHEMA, PartStore

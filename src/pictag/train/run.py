@@ -28,11 +28,9 @@ def run(cfg: TrainConfig):
     Raises:
         PictagError: bad data or options (one line each), or a last.ckpt made with other options.
     """
-    from pictag.train.task import TASKS, list_tasks
+    from pictag.train.task import get_task
 
-    if cfg.task not in list_tasks():
-        raise PictagError(f"unknown task {cfg.task!r}: use one of {', '.join(list_tasks())}")
-    task = TASKS[cfg.task]
+    task = get_task(cfg.task)
     cfg = resolve_defaults(cfg, task.defaults)
     if cfg.early_stop not in task.metrics:
         raise PictagError(
@@ -63,7 +61,7 @@ def train_one(cfg: TrainConfig):
     from pictag.train.data import check_folder
     from pictag.train.engine import LAST, Engine, check_classes, choose_settings, make_fabric, read_last
     from pictag.train.optim import per_group
-    from pictag.train.task import TASKS, create_task
+    from pictag.train.task import create_task, get_task
 
     def check_groups(names) -> None:
         if names:  # refuse unknown group names before any work
@@ -83,7 +81,7 @@ def train_one(cfg: TrainConfig):
         lock.lock()  # a second run on the same folder is refused at once, naming the process
     try:
         # Everything that can refuse the input comes before Lightning is even imported.
-        data = TASKS[cfg.task].load_data(cfg)
+        data = get_task(cfg.task).load_data(cfg)
         check_classes(resume, data.classes, out)
         if resume is not None and first:
             where = f"epoch {resume['epoch'] + 1}" + (f", batch {resume['batch']}" if resume["batch"] else "")
@@ -95,7 +93,7 @@ def train_one(cfg: TrainConfig):
         torch.manual_seed(cfg.seed)
         # In the precision training computes in, so that the heads' prototypes are what the first step sees.
         precision = choose_settings(cfg, pick_device(cfg.device)).precision
-        encoder = TASKS[cfg.task].create_encoder(dataclasses.replace(cfg, precision=precision))
+        encoder = get_task(cfg.task).create_encoder(dataclasses.replace(cfg, precision=precision))
         if cfg.image_size:
             encoder.preprocess = encoder.preprocess.at_size(cfg.image_size)
         if cfg.unfreeze_blocks is not None or cfg.layer_decay:
@@ -104,7 +102,7 @@ def train_one(cfg: TrainConfig):
             blocks, _ = image_blocks(encoder.module)
             if cfg.unfreeze_blocks is not None and not 0 <= cfg.unfreeze_blocks <= len(blocks):
                 raise PictagError(f"--unfreeze-blocks {cfg.unfreeze_blocks}: {cfg.model} has {len(blocks)} blocks")
-        check_groups(TASKS[cfg.task].group_names)
+        check_groups(get_task(cfg.task).group_names)
         fabric, settings = make_fabric(cfg)
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)

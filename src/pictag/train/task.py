@@ -21,13 +21,13 @@ every group exists from the first step (phases change `requires_grad`, never the
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
 from pictag.errors import PictagError
+from pictag.registry import Registry
 
 if TYPE_CHECKING:
     from pictag.heads.base import Head
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 class Task(torch.nn.Module):
     """A model and its loss, trained by `pictag.train.engine.Engine`.
 
-    Subclasses set `name` through `@register_task`, build themselves in `build` and implement the steps.
+    Subclasses set `name` (listed in `TASKS`), build themselves in `build` and implement the steps.
 
     Attributes:
         name: The registry name (`--task`).
@@ -203,45 +203,41 @@ class Task(torch.nn.Module):
         raise ValueError(f"unknown stage {stage!r}")
 
 
-TASKS: dict[str, type[Task]] = {}
-
-
-def register_task(name: str) -> Callable[[type[Task]], type[Task]]:
-    """Class decorator that makes a task available as `create_task(name, ...)` and `pictag train --task NAME`."""
-
-    def register(cls: type[Task]) -> type[Task]:
-        cls.name = name
-        TASKS[name] = cls
-        return cls
-
-    return register
-
-
-def _load_tasks() -> None:
-    # Importing registers them; a task module that is not there yet (another branch) is simply absent.
-    import importlib
-
-    for module in ("classifier", "fewshot", "clip", "fusion", "arcface"):
-        try:
-            importlib.import_module(f"pictag.train.tasks.{module}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"pictag.train.tasks.{module}":
-                raise
+# Every task, by `--task` name, resolved on first use. A task module that fails to import is an error naming it, not a
+# task that is silently missing. A plug-in adds its own with `TASKS.register(name, "module:Class")`.
+TASKS: Registry[type[Task]] = Registry(
+    "training task",
+    {
+        "arcface": "pictag.train.tasks.arcface:ArcFaceTask",
+        "classifier": "pictag.train.tasks.classifier:ClassifierTask",
+        "clip": "pictag.train.tasks.clip:ClipTask",
+        "fewshot": "pictag.train.tasks.fewshot:FewshotTask",
+        "fusion": "pictag.train.tasks.fusion:FusionTask",
+    },
+)
 
 
 def list_tasks() -> list[str]:
-    """Names of the registered tasks."""
-    _load_tasks()
-    return sorted(TASKS)
+    """Names of the registered tasks (nothing is imported)."""
+    return sorted(TASKS.names())
+
+
+def get_task(name: str) -> type[Task]:
+    """The task class registered under `name`, its module imported.
+
+    Raises:
+        PictagError: unknown name (the message lists the known ones), or a task module that fails to import.
+    """
+    if name not in TASKS:
+        raise PictagError(TASKS.unknown(name, list_tasks(), "task"))
+    return TASKS.get(name)
 
 
 def create_task(name: str, encoder: Encoder, data: Any, cfg: Any) -> Task:
     """A new task by registry name; see `Task.build`.
 
     Raises:
-        PictagError: unknown name (the message lists the known ones), or data the task cannot use.
+        PictagError: unknown name (the message lists the known ones), a task module that fails to import, or data
+            the task cannot use.
     """
-    names = list_tasks()
-    if name not in names:
-        raise PictagError(f"unknown task {name!r}: use one of {', '.join(names)}")
-    return TASKS[name].build(encoder, data, cfg)
+    return get_task(name).build(encoder, data, cfg)

@@ -1,4 +1,4 @@
-"""How far a compiled encoder's results are from the exact torch fp32 ones, and the images to measure it on.
+"""How far a compiled encoder's results are from the exact torch fp32 ones, on images the job hands in.
 
 int8 is calibrated on the first images of the user's own source and judged on the images after them (held out):
 top-1 agreement and mean |Δscore| over the job's labels when it has labels, else over nearest neighbours among the
@@ -107,35 +107,3 @@ class Calibration:
         if not crops:
             return torch.empty(0, 3, *preprocess.size)
         return preprocess.normalize(torch.stack(crops))
-
-
-def first_records(source, count: int) -> list[tuple[str, bytes]]:
-    """(key, bytes) of the first `count` readable records of a source, in plan order; nothing is decoded."""
-    from pictag.pipeline.plan import plan_units
-
-    found = []
-    for unit in plan_units(source):
-        for record in unit.shard.read():
-            if record.data:
-                found.append((record.key, record.data))
-                if len(found) == count:
-                    return found
-    return found
-
-
-def sample_pixels(source, encoder: Encoder, count: int, batch_size: int = 64) -> torch.Tensor:
-    """The first `count` decodable images of a source (in plan order), preprocessed: (N, 3, H, W) float32."""
-    from pictag.pipeline.plan import plan_units
-    from pictag.pipeline.runner import CropDataset
-
-    crops, total = [], 0
-    for batch in CropDataset(plan_units(source), encoder.preprocess, batch_size):
-        if batch.keys:
-            crops.append(batch.crops[: count - total])
-            total += len(crops[-1])
-        if total >= count:
-            break
-    height, width = encoder.preprocess.size
-    if not crops:
-        return torch.empty(0, 3, height, width)
-    return encoder.preprocess.normalize(torch.cat(crops))

@@ -14,7 +14,8 @@ import torch
 
 from pictag.errors import PictagError
 from pictag.models.base import Encoder
-from pictag.models.engines.agreement import Agreement, measure_agreement, sample_pixels
+from pictag.models.build import build_encoder
+from pictag.models.engines.agreement import Agreement, measure_agreement
 from pictag.models.engines.choose import split_held_out
 from pictag.models.engines.encoder import EngineEncoder, compile_encoder
 from pictag.models.engines.runtimes import RUNTIMES
@@ -90,9 +91,16 @@ def run(cfg) -> BenchResult:
         PictagError: no decodable image, an engine named but not installed, or a precision no engine runs.
     """
     from pictag.data.sources import open_source
+    from pictag.pipeline.runner import labels_head, sample_pixels
 
     source = open_source(cfg.images)
-    reference = cfg.create_encoder()
+    reference = build_encoder(
+        cfg.model,
+        checkpoint=cfg.checkpoint,
+        random_weights=cfg.random_weights,
+        device=cfg.device,
+        precision=cfg.precision,
+    )
     if reference.device.type != "cpu":
         raise PictagError(f"bench-engines compares CPU engines: use --device cpu, not {reference.device}")
     reference.autocast_dtype = torch.float32
@@ -100,7 +108,7 @@ def run(cfg) -> BenchResult:
     if not len(pixels):
         raise PictagError(f"{cfg.images}: no decodable image to time on")
     calibration, held, _ = split_held_out(pixels, min(cfg.calibration_images, len(pixels) // 2 or 1))
-    head = _head(reference, cfg)
+    head = labels_head(cfg.labels, cfg.labels_file, cfg.templates, reference)
     variants, skipped = _variants(reference, cfg, calibration)
     exact = _embed(reference, held, cfg.batch_size)
     for variant in variants:
@@ -169,13 +177,3 @@ class _TorchAt(Encoder):
 
 def _embed(encoder: Encoder, pixels: torch.Tensor, batch_size: int) -> torch.Tensor:
     return torch.cat([encoder.encode_image(batch) for batch in pixels.split(batch_size)])
-
-
-def _head(reference: Encoder, cfg):
-    labels = getattr(cfg, "labels", None) or getattr(cfg, "labels_file", None)
-    if not labels or not reference.has_text:
-        return None
-    from pictag.heads.zero_shot import ZeroShotClassifier
-    from pictag.prompts import parse_labels
-
-    return ZeroShotClassifier(reference, parse_labels(cfg.labels, cfg.labels_file), cfg.templates)

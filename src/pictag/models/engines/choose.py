@@ -1,7 +1,8 @@
 """Which engine a job's encoder runs on: `--engine auto` measured once per model and machine, and int8 checked.
 
-`engine_for` is what a job calls with its options (`EngineOptions.apply_engine`): it picks the engine, calibrates
-int8 on the job's own images, and prints int8's agreement with fp32 on the images held out from calibration.
+`engine_for` is what `pictag.models.build_encoder` calls: it picks the engine, calibrates int8 on the images the
+job read from its own source, and prints int8's agreement with fp32 on the images held out from calibration, over
+the head the job built. It reads no source and builds no head itself.
 """
 
 from __future__ import annotations
@@ -11,18 +12,22 @@ import json
 import platform
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from pictag.config import cache_dir
 from pictag.errors import PictagError
 from pictag.models.base import Encoder
-from pictag.models.engines.agreement import HELD_OUT, Agreement, Calibration, first_records, measure_agreement
+from pictag.models.engines.agreement import Agreement, Calibration, measure_agreement
 from pictag.models.engines.encoder import compile_encoder, engine_precision, library_versions, precision_of
 from pictag.models.engines.runtimes import RUNTIMES
 from pictag.storage.files import atomic_file
+
+if TYPE_CHECKING:
+    from pictag.heads.base import Head
 
 
 def say(text: str) -> None:
@@ -30,65 +35,70 @@ def say(text: str) -> None:
     print(f"pictag: {text}", file=sys.stderr, flush=True)
 
 
-def engine_for(encoder: Encoder, options, source=None) -> Encoder:
-    """The encoder on the engine `options` name (`EngineOptions` fields), int8 calibrated on `source`.
-
-    `options` needs only `engine` (a serving worker's config has no int8: it has no images to calibrate on).
+def engine_for(
+    encoder: Encoder,
+    engine: str,
+    *,
+    requested: str | None = None,
+    quantize: str | None = None,
+    calibration: Sequence[tuple[str, bytes]] = (),
+    calibration_images: int = 300,
+    head: Callable[[Encoder], Head | None] | None = None,
+    min_agreement: float = 0.99,
+    strict: bool = False,
+    batch_size: int = 32,
+) -> Encoder:
+    """The encoder on `engine`; see `pictag.models.build_encoder` for the arguments (`requested`: its precision).
 
     Raises:
         PictagError: an engine that is missing or cannot run this precision, int8 without images, or (with
-            `options.strict`) int8 agreement below `options.min_agreement`.
+            `strict`) int8 agreement below `min_agreement`.
     """
-    calibration = held = None
+    calibrate = held = None
     held_out = True
-    quantize = getattr(options, "quantize", None)
     if quantize:
-        if source is None:
+        if not calibration:
             raise PictagError("--quantize int8 calibrates on the job's own images: it needs a SOURCE")
-        records = first_records(source, options.calibration_images + HELD_OUT)
-        if not records:
-            raise PictagError("--quantize int8: the source has no readable image to calibrate on")
-        calibrate, check, held_out = split_held_out(records, options.calibration_images)
-        calibration, held = Calibration(calibrate, encoder), Calibration(list(check), encoder)
-    engine = options.engine
+        first, rest, held_out = split_held_out(list(calibration), calibration_images)
+        calibrate, held = Calibration(first, encoder), Calibration(list(rest), encoder)
     if engine == "auto":
         engine = choose_engine(
-            encoder,
-            quantize=quantize,
-            calibration=calibration,
-            batch_size=getattr(options, "batch_size", 32),
-            requested=getattr(options, "precision", None),
+            encoder, quantize=quantize, calibration=calibrate, batch_size=batch_size, requested=requested
         )
-    precision, note = engine_precision(encoder, engine, getattr(options, "precision", None))
+    precision, note = engine_precision(encoder, engine, requested)
     if note:
         say(note)
-    compiled = compile_encoder(encoder, engine, quantize=quantize, calibration=calibration, precision=precision)
+    compiled = compile_encoder(encoder, engine, quantize=quantize, calibration=calibrate, precision=precision)
     if quantize:
-        agreement = _cached_agreement(encoder, compiled, held, options, held_out)
-        check_agreement(agreement, engine, options.min_agreement, options.strict)
+        agreement = _cached_agreement(encoder, compiled, held, head(encoder) if head else None, held_out)
+        check_agreement(agreement, engine, min_agreement, strict)
     return compiled
 
 
-def _cached_agreement(encoder: Encoder, compiled, held: Calibration, options, held_out: bool) -> Agreement:
-    """int8's agreement on the held-out images, measured once per quantized model, images and labels."""
-    labels = getattr(options, "labels", None) or getattr(options, "labels_file", None)
-    head_id = None
-    if labels and encoder.has_text:
-        from pictag.prompts import load_templates, parse_labels
-
-        head_id = [parse_labels(options.labels, options.labels_file), load_templates(options.templates)]
-    key = {"int8": compiled.compiled.folders["image"], "held_out": held.digest, "head": head_id}
+def _cached_agreement(encoder: Encoder, compiled, held: Calibration, head, held_out: bool) -> Agreement:
+    """int8's agreement on the held-out images, measured once per quantized model, images and head."""
+    key = {"int8": compiled.compiled.folders["image"], "held_out": held.digest, "head": _digest(head)}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
     path = cache_dir() / "engines" / "agreement" / f"{digest}.json"
     try:
         return Agreement(**json.loads(path.read_text()))
     except (OSError, ValueError, TypeError):
         pass
-    agreement = int8_agreement(encoder, compiled, held.pixels(), _head(encoder, options), held_out=held_out)
+    agreement = int8_agreement(encoder, compiled, held.pixels(), head, held_out=held_out)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(path, "w") as f:
         f.write(json.dumps(asdict(agreement)))
     return agreement
+
+
+def _digest(head) -> str | None:
+    """What identifies a head's scores: its config and weights (None without a head)."""
+    if head is None:
+        return None
+    h = hashlib.sha256(json.dumps(head.config(), sort_keys=True, default=str).encode())
+    for name, tensor in sorted(head.state_dict().items()):
+        h.update(name.encode() + tensor.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()[:20]
 
 
 def split_held_out(pixels, calibrate: int) -> tuple[list, Any, bool]:
@@ -126,18 +136,6 @@ def check_agreement(agreement: Agreement, engine: str, min_agreement: float, str
     if strict:
         raise PictagError(text)
     say(f"warning: {text}")
-
-
-def _head(encoder: Encoder, options):
-    """The job's zero-shot head, to measure agreement over its labels; None for jobs without labels."""
-    labels = getattr(options, "labels", None) or getattr(options, "labels_file", None)
-    if not labels or not encoder.has_text:
-        return None
-    from pictag.heads.zero_shot import ZeroShotClassifier
-    from pictag.prompts import parse_labels
-
-    # Built from the torch encoder: the prototypes land in the disk cache the job's own head then reads.
-    return ZeroShotClassifier(encoder, parse_labels(options.labels, options.labels_file), options.templates)
 
 
 def choose_engine(

@@ -26,13 +26,12 @@ from pictag.heads.base import create_head
 from pictag.models.base import Encoder
 from pictag.models.embedding import EmbeddingEncoder
 from pictag.train.losses import MarginLoss
-from pictag.train.task import Task, register_task
+from pictag.train.task import Task
 from pictag.train.tasks.classifier import prototypes, train_features
 
 RECALL_AT = (1, 5)
 
 
-@register_task("arcface")
 class ArcFaceTask(Task):
     """Backbone + embedding + class centres under a margin loss; groups "backbone" and "head" (embedding, centres).
 
@@ -46,6 +45,7 @@ class ArcFaceTask(Task):
         batch_size: Images per P×K batch when P is not given.
     """
 
+    name = "arcface"
     group_names = ("backbone", "head")
     # Crops that keep most of the image: an object's identity must survive the crop (timm's default goes down to 8%
     # of the area, which is for classes that show anywhere in the picture).

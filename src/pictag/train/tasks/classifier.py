@@ -19,10 +19,9 @@ from pictag.heads.base import Head, create_head
 from pictag.models.base import Encoder
 from pictag.train.data import CachedRows
 from pictag.train.engine import backbone_frozen
-from pictag.train.task import Task, register_task
+from pictag.train.task import Task
 
 
-@register_task("classifier")
 class ClassifierTask(Task):
     """Backbone + head, cross-entropy with label smoothing; groups "backbone" and "head".
 
@@ -33,6 +32,7 @@ class ClassifierTask(Task):
         label_smoothing: Cross-entropy label smoothing.
     """
 
+    name = "classifier"
     group_names = ("backbone", "head")
 
     def __init__(

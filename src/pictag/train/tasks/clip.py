@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from pictag.errors import PictagError
 from pictag.models.base import Encoder
 from pictag.prompts import load_templates
-from pictag.train.task import Task, register_task
+from pictag.train.task import Task
 
 # Parameters of the image tower, by the name prefixes of open_clip's CLIP and transformers' CLIPModel.
 _IMAGE = ("visual.", "vision_model.", "visual_projection.")
@@ -32,7 +32,6 @@ _SCALE = ("logit_scale", "logit_bias")
 _MAX_SCALE = 100.0
 
 
-@register_task("clip")
 class ClipTask(Task):
     """Both towers of a CLIP encoder and its logit scale, trained with the contrastive loss on (image, text) pairs.
 
@@ -46,6 +45,7 @@ class ClipTask(Task):
         wise_ft: Also write the WiSE-FT interpolation with this weight on the fine-tuned model, or None.
     """
 
+    name = "clip"
     head_groups = ("logit_scale",)
 
     def __init__(

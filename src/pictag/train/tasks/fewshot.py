@@ -8,14 +8,13 @@ the few-shot habits: batch-norm statistics stay as pretrained (as every task's d
 from __future__ import annotations
 
 from pictag.heads.trained import ResidualCosineHead
-from pictag.train.task import register_task
 from pictag.train.tasks.classifier import ClassifierTask, prototypes
 
 
-@register_task("fewshot")
 class FewshotTask(ClassifierTask):
     """Backbone + residual cosine head (`finetuned`), cross-entropy; groups "backbone" and "head"."""
 
+    name = "fewshot"
     augment = {"scale": (0.5, 1.0), "color_jitter": 0.2}
 
     @classmethod

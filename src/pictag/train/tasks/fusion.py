@@ -37,7 +37,7 @@ from pictag.heads.fusion import FusionHead
 from pictag.models.base import Encoder
 from pictag.train.data import CachedRows, Split, TrainData
 from pictag.train.features import at_training_precision
-from pictag.train.task import Task, register_task
+from pictag.train.task import Task
 from pictag.train.tasks.clip import _IMAGE
 
 
@@ -184,7 +184,6 @@ def _embed_products(products: Products, encoder: Encoder, cfg) -> dict:
     return {"views": views, "offsets": offsets_of(products.images), "text": text, "skipped": unreadable}
 
 
-@register_task("fusion")
 class FusionTask(Task):
     """Image tower + text tower + fusion MLP head, cross-entropy; groups "image", "text" and "head".
 
@@ -200,6 +199,7 @@ class FusionTask(Task):
         val_keys: The validation rows' ids and `fold`: written to oof.csv at each new best epoch.
     """
 
+    name = "fusion"
     group_names = ("image", "text", "head")
     defaults = {"patience": 2, "label_smoothing": 0.0}
     cross_validates = True
