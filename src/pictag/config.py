@@ -18,7 +18,7 @@ from typing import Any, ClassVar, TypeVar
 import yaml
 
 from pictag.errors import COMMAND_LINE, PictagError
-from pictag.storage.files import is_url
+from pictag.storage.files import is_url, write_file
 
 C = TypeVar("C")
 
@@ -147,16 +147,8 @@ def _attributes(doc: str) -> dict[str, str]:
 
 def dump_config(cfg: Any, path: str | os.PathLike) -> Path | str:
     """Write the resolved config as YAML, so a run can be repeated with `--config` (a path or an fsspec URL)."""
-    if is_url(os.fspath(path)):
-        import fsspec
-
-        with fsspec.open(os.fspath(path), "w") as f:
-            f.write(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
-        return os.fspath(path)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
-    return path
+    write_file(path, yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False).encode())
+    return os.fspath(path) if is_url(os.fspath(path)) else Path(path)
 
 
 def sibling(out: str | os.PathLike, suffix: str) -> Path | str:

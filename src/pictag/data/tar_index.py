@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from pictag.config import cache_dir
 from pictag.data._io import Blob, display_name, filesystem, is_image, is_url, safe_key
 from pictag.errors import PictagError
+from pictag.storage.files import atomic_path
 
 if TYPE_CHECKING:  # pyarrow and numpy load on first use, so that `import pictag` stays fast
     import numpy as np
@@ -147,13 +148,9 @@ def _scan(tar: str) -> pa.Table:
 def _write(table: pa.Table, out: Path) -> None:
     import pyarrow.parquet as pq
 
-    # Write beside and rename, so a reader in another process never sees half an index.
-    tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")
-    try:
+    # Written whole or not at all, so a reader in another process never sees half an index.
+    with atomic_path(out) as tmp:
         pq.write_table(table, tmp)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)

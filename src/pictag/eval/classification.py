@@ -26,6 +26,7 @@ import pyarrow as pa
 
 from pictag.data._io import is_url
 from pictag.errors import PictagError
+from pictag.storage.files import atomic_file
 
 # Equal-width confidence bins of the expected calibration error and the reliability diagram (Guo et al. 2017).
 ECE_BINS = 15
@@ -150,8 +151,9 @@ class Truth:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         result = ClassificationReport(**report, unreadable=unreadable, out=str(out))
-        (out / SUMMARY_FILE).write_text(json.dumps({**asdict(result), "source": self.where}, indent=2) + "\n")
-        with open(out / "per_class.csv", "w", newline="") as f:
+        with atomic_file(out / SUMMARY_FILE, "w") as f:
+            f.write(json.dumps({**asdict(result), "source": self.where}, indent=2) + "\n")
+        with atomic_file(out / "per_class.csv", "w") as f:
             writer = csv.DictWriter(f, fieldnames=list(PER_CLASS))
             writer.writeheader()
             writer.writerows(

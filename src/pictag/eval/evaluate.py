@@ -32,6 +32,7 @@ from pictag.eval.retrieval import Overlap, RetrievalMetrics, overlap, retrieval_
 from pictag.models.build import build_encoder
 from pictag.pipeline.options import ClassifyConfig
 from pictag.pipeline.runner import Embedded, embed_all
+from pictag.storage.files import atomic_file
 
 SHOWN_RESULTS = 5
 
@@ -307,7 +308,7 @@ def _thumbnails(sides: Sequence[_Side], rows: list) -> dict:
 
 
 def _write_per_class(metrics: RetrievalMetrics, ks: Sequence[int], path: Path) -> None:
-    with open(path, "w", newline="") as f:
+    with atomic_file(path, "w") as f:
         writer = csv.writer(f)
         writer.writerow(["class", "queries", *(f"recall@{k}" for k in ks)])
         for label, row in sorted(metrics.per_class.items()):

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from pictag.storage.files import atomic_file
+
 
 def top_k_accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int = 1) -> float:
     """Fraction of rows whose label is among the k highest logits (k is capped at the number of classes)."""
@@ -32,7 +34,7 @@ def write_per_class(confusion: torch.Tensor, classes: Sequence[str], out: str | 
     recall = hits / confusion.sum(dim=1).clamp(min=1)
     f1 = 2 * precision * recall / (precision + recall).clamp(min=1e-12)
     out = Path(out)
-    with open(out, "w", newline="") as f:
+    with atomic_file(out, "w") as f:
         writer = csv.writer(f)
         writer.writerow(["class", "images", "precision", "recall", "f1"])
         for i, name in enumerate(classes):

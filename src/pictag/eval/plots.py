@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pictag.storage.files import atomic_path
+
 THUMBNAIL = 160
 
 
@@ -49,8 +51,7 @@ def plot_coverage_accuracy(
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(out)
-    plt.close(fig)
+    save_figure(fig, out)
     return out
 
 
@@ -63,11 +64,8 @@ def plot_training_curves(
     """Train and validation loss above, the validation metric that picks best/ below, per epoch (metrics.csv rows);
     see `training_curves_figure`."""
     fig = training_curves_figure(rows, metric, marks)
-    import matplotlib.pyplot as plt
-
     out = Path(out)
-    fig.savefig(out)
-    plt.close(fig)
+    save_figure(fig, out)
     return out
 
 
@@ -153,8 +151,7 @@ def plot_confusion(confusion, classes: list[str], out: str | os.PathLike, title:
                     )
     fig.tight_layout()
     out = Path(out)
-    fig.savefig(out)
-    plt.close(fig)
+    save_figure(fig, out)
     return out
 
 
@@ -175,8 +172,7 @@ def plot_recall_at_k(recall: dict[int, float], out: str | os.PathLike, title: st
     ax.grid(alpha=0.3)
     out = Path(out)
     fig.tight_layout()
-    fig.savefig(out)
-    plt.close(fig)
+    save_figure(fig, out)
     return out
 
 
@@ -212,8 +208,7 @@ def plot_retrievals(rows: list, images: dict, out: str | os.PathLike) -> Path:
             ax.set_title(("query: " if n == 0 else "") + str(label)[:18], fontsize=7, color=colour)
     out = Path(out)
     fig.tight_layout()
-    fig.savefig(out)
-    plt.close(fig)
+    save_figure(fig, out)
     return out
 
 
@@ -242,8 +237,7 @@ def plot_reliability(
     below.set(xlabel="top-1 confidence", ylabel="images")
     fig.tight_layout()
     out = Path(out)
-    fig.savefig(out)
-    plt.close(fig)
+    save_figure(fig, out)
     return out
 
 
@@ -274,9 +268,17 @@ def plot_errors(errors: list[tuple[str, str, str, float]], images: dict, out: st
         axes[0, 0].text(0.5, 0.5, "no errors", ha="center", va="center")
     fig.tight_layout()
     out = Path(out)
-    fig.savefig(out)
-    plt.close(fig)
+    save_figure(fig, out)
     return out
+
+
+def save_figure(fig, out: str | os.PathLike) -> None:
+    """Write `fig` to `out` whole, or not at all (its format from the extension), and close it."""
+    import matplotlib.pyplot as plt
+
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format=os.path.splitext(out)[1].lstrip(".").lower() or None)
+    plt.close(fig)
 
 
 def thumbnail(data: bytes):

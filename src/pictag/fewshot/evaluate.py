@@ -17,6 +17,7 @@ from pictag.config import dump_config
 from pictag.data.sources import open_source
 from pictag.device import default_workers
 from pictag.errors import PictagError
+from pictag.eval.plots import save_figure
 from pictag.fewshot.options import FewshotEvalConfig
 from pictag.fewshot.tasks import sample_episodes
 from pictag.heads.auto import CANDIDATES, AutoHead
@@ -25,6 +26,7 @@ from pictag.heads.zero_shot import ZeroShotClassifier
 from pictag.models.base import Encoder
 from pictag.models.build import build_encoder
 from pictag.pipeline.runner import embed_all
+from pictag.storage.files import atomic_file
 
 
 @dataclass
@@ -272,7 +274,7 @@ def run_eval(cfg: FewshotEvalConfig) -> EvalResult:
 def write_scores(scores: Sequence[MethodScore], path: Path) -> Path:
     """The scores as a CSV table (one row per method and shot count)."""
     rows = [{k: v for k, v in asdict(s).items() if k != "chosen"} for s in scores]
-    with open(path, "w", newline="") as f:
+    with atomic_file(path, "w") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
@@ -302,6 +304,5 @@ def plot_scores(scores: Sequence[MethodScore], path: Path, title: str) -> Path:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)
     return path

@@ -18,6 +18,7 @@ import yaml
 
 from pictag.errors import PictagError
 from pictag.heads.base import scores_from_logits
+from pictag.storage.files import write_file
 
 FITTED, NO_DATA, UNREACHABLE = "fitted", "no_data", "unreachable"
 
@@ -68,8 +69,7 @@ class Calibration:
 
     def save(self, path: str | os.PathLike) -> Path:
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(yaml.safe_dump(asdict(self), sort_keys=False))
+        write_file(path, yaml.safe_dump(asdict(self), sort_keys=False).encode())
         return path
 
     def check(self, spec: str, weights_id: str, labels: Sequence[str], templates: Sequence[str], head: dict) -> None:

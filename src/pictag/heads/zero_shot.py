@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Sequence
 
 import torch
@@ -13,6 +12,7 @@ from pictag.config import cache_dir
 from pictag.heads.base import ZERO_SHOT, Head
 from pictag.models.base import Encoder
 from pictag.prompts import load_templates
+from pictag.storage.files import atomic_path
 
 
 class ZeroShotClassifier(Head):
@@ -59,9 +59,8 @@ class ZeroShotClassifier(Head):
                 pass
         prototypes = self._compute_prototypes(encoder)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        torch.save(prototypes.cpu(), tmp)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            torch.save(prototypes.cpu(), tmp)
         return prototypes
 
     def _compute_prototypes(self, encoder: Encoder) -> torch.Tensor:

@@ -10,6 +10,7 @@ import torch
 
 from pictag.config import cache_dir
 from pictag.errors import PictagError
+from pictag.storage.files import write_file
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,5 @@ def file_digest(path: str | os.PathLike) -> str:
         while chunk := f.read(1 << 24):
             h.update(chunk)
     digest = h.hexdigest()[:16]
-    memo.parent.mkdir(parents=True, exist_ok=True)
-    memo.write_text(digest)
+    write_file(memo, digest.encode())  # whole or absent: a torn memo would name other weights
     return digest

@@ -29,7 +29,6 @@ import json
 import math
 import os
 import shutil
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -42,6 +41,7 @@ from pictag.errors import PictagError, option
 from pictag.heads.base import scores_from_logits
 from pictag.models.registry import parse_spec
 from pictag.models.run_dir import RunModel, load_run, model_dir
+from pictag.storage.files import atomic_folder
 
 FORMATS = ("hf", "open_clip", "onnx", "openvino")
 # PIL resample codes, as transformers' image processors store them.
@@ -84,18 +84,9 @@ def export_run(run: str | os.PathLike, format: str, out: str | os.PathLike, *, o
         raise PictagError(f"{out} already exists: pass {option('overwrite', True)} to replace it")
     loaded = load_run(run, device="cpu", precision="fp32")
     writer = _writer(loaded, format, run)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+    with atomic_folder(out) as tmp:
         how = writer(loaded, tmp)
         (tmp / "README.md").write_text(model_card(run, loaded, format, how))
-        if out.exists():
-            shutil.rmtree(out)
-        os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return ExportResult(out, format, loaded.encoder.spec, how)
 
 

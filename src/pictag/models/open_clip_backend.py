@@ -15,6 +15,7 @@ from pictag.models.checkpoint import file_digest, load_checkpoint
 from pictag.models.hub import fetch_failed, hub_online
 from pictag.models.preprocess import Preprocess
 from pictag.models.registry import Backend, ModelSpec, unknown_name
+from pictag.storage.files import write_file
 
 
 class OpenClipEncoder(Encoder):
@@ -172,10 +173,8 @@ def _rebuild(spec: ModelSpec, files: Path, meta: dict) -> Encoder:
     arch = (meta.get("architecture") or {}).get("open_clip")
     if arch and spec.name not in open_clip.list_models():
         # Register the stored config under its name through open_clip's own mechanism (a JSON file it scans).
-        configs = cache_dir() / "open_clip_configs"
-        configs.mkdir(parents=True, exist_ok=True)
-        path = configs / f"{spec.name}.json"
-        path.write_text(json.dumps(arch["config"]))
+        path = cache_dir() / "open_clip_configs" / f"{spec.name}.json"
+        write_file(path, json.dumps(arch["config"]).encode())  # whole, for a worker loading the same run meanwhile
         open_clip.add_model_config(path)
     # The tag only named where the starting weights came from; they are replaced by the run's.
     return _create(ModelSpec("open_clip", spec.name), random_weights=True)

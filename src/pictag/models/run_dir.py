@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pictag.errors import PictagError, option
 from pictag.models.registry import Backend
+from pictag.storage.files import atomic_folder
 
 if TYPE_CHECKING:
     import torch
@@ -170,25 +169,14 @@ def save_run_model(
         raise PictagError(f"run metadata is not JSON-able ({exc}): head.config() and metrics must be plain") from None
     tensors = _fp32_state(encoder, head)
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        from safetensors.torch import save_file
+    from safetensors.torch import save_file
 
+    with atomic_folder(out_dir) as tmp:
         save_file(tensors, tmp / WEIGHTS, metadata={"format": "pt"})
         (tmp / META).write_text(text + "\n")
         # safetensors creates its file owner-only; serving workers under another user must read it like the JSON.
         os.chmod(tmp / WEIGHTS, (tmp / META).stat().st_mode & 0o777)
         _save_backbone_files(encoder, tmp / BACKBONE_DIR)
-        for path in tmp.rglob("*"):
-            if path.is_file():
-                _fsync(path)
-        _fsync(tmp)
-        _replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 
@@ -403,26 +391,6 @@ def _preprocess(cls, fields: dict | None, default):
         std=tuple(fields["std"]),
         backend=fields.get("backend", "pil"),
     )
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _replace_dir(new: Path, target: Path) -> None:
-    # Directories cannot be renamed over non-empty ones: move the old one aside first, then drop it.
-    old = None
-    if target.exists():
-        old = target.parent / f".{target.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        os.rename(target, old)
-    os.rename(new, target)
-    _fsync(target.parent)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _create(spec, checkpoint=None, random_weights: bool = False) -> Encoder:

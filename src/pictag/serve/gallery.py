@@ -14,6 +14,7 @@ import logging
 
 import torch
 
+from pictag.data._io import Blob
 from pictag.errors import PictagError
 from pictag.heads.knn import KnnHead
 from pictag.serve.trained import TrainedService
@@ -76,19 +77,18 @@ class GalleryService(TrainedService):
 
 def _thumbnail(where: dict[str, str], key: str) -> str | None:
     """A small JPEG of a gallery image as a data: URL, or None where its file cannot be read here."""
-    import fsspec
     from PIL import Image
 
     location = where.get(key)
     if location is None:
         return None
     try:
-        with fsspec.open(location, "rb") as f:
-            image = Image.open(io.BytesIO(f.read()))
+        with Blob(location) as blob:
+            image = Image.open(io.BytesIO(blob.read()))
             image.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
             buffer = io.BytesIO()
             image.convert("RGB").save(buffer, "JPEG", quality=80)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, PictagError) as exc:
         log.warning("gallery image %s: %s", location, exc)
         return None
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()

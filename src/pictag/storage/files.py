@@ -13,6 +13,7 @@ import shutil
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
 from pictag.errors import PictagError
@@ -86,6 +87,37 @@ def rmtree(fs: AbstractFileSystem | None, path: str) -> None:
         fs.rm(path, recursive=True)
 
 
+def sync(path: str | os.PathLike) -> None:
+    """Flush a local file, or a folder with all it holds, to the disk, so that a rename after it publishes whole data."""
+    text = os.fspath(path)
+    if os.path.isdir(text):
+        for folder, subfolders, names in os.walk(text):
+            for name in names + subfolders:
+                _fsync(os.path.join(folder, name))
+    _fsync(text)
+
+
+def _fsync(path: str | os.PathLike) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def commit(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Publish the local file written at `tmp` as `path`: synced, then renamed over it (for writers that must name
+    their temporary file themselves; `atomic_path` otherwise)."""
+    sync(tmp)
+    os.replace(tmp, path)
+
+
+def _beside(path: str | os.PathLike, suffix: str) -> str:
+    """A hidden name beside `path`, unique to this attempt: ``.NAME.PID-RANDOM{suffix}``."""
+    folder, name = os.path.split(os.fspath(path))
+    return os.path.join(folder, f".{name}.{os.getpid()}-{uuid.uuid4().hex[:8]}{suffix}")
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     """A local path to write, whose file appears at `path` whole, or not at all (for writers that open by path).
@@ -95,26 +127,85 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     each rename a whole file, the last one wins, and a process killed at any instant leaves at most its temporary
     file, which nothing reads.
     """
-    folder, name = os.path.split(os.fspath(path))
-    tmp = os.path.join(folder, f".{name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+    tmp = _beside(path, ".tmp")
     try:
         yield tmp
-        fd = os.open(tmp, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
+        commit(tmp, path)
     finally:
         if os.path.lexists(tmp):
             os.unlink(tmp)
 
 
 @contextmanager
+def atomic_folder(path: str | os.PathLike, *, replace: bool = True) -> Iterator[Path]:
+    """An empty local folder to fill, which appears at `path` whole, or not at all (a model, an export, a cache entry).
+
+    The folder is a temporary one beside `path` (``.NAME.PID-RANDOM.tmp``, its parents created); once the block is
+    done, every file in it is synced and it is renamed to `path`, so a reader, or a crash, sees the old folder or the
+    new one, never half of one. A folder already at `path` is replaced: moved aside first (a folder cannot be renamed
+    over a non-empty one), then removed. With ``replace=False`` it is kept instead and this one dropped: the first
+    writer wins, for caches whose entries of one name are equal.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(_beside(target, ".tmp"))
+    tmp.mkdir()
+    try:
+        yield tmp
+        sync(tmp)
+        old = None
+        if replace and os.path.lexists(target):
+            old = _beside(target, ".old")
+            os.rename(target, old)
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if old is not None:
+                os.rename(old, target)  # the old folder stays, rather than none at all
+            if replace:
+                raise
+        _fsync(target.parent)
+        if old is not None:
+            _remove(old)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def discard(path: str | os.PathLike) -> None:
+    """Remove a local file or folder, renamed away first so that no reader opens half of a folder being deleted."""
+    trash = _beside(path, ".tmp")
+    os.rename(path, trash)
+    _remove(trash)
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        os.unlink(path)
+
+
+@contextmanager
 def atomic_file(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     """A local file to write (opened with `mode`), which appears at `path` whole, or not at all; see `atomic_path`."""
-    with atomic_path(path) as tmp, open(tmp, mode, newline="" if "b" not in mode else None) as f:
+    text = "b" not in mode  # text is UTF-8 whatever the locale, with the newlines the writer puts (as csv wants)
+    with (
+        atomic_path(path) as tmp,
+        open(tmp, mode, newline="" if text else None, encoding="utf-8" if text else None) as f,
+    ):
         yield f
+
+
+def write_file(location: str | os.PathLike, data: bytes) -> None:
+    """Write a whole small file: locally under a temporary name then renamed (its folder created), on object
+    storage as one upload, which the store makes visible whole."""
+    fs, path = open_location(location)
+    if fs is not None:
+        fs.pipe_file(path, data)
+        return
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with atomic_file(path) as f:
+        f.write(data)
 
 
 @contextmanager

@@ -1,4 +1,5 @@
-"""One writer per output: a POSIX record lock on local folders, a renewed lease on object storage."""
+"""One writer per output: a POSIX record lock on local folders, a renewed lease on object storage; and `waiting`,
+a local lock that makes a second writer wait for the first (a shared cache)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import fcntl
 import os
 import socket
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -113,3 +116,19 @@ class FolderLock:
         if self._lease is not None:
             self._lease = None
             delete(self.fs, self.path)  # gone already when the folder was removed after a merge
+
+
+@contextmanager
+def waiting(path: str | os.PathLike) -> Iterator[None]:
+    """Hold the exclusive lock of the local file `path` while the block runs, waiting while another process holds it.
+
+    For a cache shared by processes: the second writer waits for the first, then finds its entry, rather than
+    building it again. The file is created if missing and left in place (removing it would let a third process lock
+    a new file while the second still holds the old one).
+    """
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

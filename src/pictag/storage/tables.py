@@ -11,7 +11,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from pictag.errors import PictagError
-from pictag.storage.files import open_location, writing
+from pictag.storage.files import commit, open_location, writing
 
 OUTPUT_FORMATS = (".csv", ".parquet")
 
@@ -19,8 +19,8 @@ OUTPUT_FORMATS = (".csv", ".parquet")
 class TableWriter:
     """Streams tables into one CSV or Parquet file (local or fsspec URL), chosen by its extension (any case).
 
-    Locally the file is written under a temporary name and renamed at `close`; on object storage it is one
-    (multipart) upload, which the store makes visible at `close`.
+    Locally the file is written under a temporary name (``OUT.tmp``, which `pictag verify` looks for), synced and
+    renamed at `close`; on object storage it is one (multipart) upload, which the store makes visible at `close`.
     """
 
     def __init__(self, path: str | os.PathLike):
@@ -54,7 +54,7 @@ class TableWriter:
             self._writer.close()
             self._file.close()
             if self.fs is None:
-                os.replace(self._tmp, self._target)
+                commit(self._tmp, self._target)
         return self.path
 
 

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from pictag.data.crops import item_seed
 from pictag.errors import PictagError
-from pictag.storage.files import atomic_file
+from pictag.storage.files import atomic_file, commit
 from pictag.train import data as train_data
 from pictag.train.loggers import Loggers, ProgressLines, parse_loggers
 from pictag.train.optim import DEFAULT_BACKBONE_LR, EMA, Schedule, block_depths, optimizer_groups, per_group
@@ -866,7 +866,7 @@ class Engine:
         tmp = path.with_name(f".{LAST}.tmp")
         self.fabric.save(tmp, self._state(epoch, batch_pos, step))
         if self.rank == 0:
-            os.replace(tmp, path)
+            commit(tmp, path)
         self.fabric.barrier()
 
     def _load(self, state: dict) -> tuple[int, int, int]:

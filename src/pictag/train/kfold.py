@@ -24,7 +24,7 @@ from pathlib import Path
 
 from pictag.config import dump_config
 from pictag.errors import PictagError
-from pictag.storage.files import atomic_file
+from pictag.storage.files import atomic_file, write_file
 
 OOF = "oof.csv"
 CV = "cv.json"
@@ -127,7 +127,7 @@ def summarize(out: Path, folds: list[str]) -> dict:
     if "missing_images" in facts:  # the same table and images in every fold
         cv["missing_images"] = facts["missing_images"]
     cv["folds"] = per_fold
-    (out / CV).write_text(json.dumps(cv, indent=2) + "\n")
+    write_file(out / CV, (json.dumps(cv, indent=2) + "\n").encode())
     classes = read_meta(fold_folder(out, folds[0]))["classes"]
     index = {c: i for i, c in enumerate(classes)}
     predicted = torch.tensor([index[r["prediction"]] for r in rows])

@@ -11,21 +11,19 @@ warning line, and is rebuilt.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import logging
 import os
-import shutil
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from pictag.config import cache_dir
+from pictag.storage.files import atomic_folder, discard
+from pictag.storage.lock import waiting
 
 log = logging.getLogger(__name__)
 
@@ -69,10 +67,10 @@ def cached(kind: str, key: dict[str, Any], build: Callable[[Path], None], load: 
     """
     folder = entry_folder(kind, key)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(folder.with_name(folder.name + ".lock")):
+    with waiting(folder.with_name(folder.name + ".lock")):
         if folder.exists() and not folder.is_dir():
             log.warning("engine cache entry %s is not a folder: rebuilding it", folder)
-            _discard(folder)
+            discard(folder)
         if folder.is_dir():
             started = time.perf_counter()
             try:
@@ -80,22 +78,14 @@ def cached(kind: str, key: dict[str, Any], build: Callable[[Path], None], load: 
                 return Cached(load(folder), folder, True, meta.get("build_s", 0.0), time.perf_counter() - started)
             except Exception as exc:  # whatever a damaged file makes the runtime raise
                 log.warning("engine cache entry %s is corrupt (%s): rebuilding it", folder, _first_line(exc))
-                _discard(folder)
+                discard(folder)
         started = time.perf_counter()
-        tmp = folder.with_name(f".{folder.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-        tmp.mkdir()
-        try:
+        # Not replacing: another writer that took no lock (a foreign file system) got there first with an equal entry.
+        with atomic_folder(folder, replace=False) as tmp:
             build(tmp)
             build_s = time.perf_counter() - started
             files = {name: _fingerprint(tmp / name) for name in _files(tmp)}
             (tmp / META).write_text(json.dumps({"key": key, "files": files, "build_s": build_s}, default=str))
-            try:
-                os.rename(tmp, folder)
-            except OSError:  # another writer that took no lock (a foreign file system) got there first
-                shutil.rmtree(tmp, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         started = time.perf_counter()
         return Cached(load(folder), folder, False, build_s, time.perf_counter() - started)
 
@@ -128,26 +118,6 @@ def _fingerprint(path: Path) -> dict:
         return {"bytes": os.fstat(f.fileno()).st_size, "sha256": hashlib.file_digest(f, "sha256").hexdigest()}
 
 
-def _discard(folder: Path) -> None:
-    # Renamed away first, so that no reader can open a half-deleted entry.
-    trash = folder.with_name(f".{folder.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.corrupt")
-    os.rename(folder, trash)
-    if trash.is_dir() and not trash.is_symlink():
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        trash.unlink()
-
-
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
-
-
-@contextlib.contextmanager
-def _locked(path: Path):
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
 import sys
 import time
@@ -25,6 +24,7 @@ from pictag.models.base import Encoder
 from pictag.models.engines.agreement import Agreement, Calibration, measure_agreement
 from pictag.models.engines.encoder import compile_encoder, engine_precision, library_versions, precision_of
 from pictag.models.engines.runtimes import RUNTIMES
+from pictag.storage.files import atomic_file
 
 if TYPE_CHECKING:
     from pictag.heads.base import Head
@@ -86,9 +86,8 @@ def _cached_agreement(encoder: Encoder, compiled, held: Calibration, head, held_
         pass
     agreement = int8_agreement(encoder, compiled, held.pixels(), head, held_out=held_out)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(asdict(agreement)))
-    os.replace(tmp, path)
+    with atomic_file(path, "w") as f:
+        f.write(json.dumps(asdict(agreement)))
     return agreement
 
 
@@ -199,9 +198,8 @@ def choose_engine(
     best = max(rates, key=rates.get)
     saved = {"engine": best, "rates": rates, "precision": quantize or precision, "batch": batch, "skipped": skipped}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(saved))
-    os.replace(tmp, path)
+    with atomic_file(path, "w") as f:
+        f.write(json.dumps(saved))
     say(f"--engine auto: {best}, the fastest here: {_rates(saved)}")
     return best
 
