@@ -20,7 +20,7 @@ from pictag.config import dump_config, load_config, sibling
 from pictag.data._io import is_url
 from pictag.device import default_workers
 from pictag.errors import PictagError
-from pictag.eval.classification import ClassificationReport, Truth
+from pictag.eval.classification import Truth
 from pictag.executors import executor_for
 from pictag.heads.base import Head
 from pictag.heads.calibration import Calibration
@@ -30,7 +30,8 @@ from pictag.heads.zero_shot import ZeroShotClassifier
 from pictag.models.base import Encoder
 from pictag.models.registry import default_model, parse_spec
 from pictag.models.run_dir import read_meta, run_head
-from pictag.pipeline.job import InProcessExecutor, Job, JobResult, Run, run_job
+from pictag.pipeline.classify_result import ClassifyResult
+from pictag.pipeline.job import InProcessExecutor, Job, Run, run_job
 from pictag.pipeline.options import ClassifyConfig
 from pictag.pipeline.runner import EmbeddingBatch, image_features
 from pictag.pipeline.store_features import StoreFeatures, store_units
@@ -68,18 +69,6 @@ _RESULT_DEFINING = (
 )
 
 
-class ClassifyResult(JobResult):
-    report: ClassificationReport | None = None
-
-    @property
-    def classified(self) -> int:
-        return self.rows
-
-    def summary(self) -> str:
-        line = super().summary()
-        return f"{line}\n{self.report.summary()}" if self.report else line
-
-
 def run(cfg: ClassifyConfig) -> ClassifyResult | Printed:
     """Classify every image of `cfg.source` against `cfg.labels` (or a trained run's classes), one part per unit.
 
@@ -92,7 +81,7 @@ def run(cfg: ClassifyConfig) -> ClassifyResult | Printed:
     # The labels are read, and classes the model does not know refused, before any work.
     truth = Truth.of(cfg, cfg.label_column or "label") if cfg.report else None
     if cfg.images:  # a product table, classified by fusion runs
-        from pictag.pipeline.products import run as classify_products
+        from pictag.pipeline.products import classify_products
 
         return _reported(classify_products(cfg), truth)
     if isinstance(cfg.model, list):
