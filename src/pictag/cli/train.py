@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pictag.cli.common import add_command
+
+if TYPE_CHECKING:
+    from pictag.train.options import TrainConfig
 
 EXAMPLES = """examples:
   pictag train ClassDataset/ --model timm:tf_efficientnet_lite0 --checkpoint w.pth --val-split 0.2 --out runs/parts
@@ -23,7 +27,7 @@ def add_parser(sub) -> None:
         sub,
         "train",
         "pictag.train.options:TrainConfig",
-        "pictag.train.run:run",
+        "pictag.cli.train:run",
         config_for="pictag.cli.train:config_for",
         help="train a classifier (or another --task) on DATA/<class>/*.jpg or a table",
         description="Fine-tune a backbone and a head initialised from the class prototypes with AdamW over named "
@@ -63,3 +67,10 @@ def _flag(args: list[str], name: str) -> str | None:
         elif arg.startswith(name + "="):
             value = arg[len(name) + 1 :]
     return value
+
+
+def run(cfg: TrainConfig):
+    from pictag.config import options_of
+    from pictag.train.run import train
+
+    return train(**options_of(cfg))

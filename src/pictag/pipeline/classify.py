@@ -1,5 +1,5 @@
-"""Batch classification, zero-shot or with a trained run's head: `run(ClassifyConfig) -> ClassifyResult`, a job on
-the shared runner."""
+"""Batch classification, zero-shot or with a trained run's head: `classify(source, out, labels, **options)`, a job
+on the shared runner."""
 
 from __future__ import annotations
 
@@ -69,13 +69,21 @@ _RESULT_DEFINING = (
 )
 
 
-def run(cfg: ClassifyConfig) -> ClassifyResult | Printed:
-    """Classify every image of `cfg.source` against `cfg.labels` (or a trained run's classes), one part per unit.
+def classify(
+    source: str | None = None, out: str | None = None, labels: list[str] | str | None = None, **options
+) -> ClassifyResult | Printed:
+    """Classify every image of `source` against `labels` (or a trained run's classes), one part per unit; the
+    Python twin of `pictag classify`: options are the ClassifyConfig fields (model=, top_k=, resume=, ...).
+
+    With `embeddings="emb/"` (and `source=None`) the rows come from an embedding store; no image is decoded. Without
+    `out`, nothing is written: the answers are in the result's `table`. With `images=DIR`, `source` is a product
+    table classified by fusion runs (`pictag.pipeline.products`).
 
     Raises:
         PictagError: bad input, or an output that exists (pass `overwrite`) or was interrupted (pass `resume`).
     """
     started = time.perf_counter()
+    cfg = load_config(ClassifyConfig, source=source, out=out, labels=labels, **options)
     labels, labels_file, templates = read_once(cfg.labels, cfg.labels_file, cfg.templates)
     cfg = dataclasses.replace(cfg, labels=labels, labels_file=labels_file, templates=templates)
     # The labels are read, and classes the model does not know refused, before any work.
@@ -290,17 +298,6 @@ def _head_rows(cfg: ClassifyConfig, encoder):
         return _rows(batch.keys, scores, indices, labels, thresholds, schema)
 
     return rows, schema, head_id[:16], head.normalized_input
-
-
-def classify(
-    source: str | None, out: str | None = None, labels: list[str] | str | None = None, **options
-) -> ClassifyResult | Printed:
-    """Python twin of `pictag classify`: options are the ClassifyConfig fields (model=, top_k=, resume=, ...).
-
-    With `embeddings="emb/"` (and `source=None`) the rows come from an embedding store; no image is decoded. Without
-    `out`, nothing is written: the answers are in the result's `table`.
-    """
-    return run(load_config(ClassifyConfig, source=source, out=out, labels=labels, **options))
 
 
 def _stages(cfg: ClassifyConfig, store: EmbeddingStore | None):
