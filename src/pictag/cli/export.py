@@ -10,9 +10,9 @@ if TYPE_CHECKING:
     from pictag.models.options import ExportConfig
 
 EXAMPLES = """examples:
-  pictag export --model runs/clip-ft --format hf --out fine_tuned_clip/   # transformers' CLIPModel.from_pretrained loads it
+  pictag export --model runs/clip-ft --format hf --out clip-hf/   # transformers' CLIPModel.from_pretrained loads it
   pictag export --model runs/clip-ft/wise-ft-0.5 --format open_clip --out clip-wise/
-  pictag export --model runs/lite0 --format hf --out lite0-hf/   # AutoModelForImageClassification, trust_remote_code=True
+  pictag export --model runs/lite0 --format hf --out hf/   # AutoModelForImageClassification, trust_remote_code=True
   pictag export --model runs/lite0 --format onnx --out lite0-onnx/   # model.onnx: uint8 crops -> scores, embedding
 """
 

@@ -1,5 +1,6 @@
-"""`pictag calibrate`: `calibrate(embeddings, truth, out, ...) -> CalibrateResult` fits a temperature and per-class thresholds on a
-small labelled set of store images, so that `pictag classify --calibration` says "unknown" instead of guessing.
+"""`pictag calibrate`: `calibrate(embeddings, truth, out, ...) -> CalibrateResult` fits a temperature and per-class
+thresholds on a small labelled set of store images, so that `pictag classify --calibration` says "unknown" instead of
+guessing.
 """
 
 from __future__ import annotations
