@@ -65,6 +65,12 @@ def load_config(cls: type[C], path: str | os.PathLike | None = None, **overrides
         raise PictagError(f"incomplete config: {exc}") from None
 
 
+def options_of(cfg: Any) -> dict[str, Any]:
+    """The fields of the config `cfg` that are set (not None), as keyword options: a command runs its Python API
+    function with them (`classify(**options_of(cfg))`), which builds the same config again."""
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if getattr(cfg, f.name) is not None}
+
+
 def renamed_options(cls: type) -> dict[str, str | tuple[str, str]]:
     """The former spellings a config still takes, for one release, from the `_renamed` of its bases: old name ->
     field, or -> (field, group) for a number that became one group of a per-group option (lr_head: --lr head=).

@@ -77,9 +77,9 @@ def fetched(tmp_path_factory, hub_repos, open_clip_tag):
     env = subprocess_env() | {"HF_ENDPOINT": f"http://127.0.0.1:{server.server_port}", "HF_HOME": str(root / "hf")}
     env.pop("HF_HUB_OFFLINE", None)
     commands = [
-        ["download", "hf:acme/tiny-clip"],
-        ["download", f"timm:{TIMM_TAG}", "--to", "vit"],
-        ["download", "open_clip:pictag-tiny/acme"],
+        ["download", "--model", "hf:acme/tiny-clip"],
+        ["download", "--model", f"timm:{TIMM_TAG}", "--to", "vit"],
+        ["download", "--model", "open_clip:pictag-tiny/acme"],
         ["models", "--cached"],
     ]
     try:
@@ -141,12 +141,12 @@ def test_download_on_an_offline_machine_is_one_line(tmp_path, capsys, monkeypatc
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     hub.hub_online.cache_clear()
     try:
-        assert main(["download", f"timm:{TIMM_TAG}"]) == 2
+        assert main(["download", "--model", f"timm:{TIMM_TAG}"]) == 2
         error = capsys.readouterr().err.strip()
         assert "does not answer" in error and "--to DIR" in error and "\n" not in error
-        assert main(["download", "timm:no_such_net"]) == 2
+        assert main(["download", "--model", "timm:no_such_net"]) == 2
         assert "unknown timm model 'no_such_net'" in capsys.readouterr().err
-        assert main(["download", "nonsense"]) == 2 and "must start with" in capsys.readouterr().err
+        assert main(["download", "--model", "nonsense"]) == 2 and "must start with" in capsys.readouterr().err
         assert main(["models", "--cached"]) == 0 and "no model weights" in capsys.readouterr().out
         # A Python caller is told the keyword argument, not the flag.
         with pytest.raises(PictagError, match=r"checkpoint=FILE.*pictag\.download\(\)"):

@@ -84,7 +84,7 @@ def test_timm_run_hf_folder_gives_pictags_scores_in_transformers(tmp_path, timm_
     from transformers import AutoModelForImageClassification, pipeline
 
     out = tmp_path / "hf"
-    assert main(["export", str(timm_run), "--format", "hf", "--out", str(out)]) == 0
+    assert main(["export", "--model", str(timm_run), "--format", "hf", "--out", str(out)]) == 0
     assert "trust_remote_code=True" in capsys.readouterr().out
     model = AutoModelForImageClassification.from_pretrained(out, trust_remote_code=True)
     assert model.config.id2label == dict(enumerate(sorted(COLOURS)))
@@ -115,7 +115,7 @@ def test_the_folder_is_refused_without_its_code(tmp_path, timm_run):
     # Without trust_remote_code transformers refuses the folder rather than score unnormalised features.
     from transformers import AutoModelForImageClassification
 
-    main(["export", str(timm_run), "--format", "hf", "--out", str(tmp_path / "hf")])
+    main(["export", "--model", str(timm_run), "--format", "hf", "--out", str(tmp_path / "hf")])
     with pytest.raises(ValueError, match="trust_remote_code"):
         AutoModelForImageClassification.from_pretrained(tmp_path / "hf", trust_remote_code=False)
 
@@ -129,7 +129,7 @@ def test_graphs_give_pictags_scores_and_embeddings(tmp_path, engine, timm_run, c
     runs = (timm_run, clip_runs / "arcface", clip_runs / "clip") if engine == "onnx" else (clip_runs / "arcface",)
     for run in runs:
         out = tmp_path / run.name
-        assert main(["export", str(run), "--format", engine, "--out", str(out)]) == 0
+        assert main(["export", "--model", str(run), "--format", engine, "--out", str(out)]) == 0
         pipeline = json.loads((out / "pipeline.json").read_text())
         loaded = load_run(run)
         assert pipeline["labels"] == loaded.classes and pipeline["input"]["size"] == list(
@@ -152,7 +152,7 @@ def test_graphs_give_pictags_scores_and_embeddings(tmp_path, engine, timm_run, c
 
 def test_every_export_has_a_model_card(tmp_path, timm_run):
     for form in ("hf", "onnx"):
-        main(["export", str(timm_run), "--format", form, "--out", str(tmp_path / form)])
+        main(["export", "--model", str(timm_run), "--format", form, "--out", str(tmp_path / form)])
         card = (tmp_path / form / "README.md").read_text()
         assert "## Data" in card and str(timm_run.parent.parent) in card or "colours" in card
         assert "| train_loss |" in card and "| epoch | 1 |" in card
@@ -164,11 +164,11 @@ def test_clip_runs_with_heads_refuse_clip_folders_in_one_line(tmp_path, clip_run
     for run, lost in (("classifier", "linear head"), ("arcface", "learned 16->8 embedding")):
         for form in ("hf", "open_clip"):
             target = tmp_path / f"{run}-{form}"
-            assert main(["export", str(clip_runs / run), "--format", form, "--out", str(target)]) == 2
+            assert main(["export", "--model", str(clip_runs / run), "--format", form, "--out", str(target)]) == 2
             error = capsys.readouterr().err.strip()
             assert lost in error and "--format onnx" in error and "\n" not in error and not target.exists()
     # The clip run has nothing beyond its towers: the CLIP folder holds all of it, and has a card.
-    assert main(["export", str(clip_runs / "clip"), "--format", "hf", "--out", str(tmp_path / "clip")]) == 0
+    assert main(["export", "--model", str(clip_runs / "clip"), "--format", "hf", "--out", str(tmp_path / "clip")]) == 0
     assert "no classes" in (tmp_path / "clip" / "README.md").read_text()
 
 
@@ -185,7 +185,7 @@ def test_a_corrupt_run_is_one_line(tmp_path, clip_runs, capsys):
             meta.write_text('{"backbone": ')
         else:
             weights.unlink()
-        assert main(["export", str(run), "--format", "onnx", "--out", str(tmp_path / "x")]) == 2
+        assert main(["export", "--model", str(run), "--format", "onnx", "--out", str(tmp_path / "x")]) == 2
         error = capsys.readouterr().err.strip()
         assert error.startswith("pictag export: error:") and "\n" not in error, error
         assert not (tmp_path / "x").exists()
@@ -213,7 +213,7 @@ def test_a_head_a_timm_classifier_cannot_hold_is_refused(tmp_path, capsys):
     encoder = create_model("timm:test_vit", random_weights=True, device="cpu", precision="fp32")
     head = create_head("mlp", prototypes=torch.randn(3, encoder.embed_dim))
     save_run_model(tmp_path / "run", encoder, head, task="classifier", classes=list("abc"), metrics={})
-    assert main(["export", str(tmp_path / "run"), "--format", "hf", "--out", str(tmp_path / "hf")]) == 2
+    assert main(["export", "--model", str(tmp_path / "run"), "--format", "hf", "--out", str(tmp_path / "hf")]) == 2
     error = capsys.readouterr().err.strip()
     assert "mlp head is not one linear map" in error and "--format onnx" in error and not (tmp_path / "hf").exists()
     with pytest.raises(PictagError, match="format=onnx"):  # a Python caller is told the keyword argument

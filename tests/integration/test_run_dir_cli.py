@@ -81,10 +81,9 @@ def test_resume_refuses_a_retrained_run(tmp_path, colours, classifier_run, tiny_
         output.start(cfg, _RESULT_DEFINING, resume=False, overwrite=False)
         output.check_inputs(cfg, weights_id="run:0123456789abcdef", units=units)
     with pytest.raises(PictagError, match="the weights behind the model spec changed"):
-        from pictag.pipeline.classify import run
+        from pictag.pipeline.classify import classify
 
-        run(load_config(ClassifyConfig, source=str(colours / "flat"), out=str(out), model=str(classifier_run),
-                        resume=True, workers=0))  # fmt: skip
+        classify(str(colours / "flat"), str(out), model=str(classifier_run), resume=True, workers=0)
 
 
 def test_zero_shot_with_a_run_and_clip_runs_need_labels(tmp_path, colours, classifier_run, tiny_open_clip, capsys):

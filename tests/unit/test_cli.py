@@ -92,6 +92,20 @@ def test_train_help_without_a_task_says_how_to_see_a_task_s_options(capsys):
     assert "--head" in out and "--arcface-m" not in out and "--task fusion --help" in " ".join(out.split())
 
 
+@pytest.mark.parametrize(
+    ("argv", "line"),
+    [
+        (["--embed-dim", "8"], "--embed-dim is an option of --task arcface"),
+        (["--task", "arcface", "--images=img/"], "--images is an option of --task fusion"),
+    ],
+)
+def test_an_option_of_another_task_is_named_in_one_line(argv, line, capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["train", "data/", "--out", "run", *argv])
+    assert exited.value.code == 2
+    assert capsys.readouterr().err == f"pictag train: error: {line} (see pictag train --help)\n"
+
+
 def test_a_yaml_task_takes_its_own_options_and_refuses_another_task_s(tmp_path, capsys):
     config = tmp_path / "fusion.yaml"
     config.write_text("task: fusion\nimages: imgs/\ntext_model: hf:x\n")
@@ -133,6 +147,12 @@ def test_a_config_written_before_tasks_had_their_own_options_still_loads(tmp_pat
             {"model": "runs/a"},
             "the positional MODEL is deprecated: use --model",
         ),
+        (
+            ["export", "runs/a", "--format", "hf", "--out", "x/"],
+            {"model": "runs/a"},
+            "the positional RUN is deprecated: use --model",
+        ),
+        (["download", "timm:resnet18"], {"model": "timm:resnet18"}, "the positional SPEC is deprecated: use --model"),
     ],
 )
 def test_a_former_spelling_still_works_warns_once_and_is_not_in_help(argv, resolved, warning, capsys, monkeypatch):

@@ -45,7 +45,7 @@ def test_hf_export_of_an_open_clip_run_equals_it_in_transformers(tmp_path, open_
     from transformers import CLIPModel, CLIPProcessor
 
     out = tmp_path / "fine_tuned_clip"
-    assert main(["export", str(open_clip_run), "--format", "hf", "--out", str(out)]) == 0
+    assert main(["export", "--model", str(open_clip_run), "--format", "hf", "--out", str(out)]) == 0
     ours = load_run(open_clip_run, device="cpu", precision="fp32").encoder
     model = CLIPModel.from_pretrained(out).eval()
     processor = CLIPProcessor.from_pretrained(out)
@@ -110,8 +110,11 @@ def test_layouts_are_inverse(tiny_open_clip):
 def test_impossible_exports_are_one_line_errors(tmp_path, capsys):
     encoder = create_model("timm:test_vit", random_weights=True, device="cpu")
     save_run_model(tmp_path / "timm-run", encoder, None, task="classifier", classes=None, metrics={})
-    assert main(["export", str(tmp_path / "timm-run"), "--format", "open_clip", "--out", str(tmp_path / "x")]) == 2
+    assert (
+        main(["export", "--model", str(tmp_path / "timm-run"), "--format", "open_clip", "--out", str(tmp_path / "x")])
+        == 2
+    )
     error = capsys.readouterr().err.strip()
     assert "has no open_clip form" in error and "\n" not in error and not (tmp_path / "x").exists()
-    assert main(["export", str(tmp_path / "nope"), "--format", "hf", "--out", str(tmp_path / "x")]) == 2
+    assert main(["export", "--model", str(tmp_path / "nope"), "--format", "hf", "--out", str(tmp_path / "x")]) == 2
     assert "does not exist" in capsys.readouterr().err

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from pictag.cli.common import add_command
+
+if TYPE_CHECKING:
+    from pictag.pipeline.options import ClassifyConfig
 
 EXAMPLES = """examples:
   pictag classify data/zip1.tar --index data/zip1.index.parquet --labels "cat,dog,car" --out results.csv
@@ -23,10 +28,17 @@ def add_parser(sub) -> None:
         sub,
         "classify",
         "pictag.pipeline.options:ClassifyConfig",
-        "pictag.pipeline.classify:run",
+        "pictag.cli.classify:run",
         help="classify images against text labels (zero-shot) or a trained run's classes",
         description="Classify every image of a source against text labels with a CLIP-family model. Unreadable "
         "images go to OUT's .errors.csv; the resolved config goes to OUT's .config.yaml. Without --out, the answers "
         "are printed and nothing is written.",
         examples=EXAMPLES,
     )
+
+
+def run(cfg: ClassifyConfig):
+    from pictag.config import options_of
+    from pictag.pipeline.classify import classify
+
+    return classify(**options_of(cfg))

@@ -44,11 +44,14 @@ class CommandParser(Parser):
         target: What runs on the resolved config, as "module:function".
         config_for: Instead of `config`, a "module:function" that picks the config class from the command's
             arguments (`pictag train --task fusion` takes fusion's options).
+        explain_unknown: A "module:function" that, given the arguments the command did not take, says in one line
+            why (`--embed-dim is an option of --task arcface`), or returns None.
     """
 
     config: str | None = None
     target: str | None = None
     config_for: str | None = None
+    explain_unknown: str | None = None
     _has_options: bool = False
 
     def add_options(self, args: Sequence[str] = ()) -> None:
@@ -62,7 +65,11 @@ class CommandParser(Parser):
 
     def parse_known_args(self, args=None, namespace=None):
         self.add_options(sys.argv[1:] if args is None else args)
-        return super().parse_known_args(args, namespace)
+        namespace, extras = super().parse_known_args(args, namespace)
+        why = _resolve(self.explain_unknown)(extras) if extras and self.explain_unknown else None
+        if why:
+            self.error(why)
+        return namespace, extras
 
 
 def add_command(
@@ -75,6 +82,7 @@ def add_command(
     description: str,
     examples: str = "",
     config_for: str | None = None,
+    explain_unknown: str | None = None,
 ) -> CommandParser:
     """A subcommand whose options are the fields of `config` ("module:Class"); it runs `target` ("module:function")
     on the config. `sub` is a subparsers action whose parser class is `CommandParser`.
@@ -89,6 +97,7 @@ def add_command(
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.config, parser.target, parser.config_for = config, target, config_for
+    parser.explain_unknown = explain_unknown
     return parser
 
 

@@ -10,9 +10,9 @@ if TYPE_CHECKING:
     from pictag.models.options import DownloadConfig
 
 EXAMPLES = """examples:
-  pictag download open_clip:ViT-B-32/openai                 # into the Hugging Face cache ($HF_HOME)
-  pictag download timm:tf_efficientnet_lite0.in1k --to lite0/   # a folder: --model lite0/ loads it offline
-  pictag models --cached                                    # what the cache holds, with sizes
+  pictag download --model open_clip:ViT-B-32/openai                 # into the Hugging Face cache ($HF_HOME)
+  pictag download --model timm:tf_efficientnet_lite0.in1k --to lite0/   # a folder: --model lite0/ loads it offline
+  pictag models --cached                                            # what the cache holds, with sizes
 """
 
 
@@ -32,4 +32,4 @@ def add_parser(sub) -> None:
 def run(cfg: DownloadConfig):
     from pictag.models.download import download
 
-    return download(cfg.spec, cfg.to, overwrite=cfg.overwrite)
+    return download(cfg.model, cfg.to, overwrite=cfg.overwrite)

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from pictag.cli.common import add_command
+
+if TYPE_CHECKING:
+    from pictag.store.options import EmbedConfig
 
 EXAMPLES = """examples:
   pictag embed data/zip1.tar --index data/index.parquet --model open_clip:ViT-B-32/openai --out emb/
@@ -20,7 +25,7 @@ def add_parser(sub) -> None:
         sub,
         "embed",
         "pictag.store.options:EmbedConfig",
-        "pictag.store.embed:run",
+        "pictag.cli.embed:run",
         help="embed images once into a store, to re-classify and search without decoding again",
         description="Embed every image of a source into OUT, a folder (local or an fsspec URL such as "
         "s3://bucket/emb) of Parquet shards (key, embedding) with a "
@@ -28,3 +33,10 @@ def add_parser(sub) -> None:
         "A killed run continues with --resume, each image stored exactly once.",
         examples=EXAMPLES,
     )
+
+
+def run(cfg: EmbedConfig):
+    from pictag.config import options_of
+    from pictag.store.embed import embed
+
+    return embed(**options_of(cfg))

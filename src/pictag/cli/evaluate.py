@@ -3,7 +3,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from pictag.cli.common import add_command
+
+if TYPE_CHECKING:
+    from pictag.eval.options import EvaluateConfig
 
 EXAMPLES = """examples:
   pictag evaluate --model runs/parts --data data/val/                                # report in runs/parts/eval/
@@ -20,7 +25,7 @@ def add_parser(sub) -> None:
         sub,
         "evaluate",
         "pictag.eval.options:EvaluateConfig",
-        "pictag.eval.evaluate:run",
+        "pictag.cli.evaluate:run",
         help="a classifier's accuracy on labelled images, or Recall@K and MAP@R of an embedding",
         description="With --data: classify the labelled images as `pictag classify` does (OUT/predictions.parquet; "
         "--resume finishes an interrupted run) and write OUT/report.json (top1, top5, macro_f1, "
@@ -32,3 +37,10 @@ def add_parser(sub) -> None:
         "classes absent from the gallery are an error, or counted when some are.",
         examples=EXAMPLES,
     )
+
+
+def run(cfg: EvaluateConfig):
+    from pictag.config import options_of
+    from pictag.eval.evaluate import evaluate
+
+    return evaluate(**options_of(cfg))

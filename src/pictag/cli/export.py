@@ -10,10 +10,10 @@ if TYPE_CHECKING:
     from pictag.models.options import ExportConfig
 
 EXAMPLES = """examples:
-  pictag export runs/clip-ft --format hf --out fine_tuned_clip/      # transformers' CLIPModel.from_pretrained loads it
-  pictag export runs/clip-ft/wise-ft-0.5 --format open_clip --out clip-wise/
-  pictag export runs/lite0 --format hf --out lite0-hf/       # AutoModelForImageClassification, trust_remote_code=True
-  pictag export runs/lite0 --format onnx --out lite0-onnx/   # model.onnx: uint8 crops -> scores, embedding
+  pictag export --model runs/clip-ft --format hf --out clip-hf/   # transformers' CLIPModel.from_pretrained loads it
+  pictag export --model runs/clip-ft/wise-ft-0.5 --format open_clip --out clip-wise/
+  pictag export --model runs/lite0 --format hf --out hf/   # AutoModelForImageClassification, trust_remote_code=True
+  pictag export --model runs/lite0 --format onnx --out lite0-onnx/   # model.onnx: uint8 crops -> scores, embedding
 """
 
 
@@ -35,4 +35,4 @@ def add_parser(sub) -> None:
 def run(cfg: ExportConfig):
     from pictag.models.export import export_run
 
-    return export_run(cfg.run, cfg.format, cfg.out, overwrite=cfg.overwrite)
+    return export_run(cfg.model, cfg.format, cfg.out, overwrite=cfg.overwrite)

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from pictag.cli.common import add_command
+
+if TYPE_CHECKING:
+    from pictag.fewshot.options import FewshotConfig
 
 EXAMPLES = """task layout:
   TEST_DIR/<set>/<task>/support/<class>/*.jpg   labelled examples; class names are the folder names
@@ -20,10 +25,17 @@ def add_parser(sub) -> None:
         sub,
         "fewshot",
         "pictag.fewshot.options:FewshotConfig",
-        "pictag.fewshot.run:run",
+        "pictag.cli.fewshot:run",
         help="label query images of few-shot tasks from their support images",
         description="Fit a few-shot head on each task's support images and label its query images. OUT gets "
         "task,image,label,score rows; OUT's .tasks.csv the method used and the support accuracy of each task "
         "(leave-one-out, or cross-validated for the linear probe); .errors.csv the unreadable images.",
         examples=EXAMPLES,
     )
+
+
+def run(cfg: FewshotConfig):
+    from pictag.config import options_of
+    from pictag.fewshot.run import fewshot
+
+    return fewshot(**options_of(cfg))

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from pictag.cli.common import add_command
+
+if TYPE_CHECKING:
+    from pictag.fewshot.options import FewshotEvalConfig
 
 EXAMPLES = """examples:
   pictag fewshot-eval data/ --ways 5 --shots 1,5,16 --episodes 200 --method all --model timm:tf_efficientnet_lite0 --checkpoint W.pth
@@ -15,7 +20,7 @@ def add_parser(sub) -> None:
         sub,
         "fewshot-eval",
         "pictag.fewshot.options:FewshotEvalConfig",
-        "pictag.fewshot.evaluate:run_eval",
+        "pictag.cli.fewshot_eval:run",
         help="evaluate few-shot methods on episodes sampled from labelled images (DATA/<class>/*.jpg)",
         description="Embed every image once, then sample episodes (seeded: every method sees the same ones) and "
         "print the mean query accuracy with its 95% confidence interval and the seconds per task, for each "
@@ -23,3 +28,10 @@ def add_parser(sub) -> None:
         "accuracy.png and config.yaml.",
         examples=EXAMPLES,
     )
+
+
+def run(cfg: FewshotEvalConfig):
+    from pictag.config import options_of
+    from pictag.fewshot.evaluate import evaluate_fewshot
+
+    return evaluate_fewshot(**options_of(cfg))

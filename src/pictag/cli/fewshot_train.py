@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from pictag.cli.common import add_command
+
+if TYPE_CHECKING:
+    from pictag.train.options import FinetuneConfig
 
 EXAMPLES = """examples:
   pictag fewshot-train train/ --val val/ --unfreeze-blocks 6 --epochs 30 --out ckpt/ \\
@@ -16,7 +21,7 @@ def add_parser(sub) -> None:
         sub,
         "fewshot-train",
         "pictag.train.options:FinetuneConfig",
-        "pictag.train.finetune:run",
+        "pictag.cli.fewshot_train:run",
         help="fine-tune the last N blocks of an encoder on DATA/<class>/*.jpg",
         description="Freeze all but the last N blocks of the image encoder, add a cosine classifier initialised "
         "from the class prototypes plus a learned zero-initialised residual, and train with AdamW (separate "
@@ -25,3 +30,10 @@ def add_parser(sub) -> None:
         "config.yaml. A killed run continues from OUT/last.ckpt when run again; --fresh starts over.",
         examples=EXAMPLES,
     )
+
+
+def run(cfg: FinetuneConfig):
+    from pictag.config import options_of
+    from pictag.train.finetune import finetune
+
+    return finetune(**options_of(cfg))

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from pictag.cli.common import add_command
+
+if TYPE_CHECKING:
+    from pictag.data.options import LabelmeCropsConfig
 
 EXAMPLES = """examples:
   pictag labelme-crops annotations/ --out ClassDataset/
@@ -17,7 +22,7 @@ def add_parser(sub) -> None:
         sub,
         "labelme-crops",
         "pictag.data.options:LabelmeCropsConfig",
-        "pictag.data.labelme:run",
+        "pictag.cli.labelme_crops:run",
         help="cut labelme boxes, polygons and circles into a folder of classes",
         description="Crop every rectangle, polygon, circle (and X-AnyLabeling rotated box) of labelme JSON files "
         "(3.x to 5.x, X-AnyLabeling) to OUT/<label>/<json stem>_<n>.jpg, with OUT/crops.csv listing each crop's "
@@ -27,3 +32,24 @@ def add_parser(sub) -> None:
         "% and a leading dot escaped as %XX.",
         examples=EXAMPLES,
     )
+
+
+def run(cfg: LabelmeCropsConfig):
+    """`crop_labelme` on the command's options, its config written beside the crops."""
+    from pictag.config import dump_config
+    from pictag.data.labelme import CONFIG_YAML, crop_labelme
+
+    result = crop_labelme(
+        cfg.annotations,
+        cfg.out,
+        pad=cfg.pad,
+        min_size=cfg.min_size,
+        labels=cfg.labels,
+        label_map=cfg.label_map,
+        mask=cfg.mask,
+        overwrite=cfg.overwrite,
+        quality=cfg.quality,
+        max_pixels=cfg.max_pixels,
+    )
+    dump_config(cfg, result.out / CONFIG_YAML)
+    return result

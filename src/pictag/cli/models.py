@@ -34,7 +34,7 @@ def run(cfg: ModelsConfig) -> str:
             if any(needle in s.lower() and (cfg.scheme is None or s.startswith(f"{cfg.scheme}:")) for s in c.specs)
         ]
         if not rows:
-            return f"no model weights in {hub_cache()}: fetch them with `pictag download SPEC`"
+            return f"no model weights in {hub_cache()}: fetch them with `pictag download --model SPEC`"
         width = max(len(r[0]) for r in rows)
         return "\n".join(f"{spec:<{width}}  {size:>9}  {repo}" for spec, size, repo in rows)
     from pictag.models.registry import list_models

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pictag.cli.common import add_command
+
+if TYPE_CHECKING:
+    from pictag.train.options import TrainConfig
 
 EXAMPLES = """examples:
   pictag train ClassDataset/ --model timm:tf_efficientnet_lite0 --checkpoint w.pth --val-split 0.2 --out runs/parts
@@ -23,8 +27,9 @@ def add_parser(sub) -> None:
         sub,
         "train",
         "pictag.train.options:TrainConfig",
-        "pictag.train.run:run",
+        "pictag.cli.train:run",
         config_for="pictag.cli.train:config_for",
+        explain_unknown="pictag.cli.train:other_tasks_option",
         help="train a classifier (or another --task) on DATA/<class>/*.jpg or a table",
         description="Fine-tune a backbone and a head initialised from the class prototypes with AdamW over named "
         "parameter groups, warmup and a cosine/linear/plateau schedule, mixed precision chosen for the device, "
@@ -54,6 +59,24 @@ def config_for(args: list[str]) -> type:
     return train_config(task if isinstance(task, str) else None)
 
 
+def other_tasks_option(unknown: list[str]) -> str | None:
+    """For the first of the `unknown` arguments that is an option of other tasks, the line that names them
+    (`--embed-dim is an option of --task arcface`); None when no task takes any of them."""
+    from dataclasses import fields
+
+    from pictag.train.options import TASK_OPTIONS
+
+    for arg in unknown:
+        if not arg.startswith("--"):
+            continue
+        flag = arg.split("=", 1)[0]
+        field = flag[2:].replace("-", "_")
+        tasks = [name for name, options in TASK_OPTIONS.items() if field in {f.name for f in fields(options)}]
+        if tasks:
+            return f"{flag} is an option of " + " or ".join(f"--task {task}" for task in tasks)
+    return None
+
+
 def _flag(args: list[str], name: str) -> str | None:
     """The value of the last `name VALUE` or `name=VALUE` in `args`, as argparse reads it."""
     value = None
@@ -63,3 +86,10 @@ def _flag(args: list[str], name: str) -> str | None:
         elif arg.startswith(name + "="):
             value = arg[len(name) + 1 :]
     return value
+
+
+def run(cfg: TrainConfig):
+    from pictag.config import options_of
+    from pictag.train.run import train
+
+    return train(**options_of(cfg))

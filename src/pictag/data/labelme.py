@@ -211,26 +211,6 @@ def crop_labelme(
     return result
 
 
-def run(cfg) -> LabelmeCrops:
-    """`pictag labelme-crops`: `crop_labelme` on a `LabelmeCropsConfig`, its config written beside the crops."""
-    from pictag.config import dump_config
-
-    result = crop_labelme(
-        cfg.annotations,
-        cfg.out,
-        pad=cfg.pad,
-        min_size=cfg.min_size,
-        labels=cfg.labels,
-        label_map=cfg.label_map,
-        mask=cfg.mask,
-        overwrite=cfg.overwrite,
-        quality=cfg.quality,
-        max_pixels=cfg.max_pixels,
-    )
-    dump_config(cfg, result.out / CONFIG_YAML)
-    return result
-
-
 def _save(crop: Image.Image, out: Path, name: str, quality: int) -> None:
     """Write one crop, never over another: OUT was emptied first, so a file already there is a collision (names
     that differ only in case, on a file system that ignores case).

@@ -322,8 +322,9 @@ class SplitsResult:
         return "\n".join(lines)
 
 
-def run(cfg) -> SplitsResult:
-    """`pictag splits`: split the images of `cfg.data` into train/val/test by ID (or by class) and write the CSV.
+def write_splits(data: str, out: str, **options) -> SplitsResult:
+    """Split the images of `data` into train/val/test by ID (or by class) and write the CSV `out`; the Python twin
+    of `pictag splits`: options are the SplitsConfig fields (ratios=, id_pattern=, by=, ...).
 
     Raises:
         PictagError: bad options, a source that is not image files, an ID in two classes, a class name that is
@@ -331,9 +332,11 @@ def run(cfg) -> SplitsResult:
     """
     import re
 
-    from pictag.config import dump_config, sibling
+    from pictag.config import dump_config, load_config, sibling
+    from pictag.data.options import SplitsConfig
     from pictag.data.sources import FileShard, open_source
 
+    cfg = load_config(SplitsConfig, data=data, out=out, **options)
     ratios = parse_ratios(cfg.ratios)
     try:
         pattern = re.compile(cfg.id_pattern or DEFAULT_ID_PATTERN)

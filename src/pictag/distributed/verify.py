@@ -257,11 +257,3 @@ def _is_dir(location: str) -> bool:
 def _exists(location: str) -> bool:
     fs, path = open_location(location)
     return os.path.exists(path) if fs is None else fs.exists(path)
-
-
-def run(cfg) -> Verification:
-    """`pictag verify`: the report when the output holds, else its counts as one error line (exit 2)."""
-    report = verify_output(cfg.out)
-    if not report.ok:
-        raise PictagError(" ".join(line.strip() for line in report.summary().splitlines()))
-    return report

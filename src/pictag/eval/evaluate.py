@@ -1,4 +1,4 @@
-"""`pictag evaluate`: `run(EvaluateConfig)` scores a classifier on labelled images (`--data`, a report from
+"""`pictag evaluate`: `evaluate(model, **options)` scores a classifier on labelled images (`--data`, a report from
 `pictag.eval.classification`), or measures how well an embedding retrieves its own class (`--query`).
 
 Queries and gallery are splits of a `pictag splits` CSV (``--splits splits.csv --query test --gallery train,val``)
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pictag.config import dump_config, load_config
+from pictag.config import dump_config, load_config, options_of
 from pictag.data._io import is_url
 from pictag.data.sources import Only, Source, open_source
 from pictag.data.splits import read_splits
@@ -74,14 +74,16 @@ class _Side:
     labels: list[str]
 
 
-def run(cfg: EvaluateConfig) -> EvaluateResult | ClassificationReport:
-    """With `cfg.data`, score a classifier (`evaluate_classifier`); else embed the queries and the gallery,
-    measure Recall@K, MAP@R and per-class recall, and write the report.
+def evaluate(model: str, **options) -> EvaluateResult | ClassificationReport:
+    """With `data=`, score a classifier (`evaluate_classifier`); else embed the queries and the gallery, measure
+    Recall@K, MAP@R and per-class recall, and write the report. The Python twin of `pictag evaluate`: options are
+    the EvaluateConfig fields (data=, or splits=, query=, ...).
 
     Raises:
         PictagError: bad options, an empty or unknown split, a source without labels, or a K above the gallery.
     """
     started = time.perf_counter()
+    cfg = load_config(EvaluateConfig, model=model, **options)
     if cfg.data and (cfg.query or cfg.splits):
         raise PictagError("--data scores a classifier, --query and --splits measure retrieval: give one or the other")
     if cfg.data:
@@ -188,7 +190,7 @@ def evaluate_classifier(cfg: EvaluateConfig) -> ClassificationReport:
             report folder (pass `overwrite`) or an interrupted one (pass `resume`).
     """
     from pictag.eval.classification import Truth
-    from pictag.pipeline.classify import run as classify
+    from pictag.pipeline.classify import classify
     from pictag.prompts import parse_labels
 
     out = _report_folder(cfg)
@@ -199,15 +201,10 @@ def evaluate_classifier(cfg: EvaluateConfig) -> ClassificationReport:
         options |= {"labels": parse_labels(cfg.labels, cfg.labels_file), "labels_file": None}
     predictions = ClassifyConfig(**options | {"source": cfg.data, "out": str(out / "predictions.parquet"), "top_k": 5})
     truth = Truth.of(predictions, cfg.label_column or "label")  # unknown classes refused before any model is loaded
-    classified = classify(predictions)
+    classified = classify(**options_of(predictions))
     report = truth.report(classified.out, classified.errors, out)
     dump_config(cfg, out / "config.yaml")
     return report
-
-
-def evaluate(model: str, **options) -> EvaluateResult | ClassificationReport:
-    """Python twin of `pictag evaluate`: options are the EvaluateConfig fields (data=, or splits=, query=, ...)."""
-    return run(load_config(EvaluateConfig, model=model, **options))
 
 
 def _report_folder(cfg: EvaluateConfig) -> Path:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from pictag.config import dump_config
+from pictag.config import dump_config, load_config
 from pictag.data.sources import open_source
 from pictag.device import default_workers
 from pictag.errors import PictagError
@@ -227,12 +227,14 @@ def parse_shots(shots: str | Sequence[int]) -> list[int]:
     return values
 
 
-def run_eval(cfg: FewshotEvalConfig) -> EvalResult:
-    """Embed a labelled collection once, then evaluate methods on sampled episodes; write a table and a plot.
+def evaluate_fewshot(data: list[str] | str, **options) -> EvalResult:
+    """Embed a labelled collection once, then evaluate methods on sampled episodes; write a table and a plot. The
+    Python twin of `pictag fewshot-eval`: options are the FewshotEvalConfig fields (ways=, shots=, method=, ...).
 
     Raises:
         PictagError: bad sources, methods, or more ways/shots than the collection can supply.
     """
+    cfg = load_config(FewshotEvalConfig, data=data, **options)
     sources = [cfg.data] if isinstance(cfg.data, str) else list(cfg.data)
     shots = parse_shots(cfg.shots)
     resolve_methods(cfg.method)

@@ -1,4 +1,5 @@
-"""`pictag fewshot`: label the query images of few-shot tasks from their support images; `run(FewshotConfig)`."""
+"""`pictag fewshot`: label the query images of few-shot tasks from their support images, with
+`fewshot(test_dir, out, **options)`."""
 
 from __future__ import annotations
 
@@ -62,8 +63,9 @@ class FewshotResult:
         )
 
 
-def run(cfg: FewshotConfig) -> FewshotResult:
-    """Fit a head on each task's support images and label its query images.
+def fewshot(test_dir: str, out: str, **options) -> FewshotResult:
+    """Fit a head on each task's support images and label its query images; the Python twin of `pictag fewshot`:
+    options are the FewshotConfig fields (method=, model=, checkpoint=, ...).
 
     All images of all tasks are embedded in one pass over the test folder; then each task is a small fit on
     cached features. Unreadable images go to the errors file; a support class left without a readable image is
@@ -73,6 +75,7 @@ def run(cfg: FewshotConfig) -> FewshotResult:
         PictagError: bad layout, unknown method, an existing output without `overwrite`, or an empty class.
     """
     started = time.perf_counter()
+    cfg = load_config(FewshotConfig, test_dir=test_dir, out=out, **options)
     out = Path(cfg.out)
     output_format(out)
     if out.exists() and not cfg.overwrite:
@@ -127,11 +130,6 @@ def run(cfg: FewshotConfig) -> FewshotResult:
     return FewshotResult(
         out, errors.path, summaries.path, config_out, len(tasks), predicted, failed, time.perf_counter() - started
     )
-
-
-def fewshot(test_dir: str, out: str, **options) -> FewshotResult:
-    """Python twin of `pictag fewshot`: options are the FewshotConfig fields (method=, model=, checkpoint=, ...)."""
-    return run(load_config(FewshotConfig, test_dir=test_dir, out=out, **options))
 
 
 def _embed(cfg: FewshotConfig, tasks: list[Task], encoder: Encoder) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

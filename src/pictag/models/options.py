@@ -88,7 +88,7 @@ class ExportConfig:
     """Everything `pictag export` takes.
 
     Attributes:
-        run: Run directory from `pictag train` (RUN, RUN/best or RUN/wise-ft-A).
+        model: Run directory from `pictag train` (RUN, RUN/best or RUN/wise-ft-A).
         format: hf: a save_pretrained folder (transformers' CLIPModel/CLIPProcessor for a CLIP run, and --model
             hf:DIR; AutoModelForImageClassification and pipeline("image-classification") for a timm classifier);
             open_clip: open_clip_model.safetensors + open_clip_config.json (open_clip "local-dir:DIR");
@@ -98,10 +98,10 @@ class ExportConfig:
     """
 
     _out: ClassVar[str] = "folder"
-    _positional: ClassVar[tuple[str, ...]] = ("run",)
-    _required: ClassVar[tuple[str, ...]] = ("run", "format", "out")
+    _required: ClassVar[tuple[str, ...]] = ("model", "format", "out")
+    _renamed: ClassVar[dict[str, str]] = {"RUN": "model"}  # export took its run positionally
 
-    run: str | None = None
+    model: str | None = None
     format: Literal["hf", "open_clip", "onnx", "openvino"] | None = None
     out: str | None = None
     overwrite: bool = False
@@ -129,15 +129,15 @@ class DownloadConfig:
     """Everything `pictag download` takes.
 
     Attributes:
-        spec: The model spec to fetch: open_clip:ARCH/TAG, hf:ORG/NAME or timm:NAME.
+        model: The model spec to fetch: open_clip:ARCH/TAG, hf:ORG/NAME or timm:NAME.
         to: Also write it as a self-contained folder that --model DIR loads with no hub and no cache.
         overwrite: Replace an existing --to folder.
     """
 
-    _positional: ClassVar[tuple[str, ...]] = ("spec",)
-    _required: ClassVar[tuple[str, ...]] = ("spec",)
+    _required: ClassVar[tuple[str, ...]] = ("model",)
+    _renamed: ClassVar[dict[str, str]] = {"SPEC": "model"}  # download took its model positionally
 
-    spec: str | None = None
+    model: str | None = None
     to: str | None = None
     overwrite: bool = False
 

@@ -1,5 +1,5 @@
-"""Batch classification, zero-shot or with a trained run's head: `run(ClassifyConfig) -> ClassifyResult`, a job on
-the shared runner."""
+"""Batch classification, zero-shot or with a trained run's head: `classify(source, out, labels, **options)`, a job
+on the shared runner."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from pictag.config import dump_config, load_config, sibling
 from pictag.data._io import is_url
 from pictag.device import default_workers
 from pictag.errors import PictagError
-from pictag.eval.classification import ClassificationReport, Truth
+from pictag.eval.classification import Truth
 from pictag.executors import executor_for
 from pictag.heads.base import Head
 from pictag.heads.calibration import Calibration
@@ -30,7 +30,8 @@ from pictag.heads.zero_shot import ZeroShotClassifier
 from pictag.models.base import Encoder
 from pictag.models.registry import default_model, parse_spec
 from pictag.models.run_dir import read_meta, run_head
-from pictag.pipeline.job import InProcessExecutor, Job, JobResult, Run, run_job
+from pictag.pipeline.classify_result import ClassifyResult
+from pictag.pipeline.job import InProcessExecutor, Job, Run, run_job
 from pictag.pipeline.options import ClassifyConfig
 from pictag.pipeline.runner import EmbeddingBatch, image_features
 from pictag.pipeline.store_features import StoreFeatures, store_units
@@ -68,31 +69,27 @@ _RESULT_DEFINING = (
 )
 
 
-class ClassifyResult(JobResult):
-    report: ClassificationReport | None = None
+def classify(
+    source: str | None = None, out: str | None = None, labels: list[str] | str | None = None, **options
+) -> ClassifyResult | Printed:
+    """Classify every image of `source` against `labels` (or a trained run's classes), one part per unit; the
+    Python twin of `pictag classify`: options are the ClassifyConfig fields (model=, top_k=, resume=, ...).
 
-    @property
-    def classified(self) -> int:
-        return self.rows
-
-    def summary(self) -> str:
-        line = super().summary()
-        return f"{line}\n{self.report.summary()}" if self.report else line
-
-
-def run(cfg: ClassifyConfig) -> ClassifyResult | Printed:
-    """Classify every image of `cfg.source` against `cfg.labels` (or a trained run's classes), one part per unit.
+    With `embeddings="emb/"` (and `source=None`) the rows come from an embedding store; no image is decoded. Without
+    `out`, nothing is written: the answers are in the result's `table`. With `images=DIR`, `source` is a product
+    table classified by fusion runs (`pictag.pipeline.products`).
 
     Raises:
         PictagError: bad input, or an output that exists (pass `overwrite`) or was interrupted (pass `resume`).
     """
     started = time.perf_counter()
+    cfg = load_config(ClassifyConfig, source=source, out=out, labels=labels, **options)
     labels, labels_file, templates = read_once(cfg.labels, cfg.labels_file, cfg.templates)
     cfg = dataclasses.replace(cfg, labels=labels, labels_file=labels_file, templates=templates)
     # The labels are read, and classes the model does not know refused, before any work.
     truth = Truth.of(cfg, cfg.label_column or "label") if cfg.report else None
     if cfg.images:  # a product table, classified by fusion runs
-        from pictag.pipeline.products import run as classify_products
+        from pictag.pipeline.products import classify_products
 
         return _reported(classify_products(cfg), truth)
     if isinstance(cfg.model, list):
@@ -301,17 +298,6 @@ def _head_rows(cfg: ClassifyConfig, encoder):
         return _rows(batch.keys, scores, indices, labels, thresholds, schema)
 
     return rows, schema, head_id[:16], head.normalized_input
-
-
-def classify(
-    source: str | None, out: str | None = None, labels: list[str] | str | None = None, **options
-) -> ClassifyResult | Printed:
-    """Python twin of `pictag classify`: options are the ClassifyConfig fields (model=, top_k=, resume=, ...).
-
-    With `embeddings="emb/"` (and `source=None`) the rows come from an embedding store; no image is decoded. Without
-    `out`, nothing is written: the answers are in the result's `table`.
-    """
-    return run(load_config(ClassifyConfig, source=source, out=out, labels=labels, **options))
 
 
 def _stages(cfg: ClassifyConfig, store: EmbeddingStore | None):

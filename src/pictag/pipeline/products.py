@@ -22,6 +22,7 @@ from pictag.config import dump_config, sibling
 from pictag.data.products import ProductSource, embed_views, offsets_of, open_products, pool_views
 from pictag.errors import PictagError
 from pictag.models.base import weights_digest
+from pictag.pipeline.classify_result import ClassifyResult
 from pictag.pipeline.job import Job, Run, run_job
 from pictag.pipeline.options import ClassifyConfig
 from pictag.pipeline.plan import Unit
@@ -197,14 +198,12 @@ def rows_function(cfg: ClassifyConfig, classes: list[str], top_k: int, schema: p
     return rows
 
 
-def run(cfg: ClassifyConfig):
+def classify_products(cfg: ClassifyConfig):
     """Classify every product of `cfg.source` with the fusion runs `cfg.model`; see the module docstring.
 
     Raises:
         PictagError: bad input (one line), or an output that exists (pass `overwrite`) or was interrupted (`resume`).
     """
-    from pictag.pipeline.classify import ClassifyResult
-
     started = time.perf_counter()
     runs = cfg.model if isinstance(cfg.model, list) else [cfg.model] if cfg.model else []
     if not runs:

@@ -1,5 +1,6 @@
-"""`pictag calibrate`: `run(CalibrateConfig) -> CalibrateResult` fits a temperature and per-class thresholds on a
-small labelled set of store images, so that `pictag classify --calibration` says "unknown" instead of guessing.
+"""`pictag calibrate`: `calibrate(embeddings, truth, out, ...) -> CalibrateResult` fits a temperature and per-class
+thresholds on a small labelled set of store images, so that `pictag classify --calibration` says "unknown" instead of
+guessing.
 """
 
 from __future__ import annotations
@@ -60,14 +61,18 @@ class CalibrateResult:
         return "\n".join(lines)
 
 
-def run(cfg: CalibrateConfig) -> CalibrateResult:
-    """Fit the calibration of `cfg.labels` on the store images listed in `cfg.truth` and write it to `cfg.out`.
+def calibrate(
+    embeddings: str, truth: str, out: str, labels: list[str] | str | None = None, **options
+) -> CalibrateResult:
+    """Fit the calibration of `labels` on the store images listed in `truth` and write it to `out`; the Python twin
+    of `pictag calibrate`: options are the CalibrateConfig fields.
 
     Raises:
         PictagError: unreadable truth file, truth labels not in the label list, or no truth key in the store.
     """
     from pictag.eval.plots import plot_coverage_accuracy
 
+    cfg = load_config(CalibrateConfig, embeddings=embeddings, truth=truth, out=out, labels=labels, **options)
     if not 0 < cfg.target_precision <= 1:
         raise PictagError(f"--target-precision must be in (0, 1], not {cfg.target_precision}")
     if Path(cfg.out).suffix not in (".yaml", ".yml"):
@@ -139,11 +144,6 @@ def run(cfg: CalibrateConfig) -> CalibrateResult:
         title=f"{encoder.spec}: {len(labels)} labels, {len(keys):,} labelled images",
     )
     return CalibrateResult(calibration, out, table_out, plot_out, table)
-
-
-def calibrate(embeddings: str, truth: str, out: str, labels: list[str] | str | None = None, **options):
-    """Python twin of `pictag calibrate`: options are the CalibrateConfig fields."""
-    return run(load_config(CalibrateConfig, embeddings=embeddings, truth=truth, out=out, labels=labels, **options))
 
 
 def _templates_name(head, templates) -> str:

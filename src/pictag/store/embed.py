@@ -1,4 +1,5 @@
-"""`pictag embed`: `run(EmbedConfig) -> EmbedResult` embeds a source once into an embedding store, resumably."""
+"""`pictag embed`: `embed(source, out, **options) -> EmbedResult` embeds a source once into an embedding store,
+resumably."""
 
 from __future__ import annotations
 
@@ -55,13 +56,15 @@ class EmbedResult(JobResult):
         return self.rows
 
 
-def run(cfg: EmbedConfig) -> EmbedResult:
-    """Embed every image of `cfg.source` into the store `cfg.out`, committing shards as it goes.
+def embed(source: str, out: str, **options) -> EmbedResult:
+    """Embed every image of `source` into the store `out`, committing shards as it goes; the Python twin of
+    `pictag embed`: options are the EmbedConfig fields (model=, dtype=, resume=, ...).
 
     Raises:
         PictagError: bad input, or a store that exists (pass `overwrite`) or was interrupted (pass `resume`).
     """
     started = time.perf_counter()
+    cfg = load_config(EmbedConfig, source=source, out=out, **options)
     if cfg.dtype not in DTYPES:
         raise PictagError(f"--dtype must be one of {', '.join(DTYPES)}, not {cfg.dtype!r}")
     out = cfg.out if is_url(cfg.out) else Path(cfg.out)  # a URL stays a string: Path would fold its "//"
@@ -125,8 +128,3 @@ def embedding_rows(cfg: EmbedConfig, encoder) -> tuple[Callable[[EmbeddingBatch]
         return embedding_table(batch.keys, batch.features.cpu().numpy(), cfg.dtype, labels)
 
     return rows, shard_schema(encoder.embed_dim, cfg.dtype, cfg.labelled)
-
-
-def embed(source: str, out: str, **options) -> EmbedResult:
-    """Python twin of `pictag embed`: options are the EmbedConfig fields (model=, dtype=, resume=, ...)."""
-    return run(load_config(EmbedConfig, source=source, out=out, **options))

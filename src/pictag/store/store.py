@@ -284,7 +284,7 @@ class EmbeddingStore:
     """A finished embedding store, read lazily.
 
     Args:
-        folder: The store written by `pictag embed` (or `pictag.store.embed.run`): a local folder, a ``file://``
+        folder: The store written by `pictag embed` (or `pictag.store.embed.embed`): a local folder, a ``file://``
             URL or an fsspec URL (``s3://bucket/emb``).
 
     Attributes:

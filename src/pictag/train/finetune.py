@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from pictag.config import dump_config, group_values, load_config
+from pictag.config import dump_config, group_values, load_config, options_of
 from pictag.errors import PictagError
 from pictag.storage.files import atomic_path
 from pictag.train.options import FinetuneConfig, TrainConfig
@@ -76,16 +76,18 @@ def train_config(cfg: FinetuneConfig) -> TrainConfig:
     )
 
 
-def run(cfg: FinetuneConfig) -> FinetuneResult:
-    """Fine-tune, validating after every epoch; keep the best (by val accuracy) and the last checkpoint.
+def finetune(data: str | None = None, out: str | None = None, **options) -> FinetuneResult:
+    """Fine-tune, validating after every epoch; keep the best (by val accuracy) and the last checkpoint. The Python
+    twin of `pictag fewshot-train`: options are the FinetuneConfig fields.
 
     Raises:
         PictagError: bad folders or options, or a model whose blocks pictag does not know.
     """
-    from pictag.train.run import run as train
+    from pictag.train.run import train
 
     started = time.perf_counter()
-    result = train(train_config(cfg))
+    cfg = load_config(FinetuneConfig, data=data, out=out, **options)
+    result = train(**options_of(train_config(cfg)))
     out = Path(cfg.out)
     dump_config(cfg, out / "config.yaml")  # this command's options, so --config repeats it
     spec = cfg.model
@@ -95,11 +97,6 @@ def run(cfg: FinetuneConfig) -> FinetuneResult:
     return FinetuneResult(
         best, last, out / "metrics.csv", best_row.get("val_top1"), result.epochs, time.perf_counter() - started
     )
-
-
-def finetune(data: str | None = None, out: str | None = None, **options) -> FinetuneResult:
-    """Python twin of `pictag fewshot-train`: options are the FinetuneConfig fields."""
-    return run(load_config(FinetuneConfig, data=data, out=out, **options))
 
 
 def _history(out: Path) -> list[dict]:

@@ -21,15 +21,17 @@ from pictag.train.options import TrainConfig, train_config
 DEFAULTS = {"label_smoothing": 0.1, "early_stop": "val_top1"}
 
 
-def run(cfg: TrainConfig):
-    """Train `cfg.task` on `cfg.data` into the run folder `cfg.out`; returns a `TrainResult` (a `CVResult` for
-    a cross-validated task's folds, see `pictag.train.kfold`).
+def train(data: str, out: str, **options):
+    """Train the task `task=` (classifier's by default) on `data` into the run folder `out`; returns a
+    `TrainResult` (a `CVResult` for a cross-validated task's folds, see `pictag.train.kfold`). The Python twin of
+    `pictag train`: options are the fields of the task's config (`train_config(task)`).
 
     Raises:
         PictagError: bad data or options (one line each), or a last.ckpt made with other options.
     """
     from pictag.train.task import get_task
 
+    cfg = load_config(train_config(options.get("task")), data=data, out=out, **options)
     task = get_task(cfg.task)
     cfg = resolve_defaults(cfg, task.defaults)
     if cfg.early_stop not in task.metrics:
@@ -148,8 +150,3 @@ def init_from(task, run: str) -> None:
     load_strict(encoder, loaded.encoder.state_dict(), f"--init-from {run}'s backbone")
     if head is not None and loaded.head is not None:
         load_strict(head, loaded.head.state_dict(), f"--init-from {run}'s head")
-
-
-def train(data: str, out: str, **options):
-    """Python twin of `pictag train`: options are the fields of the task's config (`train_config(task)`)."""
-    return run(load_config(train_config(options.get("task")), data=data, out=out, **options))

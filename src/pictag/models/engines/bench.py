@@ -14,7 +14,6 @@ import torch
 
 from pictag.errors import PictagError
 from pictag.models.base import Encoder
-from pictag.models.build import build_encoder
 from pictag.models.engines.agreement import Agreement, measure_agreement
 from pictag.models.engines.choose import split_held_out
 from pictag.models.engines.encoder import EngineEncoder, compile_encoder
@@ -84,55 +83,72 @@ class BenchResult:
         return "\n".join(lines)
 
 
-def run(cfg) -> BenchResult:
-    """Time every installed engine × precision of `cfg` (a `BenchEnginesConfig`) on its images.
+def bench_reference(encoder: Encoder) -> Encoder:
+    """`encoder` made the exact reference every variant is compared with: torch fp32, on the CPU.
 
     Raises:
-        PictagError: no decodable image, an engine named but not installed, or a precision no engine runs.
+        PictagError: an encoder on another device.
     """
-    from pictag.data.sources import open_source
-    from pictag.pipeline.runner import labels_head, sample_pixels
+    if encoder.device.type != "cpu":
+        raise PictagError(f"bench-engines compares CPU engines: use --device cpu, not {encoder.device}")
+    encoder.autocast_dtype = torch.float32
+    return encoder
 
-    source = open_source(cfg.images)
-    reference = build_encoder(
-        cfg.model,
-        checkpoint=cfg.checkpoint,
-        random_weights=cfg.random_weights,
-        device=cfg.device,
-        precision=cfg.precision,
-    )
-    if reference.device.type != "cpu":
-        raise PictagError(f"bench-engines compares CPU engines: use --device cpu, not {reference.device}")
-    reference.autocast_dtype = torch.float32
-    pixels = sample_pixels(source, reference, cfg.limit, cfg.batch_size)
+
+def bench_engines(
+    reference: Encoder,
+    pixels: torch.Tensor,
+    head: torch.nn.Module | None = None,
+    *,
+    engines: str | None = None,
+    precision: str | None = None,
+    calibration_images: int = 128,
+    batch_size: int = 32,
+    rounds: int = 3,
+) -> BenchResult:
+    """Time every installed engine × precision against `reference` (from `bench_reference`) on `pixels`.
+
+    Args:
+        reference: The torch fp32 encoder; every variant is built from it.
+        pixels: Preprocessed images (N, 3, H, W); int8 is calibrated on up to `calibration_images` of them and
+            agreement measured on the rest.
+        head: A labels head to measure top-1 agreement over; nearest neighbours when None.
+        engines: Comma-separated engines (every installed one when None).
+        precision: Only this precision (fp32, bf16 and int8 when None).
+        calibration_images: At most this many images calibrate int8 (at most half of them).
+        batch_size: Images per forward pass.
+        rounds: Passes per variant, taking turns; the best pass counts.
+
+    Raises:
+        PictagError: no image, an engine named but not installed, or a precision no engine runs.
+    """
     if not len(pixels):
-        raise PictagError(f"{cfg.images}: no decodable image to time on")
-    calibration, held, _ = split_held_out(pixels, min(cfg.calibration_images, len(pixels) // 2 or 1))
-    head = labels_head(cfg.labels, cfg.labels_file, cfg.templates, reference)
-    variants, skipped = _variants(reference, cfg, calibration)
-    exact = _embed(reference, held, cfg.batch_size)
+        raise PictagError("no image to time on")
+    calibration, held, _ = split_held_out(pixels, min(calibration_images, len(pixels) // 2 or 1))
+    variants, skipped = _variants(reference, engines, precision, calibration)
+    exact = _embed(reference, held, batch_size)
     for variant in variants:
-        variant.agreement = measure_agreement(exact, _embed(variant.encoder, held, cfg.batch_size), head)
-    for _ in range(cfg.rounds):
+        variant.agreement = measure_agreement(exact, _embed(variant.encoder, held, batch_size), head)
+    for _ in range(rounds):
         for variant in variants:
             started = time.perf_counter()
-            _embed(variant.encoder, pixels, cfg.batch_size)
+            _embed(variant.encoder, pixels, batch_size)
             variant.rate = max(variant.rate, len(pixels) / (time.perf_counter() - started))
-    return BenchResult(
-        variants, len(pixels), len(held), cfg.batch_size, torch.get_num_threads(), reference.spec, skipped
-    )
+    return BenchResult(variants, len(pixels), len(held), batch_size, torch.get_num_threads(), reference.spec, skipped)
 
 
-def _variants(reference: Encoder, cfg, calibration) -> tuple[list[Variant], list[str]]:
-    engines = ["torch", *RUNTIMES] if not cfg.engines else [e.strip() for e in cfg.engines.split(",")]
-    precisions = [cfg.precision] if cfg.precision else ["fp32", "bf16", "int8"]
+def _variants(
+    reference: Encoder, engines: str | None, precision: str | None, calibration
+) -> tuple[list[Variant], list[str]]:
+    names = ["torch", *RUNTIMES] if not engines else [e.strip() for e in engines.split(",")]
+    precisions = [precision] if precision else ["fp32", "bf16", "int8"]
     variants, skipped = [], []
-    for engine in engines:
+    for engine in names:
         for precision in precisions:
             try:
                 variants.append(_variant(reference, engine, precision, calibration))
             except PictagError as exc:
-                if cfg.engines and "not installed" in str(exc):
+                if engines and "not installed" in str(exc):
                     raise
                 skipped.append(f"{engine} {precision}: {exc}")
     if not variants:
