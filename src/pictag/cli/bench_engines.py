@@ -43,11 +43,7 @@ def run(cfg: BenchEnginesConfig):
     source = open_source(cfg.images)
     reference = bench_reference(
         build_encoder(
-            cfg.model,
-            checkpoint=cfg.checkpoint,
-            random_weights=cfg.random_weights,
-            device=cfg.device,
-            precision=cfg.precision,
+            cfg,
         )
     )
     pixels = sample_pixels(source, reference, cfg.limit, cfg.batch_size)

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from pictag.errors import PictagError
 from pictag.pipeline.plan import PLAN_FILE, keys_hash
-from pictag.storage.files import open_location, record_beside
+from pictag.storage.files import exists, is_dir, open_location, record_beside
 from pictag.storage.parts import ERRORS_FOLDER, PartStore
 
 _SHOWN = 5  # duplicate keys named in the report
@@ -103,7 +103,7 @@ def verify_output(out: str | os.PathLike) -> Verification:
     """
     out = os.fspath(out)
     folder = PartStore(out)
-    if _is_dir(out) and folder.exists(PLAN_FILE):
+    if is_dir(out) and folder.exists(PLAN_FILE):
         return _verify_parts(out, folder, merged_errors="errors.csv")
     in_progress = PartStore(out.rstrip("/") + ".parts")
     if in_progress.exists(PLAN_FILE):
@@ -111,7 +111,7 @@ def verify_output(out: str | os.PathLike) -> Verification:
     parent, name = record_beside(out, ".plan.parquet")
     beside = PartStore(parent)
     if beside.exists(name):
-        if not _exists(out):
+        if not exists(out):
             raise PictagError(
                 f"{out} does not exist, but its plan {beside.url(name)} does: the output was deleted or moved; "
                 "restore it, or run the job again with --overwrite"
@@ -159,7 +159,7 @@ def _verify_merged(out: str, beside: PartStore, plan_name: str) -> Verification:
     )
     report.rows, report.errors = len(rows), len(errors)
     _compare(report, plan, [rows, errors])
-    report.temporaries = [out + ".tmp"] if _exists(out + ".tmp") else []
+    report.temporaries = [out + ".tmp"] if exists(out + ".tmp") else []
     leftover = PartStore(out.rstrip("/") + ".parts")
     report.temporaries += [f"{leftover.location}/{name}" for name in leftover.temporaries()]
     return report
@@ -247,13 +247,3 @@ def _reason(exc: Exception) -> str:
     text = str(exc).strip()
     line = text.splitlines()[0][:200] if text else type(exc).__name__
     return "".join(c if c.isascii() and c.isprintable() else "?" for c in line)  # parsers quote the garbage they met
-
-
-def _is_dir(location: str) -> bool:
-    fs, path = open_location(location)
-    return os.path.isdir(path) if fs is None else fs.isdir(path)
-
-
-def _exists(location: str) -> bool:
-    fs, path = open_location(location)
-    return os.path.exists(path) if fs is None else fs.exists(path)

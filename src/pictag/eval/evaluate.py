@@ -100,11 +100,7 @@ def evaluate(model: str, **options) -> EvaluateResult | ClassificationReport:
     leave_one_out = cfg.gallery is None
     sides = _open_splits(cfg) if cfg.splits else _open_sources(cfg)  # every input checked before any embedding
     encoder = build_encoder(
-        cfg.model,
-        checkpoint=cfg.checkpoint,
-        random_weights=cfg.random_weights,
-        device=cfg.device,
-        precision=cfg.precision,
+        cfg,
     )
     workers = default_workers(encoder.device) if cfg.workers is None else cfg.workers
     errors: list[tuple[str, str]] = []

@@ -239,11 +239,7 @@ def evaluate_fewshot(data: list[str] | str, **options) -> EvalResult:
     shots = parse_shots(cfg.shots)
     resolve_methods(cfg.method)
     encoder = build_encoder(
-        cfg.model,
-        checkpoint=cfg.checkpoint,
-        random_weights=cfg.random_weights,
-        device=cfg.device,
-        precision=cfg.precision,
+        cfg,
     )
     collection = embed_collection(
         [s.rstrip("/") for s in sources], encoder, batch_size=cfg.batch_size, workers=cfg.workers

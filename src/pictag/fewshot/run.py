@@ -83,11 +83,7 @@ def fewshot(test_dir: str, out: str, **options) -> FewshotResult:
     trained = _trained_head(cfg)
     tasks = find_tasks(cfg.test_dir)
     encoder = build_encoder(
-        cfg.model,
-        checkpoint=cfg.checkpoint,
-        random_weights=cfg.random_weights,
-        device=cfg.device,
-        precision=cfg.precision,
+        cfg,
     )
     config_out = dump_config(cfg, sibling(out, ".config.yaml"))
     features, unreadable = _embed(cfg, tasks, encoder)

@@ -15,10 +15,11 @@ from pictag.models.registry import create_model
 if TYPE_CHECKING:
     from pictag.heads.base import Head
     from pictag.models.base import Encoder
+    from pictag.models.options import ModelOptions
 
 
 def build_encoder(
-    spec: str | None = None,
+    spec: str | ModelOptions | None = None,
     *,
     checkpoint: str | os.PathLike | None = None,
     random_weights: bool = False,
@@ -36,7 +37,9 @@ def build_encoder(
     """The encoder `spec` names (see `create_model`), its towers on `engine`.
 
     Args:
-        spec, checkpoint, random_weights, device, precision: As `create_model` takes them.
+        spec, checkpoint, random_weights, device, precision: As `create_model` takes them; or, as `spec`, a
+            command's config with its model options (`--model`, `--checkpoint`, `--random-weights`, `--device`,
+            `--precision`), which then give all five.
         engine: "torch" (the model as built), "onnx", "openvino", or "auto" (the fastest installed here, measured once
             per model and machine); see `pictag.models.engines`.
         quantize: "int8" quantizes the image tower (onnx or openvino), or None.
@@ -54,6 +57,10 @@ def build_encoder(
         PictagError: what `create_model` refuses; an engine that is missing or cannot run this precision; int8
             without calibration images; or, with `strict`, int8 agreement below `min_agreement`.
     """
+    if spec is not None and not isinstance(spec, str):
+        options = spec
+        spec, checkpoint, random_weights = options.model, options.checkpoint, options.random_weights
+        device, precision = options.device, options.precision
     encoder = create_model(
         spec, checkpoint=checkpoint, random_weights=random_weights, device=device, precision=precision
     )

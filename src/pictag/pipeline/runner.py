@@ -310,11 +310,7 @@ def stage_encoder(cfg, source: Source | None = None) -> Encoder:
         if not calibration:
             raise PictagError("--quantize int8: the source has no readable image to calibrate on")
     return build_encoder(
-        cfg.model,
-        checkpoint=cfg.checkpoint,
-        random_weights=cfg.random_weights,
-        device=cfg.device,
-        precision=cfg.precision,
+        cfg,
         engine=cfg.engine,
         quantize=cfg.quantize,
         calibration=calibration,

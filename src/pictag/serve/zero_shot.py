@@ -68,11 +68,7 @@ class ZeroShotService(Service[Query, Prediction]):
             torch.set_num_threads(cfg.threads)
         # No int8 here: a worker has no images of its own to calibrate on.
         self.encoder = build_encoder(
-            cfg.model,
-            checkpoint=cfg.checkpoint,
-            random_weights=cfg.random_weights,
-            device=cfg.device,
-            precision=cfg.precision,
+            cfg,
             engine=cfg.engine,
             batch_size=cfg.batch_size,
         )

@@ -63,6 +63,12 @@ def exists(location: str | os.PathLike) -> bool:
     return os.path.exists(path) if fs is None else fs.exists(path)
 
 
+def is_dir(location: str | os.PathLike) -> bool:
+    """Whether a folder is at a local path or fsspec URL."""
+    fs, path = open_location(location)
+    return os.path.isdir(path) if fs is None else fs.isdir(path)
+
+
 def makedirs(fs: AbstractFileSystem | None, path: str) -> None:
     """Create the folder `path` and its parents, if missing."""
     if fs is None:

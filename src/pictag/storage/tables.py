@@ -11,7 +11,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from pictag.errors import PictagError
-from pictag.storage.files import commit, open_location, writing
+from pictag.storage.files import commit, is_dir, open_location, writing
 
 OUTPUT_FORMATS = (".csv", ".parquet")
 
@@ -77,8 +77,7 @@ def output_format(path: str | os.PathLike) -> str:
     suffix = os.path.splitext(location)[1].lower()
     if suffix not in OUTPUT_FORMATS:
         raise PictagError(f"output {location} must end in {' or '.join(OUTPUT_FORMATS)}")
-    fs, target = open_location(location)
-    if os.path.isdir(target) if fs is None else fs.isdir(target):
+    if is_dir(location):
         raise PictagError(
             f"output {location} is a folder: name a file in it, e.g. {location.rstrip('/')}/results{suffix}"
         )
