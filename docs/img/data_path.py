@@ -17,7 +17,7 @@ STAGES = [
     ("encoder", "Encoder\nnormalise on device,\nencode_image", "pictag.models"),
     ("head", "Head\nfeatures → logits\n→ scores / rows", "pictag.heads"),
     ("parts", "Parts\none per unit, tmp →\nfsync → rename", "pictag.storage"),
-    ("merge", "Output\nmerge to CSV/Parquet,\nerrors, config", "the task"),
+    ("merge", "Output\nmerge to CSV/Parquet,\nerrors, config", "the command"),
 ]
 
 
