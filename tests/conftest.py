@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import logging
@@ -9,6 +10,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import tarfile
 import time
 import uuid
@@ -202,16 +204,42 @@ def subprocess_env() -> dict[str, str]:
     return env
 
 
-def kill_once_written(command: list[str], env: dict[str, str], path: Path, seconds: float = 120) -> None:
-    """Run `command` in a process group of its own and kill -9 the whole group as soon as `path` exists."""
+# The watcher of `killed_once_written`: python -c KILL PATH PGID SECONDS, exit status 1 if PATH never came.
+_KILL_ONCE_WRITTEN = """import os, sys, time
+deadline = time.monotonic() + float(sys.argv[3])
+while not os.path.exists(sys.argv[1]):
+    if time.monotonic() > deadline:
+        sys.exit(1)
+    time.sleep(0.02)
+os.killpg(int(sys.argv[2]), 9)
+"""
+
+
+@contextlib.contextmanager
+def killed_once_written(command: list[str], env: dict[str, str], path: Path, seconds: float = 120):
+    """Run `command` in a process group of its own and kill -9 the whole group as soon as `path` exists.
+
+    The `with` block runs while the command does, and its end waits for the kill: a test computes its uninterrupted
+    run there, on the second core, instead of after the kill. A process of its own watches for `path` (a thread
+    would wait for the GIL while the block trains), so the kill is as prompt as with nothing else running.
+    """
     proc = subprocess.Popen(command, env=env, start_new_session=True, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + seconds
-    while not path.exists():
-        assert proc.poll() is None, proc.stderr.read()
-        assert time.monotonic() < deadline, f"no {path.name} within {seconds:.0f} s"
-        time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
+    watcher = subprocess.Popen([sys.executable, "-c", _KILL_ONCE_WRITTEN, str(path), str(proc.pid), str(seconds)])
+    try:
+        yield
+        while watcher.poll() is None:
+            if proc.poll() is not None:  # killed this instant, or ended before writing `path`
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    watcher.wait(timeout=2)
+                assert watcher.returncode == 0, f"ended before writing {path.name}: {proc.stderr.read()}"
+            time.sleep(0.02)
+        assert watcher.returncode == 0, f"no {path.name} within {seconds:.0f} s"
+    finally:
+        watcher.kill()
+        with contextlib.suppress(ProcessLookupError):  # killed already, unless the test failed first
+            os.killpg(proc.pid, signal.SIGKILL)
+        watcher.wait()
+        proc.wait(timeout=30)
 
 
 def tar_source(tmp_path, n=30, bad=("broken.jpg",)):

@@ -16,7 +16,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from metric_data import write_objects, write_splits  # noqa: E402
 
-from conftest import kill_once_written, subprocess_env  # noqa: E402
+from conftest import killed_once_written, subprocess_env  # noqa: E402
 from pictag.cli.main import main  # noqa: E402
 
 SPEC = "timm:test_efficientnet_gn"
@@ -139,17 +139,16 @@ def test_kill_9_mid_epoch_then_rerun_equals_an_uninterrupted_run(objects, tmp_pa
         "2",
     ]
     argv += [*RUN, *FAST]
-    killed = tmp_path / "killed"
+    killed, whole = tmp_path / "killed", tmp_path / "whole"
     env = subprocess_env()
     command = [sys.executable, "-m", "pictag", *argv, "--out", str(killed)]
-    kill_once_written(command, env, killed / "last.ckpt")
+    with killed_once_written(command, env, killed / "last.ckpt"):
+        assert main([*argv, "--out", str(whole)]) == 0
     state = torch.load(killed / "last.ckpt", weights_only=True)
     assert state["epoch"] == 0 and state["batch"] > 0, "killed mid-epoch"
     rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
     assert rerun.stdout.splitlines()[0].startswith(f"continuing {killed} from last.ckpt (epoch 1, batch")
-    whole = tmp_path / "whole"
-    assert main([*argv, "--out", str(whole)]) == 0
     for a, b in zip(_rows(whole / "metrics.csv"), _rows(killed / "metrics.csv"), strict=True):
         assert abs(float(a["train_loss"]) - float(b["train_loss"])) < 1e-5
         assert a["val_recall@1"] == b["val_recall@1"]

@@ -13,7 +13,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fewshot_data import write_class_folders, write_task  # noqa: E402
 
-from conftest import kill_once_written, subprocess_env  # noqa: E402
+from conftest import killed_once_written, subprocess_env  # noqa: E402
 from pictag.cli.main import main  # noqa: E402
 from pictag.models import create_model  # noqa: E402
 
@@ -167,15 +167,13 @@ def test_fewshot_train_killed_then_rerun_continues_and_equals_an_uninterrupted_r
     options += ["--batch-size", "6", *TINY]
     command = [sys.executable, "-m", "pictag", "fewshot-train", *options]
     env = subprocess_env()
-    killed = tmp_path / "killed"
-    kill_once_written([*command, "--out", str(killed)], env, killed / "last.ckpt")  # after the first epoch
+    killed, whole = tmp_path / "killed", tmp_path / "whole"
+    with killed_once_written([*command, "--out", str(killed)], env, killed / "last.ckpt"):  # after the first epoch
+        assert main(["fewshot-train", *options, "--out", str(whole)]) == 0
     assert not (killed / "last.pth").exists()
     rerun = subprocess.run([*command, "--out", str(killed)], env=env, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert rerun.stdout.startswith(f"continuing {killed} from last.ckpt (epoch "), rerun.stdout
-    whole = tmp_path / "whole"
-    done = subprocess.run([*command, "--out", str(whole)], env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
     assert [r["epoch"] for r in _rows(killed / "metrics.csv")] == ["1", "2", "3"]
     expected, got = (torch.load(out / "last.pth", weights_only=True) for out in (whole, killed))
     for key, value in expected["state_dict"].items():

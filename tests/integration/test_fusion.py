@@ -23,7 +23,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from product_data import write_products  # noqa: E402
 
-from conftest import kill_once_written, subprocess_env  # noqa: E402
+from conftest import killed_once_written, subprocess_env  # noqa: E402
 from pictag.cli.main import main  # noqa: E402
 
 STAGE1 = ["--freeze-encoders", "--batch-size", "8", "--lr", "head=1e-2", "--warmup-epochs", "0", "--patience", "10"]
@@ -216,12 +216,11 @@ def test_kill_9_during_a_fold_then_rerun_equals_an_uninterrupted_run(products, t
     table, images = str(products / "products.csv"), str(products / "images")
     options = ["--task", "fusion", "--images", images, "--model", f"hf:{tiny_hf_clip}", "--device", "cpu"]
     options += ["--workers", "0", "--folds", "2", "--epochs", "15", *STAGE1, "--patience", "100", "--save-every", "1"]
-    whole = tmp_path / "whole"
-    assert main(["train", table, *options, "--out", str(whole)]) == 0
-    killed = tmp_path / "killed"
+    killed, whole = tmp_path / "killed", tmp_path / "whole"
     command = [sys.executable, "-m", "pictag", "train", table, *options, "--out", str(killed)]
     env = subprocess_env()
-    kill_once_written(command, env, killed / "fold1" / "last.ckpt")
+    with killed_once_written(command, env, killed / "fold1" / "last.ckpt"):
+        assert main(["train", table, *options, "--out", str(whole)]) == 0
     state = torch.load(killed / "fold1" / "last.ckpt", weights_only=True)
     assert state["epoch"] < 15, "killed before fold 1 was done"
     rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)

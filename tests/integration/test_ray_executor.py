@@ -126,6 +126,14 @@ def _wait_for_parts(folder: Path, n: int, alive=lambda: True, limit_s: float = 1
         time.sleep(0.05)
 
 
+def _wait_for_actors_gone(limit_s: float = 60) -> None:
+    """Until every CPU of the cluster is free again: the actors (one CPU each) of a killed driver are dead."""
+    deadline = time.monotonic() + limit_s
+    while ray.available_resources().get("CPU", 0) < ray.cluster_resources()["CPU"]:
+        assert time.monotonic() < deadline, f"a dead driver's actors still hold CPUs after {limit_s} s"
+        time.sleep(0.05)
+
+
 def test_a_run_begun_in_process_finishes_on_ray_equal_spread_over_both_nodes_with_a_corrupt_image_an_error_row(
     cluster, shards, tiny_hf_clip, in_process, tmp_path, monkeypatch
 ):
@@ -207,7 +215,7 @@ def test_ray_driver_killed_then_resumed_in_process_computes_only_the_remaining_u
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
     assert not out.exists()
-    time.sleep(2.0)  # the dead driver's actors die with it; one mid-commit may still land its part
+    _wait_for_actors_gone()  # the dead driver's actors die with it; one mid-commit may still land its part
     before = {p.name for p in _parts(parts)}
     assert 3 <= len(before) < 17
     classify(str(shards), str(out), LABELS, **_options(tiny_hf_clip, executor="inprocess", resume=True, workers=0))

@@ -18,7 +18,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fewshot_data import write_class_folders  # noqa: E402
 
-from conftest import kill_once_written, subprocess_env  # noqa: E402
+from conftest import killed_once_written, subprocess_env  # noqa: E402
 from pictag.cli.main import main  # noqa: E402
 
 # Group norm: a random CNN's batch-norm running statistics would need many steps before eval mode sees them.
@@ -97,8 +97,10 @@ def test_train_learns_and_writes_the_run_folder(colours, tmp_path, capsys):
 def test_kill_9_mid_epoch_then_rerun_equals_an_uninterrupted_run(colours, tmp_path, capsys):
     base = [sys.executable, "-m", "pictag", "train", str(colours), "--val-split", "0.25", "--epochs", "2"]
     base += [*FAST, "--batch-size", "4", "--accumulate", "2", "--clip-grad", "1.0", "--save-every", "1", *TINY]
-    killed = tmp_path / "killed"
-    kill_once_written([*base, "--out", str(killed)], subprocess_env(), killed / "last.ckpt")
+    killed, whole = tmp_path / "killed", tmp_path / "whole"
+    with killed_once_written([*base, "--out", str(killed)], subprocess_env(), killed / "last.ckpt"):
+        # The uninterrupted run, in this process, while the child runs up to the kill.
+        assert main(["train", str(colours), "--out", str(whole), *base[5:]]) == 0
     state = torch.load(killed / "last.ckpt", weights_only=True)
     assert state["epoch"] == 0 and state["batch"] > 0, "killed mid-epoch"
     rerun = subprocess.run(
@@ -106,9 +108,6 @@ def test_kill_9_mid_epoch_then_rerun_equals_an_uninterrupted_run(colours, tmp_pa
     )
     assert rerun.returncode == 0, rerun.stderr
     assert rerun.stdout.splitlines()[0].startswith(f"continuing {killed} from last.ckpt (epoch 1, batch")
-    # The uninterrupted run, in this process.
-    whole = tmp_path / "whole"
-    assert main(["train", str(colours), "--out", str(whole), *base[5:]]) == 0
     for a, b in zip(_rows(whole / "metrics.csv"), _rows(killed / "metrics.csv"), strict=True):
         assert abs(float(a["train_loss"]) - float(b["train_loss"])) < 1e-5, "the epoch's loss counts every batch once"
     expected, got = _weights(whole), _weights(killed)
