@@ -93,7 +93,12 @@ class TrainConfig(RuntimeOptions, ModelOptions):
     _positional: ClassVar[tuple[str, ...]] = ("data",)
     _required: ClassVar[tuple[str, ...]] = ("data", "out")
     _unused_defaults: ClassVar[dict[str, Any]] = {}  # set below
-    _renamed: ClassVar[dict[str, str]] = {"text_column": "text_columns"}
+    # Every task took the table's columns under the products' spellings too (--label-col beside --label-column).
+    _renamed: ClassVar[dict[str, str]] = {
+        "text_column": "text_columns",
+        "text_cols": "text_columns",
+        "label_col": "label_column",
+    }
     _at_least: ClassVar[dict[str, int]] = {
         "epochs": 1,
         "freeze_epochs": 0,
