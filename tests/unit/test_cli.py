@@ -139,6 +139,8 @@ def test_a_config_written_before_tasks_had_their_own_options_still_loads(tmp_pat
             {"label_column": "cls"},
             "--label-col is",
         ),
+        (["train", "d/", "--out", "r", "--label-col", "cls"], {"label_column": "cls"}, "--label-col is deprecated"),
+        (["train", "d/", "--out", "r", "--text-cols", "t"], {"text_columns": "t"}, "--text-cols is deprecated"),
         (["classify", "t.csv", "--id-col", "sku"], {"id_column": "sku"}, "--id-col is deprecated: use --id-column"),
         (["fewshot-train", "--train-data", "d/", "--val-data", "v/"], {"data": "d/", "val": "v/"}, "--val-data is"),
         (["fewshot-train", "d/", "--lr-head", "1e-3"], {"lr": "head=1e-3"}, "--lr-head is deprecated: use --lr head="),
