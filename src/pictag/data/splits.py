@@ -32,6 +32,7 @@ import numpy as np
 
 from pictag.data._io import is_url, join, read_file, safe_key
 from pictag.errors import PictagError
+from pictag.storage.files import atomic_file
 
 
 def stratified_split(
@@ -409,7 +410,7 @@ def write_splits(data: str, out: str, **options) -> SplitsResult:
         reports.append(f"split(s) {', '.join(empty)} got no image: too few IDs (or classes) for the ratios")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     folder = os.path.dirname(out)
-    with open(out, "w", newline="", encoding="utf-8") as f:
+    with atomic_file(out, "w") as f:  # a CSV that train --splits reads is whole, or absent
         writer = csv.writer(f)
         writer.writerow(SPLITS_COLUMNS)
         for row in zip(paths, labels, ids, splits, strict=True):

@@ -158,10 +158,11 @@ def evaluate(model: str, **options) -> EvaluateResult | ClassificationReport:
         "unreadable": len(errors),
         "seconds": round(seconds, 3),
     }
-    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    with atomic_file(out / "report.json", "w") as f:
+        f.write(json.dumps(report, indent=2) + "\n")
     _write_per_class(metrics, ks, out / "per_class.csv")
     if errors:
-        with open(out / "errors.csv", "w", newline="") as f:
+        with atomic_file(out / "errors.csv", "w") as f:
             csv.writer(f).writerows([("key", "error"), *errors])
     from pictag.eval.plots import plot_recall_at_k, plot_retrievals
 
