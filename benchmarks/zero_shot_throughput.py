@@ -49,9 +49,10 @@ def bench_decode(files: list[Path], label: str, repeat: int, decodes: list[str])
     import open_clip
 
     from pictag.data import open_source
+    from pictag.data.crops import Decoder
     from pictag.models import create_model
     from pictag.pipeline.plan import plan_units
-    from pictag.pipeline.runner import CropDataset
+    from pictag.pipeline.runner import crop_batches
 
     torch.set_num_threads(1)
     encoder = create_model("open_clip:ViT-B-32", random_weights=True, device="cpu")
@@ -73,10 +74,10 @@ def bench_decode(files: list[Path], label: str, repeat: int, decodes: list[str])
         units = plan_units(open_source(tmp))
 
         def pictag_stage(decode: str, normalize: bool = True):
-            dataset = CropDataset(units, encoder.preprocess, batch_size=64, decode=decode)
+            decoder = Decoder(encoder.preprocess, decode=decode)
 
             def stage() -> None:
-                for batch in dataset:
+                for batch in crop_batches(units, decoder, batch_size=64):
                     if normalize:
                         encoder.preprocess.normalize(batch.crops)
 

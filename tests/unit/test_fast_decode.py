@@ -14,11 +14,12 @@ import pytest
 from PIL import Image
 
 from pictag.data import open_source
+from pictag.data.crops import Decoder
 from pictag.data.decode import DecodeError
 from pictag.data.fast_decode import decode_crop, exif_orientation, fast_crop
 from pictag.models.preprocess import Preprocess
 from pictag.pipeline.plan import plan_units
-from pictag.pipeline.runner import CropDataset
+from pictag.pipeline.runner import crop_batches
 
 pytest.importorskip("simplejpeg", reason="the fast-decode extra is not installed")
 pytest.importorskip("cv2", reason="the fast-decode extra is not installed")
@@ -111,7 +112,7 @@ def test_the_runner_crops_fast_and_reports_bad_records(photos, tmp_path):
     (tmp_path / "cat.jpg").write_bytes(_jpeg(_scaled(photos["chelsea"], 500)))
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff nope")
     units = plan_units(open_source(str(tmp_path)))
-    batches = {decode: list(CropDataset(units, OPEN_CLIP, batch_size=8, decode=decode)) for decode in ("exact", "fast")}
+    batches = {d: list(crop_batches(units, Decoder(OPEN_CLIP, decode=d), batch_size=8)) for d in ("exact", "fast")}
     for batch in batches.values():
         assert batch[0].keys == ["cat.jpg"] and [key for key, _ in batch[0].errors] == ["broken.jpg"]
     diff = np.abs(batches["fast"][0].crops.numpy().astype(np.int16) - batches["exact"][0].crops.numpy())

@@ -1,19 +1,19 @@
-"""Records to the uint8 crops a model takes: the decode rule every image path shares, and the dataset that reads
-images by position.
+"""Records to the uint8 crops a model takes: the decode rule every image path shares, and the one dataset that
+reads images through it.
 
     decoder = Decoder(preprocess, transform, max_pixels)    # Record -> (H, W, 3) uint8, or DecodeError
     images = DecodedImages(shards, views, decoder, seed=seed)   # item (position, epoch) -> {"crop", "error", ...}
 
-The batch runner streams a source's units through `Decoder` (`pictag.pipeline.runner.CropDataset`); training, the
-frozen-feature cache and product tables (every view of every product, the flip TTA, fusion's training crops) read
-images by position through `DecodedImages`. Either way the bytes come from the source's shards (local files by
-descriptor, anything else through fsspec), the size limits are the same, and an image that cannot be read or
-decoded is an error item, reported with its key, never a failed batch.
+The batch runner (its units in order, `pictag.pipeline.runner.crop_batches`), training, the frozen-feature cache
+and product tables (every view of every product, the flip TTA, fusion's training crops) all read through
+`DecodedImages`. The bytes come from the source's shards (local files by descriptor, anything else through
+fsspec), the size limits are the same, and an image that cannot be read or decoded is an error item, reported
+with its key, never a failed batch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,6 +23,7 @@ from torch.utils.data import Dataset
 from pictag.data.decode import DEFAULT_MAX_ASPECT_RATIO, DEFAULT_MAX_PIXELS, DecodeError, decode_image
 from pictag.data.fast_decode import Decode, decode_crop
 from pictag.data.sources import Record, Shard
+from pictag.errors import PictagError
 from pictag.models.preprocess import Preprocess
 
 
@@ -71,24 +72,31 @@ class Decoder:
 
 
 def read_record(shards: Sequence[Shard], ref: tuple[int, int]) -> Record:
-    """The `Record` at `ref` (shard, position in shard), read on its own (training reads images out of order)."""
+    """The `Record` at `ref` (shard, position in shard), read on its own."""
     shard, offset = ref
     return next(iter(shards[shard].slice(offset, offset + 1).read()))
 
 
 @dataclass
 class DecodedImages(Dataset):
-    """Images read by position and decoded in DataLoader workers; an item is a position, or (position, epoch) from
-    `pictag.train.data.EpochSampler`.
+    """Images read by position and decoded in DataLoader workers: the one dataset every image path reads through.
 
-    Each item is {"index": position, <each of `fields`>, "crop": (H, W, 3) uint8 tensor or None, "error": (key, why)
-    or None}: an image that cannot be read or decoded has no crop and says why; a position without an image has the
-    black placeholder crop.
+    An item is a position, or (position, epoch) from `pictag.train.data.EpochSampler`. A DataLoader fetches a
+    batch's items together (`__getitems__`), and a run of them at consecutive positions of one shard is read with
+    one open and one pass, in storage order: the batch runner's units stream as fast as a plain read of the shard,
+    and training's shuffled positions cost one small read each.
+
+    Each item is {"index": position, "view": (shard, position in shard) or None, "key", "label", "text" (the
+    record's, unless `fields` gives them), <each of `fields`>, "crop": (H, W, 3) uint8 tensor or None, "error":
+    (key, why) or None}: an image that cannot be read or decoded has no crop and says why; a position without an
+    image has the black placeholder crop. A shard that fails to read at all (a `PictagError`: a corrupt index, say)
+    makes the batch one item, {"failure": its one line}, for the consumer to stop on in its own process.
 
     Attributes:
         shards: Where the images are.
         views: Each position's images, as (shard, position in shard). Of several, the first, or with `random_view`
             one drawn from (seed, epoch, position), so that a resumed run draws the same; none: the placeholder.
+            Any sequence: the runner's is computed from its units' sizes, not stored per image.
         decoder: Bytes to crops.
         seed: Mixed into every image's augmentation seed.
         random_view: Draw one of a position's views instead of taking the first.
@@ -106,15 +114,70 @@ class DecodedImages(Dataset):
         return len(self.views)
 
     def __getitem__(self, item: tuple[int, int] | int) -> dict:
-        position, epoch = item if isinstance(item, tuple) else (item, 0)
-        out = {"index": position, **{name: values[position] for name, values in self.fields.items()}}
-        refs = self.views[position]
-        if not refs:
-            return {**out, "crop": torch.zeros(*self.decoder.preprocess.size, 3, dtype=torch.uint8), "error": None}
-        seed = item_seed(self.seed, epoch, position)
-        record = read_record(self.shards, refs[seed % len(refs)] if self.random_view else refs[0])
+        return self.__getitems__([item])[0]
+
+    def __getitems__(self, items: Sequence[tuple[int, int] | int]) -> list[dict]:
+        wanted = [self._wanted(item) for item in items]
+        out: list[dict] = []
         try:
-            crop = self.decoder(record, seed)
-        except DecodeError as exc:
-            return {**out, "crop": None, "error": (record.key, str(exc))}
-        return {**out, "crop": torch.from_numpy(crop), "error": None}
+            for run in _runs(wanted):
+                out += self._read(run)
+        except PictagError as exc:
+            # Raised in a worker, it would reach the main process with the worker's traceback inside its message
+            # (DataLoader wraps it); sent as data it stays the one line the user should see.
+            return [{"failure": str(exc)}]
+        return out
+
+    def _wanted(self, item: tuple[int, int] | int) -> tuple[int, int, tuple[int, int] | None]:
+        """(position, augmentation seed, the view to read or None)."""
+        position, epoch = item if isinstance(item, tuple) else (item, 0)
+        refs = self.views[position]
+        seed = item_seed(self.seed, epoch, position)
+        if not refs:
+            return position, seed, None
+        return position, seed, tuple(refs[seed % len(refs)] if self.random_view else refs[0])
+
+    def _read(self, run: list[tuple[int, int, tuple[int, int] | None]]) -> list[dict]:
+        position, _, view = run[0]
+        if view is None:
+            return [self._item(position, None, None, torch.zeros(*self.decoder.preprocess.size, 3, dtype=torch.uint8))]
+        shard, offset = view
+        records = self.shards[shard].slice(offset, offset + len(run)).read()
+        items = []
+        for (position, seed, view), record in zip(run, records, strict=True):
+            try:
+                crop = torch.from_numpy(self.decoder(record, seed))
+            except DecodeError as exc:
+                items.append(self._item(position, view, record, None, (record.key, str(exc))))
+            else:
+                items.append(self._item(position, view, record, crop))
+        return items
+
+    def _item(self, position, view, record: Record | None, crop, error=None) -> dict:
+        return {
+            "index": position,
+            "view": view,
+            "key": record.key if record else None,
+            "label": record.label if record else None,
+            "text": record.text if record else None,
+            **{name: values[position] for name, values in self.fields.items()},
+            "crop": crop,
+            "error": error,
+        }
+
+
+def _runs(wanted: list[tuple[int, int, tuple[int, int] | None]]) -> Iterator[list]:
+    """The items cut into runs at consecutive positions of one shard, in order; an item without a view runs alone."""
+    run: list = []
+    for item in wanted:
+        view = item[2]
+        if run and view is not None and run[-1][2] is not None:
+            shard, offset = run[-1][2]
+            if view == (shard, offset + 1):
+                run.append(item)
+                continue
+        if run:
+            yield run
+        run = [item]
+    if run:
+        yield run

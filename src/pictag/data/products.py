@@ -459,6 +459,8 @@ def embed_views(
     outputs: list[list[torch.Tensor]] = [[] for _ in range(2 if flip else 1)]
     with tqdm(total=len(loader.dataset), desc=desc, unit="img", dynamic_ncols=True, disable=None, leave=False) as bar:
         for items in loader:
+            if items and "failure" in items[0]:
+                raise PictagError(items[0]["failure"])
             for item in items:
                 if item["error"] is not None and skipped is not None:
                     skipped.append(item["error"])

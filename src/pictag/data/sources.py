@@ -87,6 +87,10 @@ class Shard(ABC):
     def paths(self) -> list[str]:
         """Each record's path inside its folder or tar, in storage order, without any key prefix."""
 
+    def record_keys(self) -> list[str]:
+        """Each record's key, in storage order, without reading any record."""
+        return self.paths()
+
     @abstractmethod
     def slice(self, start: int, stop: int) -> Shard:
         """Records ``start:stop`` of this shard, as a shard of their own, named ``<name>:<start>-<stop>``."""
@@ -213,6 +217,9 @@ class TarShard(Shard):
 
     def paths(self) -> list[str]:
         return load_index(self.index, self.tar, self.columns).keys[self.start : self.stop].to_pylist()
+
+    def record_keys(self) -> list[str]:
+        return [self.prefix + path for path in self.paths()]
 
     def slice(self, start: int, stop: int) -> TarShard:
         return replace(

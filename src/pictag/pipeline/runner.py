@@ -9,24 +9,24 @@ part is committed as soon as its last row is in.
 
 from __future__ import annotations
 
-import dataclasses
+import bisect
 import functools
+import itertools
 import time
 from collections.abc import Container, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
 
-from pictag.data.crops import Decoder
-from pictag.data.decode import DEFAULT_MAX_ASPECT_RATIO, DEFAULT_MAX_PIXELS, DecodeError
+from pictag.data.crops import DecodedImages, Decoder
+from pictag.data.decode import DEFAULT_MAX_ASPECT_RATIO, DEFAULT_MAX_PIXELS
 from pictag.data.fast_decode import Decode
 from pictag.data.sources import Source, open_source
 from pictag.errors import PictagError
 from pictag.models.base import Encoder
 from pictag.models.build import build_encoder
 from pictag.models.engines.agreement import HELD_OUT
-from pictag.models.preprocess import Preprocess
 from pictag.pipeline.plan import Unit, plan_units
 
 
@@ -37,12 +37,12 @@ class CropBatch:
     Attributes:
         labels: The label of each key's record (labelled sources), else None; `texts` likewise.
         units: Ordinal of the unit of each key; `error_units` likewise for `errors`.
-        finished: Units whose last record is in this batch or an earlier one from the same worker.
-        failure: Why the worker stopped (a `PictagError`'s one line), in its last batch; the run stops with it.
+        finished: Units whose last record is in this batch or an earlier one.
+        failure: Why a worker could not read (a `PictagError`'s one line); the run stops with it.
     """
 
     keys: list[str] = field(default_factory=list)
-    crops: torch.Tensor | list[torch.Tensor] = field(default_factory=list)  # (N, H, W, 3) uint8 once stacked
+    crops: torch.Tensor = field(default_factory=lambda: torch.empty(0, 0, 0, 3, dtype=torch.uint8))  # (N, H, W, 3)
     errors: list[tuple[str, str]] = field(default_factory=list)
     labels: list[str | None] = field(default_factory=list)
     texts: list[str | None] = field(default_factory=list)
@@ -77,62 +77,95 @@ class EmbeddingBatch:
             )
 
 
-class CropDataset(IterableDataset):
-    """Reads units of a source, each DataLoader worker its own share, and yields batches of uint8 crops.
+class UnitViews(Sequence):
+    """The records of units to read, in order, as `DecodedImages` views: position → ((unit, position in unit),).
 
-    Each record is cropped by `pictag.data.crops.Decoder`, the decode rule every image path shares; `decode="fast"`
-    crops JPEGs with `pictag.data.fast_decode` instead of reproducing the reference transform.
+    Computed from the units' sizes, so memory grows with the units, not their records; a skip set lists each
+    unit's keys once, here, so that skipped records are never read and batches stay full.
     """
 
-    def __init__(
-        self,
-        units: Sequence[Unit],
-        preprocess: Preprocess,
-        batch_size: int,
-        skip: Container[str] = frozenset(),
-        max_pixels: int = DEFAULT_MAX_PIXELS,
-        max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO,
-        decode: Decode = "exact",
-    ):
-        self.units = list(units)
-        self.decoder = Decoder(preprocess, None, max_pixels, max_aspect_ratio, decode)
-        self.batch_size = batch_size
-        self.skip = skip
+    def __init__(self, units: Sequence[Unit], skip: Container[str] = frozenset()):
+        if skip:
+            self.kept = [[i for i, key in enumerate(unit.shard.record_keys()) if key not in skip] for unit in units]
+        else:
+            self.kept = [range(unit.size) for unit in units]
+        self.ends = list(itertools.accumulate(len(kept) for kept in self.kept))
 
-    def __iter__(self) -> Iterator[CropBatch]:
-        try:
-            yield from self._read()
-        except PictagError as exc:
-            # Raised in a worker, it would reach the main process with the worker's traceback inside its message
-            # (DataLoader wraps it); sent as data it stays the one line the user should see.
-            yield CropBatch(failure=str(exc))
+    def __len__(self) -> int:
+        return self.ends[-1] if self.ends else 0
 
-    def _read(self) -> Iterator[CropBatch]:
-        info = get_worker_info()
-        units = self.units if info is None else self.units[info.id :: info.num_workers]
-        batch = CropBatch()
-        for unit in units:
-            for record in unit.shard.read(self.skip):
-                try:
-                    batch.crops.append(torch.from_numpy(self.decoder(record)))
-                    batch.keys.append(record.key)
-                    batch.labels.append(record.label)
-                    batch.texts.append(record.text)
-                    batch.units.append(unit.ordinal)
-                except DecodeError as exc:
-                    batch.errors.append((record.key, str(exc)))
-                    batch.error_units.append(unit.ordinal)
-                if len(batch.keys) == self.batch_size:
-                    yield self._stacked(batch)
-                    batch = CropBatch()
-            batch.finished.append(unit.ordinal)
-        if batch.keys or batch.errors or batch.finished:
-            yield self._stacked(batch)
+    def __getitem__(self, position: int) -> tuple[tuple[int, int]]:
+        unit = bisect.bisect_right(self.ends, position)
+        start = self.ends[unit - 1] if unit else 0
+        return ((unit, self.kept[unit][position - start]),)
 
-    def _stacked(self, batch: CropBatch) -> CropBatch:
-        height, width = self.decoder.preprocess.size
-        empty = torch.empty(0, height, width, 3, dtype=torch.uint8)
-        return dataclasses.replace(batch, crops=torch.stack(batch.crops) if batch.crops else empty)
+
+def crop_batches(
+    units: Sequence[Unit],
+    decoder: Decoder,
+    batch_size: int,
+    workers: int = 0,
+    skip: Container[str] = frozenset(),
+    pin_memory: bool = False,
+) -> Iterator[CropBatch]:
+    """The records of `units` not in `skip`, in order, as batches of crops decoded in `workers` processes.
+
+    Reading goes through `pictag.data.crops.DecodedImages`, the dataset every image path shares: a batch's run of
+    records in one unit is one sequential read. Each batch names the units it finished, so that a unit's part is
+    committed as soon as its last row is in; a unit with nothing to read is finished with the batch that passes it.
+
+    Raises:
+        PictagError: a unit that could not be read at all (its one line, raised in this process).
+    """
+    views = UnitViews(units, skip)
+    ordinals = [unit.ordinal for unit in units]
+    order = BatchSampler(SequentialSampler(range(len(views))), batch_size, drop_last=False)
+    loader = DataLoader(
+        DecodedImages([unit.shard for unit in units], views, decoder),
+        batch_sampler=order,
+        num_workers=min(workers, len(order)),
+        collate_fn=functools.partial(_crop_batch, ordinals=ordinals, size=decoder.preprocess.size),
+        pin_memory=pin_memory,
+        prefetch_factor=4 if workers and len(order) else None,
+    )
+    done, read = 0, 0
+    batches = iter(loader)
+    try:
+        for batch in batches:
+            if batch.failure is not None:
+                raise PictagError(batch.failure)
+            read += len(batch.keys) + len(batch.errors)
+            while done < len(units) and views.ends[done] <= read:
+                batch.finished.append(ordinals[done])
+                done += 1
+            yield batch
+    finally:
+        # The workers are stopped here (an error in a worker or in this process, or the consumer closing the
+        # generator) rather than left, with their queues and threads, to the interpreter's exit: an audit saw that
+        # abort 2 runs in 6 after the error's one line (exit 134, "terminate called without an active exception").
+        shutdown = getattr(batches, "_shutdown_workers", None)  # only the multi-process iterator has workers
+        if shutdown is not None:
+            shutdown()
+    if done < len(units):  # nothing left to read: every unit left is empty
+        yield CropBatch(crops=torch.empty(0, *decoder.preprocess.size, 3, dtype=torch.uint8), finished=ordinals[done:])
+
+
+def _crop_batch(items: list[dict], ordinals: list[int], size: tuple[int, int]) -> CropBatch:
+    if items and "failure" in items[0]:
+        return CropBatch(failure=items[0]["failure"])
+    batch = CropBatch()
+    good = [item for item in items if item["crop"] is not None]
+    batch.crops = torch.stack([item["crop"] for item in good]) if good else torch.empty(0, *size, 3, dtype=torch.uint8)
+    for item in good:
+        batch.keys.append(item["key"])
+        batch.labels.append(item["label"])
+        batch.texts.append(item["text"])
+        batch.units.append(ordinals[item["view"][0]])
+    for item in items:
+        if item["crop"] is None:
+            batch.errors.append(item["error"])
+            batch.error_units.append(ordinals[item["view"][0]])
+    return batch
 
 
 @dataclass
@@ -147,7 +180,8 @@ class ImageFeatures:
         normalize: L2-normalise the embeddings; False gives the raw pooled features a model's own classifier
             takes (see `Head.normalized_input`).
         max_aspect_ratio: Images longer than this many times their width (or wider) are refused.
-        decode: "exact" or "fast" (see `CropDataset`).
+        decode: "exact" reproduces the model's reference preprocessing; "fast" crops JPEGs with
+            `pictag.data.fast_decode`.
     """
 
     encoder: Encoder
@@ -161,18 +195,10 @@ class ImageFeatures:
     def batches(self, units: Sequence[Unit], workers: int, stats: dict[str, float]) -> Iterator[EmbeddingBatch]:
         """Embed every record of `units`; `stats` gains the seconds waited for images and spent in the model."""
         encoder = self.encoder
-        dataset = CropDataset(
-            units, encoder.preprocess, self.batch_size, self.skip, self.max_pixels, self.max_aspect_ratio, self.decode
-        )
-        loader = DataLoader(
-            dataset,
-            batch_size=None,
-            num_workers=min(workers, len(units)),
-            pin_memory=encoder.device.type == "cuda",
-            prefetch_factor=4 if workers and units else None,
-        )
+        decoder = Decoder(encoder.preprocess, None, self.max_pixels, self.max_aspect_ratio, self.decode)
+        crops = crop_batches(units, decoder, self.batch_size, workers, self.skip, encoder.device.type == "cuda")
         waited = time.perf_counter()
-        for batch in _loaded(loader):
+        for batch in crops:
             started = time.perf_counter()
             stats["data_s"] = stats.get("data_s", 0.0) + started - waited
             if batch.keys:
@@ -192,25 +218,6 @@ class ImageFeatures:
                 batch.error_units,
                 batch.finished,
             )
-
-
-def _loaded(loader: DataLoader) -> Iterator[CropBatch]:
-    """The loader's batches; a worker's failure raised as its one line, and the workers stopped however it ends.
-
-    They are stopped here (an error in a worker or in this process, or the consumer closing the generator) rather
-    than left, with their queues and threads, to the interpreter's exit: an audit saw that abort 2 runs in 6 after
-    the error's one line (exit 134, "terminate called without an active exception").
-    """
-    batches = iter(loader)
-    try:
-        for batch in batches:
-            if batch.failure is not None:
-                raise PictagError(batch.failure)
-            yield batch
-    finally:
-        shutdown = getattr(batches, "_shutdown_workers", None)  # only the multi-process iterator has workers
-        if shutdown is not None:
-            shutdown()
 
 
 def iter_embeddings(
@@ -350,7 +357,7 @@ def first_records(source: Source, count: int) -> list[tuple[str, bytes]]:
 def sample_pixels(source: Source, encoder: Encoder, count: int, batch_size: int = 64) -> torch.Tensor:
     """The first `count` decodable images of a source (in plan order), preprocessed: (N, 3, H, W) float32."""
     crops, total = [], 0
-    for batch in CropDataset(plan_units(source), encoder.preprocess, batch_size):
+    for batch in crop_batches(plan_units(source), Decoder(encoder.preprocess), batch_size):
         if batch.keys:
             crops.append(batch.crops[: count - total])
             total += len(crops[-1])

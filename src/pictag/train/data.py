@@ -2,8 +2,8 @@
 
 Images are read through the source's shards (`pictag.data.open_source(uri, labelled=True)`: a folder of classes,
 in place or in a tar, or a table of path, label and text), decoded and cropped by the encoder's own transforms
-through `pictag.data.crops`, the decode rule the runner's `CropDataset` follows too; here access is by position
-(`DecodedImages`), because training visits the images in a shuffled order.
+through `pictag.data.crops.DecodedImages`, the dataset the batch runner reads through too; training asks it for
+positions in a shuffled order.
 
 Exact resume needs the data of step k to be a function of the seed and k alone, whatever the workers and however
 often the run was interrupted: the sampler's order depends only on (seed, epoch), and each image's augmentation
@@ -221,7 +221,13 @@ def split_images(split: Split, transform, preprocess, seed: int, max_pixels: int
 
 
 def collate(items: list[dict], size: tuple[int, int]) -> dict:
-    """Stack the readable items of a batch; the unreadable ones travel as (key, reason) in "errors"."""
+    """Stack the readable items of a batch; the unreadable ones travel as (key, reason) in "errors".
+
+    Raises:
+        PictagError: a shard that could not be read at all (`DecodedImages`' failure item).
+    """
+    if items and "failure" in items[0]:
+        raise PictagError(items[0]["failure"])
     good = [item for item in items if item["crop"] is not None]
     images = torch.stack([item["crop"] for item in good]) if good else torch.empty(0, *size, 3, dtype=torch.uint8)
     return {
