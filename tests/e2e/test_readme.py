@@ -24,6 +24,9 @@ COMMANDS = {
     for doc, blocks in BLOCKS.items()
 }
 PYTHON = {doc: [body for lang, body in blocks if lang == "python"] for doc, blocks in BLOCKS.items()}
+_shown = set()
+# A command that two docs show verbatim runs once, in the first of them.
+COMMANDS = {doc: [c for c in commands if not (c in _shown or _shown.add(c))] for doc, commands in COMMANDS.items()}
 
 
 @pytest.fixture(scope="module")

@@ -56,7 +56,10 @@ def cluster(request):
         request.getfixturevalue("s3")
     saved = os.environ.get("HF_HUB_OFFLINE")
     os.environ["HF_HUB_OFFLINE"] = "1"
-    head = {"num_cpus": 0, "include_dashboard": False, "object_store_memory": 80 * 2**20}
+    # A lost node is declared dead after `health_check_failure_threshold` missed checks, one per period: Ray's
+    # defaults (5 × 3 s) are for real networks; a node of this cluster is a local process, so 3 × 1 s says the same.
+    checks = {"health_check_period_ms": 1000, "health_check_failure_threshold": 3}
+    head = {"num_cpus": 0, "include_dashboard": False, "object_store_memory": 80 * 2**20, "_system_config": checks}
     cluster = Cluster(initialize_head=True, head_node_args=head)
     for _ in range(2):
         cluster.add_node(**NODE)
