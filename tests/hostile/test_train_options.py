@@ -21,6 +21,8 @@ from pictag.train.options import TrainConfig
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 _unique = itertools.count()
+# Each example's folder is new to this run: one left by an earlier run that failed must not fail this one.
+_FUZZ_ROOT = Path(tempfile.mkdtemp(prefix="pictag-fuzz-"))
 
 
 @pytest.mark.parametrize(
@@ -104,7 +106,7 @@ TRAIN_NUMBERS = [
 
 def _assert_refused_in_one_line(command: str, out: str, options: list[tuple[str, str]]) -> None:
     # The data folder does not exist: every option set, valid or not, ends in one line and exit 2 before any work.
-    root = Path(tempfile.gettempdir()) / f"pictag-fuzz-{command}-{next(_unique)}"
+    root = _FUZZ_ROOT / f"{command}-{next(_unique)}"
     argv = [command, str(root / "data"), "--out", str(root / out), *(f"--{name}={value}" for name, value in options)]
     err = io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
@@ -133,6 +135,12 @@ SPLITS_OPTIONS = ["ratios", "by", "id-pattern", "min-size", "classes", "label-co
 @given(st.lists(st.tuples(st.sampled_from(SPLITS_OPTIONS), VALUES), min_size=1, max_size=3))
 def test_fuzzed_splits_options_are_refused_in_one_line(options):
     _assert_refused_in_one_line("splits", "splits.csv", options)
+
+
+def test_a_cross_validated_run_over_missing_data_leaves_no_folder(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", str(tmp_path / "nothing"), "--task", "fusion", "--folds", "2", "--out", str(out)]) == 2
+    assert "does not exist" in one_line(capsys.readouterr().err) and not out.exists()
 
 
 def test_a_value_with_line_breaks_is_quoted_on_one_line(tmp_path, capsys):

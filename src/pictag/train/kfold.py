@@ -85,14 +85,15 @@ def run_folds(cfg, folds: list[str], train: Callable):
     if chosen[0] not in folds:
         raise PictagError(f"--fold {cfg.fold}: the folds are {', '.join(folds)}")
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    dump_config(cfg, out / "config.yaml")
     result = CVResult(out, folds)
     for fold in chosen:
         fold_cfg = dataclasses.replace(
             cfg, fold=fold, out=str(fold_folder(out, fold)), init_from=fold_init(cfg.init_from, fold)
         )
         result.trained.append(train(fold_cfg))
+        # Written once a fold has trained (each fold's folder has its own from its start): input the first fold
+        # refuses leaves no folder behind.
+        dump_config(cfg, out / "config.yaml")
     if all((fold_folder(out, f) / OOF).is_file() for f in folds):
         result.cv = summarize(out, folds)
     return result
