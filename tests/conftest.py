@@ -35,6 +35,9 @@ TINY_OPEN_CLIP = {
     "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
 }
 
+# The CLI options of a tiny random timm model on the CPU, decoded in the test's own process.
+TINY = ["--model", "timm:test_efficientnet_gn", "--random-weights", "--workers", "0", "--device", "cpu"]
+
 
 def pytest_ignore_collect(collection_path, config):
     # `-m unit` (any -m of the folder markers alone) does not import the other folders' modules: their imports (Ray,

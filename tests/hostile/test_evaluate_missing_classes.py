@@ -7,20 +7,11 @@ from __future__ import annotations
 import json
 import shutil
 
+from conftest import TINY
 from pictag.cli.main import main
 from pictag.testing import save_colour_objects
 
-TINY = [
-    "--model",
-    "timm:test_efficientnet_gn",
-    "--random-weights",
-    "--workers",
-    "0",
-    "--device",
-    "cpu",
-    "--batch-size",
-    "16",
-]
+TINY = [*TINY, "--batch-size", "16"]
 
 
 def test_open_set_splits_are_refused_and_leave_one_out_is_offered(tmp_path, capsys):

@@ -16,9 +16,9 @@ from hostile_inputs import one_line
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fewshot_data import write_class_folders  # noqa: E402
 
+from conftest import TINY  # noqa: E402
 from pictag.cli.main import main  # noqa: E402
 
-TINY = ["--model", "timm:test_efficientnet_gn", "--random-weights", "--workers", "0", "--device", "cpu"]
 FAST = [*TINY, "--image-size", "32", "--batch-size", "4", "--warmup-epochs", "0", "--epochs", "1"]
 
 

@@ -16,12 +16,11 @@ import pandas as pd
 import pytest
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, precision_recall_fscore_support
 
-from conftest import subprocess_env
+from conftest import TINY, subprocess_env
 from pictag.cli.main import main
 from pictag.eval.classification import expected_calibration_error
 from pictag.testing import save_colour_objects
 
-TINY = ["--model", "timm:test_efficientnet_gn", "--random-weights", "--workers", "0", "--device", "cpu"]
 RUNTIME = ["--workers", "0", "--device", "cpu", "--batch-size", "8"]
 REPORT_FILES = ("report.json", "per_class.csv", "confusion.png", "reliability.png", "errors.png", "config.yaml")
 

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 
+from conftest import TINY
 from pictag.cli.main import main
 from pictag.data.sources import open_source
 from pictag.eval.retrieval import recall_at_k
@@ -15,17 +16,7 @@ from pictag.models import create_model
 from pictag.pipeline.runner import embed_all
 from pictag.testing import save_colour_objects
 
-TINY = [
-    "--model",
-    "timm:test_efficientnet_gn",
-    "--random-weights",
-    "--workers",
-    "0",
-    "--device",
-    "cpu",
-    "--batch-size",
-    "16",
-]
+TINY = [*TINY, "--batch-size", "16"]
 
 
 @pytest.fixture(scope="module")

@@ -13,11 +13,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fewshot_data import write_class_folders, write_task  # noqa: E402
 
-from conftest import killed_once_written, subprocess_env  # noqa: E402
+from conftest import TINY, killed_once_written, subprocess_env  # noqa: E402
 from pictag.cli.main import main  # noqa: E402
 from pictag.models import create_model  # noqa: E402
 
-TINY = ["--model", "timm:test_efficientnet", "--random-weights", "--workers", "0", "--device", "cpu"]
+TINY = ["--model", "timm:test_efficientnet", *TINY[2:]]
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fewshot_data import write_class_folders  # noqa: E402
 
+from conftest import TINY  # noqa: E402
 from pictag.cli.main import main  # noqa: E402
 from pictag.models.registry import create_model  # noqa: E402
 from pictag.train.data import load_train_data  # noqa: E402
@@ -23,7 +24,6 @@ from pictag.train.options import ClassifierConfig  # noqa: E402
 from pictag.train.task import create_task  # noqa: E402
 
 SPEC = "timm:test_efficientnet_gn"
-TINY = ["--model", SPEC, "--random-weights", "--workers", "0", "--device", "cpu"]
 
 
 @pytest.fixture(scope="module")

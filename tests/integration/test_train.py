@@ -18,11 +18,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fewshot_data import write_class_folders  # noqa: E402
 
-from conftest import killed_once_written, subprocess_env  # noqa: E402
+from conftest import TINY, killed_once_written, subprocess_env  # noqa: E402
 from pictag.cli.main import main  # noqa: E402
 
 # Group norm: a random CNN's batch-norm running statistics would need many steps before eval mode sees them.
-TINY = ["--model", "timm:test_efficientnet_gn", "--random-weights", "--workers", "0", "--device", "cpu"]
 FAST = ["--batch-size", "8", "--lr", "backbone=1e-3,head=1e-2", "--warmup-epochs", "0"]
 
 
