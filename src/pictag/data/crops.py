@@ -166,6 +166,11 @@ class DecodedImages(Dataset):
         }
 
 
+def batch_failure(items: Sequence[dict]) -> str | None:
+    """The one line of a batch that `DecodedImages` could not read (its failure item), else None."""
+    return items[0]["failure"] if items and "failure" in items[0] else None
+
+
 def _runs(wanted: list[tuple[int, int, tuple[int, int] | None]]) -> Iterator[list]:
     """The items cut into runs at consecutive positions of one shard, in order; an item without a view runs alone."""
     run: list = []

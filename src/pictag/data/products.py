@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from pictag.data._io import display_name, filesystem, is_url, join
-from pictag.data.crops import DecodedImages, Decoder
+from pictag.data.crops import DecodedImages, Decoder, batch_failure
 from pictag.data.decode import DEFAULT_MAX_PIXELS
 from pictag.data.labelled import Annotation
 from pictag.data.sources import FileShard, Shard, Source
@@ -459,8 +459,8 @@ def embed_views(
     outputs: list[list[torch.Tensor]] = [[] for _ in range(2 if flip else 1)]
     with tqdm(total=len(loader.dataset), desc=desc, unit="img", dynamic_ncols=True, disable=None, leave=False) as bar:
         for items in loader:
-            if items and "failure" in items[0]:
-                raise PictagError(items[0]["failure"])
+            if (failure := batch_failure(items)) is not None:
+                raise PictagError(failure)
             for item in items:
                 if item["error"] is not None and skipped is not None:
                     skipped.append(item["error"])

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
 
-from pictag.data.crops import DecodedImages, Decoder
+from pictag.data.crops import DecodedImages, Decoder, batch_failure
 from pictag.data.decode import DEFAULT_MAX_ASPECT_RATIO, DEFAULT_MAX_PIXELS
 from pictag.data.fast_decode import Decode
 from pictag.data.sources import Source, open_source
@@ -151,20 +151,21 @@ def crop_batches(
 
 
 def _crop_batch(items: list[dict], ordinals: list[int], size: tuple[int, int]) -> CropBatch:
-    if items and "failure" in items[0]:
-        return CropBatch(failure=items[0]["failure"])
-    batch = CropBatch()
-    good = [item for item in items if item["crop"] is not None]
-    batch.crops = torch.stack([item["crop"] for item in good]) if good else torch.empty(0, *size, 3, dtype=torch.uint8)
-    for item in good:
-        batch.keys.append(item["key"])
-        batch.labels.append(item["label"])
-        batch.texts.append(item["text"])
-        batch.units.append(ordinals[item["view"][0]])
+    if (failure := batch_failure(items)) is not None:
+        return CropBatch(failure=failure)
+    batch, crops = CropBatch(), []
     for item in items:
+        unit = ordinals[item["view"][0]]
         if item["crop"] is None:
             batch.errors.append(item["error"])
-            batch.error_units.append(ordinals[item["view"][0]])
+            batch.error_units.append(unit)
+        else:
+            crops.append(item["crop"])
+            batch.keys.append(item["key"])
+            batch.labels.append(item["label"])
+            batch.texts.append(item["text"])
+            batch.units.append(unit)
+    batch.crops = torch.stack(crops) if crops else torch.empty(0, *size, 3, dtype=torch.uint8)
     return batch
 
 

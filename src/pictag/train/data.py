@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from pictag.data.crops import DecodedImages, Decoder
+from pictag.data.crops import DecodedImages, Decoder, batch_failure
 from pictag.data.decode import DEFAULT_MAX_PIXELS
 from pictag.data.sources import Shard, open_source
 from pictag.data.splits import column_split, kfold_split, stratified_split
@@ -226,8 +226,8 @@ def collate(items: list[dict], size: tuple[int, int]) -> dict:
     Raises:
         PictagError: a shard that could not be read at all (`DecodedImages`' failure item).
     """
-    if items and "failure" in items[0]:
-        raise PictagError(items[0]["failure"])
+    if (failure := batch_failure(items)) is not None:
+        raise PictagError(failure)
     good = [item for item in items if item["crop"] is not None]
     images = torch.stack([item["crop"] for item in good]) if good else torch.empty(0, *size, 3, dtype=torch.uint8)
     return {

@@ -91,9 +91,10 @@ def run_folds(cfg, folds: list[str], train: Callable):
             cfg, fold=fold, out=str(fold_folder(out, fold)), init_from=fold_init(cfg.init_from, fold)
         )
         result.trained.append(train(fold_cfg))
-        # Written once a fold has trained (each fold's folder has its own from its start): input the first fold
-        # refuses leaves no folder behind.
-        dump_config(cfg, out / "config.yaml")
+        if len(result.trained) == 1:
+            # Written once the first fold has trained (each fold's folder has its own from its start): input that
+            # fold refuses leaves no folder behind.
+            dump_config(cfg, out / "config.yaml")
     if all((fold_folder(out, f) / OOF).is_file() for f in folds):
         result.cv = summarize(out, folds)
     return result
